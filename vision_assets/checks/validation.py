@@ -1,0 +1,79 @@
+"""Validation checks on `source_images`.
+
+Dagster 1.13 attributes a check result to a partition only in single-partition runs, while our runs cover a
+range of images. So there are two views of one question:
+- `image_valid`, partitioned: one result per image, written as runless evaluations (correct per-partition status
+  in the UI's check partitions view, even from batched runs);
+- `images_valid`, the batch view emitted by the asset itself: fails when any image of the run was rejected and
+  lists them with their reasons in its metadata.
+Neither blocks: a rejected image stops on its own (later stages skip it) while the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from ..vision.records import SourceImageRecord
+
+SOURCE_IMAGES = dg.AssetKey("source_images")
+PER_IMAGE_CHECK = "image_valid"
+BATCH_CHECK = "images_valid"
+
+batch_check_spec = dg.AssetCheckSpec(
+    BATCH_CHECK,
+    asset=SOURCE_IMAGES,
+    blocking=False,
+    description="Every image of the run decoded and passed the limits. Failing images are listed in the metadata; "
+    "they go no further, the rest of the batch does.",
+)
+
+
+def image_check_evaluation(record: SourceImageRecord) -> dg.AssetCheckEvaluation:
+    metadata: dict[str, Any] = {"source_uri": record.source_uri}
+    if record.rejection:
+        metadata |= {"reason": record.rejection.code.value, "message": record.rejection.message}
+    else:
+        metadata |= {"width": record.facts.width, "height": record.facts.height, "format": record.facts.format}
+    return dg.AssetCheckEvaluation(
+        asset_key=SOURCE_IMAGES,
+        check_name=PER_IMAGE_CHECK,
+        passed=record.is_valid,
+        partition=record.partition_key,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=record.rejection.message if record.rejection else "valid image",
+        metadata=metadata,
+    )
+
+
+def report_per_image_checks(instance: dg.DagsterInstance, records: Sequence[SourceImageRecord]) -> None:
+    for record in records:
+        instance.report_runless_asset_event(image_check_evaluation(record))
+
+
+def rejected_table(records: Sequence[SourceImageRecord]) -> str:
+    rows = [
+        f"| `{r.partition_key}` | {r.rejection.code.value} | {r.rejection.message.replace('|', '/')} |"
+        for r in records
+        if r.rejection
+    ]
+    return "\n".join(["| image | reason | details |", "|---|---|---|", *rows])
+
+
+def batch_check_result(records: Sequence[SourceImageRecord], check_name: str = BATCH_CHECK) -> dg.AssetCheckResult:
+    rejected = [r for r in records if not r.is_valid]
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        asset_key=SOURCE_IMAGES,
+        passed=not rejected,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{len(rejected)} of {len(records)} images rejected" if rejected else f"all {len(records)} valid",
+        metadata={
+            "images": len(records),
+            "rejected_count": len(rejected),
+            "rejected": {r.partition_key: f"{r.rejection.code.value}: {r.rejection.message}" for r in rejected},
+            "rejected_table": dg.MetadataValue.md(rejected_table(rejected)),
+        },
+    )

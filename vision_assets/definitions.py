@@ -1,0 +1,64 @@
+"""The one `Definitions` of the code location: assets, checks, the upload sensor and resources from settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from .assets.ingest import image_valid, source_images
+from .jobs import process_images
+from .resources import ImageStore, IngestPolicy, LocalImageStore, S3ImageStore, UploadPolicy
+from .sensors.upload_sensor import make_upload_sensor
+from .settings import Settings
+
+
+def image_store_from(settings: Settings) -> ImageStore:
+    common = {
+        "prefix": settings.prefix,
+        "results_prefix": settings.results_prefix,
+        "image_extensions": sorted(settings.image_extensions),
+    }
+    if settings.s3_bucket:
+        s3 = S3Resource(
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID") if _set("AWS_ACCESS_KEY_ID") else None,
+            aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY") if _set("AWS_SECRET_ACCESS_KEY") else None,
+        )
+        return S3ImageStore(s3=s3, bucket=settings.s3_bucket, **common)
+    settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
+    return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)
+
+
+def _set(name: str) -> bool:
+    import os
+
+    return bool(os.environ.get(name))
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[source_images],
+        asset_checks=[image_valid],
+        jobs=[process_images],
+        sensors=[make_upload_sensor(settings.sensor_interval_seconds)],
+        resources={
+            "image_store": image_store_from(settings),
+            "upload_policy": UploadPolicy(
+                batch_size=settings.batch_size,
+                max_uploads_per_tick=settings.max_uploads_per_tick,
+                version_lookback_seconds=settings.version_lookback_seconds,
+            ),
+            "ingest_policy": IngestPolicy(
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                min_side=settings.min_image_side,
+                allowed_formats=sorted(settings.allowed_formats),
+                threads=settings.ingest_threads,
+            ),
+        },
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,85 @@
+"""The image store resource: where uploads are listed and read, and where results are written.
+
+One interface (`ImageStore`), two implementations: `S3ImageStore` (through dagster-aws's `S3Resource`, so
+`endpoint_url` reaches MinIO, R2 or a local test server) and `LocalImageStore` (a folder, the laptop default).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
+
+from ..vision.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
+from ..vision.partition_keys import partition_key_for
+from ..vision.records import RegisteredImage, StoredObject
+from ..vision.results_store import ResultsStore
+from ..vision.upload_tracking import UploadFilter
+
+
+class ImageStore(dg.ConfigurableResource):
+    prefix: str = ""
+    results_prefix: str = "vision-assets-results/"
+    image_extensions: list[str] = []  # lower-case with the dot; empty = every object
+
+    _objects: ObjectStore | None = PrivateAttr(default=None)
+
+    def _build_object_store(self) -> ObjectStore:
+        raise NotImplementedError
+
+    @property
+    def objects(self) -> ObjectStore:
+        if self._objects is None:
+            self._objects = self._build_object_store()
+        return self._objects
+
+    @property
+    def results(self) -> ResultsStore:
+        return ResultsStore(self.objects, self.results_prefix)
+
+    @property
+    def upload_filter(self) -> UploadFilter:
+        return UploadFilter(self.prefix, self.results_prefix, frozenset(self.image_extensions))
+
+    def partition_key(self, object_key: str) -> str:
+        return partition_key_for(self.upload_filter.relative(object_key))
+
+    def registration(self, partition_key: str, obj: StoredObject) -> RegisteredImage:
+        return RegisteredImage(
+            partition_key=partition_key,
+            object_key=obj.key,
+            source_uri=self.objects.uri(obj.key),
+            etag=obj.etag,
+            size=obj.size,
+            last_modified=obj.last_modified,
+        )
+
+    def settled_before(self) -> datetime | None:
+        """Objects modified after this instant may still be being written; None when uploads are atomic."""
+        return None
+
+
+class S3ImageStore(ImageStore):
+    """Uploads in an S3 bucket. PUTs are atomic, so every listed object is complete."""
+
+    s3: S3Resource
+    bucket: str
+
+    def _build_object_store(self) -> ObjectStore:
+        return S3ObjectStore(self.s3.get_client(), self.bucket)
+
+
+class LocalImageStore(ImageStore):
+    """Uploads in a local folder. A file being copied in is visible before it is complete, so files modified in
+    the last `settle_seconds` wait for a later tick."""
+
+    root: str
+    settle_seconds: float = 2.0
+
+    def _build_object_store(self) -> ObjectStore:
+        return FolderObjectStore(self.root)
+
+    def settled_before(self) -> datetime | None:
+        return datetime.now(timezone.utc) - timedelta(seconds=self.settle_seconds)

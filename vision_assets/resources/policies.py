@@ -1,0 +1,38 @@
+"""How much work a tick and a run take on, and what an acceptable image is. Resources, so the values are
+visible in the Dagster UI and can be overridden per deployment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from ..vision.image_formats import DEFAULT_ALLOWED_FORMATS
+from ..vision.image_validation import ValidationLimits
+
+
+class UploadPolicy(dg.ConfigurableResource):
+    batch_size: int = 256
+    max_uploads_per_tick: int = 2000
+    version_lookback_seconds: int = 900
+
+    @property
+    def version_lookback(self) -> timedelta:
+        return timedelta(seconds=self.version_lookback_seconds)
+
+
+class IngestPolicy(dg.ConfigurableResource):
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 120_000_000
+    min_side: int = 32
+    allowed_formats: list[str] = sorted(DEFAULT_ALLOWED_FORMATS)
+    threads: int = 4
+
+    @property
+    def limits(self) -> ValidationLimits:
+        return ValidationLimits(
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            allowed_formats=frozenset(self.allowed_formats),
+        )

@@ -1,0 +1,201 @@
+"""Decide whether bytes are an image the pipeline can use, and turn it into one canonical RGB picture.
+
+Checks run cheapest first (size, magic bytes, header dimensions) so a decompression bomb or a 2 GB file is
+refused before anything is decoded. Every failure becomes a `Rejection` with a code and a sentence a reviewer
+can act on; no exception from a decoder escapes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from .image_formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
+from .records import ImageFacts, Rejection, RejectionCode
+
+EXIF_ORIENTATION_TAG = 0x0112
+_SRGB = ImageCms.createProfile("sRGB")
+_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 120_000_000
+    min_side: int = 32
+    allowed_formats: frozenset[str] = DEFAULT_ALLOWED_FORMATS
+
+
+@dataclass
+class ValidImage:
+    rgb: Image.Image
+    facts: ImageFacts
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Rejected(Exception):
+    def __init__(self, code: RejectionCode, message: str):
+        super().__init__(message)
+        self.rejection = Rejection(code=code, message=message)
+
+
+def validate_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> ValidImage | Rejection:
+    try:
+        return _validate(data, limits)
+    except _Rejected as rejected:
+        return rejected.rejection
+
+
+def _validate(data: bytes, limits: ValidationLimits) -> ValidImage:
+    if not data:
+        raise _Rejected(RejectionCode.EMPTY, "the object is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise _Rejected(RejectionCode.TOO_LARGE, f"{len(data):,} bytes is over the {limits.max_bytes:,}-byte limit")
+    head = data[:SNIFF_BYTES]
+    image_format = sniff_image_format(head)
+    if image_format is None:
+        raise _Rejected(RejectionCode.NOT_AN_IMAGE, f"not an image: the content is {describe_non_image(head)}")
+    if image_format not in limits.allowed_formats:
+        allowed = ", ".join(sorted(limits.allowed_formats))
+        raise _Rejected(RejectionCode.UNSUPPORTED_FORMAT, f"{image_format} images are not accepted (allowed: {allowed})")
+
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = _open_and_decode(data, image_format, limits)
+        facts_before_orientation = (image.mode, getattr(image, "n_frames", 1))
+        orientation, image = _apply_exif_orientation(image, notes)
+        icc = bool(image.info.get("icc_profile"))
+        rgb = to_rgb(image, notes)
+    notes.extend(f"decoder warning: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning))
+
+    width, height = rgb.size
+    if min(width, height) < limits.min_side:
+        raise _Rejected(
+            RejectionCode.TOO_SMALL,
+            f"{width}x{height} is under the minimum side of {limits.min_side} px",
+        )
+    facts = ImageFacts(
+        format=image_format,
+        width=width,
+        height=height,
+        original_mode=facts_before_orientation[0],
+        frames=facts_before_orientation[1],
+        exif_orientation=orientation,
+        icc_profile=icc,
+        phash=str(imagehash.phash(rgb)),
+    )
+    return ValidImage(rgb=rgb, facts=facts, warnings=notes)
+
+
+def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -> Image.Image:
+    try:
+        # `formats=` pins the decoder to what the magic bytes said, so a file can't be decoded as something else.
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+    except Image.DecompressionBombError as error:
+        raise _Rejected(RejectionCode.TOO_MANY_PIXELS, f"decompression bomb refused: {error}") from error
+    except Image.UnidentifiedImageError as error:
+        raise _Rejected(
+            RejectionCode.CORRUPT, f"starts like {image_format} but its header is invalid or unsupported by the decoder"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection, never a crash
+        raise _Rejected(RejectionCode.CORRUPT, f"unreadable {image_format} header: {_describe(error)}") from error
+
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise _Rejected(RejectionCode.CORRUPT, f"{image_format} header declares an empty {width}x{height} image")
+    if width * height > limits.max_pixels:
+        raise _Rejected(
+            RejectionCode.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height:,} pixels is over the {limits.max_pixels:,}-pixel limit "
+            "(refused before decoding)",
+        )
+    try:
+        image.seek(0)  # animated images: the first frame stands for the image
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise _Rejected(RejectionCode.TOO_MANY_PIXELS, f"decompression bomb refused: {error}") from error
+    except Exception as error:  # noqa: BLE001
+        raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
+    return image
+
+
+def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> tuple[int | None, Image.Image]:
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception as error:  # noqa: BLE001 - broken EXIF must not cost us a good picture
+        notes.append(f"EXIF unreadable, orientation not applied: {_describe(error)}")
+        return None, image
+    if orientation in (None, 1):
+        return orientation, image
+    try:
+        return orientation, ImageOps.exif_transpose(image)
+    except Exception as error:  # noqa: BLE001
+        notes.append(f"EXIF orientation {orientation} could not be applied: {_describe(error)}")
+        return orientation, image
+
+
+def to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    """Any Pillow mode -> 8-bit sRGB. Transparency is flattened onto white (what viewers show), 16-bit and
+    float data are rescaled rather than clipped, and an embedded ICC profile is honoured."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_rescale_to_uint8(image, notes), "L").convert("RGB")
+    image = _to_srgb_by_icc(image, notes)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _TRANSPARENT_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _rescale_to_uint8(image: Image.Image, notes: list[str]) -> np.ndarray:
+    pixels = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return (pixels.astype(np.uint32) // 257).astype(np.uint8)
+    pixels = pixels.astype(np.float64)
+    finite = np.isfinite(pixels)
+    if not finite.any():
+        return np.zeros(pixels.shape, np.uint8)
+    low, high = float(pixels[finite].min()), float(pixels[finite].max())
+    if image.mode == "F" and 0.0 <= low and high <= 1.0:
+        low, high = 0.0, 1.0
+    elif 0 <= low and high <= 255:
+        low, high = 0.0, 255.0
+    else:
+        notes.append(f"{image.mode} pixel values {low:g}..{high:g} rescaled to 0..255")
+    span = (high - low) or 1.0
+    scaled = np.where(finite, (pixels - low) / span * 255.0, 0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _to_srgb_by_icc(image: Image.Image, notes: list[str]) -> Image.Image:
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK", "L"):
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return image
+        return ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
+    except Exception as error:  # noqa: BLE001 - a bad profile costs colour accuracy, not the image
+        notes.append(f"ICC profile ignored: {_describe(error)}")
+        return image
+
+
+def encode_normalized(rgb: Image.Image, quality: int = 95) -> bytes:
+    """The working copy every model stage reads: RGB JPEG, no chroma subsampling, no metadata."""
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error).strip() or "no details"
+    return f"{type(error).__name__}: {message}"

@@ -1,0 +1,76 @@
+"""One registered object -> one `SourceImageRecord`: fetch, validate, normalise, hash, persist.
+
+Rejections are results, not errors: they are recorded and reported. Only a failure to *reach* a store
+(network, credentials) raises, so the orchestrator can retry the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .image_validation import ValidationLimits, encode_normalized, validate_image
+from .object_store import ObjectMissing, ObjectStore, ObjectTooLarge
+from .records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
+from .results_store import ResultsStore
+
+UNREGISTERED_MESSAGE = (
+    "no registration record: this partition was not added by the upload sensor, so the object behind it is unknown"
+)
+
+
+def ingest_image(
+    partition_key: str,
+    images: ObjectStore,
+    results: ResultsStore,
+    limits: ValidationLimits,
+) -> SourceImageRecord:
+    started = time.perf_counter()
+    registration = results.read_registration(partition_key)
+    if registration is None:
+        fields = {"object_key": "", "source_uri": "", "size_bytes": 0}
+        fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
+    else:
+        fields = {"object_key": registration.object_key, "source_uri": registration.source_uri}
+        fields |= _fetch_and_validate(registration, images, results, limits)
+    record = SourceImageRecord(
+        partition_key=partition_key,
+        processed_at=datetime.now(timezone.utc),
+        seconds=round(time.perf_counter() - started, 4),
+        **fields,
+    )
+    results.write_source_record(record)
+    return record
+
+
+def _fetch_and_validate(
+    registration: RegisteredImage, images: ObjectStore, results: ResultsStore, limits: ValidationLimits
+) -> dict[str, Any]:
+    seen = {"etag": registration.etag, "size_bytes": registration.size}
+    try:
+        version, data = images.get(registration.object_key, max_bytes=limits.max_bytes)
+    except ObjectMissing:
+        return seen | _rejection(RejectionCode.MISSING_OBJECT, f"{registration.source_uri} no longer exists in the store")
+    except ObjectTooLarge as too_large:
+        return seen | {"size_bytes": too_large.size} | _rejection(
+            RejectionCode.TOO_LARGE,
+            f"{too_large.size:,} bytes is over the {too_large.limit:,}-byte limit (not downloaded)",
+        )
+
+    fetched = {"etag": version.etag, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    outcome = validate_image(data, limits)
+    if isinstance(outcome, Rejection):
+        return fetched | {"status": "rejected", "rejection": outcome}
+    normalized_key = results.write_normalized(registration.partition_key, encode_normalized(outcome.rgb))
+    return fetched | {
+        "status": "valid",
+        "facts": outcome.facts,
+        "normalized_key": normalized_key,
+        "warnings": outcome.warnings,
+    }
+
+
+def _rejection(code: RejectionCode, message: str) -> dict[str, Any]:
+    return {"status": "rejected", "rejection": Rejection(code=code, message=message)}

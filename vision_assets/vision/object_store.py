@@ -1,0 +1,193 @@
+"""Object stores: the one interface the pipeline reads images from and writes results to.
+
+Two implementations: S3 (any S3-compatible endpoint, through a boto3 client) and a local folder, the
+zero-setup default. Keys are always '/'-separated and relative to the store's root (bucket or folder).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .records import StoredObject
+
+LIST_PAGE_SIZE = 1000  # S3's own maximum for ListObjectsV2
+
+
+class ObjectMissing(KeyError):
+    """The object does not exist (any more)."""
+
+
+class ObjectTooLarge(ValueError):
+    def __init__(self, key: str, size: int, limit: int):
+        super().__init__(f"{key}: {size} bytes is over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class ObjectStore(ABC):
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every object under `prefix`, following pagination to the end. Order is unspecified."""
+
+    @abstractmethod
+    def head(self, key: str) -> StoredObject:
+        """Size, etag and last-modified of one object; `ObjectMissing` if it is gone."""
+
+    @abstractmethod
+    def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
+        """The object's bytes and the version they belong to. Refuses (`ObjectTooLarge`) before reading
+        the body when the object is bigger than `max_bytes`."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+class S3ObjectStore(ObjectStore):
+    def __init__(self, client: Any, bucket: str):
+        self.client = client
+        self.bucket = bucket
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield StoredObject(
+                    key=item["Key"],
+                    size=item["Size"],
+                    etag=_strip_etag(item["ETag"]),
+                    last_modified=item["LastModified"],
+                )
+
+    def head(self, key: str) -> StoredObject:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                raise ObjectMissing(key) from error
+            raise
+        return self._described(key, response)
+
+    def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                raise ObjectMissing(key) from error
+            raise
+        described = self._described(key, response)
+        body = response["Body"]
+        try:
+            if max_bytes is not None and described.size > max_bytes:
+                raise ObjectTooLarge(key, described.size, max_bytes)
+            return described, body.read()
+        finally:
+            body.close()
+
+    @staticmethod
+    def _described(key: str, response: dict) -> StoredObject:
+        return StoredObject(
+            key=key,
+            size=response["ContentLength"],
+            etag=_strip_etag(response["ETag"]),
+            last_modified=response["LastModified"],
+        )
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+class FolderObjectStore(ObjectStore):
+    """A local folder as a bucket. The etag is size + modification time (nanoseconds), which changes whenever
+    the file is rewritten, without hashing every file on every listing."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"object key {key!r} points outside the store folder")
+        return path
+
+    def _describe(self, key: str, stat: os.stat_result) -> StoredObject:
+        return StoredObject(
+            key=key,
+            size=stat.st_size,
+            etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
+            last_modified=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+        )
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        if not self.root.is_dir():
+            return
+        for directory, subdirs, files in os.walk(self.root):
+            subdirs.sort()
+            relative_dir = Path(directory).relative_to(self.root).as_posix()
+            for name in sorted(files):
+                key = name if relative_dir == "." else f"{relative_dir}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = os.stat(os.path.join(directory, name))
+                except FileNotFoundError:  # removed while we walked
+                    continue
+                yield self._describe(key, stat)
+
+    def head(self, key: str) -> StoredObject:
+        try:
+            return self._describe(key, self._path(key).stat())
+        except (FileNotFoundError, NotADirectoryError) as error:
+            raise ObjectMissing(key) from error
+
+    def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                described = self._describe(key, os.fstat(handle.fileno()))
+                if max_bytes is not None and described.size > max_bytes:
+                    raise ObjectTooLarge(key, described.size, max_bytes)
+                return described, handle.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+            raise ObjectMissing(key) from error
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader (or the upload sensor) never sees a half-written file.
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()

@@ -1,0 +1,59 @@
+"""Where per-image results live: `<results prefix><partition key>/~<name>`, in the same store as the images.
+
+The `~` in file names matters: partition keys never contain a segment starting with `~`, so a file of one
+partition can never collide with the folder of another (`a/~source.json` vs `a/b/~source.json`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from .object_store import ObjectMissing, ObjectStore
+from .records import RegisteredImage, SourceImageRecord
+
+Record = TypeVar("Record", bound=BaseModel)
+
+REGISTRATION = "~registration.json"
+SOURCE_RECORD = "~source.json"
+NORMALIZED_IMAGE = "~normalized.jpg"
+
+
+class ResultsStore:
+    def __init__(self, store: ObjectStore, prefix: str):
+        self.store = store
+        self.prefix = prefix
+
+    def key(self, partition_key: str, name: str) -> str:
+        return f"{self.prefix}{partition_key}/{name}"
+
+    def _write(self, partition_key: str, name: str, record: BaseModel) -> None:
+        self.store.put(self.key(partition_key, name), record.model_dump_json(indent=1).encode(), "application/json")
+
+    def _read(self, partition_key: str, name: str, model: type[Record]) -> Record | None:
+        try:
+            _, data = self.store.get(self.key(partition_key, name))
+        except ObjectMissing:
+            return None
+        return model.model_validate_json(data)
+
+    def write_registrations(self, registrations: list[RegisteredImage], threads: int = 16) -> None:
+        """Many small PUTs: done concurrently so a tick with thousands of new objects stays fast."""
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda r: self._write(r.partition_key, REGISTRATION, r), registrations))
+
+    def read_registration(self, partition_key: str) -> RegisteredImage | None:
+        return self._read(partition_key, REGISTRATION, RegisteredImage)
+
+    def write_source_record(self, record: SourceImageRecord) -> None:
+        self._write(record.partition_key, SOURCE_RECORD, record)
+
+    def read_source_record(self, partition_key: str) -> SourceImageRecord | None:
+        return self._read(partition_key, SOURCE_RECORD, SourceImageRecord)
+
+    def write_normalized(self, partition_key: str, jpeg: bytes) -> str:
+        key = self.key(partition_key, NORMALIZED_IMAGE)
+        self.store.put(key, jpeg, "image/jpeg")
+        return key

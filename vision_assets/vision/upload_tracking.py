@@ -1,0 +1,156 @@
+"""Which objects in a bucket need processing this tick, without missing one or taking one twice.
+
+Two questions, answered by two sources of truth:
+- *Is this object new?* Exactly when its partition key is not registered yet. The registered partitions (the
+  Dagster instance's dynamic partitions) are the memory, not a timestamp, so nothing is missed however late
+  an object becomes visible: uploads in the same second as the last tick, multipart uploads whose
+  LastModified is their *start*, listings that lag, restarts.
+- *Is this registered object a new version?* Its (key, etag) was not seen before. The cursor remembers the
+  fingerprints of objects modified within `lookback` of the newest one processed; anything modified before that
+  window counts as processed. A re-upload whose LastModified lands before the window (an upload slower than
+  `lookback`) is the one case this cannot see; `lookback` is a setting for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, Field
+
+from .records import StoredObject
+
+
+class UploadCursor(BaseModel):
+    watermark: datetime | None = None
+    # fingerprint(key, etag) -> LastModified as epoch seconds, for objects modified within lookback of watermark
+    recent: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> UploadCursor:
+        return cls.model_validate_json(raw) if raw else cls()
+
+    def dump(self) -> str:
+        return self.model_dump_json()
+
+
+def fingerprint(obj: StoredObject) -> str:
+    return hashlib.sha1(f"{obj.key}\0{obj.etag}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class UploadFilter:
+    """Which keys in the store are uploads: under `prefix`, outside the results prefix, with an image extension."""
+
+    prefix: str = ""
+    results_prefix: str = ""
+    extensions: frozenset[str] = frozenset()  # lower-case, with the dot; empty = any
+
+    def accepts(self, key: str) -> bool:
+        if not key.startswith(self.prefix) or key.endswith("/"):
+            return False
+        if self.results_prefix and key.startswith(self.results_prefix):
+            return False
+        name = key.rsplit("/", 1)[-1]
+        if name.startswith("."):  # hidden and temporary files (.tmp-*, .DS_Store)
+            return False
+        return not self.extensions or any(name.lower().endswith(ext) for ext in self.extensions)
+
+    def relative(self, key: str) -> str:
+        return key[len(self.prefix):]
+
+
+@dataclass(frozen=True)
+class Upload:
+    partition_key: str
+    obj: StoredObject
+    is_new: bool
+
+
+@dataclass
+class TickPlan:
+    uploads: list[Upload]
+    cursor: UploadCursor
+    ignored: int = 0
+    ignored_examples: list[str] = field(default_factory=list)
+    deferred: int = 0
+
+    @property
+    def new_partition_keys(self) -> list[str]:
+        return [u.partition_key for u in self.uploads if u.is_new]
+
+
+def plan_tick(
+    objects: Iterable[StoredObject],
+    registered: set[str],
+    cursor: UploadCursor,
+    *,
+    upload_filter: UploadFilter,
+    partition_key_of: Callable[[str], str],
+    lookback: timedelta,
+    max_uploads: int,
+    settled_before: datetime | None = None,
+) -> TickPlan:
+    """Choose this tick's uploads, oldest first, at most `max_uploads`; the rest wait for the next tick.
+
+    `settled_before`: objects modified after it are left for a later tick (a local folder has no atomic upload,
+    so a file still being copied must not be read).
+    """
+    fresh_cursor = cursor.watermark is None
+    window_start = cursor.watermark - lookback if cursor.watermark else None
+    candidates: list[Upload] = []
+    already_processed: list[StoredObject] = []
+    plan = TickPlan(uploads=[], cursor=cursor)
+    claimed: set[str] = set()
+
+    for obj in objects:
+        if not upload_filter.accepts(obj.key):
+            plan.ignored += 1
+            if len(plan.ignored_examples) < 5:
+                plan.ignored_examples.append(obj.key)
+            continue
+        if settled_before is not None and obj.last_modified > settled_before:
+            plan.deferred += 1
+            continue
+        partition_key = partition_key_of(upload_filter.relative(obj.key))
+        if partition_key in claimed:
+            raise ValueError(f"two objects map to partition key {partition_key!r}; the second is {obj.key!r}")
+        claimed.add(partition_key)
+        if partition_key not in registered:
+            candidates.append(Upload(partition_key, obj, is_new=True))
+        elif fresh_cursor:
+            already_processed.append(obj)  # no memory of versions yet: what is registered counts as processed
+        elif obj.last_modified >= window_start and fingerprint(obj) not in cursor.recent:
+            candidates.append(Upload(partition_key, obj, is_new=False))
+
+    candidates.sort(key=lambda u: (u.obj.last_modified, u.obj.key))
+    plan.uploads = candidates[:max_uploads]
+    plan.cursor = _advance(cursor, [u.obj for u in plan.uploads] + already_processed, lookback)
+    return plan
+
+
+def _advance(cursor: UploadCursor, processed: list[StoredObject], lookback: timedelta) -> UploadCursor:
+    if not processed:
+        return cursor
+    newest = max(o.last_modified for o in processed)
+    watermark = max(newest, cursor.watermark) if cursor.watermark else newest
+    recent = dict(cursor.recent) | {fingerprint(o): o.last_modified.timestamp() for o in processed}
+    horizon = (watermark - lookback).timestamp()
+    return UploadCursor(watermark=watermark, recent={fp: ts for fp, ts in recent.items() if ts >= horizon})
+
+
+def contiguous_batches(ordered_keys: Sequence[str], selected: Iterable[str], max_size: int) -> list[list[str]]:
+    """Split `selected` into runs of keys that are adjacent in `ordered_keys` (the partitions' insertion order),
+    each at most `max_size` long. A range run covers exactly the keys between its ends, so only adjacent keys
+    may share one."""
+    position = {key: index for index, key in enumerate(ordered_keys)}
+    indices = sorted({position[key] for key in selected})
+    batches: list[list[str]] = []
+    for index in indices:
+        if batches and index == position[batches[-1][-1]] + 1 and len(batches[-1]) < max_size:
+            batches[-1].append(ordered_keys[index])
+        else:
+            batches.append([ordered_keys[index]])
+    return batches
