@@ -13,7 +13,6 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from ..vision.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
-from ..vision.partition_keys import partition_key_for
 from ..vision.records import RegisteredImage, StoredObject
 from ..vision.results_store import ResultsStore
 from ..vision.upload_tracking import UploadFilter
@@ -42,9 +41,6 @@ class ImageStore(dg.ConfigurableResource):
     @property
     def upload_filter(self) -> UploadFilter:
         return UploadFilter(self.prefix, self.results_prefix, frozenset(self.image_extensions))
-
-    def partition_key(self, object_key: str) -> str:
-        return partition_key_for(self.upload_filter.relative(object_key))
 
     def registration(self, partition_key: str, obj: StoredObject) -> RegisteredImage:
         return RegisteredImage(

@@ -5,8 +5,9 @@ import hashlib
 
 import dagster as dg
 
+from ..checks.validation import SOURCE_IMAGES
 from ..jobs import process_images
-from ..partitions import images
+from ..partitions import images, partition_key_for
 from ..resources import ImageStore, UploadPolicy
 from ..vision.upload_tracking import TickPlan, UploadCursor, contiguous_batches, plan_tick
 
@@ -30,6 +31,8 @@ def describe(plan: TickPlan) -> str:
         parts.append(f"{plan.deferred} still being written")
     if plan.ignored:
         parts.append(f"{plan.ignored} ignored by extension (e.g. {', '.join(plan.ignored_examples)})")
+    if plan.conflicts:
+        parts.append(f"{len(plan.conflicts)} skipped because their partition key is taken: {plan.conflicts[:5]}")
     return ", ".join(parts)
 
 
@@ -48,8 +51,9 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             image_store.objects.list(image_store.prefix),
             set(registered),
             UploadCursor.parse(context.cursor),
+            materialized=lambda: context.instance.get_materialized_partitions(SOURCE_IMAGES),
             upload_filter=image_store.upload_filter,
-            partition_key_of=image_store.partition_key,
+            partition_key_of=partition_key_for,
             lookback=upload_policy.version_lookback,
             max_uploads=upload_policy.max_uploads_per_tick,
             settled_before=image_store.settled_before(),

@@ -144,7 +144,7 @@ def to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     """Any Pillow mode -> 8-bit sRGB. Transparency is flattened onto white (what viewers show), 16-bit and
     float data are rescaled rather than clipped, and an embedded ICC profile is honoured."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return Image.fromarray(_rescale_to_uint8(image, notes), "L").convert("RGB")
+        return Image.fromarray(_rescale_to_uint8(image, notes)).convert("RGB")
     image = _to_srgb_by_icc(image, notes)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

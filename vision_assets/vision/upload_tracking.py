@@ -76,6 +76,7 @@ class TickPlan:
     ignored: int = 0
     ignored_examples: list[str] = field(default_factory=list)
     deferred: int = 0
+    conflicts: list[str] = field(default_factory=list)
 
     @property
     def new_partition_keys(self) -> list[str]:
@@ -87,6 +88,7 @@ def plan_tick(
     registered: set[str],
     cursor: UploadCursor,
     *,
+    materialized: Callable[[], set[str]],
     upload_filter: UploadFilter,
     partition_key_of: Callable[[str], str],
     lookback: timedelta,
@@ -95,10 +97,12 @@ def plan_tick(
 ) -> TickPlan:
     """Choose this tick's uploads, oldest first, at most `max_uploads`; the rest wait for the next tick.
 
+    `materialized`: the partitions already materialized; only asked for when the cursor is fresh.
     `settled_before`: objects modified after it are left for a later tick (a local folder has no atomic upload,
     so a file still being copied must not be read).
     """
     fresh_cursor = cursor.watermark is None
+    done = materialized() if fresh_cursor else set()
     window_start = cursor.watermark - lookback if cursor.watermark else None
     candidates: list[Upload] = []
     already_processed: list[StoredObject] = []
@@ -115,13 +119,17 @@ def plan_tick(
             plan.deferred += 1
             continue
         partition_key = partition_key_of(upload_filter.relative(obj.key))
-        if partition_key in claimed:
-            raise ValueError(f"two objects map to partition key {partition_key!r}; the second is {obj.key!r}")
+        if partition_key in claimed:  # only on a hash collision; reported, never fatal to the tick
+            plan.conflicts.append(obj.key)
+            continue
         claimed.add(partition_key)
         if partition_key not in registered:
             candidates.append(Upload(partition_key, obj, is_new=True))
         elif fresh_cursor:
-            already_processed.append(obj)  # no memory of versions yet: what is registered counts as processed
+            if partition_key in done:
+                already_processed.append(obj)
+            else:
+                candidates.append(Upload(partition_key, obj, is_new=False))
         elif obj.last_modified >= window_start and fingerprint(obj) not in cursor.recent:
             candidates.append(Upload(partition_key, obj, is_new=False))
 

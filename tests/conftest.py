@@ -1,0 +1,144 @@
+"""Shared fixtures: a real S3 endpoint over HTTP (moto's server on loopback), stores, image factories."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+# Offline and quiet: nothing in the test suite may reach the network or phone home.
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from vision_assets.vision.object_store import FolderObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "pillow-test-images"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a loopback port: real HTTP, real boto3 client, started and stopped here."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint):
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["s3", "folder"])
+def object_store(request, tmp_path) -> ObjectStore:
+    if request.param == "s3":
+        client = request.getfixturevalue("s3_client")
+        return S3ObjectStore(client, request.getfixturevalue("bucket"))
+    return FolderObjectStore(tmp_path / "bucket")
+
+
+def image_bytes(size=(64, 48), mode="RGB", fmt="PNG", color=(200, 30, 30), **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color if mode in ("RGB", "RGBA") else 128).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def corpus_files() -> list[Path]:
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    return sorted(p for p in CORPUS.rglob("*") if p.is_file())
+
+
+# --- Dagster-level helpers -------------------------------------------------------------------------------------
+
+import dagster as dg  # noqa: E402
+from dagster_aws.s3 import S3Resource  # noqa: E402
+
+from vision_assets.partitions import images  # noqa: E402
+from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def s3_image_store(s3_endpoint, bucket) -> S3ImageStore:
+    return S3ImageStore(
+        s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
+        bucket=bucket,
+        prefix="uploads/",
+        results_prefix="results/",
+        image_extensions=[".jpg", ".jpeg", ".png", ".gif", ".webp", ".txt"],
+    )
+
+
+@pytest.fixture
+def local_image_store(tmp_path) -> LocalImageStore:
+    return LocalImageStore(root=str(tmp_path / "bucket"), results_prefix="results/", settle_seconds=0)
+
+
+class SensorDriver:
+    """Evaluates the upload sensor the way the daemon does: resolve run requests against the instance, apply the
+    partition additions, keep the cursor between ticks."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
+        self.defs = defs
+        self.instance = instance
+        self.sensor = defs.resolve_sensor_def("upload_sensor")
+        self.cursor: str | None = None
+
+    def tick(self) -> dg.SensorResult:
+        with dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor,
+            definitions=self.defs,
+            resources=self.defs.resources,
+            instance_ref=self.instance.get_ref(),
+        ) as context:
+            result = self.sensor.evaluate_tick(context)
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        self.cursor = result.cursor
+        return result
+
+    def run(self, run_request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_job_def("process_images").execute_in_process(
+            instance=self.instance, tags=run_request.tags, raise_on_error=False
+        )
+
+    def tick_and_run(self) -> list[dg.ExecuteInProcessResult]:
+        return [self.run(request) for request in self.tick().run_requests or []]
+
+    @property
+    def partitions(self) -> list[str]:
+        return self.instance.get_dynamic_partitions(images.name)

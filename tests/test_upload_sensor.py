@@ -1,0 +1,150 @@
+"""The upload sensor against a real S3 endpoint: never misses an object, never registers one twice."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import SensorDriver, image_bytes
+from vision_assets.definitions import build_definitions
+from vision_assets.resources import UploadPolicy
+from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
+from vision_assets.vision.partition_keys import partition_key_for
+
+
+@pytest.fixture
+def driver(s3_image_store, instance):
+    return SensorDriver(build_definitions(s3_image_store), instance)
+
+
+def upload(s3_client, bucket, *names, data=None):
+    for name in names:
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data or image_bytes())
+
+
+def ranges(result):
+    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests]
+
+
+def test_new_uploads_become_partitions_and_one_run(driver, s3_client, bucket, s3_image_store):
+    upload(s3_client, bucket, "a.jpg", "b.png", "my photo, 1.jpg")
+    s3_client.put_object(Bucket=bucket, Key="elsewhere/x.jpg", Body=b"x")  # outside the prefix
+    s3_client.put_object(Bucket=bucket, Key="uploads/readme.md", Body=b"x")  # not an image extension
+    result = driver.tick()
+    expected = ["a.jpg", "b.png", partition_key_for("my photo, 1.jpg")]
+    assert sorted(driver.partitions) == sorted(expected)
+    assert len(result.run_requests) == 1
+    assert set(ranges(result)[0]) <= set(expected) and "run_key" in dir(result.run_requests[0])
+    # The mapping back to the object is stored, not guessed.
+    registration = s3_image_store.results.read_registration(partition_key_for("my photo, 1.jpg"))
+    assert registration.object_key == "uploads/my photo, 1.jpg"
+    assert registration.source_uri == f"s3://{bucket}/uploads/my photo, 1.jpg"
+    assert driver.tick().run_requests == []
+
+
+def test_upload_in_the_same_second_as_the_cursor(driver, s3_client, bucket):
+    for _attempt in range(5):  # S3 timestamps have 1 s resolution: retry until both land in one second
+        upload(s3_client, bucket, f"first{_attempt}.jpg")
+        driver.tick()
+        upload(s3_client, bucket, f"second{_attempt}.jpg")
+        first = s3_client.head_object(Bucket=bucket, Key=f"uploads/first{_attempt}.jpg")["LastModified"]
+        second = s3_client.head_object(Bucket=bucket, Key=f"uploads/second{_attempt}.jpg")["LastModified"]
+        result = driver.tick()
+        assert ranges(result) == [(f"second{_attempt}.jpg", f"second{_attempt}.jpg")]
+        if first == second:
+            break
+    else:
+        pytest.fail("could not place two uploads in the same second")
+    assert driver.tick().run_requests == []
+
+
+def test_more_than_1000_new_objects(s3_image_store, instance, s3_client, bucket):
+    defs = build_definitions(s3_image_store, UploadPolicy(batch_size=400, max_uploads_per_tick=1000))
+    driver = SensorDriver(defs, instance)
+    names = [f"bulk/{i:05d}.jpg" for i in range(1500)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: s3_client.put_object(Bucket=bucket, Key=f"uploads/{n}", Body=b"x"), names))
+
+    first, second, third = driver.tick(), driver.tick(), driver.tick()
+    assert [len(r.run_requests) for r in (first, second, third)] == [3, 2, 0]
+    assert sorted(driver.partitions) == names and len(set(driver.partitions)) == 1500
+    order = driver.partitions
+    covered = []
+    for start, end in ranges(first) + ranges(second):
+        batch = order[order.index(start) : order.index(end) + 1]
+        assert len(batch) <= 400
+        covered += batch
+    assert sorted(covered) == names  # every object in exactly one run
+
+
+def test_reupload_is_a_new_version_of_the_same_partition(driver, s3_client, bucket, s3_image_store):
+    upload(s3_client, bucket, "a.jpg", "b.jpg", "c.jpg")
+    driver.tick()
+    old_etag = s3_image_store.results.read_registration("b.jpg").etag
+    upload(s3_client, bucket, "b.jpg", data=image_bytes(color=(0, 0, 255)))
+    result = driver.tick()
+    assert driver.partitions == ["a.jpg", "b.jpg", "c.jpg"]  # no new partition
+    assert ranges(result) == [("b.jpg", "b.jpg")]
+    assert s3_image_store.results.read_registration("b.jpg").etag != old_etag
+    assert driver.tick().run_requests == []
+
+
+def test_reuploads_and_new_objects_split_into_contiguous_runs(driver, s3_client, bucket):
+    upload(s3_client, bucket, "a.jpg", "b.jpg", "c.jpg", "d.jpg")
+    driver.tick()
+    upload(s3_client, bucket, "a.jpg", "d.jpg", data=image_bytes(color=(1, 2, 3)))
+    upload(s3_client, bucket, "e.jpg")
+    result = driver.tick()
+    # a alone; d (re-upload) and e (new) are adjacent in partition order and share a run.
+    assert sorted(ranges(result)) == [("a.jpg", "a.jpg"), ("d.jpg", "e.jpg")]
+
+
+def test_restart_keeps_the_cursor_and_registers_nothing_twice(s3_image_store, instance, s3_client, bucket):
+    upload(s3_client, bucket, "a.jpg", "b.jpg")
+    before = SensorDriver(build_definitions(s3_image_store), instance)
+    assert [run.success for run in before.tick_and_run()] == [True]
+    restarted = SensorDriver(build_definitions(s3_image_store), instance)  # a new process, the stored cursor
+    restarted.cursor = before.cursor
+    upload(s3_client, bucket, "c.jpg")
+    assert [run.success for run in restarted.tick_and_run()] == [True]
+    reset = SensorDriver(build_definitions(s3_image_store), instance)  # cursor lost altogether
+    assert reset.tick().run_requests == []
+    assert instance.get_dynamic_partitions("images") == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+@pytest.mark.parametrize("earlier_ticks", [0, 1])
+def test_a_tick_retried_after_a_crash_requests_the_same_runs(driver, s3_client, bucket, earlier_ticks):
+    """The daemon added the partitions, then died before launching runs or storing the cursor: the tick is evaluated
+    again. It must ask for the same runs (same run keys, so Dagster launches each once), not forget them."""
+    for i in range(earlier_ticks):
+        upload(s3_client, bucket, f"earlier{i}.jpg")
+        driver.tick()
+    upload(s3_client, bucket, "a.jpg", "b.jpg")
+    cursor = driver.cursor
+    first = driver.tick()
+    driver.cursor = cursor
+    again = driver.tick()
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+    assert len(first.run_requests) == 1
+
+
+def test_results_are_never_mistaken_for_uploads(driver, s3_client, bucket):
+    upload(s3_client, bucket, "a.jpg")
+    [run] = driver.tick_and_run()
+    assert run.success
+    listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.startswith("results/a.jpg/~normalized") for k in listed)
+    assert driver.tick().run_requests == []
+
+
+def test_local_folder_store(local_image_store, instance, tmp_path):
+    driver = SensorDriver(build_definitions(local_image_store), instance)
+    folder = tmp_path / "bucket" / "cam 1"
+    folder.mkdir(parents=True)
+    (folder / "x.jpg").write_bytes(image_bytes(fmt="JPEG"))
+    runs = driver.tick_and_run()
+    assert [r.success for r in runs] == [True]
+    assert driver.partitions == [partition_key_for("cam 1/x.jpg")]
+    time.sleep(0.01)
+    (folder / "x.jpg").write_bytes(image_bytes(fmt="JPEG", color=(9, 9, 9)))
+    assert len(driver.tick().run_requests) == 1

@@ -1,0 +1,170 @@
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import corpus_files, image_bytes
+from vision_assets.vision.image_validation import ValidationLimits, ValidImage, validate_image
+from vision_assets.vision.records import Rejection, RejectionCode
+
+
+def valid(data: bytes, limits=ValidationLimits()) -> ValidImage:
+    outcome = validate_image(data, limits)
+    assert isinstance(outcome, ValidImage), outcome
+    assert outcome.rgb.mode == "RGB"
+    return outcome
+
+
+def rejected(data: bytes, code: RejectionCode, limits=ValidationLimits()) -> Rejection:
+    outcome = validate_image(data, limits)
+    assert isinstance(outcome, Rejection), f"expected {code}, got a valid image"
+    assert outcome.code == code, outcome
+    assert outcome.message and "0x7f" not in outcome.message
+    return outcome
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and carries almost no data: the decompression-bomb shape."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_ordinary_formats_are_valid(fmt):
+    outcome = valid(image_bytes((80, 60), fmt=fmt))
+    assert (outcome.facts.width, outcome.facts.height) == (80, 60)
+    assert outcome.facts.format == fmt
+    assert len(outcome.facts.phash) == 16
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "CMYK", "LA", "RGBA", "I", "F", "YCbCr", "I;16"])
+def test_every_mode_becomes_rgb(mode):
+    image = Image.new(mode, (40, 40))
+    fmt = "TIFF" if mode in ("I", "F", "I;16", "CMYK", "YCbCr", "LA") else "PNG"
+    if mode == "YCbCr":
+        fmt = "JPEG"
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    outcome = valid(buffer.getvalue())
+    assert outcome.facts.original_mode in (mode, "RGB", "I;16")
+
+
+def test_sixteen_bit_is_rescaled_not_clipped():
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    rgb = np.asarray(valid(buffer.getvalue()).rgb)
+    assert rgb.min() == 0 and rgb.max() >= 250  # clipping would make most of it 255
+    assert (rgb[..., 0] == 255).mean() < 0.05
+
+
+def test_transparency_is_flattened_onto_white():
+    outcome = valid(image_bytes((40, 40), mode="RGBA", color=(255, 0, 0, 0)))
+    assert outcome.rgb.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (80, 40), (10, 200, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    outcome = valid(buffer.getvalue())
+    assert (outcome.facts.width, outcome.facts.height) == (40, 80)
+    assert outcome.facts.exif_orientation == 6
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (40, 40), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    outcome = valid(buffer.getvalue())
+    assert outcome.facts.frames == 2
+    red, green, blue = outcome.rgb.getpixel((1, 1))
+    assert red > 200 and blue < 50
+
+
+def test_extension_does_not_matter_only_content():
+    assert valid(image_bytes(fmt="PNG")).facts.format == "PNG"  # whatever the key's extension says
+
+
+def test_empty_object():
+    rejected(b"", RejectionCode.EMPTY)
+
+
+def test_too_many_bytes():
+    rejected(image_bytes((64, 64)), RejectionCode.TOO_LARGE, ValidationLimits(max_bytes=100))
+
+
+@pytest.mark.parametrize(
+    "data,what",
+    [
+        (b"%PDF-1.7\n...", "PDF"),
+        (b"PK\x03\x04rest-of-zip", "ZIP"),
+        (b"hello, this is a text file\n", "text"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG"),
+        (bytes(range(256)), "unrecognised"),
+    ],
+)
+def test_not_images_say_what_they_are(data, what):
+    assert what in rejected(data, RejectionCode.NOT_AN_IMAGE).message
+
+
+def test_recognised_but_not_allowed_format():
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48)).save(buffer, format="ICO")
+    assert "ICO" in rejected(buffer.getvalue(), RejectionCode.UNSUPPORTED_FORMAT).message
+
+
+def test_truncated_image_is_corrupt():
+    data = image_bytes((256, 256), fmt="JPEG", quality=95)
+    rejected(data[: len(data) // 2], RejectionCode.CORRUPT)
+
+
+def test_garbage_after_a_real_header_is_corrupt():
+    data = image_bytes((64, 64), fmt="PNG")
+    rejected(data[:40] + b"\x00" * 200, RejectionCode.CORRUPT)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    started = time.perf_counter()
+    message = rejected(png_header_only(50_000, 50_000), RejectionCode.TOO_MANY_PIXELS).message
+    assert time.perf_counter() - started < 1.0
+    assert "pixel" in message
+
+
+def test_pixel_limit_is_ours_not_pillows():
+    rejected(png_header_only(3000, 3000), RejectionCode.TOO_MANY_PIXELS, ValidationLimits(max_pixels=1_000_000))
+
+
+def test_minimum_resolution():
+    assert "16x16" in rejected(image_bytes((16, 16)), RejectionCode.TOO_SMALL).message
+    valid(image_bytes((16, 16)), ValidationLimits(min_side=16))
+
+
+def test_every_corpus_file_ends_valid_or_rejected_with_a_reason():
+    """Pillow's own test images, broken ones included: each gets an outcome, quickly, and nothing raises."""
+    outcomes = {}
+    for path in corpus_files():
+        started = time.perf_counter()
+        outcome = validate_image(path.read_bytes())
+        assert time.perf_counter() - started < 10, f"{path.name} took too long"
+        if isinstance(outcome, Rejection):
+            assert outcome.message.strip(), path
+        else:
+            assert outcome.rgb.mode == "RGB" and min(outcome.rgb.size) >= 32
+        outcomes[path.name] = outcome
+    rejections = {n: o.code for n, o in outcomes.items() if isinstance(o, Rejection)}
+    assert len(outcomes) >= 700
+    # Known-bad files from the corpus end as the right kind of rejection.
+    assert rejections["truncated_jpeg.jpg"] == RejectionCode.CORRUPT
+    assert rejections["broken.png"] == RejectionCode.CORRUPT
+    assert rejections["decompression_bomb.gif"] == RejectionCode.TOO_MANY_PIXELS
+    assert rejections["zero_width.gif"] == RejectionCode.CORRUPT
+    assert all(code == RejectionCode.CORRUPT for n, code in rejections.items() if n.startswith("crash-"))
+    assert "hopper.jpg" not in rejections and "hopper.png" not in rejections

@@ -1,0 +1,80 @@
+"""One contract, both stores: S3 (moto's server over HTTP) and a local folder."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import image_bytes
+from vision_assets.vision.object_store import FolderObjectStore, ObjectMissing, ObjectTooLarge
+
+
+def test_put_get_head_roundtrip(object_store):
+    data = image_bytes()
+    object_store.put("cam1/a b.png", data, "image/png")
+    described, body = object_store.get("cam1/a b.png")
+    assert body == data
+    assert described.size == len(data)
+    assert described.etag and described.last_modified.tzinfo is not None
+    assert object_store.head("cam1/a b.png") == described
+
+
+def test_rewrite_changes_the_etag(object_store):
+    object_store.put("k.png", b"one")
+    first = object_store.head("k.png")
+    object_store.put("k.png", b"two, longer")
+    assert object_store.head("k.png").etag != first.etag
+
+
+def test_missing_objects(object_store):
+    with pytest.raises(ObjectMissing):
+        object_store.get("nope.jpg")
+    with pytest.raises(ObjectMissing):
+        object_store.head("nope.jpg")
+
+
+def test_too_large_is_refused_before_reading(object_store):
+    object_store.put("big.bin", b"x" * 5000)
+    with pytest.raises(ObjectTooLarge) as error:
+        object_store.get("big.bin", max_bytes=1000)
+    assert error.value.size == 5000
+
+
+def test_zero_byte_object(object_store):
+    object_store.put("empty.jpg", b"")
+    described, body = object_store.get("empty.jpg", max_bytes=100)
+    assert body == b"" and described.size == 0
+
+
+def test_listing_follows_pagination_past_1000(object_store):
+    keys = [f"many/{i:05d}.jpg" for i in range(1234)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: object_store.put(k, b"x"), keys))
+    object_store.put("other/not-listed.jpg", b"x")
+    listed = [o.key for o in object_store.list("many/")]
+    assert sorted(listed) == keys
+
+
+def test_odd_keys_roundtrip(object_store):
+    for key in ["sp ace/ü.jpg", "comma,key.jpg", "dots...jpg", "a+b=c(1).jpg"]:
+        object_store.put(key, key.encode())
+        assert object_store.get(key)[1] == key.encode()
+    assert {"sp ace/ü.jpg", "comma,key.jpg"} <= {o.key for o in object_store.list()}
+
+
+def test_uris(object_store):
+    uri = object_store.uri("x/y.jpg")
+    assert uri.startswith("s3://") or uri.startswith("file://")
+    assert uri.endswith("x/y.jpg")
+
+
+def test_folder_store_refuses_keys_outside_its_root(tmp_path):
+    store = FolderObjectStore(tmp_path / "root")
+    with pytest.raises(ValueError):
+        store.put("../escape.jpg", b"x")
+    assert not (tmp_path / "escape.jpg").exists()
+
+
+def test_folder_store_writes_atomically(tmp_path):
+    store = FolderObjectStore(tmp_path)
+    store.put("a/b.json", b"{}")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]  # no temp file left behind

@@ -1,0 +1,174 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from vision_assets.vision.partition_keys import partition_key_for
+from vision_assets.vision.records import StoredObject
+from vision_assets.vision.upload_tracking import (
+    UploadCursor,
+    UploadFilter,
+    contiguous_batches,
+    plan_tick,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+FILTER = UploadFilter(prefix="in/", results_prefix="in/results/", extensions=frozenset({".jpg", ".png"}))
+
+
+def obj(key, seconds=0, etag="e1"):
+    return StoredObject(key=key, size=10, etag=etag, last_modified=T0 + timedelta(seconds=seconds))
+
+
+class Bucket:
+    """Plays the instance's registered partitions across ticks, as the sensor does."""
+
+    def __init__(self):
+        self.registered: list[str] = []
+        self.materialized: set[str] = set()
+        self.cursor = UploadCursor()
+
+    def tick(self, objects, max_uploads=1000, lookback=timedelta(minutes=15), settled_before=None):
+        plan = plan_tick(
+            objects,
+            set(self.registered),
+            UploadCursor.parse(self.cursor.dump()),  # through JSON, as the cursor is stored
+            materialized=lambda: self.materialized,
+            upload_filter=FILTER,
+            partition_key_of=partition_key_for,
+            lookback=lookback,
+            max_uploads=max_uploads,
+            settled_before=settled_before,
+        )
+        self.registered += plan.new_partition_keys
+        self.materialized |= {u.partition_key for u in plan.uploads}  # as if every run succeeded
+        self.cursor = plan.cursor
+        return plan
+
+
+def keys(plan):
+    return [u.obj.key for u in plan.uploads]
+
+
+def test_filter():
+    assert FILTER.accepts("in/a.JPG")
+    assert not FILTER.accepts("in/a.txt")
+    assert not FILTER.accepts("out/a.jpg")
+    assert not FILTER.accepts("in/results/x/~normalized.jpg")
+    assert not FILTER.accepts("in/dir/")
+    assert not FILTER.accepts("in/.tmp-123.jpg")
+    assert UploadFilter().accepts("anything.at.all")
+
+
+def test_new_objects_are_taken_once():
+    bucket = Bucket()
+    first = bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1), obj("in/notes.txt")])
+    assert keys(first) == ["in/a.jpg", "in/b.jpg"]
+    assert first.ignored == 1 and first.ignored_examples == ["in/notes.txt"]
+    assert all(u.is_new for u in first.uploads)
+    assert bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1)]).uploads == []
+
+
+def test_upload_in_the_same_second_as_the_last_tick_is_not_missed():
+    bucket = Bucket()
+    bucket.tick([obj("in/a.jpg", 5)])
+    later = bucket.tick([obj("in/a.jpg", 5), obj("in/b.jpg", 5)])  # b appeared after the tick, same second
+    assert keys(later) == ["in/b.jpg"]
+
+
+def test_object_that_shows_up_with_an_old_timestamp_is_not_missed():
+    # A multipart upload's LastModified is when it *started*: it can appear long after newer objects.
+    bucket = Bucket()
+    bucket.tick([obj("in/new.jpg", 3600)])
+    assert keys(bucket.tick([obj("in/new.jpg", 3600), obj("in/slow.jpg", 0)])) == ["in/slow.jpg"]
+
+
+def test_reupload_with_a_new_etag_is_a_new_version():
+    bucket = Bucket()
+    bucket.tick([obj("in/a.jpg", 0, "v1")])
+    plan = bucket.tick([obj("in/a.jpg", 30, "v2")])
+    assert keys(plan) == ["in/a.jpg"] and not plan.uploads[0].is_new
+    assert bucket.tick([obj("in/a.jpg", 30, "v2")]).uploads == []
+
+
+def test_reupload_long_after_the_first_upload():
+    bucket = Bucket()
+    bucket.tick([obj("in/a.jpg", 0, "v1")])
+    for step in range(1, 5):  # the watermark moves on, pruning a's fingerprint
+        bucket.tick([obj("in/a.jpg", 0, "v1"), obj(f"in/other{step}.jpg", step * 3600)])
+    assert len(bucket.cursor.recent) == 1
+    plan = bucket.tick([obj("in/a.jpg", 5 * 3600, "v2")])
+    assert keys(plan) == ["in/a.jpg"]
+
+
+def test_more_uploads_than_a_tick_takes_wait_for_the_next_tick():
+    bucket = Bucket()
+    objects = [obj(f"in/{i:05d}.jpg", i // 100) for i in range(2500)]
+    taken = []
+    for _ in range(3):
+        taken += keys(bucket.tick(objects, max_uploads=1000))
+    assert sorted(taken) == sorted(o.key for o in objects)
+    assert len(taken) == len(set(taken))
+    assert bucket.tick(objects).uploads == []
+
+
+def test_restart_with_a_lost_cursor_registers_nothing_twice():
+    bucket = Bucket()
+    objects = [obj("in/a.jpg"), obj("in/b.jpg", 1)]
+    bucket.tick(objects)
+    bucket.cursor = UploadCursor()  # sensor reset
+    assert bucket.tick(objects).uploads == []
+    assert keys(bucket.tick([obj("in/a.jpg", 60, "v2"), obj("in/b.jpg", 1)])) == ["in/a.jpg"]
+
+
+def test_colliding_partition_keys_are_reported_not_fatal():
+    plan = plan_tick(
+        [obj("in/a.jpg"), obj("in/b.jpg")],
+        set(),
+        UploadCursor(),
+        materialized=set,
+        upload_filter=FILTER,
+        partition_key_of=lambda key: "same",
+        lookback=timedelta(minutes=1),
+        max_uploads=10,
+    )
+    assert keys(plan) == ["in/a.jpg"] and plan.conflicts == ["in/b.jpg"]
+
+
+def test_fresh_cursor_retakes_registered_objects_that_were_never_processed():
+    bucket = Bucket()
+    bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1)])
+    bucket.materialized.discard("b.jpg")  # b's run was lost with the cursor
+    bucket.cursor = UploadCursor()
+    plan = bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1)])
+    assert keys(plan) == ["in/b.jpg"] and not plan.uploads[0].is_new
+
+
+def test_unsettled_files_wait():
+    bucket = Bucket()
+    plan = bucket.tick([obj("in/a.jpg", 0), obj("in/b.jpg", 10)], settled_before=T0 + timedelta(seconds=5))
+    assert keys(plan) == ["in/a.jpg"] and plan.deferred == 1
+    assert keys(bucket.tick([obj("in/a.jpg", 0), obj("in/b.jpg", 10)])) == ["in/b.jpg"]
+
+
+def test_odd_keys_map_to_their_partition_keys():
+    plan = Bucket().tick([obj("in/my photo, 2.jpg")])
+    assert plan.uploads[0].partition_key == partition_key_for("my photo, 2.jpg")
+
+
+def test_contiguous_batches():
+    order = ["a", "b", "c", "d", "e", "f", "g"]
+    assert contiguous_batches(order, {"a", "b", "c", "d", "e", "f", "g"}, 3) == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+    assert contiguous_batches(order, {"a", "b", "e", "f", "g"}, 10) == [["a", "b"], ["e", "f", "g"]]
+    assert contiguous_batches(order, {"c"}, 10) == [["c"]]
+    assert contiguous_batches(order, set(), 10) == []
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_batches_cover_the_selection_exactly(size):
+    order = [f"k{i}" for i in range(20)]
+    selected = {f"k{i}" for i in (0, 1, 2, 5, 6, 7, 8, 19)}
+    batches = contiguous_batches(order, selected, size)
+    assert sorted(k for b in batches for k in b) == sorted(selected)
+    assert all(len(b) <= size for b in batches)
+    for batch in batches:  # a range run covers everything between its ends: only the selected keys
+        assert order[order.index(batch[0]) : order.index(batch[-1]) + 1] == batch
