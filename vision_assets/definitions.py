@@ -62,6 +62,8 @@ def definitions_from(settings: Settings) -> dg.Definitions:
             min_side=settings.min_image_side,
             allowed_formats=sorted(settings.allowed_formats),
             threads=settings.ingest_threads,
+            store_retries=settings.store_retries,
+            store_retry_seconds=settings.store_retry_seconds,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
     )

@@ -40,6 +40,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_SETTLE_SECONDS": ("2", "Local folder only: files modified more recently wait for the next "
                                      "tick (they may still be being copied)."),
     "VISION_ASSETS_INGEST_THREADS": ("4", "Images fetched and decoded concurrently within a run."),
+    "VISION_ASSETS_STORE_RETRIES": ("3", "Times a batch is retried when the store cannot be reached."),
+    "VISION_ASSETS_STORE_RETRY_SECONDS": ("10", "Wait before each of those retries."),
 }
 
 
@@ -79,6 +81,8 @@ class Settings:
     version_lookback_seconds: int
     settle_seconds: int
     ingest_threads: int
+    store_retries: int
+    store_retry_seconds: int
 
     @property
     def local_bucket_dir(self) -> Path:
@@ -105,4 +109,6 @@ class Settings:
             version_lookback_seconds=_int("VISION_ASSETS_VERSION_LOOKBACK_SECONDS"),
             settle_seconds=_int("VISION_ASSETS_SETTLE_SECONDS"),
             ingest_threads=_int("VISION_ASSETS_INGEST_THREADS"),
+            store_retries=_int("VISION_ASSETS_STORE_RETRIES"),
+            store_retry_seconds=_int("VISION_ASSETS_STORE_RETRY_SECONDS"),
         )

@@ -17,6 +17,7 @@ from ..checks.validation import (
 from ..partitions import images
 from ..resources import ImageStore, IngestPolicy
 from ..vision.ingest import ingest_image
+from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
 
 
@@ -54,7 +55,6 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     group_name="ingest",
     kinds={"python", "s3"},
     code_version="1",
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Each uploaded object fetched and validated (magic bytes, size, full decode, pixel limit, minimum "
     "size), EXIF-oriented, normalised to RGB, hashed (sha256, pHash). Writes `~normalized.jpg` and `~source.json` "
     "per image to the results store.",
@@ -64,8 +64,13 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
     started = time.perf_counter()
     objects, results, limits = image_store.objects, image_store.results, ingest_policy.limits
     # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both.
-    with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-        records = list(pool.map(lambda key: ingest_image(key, objects, results, limits), keys))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
+            records = list(pool.map(lambda key: ingest_image(key, objects, results, limits), keys))
+    except StoreUnavailable as error:  # the store, not an image, failed: the whole batch is retried
+        raise dg.RetryRequested(
+            max_retries=ingest_policy.store_retries, seconds_to_wait=ingest_policy.store_retry_seconds
+        ) from error
     seconds = time.perf_counter() - started
 
     for record in records:

@@ -27,6 +27,8 @@ class IngestPolicy(dg.ConfigurableResource):
     min_side: int = 32
     allowed_formats: list[str] = sorted(DEFAULT_ALLOWED_FORMATS)
     threads: int = 4
+    store_retries: int = 3
+    store_retry_seconds: int = 10
 
     @property
     def limits(self) -> ValidationLimits:

@@ -10,11 +10,12 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .records import StoredObject
 
@@ -23,6 +24,10 @@ LIST_PAGE_SIZE = 1000  # S3's own maximum for ListObjectsV2
 
 class ObjectMissing(KeyError):
     """The object does not exist (any more)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached or refused the request: worth retrying the batch, never a verdict on an image."""
 
 
 class ObjectTooLarge(ValueError):
@@ -60,6 +65,22 @@ def _strip_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+@contextmanager
+def _s3_errors(where: str):
+    """boto3's many failure types -> ObjectMissing (a fact about an object) or StoreUnavailable (retry later)."""
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in _MISSING_CODES:
+            raise ObjectMissing(where) from error
+        raise StoreUnavailable(f"S3 refused {where}: {error}") from error
+    except BotoCoreError as error:
+        raise StoreUnavailable(f"S3 store unreachable ({where}): {error}") from error
+
+
 class S3ObjectStore(ObjectStore):
     def __init__(self, client: Any, bucket: str):
         self.client = client
@@ -68,39 +89,31 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
-        for page in pages:
-            for item in page.get("Contents", []):
-                yield StoredObject(
-                    key=item["Key"],
-                    size=item["Size"],
-                    etag=_strip_etag(item["ETag"]),
-                    last_modified=item["LastModified"],
-                )
+        with _s3_errors(f"listing s3://{self.bucket}/{prefix}"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield StoredObject(
+                        key=item["Key"],
+                        size=item["Size"],
+                        etag=_strip_etag(item["ETag"]),
+                        last_modified=item["LastModified"],
+                    )
 
     def head(self, key: str) -> StoredObject:
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                raise ObjectMissing(key) from error
-            raise
-        return self._described(key, response)
+        with _s3_errors(self.uri(key)):
+            return self._described(key, self.client.head_object(Bucket=self.bucket, Key=key))
 
     def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
-        try:
+        with _s3_errors(self.uri(key)):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                raise ObjectMissing(key) from error
-            raise
-        described = self._described(key, response)
-        body = response["Body"]
-        try:
-            if max_bytes is not None and described.size > max_bytes:
-                raise ObjectTooLarge(key, described.size, max_bytes)
-            return described, body.read()
-        finally:
-            body.close()
+            described = self._described(key, response)
+            body = response["Body"]
+            try:
+                if max_bytes is not None and described.size > max_bytes:
+                    raise ObjectTooLarge(key, described.size, max_bytes)
+                return described, body.read()
+            finally:
+                body.close()
 
     @staticmethod
     def _described(key: str, response: dict) -> StoredObject:
@@ -112,10 +125,12 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        with _s3_errors(self.uri(key)):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        with _s3_errors(self.uri(key)):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -174,14 +189,19 @@ class FolderObjectStore(ObjectStore):
                 return described, handle.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
             raise ObjectMissing(key) from error
+        except OSError as error:
+            raise StoreUnavailable(f"cannot read {path}: {error}") from error
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader (or the upload sensor) never sees a half-written file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a reader (or the upload sensor) never sees a half-written file.
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+                handle.write(data)
+            os.replace(handle.name, path)
+        except OSError as error:
+            raise StoreUnavailable(f"cannot write {path}: {error}") from error
 
     def delete(self, key: str) -> None:
         try:

@@ -1,0 +1,174 @@
+"""`source_images` in real Dagster runs: a batch of good and bad images, per-image outcomes visible."""
+
+import io
+import shutil
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes
+from tests.vision.test_image_validation import png_header_only
+from vision_assets.checks.validation import BATCH_CHECK, PER_IMAGE_CHECK, SOURCE_IMAGES
+from vision_assets.definitions import build_definitions
+from dagster_aws.s3 import S3Resource
+
+from vision_assets.resources import IngestPolicy, S3ImageStore, UploadPolicy
+from vision_assets.vision.partition_keys import partition_key_for
+
+GOOD = {
+    "good.jpg": image_bytes((120, 90), fmt="JPEG"),
+    "good transparent.png": image_bytes((64, 64), mode="RGBA", color=(0, 0, 0, 0)),
+    "actually-a-png.jpg": image_bytes((50, 50), fmt="PNG"),
+}
+BAD = {
+    "zero.jpg": (b"", "empty"),
+    "truncated.jpg": (image_bytes((300, 300), fmt="JPEG")[:900], "corrupt"),
+    "notes.jpg": (b"these are my notes, not a picture\n", "not_an_image"),
+    "bomb.png": (png_header_only(40_000, 40_000), "too_many_pixels"),
+    "tiny.png": (image_bytes((8, 8)), "too_small"),
+}
+
+
+def check_status_by_partition(instance, check_name):
+    info = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(SOURCE_IMAGES, check_name)])
+    return {row.partition_key: row.latest_execution_status.value for row in info}
+
+
+@pytest.fixture
+def batch_run(s3_image_store, instance, s3_client, bucket):
+    for name, data in GOOD.items():
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
+    for name, (data, _) in BAD.items():
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
+    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    [run] = driver.tick_and_run()
+    return run
+
+
+def test_a_batch_with_bad_images_succeeds_and_every_image_is_accounted_for(batch_run, s3_image_store):
+    assert batch_run.success, "a bad image must never fail the batch"
+    keys = {partition_key_for(n) for n in [*GOOD, *BAD]}
+    materialized = {e.partition for e in batch_run.get_asset_materialization_events()}
+    assert materialized == keys
+    for name in GOOD:
+        record = s3_image_store.results.read_source_record(partition_key_for(name))
+        assert record.is_valid and record.sha256 and record.facts.phash
+        _, normalized = s3_image_store.objects.get(record.normalized_key)
+        assert Image.open(io.BytesIO(normalized)).mode == "RGB"
+    for name, (_, code) in BAD.items():
+        record = s3_image_store.results.read_source_record(partition_key_for(name))
+        assert record.status == "rejected" and record.rejection.code.value == code, name
+
+
+def test_per_image_metadata_is_per_partition(batch_run):
+    metadata = {e.partition: e.materialization.metadata for e in batch_run.get_asset_materialization_events()}
+    good = metadata["good.jpg"]
+    assert good["status"].value == "valid" and good["dimensions"].value == "120x90"
+    assert good["format"].value == "JPEG" and len(good["sha256"].value) == 64 and good["phash"].value
+    assert metadata["actually-a-png.jpg"]["format"].value == "PNG"  # magic bytes, not the extension
+    assert metadata["truncated.jpg"]["rejection"].value == "corrupt"
+    assert metadata["good.jpg"]["batch_images"].value == len(GOOD) + len(BAD)
+
+
+def test_batch_check_fails_and_names_each_rejected_image(batch_run):
+    [batch] = [e for e in batch_run.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
+    assert not batch.passed and batch.severity == dg.AssetCheckSeverity.ERROR
+    rejected = batch.metadata["rejected"].value
+    assert set(rejected) == {partition_key_for(n) for n in BAD}
+    assert rejected["zero.jpg"].startswith("empty:")
+    assert "truncated.jpg" in batch.metadata["rejected_table"].value
+
+
+def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
+    statuses = check_status_by_partition(instance, PER_IMAGE_CHECK)
+    for name in GOOD:
+        assert statuses[partition_key_for(name)] == "SUCCEEDED"
+    for name in BAD:
+        assert statuses[partition_key_for(name)] == "FAILED"
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
+    )
+    [notes] = [h for h in history if h.partition == "notes.jpg"]
+    evaluation = notes.event.dagster_event.event_specific_data  # what the UI shows for that image
+    assert not evaluation.passed and "not an image" in evaluation.description
+    assert evaluation.metadata["reason"].value == "not_an_image"
+
+
+def test_batched_runs_leave_no_per_image_result_attributed_to_no_partition(batch_run):
+    # The per-image check is reported per partition by the asset; the job must not also plan it as a step, which
+    # would record one result for the whole range with partition=None.
+    assert {e.check_name for e in batch_run.get_asset_check_evaluations()} == {BATCH_CHECK}
+
+
+def test_object_deleted_after_registration_is_rejected_not_crashed(s3_image_store, instance, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="uploads/gone.jpg", Body=GOOD["good.jpg"])
+    s3_client.put_object(Bucket=bucket, Key="uploads/kept.jpg", Body=GOOD["good.jpg"])
+    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    [request] = driver.tick().run_requests
+    s3_client.delete_object(Bucket=bucket, Key="uploads/gone.jpg")
+    assert driver.run(request).success
+    assert s3_image_store.results.read_source_record("gone.jpg").rejection.code.value == "missing_object"
+    assert s3_image_store.results.read_source_record("kept.jpg").is_valid
+
+
+def test_a_partition_added_by_hand_is_rejected_as_unregistered(s3_image_store, instance):
+    defs = build_definitions(s3_image_store)
+    instance.add_dynamic_partitions("images", ["made-up.jpg"])
+    result = defs.resolve_job_def("process_images").execute_in_process(instance=instance, partition_key="made-up.jpg")
+    assert result.success
+    assert s3_image_store.results.read_source_record("made-up.jpg").rejection.code.value == "unregistered"
+    assert check_status_by_partition(instance, PER_IMAGE_CHECK)["made-up.jpg"] == "FAILED"
+
+
+def test_rerunning_the_per_image_check_reads_the_stored_outcome(batch_run, s3_image_store, instance):
+    recheck = dg.define_asset_job(
+        "recheck",
+        selection=dg.AssetSelection.checks(dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK)),
+    )
+    defs = dg.Definitions.merge(build_definitions(s3_image_store), dg.Definitions(jobs=[recheck]))
+    result = defs.resolve_job_def("recheck").execute_in_process(
+        instance=instance, tags={"dagster/partition": "truncated.jpg"}
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.partition == "truncated.jpg"
+
+
+def test_unreachable_store_is_retried_then_fails_loudly(instance):
+    dead = S3ImageStore(
+        s3=S3Resource(endpoint_url="http://127.0.0.1:9", region_name="us-east-1", max_attempts=1),
+        bucket="b",
+        results_prefix="results/",
+    )
+    instance.add_dynamic_partitions("images", ["a.jpg"])
+    policy = IngestPolicy(store_retries=2, store_retry_seconds=0)
+    result = build_definitions(dead, ingest_policy=policy).resolve_job_def("process_images").execute_in_process(
+        instance=instance, partition_key="a.jpg", raise_on_error=False
+    )
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events]
+    assert kinds.count("STEP_UP_FOR_RETRY") == 2
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "store unreachable" in str(failure.event_specific_data.error.message).lower() or "127.0.0.1:9" in str(
+        failure.event_specific_data.error.to_string()
+    )
+
+
+@pytest.mark.timeout(300)
+def test_the_whole_corpus_goes_through_one_run(local_image_store, instance, tmp_path):
+    """Pillow's 743 test images as a user's bucket: one batch, every file valid or rejected with a reason."""
+    files = corpus_files()
+    shutil.copytree(CORPUS, tmp_path / "bucket" / "pillow")
+    every_object = local_image_store.model_copy(update={"image_extensions": []})  # whatever the extension
+    driver = SensorDriver(build_definitions(every_object, UploadPolicy(batch_size=1000)), instance)
+    runs = driver.tick_and_run()
+    assert len(runs) == 1 and runs[0].success
+    assert len(driver.partitions) == len(files)
+    statuses = {"valid": 0, "rejected": 0}
+    for key in driver.partitions:
+        record = every_object.results.read_source_record(key)
+        assert record is not None, key
+        statuses[record.status] += 1
+        if record.rejection:
+            assert record.rejection.message.strip()
+    assert statuses["valid"] > 500 and statuses["rejected"] > 100
