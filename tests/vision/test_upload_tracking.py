@@ -61,7 +61,7 @@ def test_filter():
 
 def test_new_objects_are_taken_once():
     bucket = Bucket()
-    first = bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1), obj("in/notes.txt")])
+    first = bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1), obj("in/notes.txt"), obj("in/results/a/~source.json")])
     assert keys(first) == ["in/a.jpg", "in/b.jpg"]
     assert first.ignored == 1 and first.ignored_examples == ["in/notes.txt"]
     assert all(u.is_new for u in first.uploads)

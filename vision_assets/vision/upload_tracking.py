@@ -48,10 +48,12 @@ class UploadFilter:
     results_prefix: str = ""
     extensions: frozenset[str] = frozenset()  # lower-case, with the dot; empty = any
 
+    def is_ours(self, key: str) -> bool:
+        """Results the pipeline wrote itself: skipped without a word."""
+        return bool(self.results_prefix) and key.startswith(self.results_prefix)
+
     def accepts(self, key: str) -> bool:
-        if not key.startswith(self.prefix) or key.endswith("/"):
-            return False
-        if self.results_prefix and key.startswith(self.results_prefix):
+        if not key.startswith(self.prefix) or key.endswith("/") or self.is_ours(key):
             return False
         name = key.rsplit("/", 1)[-1]
         if name.startswith("."):  # hidden and temporary files (.tmp-*, .DS_Store)
@@ -110,6 +112,8 @@ def plan_tick(
     claimed: set[str] = set()
 
     for obj in objects:
+        if upload_filter.is_ours(obj.key):
+            continue
         if not upload_filter.accepts(obj.key):
             plan.ignored += 1
             if len(plan.ignored_examples) < 5:

@@ -1,0 +1,82 @@
+"""`vision-assets`: the command line. `dev` starts Dagster's UI and daemon on embedded defaults; `upload` puts
+local files into the configured bucket or folder."""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+
+INSTANCE_YAML = """\
+# Written by `vision-assets dev`: a local instance (SQLite) under the data directory.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_instance(settings: Settings) -> Path:
+    """DAGSTER_HOME under the data directory, so runs, sensor cursors and partitions survive restarts."""
+    home = settings.data_dir / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    if not settings.s3_bucket:
+        settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def dev(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    home = prepare_instance(settings)
+    env = os.environ | {"DAGSTER_HOME": str(home), "VISION_ASSETS_DATA_DIR": str(settings.data_dir)}
+    target = ["-w", str(REPO_WORKSPACE)] if REPO_WORKSPACE.exists() else ["-m", "vision_assets.definitions"]
+    where = f"s3://{settings.s3_bucket}/{settings.prefix}" if settings.s3_bucket else str(settings.local_bucket_dir)
+    print(f"vision-assets: watching {where}\n  data: {settings.data_dir}\n  UI:   http://{args.host}:{args.port}",
+          flush=True)
+    command = [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
+    return subprocess.call(command, env=env)
+
+
+def upload(args: argparse.Namespace) -> int:
+    from .definitions import image_store_from  # imports Dagster: only when needed
+
+    settings = Settings.from_env()
+    store = image_store_from(settings)
+    count = 0
+    for given in map(Path, args.paths):
+        files = sorted(p for p in given.rglob("*") if p.is_file()) if given.is_dir() else [given]
+        for path in files:
+            relative = path.relative_to(given).as_posix() if given.is_dir() else path.name
+            key = f"{settings.prefix}{args.to}{relative}"
+            store.objects.put(key, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            count += 1
+            print(store.objects.uri(key))
+    print(f"uploaded {count} file(s)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vision-assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev_parser = commands.add_parser("dev", help="start the Dagster UI and daemon on embedded defaults")
+    dev_parser.add_argument("--host", default="127.0.0.1")
+    dev_parser.add_argument("--port", type=int, default=3000)
+    dev_parser.set_defaults(handler=dev)
+    upload_parser = commands.add_parser("upload", help="copy files or folders into the watched bucket or folder")
+    upload_parser.add_argument("paths", nargs="+")
+    upload_parser.add_argument("--to", default="", help="key prefix under the watched prefix, e.g. 'cam1/'")
+    upload_parser.set_defaults(handler=upload)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
