@@ -95,10 +95,28 @@ def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
     assert evaluation.metadata["reason"].value == "not_an_image"
 
 
-def test_batched_runs_leave_no_per_image_result_attributed_to_no_partition(batch_run):
-    # The per-image check is reported per partition by the asset; the job must not also plan it as a step, which
-    # would record one result for the whole range with partition=None.
-    assert {e.check_name for e in batch_run.get_asset_check_evaluations()} == {BATCH_CHECK}
+def test_an_image_processed_again_gets_a_new_result(batch_run, s3_image_store, instance, s3_client, bucket):
+    """A re-upload (or a backfill) processes a partition a second time: its per-image result must be recorded
+    again, not collide with the first."""
+    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    assert driver.tick().run_requests == []  # a restarted sensor: everything so far is processed
+    s3_client.put_object(Bucket=bucket, Key="uploads/truncated.jpg", Body=GOOD["good.jpg"])  # fixed by the user
+    runs = driver.tick_and_run()
+    assert runs and all(r.success for r in runs)
+    assert check_status_by_partition(instance, PER_IMAGE_CHECK)["truncated.jpg"] == "SUCCEEDED"
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
+    )
+    assert [h.status.value for h in history if h.partition == "truncated.jpg"] == ["SUCCEEDED", "FAILED"]
+
+
+def test_batched_runs_attribute_every_per_image_result_to_its_partition(batch_run):
+    # The job must not also plan the per-image check as a step: that would add one result for the whole range,
+    # attributed to no partition.
+    evaluations = batch_run.get_asset_check_evaluations()
+    per_image = [e.partition for e in evaluations if e.check_name == PER_IMAGE_CHECK]
+    assert sorted(per_image) == sorted(partition_key_for(n) for n in [*GOOD, *BAD])
+    assert [e.partition for e in evaluations if e.check_name == BATCH_CHECK] == [None]
 
 
 def test_object_deleted_after_registration_is_rejected_not_crashed(s3_image_store, instance, s3_client, bucket):

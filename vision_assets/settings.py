@@ -13,8 +13,8 @@ DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif
 
 # name -> (default, description). Defaults of None mean "unset".
 ENVIRONMENT: dict[str, tuple[str | None, str]] = {
-    "VISION_ASSETS_DATA_DIR": (".vision-assets", "One folder for everything local: the bucket folder, results, "
-                               "the Dagster instance and the embedded Qdrant."),
+    "VISION_ASSETS_DATA_DIR": (".vision-assets", "One folder for everything local: the bucket folder (with its results) "
+                               "and the Dagster instance (DAGSTER_HOME)."),
     "VISION_ASSETS_S3_BUCKET": (None, "Watch this S3 bucket instead of the local folder `<data dir>/bucket`."),
     "VISION_ASSETS_S3_ENDPOINT_URL": (None, "S3-compatible endpoint (MinIO, R2, a test server). Unset = AWS."),
     "VISION_ASSETS_S3_REGION": (None, "Region of the bucket."),

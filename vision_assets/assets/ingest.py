@@ -12,7 +12,7 @@ from ..checks.validation import (
     SOURCE_IMAGES,
     batch_check_result,
     batch_check_spec,
-    report_per_image_checks,
+    log_per_image_checks,
 )
 from ..partitions import images
 from ..resources import ImageStore, IngestPolicy
@@ -75,7 +75,7 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
 
     for record in records:
         context.add_asset_metadata(image_metadata(record), partition_key=record.partition_key)
-    report_per_image_checks(context.instance, records)
+    log_per_image_checks(context, records)
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
                      f"rejected {dict(rejected) or 'none'}")
@@ -108,5 +108,5 @@ def image_valid(context: dg.AssetCheckExecutionContext, image_store: ImageStore)
             raise dg.Failure(f"no stored outcome for {key!r}: materialize source_images for it first")
         records.append(record)
     if not context.has_partition_key:  # a range: Dagster would attribute our one result to no partition
-        report_per_image_checks(context.instance, records)
+        log_per_image_checks(context, records)
     return batch_check_result(records, check_name=PER_IMAGE_CHECK)

@@ -2,8 +2,10 @@
 
 Dagster 1.13 attributes a check result to a partition only in single-partition runs, while our runs cover a
 range of images. So there are two views of one question:
-- `image_valid`, partitioned: one result per image, written as runless evaluations (correct per-partition status
-  in the UI's check partitions view, even from batched runs);
+- `image_valid`, partitioned: one result per image, logged by the asset as check evaluations of its own run, one per
+  partition (correct per-partition status in the UI's check partitions view, linked to the run that produced it).
+  Not runless events: Dagster 1.13 stores those with an empty run id under a unique index, so a second runless
+  result for the same partition (a re-upload, a backfill) fails;
 - `images_valid`, the batch view emitted by the asset itself: fails when any image of the run was rejected and
   lists them with their reasons in its metadata.
 Neither blocks: a rejected image stops on its own (later stages skip it) while the rest of its batch goes on.
@@ -48,9 +50,9 @@ def image_check_evaluation(record: SourceImageRecord) -> dg.AssetCheckEvaluation
     )
 
 
-def report_per_image_checks(instance: dg.DagsterInstance, records: Sequence[SourceImageRecord]) -> None:
+def log_per_image_checks(context: dg.OpExecutionContext, records: Sequence[SourceImageRecord]) -> None:
     for record in records:
-        instance.report_runless_asset_event(image_check_evaluation(record))
+        context.log_event(image_check_evaluation(record))
 
 
 def rejected_table(records: Sequence[SourceImageRecord]) -> str:

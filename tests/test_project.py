@@ -1,0 +1,62 @@
+"""The project's promises about itself: definitions load, the README names every setting, deploy config is valid."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from vision_assets.settings import ENVIRONMENT, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dagster_definitions_validate_from_workspace_yaml(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Validation successful for code location vision_assets" in output
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.M))
+    assert documented == set(ENVIRONMENT), (
+        f"missing from README: {set(ENVIRONMENT) - documented}; not a setting: {documented - set(ENVIRONMENT)}"
+    )
+
+
+def test_settings_reject_nonsense(monkeypatch):
+    monkeypatch.setenv("VISION_ASSETS_BATCH_SIZE", "lots")
+    try:
+        Settings.from_env()
+    except ValueError as error:
+        assert "VISION_ASSETS_BATCH_SIZE" in str(error)
+    else:
+        raise AssertionError("a non-number batch size was accepted")
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "uv run pytest" in readme and ci.strip().splitlines()[-1] == "uv run pytest"
+    assert "uv run vision-assets dev" in readme
+
+
+def test_production_instance_config_matches_dagsters_schema(monkeypatch):
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
+        monkeypatch.setenv(name, "x")
+    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    result = process_config(dagster_instance_config_schema(), config)
+    assert result.success, result.errors
