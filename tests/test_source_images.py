@@ -151,6 +151,13 @@ def test_rerunning_the_per_image_check_reads_the_stored_outcome(batch_run, s3_im
     [evaluation] = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.partition == "truncated.jpg"
 
+    keys = instance.get_dynamic_partitions("images")
+    over_range = defs.resolve_job_def("recheck").execute_in_process(
+        instance=instance, tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    )
+    per_image = {e.partition: e.passed for e in over_range.get_asset_check_evaluations() if e.partition}
+    assert per_image == {k: k in {partition_key_for(n) for n in GOOD} for k in keys}
+
 
 def test_unreachable_store_is_retried_then_fails_loudly(instance):
     dead = S3ImageStore(

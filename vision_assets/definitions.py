@@ -5,7 +5,8 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from .assets.ingest import image_valid, source_images
+from .assets.ingest import source_images
+from .checks.validation import image_valid
 from .jobs import process_images
 from .resources import ImageStore, IngestPolicy, LocalImageStore, S3ImageStore, UploadPolicy
 from .sensors.upload_sensor import make_upload_sensor

@@ -3,7 +3,8 @@ load once per run."""
 
 import dagster as dg
 
-from .assets.ingest import image_valid, source_images
+from .assets.ingest import source_images
+from .checks.validation import image_valid
 
 # The per-image check is reported by source_images itself (see checks/validation.py); planning it as a step in a
 # batched run would only add a result attributed to no partition.

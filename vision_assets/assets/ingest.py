@@ -1,19 +1,13 @@
 """`source_images`: every uploaded object fetched, validated, normalised to RGB and hashed."""
 
 import time
-from typing import Any
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dagster as dg
 
-from ..checks.validation import (
-    PER_IMAGE_CHECK,
-    SOURCE_IMAGES,
-    batch_check_result,
-    batch_check_spec,
-    log_per_image_checks,
-)
+from ..checks.validation import SOURCE_IMAGES, batch_check_result, batch_check_spec, log_per_image_checks
 from ..partitions import images
 from ..resources import ImageStore, IngestPolicy
 from ..vision.ingest import ingest_image
@@ -53,7 +47,7 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[batch_check_spec],
     group_name="ingest",
-    kinds={"python", "s3"},
+    kinds={"python"},
     code_version="1",
     description="Each uploaded object fetched and validated (magic bytes, size, full decode, pixel limit, minimum "
     "size), EXIF-oriented, normalised to RGB, hashed (sha256, pHash). Writes `~normalized.jpg` and `~source.json` "
@@ -89,24 +83,3 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
         }
     )
     yield batch_check_result(records)
-
-
-@dg.asset_check(
-    asset=SOURCE_IMAGES,
-    name=PER_IMAGE_CHECK,
-    partitions_def=images,
-    blocking=False,
-    description="This image decoded and passed the limits; if not, the reason. Reported per image by "
-    "`source_images` itself; running this check again re-reads the stored outcome.",
-)
-def image_valid(context: dg.AssetCheckExecutionContext, image_store: ImageStore) -> dg.AssetCheckResult:
-    results = image_store.results
-    records = []
-    for key in context.partition_keys:
-        record = results.read_source_record(key)
-        if record is None:
-            raise dg.Failure(f"no stored outcome for {key!r}: materialize source_images for it first")
-        records.append(record)
-    if not context.has_partition_key:  # a range: Dagster would attribute our one result to no partition
-        log_per_image_checks(context, records)
-    return batch_check_result(records, check_name=PER_IMAGE_CHECK)

@@ -11,13 +11,13 @@ range of images. So there are two views of one question:
 Neither blocks: a rejected image stops on its own (later stages skip it) while the rest of its batch goes on.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
+from ..partitions import images
+from ..resources import ImageStore
 from ..vision.records import SourceImageRecord
 
 SOURCE_IMAGES = dg.AssetKey("source_images")
@@ -79,3 +79,24 @@ def batch_check_result(records: Sequence[SourceImageRecord], check_name: str = B
             "rejected_table": dg.MetadataValue.md(rejected_table(rejected)),
         },
     )
+
+
+@dg.asset_check(
+    asset=SOURCE_IMAGES,
+    name=PER_IMAGE_CHECK,
+    partitions_def=images,
+    blocking=False,
+    description="This image decoded and passed the limits; if not, the reason. Reported per image by "
+    "`source_images` itself; running this check again re-reads the stored outcome.",
+)
+def image_valid(context: dg.AssetCheckExecutionContext, image_store: ImageStore) -> dg.AssetCheckResult:
+    results = image_store.results
+    records = []
+    for key in context.partition_keys:
+        record = results.read_source_record(key)
+        if record is None:
+            raise dg.Failure(f"no stored outcome for {key!r}: materialize source_images for it first")
+        records.append(record)
+    if not context.has_partition_key:  # a range: Dagster would attribute our one result to no partition
+        log_per_image_checks(context.op_execution_context, records)
+    return batch_check_result(records, check_name=PER_IMAGE_CHECK)
