@@ -127,4 +127,4 @@ def test_uploads_are_processed_in_one_run_and_rejections_are_visible(running):
     }
     assert "not an image" in per_image["broken.jpg"]["evaluation"]["description"]
     [batch] = dev.query(CHECKS, {"name": "images_valid"})["assetCheckExecutions"]
-    assert batch["status"] == "FAILED" and batch["evaluation"]["description"] == "1 of 3 images rejected"
+    assert batch["status"] == "FAILED" and batch["evaluation"]["description"] == "1 of 3 images failed"

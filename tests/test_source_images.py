@@ -9,7 +9,9 @@ from PIL import Image
 
 from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes
 from tests.vision.test_image_validation import png_header_only
-from vision_assets.checks.validation import BATCH_CHECK, PER_IMAGE_CHECK, SOURCE_IMAGES
+from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
+
+PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
 from vision_assets.definitions import build_definitions
 from dagster_aws.s3 import S3Resource
 
@@ -74,10 +76,10 @@ def test_per_image_metadata_is_per_partition(batch_run):
 def test_batch_check_fails_and_names_each_rejected_image(batch_run):
     [batch] = [e for e in batch_run.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
     assert not batch.passed and batch.severity == dg.AssetCheckSeverity.ERROR
-    rejected = batch.metadata["rejected"].value
-    assert set(rejected) == {partition_key_for(n) for n in BAD}
-    assert rejected["zero.jpg"].startswith("empty:")
-    assert "truncated.jpg" in batch.metadata["rejected_table"].value
+    failed = batch.metadata["failed"].value
+    assert set(failed) == {partition_key_for(n) for n in BAD}
+    assert failed["zero.jpg"] == "the object is empty (0 bytes)"
+    assert "truncated.jpg" in batch.metadata["failed_table"].value
 
 
 def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):

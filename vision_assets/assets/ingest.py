@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ..checks.validation import SOURCE_IMAGES, batch_check_result, batch_check_spec, log_per_image_checks
+from ..checks.validation import SOURCE_IMAGES, image_validity, validation_outcome
 from ..partitions import images
 from ..resources import ImageStore, IngestPolicy
 from ..vision.ingest import ingest_image
@@ -45,7 +45,7 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     key=SOURCE_IMAGES,
     partitions_def=images,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[batch_check_spec],
+    check_specs=[image_validity.batch_spec],
     group_name="ingest",
     kinds={"python"},
     code_version="1",
@@ -69,7 +69,6 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
 
     for record in records:
         context.add_asset_metadata(image_metadata(record), partition_key=record.partition_key)
-    log_per_image_checks(context, records)
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
                      f"rejected {dict(rejected) or 'none'}")
@@ -82,4 +81,4 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
             "batch_images_per_second": round(len(records) / seconds, 2) if seconds else 0.0,
         }
     )
-    yield batch_check_result(records)
+    yield image_validity.report(context, [validation_outcome(r) for r in records])
