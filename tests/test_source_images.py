@@ -38,12 +38,12 @@ def check_status_by_partition(instance, check_name):
 
 
 @pytest.fixture
-def batch_run(s3_image_store, instance, s3_client, bucket):
+def batch_run(models, s3_image_store, instance, s3_client, bucket):
     for name, data in GOOD.items():
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
     for name, (data, _) in BAD.items():
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
-    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    driver = SensorDriver(build_definitions(s3_image_store, models), instance)
     [run] = driver.tick_and_run()
     return run
 
@@ -97,10 +97,10 @@ def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
     assert evaluation.metadata["reason"].value == "not_an_image"
 
 
-def test_an_image_processed_again_gets_a_new_result(batch_run, s3_image_store, instance, s3_client, bucket):
+def test_an_image_processed_again_gets_a_new_result(models, batch_run, s3_image_store, instance, s3_client, bucket):
     """A re-upload (or a backfill) processes a partition a second time: its per-image result must be recorded
     again, not collide with the first."""
-    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    driver = SensorDriver(build_definitions(s3_image_store, models), instance)
     assert driver.tick().run_requests == []  # a restarted sensor: everything so far is processed
     s3_client.put_object(Bucket=bucket, Key="uploads/truncated.jpg", Body=GOOD["good.jpg"])  # fixed by the user
     runs = driver.tick_and_run()
@@ -121,10 +121,10 @@ def test_batched_runs_attribute_every_per_image_result_to_its_partition(batch_ru
     assert [e.partition for e in evaluations if e.check_name == BATCH_CHECK] == [None]
 
 
-def test_object_deleted_after_registration_is_rejected_not_crashed(s3_image_store, instance, s3_client, bucket):
+def test_object_deleted_after_registration_is_rejected_not_crashed(models, s3_image_store, instance, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="uploads/gone.jpg", Body=GOOD["good.jpg"])
     s3_client.put_object(Bucket=bucket, Key="uploads/kept.jpg", Body=GOOD["good.jpg"])
-    driver = SensorDriver(build_definitions(s3_image_store), instance)
+    driver = SensorDriver(build_definitions(s3_image_store, models), instance)
     [request] = driver.tick().run_requests
     s3_client.delete_object(Bucket=bucket, Key="uploads/gone.jpg")
     assert driver.run(request).success
@@ -132,8 +132,8 @@ def test_object_deleted_after_registration_is_rejected_not_crashed(s3_image_stor
     assert s3_image_store.results.read_source_record("kept.jpg").is_valid
 
 
-def test_a_partition_added_by_hand_is_rejected_as_unregistered(s3_image_store, instance):
-    defs = build_definitions(s3_image_store)
+def test_a_partition_added_by_hand_is_rejected_as_unregistered(models, s3_image_store, instance):
+    defs = build_definitions(s3_image_store, models)
     instance.add_dynamic_partitions("images", ["made-up.jpg"])
     result = defs.resolve_job_def("process_images").execute_in_process(instance=instance, partition_key="made-up.jpg")
     assert result.success
@@ -141,12 +141,12 @@ def test_a_partition_added_by_hand_is_rejected_as_unregistered(s3_image_store, i
     assert check_status_by_partition(instance, PER_IMAGE_CHECK)["made-up.jpg"] == "FAILED"
 
 
-def test_rerunning_the_per_image_check_reads_the_stored_outcome(batch_run, s3_image_store, instance):
+def test_rerunning_the_per_image_check_reads_the_stored_outcome(models, batch_run, s3_image_store, instance):
     recheck = dg.define_asset_job(
         "recheck",
         selection=dg.AssetSelection.checks(dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK)),
     )
-    defs = dg.Definitions.merge(build_definitions(s3_image_store), dg.Definitions(jobs=[recheck]))
+    defs = dg.Definitions.merge(build_definitions(s3_image_store, models), dg.Definitions(jobs=[recheck]))
     result = defs.resolve_job_def("recheck").execute_in_process(
         instance=instance, tags={"dagster/partition": "truncated.jpg"}
     )
@@ -161,7 +161,7 @@ def test_rerunning_the_per_image_check_reads_the_stored_outcome(batch_run, s3_im
     assert per_image == {k: k in {partition_key_for(n) for n in GOOD} for k in keys}
 
 
-def test_unreachable_store_is_retried_then_fails_loudly(instance):
+def test_unreachable_store_is_retried_then_fails_loudly(models, instance):
     dead = S3ImageStore(
         s3=S3Resource(endpoint_url="http://127.0.0.1:9", region_name="us-east-1", max_attempts=1),
         bucket="b",
@@ -169,7 +169,7 @@ def test_unreachable_store_is_retried_then_fails_loudly(instance):
     )
     instance.add_dynamic_partitions("images", ["a.jpg"])
     policy = IngestPolicy(store_retries=2, store_retry_seconds=0)
-    result = build_definitions(dead, ingest_policy=policy).resolve_job_def("process_images").execute_in_process(
+    result = build_definitions(dead, models, ingest_policy=policy).resolve_job_def("process_images").execute_in_process(
         instance=instance, partition_key="a.jpg", raise_on_error=False
     )
     assert not result.success
@@ -182,12 +182,12 @@ def test_unreachable_store_is_retried_then_fails_loudly(instance):
 
 
 @pytest.mark.timeout(300)
-def test_the_whole_corpus_goes_through_one_run(local_image_store, instance, tmp_path):
+def test_the_whole_corpus_goes_through_one_run(models, local_image_store, instance, tmp_path):
     """Pillow's 743 test images as a user's bucket: one batch, every file valid or rejected with a reason."""
     files = corpus_files()
     shutil.copytree(CORPUS, tmp_path / "bucket" / "pillow")
     every_object = local_image_store.model_copy(update={"image_extensions": []})  # whatever the extension
-    driver = SensorDriver(build_definitions(every_object, UploadPolicy(batch_size=1000)), instance)
+    driver = SensorDriver(build_definitions(every_object, models, UploadPolicy(batch_size=1000)), instance)
     runs = driver.tick_and_run()
     assert len(runs) == 1 and runs[0].success
     assert len(driver.partitions) == len(files)

@@ -13,8 +13,8 @@ from vision_assets.vision.partition_keys import partition_key_for
 
 
 @pytest.fixture
-def driver(s3_image_store, instance):
-    return SensorDriver(build_definitions(s3_image_store), instance)
+def driver(models, s3_image_store, instance):
+    return SensorDriver(build_definitions(s3_image_store, models), instance)
 
 
 def upload(s3_client, bucket, *names, data=None):
@@ -58,8 +58,8 @@ def test_upload_in_the_same_second_as_the_cursor(driver, s3_client, bucket):
     assert driver.tick().run_requests == []
 
 
-def test_more_than_1000_new_objects(s3_image_store, instance, s3_client, bucket):
-    defs = build_definitions(s3_image_store, UploadPolicy(batch_size=400, max_uploads_per_tick=1000))
+def test_more_than_1000_new_objects(models, s3_image_store, instance, s3_client, bucket):
+    defs = build_definitions(s3_image_store, models, UploadPolicy(batch_size=400, max_uploads_per_tick=1000))
     driver = SensorDriver(defs, instance)
     names = [f"bulk/{i:05d}.jpg" for i in range(1500)]
     with ThreadPoolExecutor(16) as pool:
@@ -99,15 +99,15 @@ def test_reuploads_and_new_objects_split_into_contiguous_runs(driver, s3_client,
     assert sorted(ranges(result)) == [("a.jpg", "a.jpg"), ("d.jpg", "e.jpg")]
 
 
-def test_restart_keeps_the_cursor_and_registers_nothing_twice(s3_image_store, instance, s3_client, bucket):
+def test_restart_keeps_the_cursor_and_registers_nothing_twice(models, s3_image_store, instance, s3_client, bucket):
     upload(s3_client, bucket, "a.jpg", "b.jpg")
-    before = SensorDriver(build_definitions(s3_image_store), instance)
+    before = SensorDriver(build_definitions(s3_image_store, models), instance)
     assert [run.success for run in before.tick_and_run()] == [True]
-    restarted = SensorDriver(build_definitions(s3_image_store), instance)  # a new process, the stored cursor
+    restarted = SensorDriver(build_definitions(s3_image_store, models), instance)  # a new process, the stored cursor
     restarted.cursor = before.cursor
     upload(s3_client, bucket, "c.jpg")
     assert [run.success for run in restarted.tick_and_run()] == [True]
-    reset = SensorDriver(build_definitions(s3_image_store), instance)  # cursor lost altogether
+    reset = SensorDriver(build_definitions(s3_image_store, models), instance)  # cursor lost altogether
     assert reset.tick().run_requests == []
     assert instance.get_dynamic_partitions("images") == ["a.jpg", "b.jpg", "c.jpg"]
 
@@ -137,8 +137,8 @@ def test_results_are_never_mistaken_for_uploads(driver, s3_client, bucket):
     assert driver.tick().run_requests == []
 
 
-def test_local_folder_store(local_image_store, instance, tmp_path):
-    driver = SensorDriver(build_definitions(local_image_store), instance)
+def test_local_folder_store(models, local_image_store, instance, tmp_path):
+    driver = SensorDriver(build_definitions(local_image_store, models), instance)
     folder = tmp_path / "bucket" / "cam 1"
     folder.mkdir(parents=True)
     (folder / "x.jpg").write_bytes(image_bytes(fmt="JPEG"))

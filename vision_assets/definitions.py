@@ -5,10 +5,24 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from .assets.detections import build_detections
+from .assets.embeddings import build_embeddings
+from .assets.index import build_qdrant_index
 from .assets.ingest import source_images
-from .checks.validation import image_valid
-from .jobs import process_images
-from .resources import ImageStore, IngestPolicy, LocalImageStore, S3ImageStore, UploadPolicy
+from .assets.labels import build_specialist_labels
+from .jobs import PER_IMAGE_CHECKS, process_images
+from .resources import (
+    DetectorResource,
+    EmbedderResource,
+    ImageStore,
+    IngestPolicy,
+    LabelingSettings,
+    LocalImageStore,
+    QdrantResource,
+    S3ImageStore,
+    SpecialistsResource,
+    UploadPolicy,
+)
 from .sensors.upload_sensor import make_upload_sensor
 from .settings import Settings
 
@@ -33,25 +47,64 @@ def image_store_from(settings: Settings) -> ImageStore:
     return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)
 
 
+def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models)}
+    return {
+        "detector": DetectorResource(
+            model=settings.detector_model, confidence=settings.detector_confidence,
+            max_detections=settings.detector_max_detections, image_size=settings.detector_image_size,
+            batch_size=settings.detector_batch_size, **runtime,
+        ),
+        "embedder": EmbedderResource(
+            model=settings.clip_model, pretrained=settings.clip_pretrained, batch_size=settings.clip_batch_size,
+            **runtime,
+        ),
+        "specialists": SpecialistsResource(
+            models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=settings.drop_labels,
+            batch_size=settings.specialist_batch_size, **runtime,
+        ),
+        "labeling": LabelingSettings(
+            routes=settings.routes, review_thresholds=settings.review_thresholds,
+            default_review_threshold=settings.review_threshold, crop_margin=settings.crop_margin,
+            coral_scene_threshold=settings.coral_scene_threshold,
+        ),
+        "qdrant": QdrantResource(
+            url=settings.qdrant_url,
+            api_key=dg.EnvVar("VISION_ASSETS_QDRANT_API_KEY") if settings.qdrant_api_key else None,
+            path=None if settings.qdrant_url else str(settings.qdrant_path),
+            collection_prefix=settings.qdrant_collection_prefix,
+        ),
+    }
+
+
 def build_definitions(
     image_store: ImageStore,
+    models: dict[str, dg.ConfigurableResource],
     upload_policy: UploadPolicy = UploadPolicy(),
     ingest_policy: IngestPolicy = IngestPolicy(),
     sensor_interval_seconds: int = 15,
 ) -> dg.Definitions:
+    detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     return dg.Definitions(
-        assets=[source_images],
-        asset_checks=[image_valid],
+        assets=[
+            source_images,
+            build_detections(detector.identity),
+            build_specialist_labels(specialists.identity, embedder.identity),
+            build_embeddings(embedder.identity),
+            build_qdrant_index(embedder.identity),
+        ],
+        asset_checks=PER_IMAGE_CHECKS,
         jobs=[process_images],
         sensors=[make_upload_sensor(sensor_interval_seconds)],
-        resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy},
+        resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy} | models,
         executor=dg.in_process_executor,
     )
 
 
-def definitions_from(settings: Settings) -> dg.Definitions:
+def definitions_from(settings: Settings, image_store: ImageStore | None = None) -> dg.Definitions:
     return build_definitions(
-        image_store=image_store_from(settings),
+        image_store=image_store or image_store_from(settings),
+        models=model_resources_from(settings),
         upload_policy=UploadPolicy(
             batch_size=settings.batch_size,
             max_uploads_per_tick=settings.max_uploads_per_tick,

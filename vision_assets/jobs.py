@@ -3,14 +3,18 @@ load once per run."""
 
 import dagster as dg
 
-from .assets.ingest import source_images
-from .checks.validation import image_valid
+from .checks.confidence import labels_confident
+from .checks.embedding import embedding_valid
+from .checks.indexing import indexed
+from .checks.validation import SOURCE_IMAGES, image_valid
 
-# The per-image check is reported by source_images itself (see checks/validation.py); planning it as a step in a
-# batched run would only add a result attributed to no partition.
+# Per-image checks are logged by their assets, one result per partition (see checks/per_image.py); planning them as
+# steps in a batched run would only add a result attributed to no partition.
+PER_IMAGE_CHECKS = [image_valid, labels_confident, embedding_valid, indexed]
+
 process_images = dg.define_asset_job(
     "process_images",
-    selection=dg.AssetSelection.assets(source_images).downstream() - dg.AssetSelection.checks(image_valid),
+    selection=dg.AssetSelection.assets(SOURCE_IMAGES).downstream() - dg.AssetSelection.checks(*PER_IMAGE_CHECKS),
     executor_def=dg.in_process_executor,
     description="Everything that happens to a batch of uploaded images. Launched by `upload_sensor`, one run per "
     "batch of adjacent partitions.",

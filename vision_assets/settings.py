@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .vision.image_formats import DEFAULT_ALLOWED_FORMATS
+from .vision.routing import DEFAULT_ROUTES, format_routes, parse_routes
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif"
 
@@ -42,6 +43,49 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_INGEST_THREADS": ("4", "Images fetched and decoded concurrently within a run."),
     "VISION_ASSETS_STORE_RETRIES": ("3", "Times a batch is retried when the store cannot be reached."),
     "VISION_ASSETS_STORE_RETRY_SECONDS": ("10", "Wait before each of those retries."),
+    "VISION_ASSETS_OFFLINE_MODELS": (None, "A folder from `vision-assets models build-offline`: every model and the "
+                                     "detector's offline thresholds come from it (explicit model settings still win)."),
+    "VISION_ASSETS_DEVICE": ("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."),
+    "VISION_ASSETS_PRECISION": ("fp32", "`fp32`, `bf16`, or `fp16` (CUDA only)."),
+    "VISION_ASSETS_DETECTOR_MODEL": ("yolov8n.pt", "Router checkpoint: an ultralytics name (`yolov8m.pt` on a GPU) "
+                                     "or a local path."),
+    "VISION_ASSETS_DETECTOR_CONFIDENCE": ("0.25", "Detections under this confidence are dropped."),
+    "VISION_ASSETS_DETECTOR_MAX_DETECTIONS": ("50", "Most objects kept per image."),
+    "VISION_ASSETS_DETECTOR_IMAGE_SIZE": ("640", "Inference size (pixels, long side)."),
+    "VISION_ASSETS_DETECTOR_BATCH_SIZE": ("16", "Images per detector forward pass."),
+    "VISION_ASSETS_CLIP_MODEL": ("ViT-B-32", "OpenCLIP architecture, or a local folder (OpenCLIP config + "
+                                 "`weights.pt`)."),
+    "VISION_ASSETS_CLIP_PRETRAINED": ("laion2b_s34b_b79k", "OpenCLIP pretrained tag or weights file."),
+    "VISION_ASSETS_CLIP_BATCH_SIZE": ("64", "Images or texts per CLIP forward pass."),
+    "VISION_ASSETS_DOG_BREEDS_MODEL": ("prithivMLmods/Dog-Breed-120", "Dog breed expert (transformers id or folder)."),
+    "VISION_ASSETS_CAT_BREEDS_MODEL": ("dima806/cat_breed_image_detection", "Cat breed expert."),
+    "VISION_ASSETS_WILDLIFE_MODEL": ("timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21", "Wildlife species "
+                                     "expert (iNaturalist 2021; any transformers image classifier, timm hub models "
+                                     "load through transformers)."),
+    "VISION_ASSETS_CORAL_HEALTH_MODEL": ("akridge/noaa-esd-coral-bleaching-vit-classifier-v1", "Coral health expert "
+                                         "(whole images gated by the CLIP reef score). Empty = no coral stage."),
+    "VISION_ASSETS_SPECIALIST_BATCH_SIZE": ("32", "Crops per expert forward pass."),
+    "VISION_ASSETS_SPECIALIST_TOP_K": ("3", "Labels kept per crop, best first."),
+    "VISION_ASSETS_DROP_LABELS": ("test", "Comma-separated junk classes never reported (some published models "
+                                  "carry a stray `test` class)."),
+    "VISION_ASSETS_REVIEW_THRESHOLD": ("0.5", "A top label under this confidence is flagged `needs_review`."),
+    "VISION_ASSETS_REVIEW_THRESHOLDS": ("", "Per-expert overrides: `dog_breeds=0.6,coral_health=0.7`."),
+    "VISION_ASSETS_ROUTES": (format_routes(DEFAULT_ROUTES), "Detector class -> expert."),
+    "VISION_ASSETS_CROP_MARGIN": ("0.1", "Crops grow by this fraction of the box on each side."),
+    "VISION_ASSETS_CORAL_SCENE_THRESHOLD": ("0.5", "CLIP zero-shot probability of \"an underwater photo of a coral "
+                                            "reef\" above which the coral expert sees the image."),
+    "VISION_ASSETS_QDRANT_URL": (None, "A Qdrant server. Unset = embedded Qdrant in `<data dir>/qdrant` "
+                                 "(one machine, one process at a time)."),
+    "VISION_ASSETS_QDRANT_API_KEY": (None, "API key for the Qdrant server."),
+    "VISION_ASSETS_QDRANT_COLLECTION_PREFIX": ("", "Prefix for the `images` and `crops` collections (a new prefix "
+                                               "per embedding model keeps vector spaces apart)."),
+}
+
+SPECIALIST_SETTINGS = {
+    "dog_breeds": "VISION_ASSETS_DOG_BREEDS_MODEL",
+    "cat_breeds": "VISION_ASSETS_CAT_BREEDS_MODEL",
+    "wildlife": "VISION_ASSETS_WILDLIFE_MODEL",
+    "coral_health": "VISION_ASSETS_CORAL_HEALTH_MODEL",
 }
 
 
@@ -56,6 +100,27 @@ def _int(name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _float(name: str, fallback: object = None) -> float:
+    value = os.environ.get(name) or fallback or env(name)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _pairs(name: str) -> dict[str, float]:
+    pairs = {}
+    for item in filter(None, (p.strip() for p in (env(name) or "").split(","))):
+        key, separator, value = item.partition("=")
+        try:
+            pairs[key.strip()] = float(value)
+        except ValueError:
+            separator = ""
+        if not separator:
+            raise ValueError(f"{name}: expected `name=number`, got {item!r}")
+    return pairs
 
 
 def _csv(name: str) -> frozenset[str]:
@@ -83,6 +148,33 @@ class Settings:
     ingest_threads: int
     store_retries: int
     store_retry_seconds: int
+    offline_models: Path | None
+    device: str
+    precision: str
+    detector_model: str
+    detector_confidence: float
+    detector_max_detections: int
+    detector_image_size: int
+    detector_batch_size: int
+    clip_model: str
+    clip_pretrained: str
+    clip_batch_size: int
+    specialist_models: dict[str, str]
+    specialist_batch_size: int
+    specialist_top_k: int
+    drop_labels: list[str]
+    review_threshold: float
+    review_thresholds: dict[str, float]
+    routes: dict[str, str]
+    crop_margin: float
+    coral_scene_threshold: float
+    qdrant_url: str | None
+    qdrant_api_key: str | None
+    qdrant_collection_prefix: str
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
 
     @property
     def local_bucket_dir(self) -> Path:
@@ -90,7 +182,16 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        from .vision.models.offline import read_manifest
+
         extensions = _csv("VISION_ASSETS_IMAGE_EXTENSIONS")
+        offline_dir = env("VISION_ASSETS_OFFLINE_MODELS")
+        offline = read_manifest(offline_dir) if offline_dir else {}
+        detector = offline.get("detector", {})
+
+        def model(name: str, offline_value: str | None) -> str:  # explicit setting (even empty) > offline > default
+            return os.environ[name] if name in os.environ else offline_value or env(name) or ""
+
         return cls(
             data_dir=Path(env("VISION_ASSETS_DATA_DIR")).expanduser().resolve(),
             s3_bucket=env("VISION_ASSETS_S3_BUCKET") or None,
@@ -111,4 +212,32 @@ class Settings:
             ingest_threads=_int("VISION_ASSETS_INGEST_THREADS"),
             store_retries=_int("VISION_ASSETS_STORE_RETRIES"),
             store_retry_seconds=_int("VISION_ASSETS_STORE_RETRY_SECONDS"),
+            offline_models=Path(offline_dir).resolve() if offline_dir else None,
+            device=env("VISION_ASSETS_DEVICE"),
+            precision=env("VISION_ASSETS_PRECISION"),
+            detector_model=model("VISION_ASSETS_DETECTOR_MODEL", detector.get("model")),
+            detector_confidence=_float("VISION_ASSETS_DETECTOR_CONFIDENCE", detector.get("confidence")),
+            detector_max_detections=int(_float("VISION_ASSETS_DETECTOR_MAX_DETECTIONS", detector.get("max_detections"))),
+            detector_image_size=_int("VISION_ASSETS_DETECTOR_IMAGE_SIZE"),
+            detector_batch_size=_int("VISION_ASSETS_DETECTOR_BATCH_SIZE"),
+            clip_model=model("VISION_ASSETS_CLIP_MODEL", offline.get("clip", {}).get("model")),
+            clip_pretrained="" if offline and not os.environ.get("VISION_ASSETS_CLIP_PRETRAINED")
+            else env("VISION_ASSETS_CLIP_PRETRAINED"),
+            clip_batch_size=_int("VISION_ASSETS_CLIP_BATCH_SIZE"),
+            specialist_models={
+                name: path
+                for name, setting in SPECIALIST_SETTINGS.items()
+                if (path := model(setting, offline.get("specialists", {}).get(name)))
+            },
+            specialist_batch_size=_int("VISION_ASSETS_SPECIALIST_BATCH_SIZE"),
+            specialist_top_k=_int("VISION_ASSETS_SPECIALIST_TOP_K"),
+            drop_labels=sorted(_csv("VISION_ASSETS_DROP_LABELS") | set(offline.get("drop_labels", []))),
+            review_threshold=_float("VISION_ASSETS_REVIEW_THRESHOLD"),
+            review_thresholds=_pairs("VISION_ASSETS_REVIEW_THRESHOLDS"),
+            routes=parse_routes(env("VISION_ASSETS_ROUTES")),
+            crop_margin=_float("VISION_ASSETS_CROP_MARGIN"),
+            coral_scene_threshold=_float("VISION_ASSETS_CORAL_SCENE_THRESHOLD"),
+            qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,
+            qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
+            qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),
         )

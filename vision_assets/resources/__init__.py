@@ -1,4 +1,17 @@
 from .image_store import ImageStore, LocalImageStore, S3ImageStore
-from .policies import IngestPolicy, UploadPolicy
+from .models import DetectorResource, EmbedderResource, SpecialistsResource
+from .policies import IngestPolicy, LabelingSettings, UploadPolicy
+from .vector_index import QdrantResource
 
-__all__ = ["ImageStore", "LocalImageStore", "S3ImageStore", "IngestPolicy", "UploadPolicy"]
+__all__ = [
+    "DetectorResource",
+    "EmbedderResource",
+    "ImageStore",
+    "IngestPolicy",
+    "LabelingSettings",
+    "LocalImageStore",
+    "QdrantResource",
+    "S3ImageStore",
+    "SpecialistsResource",
+    "UploadPolicy",
+]

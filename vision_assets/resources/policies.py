@@ -9,6 +9,8 @@ import dagster as dg
 
 from ..vision.image_formats import DEFAULT_ALLOWED_FORMATS
 from ..vision.image_validation import ValidationLimits
+from ..vision.labeling import LabelingPolicy
+from ..vision.routing import DEFAULT_ROUTES
 
 
 class UploadPolicy(dg.ConfigurableResource):
@@ -37,4 +39,24 @@ class IngestPolicy(dg.ConfigurableResource):
             max_pixels=self.max_pixels,
             min_side=self.min_side,
             allowed_formats=frozenset(self.allowed_formats),
+        )
+
+
+class LabelingSettings(dg.ConfigurableResource):
+    """How crops reach experts and when a label needs a human."""
+
+    routes: dict[str, str] = dict(DEFAULT_ROUTES)
+    review_thresholds: dict[str, float] = {}
+    default_review_threshold: float = 0.5
+    crop_margin: float = 0.1
+    coral_scene_threshold: float = 0.5
+
+    @property
+    def policy(self) -> LabelingPolicy:
+        return LabelingPolicy(
+            routes=self.routes,
+            thresholds=self.review_thresholds,
+            crop_margin=self.crop_margin,
+            coral_scene_threshold=self.coral_scene_threshold,
+            default_threshold=self.default_review_threshold,
         )

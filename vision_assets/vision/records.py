@@ -82,3 +82,88 @@ class SourceImageRecord(BaseModel):
     @property
     def is_valid(self) -> bool:
         return self.status == "valid"
+
+
+class Detection(BaseModel):
+    """One object the router found. `box` is [x1, y1, x2, y2] in pixels of the normalised image."""
+
+    box: list[float]
+    class_id: int
+    class_name: str
+    confidence: float
+
+
+class DetectionsRecord(BaseModel):
+    """Per-image outcome of `detections`, persisted as `<results>/<partition>/~detections.json`."""
+
+    partition_key: str
+    model: str
+    width: int
+    height: int
+    detections: list[Detection]
+
+
+class Label(BaseModel):
+    name: str
+    confidence: float
+
+
+class SpecialistLabel(BaseModel):
+    """What one specialist said about one crop (or, for scene specialists, the whole image)."""
+
+    specialist: str
+    model: str
+    labels: list[Label]  # top-k, best first
+    threshold: float
+    needs_review: bool
+
+    @property
+    def top(self) -> Label:
+        return self.labels[0]
+
+
+class CropLabels(BaseModel):
+    detection_index: int
+    detection: Detection
+    crop_box: list[int]  # the detection box plus margin, clamped to the image
+    specialist: SpecialistLabel | None = None  # None: no specialist for this class
+
+
+class LabelsRecord(BaseModel):
+    """Per-image outcome of `specialist_labels`, persisted as `<results>/<partition>/~labels.json`."""
+
+    partition_key: str
+    crops: list[CropLabels]
+    scene: list[SpecialistLabel] = Field(default_factory=list)  # whole-image specialists (coral health)
+    coral_scene_score: float | None = None
+
+    @property
+    def needing_review(self) -> list[str]:
+        crops = [
+            f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.top.name} "
+            f"{c.specialist.top.confidence:.2f} < {c.specialist.threshold}"
+            for c in self.crops
+            if c.specialist and c.specialist.needs_review
+        ]
+        scene = [f"scene ({s.specialist}): {s.top.name} {s.top.confidence:.2f} < {s.threshold}"
+                 for s in self.scene if s.needs_review]
+        return crops + scene
+
+
+class EmbeddingsRecord(BaseModel):
+    """Per-image outcome of `embeddings` (vectors in `~embeddings.npz`: `image` (d,), `crops` (n, d))."""
+
+    partition_key: str
+    model: str
+    dimension: int
+    crop_indexes: list[int]
+    problems: list[str] = Field(default_factory=list)
+
+
+class IndexRecord(BaseModel):
+    """Per-image outcome of `qdrant_index`: which points it wrote and whether the index now holds exactly them."""
+
+    partition_key: str
+    image_point: str
+    crop_points: list[str]
+    problems: list[str] = Field(default_factory=list)

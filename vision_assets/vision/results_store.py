@@ -6,9 +6,12 @@ partition can never collide with the folder of another (`a/~source.json` vs `a/b
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+from PIL import Image
 from pydantic import BaseModel
 
 from .object_store import ObjectMissing, ObjectStore
@@ -19,6 +22,11 @@ Record = TypeVar("Record", bound=BaseModel)
 REGISTRATION = "~registration.json"
 SOURCE_RECORD = "~source.json"
 NORMALIZED_IMAGE = "~normalized.jpg"
+DETECTIONS = "~detections.json"
+LABELS = "~labels.json"
+EMBEDDINGS = "~embeddings.json"
+EMBEDDING_VECTORS = "~embeddings.npz"
+INDEX = "~index.json"
 
 
 class ResultsStore:
@@ -29,10 +37,10 @@ class ResultsStore:
     def key(self, partition_key: str, name: str) -> str:
         return f"{self.prefix}{partition_key}/{name}"
 
-    def _write(self, partition_key: str, name: str, record: BaseModel) -> None:
+    def write(self, partition_key: str, name: str, record: BaseModel) -> None:
         self.store.put(self.key(partition_key, name), record.model_dump_json(indent=1).encode(), "application/json")
 
-    def _read(self, partition_key: str, name: str, model: type[Record]) -> Record | None:
+    def read(self, partition_key: str, name: str, model: type[Record]) -> Record | None:
         try:
             _, data = self.store.get(self.key(partition_key, name))
         except ObjectMissing:
@@ -42,18 +50,37 @@ class ResultsStore:
     def write_registrations(self, registrations: list[RegisteredImage], threads: int = 16) -> None:
         """Many small PUTs: done concurrently so a tick with thousands of new objects stays fast."""
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda r: self._write(r.partition_key, REGISTRATION, r), registrations))
+            list(pool.map(lambda r: self.write(r.partition_key, REGISTRATION, r), registrations))
 
     def read_registration(self, partition_key: str) -> RegisteredImage | None:
-        return self._read(partition_key, REGISTRATION, RegisteredImage)
+        return self.read(partition_key, REGISTRATION, RegisteredImage)
 
     def write_source_record(self, record: SourceImageRecord) -> None:
-        self._write(record.partition_key, SOURCE_RECORD, record)
+        self.write(record.partition_key, SOURCE_RECORD, record)
 
     def read_source_record(self, partition_key: str) -> SourceImageRecord | None:
-        return self._read(partition_key, SOURCE_RECORD, SourceImageRecord)
+        return self.read(partition_key, SOURCE_RECORD, SourceImageRecord)
 
     def write_normalized(self, partition_key: str, jpeg: bytes) -> str:
         key = self.key(partition_key, NORMALIZED_IMAGE)
         self.store.put(key, jpeg, "image/jpeg")
         return key
+
+    def read_normalized(self, partition_key: str) -> Image.Image:
+        _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+
+    def write_arrays(self, partition_key: str, name: str, **arrays: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self.store.put(self.key(partition_key, name), buffer.getvalue(), "application/octet-stream")
+
+    def read_arrays(self, partition_key: str, name: str) -> dict[str, np.ndarray] | None:
+        try:
+            _, data = self.store.get(self.key(partition_key, name))
+        except ObjectMissing:
+            return None
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}

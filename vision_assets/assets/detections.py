@@ -1,0 +1,58 @@
+"""`detections`: the router (YOLO) on every valid image of the batch."""
+
+import time
+from collections import Counter
+
+import dagster as dg
+
+from ..checks.validation import SOURCE_IMAGES
+from ..resources import DetectorResource, ImageStore
+from ..vision.records import DetectionsRecord
+from ..vision.results_store import DETECTIONS
+from .stage import load_images, note_skipped, stage_asset, valid_sources
+
+DETECTIONS_KEY = dg.AssetKey("detections")
+
+
+def build_detections(detector_identity: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        **stage_asset(
+            key=DETECTIONS_KEY,
+            deps=[SOURCE_IMAGES],
+            pool="gpu",
+            kinds={"pytorch"},
+            code_version=f"1|{detector_identity}",
+            description=f"Objects and boxes found by the router ({detector_identity}), per valid image. Writes "
+            "`~detections.json`.",
+        )
+    )
+    def detections(context: dg.AssetExecutionContext, image_store: ImageStore, detector: DetectorResource):
+        valid, skipped = valid_sources(image_store, context.partition_keys)
+        note_skipped(context, skipped)
+        keys = list(valid)
+        pictures = load_images(image_store, keys)
+        started = time.perf_counter()
+        found = detector.detector.detect([pictures[k] for k in keys]) if keys else []
+        seconds = time.perf_counter() - started
+        model = detector.identity
+        for key, boxes in zip(keys, found, strict=True):
+            picture = pictures[key]
+            image_store.results.write(key, DETECTIONS, DetectionsRecord(
+                partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes))
+            context.add_asset_metadata({
+                "status": "done",
+                "objects": len(boxes),
+                "classes": dict(Counter(b.class_name for b in boxes)),
+                "model": model,
+            }, partition_key=key)
+        context.log.info(f"detected {sum(map(len, found))} objects in {len(keys)} images in {seconds:.2f}s")
+        return dg.MaterializeResult(metadata={
+            "batch_images": len(keys),
+            "batch_skipped": len(skipped),
+            "batch_objects": sum(map(len, found)),
+            "batch_model_seconds": round(seconds, 3),
+            "batch_images_per_second": round(len(keys) / seconds, 2) if seconds else 0.0,
+            "device": detector.detector.device,
+        })
+
+    return detections

@@ -1,0 +1,77 @@
+"""`embeddings`: OpenCLIP vectors for every valid image and every crop."""
+
+import time
+
+import dagster as dg
+import numpy as np
+
+from ..checks.embedding import embedding_outcome, embedding_validity
+from ..resources import EmbedderResource, ImageStore
+from ..vision.embedding_checks import embedding_problems
+from ..vision.records import EmbeddingsRecord, LabelsRecord
+from ..vision.results_store import EMBEDDING_VECTORS, EMBEDDINGS, LABELS
+from .labels import LABELS_KEY
+from .stage import load_images, note_skipped, stage_asset, valid_sources
+
+EMBEDDINGS_KEY = dg.AssetKey("embeddings")
+
+
+def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        **stage_asset(
+            key=EMBEDDINGS_KEY,
+            deps=[LABELS_KEY],
+            pool="gpu",
+            kinds={"pytorch"},
+            code_version=f"1|{embedder_identity}",
+            check_specs=[embedding_validity.batch_spec],
+            description=f"L2-normalised OpenCLIP ({embedder_identity}) embeddings of each valid image and each of "
+            "its crops. Writes `~embeddings.npz` and `~embeddings.json`.",
+        )
+    )
+    def embeddings(context: dg.AssetExecutionContext, image_store: ImageStore, embedder: EmbedderResource):
+        valid, skipped = valid_sources(image_store, context.partition_keys)
+        note_skipped(context, skipped)
+        keys = list(valid)
+        results = image_store.results
+        labels = {key: results.read(key, LABELS, LabelsRecord) for key in keys}
+        pictures = load_images(image_store, keys)
+        crops = [(key, c.detection_index, pictures[key].crop(tuple(c.crop_box))) for key in keys for c in labels[key].crops]
+        clip = embedder.embedder
+        started = time.perf_counter()
+        # One batched pass over all whole images and one over all crops of the run.
+        image_vectors = clip.embed_images([pictures[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+        crop_vectors = clip.embed_images([image for _, _, image in crops]) if crops else None
+        seconds = time.perf_counter() - started
+        dimension = clip.dimension if keys else 0
+
+        rows_of: dict[str, list[int]] = {key: [] for key in keys}
+        for row, (owner, _, _) in enumerate(crops):
+            rows_of[owner].append(row)
+        outcomes = []
+        for row, key in enumerate(keys):
+            mine = rows_of[key]
+            vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
+            record = EmbeddingsRecord(
+                partition_key=key, model=embedder.identity, dimension=dimension,
+                crop_indexes=[crops[i][1] for i in mine],
+                problems=embedding_problems(image_vectors[row], dimension, "image") + embedding_problems(vectors, dimension, "crops"),
+            )
+            results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
+            results.write(key, EMBEDDINGS, record)
+            outcomes.append(embedding_outcome(record))
+            context.add_asset_metadata(
+                {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
+                partition_key=key,
+            )
+        yield dg.MaterializeResult(metadata={
+            "batch_images": len(keys),
+            "batch_crops": len(crops),
+            "batch_skipped": len(skipped),
+            "batch_model_seconds": round(seconds, 3),
+            "batch_vectors_per_second": round((len(keys) + len(crops)) / seconds, 2) if seconds else 0.0,
+            "models_loaded": embedder.load_counts,
+        })
+        yield embedding_validity.report(context, outcomes)
+
+    return embeddings

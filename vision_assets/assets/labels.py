@@ -1,0 +1,84 @@
+"""`specialist_labels`: each crop to the expert for its class; reef-looking images to the coral expert."""
+
+import time
+from collections import Counter
+
+import dagster as dg
+
+from ..checks.confidence import label_confidence, labels_outcome
+from ..resources import EmbedderResource, ImageStore, LabelingSettings, SpecialistsResource
+from ..vision.labeling import label_batch
+from ..vision.records import DetectionsRecord
+from ..vision.results_store import DETECTIONS, LABELS
+from ..vision.routing import CORAL
+from ..vision.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
+from .detections import DETECTIONS_KEY
+from .stage import load_images, note_skipped, stage_asset, valid_sources
+
+LABELS_KEY = dg.AssetKey("specialist_labels")
+
+
+def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        **stage_asset(
+            key=LABELS_KEY,
+            deps=[DETECTIONS_KEY],
+            pool="gpu",
+            kinds={"pytorch"},
+            code_version=f"1|{specialists_identity}|{embedder_identity}",
+            check_specs=[label_confidence.batch_spec],
+            description="Every detection cropped (with a margin) and labelled by the expert for its class, top-k "
+            "with confidences; whole images that CLIP scores as a coral reef labelled by the coral expert. Writes "
+            "`~labels.json`.",
+        )
+    )
+    def specialist_labels(
+        context: dg.AssetExecutionContext,
+        image_store: ImageStore,
+        specialists: SpecialistsResource,
+        embedder: EmbedderResource,
+        labeling: LabelingSettings,
+    ):
+        valid, skipped = valid_sources(image_store, context.partition_keys)
+        note_skipped(context, skipped)
+        keys = list(valid)
+        results = image_store.results
+        detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in keys}
+        pictures = load_images(image_store, keys)
+        experts = specialists.classifiers()
+        started = time.perf_counter()
+        coral_scores = {}
+        if CORAL in experts and keys:
+            clip = embedder.embedder
+            prompts = clip.embed_texts([CORAL_PROMPT, *OTHER_SCENES])
+            scores = zero_shot_probability(clip.embed_images([pictures[k] for k in keys]), prompts)
+            coral_scores = {key: float(score) for key, score in zip(keys, scores, strict=True)}
+        labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
+        seconds = time.perf_counter() - started
+
+        outcomes = []
+        for key in keys:
+            record = labelled[key]
+            results.write(key, LABELS, record)
+            outcome = labels_outcome(record)
+            outcomes.append(outcome)
+            top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
+            context.add_asset_metadata({
+                "status": "done",
+                "crops": len(record.crops),
+                "labels": dict(top),
+                "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
+                "needs_review": len(record.needing_review),
+            }, partition_key=key)
+        routed = Counter(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
+        yield dg.MaterializeResult(metadata={
+            "batch_images": len(keys),
+            "batch_skipped": len(skipped),
+            "batch_crops_per_specialist": dict(routed),
+            "batch_model_seconds": round(seconds, 3),
+            "batch_coral_images": sum(bool(r.scene) for r in labelled.values()),
+            "models_loaded": specialists.load_counts | embedder.load_counts,
+        })
+        yield label_confidence.report(context, outcomes)
+
+    return specialist_labels

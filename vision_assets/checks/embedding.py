@@ -1,0 +1,33 @@
+"""Are the stored vectors usable for search? (ERROR: an image with bad vectors is not indexed.)"""
+
+import dagster as dg
+
+from ..resources import ImageStore
+from ..vision.records import EmbeddingsRecord
+from ..vision.results_store import EMBEDDINGS
+from .per_image import ImageOutcome, PerImageCheck
+
+
+def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
+    return ImageOutcome(
+        record.partition_key,
+        passed=not record.problems,
+        description="; ".join(record.problems) or f"{1 + len(record.crop_indexes)} vectors, {record.dimension}-d, unit norm",
+        metadata={"dimension": record.dimension, "crops": len(record.crop_indexes), "model": record.model},
+    )
+
+
+def _stored(image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
+    record = image_store.results.read(partition_key, EMBEDDINGS, EmbeddingsRecord)
+    return embedding_outcome(record) if record else None
+
+
+embedding_validity = PerImageCheck(
+    asset=dg.AssetKey("embeddings"),
+    name="embedding_valid",
+    batch_name="embeddings_valid",
+    severity=dg.AssetCheckSeverity.ERROR,
+    description="Image and crop embeddings have the model's dimension, are finite and unit length.",
+    stored_outcome=_stored,
+)
+embedding_valid = embedding_validity.definition()

@@ -1,0 +1,124 @@
+"""Model resources: settings in, one loaded model per run out. A model loads on first use in a run (a run with no
+dogs never loads the dog expert) and is unloaded when the run ends; with the in-process executor every step of
+the run shares it."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from ..vision.models.base import Model, identity_for
+from ..vision.models.classifier import ImageClassifier
+from ..vision.models.detector import YoloDetector
+from ..vision.models.embedder import ClipEmbedder
+
+
+def quiet_offline_libraries(offline: bool) -> None:
+    """With local models nothing may reach a hub: no weight lookups, no version checks, no settings sync."""
+    if offline:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
+            os.environ.setdefault(name, "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class _ModelResource(dg.ConfigurableResource):
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 16
+    offline: bool = False
+
+    def _build(self) -> dict[str, Model]:
+        raise NotImplementedError
+
+    _models: dict[str, Model] = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        quiet_offline_libraries(self.offline)
+        self._models = self._build()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        for model in self._models.values():
+            model.unload()
+
+    def _ensure_built(self) -> dict[str, Model]:
+        if not self._models:  # used outside a run (tests, the CLI): build on first use
+            quiet_offline_libraries(self.offline)
+            self._models = self._build()
+        return self._models
+
+    def _model(self, name: str) -> Model:
+        return self._ensure_built()[name]
+
+    @property
+    def load_counts(self) -> dict[str, int]:
+        return {name: model.load_count for name, model in self._models.items()}
+
+
+class DetectorResource(_ModelResource):
+    """The router: an ultralytics YOLO checkpoint (hub name like `yolov8n.pt`, or a local path)."""
+
+    model: str = "yolov8n.pt"
+    revision: str = ""
+    confidence: float = 0.25
+    max_detections: int = 50
+    image_size: int = 640
+
+    def _build(self) -> dict[str, Model]:
+        return {"detector": YoloDetector(
+            identity_for(self.model, self.revision), self.device, self.precision, self.batch_size,
+            confidence=self.confidence, max_detections=self.max_detections, image_size=self.image_size,
+        )}
+
+    @property
+    def detector(self) -> YoloDetector:
+        return self._model("detector")
+
+    @property
+    def identity(self) -> str:
+        return str(identity_for(self.model, self.revision))
+
+
+class EmbedderResource(_ModelResource):
+    """The generalist: OpenCLIP (architecture + pretrained tag, or a local folder from build-offline)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    batch_size: int = 64
+
+    def _build(self) -> dict[str, Model]:
+        return {"embedder": ClipEmbedder(identity_for(self.model), self.device, self.precision,
+                                         self.batch_size, pretrained=self.pretrained)}
+
+    @property
+    def embedder(self) -> ClipEmbedder:
+        return self._model("embedder")
+
+    @property
+    def identity(self) -> str:
+        identity = str(identity_for(self.model))
+        return identity if os.path.exists(self.model) else f"{identity}/{self.pretrained}"
+
+
+class SpecialistsResource(_ModelResource):
+    """The experts, by name: a transformers image classifier each (hub id or local `save_pretrained` folder)."""
+
+    models: dict[str, str] = {}
+    top_k: int = 3
+    drop_labels: list[str] = ["test"]
+    batch_size: int = 32
+
+    def _build(self) -> dict[str, Model]:
+        return {
+            name: ImageClassifier(identity_for(model_id), self.device, self.precision, self.batch_size,
+                                  top_k=self.top_k, drop_labels=self.drop_labels)
+            for name, model_id in self.models.items()
+        }
+
+    def classifiers(self) -> dict[str, ImageClassifier]:
+        return dict(self._ensure_built())
+
+    @property
+    def identity(self) -> str:
+        return ",".join(f"{name}={identity_for(model_id)}" for name, model_id in sorted(self.models.items()))

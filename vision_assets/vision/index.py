@@ -1,0 +1,141 @@
+"""The vector index in Qdrant: two collections (`images`, `crops`), deterministic point ids so a re-run overwrites
+instead of duplicating, payloads people filter on, and the consistency question "does the index hold exactly
+what this image should have?"."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+# Fixed forever: changing it would orphan every point ever written.
+POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
+IMAGES = "images"
+CROPS = "crops"
+KEYWORD_FIELDS = ("image_id", "entity", "label", "labels", "specialist", "sha256", "embedding_model")
+FLOAT_FIELDS = ("confidence", "label_confidence")
+BOOL_FIELDS = ("needs_review",)
+
+
+def image_point_id(partition_key: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"image:{partition_key}"))
+
+
+def crop_point_id(partition_key: str, detection_index: int) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"crop:{partition_key}:{detection_index}"))
+
+
+class IndexMismatch(RuntimeError):
+    """The collection exists with a different dimension or embedding model: mixing vectors would be wrong."""
+
+
+@dataclass
+class ImagePoints:
+    """Everything one image contributes to the index."""
+
+    partition_key: str
+    image_vector: np.ndarray
+    image_payload: dict[str, Any]
+    crop_vectors: np.ndarray  # (n_crops, dim)
+    crop_payloads: list[dict[str, Any]] = field(default_factory=list)
+    crop_indexes: list[int] = field(default_factory=list)
+
+    @property
+    def crop_ids(self) -> list[str]:
+        return [crop_point_id(self.partition_key, i) for i in self.crop_indexes]
+
+
+class VectorIndex:
+    def __init__(self, client: QdrantClient, collection_prefix: str = ""):
+        self.client = client
+        self.images = f"{collection_prefix}{IMAGES}"
+        self.crops = f"{collection_prefix}{CROPS}"
+
+    def ensure_collections(self, dimension: int, embedding_model: str) -> None:
+        for name in (self.images, self.crops):
+            if self.client.collection_exists(name):
+                self._verify(name, dimension, embedding_model)
+                continue
+            self.client.create_collection(
+                name,
+                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                metadata={"embedding_model": embedding_model, "dimension": dimension},
+            )
+            for field_name in KEYWORD_FIELDS:
+                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.KEYWORD)
+            for field_name in FLOAT_FIELDS:
+                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.FLOAT)
+            for field_name in BOOL_FIELDS:
+                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.BOOL)
+
+    def _verify(self, name: str, dimension: int, embedding_model: str) -> None:
+        info = self.client.get_collection(name)
+        size = info.config.params.vectors.size
+        built_with = (info.config.metadata or {}).get("embedding_model")
+        if size != dimension or (built_with and built_with != embedding_model):
+            raise IndexMismatch(
+                f"collection {name!r} holds {size}-d vectors from {built_with or 'an unknown model'}, but this run embeds "
+                f"{dimension}-d vectors with {embedding_model}. Use a new VISION_ASSETS_QDRANT_COLLECTION_PREFIX (or "
+                "delete the collection) and backfill, so the index never mixes vector spaces."
+            )
+
+    def upsert(self, images: Sequence[ImagePoints], batch_size: int = 256) -> None:
+        """Write every image and crop point; remove crop points an earlier run left for these images (a re-run that
+        finds fewer objects must not leave stale crops behind)."""
+        for image in images:
+            keep = image.crop_ids
+            stale = models.Filter(
+                must=[_is(image.partition_key)],
+                must_not=[models.HasIdCondition(has_id=keep)] if keep else [],
+            )
+            self.client.delete(self.crops, points_selector=models.FilterSelector(filter=stale), wait=True)
+        image_points = [
+            models.PointStruct(id=image_point_id(i.partition_key), vector=i.image_vector.tolist(), payload=i.image_payload)
+            for i in images
+        ]
+        crop_points = [
+            models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)
+            for i in images
+            for point_id, vector, payload in zip(i.crop_ids, i.crop_vectors, i.crop_payloads, strict=True)
+        ]
+        for collection, points in ((self.images, image_points), (self.crops, crop_points)):
+            for start in range(0, len(points), batch_size):
+                self.client.upsert(collection, points=points[start : start + batch_size], wait=True)
+
+    def delete_image(self, partition_key: str) -> None:
+        selector = models.FilterSelector(filter=models.Filter(must=[_is(partition_key)]))
+        for collection in (self.images, self.crops):
+            if self.client.collection_exists(collection):
+                self.client.delete(collection, points_selector=selector, wait=True)
+
+    def consistency_problems(self, image: ImagePoints) -> list[str]:
+        """Why the index does not hold exactly this image's points (empty when it does)."""
+        problems = []
+        image_hits = self._ids(self.images, image.partition_key)
+        if image_hits != {image_point_id(image.partition_key)}:
+            problems.append(f"images collection has {len(image_hits)} point(s) for this image, expected 1")
+        crop_hits, expected = self._ids(self.crops, image.partition_key), set(image.crop_ids)
+        if missing := expected - crop_hits:
+            problems.append(f"{len(missing)} crop point(s) missing")
+        if extra := crop_hits - expected:
+            problems.append(f"{len(extra)} stray crop point(s) carry this image id")
+        return problems
+
+    def _ids(self, collection: str, partition_key: str) -> set[str]:
+        found, offset = set(), None
+        while True:
+            points, offset = self.client.scroll(
+                collection, scroll_filter=models.Filter(must=[_is(partition_key)]), limit=256, offset=offset,
+                with_payload=False, with_vectors=False,
+            )
+            found |= {str(p.id) for p in points}
+            if offset is None:
+                return found
+
+
+def _is(partition_key: str) -> models.FieldCondition:
+    return models.FieldCondition(key="image_id", match=models.MatchValue(value=partition_key))

@@ -1,0 +1,74 @@
+"""Specialist labels for a batch of images: crops routed to their experts, each expert called once per batch
+with every crop it owns across all images; the coral expert sees whole images that look like a reef."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+from .records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
+from .routing import CORAL, crop_box
+
+
+class Classifies(Protocol):
+    identity: object
+
+    def classify(self, images: Sequence[Image.Image]) -> list[list[Label]]: ...
+
+
+@dataclass(frozen=True)
+class LabelingPolicy:
+    routes: Mapping[str, str]
+    thresholds: Mapping[str, float]  # specialist -> review threshold
+    crop_margin: float = 0.1
+    coral_scene_threshold: float = 0.5
+    default_threshold: float = 0.5
+
+    def threshold(self, specialist: str) -> float:
+        return self.thresholds.get(specialist, self.default_threshold)
+
+
+def _specialist_label(specialist: str, model: Classifies, labels: list[Label], policy: LabelingPolicy) -> SpecialistLabel:
+    threshold = policy.threshold(specialist)
+    return SpecialistLabel(
+        specialist=specialist,
+        model=str(model.identity),
+        labels=labels,
+        threshold=threshold,
+        needs_review=not labels or labels[0].confidence < threshold,
+    )
+
+
+def label_batch(
+    images: Mapping[str, Image.Image],
+    detections: Mapping[str, DetectionsRecord],
+    specialists: Mapping[str, Classifies],
+    coral_scores: Mapping[str, float],
+    policy: LabelingPolicy,
+) -> dict[str, LabelsRecord]:
+    records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
+    queued: dict[str, list[tuple[CropLabels, Image.Image]]] = defaultdict(list)
+    for key, image in images.items():
+        for index, detection in enumerate(detections[key].detections):
+            box = crop_box(detection.box, image.width, image.height, policy.crop_margin)
+            crop = CropLabels(detection_index=index, detection=detection, crop_box=box)
+            records[key].crops.append(crop)
+            specialist = policy.routes.get(detection.class_name)
+            if specialist in specialists:
+                queued[specialist].append((crop, image.crop(tuple(box))))
+
+    for specialist, work in queued.items():  # one call per expert for the whole batch
+        model = specialists[specialist]
+        for (crop, _), labels in zip(work, model.classify([image for _, image in work]), strict=True):
+            crop.specialist = _specialist_label(specialist, model, labels, policy)
+
+    coral = specialists.get(CORAL)
+    reef_keys = [key for key, score in coral_scores.items() if score >= policy.coral_scene_threshold]
+    if coral is not None and reef_keys:
+        for key, labels in zip(reef_keys, coral.classify([images[k] for k in reef_keys]), strict=True):
+            records[key].scene.append(_specialist_label(CORAL, coral, labels, policy))
+    return records

@@ -1,0 +1,122 @@
+"""The shape every model shares: an identity, load/unload under a lock, batched prediction on a device."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+OFFLINE_HINT = (
+    "No network, or the model id is wrong? Build local models with "
+    "`vision-assets models build-offline DIR` and set VISION_ASSETS_OFFLINE_MODELS=DIR, or point the model setting "
+    "at a local path."
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a result was computed with. `revision` pins hub models; for local files it is a content digest, so a
+    changed file is a changed model."""
+
+    model_id: str
+    revision: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+
+
+def local_revision(path: str | Path) -> str:
+    """A short digest of a local model file or folder (names, sizes, mtimes: cheap, and changes with the file)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return "local-" + digest.hexdigest()[:12]
+
+
+def identity_for(model_id: str, revision: str = "") -> ModelIdentity:
+    if not revision and os.path.exists(model_id):
+        revision = local_revision(model_id)
+    return ModelIdentity(model_id, revision)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(precision: str, device: str):
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ValueError("fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return dtypes[precision]
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]
+
+
+class Model(ABC):
+    """Loaded at most once; `load()` is idempotent and thread-safe, `unload()` frees memory (GPU included)."""
+
+    def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "fp32", batch_size: int = 16):
+        self.identity = identity
+        self.device_setting = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._loaded: Any = None
+        self.load_count = 0
+
+    @property
+    def device(self) -> str:
+        return resolve_device(self.device_setting)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._loaded is None:
+                try:
+                    self._loaded = self._load()
+                except ModelLoadError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - every loader has its own failure types
+                    raise ModelLoadError(f"could not load {self.identity}: {type(error).__name__}: {error}. "
+                                         f"{OFFLINE_HINT}") from error
+                self.load_count += 1
+            return self._loaded
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    @abstractmethod
+    def _load(self) -> Any: ...

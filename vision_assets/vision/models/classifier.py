@@ -1,0 +1,53 @@
+"""Specialists: image classifiers loaded through transformers (hub ids, timm hub models through transformers'
+timm wrapper, or local `save_pretrained` folders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image
+
+from ..records import Label
+from .base import Model, batches, torch_dtype
+
+
+class ImageClassifier(Model):
+    def __init__(self, *args, top_k: int = 3, drop_labels: Sequence[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.top_k = top_k
+        # Some published models carry junk classes (a stray `test` label): never report them.
+        self.drop_labels = {label.lower() for label in drop_labels}
+
+    def _load(self):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        kwargs = {"revision": self.identity.revision} if self.identity.revision and not self.identity.revision.startswith("local-") else {}
+        processor = AutoImageProcessor.from_pretrained(self.identity.model_id, **kwargs)
+        model = AutoModelForImageClassification.from_pretrained(
+            self.identity.model_id, dtype=torch_dtype(self.precision, self.device), **kwargs
+        )
+        model.to(self.device).eval()
+        labels = model.config.id2label
+        keep = [index for index, name in sorted(labels.items()) if str(name).lower() not in self.drop_labels]
+        return processor, model, keep, labels
+
+    def classify(self, images: Sequence[Image.Image]) -> list[list[Label]]:
+        import torch
+
+        processor, model, keep, labels = self.load()
+        keep_index = torch.tensor(keep, device=self.device)
+        out: list[list[Label]] = []
+        for batch in batches(images, self.batch_size):
+            inputs = processor(images=list(batch), return_tensors="pt").to(self.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            with torch.inference_mode():
+                logits = model(**inputs).logits.float()
+            # Softmax over the classes we keep, so dropped junk classes take no probability mass.
+            probabilities = logits.index_select(1, keep_index).softmax(dim=1)
+            k = min(self.top_k, len(keep))
+            top = probabilities.topk(k, dim=1)
+            for scores, positions in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                out.append([
+                    Label(name=str(labels[keep[p]]), confidence=round(s, 6)) for s, p in zip(scores, positions, strict=True)
+                ])
+        return out

@@ -1,0 +1,54 @@
+"""The router: ultralytics YOLO finds objects and their boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image
+
+from ..records import Detection
+from .base import Model, batches
+
+
+class YoloDetector(Model):
+    def __init__(self, *args, confidence: float = 0.25, max_detections: int = 50, image_size: int = 640, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.confidence = confidence
+        self.max_detections = max_detections
+        self.image_size = image_size
+
+    def _load(self):
+        from ultralytics import YOLO
+
+        model = YOLO(self.identity.model_id, task="detect")
+        model.to(self.device)
+        return model
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        model = self.load()
+        found: list[list[Detection]] = []
+        for batch in batches(images, self.batch_size):
+            options = {"half": True} if self.precision == "fp16" else {}
+            results = model.predict(
+                list(batch),
+                conf=self.confidence,
+                max_det=self.max_detections,
+                imgsz=self.image_size,
+                device=self.device,
+                verbose=False,
+                **options,
+            )
+            for result in results:
+                boxes = result.boxes
+                found.append([
+                    Detection(
+                        box=[round(float(v), 2) for v in xyxy],
+                        class_id=int(class_id),
+                        class_name=result.names[int(class_id)],
+                        confidence=round(float(confidence), 6),
+                    )
+                    for xyxy, class_id, confidence in zip(
+                        boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
+                    )
+                ])
+        return found

@@ -1,0 +1,58 @@
+"""What each Qdrant point carries, so people can filter by it ("only golden retrievers", "needs review")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .records import CropLabels, DetectionsRecord, LabelsRecord, SourceImageRecord
+
+
+def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "image_id": source.partition_key,
+        "source_uri": source.source_uri,
+        "sha256": source.sha256,
+        "detection_index": crop.detection_index,
+        "box": crop.detection.box,
+        "crop_box": crop.crop_box,
+        "entity": crop.detection.class_name,
+        "confidence": crop.detection.confidence,
+        "detector_model": detector_model,
+        "embedding_model": embedding_model,
+        "needs_review": False,
+    }
+    if crop.specialist:
+        expert = crop.specialist
+        payload |= {
+            "specialist": expert.specialist,
+            "specialist_model": expert.model,
+            "label": expert.top.name,
+            "label_confidence": expert.top.confidence,
+            "labels": [label.name for label in expert.labels],
+            "top_k": [label.model_dump() for label in expert.labels],
+            "needs_review": expert.needs_review,
+        }
+    return payload
+
+
+def image_payload(
+    source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedding_model: str
+) -> dict[str, Any]:
+    crop_labels = [c.specialist for c in labels.crops if c.specialist]
+    scene = labels.scene
+    return {
+        "image_id": source.partition_key,
+        "source_uri": source.source_uri,
+        "sha256": source.sha256,
+        "phash": source.facts.phash if source.facts else None,
+        "width": detections.width,
+        "height": detections.height,
+        "entity": sorted({d.class_name for d in detections.detections}),
+        "labels": sorted({s.top.name for s in crop_labels + scene}),
+        "coral_health": scene[0].top.name if scene else None,
+        "coral_scene_score": labels.coral_scene_score,
+        "needs_review": any(s.needs_review for s in crop_labels + scene),
+        "detector_model": detections.model,
+        "embedding_model": embedding_model,
+        "specialist_models": sorted({s.model for s in crop_labels + scene}),
+    }
