@@ -3,12 +3,14 @@ timm wrapper, or local `save_pretrained` folders)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from PIL import Image
 
 from ..records import Label
 from .base import Model, batches, torch_dtype
+from .hub import hugging_face_offline_unless_reachable
 
 
 class ImageClassifier(Model):
@@ -19,6 +21,8 @@ class ImageClassifier(Model):
         self.drop_labels = {label.lower() for label in drop_labels}
 
     def _load(self):
+        if not os.path.exists(self.identity.model_id):
+            hugging_face_offline_unless_reachable()
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         kwargs = {"revision": self.identity.revision} if self.identity.revision and not self.identity.revision.startswith("local-") else {}

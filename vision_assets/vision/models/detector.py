@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from PIL import Image
 
 from ..records import Detection
-from .base import Model, batches
+from .base import OFFLINE_HINT, Model, ModelLoadError, batches
+from .hub import GITHUB, reachable
 
 
 class YoloDetector(Model):
@@ -18,6 +20,9 @@ class YoloDetector(Model):
         self.image_size = image_size
 
     def _load(self):
+        if not os.path.exists(self.identity.model_id) and not reachable(GITHUB):
+            raise ModelLoadError(f"{self.identity.model_id} is not a local file and {GITHUB}, where ultralytics "
+                                 f"downloads checkpoints from, cannot be reached. {OFFLINE_HINT}")
         from ultralytics import YOLO
 
         model = YOLO(self.identity.model_id, task="detect")

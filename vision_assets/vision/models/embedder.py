@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Model, ModelLoadError, batches, torch_dtype
+from .hub import hugging_face_offline_unless_reachable
 
 # A local model folder (from `vision-assets models build-offline`) holds `<name>.json` (an OpenCLIP model config)
 # and `weights.pt` (its state dict); hub models are an architecture name plus a pretrained tag.
@@ -30,6 +31,8 @@ class ClipEmbedder(Model):
                 raise ModelLoadError(f"{source} should hold one OpenCLIP config (*.json) and {LOCAL_WEIGHTS}")
             open_clip.add_model_config(configs[0])
             return configs[0].stem, str(source / LOCAL_WEIGHTS)
+        if self.pretrained and not Path(self.pretrained).exists():
+            hugging_face_offline_unless_reachable()  # open_clip fetches pretrained tags from the Hugging Face hub
         return self.identity.model_id, self.pretrained
 
     def _load(self):

@@ -1,0 +1,149 @@
+"""The whole committee in one batched run: router, experts, generalist, index; real model classes (tiny random
+weights), a real S3 endpoint, embedded Qdrant."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import ultralytics
+from qdrant_client import QdrantClient
+
+from tests.conftest import SensorDriver, image_bytes
+from vision_assets.definitions import build_definitions, model_resources_from
+from vision_assets.settings import Settings
+from vision_assets.vision.index import image_point_id
+from vision_assets.vision.records import DetectionsRecord, LabelsRecord
+from vision_assets.vision.results_store import DETECTIONS, LABELS
+
+PHOTOS = Path(ultralytics.__file__).parent / "assets"
+STAGES = ["source_images", "detections", "specialist_labels", "embeddings", "qdrant_index"]
+VALID = ["bus.jpg", "zidane.jpg", "plain.png"]
+
+
+def statuses(instance, asset, check):
+    info = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(dg.AssetKey(asset), check)])
+    return {row.partition_key: row.latest_execution_status.value for row in info}
+
+
+@pytest.fixture
+def pipeline(models, s3_image_store, instance, s3_client, bucket):
+    for name in ("bus.jpg", "zidane.jpg"):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
+    s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=image_bytes((96, 64)))
+    s3_client.put_object(Bucket=bucket, Key="uploads/corrupt.jpg", Body=(PHOTOS / "bus.jpg").read_bytes()[:5000])
+    driver = SensorDriver(build_definitions(s3_image_store, models), instance, whole_pipeline=True)
+    [run] = driver.tick_and_run()
+    return driver, run
+
+
+def code_versions(defs: dg.Definitions) -> dict[str, str]:
+    return {node.key.path[-1]: node.code_version for node in defs.resolve_asset_graph().asset_nodes}
+
+
+def qdrant_counts(models):
+    client = QdrantClient(path=models["qdrant"].path)
+    try:
+        return client.count("images").count, client.count("crops").count, client
+    finally:
+        client.close()
+
+
+def test_every_stage_runs_once_for_the_batch(pipeline):
+    driver, run = pipeline
+    assert run.success
+    by_asset = {}
+    for event in run.get_asset_materialization_events():
+        by_asset.setdefault(event.asset_key.path[-1], {})[event.partition] = event.materialization.metadata
+    assert set(by_asset) == set(STAGES)
+    for stage in STAGES[1:]:
+        assert by_asset[stage]["corrupt.jpg"]["status"].value == "skipped"  # a rejected image goes no further
+        for key in VALID:
+            assert by_asset[stage][key]["status"].value == "done", (stage, key)
+    assert by_asset["specialist_labels"]["bus.jpg"]["batch_images"].value == 3
+
+
+def test_models_load_once_per_run(pipeline):
+    _, run = pipeline
+    metadata = {e.asset_key.path[-1]: e.materialization.metadata for e in run.get_asset_materialization_events()}
+    # CLIP is used by two stages (the coral gate, then the embeddings) and loaded once for both.
+    assert metadata["embeddings"]["models_loaded"].value == {"embedder": 1}
+    loaded = metadata["specialist_labels"]["models_loaded"].value
+    assert all(count <= 1 for count in loaded.values())
+
+
+def test_results_for_each_image(pipeline, s3_image_store):
+    results = s3_image_store.results
+    for key in VALID:
+        detections = results.read(key, DETECTIONS, DetectionsRecord)
+        labels = results.read(key, LABELS, LabelsRecord)
+        assert detections.detections and len(labels.crops) == len(detections.detections)
+        for crop in labels.crops:
+            assert crop.crop_box[0] <= crop.detection.box[0] and crop.crop_box[2] >= int(crop.detection.box[2])
+            if crop.specialist:
+                assert crop.specialist.labels[0].name != "test"  # junk label cleaned by configuration
+                assert crop.specialist.model.startswith(str(Path(crop.specialist.model).parent))
+        assert labels.coral_scene_score is not None
+
+
+def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models, s3_image_store, instance):
+    crops_expected = sum(
+        len(s3_image_store.results.read(k, DETECTIONS, DetectionsRecord).detections) for k in VALID
+    )
+    images, crops, _ = qdrant_counts(models)
+    assert (images, crops) == (3, crops_expected)
+    client = QdrantClient(path=models["qdrant"].path)
+    try:
+        [bus] = client.retrieve("images", [image_point_id("bus.jpg")], with_payload=True, with_vectors=True)
+        assert bus.payload["source_uri"].endswith("uploads/bus.jpg") and len(bus.payload["sha256"]) == 64
+        assert bus.payload["embedding_model"] == models["embedder"].identity
+        assert bus.payload["detector_model"] == models["detector"].identity
+        assert len(bus.vector) == 64  # the tiny CLIP's dimension, taken from the model
+        info = client.get_collection("crops")
+        assert info.config.params.vectors.distance.value == "Cosine"
+        # (Embedded Qdrant accepts payload-index requests and ignores them; a server keeps them.)
+    finally:
+        client.close()
+    assert statuses(instance, "qdrant_index", "indexed") == {k: "SUCCEEDED" for k in VALID}
+    assert statuses(instance, "embeddings", "embedding_valid") == {k: "SUCCEEDED" for k in VALID}
+    assert set(statuses(instance, "specialist_labels", "labels_confident")) == set(VALID)
+
+
+def test_a_rerun_overwrites_points_instead_of_adding(pipeline, models):
+    driver, run = pipeline
+    before = qdrant_counts(models)[:2]
+    again = driver.defs.resolve_job_def("process_images").execute_in_process(
+        instance=driver.instance, tags=run.dagster_run.tags, raise_on_error=False
+    )
+    assert again.success
+    assert qdrant_counts(models)[:2] == before
+
+
+def test_an_image_that_becomes_invalid_leaves_the_index(pipeline, models, s3_client, bucket):
+    driver, _ = pipeline
+    s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=b"now it is garbage")
+    [rerun] = driver.tick_and_run()
+    assert rerun.success
+    client = QdrantClient(path=models["qdrant"].path)
+    try:
+        assert client.retrieve("images", [image_point_id("plain.png")]) == []
+        assert client.count("images").count == 2
+    finally:
+        client.close()
+
+
+def test_changing_a_model_changes_the_code_versions_that_depend_on_it(
+    pipeline, offline_models, tmp_path, monkeypatch, s3_image_store
+):
+    driver, _ = pipeline
+    old = code_versions(driver.defs)
+    other_detector = tmp_path / "other-detector.pt"
+    shutil.copy(offline_models / "detector.pt", other_detector)
+    monkeypatch.setenv("VISION_ASSETS_DETECTOR_MODEL", str(other_detector))
+    new_defs = build_definitions(s3_image_store, model_resources_from(Settings.from_env()))
+    new = code_versions(new_defs)
+    assert str(other_detector) in new["detections"]
+    assert new["detections"] != old["detections"]
+    assert new["embeddings"] == old["embeddings"] and new["source_images"] == old["source_images"]
+    latest = driver.instance.get_latest_materialization_event(dg.AssetKey("detections"))
+    assert latest.dagster_event.step_materialization_data.materialization.tags["dagster/code_version"] == old["detections"]

@@ -1,0 +1,88 @@
+"""The Qdrant index with a real client, embedded in a temporary folder."""
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient, models
+
+from vision_assets.vision.index import IndexMismatch, ImagePoints, VectorIndex, crop_point_id, image_point_id
+
+DIM = 8
+
+
+@pytest.fixture
+def index(tmp_path):
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    yield VectorIndex(client)
+    client.close()
+
+
+def unit(seed, n=None):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, DIM) if n is not None else DIM).astype(np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def points(key, crops, seed=0):
+    return ImagePoints(
+        partition_key=key,
+        image_vector=unit(seed),
+        image_payload={"image_id": key, "labels": ["golden retriever"]},
+        crop_vectors=unit(seed + 1, len(crops)),
+        crop_payloads=[{"image_id": key, "entity": "dog", "label": "golden retriever", "needs_review": False} for _ in crops],
+        crop_indexes=list(crops),
+    )
+
+
+def test_ids_are_deterministic_and_distinct():
+    assert image_point_id("a.jpg") == image_point_id("a.jpg") != image_point_id("b.jpg")
+    assert crop_point_id("a.jpg", 0) != crop_point_id("a.jpg", 1) != image_point_id("a.jpg")
+
+
+def test_upsert_twice_overwrites_not_duplicates(index):
+    index.ensure_collections(DIM, "clip-x")
+    index.upsert([points("a.jpg", [0, 1, 2]), points("b.jpg", [0])])
+    index.upsert([points("a.jpg", [0, 1, 2], seed=5)])
+    assert index.client.count(index.images).count == 2
+    assert index.client.count(index.crops).count == 4
+    assert index.consistency_problems(points("a.jpg", [0, 1, 2])) == []
+
+
+def test_fewer_crops_on_a_rerun_leave_no_strays(index):
+    index.ensure_collections(DIM, "clip-x")
+    index.upsert([points("a.jpg", [0, 1, 2])])
+    index.upsert([points("a.jpg", [1])])
+    assert index.client.count(index.crops).count == 1
+    assert index.consistency_problems(points("a.jpg", [1])) == []
+
+
+def test_consistency_reports_missing_and_stray_points(index):
+    index.ensure_collections(DIM, "clip-x")
+    index.upsert([points("a.jpg", [0, 1])])
+    index.client.delete(index.crops, points_selector=models.PointIdsList(points=[crop_point_id("a.jpg", 0)]))
+    index.client.upsert(index.crops, points=[models.PointStruct(id=crop_point_id("a.jpg", 9), vector=unit(3).tolist(),
+                                                                payload={"image_id": "a.jpg"})])
+    problems = index.consistency_problems(points("a.jpg", [0, 1]))
+    assert "1 crop point(s) missing" in problems and "1 stray crop point(s) carry this image id" in problems
+
+
+def test_filters_on_payload(index):
+    index.ensure_collections(DIM, "clip-x")
+    index.upsert([points("a.jpg", [0, 1])])
+    hits = index.client.query_points(index.crops, query=unit(1).tolist(), limit=10, query_filter=models.Filter(
+        must=[models.FieldCondition(key="label", match=models.MatchValue(value="golden retriever"))])).points
+    assert len(hits) == 2
+
+
+def test_delete_image(index):
+    index.ensure_collections(DIM, "clip-x")
+    index.upsert([points("a.jpg", [0, 1]), points("b.jpg", [0])])
+    index.delete_image("a.jpg")
+    assert index.client.count(index.images).count == 1 and index.client.count(index.crops).count == 1
+
+
+def test_never_mixes_vector_spaces(index):
+    index.ensure_collections(DIM, "clip-x")
+    with pytest.raises(IndexMismatch, match="new VISION_ASSETS_QDRANT_COLLECTION_PREFIX"):
+        index.ensure_collections(DIM * 2, "clip-y")
+    with pytest.raises(IndexMismatch):
+        index.ensure_collections(DIM, "clip-y")
