@@ -12,14 +12,15 @@ from pydantic import PrivateAttr
 from ..vision.models.base import Model, identity_for
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
+from ..vision.models.hub import hugging_face_offline
 from ..vision.models.embedder import ClipEmbedder
 
 
 def quiet_offline_libraries(offline: bool) -> None:
     """With local models nothing may reach a hub: no weight lookups, no version checks, no settings sync."""
     if offline:
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
-            os.environ.setdefault(name, "1")
+        hugging_face_offline()
+        os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 

@@ -21,12 +21,15 @@ def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
         return False
 
 
-def hugging_face_offline_unless_reachable() -> None:
-    """Offline mode for huggingface_hub (and so transformers and open_clip) when its host is out of reach. The
-    library reads the setting at import, so an already-imported copy is switched too."""
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or reachable(HUGGING_FACE):
-        return
+def hugging_face_offline() -> None:
+    """Offline mode for huggingface_hub (and so transformers and open_clip). The library reads the setting once, at
+    import, so a copy imported before the environment said so is switched as well."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         constants.HF_HUB_OFFLINE = True
+
+
+def hugging_face_offline_unless_reachable() -> None:
+    if not reachable(HUGGING_FACE):
+        hugging_face_offline()
