@@ -112,6 +112,19 @@ def test_an_image_processed_again_gets_a_new_result(models, batch_run, s3_image_
     assert [h.status.value for h in history if h.partition == "truncated.jpg"] == ["SUCCEEDED", "FAILED"]
 
 
+def test_rechecking_an_image_that_never_reached_the_stage_is_not_a_failure(batch_run, s3_image_store, instance, models):
+    from vision_assets.checks.confidence import labels_confident
+
+    recheck = dg.define_asset_job("recheck_labels", selection=dg.AssetSelection.checks(labels_confident))
+    defs = dg.Definitions.merge(build_definitions(s3_image_store, models), dg.Definitions(jobs=[recheck]))
+    result = defs.resolve_job_def("recheck_labels").execute_in_process(
+        instance=instance, tags={"dagster/partition": "truncated.jpg"}
+    )
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["not_reached"].value == ["truncated.jpg"]
+
+
 def test_batched_runs_attribute_every_per_image_result_to_its_partition(batch_run):
     # The job must not also plan the per-image check as a step: that would add one result for the whole range,
     # attributed to no partition.

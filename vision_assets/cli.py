@@ -1,5 +1,6 @@
 """`vision-assets`: the command line. `dev` starts Dagster's UI and daemon on embedded defaults; `upload` puts
-local files into the configured bucket or folder."""
+local files into the configured bucket or folder; `models build-offline` writes random-weight models that the
+real loaders read, for machines without a model hub."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ INSTANCE_YAML = """\
 # Written by `vision-assets dev`: a local instance (SQLite) under the data directory.
 telemetry:
   enabled: false
+# Steps in a pool run one at a time across runs: `gpu` (the model stages share one device) and `qdrant` (embedded
+# Qdrant allows one client at a time).
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 
@@ -36,7 +42,12 @@ def prepare_instance(settings: Settings) -> Path:
 def dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     home = prepare_instance(settings)
-    env = os.environ | {"DAGSTER_HOME": str(home), "VISION_ASSETS_DATA_DIR": str(settings.data_dir)}
+    env = os.environ | {
+        "DAGSTER_HOME": str(home),
+        "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
+        # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
+        "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
+    }
     target = ["-w", str(REPO_WORKSPACE)] if REPO_WORKSPACE.exists() else ["-m", "vision_assets.definitions"]
     where = f"s3://{settings.s3_bucket}/{settings.prefix}" if settings.s3_bucket else str(settings.local_bucket_dir)
     print(f"vision-assets: watching {where}\n  data: {settings.data_dir}\n  UI:   http://{args.host}:{args.port}",
@@ -63,6 +74,15 @@ def upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_offline(args: argparse.Namespace) -> int:
+    from .vision.models.offline import build_offline_models
+
+    manifest = build_offline_models(args.folder, args.size)
+    print(f"wrote {args.size} offline models to {manifest.parent}\n"
+          f"use them with: VISION_ASSETS_OFFLINE_MODELS={manifest.parent.resolve()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vision-assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     upload_parser.add_argument("paths", nargs="+")
     upload_parser.add_argument("--to", default="", help="key prefix under the watched prefix, e.g. 'cam1/'")
     upload_parser.set_defaults(handler=upload)
+    models_parser = commands.add_parser("models", help="model utilities")
+    model_commands = models_parser.add_subparsers(dest="models_command", required=True)
+    offline_parser = model_commands.add_parser(
+        "build-offline", help="save randomly initialised models in the real formats (no download)"
+    )
+    offline_parser.add_argument("folder", type=Path)
+    offline_parser.add_argument("--size", choices=["tiny", "full"], default="tiny",
+                                help="tiny: fast, for tests; full: the real architectures, for benchmarks")
+    offline_parser.set_defaults(handler=build_offline)
     args = parser.parse_args(argv)
     return args.handler(args)
 

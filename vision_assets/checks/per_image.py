@@ -56,7 +56,9 @@ class PerImageCheck:
         for outcome in outcomes:
             context.log_event(self.evaluation(outcome))
 
-    def summary(self, outcomes: Sequence[ImageOutcome], check_name: str | None = None) -> dg.AssetCheckResult:
+    def summary(
+        self, outcomes: Sequence[ImageOutcome], check_name: str | None = None, **extra_metadata: Any
+    ) -> dg.AssetCheckResult:
         failed = [o for o in outcomes if not o.passed]
         rows = [f"| `{o.partition_key}` | {o.description.replace('|', '/')} |" for o in failed]
         return dg.AssetCheckResult(
@@ -70,6 +72,7 @@ class PerImageCheck:
                 "failed_count": len(failed),
                 "failed": {o.partition_key: o.description for o in failed},
                 "failed_table": dg.MetadataValue.md("\n".join(["| image | why |", "|---|---|", *rows])),
+                **extra_metadata,
             },
         )
 
@@ -85,14 +88,15 @@ class PerImageCheck:
                         description=f"{self.description} One result per image, logged by the asset; running this "
                         "check re-reads the stored outcome.")
         def per_image_check(context: dg.AssetCheckExecutionContext, image_store: ImageStore) -> dg.AssetCheckResult:
-            outcomes = []
+            outcomes, not_reached = [], []
             for key in context.partition_keys:
                 outcome = check.stored_outcome(image_store, key)
-                if outcome is None:
-                    raise dg.Failure(f"no stored outcome for {key!r}: materialize {check.asset.to_user_string()} first")
-                outcomes.append(outcome)
+                if outcome is None:  # e.g. rejected at validation: it never reached this stage, nothing to judge
+                    not_reached.append(key)
+                else:
+                    outcomes.append(outcome)
             if not context.has_partition_key:  # a range: Dagster would attribute our one result to no partition
                 check.log_per_image(context.op_execution_context, outcomes)
-            return check.summary(outcomes, check_name=check.name)
+            return check.summary(outcomes, check_name=check.name, not_reached=not_reached)
 
         return per_image_check
