@@ -48,6 +48,8 @@ def dev(args: argparse.Namespace) -> int:
         # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
         "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
     }
+    if settings.offline_models:  # absolute, so every process dagster dev starts finds it whatever its directory
+        env["VISION_ASSETS_OFFLINE_MODELS"] = str(settings.offline_models)
     target = ["-w", str(REPO_WORKSPACE)] if REPO_WORKSPACE.exists() else ["-m", "vision_assets.definitions"]
     where = f"s3://{settings.s3_bucket}/{settings.prefix}" if settings.s3_bucket else str(settings.local_bucket_dir)
     print(f"vision-assets: watching {where}\n  data: {settings.data_dir}\n  UI:   http://{args.host}:{args.port}",

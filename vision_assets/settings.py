@@ -58,7 +58,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_CLIP_PRETRAINED": ("laion2b_s34b_b79k", "OpenCLIP pretrained tag or weights file."),
     "VISION_ASSETS_CLIP_BATCH_SIZE": ("64", "Images or texts per CLIP forward pass."),
     "VISION_ASSETS_DOG_BREEDS_MODEL": ("prithivMLmods/Dog-Breed-120", "Dog breed expert (transformers id or folder)."),
-    "VISION_ASSETS_CAT_BREEDS_MODEL": ("dima806/cat_breed_image_detection", "Cat breed expert."),
+    "VISION_ASSETS_CAT_BREEDS_MODEL": ("dima806/67_cat_breeds_image_detection", "Cat breed expert."),
     "VISION_ASSETS_WILDLIFE_MODEL": ("timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21", "Wildlife species "
                                      "expert (iNaturalist 2021; any transformers image classifier, timm hub models "
                                      "load through transformers)."),
