@@ -75,11 +75,15 @@ def test_clip_embeds_images_and_texts_in_one_unit_space(manifest, photos):
     assert clip.embed_images([]).shape == (0, clip.dimension)
 
 
-def test_local_identity_changes_with_the_file(tmp_path):
+def test_local_identity_follows_content_not_location(tmp_path):
     weights = tmp_path / "model.pt"
-    weights.write_bytes(b"one")
+    weights.write_bytes(b"one" * 1000)
     first = identity_for(str(weights))
-    weights.write_bytes(b"three")
+    copy = tmp_path / "elsewhere" / "model.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(weights.read_bytes())
+    assert identity_for(str(copy)).revision == first.revision  # copied to another place or machine: same model
+    weights.write_bytes(b"two" * 1000)  # same size, retrained
     assert identity_for(str(weights)).revision != first.revision
     assert identity_for("yolov8n.pt").revision == ""  # hub names are pinned by the setting, not hashed
 

@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from ..checks.embedding import embedding_outcome, embedding_validity
+from ..checks.embedding import embedding_validity
 from ..resources import EmbedderResource, ImageStore
 from ..vision.embedding_checks import embedding_problems
 from ..vision.records import EmbeddingsRecord, LabelsRecord
@@ -48,7 +48,7 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
         rows_of: dict[str, list[int]] = {key: [] for key in keys}
         for row, (owner, _, _) in enumerate(crops):
             rows_of[owner].append(row)
-        outcomes = []
+        records = []
         for row, key in enumerate(keys):
             mine = rows_of[key]
             vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
@@ -59,7 +59,7 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
             )
             results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
             results.write(key, EMBEDDINGS, record)
-            outcomes.append(embedding_outcome(record))
+            records.append(record)
             context.add_asset_metadata(
                 {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
                 partition_key=key,
@@ -72,6 +72,6 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
             "batch_vectors_per_second": round((len(keys) + len(crops)) / seconds, 2) if seconds else 0.0,
             "models_loaded": embedder.load_counts,
         })
-        yield embedding_validity.report(context, outcomes)
+        yield embedding_validity.report(context, records)
 
     return embeddings

@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from ..checks.indexing import index_consistency, index_outcome
+from ..checks.indexing import index_consistency
 from ..resources import ImageStore, QdrantResource
 from ..vision.index import ImagePoints, image_point_id
 from ..vision.payloads import crop_payload, image_payload
@@ -55,7 +55,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 crop_indexes=record.crop_indexes,
             ))
         started = time.perf_counter()
-        outcomes = []
+        records = []
         with qdrant.open() as index:
             if points:
                 index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
@@ -66,7 +66,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 record = IndexRecord(partition_key=image.partition_key, image_point=image_point_id(image.partition_key),
                                      crop_points=image.crop_ids, problems=index.consistency_problems(image))
                 results.write(image.partition_key, INDEX, record)
-                outcomes.append(index_outcome(record))
+                records.append(record)
                 context.add_asset_metadata({"status": "done", "image_point": record.image_point,
                                             "crop_points": len(record.crop_points)}, partition_key=image.partition_key)
         seconds = time.perf_counter() - started
@@ -77,6 +77,6 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             "batch_seconds": round(seconds, 3),
             "qdrant": qdrant.url or f"embedded at {qdrant.path}",
         })
-        yield index_consistency.report(context, outcomes)
+        yield index_consistency.report(context, records)
 
     return qdrant_index

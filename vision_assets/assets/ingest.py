@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ..checks.validation import SOURCE_IMAGES, image_validity, validation_outcome
+from ..checks.validation import SOURCE_IMAGES, image_validity
 from ..partitions import images
 from ..resources import ImageStore, IngestPolicy
 from ..vision.ingest import ingest_image
@@ -81,4 +81,4 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
             "batch_images_per_second": round(len(records) / seconds, 2) if seconds else 0.0,
         }
     )
-    yield image_validity.report(context, [validation_outcome(r) for r in records])
+    yield image_validity.report(context, records)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import dagster as dg
 
-from ..checks.confidence import label_confidence, labels_outcome
+from ..checks.confidence import label_confidence
 from ..resources import EmbedderResource, ImageStore, LabelingSettings, SpecialistsResource
 from ..vision.labeling import label_batch
 from ..vision.records import DetectionsRecord
@@ -56,12 +56,9 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
         seconds = time.perf_counter() - started
 
-        outcomes = []
         for key in keys:
             record = labelled[key]
             results.write(key, LABELS, record)
-            outcome = labels_outcome(record)
-            outcomes.append(outcome)
             top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
             context.add_asset_metadata({
                 "status": "done",
@@ -79,6 +76,6 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             "batch_coral_images": sum(bool(r.scene) for r in labelled.values()),
             "models_loaded": specialists.load_counts | embedder.load_counts,
         })
-        yield label_confidence.report(context, outcomes)
+        yield label_confidence.report(context, [labelled[key] for key in keys])
 
     return specialist_labels

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from ..resources import ImageStore
 from ..vision.records import LabelsRecord
 from ..vision.results_store import LABELS
 from .per_image import ImageOutcome, PerImageCheck
@@ -18,11 +17,6 @@ def labels_outcome(record: LabelsRecord) -> ImageOutcome:
     )
 
 
-def _stored(image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
-    record = image_store.results.read(partition_key, LABELS, LabelsRecord)
-    return labels_outcome(record) if record else None
-
-
 label_confidence = PerImageCheck(
     asset=dg.AssetKey("specialist_labels"),
     name="labels_confident",
@@ -30,6 +24,8 @@ label_confidence = PerImageCheck(
     severity=dg.AssetCheckSeverity.WARN,
     description="Every specialist's top label is at or above that specialist's review threshold; labels under it "
     "are listed for review.",
-    stored_outcome=_stored,
+    record_file=LABELS,
+    record_type=LabelsRecord,
+    outcome=labels_outcome,
 )
 labels_confident = label_confidence.definition()

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from ..resources import ImageStore
 from ..vision.records import EmbeddingsRecord
 from ..vision.results_store import EMBEDDINGS
 from .per_image import ImageOutcome, PerImageCheck
@@ -17,17 +16,14 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
     )
 
 
-def _stored(image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
-    record = image_store.results.read(partition_key, EMBEDDINGS, EmbeddingsRecord)
-    return embedding_outcome(record) if record else None
-
-
 embedding_validity = PerImageCheck(
     asset=dg.AssetKey("embeddings"),
     name="embedding_valid",
     batch_name="embeddings_valid",
     severity=dg.AssetCheckSeverity.ERROR,
     description="Image and crop embeddings have the model's dimension, are finite and unit length.",
-    stored_outcome=_stored,
+    record_file=EMBEDDINGS,
+    record_type=EmbeddingsRecord,
+    outcome=embedding_outcome,
 )
 embedding_valid = embedding_validity.definition()

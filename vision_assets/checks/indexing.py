@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from ..resources import ImageStore
 from ..vision.records import IndexRecord
 from ..vision.results_store import INDEX
 from .per_image import ImageOutcome, PerImageCheck
@@ -17,17 +16,14 @@ def index_outcome(record: IndexRecord) -> ImageOutcome:
     )
 
 
-def _stored(image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
-    record = image_store.results.read(partition_key, INDEX, IndexRecord)
-    return index_outcome(record) if record else None
-
-
 index_consistency = PerImageCheck(
     asset=dg.AssetKey("qdrant_index"),
     name="indexed",
     batch_name="index_consistent",
     severity=dg.AssetCheckSeverity.ERROR,
     description="Every image and crop of the batch has its point in Qdrant and no other point carries its image id.",
-    stored_outcome=_stored,
+    record_file=INDEX,
+    record_type=IndexRecord,
+    outcome=index_outcome,
 )
 indexed = index_consistency.definition()

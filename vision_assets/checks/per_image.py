@@ -10,9 +10,10 @@ Neither blocks the run: a failing image stops on its own, the rest of the batch 
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import dagster as dg
+from pydantic import BaseModel
 
 from ..partitions import images
 from ..resources import ImageStore
@@ -26,15 +27,24 @@ class ImageOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+Record = TypeVar("Record", bound=BaseModel)
+
+
 @dataclass(frozen=True)
-class PerImageCheck:
+class PerImageCheck(Generic[Record]):
     asset: dg.AssetKey
     name: str
     batch_name: str
     severity: dg.AssetCheckSeverity
     description: str
-    # Reads the outcome stored with the image (None: the image never reached this stage).
-    stored_outcome: Callable[[ImageStore, str], ImageOutcome | None]
+    record_file: str  # the stage's per-image record in the results store, which the outcome is judged from
+    record_type: type[Record]
+    outcome: Callable[[Record], ImageOutcome]
+
+    def stored_outcome(self, image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
+        """None: the image never reached this stage (e.g. rejected at validation)."""
+        record = image_store.results.read(partition_key, self.record_file, self.record_type)
+        return self.outcome(record) if record else None
 
     @property
     def batch_spec(self) -> dg.AssetCheckSpec:
@@ -76,8 +86,9 @@ class PerImageCheck:
             },
         )
 
-    def report(self, context: dg.OpExecutionContext, outcomes: Sequence[ImageOutcome]) -> dg.AssetCheckResult:
+    def report(self, context: dg.OpExecutionContext, records: Sequence[Record]) -> dg.AssetCheckResult:
         """From inside the asset: every image's result, then the batch result to yield."""
+        outcomes = [self.outcome(record) for record in records]
         self.log_per_image(context, outcomes)
         return self.summary(outcomes)
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from ..resources import ImageStore
 from ..vision.records import SourceImageRecord
+from ..vision.results_store import SOURCE_RECORD
 from .per_image import ImageOutcome, PerImageCheck
 
 SOURCE_IMAGES = dg.AssetKey("source_images")
@@ -20,11 +20,6 @@ def validation_outcome(record: SourceImageRecord) -> ImageOutcome:
     return ImageOutcome(record.partition_key, record.is_valid, description, metadata)
 
 
-def _stored(image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
-    record = image_store.results.read_source_record(partition_key)
-    return validation_outcome(record) if record else None
-
-
 image_validity = PerImageCheck(
     asset=SOURCE_IMAGES,
     name="image_valid",
@@ -32,6 +27,8 @@ image_validity = PerImageCheck(
     severity=dg.AssetCheckSeverity.ERROR,
     description="The object decoded as an image and passed the limits; if not, the reason. Failing images go no "
     "further.",
-    stored_outcome=_stored,
+    record_file=SOURCE_RECORD,
+    record_type=SourceImageRecord,
+    outcome=validation_outcome,
 )
 image_valid = image_validity.definition()

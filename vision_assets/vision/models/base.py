@@ -36,14 +36,24 @@ class ModelIdentity:
         return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
 
 
+SAMPLE_BYTES = 1 << 20
+
+
 def local_revision(path: str | Path) -> str:
-    """A short digest of a local model file or folder (names, sizes, mtimes: cheap, and changes with the file)."""
+    """A short content digest of a local model file or folder: each file's name, size, and first and last MiB.
+    Retrained weights change it; copying the folder to another machine does not (so code versions, which carry it,
+    only change when the model does). Reading 2 MiB a file keeps it fast for multi-GB checkpoints."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{size}".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(SAMPLE_BYTES))
+            if size > 2 * SAMPLE_BYTES:
+                handle.seek(-SAMPLE_BYTES, os.SEEK_END)
+                digest.update(handle.read(SAMPLE_BYTES))
     return "local-" + digest.hexdigest()[:12]
 
 

@@ -1,0 +1,126 @@
+"""The model committee: raw model calls vs the batched pipeline vs one run per image, measured in one process.
+
+  1. baseline: the models alone (detector on all images, each expert on its crops, CLIP on images and crops),
+     already loaded, no Dagster, no storage;
+  2. batched: one `process_images` run over all images (what the upload sensor launches), models loaded in the run;
+  3. per image: one run per image, on a sample (what a sensor without batching would launch); plus the fixed cost a
+     launched run pays before any of that: a fresh process importing the model libraries.
+
+Models are built offline (random weights, real architectures with --size full). Not part of the test suite.
+
+    uv run python bench/pipeline_bench.py [--images 24] [--size tiny|full] [--per-image-sample 4]
+"""
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
+
+import dagster as dg  # noqa: E402
+import ultralytics  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
+from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
+from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
+from vision_assets.settings import Settings  # noqa: E402
+from vision_assets.vision.labeling import label_batch  # noqa: E402
+from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+from vision_assets.vision.records import DetectionsRecord  # noqa: E402
+
+PHOTOS = Path(ultralytics.__file__).parent / "assets"
+
+
+def make_images(folder: Path, count: int) -> list[Image.Image]:
+    """Distinct photos: the two ultralytics samples, mirrored, rotated and recoloured."""
+    sources = [Image.open(PHOTOS / n).convert("RGB") for n in ("bus.jpg", "zidane.jpg")]
+    pictures = []
+    for i in range(count):
+        picture = sources[i % 2].rotate((i // 2) * 7, expand=False)
+        picture = ImageOps.mirror(picture) if i % 3 else picture
+        picture.save(folder / f"photo_{i:04d}.jpg", quality=92)
+        pictures.append(picture)
+    return pictures
+
+
+def baseline(models: dict, pictures: list[Image.Image], policy) -> float:
+    detector, clip = models["detector"].detector, models["embedder"].embedder
+    experts = models["specialists"].classifiers()
+    detector.detect(pictures[:2]), clip.embed_images(pictures[:2])  # load and warm up outside the timing
+    for expert in experts.values():
+        expert.classify(pictures[:1])
+    started = time.perf_counter()
+    found = detector.detect(pictures)
+    keys = [str(i) for i in range(len(pictures))]
+    records = {k: DetectionsRecord(partition_key=k, model="m", width=p.width, height=p.height, detections=d)
+               for k, p, d in zip(keys, pictures, found)}
+    labels = label_batch(dict(zip(keys, pictures)), records, experts, {}, policy)
+    crops = [pictures[int(k)].crop(tuple(c.crop_box)) for k, r in labels.items() for c in r.crops]
+    clip.embed_images(pictures), clip.embed_images(crops)
+    return time.perf_counter() - started
+
+
+def import_cost() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, transformers, open_clip, ultralytics, qdrant_client, dagster"],
+                   check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--per-image-sample", type=int, default=4)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vision-bench-"))
+    (work / "bucket" / "in").mkdir(parents=True)
+    build_offline_models(work / "models", args.size)
+    os.environ |= {"VISION_ASSETS_OFFLINE_MODELS": str(work / "models"), "VISION_ASSETS_DATA_DIR": str(work / "data"),
+                   "VISION_ASSETS_DEVICE": os.environ.get("VISION_ASSETS_DEVICE", "auto")}
+    pictures = make_images(work / "bucket" / "in", args.images)
+    settings = Settings.from_env()
+
+    base = baseline(model_resources_from(settings), pictures, model_resources_from(settings)["labeling"].policy)
+
+    store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)
+    defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000))
+    job = defs.resolve_job_def("process_images")
+    with dg.instance_for_test() as instance, dg.build_sensor_context(
+        instance=instance, resources=defs.resources, definitions=defs
+    ) as context:
+        keys = list(defs.resolve_sensor_def("upload_sensor")(context).dynamic_partitions_requests[0].partition_keys)
+        instance.add_dynamic_partitions("images", keys)
+        started = time.perf_counter()
+        assert job.execute_in_process(instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}).success
+        batched = time.perf_counter() - started
+        sample = keys[: args.per_image_sample]
+        started = time.perf_counter()
+        for key in sample:
+            assert job.execute_in_process(instance=instance, partition_key=key).success
+        per_run = (time.perf_counter() - started) / len(sample)
+    imports = import_cost()
+    n = len(keys)
+    print(f"{n} images, {args.size} offline models, device {settings.device}")
+    print(f"  baseline  models alone, loaded          : {base:7.2f} s  {n / base:7.2f} img/s  1.00x")
+    print(f"  batched   one process_images run        : {batched:7.2f} s  {n / batched:7.2f} img/s  {batched / base:5.2f}x")
+    print(f"  per image one run each (in-process)     : {per_run * n:7.2f} s  {1 / per_run:7.2f} img/s  "
+          f"{per_run * n / base:5.2f}x  ({per_run:.2f} s/run, from {len(sample)} runs)")
+    print(f"  per image + a launched run's imports    : {(per_run + imports) * n:7.2f} s  "
+          f"{1 / (per_run + imports):7.2f} img/s  ({imports:.1f} s to import the model libraries in a new process)")
+    print(f"  batching speed-up over one launched run per image: {(per_run + imports) * n / batched:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
