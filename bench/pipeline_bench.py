@@ -92,7 +92,9 @@ def main() -> None:
     pictures = make_images(work / "bucket" / "in", args.images)
     settings = Settings.from_env()
 
-    base = baseline(model_resources_from(settings), pictures, model_resources_from(settings)["labeling"].policy)
+    loaded = model_resources_from(settings)
+    base = baseline(loaded, pictures, loaded["labeling"].policy)
+    device = loaded["detector"].detector.device
 
     store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)
     defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000))
@@ -112,7 +114,7 @@ def main() -> None:
         per_run = (time.perf_counter() - started) / len(sample)
     imports = import_cost()
     n = len(keys)
-    print(f"{n} images, {args.size} offline models, device {settings.device}")
+    print(f"{n} images, {args.size} offline models, device {device}")
     print(f"  baseline  models alone, loaded          : {base:7.2f} s  {n / base:7.2f} img/s  1.00x")
     print(f"  batched   one process_images run        : {batched:7.2f} s  {n / batched:7.2f} img/s  {batched / base:5.2f}x")
     print(f"  per image one run each (in-process)     : {per_run * n:7.2f} s  {1 / per_run:7.2f} img/s  "
