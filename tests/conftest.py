@@ -172,3 +172,24 @@ class SensorDriver:
     @property
     def partitions(self) -> list[str]:
         return self.instance.get_dynamic_partitions(images.name)
+
+
+# --- the whole pipeline over a small batch ----------------------------------------------------------------------
+
+import ultralytics  # noqa: E402
+
+from vision_assets.definitions import build_definitions  # noqa: E402
+
+PHOTOS = Path(ultralytics.__file__).parent / "assets"
+PIPELINE_VALID = ["bus.jpg", "zidane.jpg", "plain.png"]
+
+
+@pytest.fixture
+def pipeline(models, s3_image_store, instance, s3_client, bucket):
+    for name in ("bus.jpg", "zidane.jpg"):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
+    s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=image_bytes((96, 64)))
+    s3_client.put_object(Bucket=bucket, Key="uploads/corrupt.jpg", Body=(PHOTOS / "bus.jpg").read_bytes()[:5000])
+    driver = SensorDriver(build_definitions(s3_image_store, models), instance, whole_pipeline=True)
+    [run] = driver.tick_and_run()
+    return driver, run

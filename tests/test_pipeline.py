@@ -6,35 +6,21 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import ultralytics
 from qdrant_client import QdrantClient
 
-from tests.conftest import SensorDriver, image_bytes
+from tests.conftest import PIPELINE_VALID as VALID
 from vision_assets.definitions import build_definitions, model_resources_from
 from vision_assets.settings import Settings
 from vision_assets.vision.index import image_point_id
 from vision_assets.vision.records import DetectionsRecord, LabelsRecord
 from vision_assets.vision.results_store import DETECTIONS, LABELS
 
-PHOTOS = Path(ultralytics.__file__).parent / "assets"
 STAGES = ["source_images", "detections", "specialist_labels", "embeddings", "qdrant_index"]
-VALID = ["bus.jpg", "zidane.jpg", "plain.png"]
 
 
 def statuses(instance, asset, check):
     info = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(dg.AssetKey(asset), check)])
     return {row.partition_key: row.latest_execution_status.value for row in info}
-
-
-@pytest.fixture
-def pipeline(models, s3_image_store, instance, s3_client, bucket):
-    for name in ("bus.jpg", "zidane.jpg"):
-        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
-    s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=image_bytes((96, 64)))
-    s3_client.put_object(Bucket=bucket, Key="uploads/corrupt.jpg", Body=(PHOTOS / "bus.jpg").read_bytes()[:5000])
-    driver = SensorDriver(build_definitions(s3_image_store, models), instance, whole_pipeline=True)
-    [run] = driver.tick_and_run()
-    return driver, run
 
 
 def code_versions(defs: dg.Definitions) -> dict[str, str]:
@@ -82,7 +68,9 @@ def test_results_for_each_image(pipeline, s3_image_store):
             assert crop.crop_box[0] <= crop.detection.box[0] and crop.crop_box[2] >= int(crop.detection.box[2])
             if crop.specialist:
                 assert crop.specialist.labels[0].name != "test"  # junk label cleaned by configuration
-                assert crop.specialist.model.startswith(str(Path(crop.specialist.model).parent))
+                # the label names the model that produced it: the routed expert's own folder, with its revision
+                model_path, _, revision = crop.specialist.model.partition("@")
+                assert Path(model_path).name == crop.specialist.specialist and revision.startswith("local-")
         assert labels.coral_scene_score is not None
 
 

@@ -76,6 +76,42 @@ def upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def search(args: argparse.Namespace) -> int:
+    import json
+
+    from PIL import Image
+
+    from .definitions import model_resources_from
+    from .vision.search import SearchError, Searcher, SearchFilters
+
+    settings = Settings.from_env()
+    resources = model_resources_from(settings)
+    embedder = resources["embedder"]
+    filters = SearchFilters(entity=args.entity, label=args.label, coral_health=args.coral_health,
+                            min_confidence=args.min_confidence, needs_review=args.needs_review)
+    options = {"filters": filters, "limit": args.limit, "offset": args.offset}
+    target = "crops" if args.crops else "images"
+    try:
+        with resources["qdrant"].open() as index:
+            searcher = Searcher(index, embedder.embedder, embedder.identity)
+            if args.like:
+                hits = searcher.like(args.like, target, **options)
+            elif args.image:
+                hits = searcher.by_image(Image.open(args.image), target, **options)
+            elif args.text:
+                hits = searcher.by_text(args.text, target, **options)
+            else:
+                raise SearchError("give a text query, --image FILE or --like IMAGE_ID")
+    except SearchError as error:
+        print(f"vision-assets search: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([hit.as_dict() for hit in hits], indent=2))
+    else:
+        print("\n".join(hit.describe() for hit in hits) or "no matches")
+    return 0
+
+
 def build_offline(args: argparse.Namespace) -> int:
     from .vision.models.offline import build_offline_models
 
@@ -96,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     upload_parser.add_argument("paths", nargs="+")
     upload_parser.add_argument("--to", default="", help="key prefix under the watched prefix, e.g. 'cam1/'")
     upload_parser.set_defaults(handler=upload)
+    search_parser = commands.add_parser("search", help="search the index by text, by image, or like an indexed image")
+    search_parser.add_argument("text", nargs="?", help='e.g. "dogs running on a beach"')
+    search_parser.add_argument("--image", type=Path, help="a local image file as the query")
+    search_parser.add_argument("--like", metavar="IMAGE_ID", help="more like this indexed image (its partition key)")
+    search_parser.add_argument("--crops", action="store_true", help="search crops (objects) instead of whole images")
+    search_parser.add_argument("--entity", help="detector class, e.g. dog")
+    search_parser.add_argument("--label", help='expert label, e.g. "golden retriever"')
+    search_parser.add_argument("--coral-health", help="images only, e.g. CORAL_BL")
+    search_parser.add_argument("--min-confidence", type=float, help="crops only: the expert's confidence")
+    review = search_parser.add_mutually_exclusive_group()
+    review.add_argument("--needs-review", dest="needs_review", action="store_true", default=None)
+    review.add_argument("--reviewed", dest="needs_review", action="store_false")
+    search_parser.add_argument("--limit", type=int, default=10)
+    search_parser.add_argument("--offset", type=int, default=0)
+    search_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    search_parser.set_defaults(handler=search)
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(

@@ -49,6 +49,11 @@ def image_payload(
         "height": detections.height,
         "entity": sorted({d.class_name for d in detections.detections}),
         "labels": sorted({s.top.name for s in crop_labels + scene}),
+        # The experts' top labels, best first: what a search hit on the whole image shows.
+        "top_labels": sorted(
+            ({"name": s.top.name, "confidence": s.top.confidence, "specialist": s.specialist} for s in crop_labels + scene),
+            key=lambda label: -label["confidence"],
+        ),
         "coral_health": scene[0].top.name if scene else None,
         "coral_scene_score": labels.coral_scene_score,
         "needs_review": any(s.needs_review for s in crop_labels + scene),

@@ -1,0 +1,148 @@
+"""Finding things again: text ("dogs running on a beach"), an image file, or an indexed image ("more like this"),
+over whole images or crops, with filters on what the committee said. Queries are embedded with the same model that
+built the index, and refused when it is a different one: vectors from two models are not comparable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from PIL import Image
+from qdrant_client import models
+
+from .index import VectorIndex, image_point_id
+
+Target = Literal["images", "crops"]
+
+
+class SearchError(RuntimeError):
+    """A query that cannot be answered honestly; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    entity: str | None = None  # detector class: "dog", "person"
+    label: str | None = None  # an expert's label: "golden retriever", "bald eagle"
+    coral_health: str | None = None  # images only
+    min_confidence: float | None = None  # crops only: the expert's top-label confidence
+    needs_review: bool | None = None
+
+    def to_qdrant(self, target: Target) -> models.Filter | None:
+        must: list[models.Condition] = []
+        if self.entity:
+            must.append(_match("entity", self.entity))
+        if self.label:
+            must.append(_match("labels", self.label))
+        if self.coral_health:
+            if target != "images":
+                raise SearchError("coral health is a whole-image label: search images, not crops")
+            must.append(_match("coral_health", self.coral_health))
+        if self.min_confidence is not None:
+            if target != "crops":
+                raise SearchError("a minimum label confidence applies to crops (one label each): search crops")
+            must.append(models.FieldCondition(key="label_confidence", range=models.Range(gte=self.min_confidence)))
+        if self.needs_review is not None:
+            must.append(_match("needs_review", self.needs_review))
+        return models.Filter(must=must) if must else None
+
+
+@dataclass
+class SearchHit:
+    image_id: str
+    source_uri: str
+    score: float
+    kind: str  # "image" or "crop"
+    entity: str | list[str] | None = None
+    box: list[float] | None = None
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    needs_review: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        where = f" box {[round(v) for v in self.box]}" if self.box else ""
+        what = ", ".join(f"{l['name']} {l['confidence']:.2f}" for l in self.labels) or "no expert label"
+        flag = "  [needs review]" if self.needs_review else ""
+        entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
+        return f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){flag}\n        {self.source_uri}"
+
+
+class Embeds(Protocol):
+    """What search needs of the CLIP embedder."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+class Searcher:
+    def __init__(self, index: VectorIndex, embedder: Embeds, embedding_model: str):
+        self.index = index
+        self.embedder = embedder
+        self.embedding_model = embedding_model
+
+    def by_text(self, text: str, target: Target = "images", **options: Any) -> list[SearchHit]:
+        self._ready(target)
+        return self._query(self.embedder.embed_texts([text])[0], target, **options)
+
+    def by_image(self, image: Image.Image, target: Target = "images", **options: Any) -> list[SearchHit]:
+        self._ready(target)
+        return self._query(self.embedder.embed_images([image.convert("RGB")])[0], target, **options)
+
+    def like(self, image_id: str, target: Target = "images", **options: Any) -> list[SearchHit]:
+        """More like an indexed image: its stored vector is the query; the image itself is left out."""
+        self._ready("images")
+        found = self.index.client.retrieve(self.index.images, [image_point_id(image_id)], with_vectors=True)
+        if not found:
+            raise SearchError(f"no indexed image {image_id!r}: is it processed, and is the id its partition key?")
+        exclude = models.HasIdCondition(has_id=[image_point_id(image_id)]) if target == "images" else None
+        return self._query(np.asarray(found[0].vector, np.float32), target, exclude=exclude, **options)
+
+    def _collection(self, target: Target) -> str:
+        return self.index.images if target == "images" else self.index.crops
+
+    def _ready(self, target: Target) -> None:
+        name = self._collection(target)
+        if not self.index.client.collection_exists(name):
+            raise SearchError(f"collection {name!r} does not exist: nothing has been indexed yet (run the pipeline)")
+        info = self.index.client.get_collection(name)
+        built_with = (info.config.metadata or {}).get("embedding_model")
+        if built_with and built_with != self.embedding_model:
+            raise SearchError(f"collection {name!r} was built with {built_with}, but queries would be embedded with "
+                              f"{self.embedding_model}: set the same CLIP model as the index, or re-index")
+        if not info.points_count:
+            raise SearchError(f"collection {name!r} is empty: nothing has been indexed yet")
+
+    def _query(self, vector: np.ndarray, target: Target, filters: SearchFilters = SearchFilters(), limit: int = 10,
+               offset: int = 0, exclude: models.Condition | None = None) -> list[SearchHit]:
+        query_filter = filters.to_qdrant(target)
+        if exclude is not None:
+            query_filter = query_filter or models.Filter()
+            query_filter.must_not = [exclude]
+        points = self.index.client.query_points(
+            self._collection(target), query=vector.tolist(), query_filter=query_filter, limit=limit, offset=offset,
+            with_payload=True,
+        ).points
+        return [_hit(point, target) for point in points]
+
+
+def _match(key: str, value: str | bool) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
+    payload = point.payload or {}
+    labels = payload.get("top_k" if target == "crops" else "top_labels", [])
+    return SearchHit(
+        image_id=payload.get("image_id", ""),
+        source_uri=payload.get("source_uri", ""),
+        score=round(float(point.score), 6),
+        kind="crop" if target == "crops" else "image",
+        entity=payload.get("entity"),
+        box=payload.get("box") if target == "crops" else None,
+        labels=labels,
+        needs_review=bool(payload.get("needs_review")),
+    )
