@@ -5,6 +5,7 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from .assets.catalog import image_catalog, refresh_catalog
 from .assets.detections import build_detections
 from .assets.embeddings import build_embeddings
 from .assets.index import build_qdrant_index
@@ -12,6 +13,7 @@ from .assets.ingest import source_images
 from .assets.labels import build_specialist_labels
 from .jobs import PER_IMAGE_CHECKS, process_images
 from .resources import (
+    CatalogSettings,
     DetectorResource,
     EmbedderResource,
     ImageStore,
@@ -83,6 +85,7 @@ def build_definitions(
     upload_policy: UploadPolicy = UploadPolicy(),
     ingest_policy: IngestPolicy = IngestPolicy(),
     sensor_interval_seconds: int = 15,
+    catalog: CatalogSettings = CatalogSettings(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     return dg.Definitions(
@@ -92,11 +95,13 @@ def build_definitions(
             build_specialist_labels(specialists.identity, embedder.identity),
             build_embeddings(embedder.identity),
             build_qdrant_index(embedder.identity),
+            image_catalog,
         ],
         asset_checks=PER_IMAGE_CHECKS,
-        jobs=[process_images],
+        jobs=[process_images, refresh_catalog],
         sensors=[make_upload_sensor(sensor_interval_seconds)],
-        resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy} | models,
+        resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
+                   "catalog": catalog} | models,
         executor=dg.in_process_executor,
     )
 
@@ -120,6 +125,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             store_retry_seconds=settings.store_retry_seconds,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
+        catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
     )
 
 

@@ -79,6 +79,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_QDRANT_API_KEY": (None, "API key for the Qdrant server."),
     "VISION_ASSETS_QDRANT_COLLECTION_PREFIX": ("", "Prefix for the `images` and `crops` collections (a new prefix "
                                                "per embedding model keeps vector spaces apart)."),
+    "VISION_ASSETS_NEAR_DUPLICATE_DISTANCE": ("2", "pHash bits two images may differ by and still be near-exact "
+                                              "copies in the catalogue (0 = identical pHash only)."),
 }
 
 SPECIALIST_SETTINGS = {
@@ -171,6 +173,7 @@ class Settings:
     qdrant_url: str | None
     qdrant_api_key: str | None
     qdrant_collection_prefix: str
+    near_duplicate_distance: int
 
     @property
     def qdrant_path(self) -> Path:
@@ -240,4 +243,5 @@ class Settings:
             qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,
             qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
             qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),
+            near_duplicate_distance=_int("VISION_ASSETS_NEAR_DUPLICATE_DISTANCE"),
         )

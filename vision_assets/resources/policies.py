@@ -60,3 +60,8 @@ class LabelingSettings(dg.ConfigurableResource):
             coral_scene_threshold=self.coral_scene_threshold,
             default_threshold=self.default_review_threshold,
         )
+
+
+class CatalogSettings(dg.ConfigurableResource):
+    # pHash bits that may differ between "near-exact copies" (re-encoded, resized); 0 = identical pHash only.
+    near_duplicate_distance: int = 2

@@ -1,0 +1,95 @@
+"""The catalogue: every image with its status, the duplicate groups, and refreshes that only read what changed."""
+
+import io
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver
+from vision_assets.definitions import build_definitions
+from vision_assets.vision.catalog import CATALOG_FILE, from_parquet
+
+
+def reencoded(name: str, quality: int = 70) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(PHOTOS / name).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def refresh(defs, instance):
+    result = defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance)
+    assert result.success
+    [materialization] = result.get_asset_materialization_events()
+    [check] = result.get_asset_check_evaluations()
+    return materialization.materialization.metadata, check
+
+
+def read_catalog(store):
+    return from_parquet(store.objects.get(f"{store.results.prefix}{CATALOG_FILE}")[1]).set_index("partition_key")
+
+
+@pytest.fixture
+def ingested(models, s3_image_store, instance, s3_client, bucket):
+    uploads = {
+        "bus.jpg": (PHOTOS / "bus.jpg").read_bytes(),
+        "bus copy.jpg": (PHOTOS / "bus.jpg").read_bytes(),  # byte-identical
+        "bus small.jpg": reencoded("bus.jpg"),  # same picture, re-encoded
+        "zidane.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
+        "broken.jpg": b"definitely not a jpeg",
+    }
+    for name, data in uploads.items():
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
+    defs = build_definitions(s3_image_store, models)
+    driver = SensorDriver(defs, instance)
+    assert all(run.success for run in driver.tick_and_run())
+    return defs, driver
+
+
+def test_one_row_per_image_with_status_and_reason(ingested, s3_image_store, instance):
+    defs, driver = ingested
+    metadata, _ = refresh(defs, instance)
+    catalog = read_catalog(s3_image_store)
+    assert sorted(catalog.index) == sorted(driver.partitions)
+    broken = catalog.loc["broken.jpg"]
+    assert broken["status"] == "rejected" and broken["rejection"] == "not_an_image" and "text" in broken["rejection_message"]
+    bus = catalog.loc["bus.jpg"]
+    assert bus["status"] == "valid" and bus["width"] == 810 and len(bus["sha256"]) == 64 and len(bus["phash"]) == 16
+    assert metadata["images"].value == 5 and metadata["status"].value == {"valid": 4, "rejected": 1}
+
+
+def test_duplicate_groups_and_the_warning(ingested, s3_image_store, instance):
+    from vision_assets.vision.partition_keys import partition_key_for
+
+    defs, _ = ingested
+    _, check = refresh(defs, instance)
+    copy, small = partition_key_for("bus copy.jpg"), partition_key_for("bus small.jpg")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["exact_groups"].value == [sorted(["bus.jpg", copy])]
+    assert [sorted(["bus.jpg", copy, small])] == check.metadata["near_groups"].value
+    catalog = read_catalog(s3_image_store)
+    assert catalog.loc[copy, "exact_duplicate_group"] == catalog.loc["bus.jpg", "exact_duplicate_group"]
+    assert catalog.loc["zidane.jpg", "near_duplicate_group"] is None
+
+
+def test_refresh_reads_only_what_changed(ingested, s3_image_store, instance, s3_client, bucket):
+    defs, driver = ingested
+    first, _ = refresh(defs, instance)
+    assert first["rows_read"].value == 5
+    again, _ = refresh(defs, instance)
+    assert (again["rows_read"].value, again["rows_reused"].value) == (0, 5)
+    s3_client.put_object(Bucket=bucket, Key="uploads/broken.jpg", Body=(PHOTOS / "zidane.jpg").read_bytes())  # fixed
+    assert all(run.success for run in driver.tick_and_run())
+    after, _ = refresh(defs, instance)
+    assert (after["rows_read"].value, after["rows_reused"].value) == (1, 4)
+    assert read_catalog(s3_image_store).loc["broken.jpg", "status"] == "valid"
+
+
+def test_processed_images_carry_their_labels(pipeline, s3_image_store, instance):
+    driver, _ = pipeline
+    refresh(driver.defs, instance)
+    catalog = read_catalog(s3_image_store)
+    for key in PIPELINE_VALID:
+        row = catalog.loc[key]
+        assert row["status"] == "processed" and row["objects"] > 0 and row["indexed_points"] == 1 + row["objects"]
+    assert catalog.loc["corrupt.jpg", "status"] == "rejected"

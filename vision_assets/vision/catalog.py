@@ -1,0 +1,133 @@
+"""The catalogue: one row per image (its status, why it was rejected, labels, counts, hashes) and the duplicate
+groups, built from the per-image records in the results store without any per-image Dagster call.
+
+Refreshing is incremental: one listing of the results prefix gives every record's etag; only records whose etag
+differs from the previous catalogue are read again.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+
+from .duplicates import exact_groups, near_groups
+from .object_store import ObjectMissing
+from .records import IndexRecord, LabelsRecord, SourceImageRecord
+from .results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
+
+CATALOG_FILE = "~catalog.parquet"
+RECORDS = {SOURCE_RECORD: "source_etag", LABELS: "labels_etag", INDEX: "index_etag"}
+COLUMNS = [
+    "partition_key", "status", "rejection", "rejection_message", "source_uri", "format", "width", "height", "bytes",
+    "sha256", "phash", "objects", "entities", "labels", "needs_review", "indexed_points", "index_problems",
+    "processed_at", "exact_duplicate_group", "near_duplicate_group", *RECORDS.values(),
+]
+
+
+def _record_etags(results: ResultsStore) -> dict[str, dict[str, str]]:
+    """partition -> {etag column: etag} for every per-image record, from one listing."""
+    etags: dict[str, dict[str, str]] = defaultdict(dict)
+    for obj in results.store.list(results.prefix):
+        partition, _, name = obj.key[len(results.prefix):].rpartition("/")
+        if name in RECORDS and partition:
+            etags[partition][RECORDS[name]] = obj.etag
+    return etags
+
+
+def _row(results: ResultsStore, partition_key: str, etags: dict[str, str]) -> dict | None:
+    try:
+        source = results.read_source_record(partition_key)
+        labels = results.read(partition_key, LABELS, LabelsRecord) if "labels_etag" in etags else None
+        index = results.read(partition_key, INDEX, IndexRecord) if "index_etag" in etags else None
+    except ObjectMissing:
+        return None
+    if source is None:
+        return None
+    return _summarise(source, labels, index) | etags
+
+
+def _summarise(source: SourceImageRecord, labels: LabelsRecord | None, index: IndexRecord | None) -> dict:
+    facts = source.facts
+    experts = [c.specialist for c in labels.crops if c.specialist] + list(labels.scene) if labels else []
+    indexed = index is not None and not index.problems
+    return {
+        "partition_key": source.partition_key,
+        "status": "rejected" if not source.is_valid else "processed" if indexed else "valid",
+        "rejection": source.rejection.code.value if source.rejection else None,
+        "rejection_message": source.rejection.message if source.rejection else None,
+        "source_uri": source.source_uri,
+        "format": facts.format if facts else None,
+        "width": facts.width if facts else None,
+        "height": facts.height if facts else None,
+        "bytes": source.size_bytes,
+        "sha256": source.sha256,
+        "phash": facts.phash if facts else None,
+        "objects": len(labels.crops) if labels else 0,
+        "entities": sorted({c.detection.class_name for c in labels.crops}) if labels else [],
+        "labels": sorted({e.top.name for e in experts}),
+        "needs_review": any(e.needs_review for e in experts),
+        "indexed_points": (1 + len(index.crop_points)) if index else 0,
+        "index_problems": "; ".join(index.problems) if index else None,
+        "processed_at": source.processed_at,
+    }
+
+
+def build_catalog(
+    results: ResultsStore,
+    partition_keys: Iterable[str],
+    previous: pd.DataFrame | None = None,
+    near_duplicate_distance: int = 2,
+    threads: int = 32,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """(catalogue, counts of rows reused and re-read). `partition_keys` are the images that exist now."""
+    keys = list(partition_keys)
+    etags = _record_etags(results)
+    reusable = {}
+    if previous is not None and not previous.empty:
+        for row in previous.to_dict("records"):
+            current = etags.get(row["partition_key"], {})
+            if current and all(_present(row.get(column)) == current.get(column) for column in RECORDS.values()):
+                reusable[row["partition_key"]] = row
+    to_read = [k for k in keys if k not in reusable and k in etags]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        fresh = [row for row in pool.map(lambda k: _row(results, k, etags[k]), to_read) if row]
+    rows = [reusable[k] for k in keys if k in reusable] + fresh
+    frame = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
+    frame = frame.sort_values("partition_key", ignore_index=True)
+    _mark_groups(frame, near_duplicate_distance)
+    return frame, {"reused": len(reusable), "read": len(fresh), "missing": len(keys) - len(rows)}
+
+
+def _present(value: object) -> object:
+    """A missing etag reads back from Parquet as NaN or None; both mean "no such record"."""
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def _mark_groups(frame: pd.DataFrame, near_duplicate_distance: int) -> None:
+    frame["exact_duplicate_group"] = None
+    frame["near_duplicate_group"] = None
+    valid = frame[frame["status"] != "rejected"]
+    exact = exact_groups(dict(zip(valid["partition_key"], valid["sha256"])))
+    near = near_groups(dict(zip(valid["partition_key"], valid["phash"])), near_duplicate_distance)
+    for column, groups in (("exact_duplicate_group", exact), ("near_duplicate_group", near)):
+        position = {key: group[0] for group in groups for key in group}  # a group is named by its first member
+        frame[column] = frame["partition_key"].map(position)
+
+
+def duplicate_groups(frame: pd.DataFrame, column: str) -> list[list[str]]:
+    grouped = frame.dropna(subset=[column]).groupby(column)["partition_key"].apply(sorted)
+    return sorted(grouped.tolist())
+
+
+def to_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def from_parquet(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))
