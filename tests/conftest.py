@@ -157,13 +157,18 @@ class SensorDriver:
         ) as context:
             result = self.sensor.evaluate_tick(context)
         for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         self.cursor = result.cursor
         return result
 
     def run(self, run_request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-        return self.defs.resolve_job_def(self.job_name).execute_in_process(
-            instance=self.instance, tags=run_request.tags, raise_on_error=False
+        job = self.job_name if run_request.job_name in (None, "process_images") else run_request.job_name
+        return self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, tags=run_request.tags, run_config=run_request.run_config, raise_on_error=False
         )
 
     def tick_and_run(self) -> list[dg.ExecuteInProcessResult]:

@@ -112,6 +112,25 @@ def search(args: argparse.Namespace) -> int:
     return 0
 
 
+def delete(args: argparse.Namespace) -> int:
+    """Runs the delete_images job in this process, against the instance `dev` uses (DAGSTER_HOME)."""
+    import dagster as dg
+
+    from .assets.deletion import delete_run_config
+    from .definitions import definitions_from
+
+    settings = Settings.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
+    job = definitions_from(settings).resolve_job_def("delete_images")
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance, run_config=delete_run_config(args.partition_keys, delete_objects=not args.keep_objects),
+            raise_on_error=False,
+        )
+    print(f"deleted {len(args.partition_keys)} image(s)" if result.success else "delete failed: see the run's logs")
+    return 0 if result.success else 1
+
+
 def build_offline(args: argparse.Namespace) -> int:
     from .vision.models.offline import build_offline_models
 
@@ -148,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     search_parser.add_argument("--offset", type=int, default=0)
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
     search_parser.set_defaults(handler=search)
+    delete_parser = commands.add_parser("delete", help="delete images: points, results, partition and object")
+    delete_parser.add_argument("partition_keys", nargs="+", metavar="IMAGE_ID")
+    delete_parser.add_argument("--keep-objects", action="store_true", help="leave the objects in the bucket (the "
+                               "upload sensor will then register them again)")
+    delete_parser.set_defaults(handler=delete)
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(

@@ -6,6 +6,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from .assets.catalog import image_catalog, refresh_catalog
+from .assets.deletion import delete_images
 from .assets.detections import build_detections
 from .assets.embeddings import build_embeddings
 from .assets.index import build_qdrant_index
@@ -98,7 +99,7 @@ def build_definitions(
             image_catalog,
         ],
         asset_checks=PER_IMAGE_CHECKS,
-        jobs=[process_images, refresh_catalog],
+        jobs=[process_images, refresh_catalog, delete_images],
         sensors=[make_upload_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog} | models,

@@ -6,9 +6,11 @@ import hashlib
 import dagster as dg
 
 from ..checks.validation import SOURCE_IMAGES
+from ..assets.deletion import delete_images, delete_run_config
 from ..jobs import process_images
 from ..partitions import images, partition_key_for
 from ..resources import ImageStore, UploadPolicy
+from ..vision.deletion import safe_to_delete
 from ..vision.upload_tracking import TickPlan, UploadCursor, contiguous_batches, plan_tick
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -20,6 +22,7 @@ def batch_run_request(batch: list[str], versions: dict[str, str]) -> dg.RunReque
     # while a re-upload (new etag) always gets a new run.
     identity = "\n".join(f"{key}\0{versions[key]}" for key in batch)
     return dg.RunRequest(
+        job_name=process_images.name,
         run_key=f"upload-batch-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
         tags={RANGE_START: batch[0], RANGE_END: batch[-1], "vision_assets/images": str(len(batch))},
     )
@@ -39,11 +42,11 @@ def describe(plan: TickPlan) -> str:
 def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="upload_sensor",
-        job=process_images,
+        jobs=[process_images, delete_images],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Lists the bucket, registers every new or re-uploaded image as a partition of `images`, and "
-        "launches one `process_images` run per batch.",
+        "launches one `process_images` run per batch; images whose object is gone are deleted (`delete_images`).",
     )
     def upload_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy):
         registered = context.instance.get_dynamic_partitions(images.name)  # insertion order
@@ -59,8 +62,12 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             settled_before=image_store.settled_before(),
         )
         summary = describe(plan)
-        if not plan.uploads:
+        deletions, delete_requests = _deletions(context, registered, plan)
+        if not plan.uploads and not delete_requests:
             return dg.SensorResult(skip_reason=f"nothing to process ({summary})", cursor=plan.cursor.dump())
+        if not plan.uploads:
+            return dg.SensorResult(dynamic_partitions_requests=deletions, run_requests=delete_requests,
+                                   cursor=plan.cursor.dump())
 
         # The partition -> object mapping is stored before the partitions exist, so no run can start without it.
         image_store.results.write_registrations([image_store.registration(u.partition_key, u.obj) for u in plan.uploads])
@@ -69,9 +76,29 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         batches = contiguous_batches(registered + new_keys, versions, upload_policy.batch_size)
         context.log.info(f"{summary}: {len(batches)} run(s)")
         return dg.SensorResult(
-            dynamic_partitions_requests=[images.build_add_request(new_keys)] if new_keys else [],
-            run_requests=[batch_run_request(batch, versions) for batch in batches],
+            dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else []) + deletions,
+            run_requests=[batch_run_request(batch, versions) for batch in batches] + delete_requests,
             cursor=plan.cursor.dump(),
         )
 
     return upload_sensor
+
+
+def _deletions(context: dg.SensorEvaluationContext, registered: list[str], plan: TickPlan):
+    """Registered images whose object is no longer in the bucket: their partitions go, and a delete_images run
+    removes their points and results."""
+    gone = sorted(set(registered) - plan.present)
+    if not gone:
+        return [], []
+    if not safe_to_delete(len(gone), len(registered)):
+        context.log.warning(f"{len(gone)} of {len(registered)} images look deleted from the bucket: not deleting "
+                            "anything (wrong prefix? partial listing?). Run delete_images to confirm.")
+        return [], []
+    request = dg.RunRequest(
+        job_name=delete_images.name,
+        run_key="delete-" + hashlib.sha256("\n".join(gone).encode()).hexdigest()[:20],
+        run_config=delete_run_config(gone, delete_objects=False),
+        tags={"vision_assets/deleted": str(len(gone))},
+    )
+    context.log.info(f"{len(gone)} image(s) removed from the bucket: deleting {gone[:5]}")
+    return [images.build_delete_request(gone)], [request]

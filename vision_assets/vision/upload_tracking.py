@@ -79,6 +79,7 @@ class TickPlan:
     ignored_examples: list[str] = field(default_factory=list)
     deferred: int = 0
     conflicts: list[str] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)  # partition keys of every upload listed, processed or not
 
     @property
     def new_partition_keys(self) -> list[str]:
@@ -119,10 +120,11 @@ def plan_tick(
             if len(plan.ignored_examples) < 5:
                 plan.ignored_examples.append(obj.key)
             continue
+        partition_key = partition_key_of(upload_filter.relative(obj.key))
+        plan.present.add(partition_key)
         if settled_before is not None and obj.last_modified > settled_before:
             plan.deferred += 1
             continue
-        partition_key = partition_key_of(upload_filter.relative(obj.key))
         if partition_key in claimed:  # only on a hash collision; reported, never fatal to the tick
             plan.conflicts.append(obj.key)
             continue

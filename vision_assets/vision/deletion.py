@@ -1,0 +1,50 @@
+"""Forgetting an image: its points in both collections, its per-image results, and (optionally) the object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .index import VectorIndex
+from .object_store import ObjectStore
+from .results_store import ResultsStore
+
+
+@dataclass
+class Deleted:
+    partition_key: str
+    result_files: int
+    object_deleted: bool
+
+
+def result_keys(results: ResultsStore, partition_key: str) -> list[str]:
+    """This partition's files only: `a/~x` belongs to `a`, `a/b/~x` to `a/b`."""
+    folder = f"{results.prefix}{partition_key}/"
+    return [
+        obj.key for obj in results.store.list(folder)
+        if obj.key[len(folder):].startswith("~") and "/" not in obj.key[len(folder):]
+    ]
+
+
+def delete_image(
+    partition_key: str, results: ResultsStore, index: VectorIndex, images: ObjectStore, delete_object: bool
+) -> Deleted:
+    registration = results.read_registration(partition_key)
+    index.delete_image(partition_key)
+    object_deleted = False
+    if delete_object and registration is not None:
+        images.delete(registration.object_key)
+        object_deleted = True
+    files = result_keys(results, partition_key)
+    for key in files:  # the registration goes last: until then a retry still knows the object
+        if not key.endswith("~registration.json"):
+            results.store.delete(key)
+    for key in files:
+        if key.endswith("~registration.json"):
+            results.store.delete(key)
+    return Deleted(partition_key, len(files), object_deleted)
+
+
+def safe_to_delete(gone: int, registered: int, max_fraction: float = 0.1, always_allowed: int = 100) -> bool:
+    """A tick that finds most images gone is more likely a wrong prefix or an unreachable listing than a user
+    deleting them: such a tick deletes nothing and says so."""
+    return gone <= max(always_allowed, int(registered * max_fraction))
