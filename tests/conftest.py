@@ -190,11 +190,20 @@ PIPELINE_VALID = ["bus.jpg", "zidane.jpg", "plain.png"]
 
 
 @pytest.fixture
-def pipeline(models, s3_image_store, instance, s3_client, bucket):
+def callback_settings():
+    """Callbacks off by default; test_callback.py overrides this fixture to point at its receiver."""
+    from vision_assets.resources import CallbackSettings
+
+    return CallbackSettings()
+
+
+@pytest.fixture
+def pipeline(models, s3_image_store, instance, s3_client, bucket, callback_settings):
     for name in ("bus.jpg", "zidane.jpg"):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
     s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=image_bytes((96, 64)))
     s3_client.put_object(Bucket=bucket, Key="uploads/corrupt.jpg", Body=(PHOTOS / "bus.jpg").read_bytes()[:5000])
-    driver = SensorDriver(build_definitions(s3_image_store, models), instance, whole_pipeline=True)
+    defs = build_definitions(s3_image_store, models, callback=callback_settings)
+    driver = SensorDriver(defs, instance, whole_pipeline=True)
     [run] = driver.tick_and_run()
     return driver, run

@@ -15,7 +15,7 @@ PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
 from vision_assets.definitions import build_definitions
 from dagster_aws.s3 import S3Resource
 
-from vision_assets.resources import IngestPolicy, S3ImageStore, UploadPolicy
+from vision_assets.resources import IngestPolicy, LocalImageStore, S3ImageStore, UploadPolicy
 from vision_assets.vision.partition_keys import partition_key_for
 
 GOOD = {
@@ -199,7 +199,8 @@ def test_the_whole_corpus_goes_through_one_run(models, local_image_store, instan
     """Pillow's 743 test images as a user's bucket: one batch, every file valid or rejected with a reason."""
     files = corpus_files()
     shutil.copytree(CORPUS, tmp_path / "bucket" / "pillow")
-    every_object = local_image_store.model_copy(update={"image_extensions": []})  # whatever the extension
+    every_object = LocalImageStore(root=local_image_store.root, results_prefix="results/", settle_seconds=0,
+                                   image_extensions=[])  # every object, whatever its extension
     driver = SensorDriver(build_definitions(every_object, models, UploadPolicy(batch_size=1000)), instance)
     runs = driver.tick_and_run()
     assert len(runs) == 1 and runs[0].success

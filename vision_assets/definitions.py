@@ -14,6 +14,7 @@ from .assets.ingest import source_images
 from .assets.labels import build_specialist_labels
 from .jobs import PER_IMAGE_CHECKS, process_images
 from .resources import (
+    CallbackSettings,
     CatalogSettings,
     DetectorResource,
     EmbedderResource,
@@ -26,6 +27,7 @@ from .resources import (
     SpecialistsResource,
     UploadPolicy,
 )
+from .sensors.callback_sensor import callback_sensor
 from .sensors.upload_sensor import make_upload_sensor
 from .settings import Settings
 
@@ -87,6 +89,7 @@ def build_definitions(
     ingest_policy: IngestPolicy = IngestPolicy(),
     sensor_interval_seconds: int = 15,
     catalog: CatalogSettings = CatalogSettings(),
+    callback: CallbackSettings = CallbackSettings(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     return dg.Definitions(
@@ -100,9 +103,9 @@ def build_definitions(
         ],
         asset_checks=PER_IMAGE_CHECKS,
         jobs=[process_images, refresh_catalog, delete_images],
-        sensors=[make_upload_sensor(sensor_interval_seconds)],
+        sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
-                   "catalog": catalog} | models,
+                   "catalog": catalog, "callback": callback} | models,
         executor=dg.in_process_executor,
     )
 
@@ -127,6 +130,12 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
         catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
+        callback=CallbackSettings(
+            url=settings.callback_url,
+            secret=dg.EnvVar("VISION_ASSETS_CALLBACK_SECRET") if settings.callback_secret else None,
+            allow_private=settings.callback_allow_private,
+            base_backoff_seconds=settings.callback_backoff_seconds,
+        ),
     )
 
 

@@ -81,6 +81,12 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                                "per embedding model keeps vector spaces apart)."),
     "VISION_ASSETS_NEAR_DUPLICATE_DISTANCE": ("2", "pHash bits two images may differ by and still be near-exact "
                                               "copies in the catalogue (0 = identical pHash only)."),
+    "VISION_ASSETS_CALLBACK_URL": (None, "Webhook that receives a signed JSON message for every finished image "
+                                   "(indexed, rejected or failed). Unset = no callbacks."),
+    "VISION_ASSETS_CALLBACK_SECRET": (None, "HMAC-SHA256 key for the `X-Vision-Assets-Signature` header."),
+    "VISION_ASSETS_CALLBACK_ALLOW_PRIVATE": ("0", "`1` allows receivers on loopback or private addresses "
+                                             "(refused by default)."),
+    "VISION_ASSETS_CALLBACK_BACKOFF_SECONDS": ("30", "First retry delay; doubles per failed attempt, at most an hour."),
 }
 
 SPECIALIST_SETTINGS = {
@@ -174,6 +180,10 @@ class Settings:
     qdrant_api_key: str | None
     qdrant_collection_prefix: str
     near_duplicate_distance: int
+    callback_url: str | None
+    callback_secret: str | None
+    callback_allow_private: bool
+    callback_backoff_seconds: float
 
     @property
     def qdrant_path(self) -> Path:
@@ -244,4 +254,8 @@ class Settings:
             qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
             qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),
             near_duplicate_distance=_int("VISION_ASSETS_NEAR_DUPLICATE_DISTANCE"),
+            callback_url=env("VISION_ASSETS_CALLBACK_URL") or None,
+            callback_secret=env("VISION_ASSETS_CALLBACK_SECRET") or None,
+            callback_allow_private=env("VISION_ASSETS_CALLBACK_ALLOW_PRIVATE") in ("1", "true", "yes"),
+            callback_backoff_seconds=_float("VISION_ASSETS_CALLBACK_BACKOFF_SECONDS"),
         )

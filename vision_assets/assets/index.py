@@ -5,7 +5,8 @@ import time
 import dagster as dg
 
 from ..checks.indexing import index_consistency
-from ..resources import ImageStore, QdrantResource
+from ..resources import CallbackSettings, ImageStore, QdrantResource
+from ..vision.callback import Outbox, finished_message
 from ..vision.index import ImagePoints, image_point_id
 from ..vision.payloads import crop_payload, image_payload
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord
@@ -30,11 +31,14 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             "and model ids.",
         )
     )
-    def qdrant_index(context: dg.AssetExecutionContext, image_store: ImageStore, qdrant: QdrantResource):
+    def qdrant_index(
+        context: dg.AssetExecutionContext, image_store: ImageStore, qdrant: QdrantResource, callback: CallbackSettings
+    ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         results = image_store.results
         embedded = {key: results.read(key, EMBEDDINGS, EmbeddingsRecord) for key in valid}
-        bad = {key: "; ".join(r.problems) for key, r in embedded.items() if r is None or r.problems}
+        bad = {key: "; ".join(r.problems) if r else "no embeddings record"
+               for key, r in embedded.items() if r is None or r.problems}
         skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
         note_skipped(context, skipped)
         points = []
@@ -70,6 +74,14 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 context.add_asset_metadata({"status": "done", "image_point": record.image_point,
                                             "crop_points": len(record.crop_points)}, partition_key=image.partition_key)
         seconds = time.perf_counter() - started
+        if callback.enabled:  # these images are finished; the callback sensor announces them
+            outbox = Outbox(results)
+            for image, record in zip(points, records, strict=True):
+                labels = results.read(image.partition_key, LABELS, LabelsRecord)
+                outbox.add(finished_message(valid[image.partition_key], image.image_payload["top_labels"],
+                                            labels.needing_review, record.problems))
+            for key, why in bad.items():
+                outbox.add(finished_message(valid[key], [], [], [why], failed_check="embedding_valid"))
         yield dg.MaterializeResult(metadata={
             "batch_images": len(points),
             "batch_crops": sum(len(p.crop_indexes) for p in points),

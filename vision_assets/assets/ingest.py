@@ -9,7 +9,8 @@ import dagster as dg
 
 from ..checks.validation import SOURCE_IMAGES, image_validity
 from ..partitions import images
-from ..resources import ImageStore, IngestPolicy
+from ..resources import CallbackSettings, ImageStore, IngestPolicy
+from ..vision.callback import Outbox, rejected_message
 from ..vision.ingest import ingest_image
 from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
@@ -53,7 +54,9 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     "size), EXIF-oriented, normalised to RGB, hashed (sha256, pHash). Writes `~normalized.jpg` and `~source.json` "
     "per image to the results store.",
 )
-def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, ingest_policy: IngestPolicy):
+def source_images(
+    context: dg.AssetExecutionContext, image_store: ImageStore, ingest_policy: IngestPolicy, callback: CallbackSettings
+):
     keys = context.partition_keys
     started = time.perf_counter()
     objects, results, limits = image_store.objects, image_store.results, ingest_policy.limits
@@ -69,6 +72,11 @@ def source_images(context: dg.AssetExecutionContext, image_store: ImageStore, in
 
     for record in records:
         context.add_asset_metadata(image_metadata(record), partition_key=record.partition_key)
+    if callback.enabled:  # a rejected image is finished here; the callback sensor announces it
+        outbox = Outbox(results)
+        for record in records:
+            if not record.is_valid:
+                outbox.add(rejected_message(record))
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
                      f"rejected {dict(rejected) or 'none'}")

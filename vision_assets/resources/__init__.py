@@ -1,9 +1,10 @@
 from .image_store import ImageStore, LocalImageStore, S3ImageStore
 from .models import DetectorResource, EmbedderResource, SpecialistsResource
-from .policies import CatalogSettings, IngestPolicy, LabelingSettings, UploadPolicy
+from .policies import CallbackSettings, CatalogSettings, IngestPolicy, LabelingSettings, UploadPolicy
 from .vector_index import QdrantResource
 
 __all__ = [
+    "CallbackSettings",
     "CatalogSettings",
     "DetectorResource",
     "EmbedderResource",

@@ -65,3 +65,18 @@ class LabelingSettings(dg.ConfigurableResource):
 class CatalogSettings(dg.ConfigurableResource):
     # pHash bits that may differ between "near-exact copies" (re-encoded, resized); 0 = identical pHash only.
     near_duplicate_distance: int = 2
+
+
+class CallbackSettings(dg.ConfigurableResource):
+    """Where finished images are announced. No URL: no messages are written or sent."""
+
+    url: str | None = None
+    secret: str | None = None
+    allow_private: bool = False  # loopback / private-network receivers are refused unless this is set
+    timeout_seconds: float = 5.0
+    base_backoff_seconds: float = 30.0
+    max_per_tick: int = 200
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)

@@ -1,0 +1,133 @@
+"""The completion callback against a real HTTP server on loopback: signed, idempotent, retried, never blocking."""
+
+import hashlib
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from tests.conftest import PIPELINE_VALID, free_port
+from vision_assets.resources import CallbackSettings
+from vision_assets.sensors.callback_sensor import callback_sensor
+from vision_assets.vision.callback import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    CallbackRefused,
+    Outbox,
+    check_destination,
+    idempotency_key,
+)
+
+SECRET = "s3cret"
+
+
+class Receiver:
+    """A webhook receiver: records what it is sent, answers with `status`."""
+
+    def __init__(self):
+        self.received: list[tuple[dict, dict]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), json.loads(body) | {"_raw": body.decode()}))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/vision"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def callback_settings(receiver):  # overrides conftest's: the pipeline writes messages for this receiver
+    return CallbackSettings(url=receiver.url, secret=SECRET, allow_private=True, base_backoff_seconds=0)
+
+
+def tick(driver, settings):
+    with dg.build_sensor_context(instance=driver.instance,
+                                 resources={"image_store": driver.defs.resources["image_store"],
+                                            "callback": settings}) as context:
+        return callback_sensor(context)
+
+
+def valid_signature(headers: dict, raw: str) -> bool:
+    expected = hmac.new(SECRET.encode(), headers[TIMESTAMP_HEADER].encode() + b"." + raw.encode(), hashlib.sha256)
+    return hmac.compare_digest(headers[SIGNATURE_HEADER], "sha256=" + expected.hexdigest())
+
+
+def test_every_finished_image_is_announced_once_signed(pipeline, receiver, callback_settings, s3_image_store):
+    driver, run = pipeline
+    assert run.success
+    assert len(Outbox(s3_image_store.results).pending()) == 4  # written by the run, sent by the sensor
+    result = tick(driver, callback_settings)
+    by_image = {body["image_id"]: (headers, body) for headers, body in receiver.received}
+    assert set(by_image) == {*PIPELINE_VALID, "corrupt.jpg"}
+    for headers, body in by_image.values():
+        assert valid_signature(headers, body["_raw"])
+        assert headers[IDEMPOTENCY_HEADER] == body["idempotency_key"]
+    corrupt = by_image["corrupt.jpg"][1]
+    assert corrupt["status"] == "rejected" and corrupt["failed_checks"][0]["check"] == "image_valid"
+    assert corrupt["failed_checks"][0]["reason"] == "corrupt"
+    bus = by_image["bus.jpg"][1]
+    assert bus["status"] == "indexed" and bus["source_uri"].endswith("uploads/bus.jpg") and bus["labels"]
+    assert Outbox(s3_image_store.results).pending() == []
+    assert {e.metadata["callback"].value for e in result.asset_events} == {"delivered"}
+    assert isinstance(tick(driver, callback_settings), dg.SkipReason)  # nothing left to send
+
+
+def test_a_receiver_that_is_down_gets_the_messages_later(pipeline, receiver, callback_settings, s3_image_store):
+    driver, _ = pipeline
+    receiver.status = 503
+    failed = tick(driver, callback_settings)
+    assert {e.metadata["callback"].value for e in failed.asset_events} == {"failed, will retry"}  # shown in the UI
+    pending = Outbox(s3_image_store.results).pending()
+    assert len(pending) == 4 and {e.attempts for e in pending} <= {0, 1} and any(e.last_error for e in pending)
+    first_keys = {headers[IDEMPOTENCY_HEADER] for headers, _ in receiver.received}
+    receiver.status = 200
+    for _ in range(4):
+        if not Outbox(s3_image_store.results).pending():
+            break
+        tick(driver, callback_settings)
+    assert Outbox(s3_image_store.results).pending() == []
+    delivered = [headers[IDEMPOTENCY_HEADER] for headers, _ in receiver.received[len(first_keys):]]
+    assert first_keys <= set(delivered)  # retried with the same idempotency key: the receiver can de-duplicate
+
+
+def test_private_receivers_are_refused_unless_allowed(pipeline, receiver, callback_settings, s3_image_store):
+    driver, _ = pipeline
+    refused = tick(driver, CallbackSettings(url=receiver.url, secret=SECRET, allow_private=False))
+    assert isinstance(refused, dg.SkipReason) and "private" in refused.skip_message
+    assert receiver.received == [] and len(Outbox(s3_image_store.results).pending()) == 4
+    for url in ["http://127.0.0.1/x", "http://10.1.2.3/x", "http://169.254.169.254/latest/meta-data"]:
+        with pytest.raises(CallbackRefused):
+            check_destination(url, allow_private=False)
+    with pytest.raises(CallbackRefused):
+        check_destination("file:///etc/passwd", allow_private=True)
+    check_destination("http://127.0.0.1/x", allow_private=True)
+
+
+def test_idempotency_key_names_the_image_version_and_outcome():
+    assert idempotency_key("a.jpg", "etag1", "indexed") == idempotency_key("a.jpg", "etag1", "indexed")
+    assert idempotency_key("a.jpg", "etag2", "indexed") != idempotency_key("a.jpg", "etag1", "indexed")
+    assert idempotency_key("a.jpg", "etag1", "rejected") != idempotency_key("a.jpg", "etag1", "indexed")

@@ -1,0 +1,54 @@
+"""Delivers finished-image messages from the outbox to the configured webhook; failures are retried later and shown
+on the image's partition in the UI."""
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from ..checks.validation import SOURCE_IMAGES
+from ..resources import CallbackSettings, ImageStore
+from ..vision.callback import CallbackRefused, Outbox, check_destination, deliver
+
+FAILURES_BEFORE_GIVING_UP_THE_TICK = 3  # a receiver that is down should not hold the sensor for every message
+
+
+def _observation(entry, outcome: str, **extra) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=SOURCE_IMAGES,
+        partition=entry.message.image_id,
+        metadata={"callback": outcome, "callback_status": entry.message.status, "attempts": entry.attempts,
+                  "idempotency_key": entry.message.idempotency_key, **extra},
+    )
+
+
+@dg.sensor(name="callback_sensor", minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="POSTs a signed JSON message to VISION_ASSETS_CALLBACK_URL for every finished image, at least "
+           "once; undelivered messages stay in the outbox and are retried with exponential backoff.")
+def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, callback: CallbackSettings):
+    if not callback.enabled:
+        return dg.SkipReason("no VISION_ASSETS_CALLBACK_URL configured")
+    try:
+        check_destination(callback.url, callback.allow_private)
+    except CallbackRefused as refused:
+        return dg.SkipReason(f"callback refused: {refused}")
+    outbox = Outbox(image_store.results)
+    now = datetime.now(timezone.utc)
+    due = [entry for entry in outbox.pending() if entry.next_attempt_at <= now][: callback.max_per_tick]
+    events, sent, failures = [], 0, 0
+    for entry in due:
+        error = deliver(entry, callback.url, callback.secret or "", callback.timeout_seconds)
+        if error is None:
+            outbox.delivered(entry)
+            events.append(_observation(entry, "delivered"))
+            sent += 1
+            continue
+        retry = outbox.failed(entry, error, now, timedelta(seconds=callback.base_backoff_seconds))
+        events.append(_observation(retry, "failed, will retry", error=error,
+                                   next_attempt_at=retry.next_attempt_at.isoformat()))
+        failures += 1
+        if failures >= FAILURES_BEFORE_GIVING_UP_THE_TICK:
+            break
+    if not events:
+        return dg.SkipReason("no messages due")
+    context.log.info(f"callbacks: {sent} delivered, {failures} failed (retried later)")
+    return dg.SensorResult(asset_events=events)
