@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -42,12 +43,19 @@ SAMPLE_BYTES = 1 << 20
 def local_revision(path: str | Path) -> str:
     """A short content digest of a local model file or folder: each file's name, size, and first and last MiB.
     Retrained weights change it; copying the folder to another machine does not (so code versions, which carry it,
-    only change when the model does). Reading 2 MiB a file keeps it fast for multi-GB checkpoints."""
+    only change when the model does). Reading 2 MiB a file keeps it fast for multi-GB checkpoints, and the digest is
+    cached per (path, size, mtime) of every file, so asking again (identities are read per batch) costs only stats."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    signature = tuple((str(f), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files)
+    return _content_digest(path, signature)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_digest(path: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
+    for name, size, _ in signature:
+        file = Path(name)
         digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{size}".encode())
         with open(file, "rb") as handle:
             digest.update(handle.read(SAMPLE_BYTES))
