@@ -1,5 +1,6 @@
 """One contract, both stores: S3 (moto's server over HTTP) and a local folder."""
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -78,3 +79,17 @@ def test_folder_store_writes_atomically(tmp_path):
     store = FolderObjectStore(tmp_path)
     store.put("a/b.json", b"{}")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]  # no temp file left behind
+
+
+def test_folder_listing_walks_only_below_the_prefix(tmp_path, monkeypatch):
+    store = FolderObjectStore(tmp_path)
+    for key in ["images/a.jpg", "results/x/~source.json", "results/x/y/~source.json", "results/xy/~source.json"]:
+        store.put(key, b"{}")
+    walked = []
+    real_walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda top, *a, **k: (walked.append(top), real_walk(top, *a, **k))[1])
+    assert sorted(o.key for o in store.list("results/x/")) == ["results/x/y/~source.json", "results/x/~source.json"]
+    assert walked == [tmp_path / "results" / "x"]
+    assert sorted(o.key for o in store.list("results/x")) == ["results/x/y/~source.json", "results/x/~source.json",
+                                                              "results/xy/~source.json"]
+    assert list(store.list("nowhere/")) == []

@@ -158,9 +158,11 @@ class FolderObjectStore(ObjectStore):
         )
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
-        if not self.root.is_dir():
+        # Walk only below the prefix's folder: listing `results/a/` must not visit every image in the bucket.
+        start = self._path(prefix.rpartition("/")[0]) if "/" in prefix else self.root
+        if not start.is_dir():
             return
-        for directory, subdirs, files in os.walk(self.root):
+        for directory, subdirs, files in os.walk(start):
             subdirs.sort()
             relative_dir = Path(directory).relative_to(self.root).as_posix()
             for name in sorted(files):
