@@ -41,12 +41,12 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                for key, r in embedded.items() if r is None or r.problems}
         skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
         note_skipped(context, skipped)
-        points = []
+        points, labels_of = [], {}
         for key, source in valid.items():
             if key in bad:
                 continue
             detections = results.read(key, DETECTIONS, DetectionsRecord)
-            labels = results.read(key, LABELS, LabelsRecord)
+            labels = labels_of[key] = results.read(key, LABELS, LabelsRecord)
             vectors = results.read_arrays(key, EMBEDDING_VECTORS)
             record = embedded[key]
             crops = {c.detection_index: c for c in labels.crops}
@@ -77,9 +77,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         if callback.enabled:  # these images are finished; the callback sensor announces them
             outbox = Outbox(results)
             for image, record in zip(points, records, strict=True):
-                labels = results.read(image.partition_key, LABELS, LabelsRecord)
                 outbox.add(finished_message(valid[image.partition_key], image.image_payload["top_labels"],
-                                            labels.needing_review, record.problems))
+                                            labels_of[image.partition_key].needing_review, record.problems))
             for key, why in bad.items():
                 outbox.add(finished_message(valid[key], [], [], [why], failed_check="embedding_valid"))
         yield dg.MaterializeResult(metadata={

@@ -108,8 +108,6 @@ def _present(value: object) -> object:
 
 
 def _mark_groups(frame: pd.DataFrame, near_duplicate_distance: int) -> None:
-    frame["exact_duplicate_group"] = None
-    frame["near_duplicate_group"] = None
     valid = frame[frame["status"] != "rejected"]
     exact = exact_groups(dict(zip(valid["partition_key"], valid["sha256"])))
     near = near_groups(dict(zip(valid["partition_key"], valid["phash"])), near_duplicate_distance)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .index import VectorIndex
 from .object_store import ObjectStore
-from .results_store import ResultsStore
+from .results_store import REGISTRATION, ResultsStore
 
 
 @dataclass
@@ -35,12 +35,9 @@ def delete_image(
         images.delete(registration.object_key)
         object_deleted = True
     files = result_keys(results, partition_key)
-    for key in files:  # the registration goes last: until then a retry still knows the object
-        if not key.endswith("~registration.json"):
-            results.store.delete(key)
-    for key in files:
-        if key.endswith("~registration.json"):
-            results.store.delete(key)
+    # The registration goes last (False sorts first): until then a retried deletion still knows the object.
+    for key in sorted(files, key=lambda k: k.endswith(REGISTRATION)):
+        results.store.delete(key)
     return Deleted(partition_key, len(files), object_deleted)
 
 

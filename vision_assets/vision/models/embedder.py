@@ -38,13 +38,12 @@ class ClipEmbedder(Model):
     def _load(self):
         import open_clip
 
+        torch_dtype(self.precision, self.device)  # refuses a bad precision/device pair before any weights are read
         architecture, weights = self._architecture_and_weights()
         model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture, pretrained=weights or None, device=self.device,
-            precision={"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.precision],
+            architecture, pretrained=weights or None, device=self.device, precision=self.precision
         )
         model.eval()
-        torch_dtype(self.precision, self.device)  # validates the combination
         return model, preprocess, open_clip.get_tokenizer(architecture)
 
     @property
