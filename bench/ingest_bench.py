@@ -28,7 +28,7 @@ import dagster as dg  # noqa: E402
 from vision_assets.definitions import build_definitions  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
 from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
-from vision_assets.vision.image_validation import encode_normalized, validate_image  # noqa: E402
+from vision_assets.vision.images.validation import encode_normalized, validate_image  # noqa: E402
 from vision_assets.vision.records import Rejection  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "pillow-test-images"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes
-from tests.vision.test_image_validation import png_header_only
+from tests.vision.images.test_validation import png_header_only
 from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
 
 PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name

@@ -11,7 +11,7 @@ from ..checks.validation import SOURCE_IMAGES, image_validity
 from ..partitions import images
 from ..resources import CallbackSettings, ImageStore, IngestPolicy
 from ..vision.callback import Outbox, rejected_message
-from ..vision.ingest import ingest_image
+from ..vision.images.ingest import ingest_image
 from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
 

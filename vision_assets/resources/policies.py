@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from ..vision.image_formats import DEFAULT_ALLOWED_FORMATS
-from ..vision.image_validation import ValidationLimits
+from ..vision.images.formats import DEFAULT_ALLOWED_FORMATS
+from ..vision.images.validation import ValidationLimits
 from ..vision.labeling import LabelingPolicy
 from ..vision.routing import DEFAULT_ROUTES
 

@@ -15,8 +15,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from .image_formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
-from .records import ImageFacts, Rejection, RejectionCode
+from ..records import ImageFacts, Rejection, RejectionCode
+from .formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
 
 EXIF_ORIENTATION_TAG = 0x0112
 _SRGB = ImageCms.createProfile("sRGB")

@@ -11,10 +11,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .image_validation import ValidationLimits, encode_normalized, validate_image
-from .object_store import ObjectMissing, ObjectStore, ObjectTooLarge
-from .records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
-from .results_store import ResultsStore
+from ..object_store import ObjectMissing, ObjectStore, ObjectTooLarge
+from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
+from ..results_store import ResultsStore
+from .validation import ValidationLimits, encode_normalized, validate_image
 
 UNREGISTERED_MESSAGE = (
     "no registration record: this partition was not added by the upload sensor, so the object behind it is unknown"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import corpus_files, image_bytes
-from vision_assets.vision.image_validation import ValidationLimits, ValidImage, validate_image
+from vision_assets.vision.images.validation import ValidationLimits, ValidImage, validate_image
 from vision_assets.vision.records import Rejection, RejectionCode
 
 
