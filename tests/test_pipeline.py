@@ -9,6 +9,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from tests.conftest import PIPELINE_VALID as VALID
+from tests.conftest import ui_check_statuses
 from vision_assets.definitions import build_definitions, model_resources_from
 from vision_assets.settings import Settings
 from vision_assets.vision.index import image_point_id
@@ -18,9 +19,9 @@ from vision_assets.vision.results_store import DETECTIONS, LABELS
 STAGES = ["source_images", "detections", "specialist_labels", "embeddings", "qdrant_index"]
 
 
-def statuses(instance, asset, check):
-    info = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(dg.AssetKey(asset), check)])
-    return {row.partition_key: row.latest_execution_status.value for row in info}
+def batch_check(run, name: str) -> dg.AssetCheckEvaluation:
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
 
 
 def code_versions(defs: dg.Definitions) -> dict[str, str]:
@@ -46,15 +47,15 @@ def test_every_stage_runs_once_for_the_batch(pipeline):
         assert by_asset[stage]["corrupt.jpg"]["status"].value == "skipped"  # a rejected image goes no further
         for key in VALID:
             assert by_asset[stage][key]["status"].value == "done", (stage, key)
-    assert by_asset["specialist_labels"]["bus.jpg"]["batch_images"].value == 3
+        for metadata in by_asset[stage].values():  # batch figures live on the batch check, not on every image
+            assert not any(label.startswith("batch_") for label in metadata), stage
 
 
 def test_models_load_once_per_run(pipeline):
     _, run = pipeline
-    metadata = {e.asset_key.path[-1]: e.materialization.metadata for e in run.get_asset_materialization_events()}
     # CLIP is used by two stages (the coral gate, then the embeddings) and loaded once for both.
-    assert metadata["embeddings"]["models_loaded"].value == {"embedder": 1}
-    loaded = metadata["specialist_labels"]["models_loaded"].value
+    assert batch_check(run, "embeddings_valid").metadata["models_loaded"].value == {"embedder": 1}
+    loaded = batch_check(run, "all_labels_confident").metadata["models_loaded"].value
     assert all(count <= 1 for count in loaded.values())
 
 
@@ -92,9 +93,37 @@ def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models,
         # (Embedded Qdrant accepts payload-index requests and ignores them; a server keeps them.)
     finally:
         client.close()
-    assert statuses(instance, "qdrant_index", "indexed") == {k: "SUCCEEDED" for k in VALID}
-    assert statuses(instance, "embeddings", "embedding_valid") == {k: "SUCCEEDED" for k in VALID}
-    assert set(statuses(instance, "specialist_labels", "labels_confident")) == set(VALID)
+
+
+
+def test_every_image_has_a_status_in_the_ui_for_every_check(pipeline, instance):
+    """Checks -> Partitions: judged images passed or failed, the rejected one skipped where it never arrived."""
+    assert ui_check_statuses(instance, "source_images", "image_valid") == {
+        "SUCCEEDED": set(VALID), "FAILED": {"corrupt.jpg"}}
+    for asset, check in [("embeddings", "embedding_valid"), ("qdrant_index", "indexed")]:
+        assert ui_check_statuses(instance, asset, check) == {"SUCCEEDED": set(VALID), "SKIPPED": {"corrupt.jpg"}}
+    labels = ui_check_statuses(instance, "specialist_labels", "labels_confident")
+    assert labels.pop("SKIPPED") == {"corrupt.jpg"}
+    assert set(labels) <= {"SUCCEEDED", "FAILED"} and set().union(*labels.values()) == set(VALID)
+
+
+def test_labels_carry_a_picture_and_review_results_show_the_crops(pipeline, s3_image_store):
+    _, run = pipeline
+    labels = {e.partition: e.materialization.metadata for e in run.get_asset_materialization_events()
+              if e.asset_key.path == ["specialist_labels"]}
+    for key in VALID:
+        picture = labels[key]["picture"].value
+        assert picture.startswith(f"![{key}](data:image/jpeg;base64,")
+        record = s3_image_store.results.read(key, LABELS, LabelsRecord)
+        assert picture.count("\n| ") == len(record.crops) + 1  # a legend row per object, under the header
+    review = [e for e in run.get_asset_check_evaluations() if e.check_name == "labels_confident" and not e.passed]
+    assert review, "random-weight experts are never confident: some image must need review"
+    for evaluation in review:
+        assert evaluation.description.startswith(f"{evaluation.partition}: needs review, ")
+        assert evaluation.metadata["review_crops"].value.count("![crop ") >= 1
+    summary = batch_check(run, "all_labels_confident")
+    assert summary.severity == dg.AssetCheckSeverity.WARN
+    assert summary.description.startswith(f"{len(review)} of {len(VALID)} images need review")
 
 
 def test_a_rerun_overwrites_points_instead_of_adding(pipeline, models):

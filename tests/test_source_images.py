@@ -7,15 +7,13 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes
-from tests.vision.images.test_validation import png_header_only
-from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
-
-PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
-from vision_assets.definitions import build_definitions
 from dagster_aws.s3 import S3Resource
 
-from vision_assets.resources import IngestPolicy, LocalImageStore, S3ImageStore, UploadPolicy
+from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, ui_check_statuses
+from tests.vision.images.test_validation import png_header_only
+from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
+from vision_assets.definitions import build_definitions
+from vision_assets.resources import IngestPolicy, LocalImageStore, ReviewSettings, S3ImageStore, UploadPolicy
 from vision_assets.vision.partition_keys import partition_key_for
 
 GOOD = {
@@ -23,6 +21,7 @@ GOOD = {
     "good transparent.png": image_bytes((64, 64), mode="RGBA", color=(0, 0, 0, 0)),
     "actually-a-png.jpg": image_bytes((50, 50), fmt="PNG"),
 }
+PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
 BAD = {
     "zero.jpg": (b"", "empty"),
     "truncated.jpg": (image_bytes((300, 300), fmt="JPEG")[:900], "corrupt"),
@@ -70,16 +69,19 @@ def test_per_image_metadata_is_per_partition(batch_run):
     assert good["format"].value == "JPEG" and len(good["sha256"].value) == 64 and good["phash"].value
     assert metadata["actually-a-png.jpg"]["format"].value == "PNG"  # magic bytes, not the extension
     assert metadata["truncated.jpg"]["rejection"].value == "corrupt"
-    assert metadata["good.jpg"]["batch_images"].value == len(GOOD) + len(BAD)
+    for per_image in metadata.values():  # the batch's figures are the run's, not every image's
+        assert not any(label.startswith("batch_") for label in per_image)
 
 
-def test_batch_check_fails_and_names_each_rejected_image(batch_run):
+def test_batch_check_fails_names_each_rejected_image_and_carries_the_batch_figures(batch_run):
     [batch] = [e for e in batch_run.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
     assert not batch.passed and batch.severity == dg.AssetCheckSeverity.ERROR
+    assert batch.description == f"{len(BAD)} of {len(GOOD) + len(BAD)} images rejected"
     failed = batch.metadata["failed"].value
     assert set(failed) == {partition_key_for(n) for n in BAD}
-    assert failed["zero.jpg"] == "the object is empty (0 bytes)"
+    assert failed["zero.jpg"] == "rejected (empty): the object is empty (0 bytes)"
     assert "truncated.jpg" in batch.metadata["failed_table"].value
+    assert batch.metadata["batch_valid"].value == len(GOOD) and batch.metadata["batch_seconds"].value > 0
 
 
 def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
@@ -94,7 +96,37 @@ def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
     [notes] = [h for h in history if h.partition == "notes.jpg"]
     evaluation = notes.event.dagster_event.event_specific_data  # what the UI shows for that image
     assert not evaluation.passed and "not an image" in evaluation.description
+    assert evaluation.description.startswith("notes.jpg: ")  # the run log prints the description: it names the image
     assert evaluation.metadata["reason"].value == "not_an_image"
+
+
+def test_the_ui_lists_every_image_as_passed_or_failed(batch_run, instance):
+    """The Checks -> Partitions view: no image "Missing", and "Failed" is exactly the rejected images."""
+    assert ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK) == {
+        "SUCCEEDED": {partition_key_for(n) for n in GOOD},
+        "FAILED": {partition_key_for(n) for n in BAD},
+    }
+
+
+def test_a_rejected_file_shows_what_still_decodes(batch_run, instance):
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
+    )
+    metadata = {h.partition: h.event.dagster_event.event_specific_data.metadata for h in history}
+    for previewed in ("truncated.jpg", "tiny.png"):  # a broken JPEG shows its top; a small image is still a picture
+        assert metadata[previewed]["preview"].value.startswith("![what still decodes of")
+        assert "data:image/jpeg;base64," in metadata[previewed]["preview"].value
+    for unshown in ("zero.jpg", "notes.jpg", "bomb.png"):  # nothing to show, and a bomb is never decoded
+        assert "preview" not in metadata[unshown]
+
+
+def test_pictures_can_be_turned_off(models, s3_image_store, instance, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="uploads/truncated.jpg", Body=BAD["truncated.jpg"][0])
+    defs = build_definitions(s3_image_store, models, review=ReviewSettings(pictures=False))
+    [run] = SensorDriver(defs, instance).tick_and_run()
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == PER_IMAGE_CHECK]
+    assert not evaluation.passed and "preview" not in evaluation.metadata
+    assert s3_image_store.results.read_source_record("truncated.jpg").preview_key is None
 
 
 def test_an_image_processed_again_gets_a_new_result(models, batch_run, s3_image_store, instance, s3_client, bucket):
@@ -112,22 +144,23 @@ def test_an_image_processed_again_gets_a_new_result(models, batch_run, s3_image_
     assert [h.status.value for h in history if h.partition == "truncated.jpg"] == ["SUCCEEDED", "FAILED"]
 
 
-def test_rechecking_an_image_that_never_reached_the_stage_is_not_a_failure(batch_run, s3_image_store, instance, models):
-    from vision_assets.checks.confidence import labels_confident
-
-    recheck = dg.define_asset_job("recheck_labels", selection=dg.AssetSelection.checks(labels_confident))
-    defs = dg.Definitions.merge(build_definitions(s3_image_store, models), dg.Definitions(jobs=[recheck]))
-    result = defs.resolve_job_def("recheck_labels").execute_in_process(
-        instance=instance, tags={"dagster/partition": "truncated.jpg"}
+def test_rerunning_one_image_replaces_only_its_result(models, batch_run, s3_image_store, instance):
+    """Re-running one image (a one-partition run, as the UI launches it) judges that image again; every other
+    image keeps its status in the UI."""
+    before = ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK)
+    defs = build_definitions(s3_image_store, models)
+    again = defs.resolve_job_def("process_images").execute_in_process(
+        instance=instance, partition_key="truncated.jpg", asset_selection=[SOURCE_IMAGES]
     )
-    assert result.success
-    [evaluation] = result.get_asset_check_evaluations()
-    assert evaluation.passed and evaluation.metadata["not_reached"].value == ["truncated.jpg"]
+    assert again.success
+    [evaluation] = [e for e in again.get_asset_check_evaluations() if e.check_name == PER_IMAGE_CHECK]
+    assert evaluation.partition == "truncated.jpg" and not evaluation.passed
+    assert ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK) == before
 
 
 def test_batched_runs_attribute_every_per_image_result_to_its_partition(batch_run):
-    # The job must not also plan the per-image check as a step: that would add one result for the whole range,
-    # attributed to no partition.
+    # The per-image check is part of the asset, not a step of its own: a step would add one result for the whole
+    # range, attributed to no partition.
     evaluations = batch_run.get_asset_check_evaluations()
     per_image = [e.partition for e in evaluations if e.check_name == PER_IMAGE_CHECK]
     assert sorted(per_image) == sorted(partition_key_for(n) for n in [*GOOD, *BAD])
@@ -152,26 +185,6 @@ def test_a_partition_added_by_hand_is_rejected_as_unregistered(models, s3_image_
     assert result.success
     assert s3_image_store.results.read_source_record("made-up.jpg").rejection.code.value == "unregistered"
     assert check_status_by_partition(instance, PER_IMAGE_CHECK)["made-up.jpg"] == "FAILED"
-
-
-def test_rerunning_the_per_image_check_reads_the_stored_outcome(models, batch_run, s3_image_store, instance):
-    recheck = dg.define_asset_job(
-        "recheck",
-        selection=dg.AssetSelection.checks(dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK)),
-    )
-    defs = dg.Definitions.merge(build_definitions(s3_image_store, models), dg.Definitions(jobs=[recheck]))
-    result = defs.resolve_job_def("recheck").execute_in_process(
-        instance=instance, tags={"dagster/partition": "truncated.jpg"}
-    )
-    [evaluation] = result.get_asset_check_evaluations()
-    assert not evaluation.passed and evaluation.partition == "truncated.jpg"
-
-    keys = instance.get_dynamic_partitions("images")
-    over_range = defs.resolve_job_def("recheck").execute_in_process(
-        instance=instance, tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-    )
-    per_image = {e.partition: e.passed for e in over_range.get_asset_check_evaluations() if e.partition}
-    assert per_image == {k: k in {partition_key_for(n) for n in GOOD} for k in keys}
 
 
 def test_unreachable_store_is_retried_then_fails_loudly(models, instance):

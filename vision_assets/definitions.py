@@ -12,7 +12,7 @@ from .assets.embeddings import build_embeddings
 from .assets.index import build_qdrant_index
 from .assets.ingest import source_images
 from .assets.labels import build_specialist_labels
-from .jobs import PER_IMAGE_CHECKS, process_images
+from .jobs import process_images
 from .resources import (
     CallbackSettings,
     CatalogSettings,
@@ -23,6 +23,7 @@ from .resources import (
     LabelingSettings,
     LocalImageStore,
     QdrantResource,
+    ReviewSettings,
     S3ImageStore,
     SpecialistsResource,
     UploadPolicy,
@@ -90,6 +91,7 @@ def build_definitions(
     sensor_interval_seconds: int = 15,
     catalog: CatalogSettings = CatalogSettings(),
     callback: CallbackSettings = CallbackSettings(),
+    review: ReviewSettings = ReviewSettings(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     return dg.Definitions(
@@ -101,11 +103,10 @@ def build_definitions(
             build_qdrant_index(embedder.identity),
             image_catalog,
         ],
-        asset_checks=PER_IMAGE_CHECKS,
         jobs=[process_images, refresh_catalog, delete_images],
         sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
-                   "catalog": catalog, "callback": callback} | models,
+                   "catalog": catalog, "callback": callback, "review": review} | models,
         executor=dg.in_process_executor,
     )
 
@@ -136,6 +137,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             allow_private=settings.callback_allow_private,
             base_backoff_seconds=settings.callback_backoff_seconds,
         ),
+        review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side),
     )
 
 

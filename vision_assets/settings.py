@@ -74,6 +74,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_CROP_MARGIN": ("0.1", "Crops grow by this fraction of the box on each side."),
     "VISION_ASSETS_CORAL_SCENE_THRESHOLD": ("0.5", "CLIP zero-shot probability of \"an underwater photo of a coral "
                                             "reef\" above which the coral expert sees the image."),
+    "VISION_ASSETS_REVIEW_PICTURES": ("1", "`1`: thumbnails with boxes and labels in each image's metadata, the crops "
+                                      "that need review and previews of rejected files in the check results. `0`: "
+                                      "words only (a smaller event log)."),
+    "VISION_ASSETS_REVIEW_PICTURE_SIDE": ("320", "Long side of those thumbnails, pixels."),
     "VISION_ASSETS_QDRANT_URL": (None, "A Qdrant server. Unset = embedded Qdrant in `<data dir>/qdrant` "
                                  "(one machine, one process at a time)."),
     "VISION_ASSETS_QDRANT_API_KEY": (None, "API key for the Qdrant server."),
@@ -131,6 +135,10 @@ def _pairs(name: str) -> dict[str, float]:
     return pairs
 
 
+def _flag(name: str) -> bool:
+    return (env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _csv(name: str) -> frozenset[str]:
     return frozenset(part.strip() for part in (env(name) or "").split(",") if part.strip())
 
@@ -176,6 +184,8 @@ class Settings:
     routes: dict[str, str]
     crop_margin: float
     coral_scene_threshold: float
+    review_pictures: bool
+    review_picture_side: int
     qdrant_url: str | None
     qdrant_api_key: str | None
     qdrant_collection_prefix: str
@@ -250,12 +260,14 @@ class Settings:
             routes=parse_routes(env("VISION_ASSETS_ROUTES")),
             crop_margin=_float("VISION_ASSETS_CROP_MARGIN"),
             coral_scene_threshold=_float("VISION_ASSETS_CORAL_SCENE_THRESHOLD"),
+            review_pictures=_flag("VISION_ASSETS_REVIEW_PICTURES"),
+            review_picture_side=_int("VISION_ASSETS_REVIEW_PICTURE_SIDE"),
             qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,
             qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
             qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),
             near_duplicate_distance=_int("VISION_ASSETS_NEAR_DUPLICATE_DISTANCE"),
             callback_url=env("VISION_ASSETS_CALLBACK_URL") or None,
             callback_secret=env("VISION_ASSETS_CALLBACK_SECRET") or None,
-            callback_allow_private=env("VISION_ASSETS_CALLBACK_ALLOW_PRIVATE") in ("1", "true", "yes"),
+            callback_allow_private=_flag("VISION_ASSETS_CALLBACK_ALLOW_PRIVATE"),
             callback_backoff_seconds=_float("VISION_ASSETS_CALLBACK_BACKOFF_SECONDS"),
         )

@@ -4,12 +4,12 @@ import time
 
 import dagster as dg
 
+from ..checks.indexing import INDEX_KEY
 from ..checks.validation import SOURCE_IMAGES
 from ..partitions import images
 from ..resources import CatalogSettings, ImageStore
 from ..vision.catalog import CATALOG_FILE, build_catalog, duplicate_groups, from_parquet, to_parquet
 from ..vision.object_store import ObjectMissing
-from .index import INDEX_KEY
 
 CATALOG_KEY = dg.AssetKey("image_catalog")
 MAX_GROUPS_SHOWN = 50

@@ -5,15 +5,13 @@ import time
 import dagster as dg
 import numpy as np
 
-from ..checks.embedding import embedding_validity
+from ..checks.confidence import LABELS_KEY
+from ..checks.embedding import EMBEDDINGS_KEY, embedding_outcome, embedding_validity
 from ..resources import EmbedderResource, ImageStore
 from ..vision.embedding_checks import embedding_problems
 from ..vision.records import EmbeddingsRecord, LabelsRecord
 from ..vision.results_store import EMBEDDING_VECTORS, EMBEDDINGS, LABELS
-from .labels import LABELS_KEY
 from .stage import load_images, note_skipped, stage_asset, valid_sources
-
-EMBEDDINGS_KEY = dg.AssetKey("embeddings")
 
 
 def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
@@ -24,7 +22,7 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
             pool="gpu",
             kinds={"pytorch"},
             code_version=f"1|{embedder_identity}",
-            check_specs=[embedding_validity.batch_spec],
+            check_specs=embedding_validity.specs,
             description=f"L2-normalised OpenCLIP ({embedder_identity}) embeddings of each valid image and each of "
             "its crops. Writes `~embeddings.npz` and `~embeddings.json`.",
         )
@@ -64,14 +62,13 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
                 {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
                 partition_key=key,
             )
-        yield dg.MaterializeResult(metadata={
-            "batch_images": len(keys),
-            "batch_crops": len(crops),
-            "batch_skipped": len(skipped),
-            "batch_model_seconds": round(seconds, 3),
-            "batch_vectors_per_second": round((len(keys) + len(crops)) / seconds, 2) if seconds else 0.0,
-            "models_loaded": embedder.load_counts,
-        })
-        yield embedding_validity.report(context, records)
+        yield dg.MaterializeResult()
+        yield from embedding_validity.report(
+            context, [embedding_outcome(record) for record in records], skipped,
+            batch_crops=len(crops),
+            batch_model_seconds=round(seconds, 3),
+            batch_vectors_per_second=round((len(keys) + len(crops)) / seconds, 2) if seconds else 0.0,
+            models_loaded=embedder.load_counts,
+        )
 
     return embeddings

@@ -4,17 +4,15 @@ import time
 
 import dagster as dg
 
-from ..checks.indexing import index_consistency
+from ..checks.embedding import EMBEDDINGS_KEY
+from ..checks.indexing import INDEX_KEY, index_consistency, index_outcome
 from ..resources import CallbackSettings, ImageStore, QdrantResource
 from ..vision.callback import Outbox, finished_message
 from ..vision.index import ImagePoints, image_point_id
 from ..vision.payloads import crop_payload, image_payload
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS
-from .embeddings import EMBEDDINGS_KEY
 from .stage import note_skipped, stage_asset, valid_sources
-
-INDEX_KEY = dg.AssetKey("qdrant_index")
 
 
 def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
@@ -25,7 +23,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             pool="qdrant",
             kinds={"qdrant"},
             code_version=f"1|{embedder_identity}",
-            check_specs=[index_consistency.batch_spec],
+            check_specs=index_consistency.specs,
             description="Points in the `images` and `crops` collections (cosine), ids derived from the image and "
             "crop identity so re-runs overwrite; payload: source URI, sha256, pHash, box, labels with confidences "
             "and model ids.",
@@ -81,13 +79,12 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                                             labels_of[image.partition_key].needing_review, record.problems))
             for key, why in bad.items():
                 outbox.add(finished_message(valid[key], [], [], [why], failed_check="embedding_valid"))
-        yield dg.MaterializeResult(metadata={
-            "batch_images": len(points),
-            "batch_crops": sum(len(p.crop_indexes) for p in points),
-            "batch_skipped": len(skipped),
-            "batch_seconds": round(seconds, 3),
-            "qdrant": qdrant.url or f"embedded at {qdrant.path}",
-        })
-        yield index_consistency.report(context, records)
+        yield dg.MaterializeResult()
+        yield from index_consistency.report(
+            context, [index_outcome(record) for record in records], skipped,
+            batch_crops=sum(len(p.crop_indexes) for p in points),
+            batch_seconds=round(seconds, 3),
+            qdrant=qdrant.url or f"embedded at {qdrant.path}",
+        )
 
     return qdrant_index

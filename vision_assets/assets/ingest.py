@@ -7,13 +7,15 @@ from typing import Any
 
 import dagster as dg
 
-from ..checks.validation import SOURCE_IMAGES, image_validity
+from ..checks.validation import SOURCE_IMAGES, image_validity, validation_outcome
 from ..partitions import images
-from ..resources import CallbackSettings, ImageStore, IngestPolicy
+from ..resources import CallbackSettings, ImageStore, IngestPolicy, ReviewSettings
 from ..vision.callback import Outbox, rejected_message
 from ..vision.images.ingest import ingest_image
+from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
+from ..vision.results_store import ResultsStore
 
 
 def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     key=SOURCE_IMAGES,
     partitions_def=images,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[image_validity.batch_spec],
+    check_specs=image_validity.specs,
     group_name="ingest",
     kinds={"python"},
     code_version="1",
@@ -55,15 +57,21 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     "per image to the results store.",
 )
 def source_images(
-    context: dg.AssetExecutionContext, image_store: ImageStore, ingest_policy: IngestPolicy, callback: CallbackSettings
+    context: dg.AssetExecutionContext,
+    image_store: ImageStore,
+    ingest_policy: IngestPolicy,
+    callback: CallbackSettings,
+    review: ReviewSettings,
 ):
     keys = context.partition_keys
     started = time.perf_counter()
     objects, results, limits = image_store.objects, image_store.results, ingest_policy.limits
+    look = review.look
+    preview_side = look.side if look else None
     # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both.
     try:
         with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-            records = list(pool.map(lambda key: ingest_image(key, objects, results, limits), keys))
+            records = list(pool.map(lambda key: ingest_image(key, objects, results, limits, preview_side), keys))
     except StoreUnavailable as error:  # the store, not an image, failed: the whole batch is retried
         raise dg.RetryRequested(
             max_retries=ingest_policy.store_retries, seconds_to_wait=ingest_policy.store_retry_seconds
@@ -80,13 +88,19 @@ def source_images(
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
                      f"rejected {dict(rejected) or 'none'}")
-    yield dg.MaterializeResult(
-        metadata={
-            "batch_images": len(records),
-            "batch_valid": len(records) - sum(rejected.values()),
-            "batch_rejected": dict(rejected),
-            "batch_seconds": round(seconds, 3),
-            "batch_images_per_second": round(len(records) / seconds, 2) if seconds else 0.0,
-        }
+    yield dg.MaterializeResult()  # per-image facts went on each partition above; batch facts go on the batch check
+    outcomes = [validation_outcome(record, rejected_preview(results, record, look)) for record in records]
+    yield from image_validity.report(
+        context, outcomes, skipped={},
+        batch_valid=len(records) - sum(rejected.values()),
+        batch_rejected=dict(rejected),
+        batch_seconds=round(seconds, 3),
+        batch_images_per_second=round(len(records) / seconds, 2) if seconds else 0.0,
     )
-    yield image_validity.report(context, records)
+
+
+def rejected_preview(results: ResultsStore, record: SourceImageRecord, look: ReviewPictures | None) -> str | None:
+    if not (look and record.preview_key):
+        return None
+    preview = results.read_image(record.preview_key)
+    return markdown_image(f"what still decodes of {record.partition_key}", preview, look.quality) if preview else None

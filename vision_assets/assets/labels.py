@@ -5,8 +5,9 @@ from collections import Counter
 
 import dagster as dg
 
-from ..checks.confidence import label_confidence
-from ..resources import EmbedderResource, ImageStore, LabelingSettings, SpecialistsResource
+from ..checks.confidence import LABELS_KEY, label_confidence, labels_outcome
+from ..resources import EmbedderResource, ImageStore, LabelingSettings, ReviewSettings, SpecialistsResource
+from ..vision.images.review import labels_markdown
 from ..vision.labeling import label_batch
 from ..vision.records import DetectionsRecord
 from ..vision.results_store import DETECTIONS, LABELS
@@ -14,8 +15,6 @@ from ..vision.routing import CORAL
 from ..vision.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
 from .detections import DETECTIONS_KEY
 from .stage import load_images, note_skipped, stage_asset, valid_sources
-
-LABELS_KEY = dg.AssetKey("specialist_labels")
 
 
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
@@ -26,7 +25,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             pool="gpu",
             kinds={"pytorch"},
             code_version=f"1|{specialists_identity}|{embedder_identity}",
-            check_specs=[label_confidence.batch_spec],
+            check_specs=label_confidence.specs,
             description="Every detection cropped (with a margin) and labelled by the expert for its class, top-k "
             "with confidences; whole images that CLIP scores as a coral reef labelled by the coral expert. Writes "
             "`~labels.json`.",
@@ -38,6 +37,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         specialists: SpecialistsResource,
         embedder: EmbedderResource,
         labeling: LabelingSettings,
+        review: ReviewSettings,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         note_skipped(context, skipped)
@@ -56,26 +56,30 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
         seconds = time.perf_counter() - started
 
+        look = review.look
         for key in keys:
             record = labelled[key]
             results.write(key, LABELS, record)
             top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
-            context.add_asset_metadata({
+            metadata = {
                 "status": "done",
                 "crops": len(record.crops),
                 "labels": dict(top),
                 "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
                 "needs_review": len(record.needing_review),
-            }, partition_key=key)
+            }
+            if look:  # what the committee saw, drawn on the image
+                metadata["picture"] = dg.MetadataValue.md(labels_markdown(key, pictures[key], record, look))
+            context.add_asset_metadata(metadata, partition_key=key)
         routed = Counter(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
-        yield dg.MaterializeResult(metadata={
-            "batch_images": len(keys),
-            "batch_skipped": len(skipped),
-            "batch_crops_per_specialist": dict(routed),
-            "batch_model_seconds": round(seconds, 3),
-            "batch_coral_images": sum(bool(r.scene) for r in labelled.values()),
-            "models_loaded": specialists.load_counts | embedder.load_counts,
-        })
-        yield label_confidence.report(context, [labelled[key] for key in keys])
+        yield dg.MaterializeResult()
+        outcomes = [labels_outcome(labelled[key], pictures[key], look) for key in keys]
+        yield from label_confidence.report(
+            context, outcomes, skipped,
+            batch_crops_per_specialist=dict(routed),
+            batch_model_seconds=round(seconds, 3),
+            batch_coral_images=sum(bool(r.scene) for r in labelled.values()),
+            models_loaded=specialists.load_counts | embedder.load_counts,
+        )
 
     return specialist_labels

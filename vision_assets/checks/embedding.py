@@ -3,8 +3,9 @@
 import dagster as dg
 
 from ..vision.records import EmbeddingsRecord
-from ..vision.results_store import EMBEDDINGS
 from .per_image import ImageOutcome, PerImageCheck
+
+EMBEDDINGS_KEY = dg.AssetKey("embeddings")
 
 
 def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
@@ -17,13 +18,10 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
 
 
 embedding_validity = PerImageCheck(
-    asset=dg.AssetKey("embeddings"),
+    asset=EMBEDDINGS_KEY,
     name="embedding_valid",
     batch_name="embeddings_valid",
     severity=dg.AssetCheckSeverity.ERROR,
     description="Image and crop embeddings have the model's dimension, are finite and unit length.",
-    record_file=EMBEDDINGS,
-    record_type=EmbeddingsRecord,
-    outcome=embedding_outcome,
+    not_passed="failed",
 )
-embedding_valid = embedding_validity.definition()

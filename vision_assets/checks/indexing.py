@@ -3,8 +3,9 @@
 import dagster as dg
 
 from ..vision.records import IndexRecord
-from ..vision.results_store import INDEX
 from .per_image import ImageOutcome, PerImageCheck
+
+INDEX_KEY = dg.AssetKey("qdrant_index")
 
 
 def index_outcome(record: IndexRecord) -> ImageOutcome:
@@ -17,13 +18,10 @@ def index_outcome(record: IndexRecord) -> ImageOutcome:
 
 
 index_consistency = PerImageCheck(
-    asset=dg.AssetKey("qdrant_index"),
+    asset=INDEX_KEY,
     name="indexed",
     batch_name="index_consistent",
     severity=dg.AssetCheckSeverity.ERROR,
     description="Every image and crop of the batch has its point in Qdrant and no other point carries its image id.",
-    record_file=INDEX,
-    record_type=IndexRecord,
-    outcome=index_outcome,
+    not_passed="failed",
 )
-indexed = index_consistency.definition()

@@ -1,22 +1,29 @@
-"""One question asked of every image of a batched run, answered twice:
-- per image: a partitioned check (`name`) whose result the asset logs for each partition as an evaluation of its
-  own run, so the UI's check partitions view shows each image's status and reason, linked to its run. (Dagster
-  1.13 attributes a check *step*'s result to no partition in a range run, and stores runless evaluations under a
-  unique index that a second result for the same partition violates.) Running the check itself re-reads the
-  outcome stored with the image;
-- per batch: an in-asset check (`batch_name`) that fails when any image of the run failed, with a table of them.
+"""One question asked of every image of a batched run, answered twice, both from inside the stage's asset:
+- per image: a partitioned check (`name`). The asset logs one evaluation per image, each pointing at that image's
+  materialization from this run, which is what the UI's Checks -> Partitions view counts (Dagster only counts an
+  evaluation that targets the partition's latest materialization, so the asset materializes first and judges
+  after). Images the stage skipped (rejected upstream) get no evaluation: the run planned the check for them, so
+  Dagster shows them as Skipped once the run ends. (A check *step* in a range run would record one result for no
+  partition, which is why the check is part of the asset.)
+- per batch: an unpartitioned check (`batch_name`) with the run's counts and a table of the images that did not
+  pass; this is also where the batch's statistics live.
 Neither blocks the run: a failing image stops on its own, the rest of the batch goes on.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel
+
+# Where an evaluation says which materialization it judged; Dagster exports no public name for it.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData as JudgedMaterialization,
+)
 
 from ..partitions import images
-from ..resources import ImageStore
+
+LOOKUP_CHUNK = 500  # partition keys per storage query (SQLite caps bound parameters)
 
 
 @dataclass(frozen=True)
@@ -27,87 +34,105 @@ class ImageOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-Record = TypeVar("Record", bound=BaseModel)
-
-
 @dataclass(frozen=True)
-class PerImageCheck(Generic[Record]):
+class PerImageCheck:
     asset: dg.AssetKey
     name: str
     batch_name: str
     severity: dg.AssetCheckSeverity
     description: str
-    record_file: str  # the stage's per-image record in the results store, which the outcome is judged from
-    record_type: type[Record]
-    outcome: Callable[[Record], ImageOutcome]
-
-    def stored_outcome(self, image_store: ImageStore, partition_key: str) -> ImageOutcome | None:
-        """None: the image never reached this stage (e.g. rejected at validation)."""
-        record = image_store.results.read(partition_key, self.record_file, self.record_type)
-        return self.outcome(record) if record else None
+    not_passed: str  # how a failed image reads in the batch summary: "rejected", "need review", "failed"
 
     @property
-    def batch_spec(self) -> dg.AssetCheckSpec:
-        return dg.AssetCheckSpec(self.batch_name, asset=self.asset, blocking=False,
-                                 description=f"{self.description} For every image of the run; failures listed.")
+    def key(self) -> dg.AssetCheckKey:
+        return dg.AssetCheckKey(self.asset, self.name)
 
-    def evaluation(self, outcome: ImageOutcome) -> dg.AssetCheckEvaluation:
+    @property
+    def specs(self) -> list[dg.AssetCheckSpec]:
+        return [
+            dg.AssetCheckSpec(self.name, asset=self.asset, partitions_def=images, blocking=False,
+                              description=f"{self.description} One result per image; images that never reached "
+                              "this stage are Skipped."),
+            dg.AssetCheckSpec(self.batch_name, asset=self.asset, blocking=False,
+                              description=f"{self.description} For every image of the run, with the run's "
+                              "statistics; the images that did not pass are listed."),
+        ]
+
+    def evaluation(self, outcome: ImageOutcome, judged: JudgedMaterialization | None) -> dg.AssetCheckEvaluation:
         return dg.AssetCheckEvaluation(
             asset_key=self.asset,
             check_name=self.name,
             passed=outcome.passed,
             partition=outcome.partition_key,
+            target_materialization_data=judged,
             severity=self.severity,
-            description=outcome.description,
+            # The run log prints only the description: it names the image so every line says which one it is.
+            description=f"{outcome.partition_key}: {outcome.description}",
             metadata=outcome.metadata,
         )
 
-    def log_per_image(self, context: dg.OpExecutionContext, outcomes: Sequence[ImageOutcome]) -> None:
-        for outcome in outcomes:
-            context.log_event(self.evaluation(outcome))
-
     def summary(
-        self, outcomes: Sequence[ImageOutcome], check_name: str | None = None, **extra_metadata: Any
+        self, outcomes: Sequence[ImageOutcome], skipped: Mapping[str, str], **batch_metadata: Any
     ) -> dg.AssetCheckResult:
         failed = [o for o in outcomes if not o.passed]
         rows = [f"| `{o.partition_key}` | {o.description.replace('|', '/')} |" for o in failed]
+        if failed:
+            description = f"{len(failed)} of {len(outcomes)} images {self.not_passed}"
+        else:
+            description = f"all {len(outcomes)} images passed"
+        if skipped:
+            description += f"; {len(skipped)} skipped (never reached this stage)"
         return dg.AssetCheckResult(
-            check_name=check_name or self.batch_name,
+            check_name=self.batch_name,
             asset_key=self.asset,
             passed=not failed,
             severity=self.severity,
-            description=f"{len(failed)} of {len(outcomes)} images failed" if failed else f"all {len(outcomes)} passed",
+            description=description,
             metadata={
                 "images": len(outcomes),
                 "failed_count": len(failed),
                 "failed": {o.partition_key: o.description for o in failed},
                 "failed_table": dg.MetadataValue.md("\n".join(["| image | why |", "|---|---|", *rows])),
-                **extra_metadata,
+                "skipped": dict(skipped),
+                **batch_metadata,
             },
         )
 
-    def report(self, context: dg.OpExecutionContext, records: Sequence[Record]) -> dg.AssetCheckResult:
-        """From inside the asset: every image's result, then the batch result to yield."""
-        outcomes = [self.outcome(record) for record in records]
-        self.log_per_image(context, outcomes)
-        return self.summary(outcomes)
+    def report(
+        self,
+        context: dg.AssetExecutionContext,
+        outcomes: Sequence[ImageOutcome],
+        skipped: Mapping[str, str],
+        **batch_metadata: Any,
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+        """Yield from the asset *after* its MaterializeResult: one evaluation per judged image, then the batch."""
+        judged = materializations_of_this_run(context, self.asset, [o.partition_key for o in outcomes])
+        unmatched = [o.partition_key for o in outcomes if o.partition_key not in judged]
+        if unmatched:  # e.g. another run materialized them meanwhile: that run's result will count instead
+            context.log.warning(f"{self.name}: no materialization of this run found for {unmatched[:10]}; their "
+                                "results will not show as current")
+        for outcome in outcomes:
+            context.log_event(self.evaluation(outcome, judged.get(outcome.partition_key)))
+        if self.key in context.selected_asset_check_keys:
+            # The per-image check's own output carries no result: its results are the evaluations above.
+            yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(self.key))
+        yield self.summary(outcomes, skipped, **batch_metadata)
 
-    def definition(self) -> dg.AssetChecksDefinition:
-        check = self
 
-        @dg.asset_check(asset=self.asset, name=self.name, partitions_def=images, blocking=False,
-                        description=f"{self.description} One result per image, logged by the asset; running this "
-                        "check re-reads the stored outcome.")
-        def per_image_check(context: dg.AssetCheckExecutionContext, image_store: ImageStore) -> dg.AssetCheckResult:
-            outcomes, not_reached = [], []
-            for key in context.partition_keys:
-                outcome = check.stored_outcome(image_store, key)
-                if outcome is None:  # e.g. rejected at validation: it never reached this stage, nothing to judge
-                    not_reached.append(key)
-                else:
-                    outcomes.append(outcome)
-            if not context.has_partition_key:  # a range: Dagster would attribute our one result to no partition
-                check.log_per_image(context.op_execution_context, outcomes)
-            return check.summary(outcomes, check_name=check.name, not_reached=not_reached)
-
-        return per_image_check
+def materializations_of_this_run(
+    context: dg.AssetExecutionContext, asset: dg.AssetKey, partition_keys: Sequence[str]
+) -> dict[str, JudgedMaterialization]:
+    """partition -> this run's materialization of it, read back from the instance in a few queries per batch."""
+    judged: dict[str, JudgedMaterialization] = {}
+    run_id = context.run.run_id
+    for start in range(0, len(partition_keys), LOOKUP_CHUNK):
+        chunk = partition_keys[start:start + LOOKUP_CHUNK]
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=chunk), limit=2 * len(chunk)
+        ).records
+        for record in records:  # newest first
+            if record.run_id == run_id and record.partition_key not in judged:
+                judged[record.partition_key] = JudgedMaterialization(
+                    storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+                )
+    return judged

@@ -1,6 +1,13 @@
 from .image_store import ImageStore, LocalImageStore, S3ImageStore
 from .models import DetectorResource, EmbedderResource, SpecialistsResource
-from .policies import CallbackSettings, CatalogSettings, IngestPolicy, LabelingSettings, UploadPolicy
+from .policies import (
+    CallbackSettings,
+    CatalogSettings,
+    IngestPolicy,
+    LabelingSettings,
+    ReviewSettings,
+    UploadPolicy,
+)
 from .vector_index import QdrantResource
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "LabelingSettings",
     "LocalImageStore",
     "QdrantResource",
+    "ReviewSettings",
     "S3ImageStore",
     "SpecialistsResource",
     "UploadPolicy",

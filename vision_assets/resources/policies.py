@@ -8,6 +8,7 @@ from datetime import timedelta
 import dagster as dg
 
 from ..vision.images.formats import DEFAULT_ALLOWED_FORMATS
+from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
 from ..vision.labeling import LabelingPolicy
 from ..vision.routing import DEFAULT_ROUTES
@@ -60,6 +61,18 @@ class LabelingSettings(dg.ConfigurableResource):
             coral_scene_threshold=self.coral_scene_threshold,
             default_threshold=self.default_review_threshold,
         )
+
+
+class ReviewSettings(dg.ConfigurableResource):
+    """The pictures a reviewer sees in the UI. They travel in the event log (about 20-30 KB per image), so a
+    deployment that never looks at them can turn them off."""
+
+    pictures: bool = True
+    picture_side: int = 320  # long side of the thumbnails, pixels
+
+    @property
+    def look(self) -> ReviewPictures | None:
+        return ReviewPictures(side=self.picture_side) if self.pictures else None
 
 
 class CatalogSettings(dg.ConfigurableResource):

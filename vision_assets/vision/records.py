@@ -75,6 +75,7 @@ class SourceImageRecord(BaseModel):
     rejection: Rejection | None = None
     facts: ImageFacts | None = None
     normalized_key: str | None = None
+    preview_key: str | None = None  # rejected files only: a thumbnail of what still decoded
     warnings: list[str] = Field(default_factory=list)
     processed_at: datetime
     seconds: float

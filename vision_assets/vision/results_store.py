@@ -22,6 +22,7 @@ Record = TypeVar("Record", bound=BaseModel)
 REGISTRATION = "~registration.json"
 SOURCE_RECORD = "~source.json"
 NORMALIZED_IMAGE = "~normalized.jpg"
+REJECTED_PREVIEW = "~preview.jpg"  # what still decoded of a rejected file, thumbnail size
 DETECTIONS = "~detections.json"
 LABELS = "~labels.json"
 EMBEDDINGS = "~embeddings.json"
@@ -68,6 +69,20 @@ class ResultsStore:
 
     def read_normalized(self, partition_key: str) -> Image.Image:
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+
+    def write_preview(self, partition_key: str, jpeg: bytes) -> str:
+        key = self.key(partition_key, REJECTED_PREVIEW)
+        self.store.put(key, jpeg, "image/jpeg")
+        return key
+
+    def read_image(self, key: str) -> Image.Image | None:
+        try:
+            _, data = self.store.get(key)
+        except ObjectMissing:
+            return None
         image = Image.open(io.BytesIO(data))
         image.load()
         return image

@@ -14,7 +14,12 @@ from typing import Any
 from ..object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
 from ..results_store import ResultsStore
+from .review import salvage_preview
 from .validation import ValidationLimits, encode_normalized, validate_image
+
+# Rejections whose file may still show something: the decoder failed part-way, or the picture is just small.
+# (Never for too many pixels: a bomb is not decoded, not even for a preview.)
+PREVIEWABLE = {RejectionCode.CORRUPT, RejectionCode.TOO_SMALL}
 
 UNREGISTERED_MESSAGE = (
     "no registration record: this partition was not added by the upload sensor, so the object behind it is unknown"
@@ -26,7 +31,10 @@ def ingest_image(
     images: ObjectStore,
     results: ResultsStore,
     limits: ValidationLimits,
+    preview_side: int | None = None,
 ) -> SourceImageRecord:
+    """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
+    the record (`~preview.jpg`), for the reviewer. None: no previews."""
     started = time.perf_counter()
     registration = results.read_registration(partition_key)
     if registration is None:
@@ -34,7 +42,7 @@ def ingest_image(
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
     else:
         fields = {"object_key": registration.object_key, "source_uri": registration.source_uri}
-        fields |= _fetch_and_validate(registration, images, results, limits)
+        fields |= _fetch_and_validate(registration, images, results, limits, preview_side)
     record = SourceImageRecord(
         partition_key=partition_key,
         processed_at=datetime.now(timezone.utc),
@@ -46,7 +54,11 @@ def ingest_image(
 
 
 def _fetch_and_validate(
-    registration: RegisteredImage, images: ObjectStore, results: ResultsStore, limits: ValidationLimits
+    registration: RegisteredImage,
+    images: ObjectStore,
+    results: ResultsStore,
+    limits: ValidationLimits,
+    preview_side: int | None,
 ) -> dict[str, Any]:
     seen = {"etag": registration.etag, "size_bytes": registration.size}
     try:
@@ -62,7 +74,13 @@ def _fetch_and_validate(
     fetched = {"etag": version.etag, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     outcome = validate_image(data, limits)
     if isinstance(outcome, Rejection):
-        return fetched | {"status": "rejected", "rejection": outcome}
+        rejected = fetched | {"status": "rejected", "rejection": outcome}
+        if preview_side and outcome.code in PREVIEWABLE:
+            preview = salvage_preview(data, preview_side, limits.max_pixels)
+            if preview is not None:
+                jpeg = encode_normalized(preview, quality=80)
+                rejected["preview_key"] = results.write_preview(registration.partition_key, jpeg)
+        return rejected
     normalized_key = results.write_normalized(registration.partition_key, encode_normalized(outcome.rgb))
     return fetched | {
         "status": "valid",

@@ -1,0 +1,149 @@
+"""The small pictures a reviewer sees in the Dagster UI: a thumbnail of each processed image with the committee's
+boxes and labels drawn on it, the crops that need review, and whatever still decodes of a rejected file.
+
+Dagster has no image metadata type; its documented way is Markdown with a `data:` URI, so every picture here ends
+as Markdown text. Pictures go into the event log with every run, so they are small on purpose: a long side of
+`ReviewPictures.side` pixels, JPEG at `quality`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..records import CropLabels, LabelsRecord
+
+CONFIDENT = (46, 204, 64)
+NEEDS_REVIEW = (255, 133, 27)
+NO_EXPERT = (127, 219, 255)
+CROP_SIDE = 112  # the crops that need review, in the check result
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class ReviewPictures:
+    side: int = 320  # long side of a thumbnail, pixels
+    quality: int = 60  # JPEG quality of the embedded pictures
+
+
+def thumbnail(picture: Image.Image, side: int) -> Image.Image:
+    small = picture.convert("RGB")  # a copy: the caller's picture is left as it is
+    small.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return small
+
+
+def data_uri(picture: Image.Image, quality: int) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def markdown_image(alt: str, picture: Image.Image, quality: int) -> str:
+    alt = alt.replace("[", "(").replace("]", ")")  # brackets would end the Markdown alt text
+    return f"![{alt}]({data_uri(picture, quality)})"
+
+
+def crop_caption(crop: CropLabels) -> str:
+    """`dog 0.91: golden retriever 0.72`: what the router saw, then what the expert said."""
+    seen = f"{crop.detection.class_name} {crop.detection.confidence:.2f}"
+    if crop.specialist is None:
+        return seen
+    return f"{seen}: {crop.specialist.top.name} {crop.specialist.top.confidence:.2f}"
+
+
+def _colour(crop: CropLabels) -> tuple[int, int, int]:
+    if crop.specialist is None:
+        return NO_EXPERT
+    return NEEDS_REVIEW if crop.specialist.needs_review else CONFIDENT
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int) -> Image.Image:
+    """The image at `side` pixels with every detection's box and caption: green where the expert is confident,
+    orange where its label needs review, blue where no expert covers the class."""
+    small = thumbnail(picture, side)
+    scale = small.width / picture.width
+    draw = ImageDraw.Draw(small)
+    font = _font(max(9, side // 30))
+    for number, crop in enumerate(labels.crops, start=1):
+        x1, y1, x2, y2 = (v * scale for v in crop.detection.box)
+        colour = _colour(crop)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
+        caption = f"{number} {crop_caption(crop)}"
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        tag_y = y1 - (bottom - top) - 4 if y1 > (bottom - top) + 4 else y1  # above the box where there is room
+        tag_x = min(max(0.0, x1), max(0.0, small.width - (right - left) - 4))
+        draw.rectangle((tag_x, tag_y, tag_x + (right - left) + 4, tag_y + (bottom - top) + 4), fill=colour)
+        draw.text((tag_x + 2 - left, tag_y + 2 - top), caption, fill=(0, 0, 0), font=font)
+    return small
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsRecord, look: ReviewPictures) -> str:
+    """The annotated thumbnail, then one table row per object: what the router saw, which expert, its top labels."""
+    lines = [markdown_image(partition_key, annotated_thumbnail(picture, labels, look.side), look.quality), ""]
+    if labels.crops:
+        lines += ["| # | router | expert | labels | |", "|---|---|---|---|---|"]
+        for number, crop in enumerate(labels.crops, start=1):
+            expert = crop.specialist
+            top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in expert.labels) if expert else ""
+            flag = "needs review" if expert and expert.needs_review else ""
+            lines.append(f"| {number} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
+                         f"{expert.specialist if expert else 'none for this class'} | {_cell(top)} | {flag} |")
+    else:
+        lines.append("No objects found.")
+    for scene in labels.scene:
+        top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in scene.labels)
+        lines.append(f"\nWhole image, {scene.specialist}: {_cell(top)}{' (needs review)' if scene.needs_review else ''}")
+    return "\n".join(lines)
+
+
+def review_crops_markdown(picture: Image.Image, labels: LabelsRecord, look: ReviewPictures) -> str:
+    """The crops whose label needs review, each with the expert's top labels and its threshold."""
+    rows = ["| crop | router | expert says | threshold |", "|---|---|---|---|"]
+    for number, crop in enumerate(labels.crops, start=1):
+        expert = crop.specialist
+        if not (expert and expert.needs_review):
+            continue
+        image = markdown_image(f"crop {number}", thumbnail(picture.crop(tuple(crop.crop_box)), CROP_SIDE), look.quality)
+        top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in expert.labels)
+        rows.append(f"| {image} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
+                    f"{expert.specialist}: {_cell(top)} | {expert.threshold} |")
+    for scene in labels.scene:
+        if scene.needs_review:
+            image = markdown_image("whole image", thumbnail(picture, CROP_SIDE), look.quality)
+            top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in scene.labels)
+            rows.append(f"| {image} | (whole image) | {scene.specialist}: {_cell(top)} | {scene.threshold} |")
+    return "\n".join(rows)
+
+
+def salvage_preview(data: bytes, side: int, max_pixels: int) -> Image.Image | None:
+    """What still decodes of a rejected file, at thumbnail size; None when nothing does, or when the header declares
+    more than `max_pixels` (never decoded, not even for a preview).
+
+    A truncated JPEG gets its end-of-image marker appended, so libjpeg stops where the data ends and greys the
+    rest: the reviewer sees the top of the picture. (Pillow's own switch for this, `LOAD_TRUNCATED_IMAGES`, is
+    process-wide and would also loosen validation running in other threads.)"""
+    attempts = [data, data + JPEG_END] if data.startswith(JPEG_START) else [data]
+    for attempt in attempts:
+        try:
+            with Image.open(io.BytesIO(attempt)) as image:
+                if not 0 < image.width * image.height <= max_pixels:
+                    return None
+                image.load()
+                return thumbnail(image, side)
+        except Exception:  # noqa: BLE001, S112 - a preview is a courtesy: a decoder failure costs the picture only
+            continue
+    return None
