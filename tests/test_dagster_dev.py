@@ -1,17 +1,24 @@
 """The product as a user starts it: `vision-assets dev` (webserver + daemon) on loopback, images dropped in the
 bucket, outcomes read back through Dagster's GraphQL API (what the UI shows)."""
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 import ultralytics
-from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
+from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION, LAUNCH_PIPELINE_EXECUTION_MUTATION
 from qdrant_client import QdrantClient
 
 from tests.conftest import free_port
@@ -90,15 +97,34 @@ class DagsterDev:
 
 CHECKS = """query($asset: [String!]!, $name: String!) { assetCheckExecutions(assetKey: {path: $asset},
   checkName: $name, limit: 50) { status partition evaluation { description } } }"""
+PARTITION_STATUSES = """query($asset: [String!]!) { assetNodes(assetKeys: [{path: $asset}]) { assetChecksOrError {
+  ... on AssetChecks { checks { name partitionStatuses { ... on AssetCheckDefaultPartitionStatuses {
+    succeededPartitions failedPartitions skippedPartitions inProgressPartitions executionFailedPartitions } } } } } } }"""
+PER_IMAGE_CHECKS = {"source_images": "image_valid", "specialist_labels": "labels_confident",
+                    "embeddings": "embedding_valid", "qdrant_index": "indexed"}
+BATCH_CHECKS = {"source_images": "images_valid", "specialist_labels": "all_labels_confident",
+                "embeddings": "embeddings_valid", "qdrant_index": "index_consistent"}
+REPOSITORY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 
 
-@pytest.fixture(params=["folder", "s3"])
-def running(request, tmp_path, offline_models):
-    data_dir = tmp_path / "data"
+@dataclass
+class Running:
+    dev: DagsterDev
+    put: Callable[[str, bytes], object]
+    store: str
+
+
+@pytest.fixture(scope="module", params=["folder", "s3"])
+def running(request, tmp_path_factory, offline_models):
+    """One `vision-assets dev` per store, shared by the tests of this module (each start costs half a minute)."""
+    data_dir = tmp_path_factory.mktemp(f"dev-{request.param}") / "data"
     (data_dir / "bucket").mkdir(parents=True)
     env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models)}
     if request.param == "s3":
-        endpoint, client, bucket = (request.getfixturevalue(n) for n in ("s3_endpoint", "s3_client", "bucket"))
+        endpoint = request.getfixturevalue("s3_endpoint")
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        bucket = f"dev-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=bucket)
         env |= {"VISION_ASSETS_S3_BUCKET": bucket, "VISION_ASSETS_S3_ENDPOINT_URL": endpoint,
                 "VISION_ASSETS_S3_REGION": "us-east-1", "VISION_ASSETS_PREFIX": "incoming/"}
         put = lambda name, data: client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)  # noqa: E731
@@ -107,7 +133,7 @@ def running(request, tmp_path, offline_models):
     dev = DagsterDev(data_dir, env)
     try:
         dev.wait_until_up()
-        yield dev, put
+        yield Running(dev, put, request.param)
     finally:
         dev.stop()
 
@@ -117,10 +143,54 @@ PARTITION_STATS = """query($path: [String!]!) { assetNodes(assetKeys: [{path: $p
 BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }"""
 RUNS_OF_BACKFILL = """query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
   ... on Runs { results { runId status tags { key value } } } } }"""
+RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
 
 
 def check_executions(dev: DagsterDev, asset: str, name: str) -> list[dict]:
     return dev.query(CHECKS, {"asset": [asset], "name": name})["assetCheckExecutions"]
+
+
+def partition_statuses(dev: DagsterDev, asset: str) -> dict[str, set[str]]:
+    """What Checks -> Partitions shows for the asset's per-image check: status -> images (empty ones left out)."""
+    [node] = dev.query(PARTITION_STATUSES, {"asset": [asset]})["assetNodes"]
+    [check] = [c for c in node["assetChecksOrError"]["checks"] if c["name"] == PER_IMAGE_CHECKS[asset]]
+    return {status.removesuffix("Partitions"): set(keys) for status, keys in check["partitionStatuses"].items() if keys}
+
+
+def assert_every_image_judged_or_skipped(dev: DagsterDev, judged: set[str], rejected: set[str]) -> None:
+    """No image "Missing": validity fails exactly the rejected ones; later checks judge the rest, skip those."""
+    assert partition_statuses(dev, "source_images") == {"succeeded": judged, "failed": rejected}
+    for asset in ("embeddings", "qdrant_index"):
+        assert partition_statuses(dev, asset) == {"succeeded": judged, "skipped": rejected}, asset
+    labels = partition_statuses(dev, "specialist_labels")  # random-weight experts: some images need review
+    assert labels.pop("skipped") == rejected
+    assert set(labels) <= {"succeeded", "failed"} and set().union(*labels.values()) == judged
+
+
+def wait_for_run(dev: DagsterDev, run_id: str, seconds: float = 240) -> str:
+    deadline = time.monotonic() + seconds
+    while (status := dev.query(RUN_STATUS, {"id": run_id})["runOrError"]["status"]) not in ("SUCCESS", "FAILURE",
+                                                                                            "CANCELED"):
+        assert time.monotonic() < deadline, Path(dev.log.name).read_text()[-4000:]
+        time.sleep(1)
+    return status
+
+
+def rerun_one_image(dev: DagsterDev, partition: str) -> str:
+    """What the UI's Materialize button does for one partition of the selected assets: a run of the asset job with
+    the partition's tag and every check of those assets."""
+    [repository] = dev.query(REPOSITORY)["repositoriesOrError"]["nodes"]
+    launched = dev.query(LAUNCH_PIPELINE_EXECUTION_MUTATION, {"executionParams": {
+        "selector": {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"],
+                     "jobName": "__ASSET_JOB", "assetSelection": [{"path": [stage]} for stage in STAGES],
+                     "assetCheckSelection": [{"assetKey": {"path": [asset]}, "name": name}
+                                             for checks in (PER_IMAGE_CHECKS, BATCH_CHECKS)
+                                             for asset, name in checks.items()]},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        "runConfigData": {},
+    }})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return wait_for_run(dev, launched["run"]["runId"])
 
 
 def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
@@ -135,8 +205,9 @@ def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
 
 def test_the_committee_end_to_end_with_a_backfill(running):
     """Real photos and a corrupt file into S3 (or the folder); the sensor's run carries every valid image through
-    every stage into Qdrant; a backfill launched the way the UI does runs as one run and overwrites the points."""
-    dev, put = running
+    every stage into Qdrant; a backfill launched the way the UI does runs as one run and overwrites the points; one
+    image re-run on its own. After each, the UI's check views account for every image."""
+    dev, put = running.dev, running.put
     put("bus.jpg", (PHOTOS / "bus.jpg").read_bytes())
     put(ODD_NAME, (PHOTOS / "zidane.jpg").read_bytes())
     put("corrupt.jpg", (PHOTOS / "bus.jpg").read_bytes()[:4000])
@@ -154,9 +225,10 @@ def test_the_committee_end_to_end_with_a_backfill(running):
                                                               "corrupt.jpg": "FAILED"}
     assert "truncated" in validity["corrupt.jpg"]["evaluation"]["description"]
     [batch] = check_executions(dev, "source_images", "images_valid")
-    assert batch["status"] == "FAILED" and batch["evaluation"]["description"] == "1 of 3 images failed"
+    assert batch["status"] == "FAILED" and batch["evaluation"]["description"] == "1 of 3 images rejected"
     indexed = {e["partition"]: e["status"] for e in check_executions(dev, "qdrant_index", "indexed")}
-    assert indexed == {"bus.jpg": "SUCCEEDED", odd: "SUCCEEDED"}  # the corrupt one never got that far
+    assert indexed == {"bus.jpg": "SUCCEEDED", odd: "SUCCEEDED", "corrupt.jpg": "SKIPPED"}  # never got that far
+    assert_every_image_judged_or_skipped(dev, judged={"bus.jpg", odd}, rejected={"corrupt.jpg"})
 
     images, crops = qdrant_contents(dev.data_dir)
     assert images == {"bus.jpg", odd} and crops and set(crops) <= images
@@ -175,3 +247,112 @@ def test_the_committee_end_to_end_with_a_backfill(running):
     runs = dev.query(RUNS_OF_BACKFILL, {"id": backfill_id})["runsOrError"]["results"]
     assert len(runs) == 1 and runs[0]["status"] == "SUCCESS"  # three adjacent partitions: one run
     assert qdrant_contents(dev.data_dir) == (images, crops)  # overwritten, not duplicated
+    assert_every_image_judged_or_skipped(dev, judged={"bus.jpg", odd}, rejected={"corrupt.jpg"})
+
+    assert rerun_one_image(dev, "corrupt.jpg") == "SUCCESS"
+    assert rerun_one_image(dev, "bus.jpg") == "SUCCESS"
+    assert_every_image_judged_or_skipped(dev, judged={"bus.jpg", odd}, rejected={"corrupt.jpg"})
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
+STATUS_BOXES = ["Execution Failed", "Failed", "In Progress", "Missing", "Skipped", "Passed"]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (`apt-get install chromium`); Playwright's own browser download cannot run offline."""
+    path = os.environ.get("VISION_ASSETS_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("no Chromium for the browser test: `apt-get install chromium` (what .ci/run does), or set "
+                    "VISION_ASSETS_TEST_CHROMIUM to a Chromium binary")
+    return path
+
+
+def validation_statuses(data_dir: Path) -> dict[str, str]:
+    """The ground truth, from the results the runs wrote: image -> "valid" or "rejected"."""
+    results = data_dir / "bucket" / "vision-assets-results"
+    return {str(record.parent.relative_to(results)): json.loads(record.read_text())["status"]
+            for record in results.rglob("~source.json")}
+
+
+def test_review_in_a_real_browser(running):
+    """A reviewer in Chromium: the validity check's Partitions view with only "Failed" ticked lists exactly the
+    rejected images, a rejected file shows why; a processed image's partition shows its annotated picture."""
+    if running.store != "folder":
+        pytest.skip("the browser review runs once, against the folder store's dev")
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    dev = running.dev
+    before = len(dev.finished_runs())
+    for name, data in {"review-photo.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
+                       "review-truncated.jpg": (PHOTOS / "bus.jpg").read_bytes()[:30000],
+                       "review-empty.png": b"", "review-notes.png": b"shopping list: eggs, milk\n"}.items():
+        running.put(name, data)
+    runs = dev.wait_for_runs(before + 1)
+    assert all(r["status"] == "SUCCESS" for r in runs)
+    statuses = validation_statuses(dev.data_dir)
+    rejected = {image for image, status in statuses.items() if status == "rejected"}
+    assert {"review-truncated.jpg", "review-empty.png", "review-notes.png"} <= rejected
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    base = dev.url.removesuffix("/graphql")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+
+        page.goto(f"{base}/assets/source_images?view=checks&checkDetail=image_valid")
+        skip_onboarding(page)
+        page.get_by_text("Partitions", exact=True).last.click()  # the check's own Partitions tab
+        for box in STATUS_BOXES:
+            checkbox = page.get_by_role("checkbox", name=re.compile(rf"^{box} \(\d+\)$"))  # "Failed (3)"
+            if (box == "Failed") != checkbox.is_checked():
+                page.locator("label").filter(has=checkbox).click()  # the input itself is hidden behind its styling
+        deadline = time.monotonic() + 15  # the list re-renders after each box changes
+        while (listed := listed_partitions(page)) != rejected:
+            if time.monotonic() > deadline:
+                page.screenshot(path=SCREENSHOTS / "checks-failed-mismatch.png")
+                raise AssertionError(f"Failed-only list {listed} != rejected images {rejected}")
+            page.wait_for_timeout(500)
+        partition_column(page).locator("div[title='review-truncated.jpg']").click()
+        page.get_by_text("rejected (corrupt)").first.wait_for()
+        page.screenshot(path=SCREENSHOTS / "checks-failed.png")
+        page.get_by_text("[Show Markdown]").first.click()  # the `preview` row: what still decodes of that file
+        assert_picture_shown(page, "what still decodes of review-truncated.jpg")
+        page.keyboard.press("Escape")
+
+        page.goto(f"{base}/assets/specialist_labels?view=partitions&partition=review-photo.jpg")
+        skip_onboarding(page)
+        page.get_by_text("[Show Markdown]").first.click()  # the `picture` row opens the rendered Markdown
+        assert assert_picture_shown(page, "review-photo.jpg") == 320  # zidane.jpg is landscape: its long side
+        page.screenshot(path=SCREENSHOTS / "image-picture.png")
+        browser.close()
+
+
+def assert_picture_shown(page, alt: str) -> int:
+    """The embedded picture is in the page and decoded; its natural width."""
+    picture = page.locator(f"img[alt='{alt}']")
+    picture.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=picture.element_handle())
+    return picture.evaluate("img => img.naturalWidth")
+
+
+def skip_onboarding(page) -> None:
+    """Dagster's first-visit "join the community" dialog covers the page; it may take a moment to appear."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(timeout=5_000)
+        skip.click()
+    except Exception:  # noqa: BLE001 - no dialog this time
+        pass
+
+
+def partition_column(page):
+    """The Partitions view's list of partitions: the column under its filter box (not the selection chips above)."""
+    return page.get_by_placeholder("Filter by partition").locator("xpath=ancestor::div[.//div[@data-tooltip]][1]")
+
+
+def listed_partitions(page) -> set[str]:
+    """The keys that list shows: each row carries its full key as a title (long ones are shown middle-truncated)."""
+    rows = partition_column(page).locator("div[data-tooltip] > div[title]")
+    return set(rows.evaluate_all("rows => rows.map(r => r.title)"))

@@ -95,7 +95,7 @@ def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsReco
     """The annotated thumbnail, then one table row per object: what the router saw, which expert, its top labels."""
     lines = [markdown_image(partition_key, annotated_thumbnail(picture, labels, look.side), look.quality), ""]
     if labels.crops:
-        lines += ["| # | router | expert | labels | |", "|---|---|---|---|---|"]
+        lines += ["| # | router | expert | labels | review |", "|---|---|---|---|---|"]
         for number, crop in enumerate(labels.crops, start=1):
             expert = crop.specialist
             top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in expert.labels) if expert else ""

@@ -1,0 +1,85 @@
+"""What the review pictures cost: the same batched `process_images` run with pictures on and off, on a fresh
+instance each, measured as the bytes of events the run stores (what the event log grows by) and the run's time.
+
+The batch is photos plus a few truncated JPEGs (their previews are pictures too). Tiny offline models: the models'
+cost is not what is measured here. Not part of the test suite.
+
+    uv run python bench/review_bench.py [--images 48] [--truncated 4]
+"""
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
+
+import dagster as dg  # noqa: E402
+from dagster._serdes import serialize_value  # noqa: E402
+
+from bench.pipeline_bench import PHOTOS, make_images  # noqa: E402
+from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
+from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy  # noqa: E402
+from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
+from vision_assets.settings import Settings  # noqa: E402
+from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+
+
+def measure(work: Path, pictures: bool) -> tuple[int, int, float]:
+    """(images, bytes of stored events, seconds) for one batched run over the bucket."""
+    store = LocalImageStore(root=str(work / "bucket"), results_prefix=f"results-{pictures}/", settle_seconds=0)
+    review = ReviewSettings(pictures=pictures)
+    defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(batch_size=10_000),
+                             review=review)
+    with dg.instance_for_test() as instance, dg.build_sensor_context(
+        instance=instance, resources=defs.resources, definitions=defs
+    ) as context:
+        keys = list(defs.resolve_sensor_def("upload_sensor")(context).dynamic_partitions_requests[0].partition_keys)
+        instance.add_dynamic_partitions("images", keys)
+        started = time.perf_counter()
+        result = defs.resolve_job_def("process_images").execute_in_process(
+            instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}
+        )
+        seconds = time.perf_counter() - started
+        assert result.success
+        stored = sum(len(serialize_value(entry)) for entry in instance.all_logs(result.run_id))
+    return len(keys), stored, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--truncated", type=int, default=4)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vision-review-bench-"))
+    (work / "bucket" / "in").mkdir(parents=True)
+    build_offline_models(work / "models", "tiny")
+    os.environ |= {"VISION_ASSETS_OFFLINE_MODELS": str(work / "models"), "VISION_ASSETS_DATA_DIR": str(work / "data")}
+    make_images(work / "bucket" / "in", args.images)
+    broken = (PHOTOS / "bus.jpg").read_bytes()
+    for i in range(args.truncated):
+        (work / "bucket" / "in" / f"truncated_{i}.jpg").write_bytes(broken[: len(broken) // (2 + i)])
+
+    measure(work, pictures=False)  # warm-up: imports, model loads, file caches
+    n, without, seconds_without = measure(work, pictures=False)
+    _, with_pictures, seconds_with = measure(work, pictures=True)
+    extra = (with_pictures - without) / n
+    print(f"{n} images ({args.truncated} truncated), tiny offline models, one batched run each way")
+    print(f"  event log, pictures off : {without / n / 1024:7.1f} KB/image  {without / n * 1000 / 2**20:7.1f} MB per 1,000")
+    print(f"  event log, pictures on  : {with_pictures / n / 1024:7.1f} KB/image  "
+          f"{with_pictures / n * 1000 / 2**20:7.1f} MB per 1,000  ({with_pictures / without:.2f}x)")
+    print(f"  the pictures add        : {extra / 1024:7.1f} KB/image  {extra * 1000 / 2**20:7.1f} MB per 1,000 images")
+    print(f"  run time                : {seconds_without / n * 1000:7.1f} ms/image off, "
+          f"{seconds_with / n * 1000:7.1f} ms/image on ({(seconds_with - seconds_without) / n * 1000:+.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
