@@ -28,14 +28,19 @@ from dagster._serdes import serialize_value  # noqa: E402
 from bench.pipeline_bench import PHOTOS, make_images  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy  # noqa: E402
+from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown  # noqa: E402
+from vision_assets.vision.records import LabelsRecord  # noqa: E402
+from vision_assets.vision.results_store import LABELS  # noqa: E402
 from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 
 
-def measure(work: Path, pictures: bool) -> tuple[int, int, float]:
-    """(images, bytes of stored events, seconds) for one batched run over the bucket."""
-    store = LocalImageStore(root=str(work / "bucket"), results_prefix=f"results-{pictures}/", settle_seconds=0)
+def measure(work: Path, pictures: bool) -> tuple[list[str], int, float, LocalImageStore]:
+    """(the images, bytes of stored events, seconds, the store) for one batched run over the bucket."""
+    # Uploads under in/, each measurement's results beside them (never registered as uploads by the next one).
+    store = LocalImageStore(root=str(work / "bucket"), prefix="in/", results_prefix=f"results-{pictures}/",
+                            settle_seconds=0)
     review = ReviewSettings(pictures=pictures)
     defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(batch_size=10_000),
                              review=review)
@@ -51,7 +56,20 @@ def measure(work: Path, pictures: bool) -> tuple[int, int, float]:
         seconds = time.perf_counter() - started
         assert result.success
         stored = sum(len(serialize_value(entry)) for entry in instance.all_logs(result.run_id))
-    return len(keys), stored, seconds
+    return keys, stored, seconds, store
+
+
+def picture_seconds(store: LocalImageStore, keys: list[str]) -> tuple[int, float]:
+    """Making the pictures alone, from the stored results: (pictures, seconds)."""
+    results, look = store.results, ReviewPictures()
+    labelled = [(key, results.read(key, LABELS, LabelsRecord)) for key in keys]
+    labelled = [(key, labels, results.read_normalized(key)) for key, labels in labelled if labels]
+    started = time.perf_counter()
+    for key, labels, picture in labelled:
+        labels_markdown(key, picture, labels, look)
+        if labels.needing_review:
+            review_crops_markdown(picture, labels, look)
+    return len(labelled), time.perf_counter() - started
 
 
 def main() -> None:
@@ -69,8 +87,10 @@ def main() -> None:
         (work / "bucket" / "in" / f"truncated_{i}.jpg").write_bytes(broken[: len(broken) // (2 + i)])
 
     measure(work, pictures=False)  # warm-up: imports, model loads, file caches
-    n, without, seconds_without = measure(work, pictures=False)
-    _, with_pictures, seconds_with = measure(work, pictures=True)
+    keys, without, seconds_without, _ = measure(work, pictures=False)
+    _, with_pictures, seconds_with, store = measure(work, pictures=True)
+    drawn, drawing = picture_seconds(store, keys)
+    n = len(keys)
     extra = (with_pictures - without) / n
     print(f"{n} images ({args.truncated} truncated), tiny offline models, one batched run each way")
     print(f"  event log, pictures off : {without / n / 1024:7.1f} KB/image  {without / n * 1000 / 2**20:7.1f} MB per 1,000")
@@ -79,6 +99,8 @@ def main() -> None:
     print(f"  the pictures add        : {extra / 1024:7.1f} KB/image  {extra * 1000 / 2**20:7.1f} MB per 1,000 images")
     print(f"  run time                : {seconds_without / n * 1000:7.1f} ms/image off, "
           f"{seconds_with / n * 1000:7.1f} ms/image on ({(seconds_with - seconds_without) / n * 1000:+.1f} ms)")
+    print(f"  making the pictures     : {drawing / drawn * 1000:7.1f} ms/image (thumbnail, boxes, crops to review, "
+          f"JPEG, base64; {drawn} images)")
 
 
 if __name__ == "__main__":
