@@ -66,9 +66,10 @@ class PerImageCheck:
             partition=outcome.partition_key,
             target_materialization_data=judged,
             severity=self.severity,
-            # The run log prints only the description: it names the image so every line says which one it is.
+            # Every per-image line of the run's log names its image: the UI's log shows an evaluation's metadata
+            # (not its description), the terminal and Python logs its description.
             description=f"{outcome.partition_key}: {outcome.description}",
-            metadata=outcome.metadata,
+            metadata={"image": outcome.partition_key, **outcome.metadata},
         )
 
     def summary(
