@@ -71,6 +71,15 @@ def baseline(models: dict, pictures: list[Image.Image], policy) -> float:
     return time.perf_counter() - started
 
 
+def register_uploads(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
+    """One upload-sensor tick over the bucket, its partitions added as the daemon would: the new images' keys."""
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
+        result = defs.resolve_sensor_def("upload_sensor")(context)
+    keys = list(result.dynamic_partitions_requests[0].partition_keys)
+    instance.add_dynamic_partitions("images", keys)
+    return keys
+
+
 def import_cost() -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, transformers, open_clip, ultralytics, qdrant_client, dagster"],
@@ -99,11 +108,8 @@ def main() -> None:
     store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)
     defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000))
     job = defs.resolve_job_def("process_images")
-    with dg.instance_for_test() as instance, dg.build_sensor_context(
-        instance=instance, resources=defs.resources, definitions=defs
-    ) as context:
-        keys = list(defs.resolve_sensor_def("upload_sensor")(context).dynamic_partitions_requests[0].partition_keys)
-        instance.add_dynamic_partitions("images", keys)
+    with dg.instance_for_test() as instance:
+        keys = register_uploads(defs, instance)
         started = time.perf_counter()
         assert job.execute_in_process(instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}).success
         batched = time.perf_counter() - started

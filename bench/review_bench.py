@@ -25,7 +25,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralyt
 import dagster as dg  # noqa: E402
 from dagster._serdes import serialize_value  # noqa: E402
 
-from bench.pipeline_bench import PHOTOS, make_images  # noqa: E402
+from bench.pipeline_bench import PHOTOS, make_images, register_uploads  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy  # noqa: E402
 from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown  # noqa: E402
@@ -44,11 +44,8 @@ def measure(work: Path, pictures: bool) -> tuple[list[str], int, float, LocalIma
     review = ReviewSettings(pictures=pictures)
     defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(batch_size=10_000),
                              review=review)
-    with dg.instance_for_test() as instance, dg.build_sensor_context(
-        instance=instance, resources=defs.resources, definitions=defs
-    ) as context:
-        keys = list(defs.resolve_sensor_def("upload_sensor")(context).dynamic_partitions_requests[0].partition_keys)
-        instance.add_dynamic_partitions("images", keys)
+    with dg.instance_for_test() as instance:
+        keys = register_uploads(defs, instance)
         started = time.perf_counter()
         result = defs.resolve_job_def("process_images").execute_in_process(
             instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}
