@@ -1,5 +1,6 @@
 """The upload sensor against a real S3 endpoint: never misses an object, never registers one twice."""
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,3 +149,21 @@ def test_local_folder_store(models, local_image_store, instance, tmp_path):
     time.sleep(0.01)
     (folder / "x.jpg").write_bytes(image_bytes(fmt="JPEG", color=(9, 9, 9)))
     assert len(driver.tick().run_requests) == 1
+
+
+def test_a_file_name_that_is_not_utf8_never_wedges_the_sensor(models, local_image_store, instance, tmp_path):
+    """A Latin-1 file name in the folder bucket: skipped and named (escaped) in the tick's log; the rest of the
+    bucket goes on being registered."""
+    folder = tmp_path / "bucket"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(image_bytes(fmt="JPEG"))
+    (folder / "results").mkdir(exist_ok=True)
+    (folder / "results" / "dropped-here.jpg").write_bytes(image_bytes(fmt="JPEG"))
+    driver = SensorDriver(build_definitions(local_image_store, models), instance)
+    first = driver.tick()
+    assert first.run_requests == [] and "1 skipped, names that are not valid UTF-8" in first.skip_message
+    assert "caf\\xe9.jpg" in first.skip_message and "1 skipped, under the results prefix" in first.skip_message
+    (folder / "fine.jpg").write_bytes(image_bytes(fmt="JPEG"))
+    runs = driver.tick_and_run()
+    assert [r.success for r in runs] == [True] and driver.partitions == ["fine.jpg"]

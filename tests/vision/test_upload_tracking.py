@@ -5,6 +5,7 @@ import pytest
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.records import StoredObject
 from vision_assets.vision.upload_tracking import (
+    Skip,
     UploadCursor,
     UploadFilter,
     contiguous_batches,
@@ -59,11 +60,32 @@ def test_filter():
     assert UploadFilter().accepts("anything.at.all")
 
 
+def test_every_object_not_taken_is_counted_by_its_real_reason():
+    undecodable = b"in/caf\xe9.jpg".decode("utf-8", "surrogateescape")  # a Latin-1 file name on a UTF-8 system
+    plan = Bucket().tick([
+        obj("in/a.jpg"),
+        obj(undecodable),
+        obj("in/...jpg"), obj("in/.DS_Store"),
+        obj("in/results/evil.jpg"),  # a user's file under the results prefix: counted, never processed
+        obj("in/results/a.jpg/~normalized.jpg"), obj("in/results/~outbox/x.json"),  # ours: silent
+        obj("in/results/a.jpg/.tmp-abc"),
+        obj("in/notes.txt"), obj("in/photo.jpg "),  # a trailing space is not an extension
+        obj("in/bell\x07.jpg"),
+        obj("elsewhere/b.jpg"),
+        obj("in/dir/"),
+    ])
+    assert sorted(keys(plan)) == ["in/a.jpg", "in/bell\x07.jpg", "in/photo.jpg "]
+    assert plan.skipped == {Skip.UNREPRESENTABLE: 1, Skip.HIDDEN: 2, Skip.RESULTS: 1, Skip.EXTENSION: 1,
+                            Skip.OUTSIDE_PREFIX: 1, Skip.FOLDER: 1}
+    assert plan.skipped_examples[Skip.UNREPRESENTABLE] == ["b'in/caf\\xe9.jpg'"]  # named, escaped
+    assert plan.skipped_examples[Skip.RESULTS] == ["in/results/evil.jpg"]
+
+
 def test_new_objects_are_taken_once():
     bucket = Bucket()
     first = bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1), obj("in/notes.txt"), obj("in/results/a/~source.json")])
     assert keys(first) == ["in/a.jpg", "in/b.jpg"]
-    assert first.ignored == 1 and first.ignored_examples == ["in/notes.txt"]
+    assert first.skipped == {Skip.EXTENSION: 1} and first.skipped_examples[Skip.EXTENSION] == ["in/notes.txt"]
     assert all(u.is_new for u in first.uploads)
     assert bucket.tick([obj("in/a.jpg"), obj("in/b.jpg", 1)]).uploads == []
 
@@ -146,7 +168,7 @@ def test_fresh_cursor_retakes_registered_objects_that_were_never_processed():
 def test_unsettled_files_wait():
     bucket = Bucket()
     plan = bucket.tick([obj("in/a.jpg", 0), obj("in/b.jpg", 10)], settled_before=T0 + timedelta(seconds=5))
-    assert keys(plan) == ["in/a.jpg"] and plan.deferred == 1
+    assert keys(plan) == ["in/a.jpg"] and plan.skipped == {Skip.UNSETTLED: 1}
     assert keys(bucket.tick([obj("in/a.jpg", 0), obj("in/b.jpg", 10)])) == ["in/b.jpg"]
 
 

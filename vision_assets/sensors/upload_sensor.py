@@ -30,10 +30,8 @@ def batch_run_request(batch: list[str], versions: dict[str, str]) -> dg.RunReque
 
 def describe(plan: TickPlan) -> str:
     parts = [f"{len(plan.new_partition_keys)} new", f"{len(plan.uploads) - len(plan.new_partition_keys)} re-uploaded"]
-    if plan.deferred:
-        parts.append(f"{plan.deferred} still being written")
-    if plan.ignored:
-        parts.append(f"{plan.ignored} ignored by extension (e.g. {', '.join(plan.ignored_examples)})")
+    for reason, count in plan.skipped.items():
+        parts.append(f"{count} skipped, {reason.value} (e.g. {', '.join(plan.skipped_examples[reason])})")
     if plan.conflicts:
         parts.append(f"{len(plan.conflicts)} skipped because their partition key is taken: {plan.conflicts[:5]}")
     return ", ".join(parts)

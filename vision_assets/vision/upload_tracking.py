@@ -14,9 +14,11 @@ Two questions, answered by two sources of truth:
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +42,34 @@ def fingerprint(obj: StoredObject) -> str:
     return hashlib.sha1(f"{obj.key}\0{obj.etag}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+class Skip(str, Enum):
+    """Why a listed object is not an upload; every one is counted, by the first reason that applies."""
+
+    UNREPRESENTABLE = "names that are not valid UTF-8 (rename them)"
+    OUTSIDE_PREFIX = "outside the upload prefix"
+    FOLDER = "folder markers"
+    RESULTS = "under the results prefix (never uploads: move them out)"
+    HIDDEN = "hidden (name starts with a dot)"
+    EXTENSION = "not an image extension"
+    UNSETTLED = "still being written"
+
+
+def is_representable(key: str) -> bool:
+    """A key Python got from a non-UTF-8 file name carries surrogate escapes: no JSON, URI or Dagster key holds it."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(key: str) -> str:
+    """A key as a log line can carry it: undecodable bytes and control characters escaped."""
+    if not is_representable(key):
+        return repr(key.encode("utf-8", "surrogateescape"))  # the raw bytes of the name
+    return key if key.isprintable() else ascii(key)
+
+
 @dataclass(frozen=True)
 class UploadFilter:
     """Which keys in the store are uploads: under `prefix`, outside the results prefix, with an image extension."""
@@ -49,16 +79,32 @@ class UploadFilter:
     extensions: frozenset[str] = frozenset()  # lower-case, with the dot; empty = any
 
     def is_ours(self, key: str) -> bool:
-        """Results the pipeline wrote itself: skipped without a word."""
-        return bool(self.results_prefix) and key.startswith(self.results_prefix)
+        """Results the pipeline wrote itself (each file or folder it writes there starts with `~`; `.tmp-` files are
+        its writes in progress): skipped without a word."""
+        if not (self.results_prefix and key.startswith(self.results_prefix)):
+            return False
+        return "/~" in f"/{key}" or key.rsplit("/", 1)[-1].startswith(".tmp-")
+
+    def skip_reason(self, key: str) -> Skip | None:
+        """None: an upload."""
+        if not is_representable(key):
+            return Skip.UNREPRESENTABLE
+        if not key.startswith(self.prefix):
+            return Skip.OUTSIDE_PREFIX
+        if key.endswith("/"):
+            return Skip.FOLDER
+        if self.results_prefix and key.startswith(self.results_prefix):
+            return Skip.RESULTS
+        name = key.rsplit("/", 1)[-1]
+        if name.startswith("."):  # hidden and temporary files (.tmp-*, .DS_Store, ...jpg)
+            return Skip.HIDDEN
+        # Trailing spaces are part of the key, not of the extension: `photo.jpg ` is a JPEG someone misnamed.
+        if self.extensions and not any(name.rstrip().lower().endswith(ext) for ext in self.extensions):
+            return Skip.EXTENSION
+        return None
 
     def accepts(self, key: str) -> bool:
-        if not key.startswith(self.prefix) or key.endswith("/") or self.is_ours(key):
-            return False
-        name = key.rsplit("/", 1)[-1]
-        if name.startswith("."):  # hidden and temporary files (.tmp-*, .DS_Store)
-            return False
-        return not self.extensions or any(name.lower().endswith(ext) for ext in self.extensions)
+        return self.skip_reason(key) is None
 
     def relative(self, key: str) -> str:
         return key[len(self.prefix):]
@@ -75,15 +121,20 @@ class Upload:
 class TickPlan:
     uploads: list[Upload]
     cursor: UploadCursor
-    ignored: int = 0
-    ignored_examples: list[str] = field(default_factory=list)
-    deferred: int = 0
+    skipped: Counter = field(default_factory=Counter)  # Skip -> how many objects
+    skipped_examples: dict[Skip, list[str]] = field(default_factory=dict)  # a few keys per reason, as `shown`
     conflicts: list[str] = field(default_factory=list)
     present: set[str] = field(default_factory=set)  # partition keys of every upload listed, processed or not
 
     @property
     def new_partition_keys(self) -> list[str]:
         return [u.partition_key for u in self.uploads if u.is_new]
+
+    def skip(self, reason: Skip, key: str) -> None:
+        self.skipped[reason] += 1
+        examples = self.skipped_examples.setdefault(reason, [])
+        if len(examples) < 3:
+            examples.append(shown(key))
 
 
 def plan_tick(
@@ -115,15 +166,14 @@ def plan_tick(
     for obj in objects:
         if upload_filter.is_ours(obj.key):
             continue
-        if not upload_filter.accepts(obj.key):
-            plan.ignored += 1
-            if len(plan.ignored_examples) < 5:
-                plan.ignored_examples.append(obj.key)
+        reason = upload_filter.skip_reason(obj.key)
+        if reason is not None:
+            plan.skip(reason, obj.key)
             continue
         partition_key = partition_key_of(upload_filter.relative(obj.key))
         plan.present.add(partition_key)
         if settled_before is not None and obj.last_modified > settled_before:
-            plan.deferred += 1
+            plan.skip(Skip.UNSETTLED, obj.key)
             continue
         if partition_key in claimed:  # only on a hash collision; reported, never fatal to the tick
             plan.conflicts.append(obj.key)
