@@ -91,6 +91,7 @@ def test_every_finished_image_is_announced_once_signed(pipeline, receiver, callb
     assert corrupt["failed_checks"][0]["reason"] == "corrupt"
     bus = by_image["bus.jpg"][1]
     assert bus["status"] == "indexed" and bus["source_uri"].endswith("uploads/bus.jpg") and bus["labels"]
+    assert bus["object_key"] == "uploads/bus.jpg"  # the raw key beside the percent-encoded URI
     assert Outbox(s3_image_store.results).pending() == []
     assert {e.metadata["callback"].value for e in result.asset_events} == {"delivered"}
     assert isinstance(tick(driver, callback_settings), dg.SkipReason)  # nothing left to send

@@ -85,6 +85,7 @@ def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models,
     try:
         [bus] = client.retrieve("images", [image_point_id("bus.jpg")], with_payload=True, with_vectors=True)
         assert bus.payload["source_uri"].endswith("uploads/bus.jpg") and len(bus.payload["sha256"]) == 64
+        assert bus.payload["object_key"] == "uploads/bus.jpg"
         assert bus.payload["embedding_model"] == models["embedder"].identity
         assert bus.payload["detector_model"] == models["detector"].identity
         assert len(bus.vector) == 64  # the tiny CLIP's dimension, taken from the model

@@ -2,6 +2,7 @@
 
 import os
 import time
+from urllib.parse import unquote, urlsplit
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -167,3 +168,21 @@ def test_a_file_name_that_is_not_utf8_never_wedges_the_sensor(models, local_imag
     (folder / "fine.jpg").write_bytes(image_bytes(fmt="JPEG"))
     runs = driver.tick_and_run()
     assert [r.success for r in runs] == [True] and driver.partitions == ["fine.jpg"]
+
+
+def test_hostile_keys_register_with_uris_that_name_them_exactly(driver, s3_client, bucket, s3_image_store):
+    """Each hostile key becomes its own partition, and its stored `source_uri` parses back to exactly that key."""
+    from tests.vision.test_object_stores import HOSTILE_KEYS, S3_ONLY_KEYS
+
+    names = [k for k in HOSTILE_KEYS + S3_ONLY_KEYS if k.rstrip().endswith(".jpg")]
+    for name in names:
+        upload(s3_client, bucket, name)
+    result = driver.tick()
+    assert len(driver.partitions) == len(names)  # NFC/NFD twins and look-alikes stay apart
+    assert sum(int(r.tags["vision_assets/images"]) for r in result.run_requests) == len(names)
+    for partition in driver.partitions:
+        registration = s3_image_store.results.read_registration(partition)
+        parts = urlsplit(registration.source_uri)
+        assert (parts.netloc, unquote(parts.path.removeprefix("/"))) == (bucket, registration.object_key)
+    assert {s3_image_store.results.read_registration(p).object_key for p in driver.partitions} == {
+        f"uploads/{name}" for name in names}

@@ -2,11 +2,12 @@
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from tests.conftest import image_bytes
-from vision_assets.vision.object_store import FolderObjectStore, ObjectMissing, ObjectTooLarge
+from vision_assets.vision.object_store import FolderObjectStore, ObjectMissing, ObjectTooLarge, S3ObjectStore
 
 
 def test_put_get_head_roundtrip(object_store):
@@ -62,10 +63,43 @@ def test_odd_keys_roundtrip(object_store):
     assert {"sp ace/ü.jpg", "comma,key.jpg"} <= {o.key for o in object_store.list()}
 
 
+HOSTILE_KEYS = [
+    "caf\u00e9.jpg", "cafe\u0301.jpg",  # NFC / NFD twins: two different objects
+    "\u202egpj.evil\u202c.jpg", "\u200fmarks\u200e.jpg",  # right-to-left override and marks
+    "bell\x07.jpg", "tab\there.jpg", "esc\x1b[31m.jpg",  # control characters
+    "hash#frag.jpg", "question?.jpg", "q?a=1&b=2.jpg", "percent%2Fslash.jpg", "100%.jpg", "%E2%82%AC.jpg",
+    "sp ace .jpg ", "semi;colon.jpg", "quote\"s'.jpg", "<angle>.jpg", "back\\slash.jpg",
+    ("k" * 99 + "/") * 9 + "k" * 96 + ".jpg",  # 1,000 bytes, in folders (a file name stops at 255)
+]
+# No file can be named so: traversal, empty and dot segments, a 1,000-byte name.
+S3_ONLY_KEYS = ["../../etc/passwd.jpg", "a/./b.jpg", "a//b.jpg", "/leading.jpg", "k" * 996 + ".jpg"]
+FOLDER_ONLY_KEYS = ["new\nline.jpg"]  # legal in S3 too, but moto's server answers 404 to it
+
+
+def key_of_uri(store, uri: str) -> str:
+    """What any URI parser makes of the store's URI: the key it names."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        assert parts.netloc == store.bucket and not parts.query and not parts.fragment
+        return unquote(parts.path.removeprefix("/"))
+    assert parts.scheme == "file" and not parts.query and not parts.fragment
+    return unquote(parts.path, errors="surrogateescape").removeprefix(f"{store.root}/")
+
+
+def test_hostile_keys_roundtrip_through_the_store_and_their_uris(object_store):
+    keys = HOSTILE_KEYS + (S3_ONLY_KEYS if isinstance(object_store, S3ObjectStore) else FOLDER_ONLY_KEYS)
+    for key in keys:
+        object_store.put(key, key.encode())
+        assert object_store.get(key)[1] == key.encode(), ascii(key)
+        assert key_of_uri(object_store, object_store.uri(key)) == key, ascii(key)
+    assert set(keys) <= {o.key for o in object_store.list()}
+
+
 def test_uris(object_store):
     uri = object_store.uri("x/y.jpg")
     assert uri.startswith("s3://") or uri.startswith("file://")
     assert uri.endswith("x/y.jpg")
+    assert object_store.uri("my photo#1?.jpg").endswith("my%20photo%231%3F.jpg")
 
 
 def test_folder_store_refuses_keys_outside_its_root(tmp_path):

@@ -32,6 +32,7 @@ MAX_BACKOFF = timedelta(hours=1)
 
 class CallbackMessage(BaseModel):
     image_id: str
+    object_key: str  # the raw key in the bucket; `source_uri` is the same, percent-encoded
     source_uri: str
     status: str  # "indexed" | "rejected" | "failed"
     labels: list[dict] = Field(default_factory=list)  # the experts' top labels: name, confidence, specialist
@@ -135,6 +136,7 @@ def deliver(entry: OutboxEntry, url: str, secret: str, timeout: float) -> str | 
 def rejected_message(record: SourceImageRecord) -> CallbackMessage:
     return CallbackMessage(
         image_id=record.partition_key,
+        object_key=record.object_key,
         source_uri=record.source_uri,
         status="rejected",
         failed_checks=[{"check": "image_valid", "reason": record.rejection.code.value,
@@ -153,6 +155,7 @@ def finished_message(source: SourceImageRecord, labels: list[dict], review: list
     status = "failed" if problems else "indexed"
     return CallbackMessage(
         image_id=source.partition_key,
+        object_key=source.object_key,
         source_uri=source.source_uri,
         status=status,
         labels=labels,

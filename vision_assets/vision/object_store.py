@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_from_bytes
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -133,7 +134,8 @@ class S3ObjectStore(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
+        # Percent-encoded, so `#`, `?`, `%` and spaces in a key survive any URI parser (S3 keys are UTF-8).
+        return f"s3://{self.bucket}/{quote(key, safe='/')}"
 
 
 class FolderObjectStore(ObjectStore):
@@ -212,4 +214,6 @@ class FolderObjectStore(ObjectStore):
             pass
 
     def uri(self, key: str) -> str:
-        return self._path(key).as_uri()
+        # The key as it is, not the resolved path (which would fold `a/../b` and symlinks), percent-encoded from
+        # its file-system bytes, so even a name that is not UTF-8 round-trips.
+        return "file://" + quote_from_bytes(os.fsencode(self.root) + b"/" + os.fsencode(key), safe="/")

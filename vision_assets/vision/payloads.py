@@ -10,6 +10,7 @@ from .records import CropLabels, DetectionsRecord, LabelsRecord, SourceImageReco
 def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "image_id": source.partition_key,
+        "object_key": source.object_key,  # the raw key, for applications that address the store themselves
         "source_uri": source.source_uri,
         "sha256": source.sha256,
         "detection_index": crop.detection_index,
@@ -42,6 +43,7 @@ def image_payload(
     scene = labels.scene
     return {
         "image_id": source.partition_key,
+        "object_key": source.object_key,
         "source_uri": source.source_uri,
         "sha256": source.sha256,
         "phash": source.facts.phash if source.facts else None,
