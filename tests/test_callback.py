@@ -18,7 +18,7 @@ from vision_assets.vision.callback import (
     TIMESTAMP_HEADER,
     CallbackRefused,
     Outbox,
-    check_destination,
+    pin_destination,
     idempotency_key,
 )
 
@@ -122,10 +122,10 @@ def test_private_receivers_are_refused_unless_allowed(pipeline, receiver, callba
     assert receiver.received == [] and len(Outbox(s3_image_store.results).pending()) == 4
     for url in ["http://127.0.0.1/x", "http://10.1.2.3/x", "http://169.254.169.254/latest/meta-data"]:
         with pytest.raises(CallbackRefused):
-            check_destination(url, allow_private=False)
+            pin_destination(url, allow_private=False)
     with pytest.raises(CallbackRefused):
-        check_destination("file:///etc/passwd", allow_private=True)
-    check_destination("http://127.0.0.1/x", allow_private=True)
+        pin_destination("file:///etc/passwd", allow_private=True)
+    assert pin_destination("http://127.0.0.1/x", allow_private=True).address == "127.0.0.1"
 
 
 def test_idempotency_key_names_the_image_version_and_outcome():

@@ -7,7 +7,7 @@ import dagster as dg
 
 from ..checks.validation import SOURCE_IMAGES
 from ..resources import CallbackSettings, ImageStore
-from ..vision.callback import CallbackRefused, Outbox, check_destination, deliver
+from ..vision.callback import CallbackRefused, Outbox, deliver, pin_destination
 
 FAILURES_BEFORE_GIVING_UP_THE_TICK = 3  # a receiver that is down should not hold the sensor for every message
 
@@ -27,8 +27,8 @@ def _observation(entry, outcome: str, **extra) -> dg.AssetObservation:
 def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, callback: CallbackSettings):
     if not callback.enabled:
         return dg.SkipReason("no VISION_ASSETS_CALLBACK_URL configured")
-    try:
-        check_destination(callback.url, callback.allow_private)
+    try:  # resolved and checked once per tick; every delivery of the tick connects to that address
+        destination = pin_destination(callback.url, callback.allow_private)
     except CallbackRefused as refused:
         return dg.SkipReason(f"callback refused: {refused}")
     outbox = Outbox(image_store.results)
@@ -36,7 +36,7 @@ def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore
     due = [entry for entry in outbox.pending() if entry.next_attempt_at <= now][: callback.max_per_tick]
     events, sent, failures = [], 0, 0
     for entry in due:
-        error = deliver(entry, callback.url, callback.secret or "", callback.timeout_seconds)
+        error = deliver(entry, destination, callback.secret or "", callback.timeout_seconds)
         if error is None:
             outbox.delivered(entry)
             events.append(_observation(entry, "delivered"))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import socket
-import urllib.error
-import urllib.request
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -49,7 +51,8 @@ class OutboxEntry(BaseModel):
 
 
 class CallbackRefused(ValueError):
-    """The destination is not allowed (private or loopback address without the setting that permits it)."""
+    """The destination is not allowed (not http(s), or an address that is not public without the setting that
+    permits it)."""
 
 
 def idempotency_key(image_id: str, version: str, status: str) -> str:
@@ -62,22 +65,82 @@ def sign(body: bytes, secret: str, timestamp: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def check_destination(url: str, allow_private: bool) -> None:
-    """Refuse URLs that resolve to loopback, private, link-local or reserved addresses (SSRF), unless allowed."""
+Resolver = Callable[[str, int], list[str]]  # (host, port) -> the addresses it resolves to
+
+
+def resolve(host: str, port: int) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+
+
+def is_public(address: str) -> bool:
+    """Globally routable unicast: not loopback, private, link-local, carrier-grade NAT (100.64/10), benchmarking
+    (198.18/15), multicast, reserved or unspecified; an IPv6 address carrying an IPv4 one (mapped, 6to4, Teredo) is
+    judged by that one."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            return is_public(str(embedded))
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
+                                 or ip.is_link_local or ip.is_private)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A callback URL resolved once: every delivery connects to `address`, the address that was checked, so a DNS
+    answer that changes afterwards (rebinding) cannot send the message elsewhere."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str  # path and query
+    address: str
+
+
+def pin_destination(url: str, allow_private: bool, resolver: Resolver = resolve) -> Destination:
+    """Refuse URLs that are not http(s), or that resolve to any address that is not public, unless allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CallbackRefused(f"callback URL must be http(s)://host/...: {url!r}")
-    if allow_private:
-        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
+        addresses = resolver(parts.hostname, port)
     except OSError as error:
         raise CallbackRefused(f"cannot resolve {parts.hostname}: {error}") from error
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
-            raise CallbackRefused(f"{parts.hostname} resolves to {ip}, a private address; set "
-                                  "VISION_ASSETS_CALLBACK_ALLOW_PRIVATE=1 to allow it")
+    if not addresses:
+        raise CallbackRefused(f"{parts.hostname} resolves to no address")
+    if not allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise CallbackRefused(f"{parts.hostname} resolves to {address}, which is not a public address "
+                                      "(private, loopback, link-local, shared or reserved); set "
+                                      "VISION_ASSETS_CALLBACK_ALLOW_PRIVATE=1 to allow it")
+    target = parts.path or "/"
+    return Destination(parts.scheme, parts.hostname, port, f"{target}?{parts.query}" if parts.query else target,
+                       addresses[0])
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """Talks to `host` (its Host header) at an address chosen beforehand, instead of resolving `host` again."""
+
+    def __init__(self, destination: Destination, timeout: float):
+        super().__init__(destination.host, destination.port, timeout=timeout)
+        self.address = destination.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """The same over TLS: the certificate is still verified for `host` (and sent as SNI)."""
+
+    def __init__(self, destination: Destination, timeout: float):
+        super().__init__(destination.host, destination.port, timeout=timeout, context=ssl.create_default_context())
+        self.address = destination.address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 class Outbox:
@@ -114,23 +177,30 @@ class Outbox:
         return updated
 
 
-def deliver(entry: OutboxEntry, url: str, secret: str, timeout: float) -> str | None:
-    """POST the message. None on a 2xx; otherwise why not."""
+def deliver(entry: OutboxEntry, destination: Destination, secret: str, timeout: float) -> str | None:
+    """POST the message to the pinned address. None on a 2xx; otherwise why not. Redirects are never followed:
+    a 3xx is a failed delivery (following one would carry the signed message wherever the receiver points)."""
     body = entry.message.model_dump_json().encode()
     timestamp = str(int(datetime.now(timezone.utc).timestamp()))
-    request = urllib.request.Request(url, data=body, method="POST", headers={
+    headers = {
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(body, secret, timestamp),
         TIMESTAMP_HEADER: timestamp,
         IDEMPOTENCY_HEADER: entry.message.idempotency_key,
-    })
+    }
+    connection_type = _PinnedHTTPS if destination.scheme == "https" else _PinnedHTTP
+    connection = connection_type(destination, timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - destination checked
-            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError) as error:
-        return f"unreachable: {getattr(error, 'reason', error)}"
+        connection.request("POST", destination.target, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException) as error:
+        return f"unreachable: {error or type(error).__name__}"
+    finally:
+        connection.close()
+    if 300 <= response.status < 400:
+        return f"HTTP {response.status}: redirect to {response.getheader('Location')!r} not followed"
+    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
 
 
 def rejected_message(record: SourceImageRecord) -> CallbackMessage:
