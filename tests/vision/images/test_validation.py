@@ -1,4 +1,5 @@
 import io
+from concurrent.futures import ThreadPoolExecutor
 import struct
 import time
 import zlib
@@ -139,7 +140,43 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 
 def test_pixel_limit_is_ours_not_pillows():
-    rejected(png_header_only(3000, 3000), RejectionCode.TOO_MANY_PIXELS, ValidationLimits(max_pixels=1_000_000))
+    message = rejected(png_header_only(3000, 3000), RejectionCode.TOO_MANY_PIXELS,
+                       ValidationLimits(max_pixels=1_000_000)).message
+    assert "9,000,000 pixels is over the 1,000,000-pixel limit" in message
+
+
+def test_a_bomb_beyond_pillows_own_guard_cites_the_configured_limit():
+    """40,000 x 40,000 trips Pillow's guard while opening: the message still names the limit that is configured."""
+    message = rejected(png_header_only(40_000, 40_000), RejectionCode.TOO_MANY_PIXELS).message
+    assert message == ("1,600,000,000 pixels is over the 120,000,000-pixel limit: a decompression bomb, refused "
+                       "before decoding")
+    assert "178,956,970" not in message  # Pillow's default, not ours
+
+
+def test_a_limit_above_pillows_default_is_the_one_that_decides():
+    """15,000 x 15,000 = 225 MP: over Pillow's default guard, under a configured 250 MP. Not refused for its size
+    (this header-only file then fails to decode, which is the honest outcome)."""
+    outcome = validate_image(png_header_only(15_000, 15_000), ValidationLimits(max_pixels=250_000_000))
+    assert isinstance(outcome, Rejection) and outcome.code == RejectionCode.CORRUPT
+
+
+def exif_truncated_jpeg(shade: int) -> bytes:
+    """A JPEG whose EXIF block ends early: Pillow warns "Truncated File Read" when it is read."""
+    exif = Image.Exif()
+    exif[0x010E] = "d" * 40  # ImageDescription, long enough to be stored out of line
+    buffer = io.BytesIO()
+    Image.new("RGB", (1500, 1000), (shade, 0, 0)).save(buffer, "JPEG", exif=exif.tobytes()[:-20])
+    return buffer.getvalue()
+
+
+def test_warnings_belong_to_the_image_that_raised_them_whatever_the_threads():
+    warning = [(exif_truncated_jpeg(shade), 1) for shade in range(16)]
+    clean = [(image_bytes((1500, 1000), fmt="JPEG", color=(shade, shade, shade)), 0) for shade in range(16)]
+    jobs = [job for pair in zip(warning, clean) for job in pair] * 2  # big enough that decodes overlap
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda job: validate_image(job[0]), jobs))
+    warned = [sum(w.startswith("decoder warning") for w in outcome.warnings) for outcome in outcomes]
+    assert warned == [expected for _, expected in jobs]  # each its own warning, once; none on the clean ones
 
 
 def test_minimum_resolution():

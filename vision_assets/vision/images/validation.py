@@ -8,7 +8,11 @@ can act on; no exception from a decoder escapes.
 from __future__ import annotations
 
 import io
+import re
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import imagehash
@@ -65,14 +69,13 @@ def _validate(data: bytes, limits: ValidationLimits) -> ValidImage:
         raise _Rejected(RejectionCode.UNSUPPORTED_FORMAT, f"{image_format} images are not accepted (allowed: {allowed})")
 
     notes: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_of_this_thread() as caught:
         image = _open_and_decode(data, image_format, limits)
         facts_before_orientation = (image.mode, getattr(image, "n_frames", 1))
         orientation, image = _apply_exif_orientation(image, notes)
         icc = bool(image.info.get("icc_profile"))
         rgb = to_rgb(image, notes)
-    notes.extend(f"decoder warning: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning))
+    notes.extend(f"decoder warning: {message}" for message in caught)
 
     width, height = rgb.size
     if min(width, height) < limits.min_side:
@@ -93,12 +96,68 @@ def _validate(data: bytes, limits: ValidationLimits) -> ValidImage:
     return ValidImage(rgb=rgb, facts=facts, warnings=notes)
 
 
+_capture = threading.local()
+_router_lock = threading.Lock()
+_shown_elsewhere = warnings.showwarning  # where warnings raised outside a capture go
+ALWAYS_SHOWN_FROM = r"(PIL|vision_assets)(\.|$)"
+
+
+def _route(message, category, filename, lineno, file=None, line=None):
+    sink = getattr(_capture, "sink", None)
+    if sink is None:
+        return _shown_elsewhere(message, category, filename, lineno, file, line)
+    if not issubclass(category, DeprecationWarning):
+        sink.append(str(message))
+    return None
+
+
+def _install_warning_router() -> None:
+    """Warnings go to the list of the thread that raised them. (`warnings.catch_warnings` swaps process-wide state:
+    under the ingest threads it handed one image's warnings to another and lost some.) Pillow's warnings are always
+    shown, so the second image with the same problem is told too. Checked on every use: whoever replaced the hook
+    or the filters since (a test runner does, per test) gets them back wrapped, not lost."""
+    global _shown_elsewhere
+    with _router_lock:
+        if warnings.showwarning is not _route:
+            _shown_elsewhere = warnings.showwarning
+            warnings.showwarning = _route
+        if not any(f[0] == "always" and f[3] is not None and f[3].pattern == ALWAYS_SHOWN_FROM
+                   for f in warnings.filters):
+            warnings.filterwarnings("always", module=ALWAYS_SHOWN_FROM)
+
+
+@contextmanager
+def warnings_of_this_thread() -> Iterator[list[str]]:
+    _install_warning_router()
+    sink: list[str] = []
+    _capture.sink = sink
+    try:
+        yield sink
+    finally:
+        _capture.sink = None
+
+
+def _raise_pillows_guard_to(max_pixels: int) -> None:
+    """Pillow refuses images over twice `Image.MAX_IMAGE_PIXELS` while opening them, before we see their size. Its
+    guard is kept at or above ours, so the configured limit is the one that decides, and the one messages cite."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _bomb(error: Image.DecompressionBombError, limits: ValidationLimits) -> _Rejected:
+    declared = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(declared.group(1)):,} pixels" if declared else "its declared size"
+    return _Rejected(RejectionCode.TOO_MANY_PIXELS, f"{size} is over the {limits.max_pixels:,}-pixel limit: a "
+                     "decompression bomb, refused before decoding")
+
+
 def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -> Image.Image:
+    _raise_pillows_guard_to(limits.max_pixels)
     try:
         # `formats=` pins the decoder to what the magic bytes said, so a file can't be decoded as something else.
         image = Image.open(io.BytesIO(data), formats=[image_format])
     except Image.DecompressionBombError as error:
-        raise _Rejected(RejectionCode.TOO_MANY_PIXELS, f"decompression bomb refused: {error}") from error
+        raise _bomb(error, limits) from error
     except Image.UnidentifiedImageError as error:
         raise _Rejected(
             RejectionCode.CORRUPT, f"starts like {image_format} but its header is invalid or unsupported by the decoder"
@@ -119,7 +178,7 @@ def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -
         image.seek(0)  # animated images: the first frame stands for the image
         image.load()
     except Image.DecompressionBombError as error:
-        raise _Rejected(RejectionCode.TOO_MANY_PIXELS, f"decompression bomb refused: {error}") from error
+        raise _bomb(error, limits) from error
     except Exception as error:  # noqa: BLE001
         raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
     return image
