@@ -40,7 +40,7 @@ def test_new_uploads_become_partitions_and_one_run(driver, s3_client, bucket, s3
     # The mapping back to the object is stored, not guessed.
     registration = s3_image_store.results.read_registration(partition_key_for("my photo, 1.jpg"))
     assert registration.object_key == "uploads/my photo, 1.jpg"
-    assert registration.source_uri == f"s3://{bucket}/uploads/my photo, 1.jpg"
+    assert registration.source_uri == f"s3://{bucket}/uploads/my%20photo%2C%201.jpg"  # a URI: percent-encoded
     assert driver.tick().run_requests == []
 
 
