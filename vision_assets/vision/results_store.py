@@ -62,30 +62,27 @@ class ResultsStore:
     def read_source_record(self, partition_key: str) -> SourceImageRecord | None:
         return self.read(partition_key, SOURCE_RECORD, SourceImageRecord)
 
-    def write_normalized(self, partition_key: str, jpeg: bytes) -> str:
-        key = self.key(partition_key, NORMALIZED_IMAGE)
+    def _write_jpeg(self, partition_key: str, name: str, jpeg: bytes) -> str:
+        key = self.key(partition_key, name)
         self.store.put(key, jpeg, "image/jpeg")
         return key
+
+    def write_normalized(self, partition_key: str, jpeg: bytes) -> str:
+        return self._write_jpeg(partition_key, NORMALIZED_IMAGE, jpeg)
+
+    def write_preview(self, partition_key: str, jpeg: bytes) -> str:
+        return self._write_jpeg(partition_key, REJECTED_PREVIEW, jpeg)
 
     def read_normalized(self, partition_key: str) -> Image.Image:
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-
-    def write_preview(self, partition_key: str, jpeg: bytes) -> str:
-        key = self.key(partition_key, REJECTED_PREVIEW)
-        self.store.put(key, jpeg, "image/jpeg")
-        return key
+        return _decoded(data)
 
     def read_image(self, key: str) -> Image.Image | None:
         try:
             _, data = self.store.get(key)
         except ObjectMissing:
             return None
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
+        return _decoded(data)
 
     def write_arrays(self, partition_key: str, name: str, **arrays: np.ndarray) -> None:
         buffer = io.BytesIO()
@@ -99,3 +96,9 @@ class ResultsStore:
             return None
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return {key: arrays[key] for key in arrays.files}
+
+
+def _decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

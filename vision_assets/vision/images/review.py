@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..records import CropLabels, LabelsRecord
+from ..records import CropLabels, Label, LabelsRecord
 
 CONFIDENT = (46, 204, 64)
 NEEDS_REVIEW = (255, 133, 27)
@@ -87,6 +87,10 @@ def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int) -
     return small
 
 
+def _top_k(labels: list[Label]) -> str:
+    return ", ".join(f"{label.name} {label.confidence:.2f}" for label in labels)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
@@ -98,14 +102,14 @@ def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsReco
         lines += ["| # | router | expert | labels | review |", "|---|---|---|---|---|"]
         for number, crop in enumerate(labels.crops, start=1):
             expert = crop.specialist
-            top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in expert.labels) if expert else ""
+            top = _top_k(expert.labels) if expert else ""
             flag = "needs review" if expert and expert.needs_review else ""
             lines.append(f"| {number} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
                          f"{expert.specialist if expert else 'none for this class'} | {_cell(top)} | {flag} |")
     else:
         lines.append("No objects found.")
     for scene in labels.scene:
-        top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in scene.labels)
+        top = _top_k(scene.labels)
         lines.append(f"\nWhole image, {scene.specialist}: {_cell(top)}{' (needs review)' if scene.needs_review else ''}")
     return "\n".join(lines)
 
@@ -118,13 +122,13 @@ def review_crops_markdown(picture: Image.Image, labels: LabelsRecord, look: Revi
         if not (expert and expert.needs_review):
             continue
         image = markdown_image(f"crop {number}", thumbnail(picture.crop(tuple(crop.crop_box)), CROP_SIDE), look.quality)
-        top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in expert.labels)
+        top = _top_k(expert.labels)
         rows.append(f"| {image} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
                     f"{expert.specialist}: {_cell(top)} | {expert.threshold} |")
     for scene in labels.scene:
         if scene.needs_review:
             image = markdown_image("whole image", thumbnail(picture, CROP_SIDE), look.quality)
-            top = ", ".join(f"{label.name} {label.confidence:.2f}" for label in scene.labels)
+            top = _top_k(scene.labels)
             rows.append(f"| {image} | (whole image) | {scene.specialist}: {_cell(top)} | {scene.threshold} |")
     return "\n".join(rows)
 
