@@ -12,7 +12,7 @@ from tests.conftest import PIPELINE_VALID as VALID
 from tests.conftest import ui_check_statuses
 from vision_assets.definitions import build_definitions, model_resources_from
 from vision_assets.settings import Settings
-from vision_assets.vision.index import image_point_id
+from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.records import DetectionsRecord, LabelsRecord
 from vision_assets.vision.results_store import DETECTIONS, LABELS
 

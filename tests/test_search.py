@@ -8,8 +8,8 @@ from qdrant_client import QdrantClient
 
 from tests.conftest import PHOTOS, PIPELINE_VALID
 from vision_assets.cli import main
-from vision_assets.vision.index import VectorIndex
-from vision_assets.vision.search import SearchError, Searcher, SearchFilters
+from vision_assets.vision.index.vector_index import VectorIndex
+from vision_assets.vision.index.search import SearchError, Searcher, SearchFilters
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def search(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .definitions import model_resources_from
-    from .vision.search import SearchError, Searcher, SearchFilters
+    from .vision.index.search import SearchError, Searcher, SearchFilters
 
     settings = Settings.from_env()
     resources = model_resources_from(settings)

@@ -8,8 +8,8 @@ from ..checks.embedding import EMBEDDINGS_KEY
 from ..checks.indexing import INDEX_KEY, index_consistency, index_outcome
 from ..resources import CallbackSettings, ImageStore, QdrantResource
 from ..vision.callback import Outbox, finished_message
-from ..vision.index import ImagePoints, image_point_id
-from ..vision.payloads import crop_payload, image_payload
+from ..vision.index.vector_index import ImagePoints, image_point_id
+from ..vision.index.payloads import crop_payload, image_payload
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS
 from .stage import note_skipped, stage_asset, valid_sources

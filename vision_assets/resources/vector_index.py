@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from ..vision.index import VectorIndex
+from ..vision.index.vector_index import VectorIndex
 
 
 class QdrantResource(dg.ConfigurableResource):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .index import VectorIndex
+from .index.vector_index import VectorIndex
 from .object_store import ObjectStore
 from .results_store import REGISTRATION, ResultsStore
 

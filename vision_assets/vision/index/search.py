@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from qdrant_client import models
 
-from .index import VectorIndex, image_point_id
+from .vector_index import VectorIndex, image_point_id
 
 Target = Literal["images", "crops"]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from vision_assets.vision.index import IndexMismatch, ImagePoints, VectorIndex, crop_point_id, image_point_id
+from vision_assets.vision.index.vector_index import IndexMismatch, ImagePoints, VectorIndex, crop_point_id, image_point_id
 
 DIM = 8
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import CropLabels, DetectionsRecord, LabelsRecord, SourceImageRecord
+from ..records import CropLabels, DetectionsRecord, LabelsRecord, SourceImageRecord
 
 
 def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
