@@ -1,29 +1,48 @@
 """`vision-assets`: the command line. `dev` starts Dagster's UI and daemon on embedded defaults; `upload` puts
-local files into the configured bucket or folder; `models build-offline` writes random-weight models that the
-real loaders read, for machines without a model hub."""
+local files into the configured bucket or folder; `search`, `delete`, `reindex` work on what the pipeline made;
+`models build-offline` writes random-weight models that the real loaders read, for machines without a model hub."""
 
 from __future__ import annotations
 
 import argparse
 import mimetypes
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .settings import Settings
 
 REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 
-INSTANCE_YAML = """\
-# Written by `vision-assets dev`: a local instance (SQLite) under the data directory.
+INSTANCE_MARKER = "# Written by `vision-assets dev`"
+INSTANCE_YAML = INSTANCE_MARKER + """ on every start, from the environment. Delete this first line to keep your own
+# edits (the file is then left alone). A local instance: SQLite under the data directory.
 telemetry:
   enabled: false
-# Steps in a pool run one at a time across runs: `gpu` (the model stages share one device) and `qdrant` (embedded
-# Qdrant allows one client at a time).
 concurrency:
+  runs:
+    max_concurrent_runs: {max_runs}  # VISION_ASSETS_MAX_CONCURRENT_RUNS; the rest wait in the queue
+  # Steps in a pool run one at a time across runs: `gpu` (the model stages share one device) and `qdrant`.
   pools:
     default_limit: 1
+# A run whose process died (OOM killer, a reboot) is marked failed and its pool slots are freed, so later runs
+# are not blocked for ever behind it.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 5
+  free_slots_after_run_end_seconds: 5
+# A failed run is re-executed from its failed step. Stages tag the run so that only faults that waiting can heal
+# (a dead worker, the store or Qdrant unreachable for longer than the stage's own retries) are retried.
+run_retries:
+  enabled: true
+  max_retries: {run_retries}
+  retry_on_asset_or_op_failure: true
 """
 
 
@@ -32,16 +51,58 @@ def prepare_instance(settings: Settings) -> Path:
     home = settings.data_dir / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(INSTANCE_YAML)
+    if not config.exists() or config.read_text().startswith(INSTANCE_MARKER):
+        config.write_text(INSTANCE_YAML.format(max_runs=settings.max_concurrent_runs,
+                                               run_retries=settings.run_retries))
     if not settings.s3_bucket:
         settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     return home
 
 
+def fail_runs_left_in_flight(home: Path) -> None:
+    """Runs still marked in flight when `dev` starts died with the last `dev` (they were its children): say so, which
+    lets Dagster's run retries re-execute them and run monitoring free their pool slots."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES))):
+            instance.report_run_failed(run, "vision-assets dev stopped while this run was in flight")
+            print(f"  run {run.run_id} was in flight when dev last stopped: marked failed (it will be retried)",
+                  flush=True)
+
+
+class Stop(Exception):
+    """SIGTERM, turned into an exception like Ctrl-C's KeyboardInterrupt."""
+
+
+def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0) -> None:
+    """Ask `dagster dev` and everything it started (webserver, daemon, code servers, run workers) to stop; whatever
+    is still alive after the grace period is killed. They share one process group, so nothing is left behind."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and process_group_alive(process.pid):
+            process.poll()  # reap dagster dev itself as soon as it exits
+            time.sleep(0.1)
+
+
+def process_group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     home = prepare_instance(settings)
+    fail_runs_left_in_flight(home)
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
@@ -55,23 +116,47 @@ def dev(args: argparse.Namespace) -> int:
     print(f"vision-assets: watching {where}\n  data: {settings.data_dir}\n  UI:   http://{args.host}:{args.port}",
           flush=True)
     command = [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
-    return subprocess.call(command, env=env)
+    # Its own process group, so one signal reaches everything it starts (Ctrl-C in a terminal only reaches ours).
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def on_sigterm(signum, frame):
+        raise Stop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return process.wait()
+    except (KeyboardInterrupt, Stop):
+        print("vision-assets: stopping dagster dev and everything it started", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        stop_process_group(process)
+
+
+@contextmanager
+def resources_outside_dagster(**resources: Any) -> Iterator[Any]:
+    """Resources for a command that runs outside a Dagster run: `dg.build_resources` resolves their `EnvVar`
+    settings (credentials from the environment) the way a run would."""
+    import dagster as dg
+
+    with dg.build_resources(resources) as built:
+        yield built
 
 
 def upload(args: argparse.Namespace) -> int:
     from .definitions import image_store_from  # imports Dagster: only when needed
 
     settings = Settings.from_env()
-    store = image_store_from(settings)
     count = 0
-    for given in map(Path, args.paths):
-        files = sorted(p for p in given.rglob("*") if p.is_file()) if given.is_dir() else [given]
-        for path in files:
-            relative = path.relative_to(given).as_posix() if given.is_dir() else path.name
-            key = f"{settings.prefix}{args.to}{relative}"
-            store.objects.put(key, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
-            count += 1
-            print(store.objects.uri(key))
+    with resources_outside_dagster(image_store=image_store_from(settings)) as resources:
+        objects = resources.image_store.objects
+        for given in map(Path, args.paths):
+            files = sorted(p for p in given.rglob("*") if p.is_file()) if given.is_dir() else [given]
+            for path in files:
+                relative = path.relative_to(given).as_posix() if given.is_dir() else path.name
+                key = f"{settings.prefix}{args.to}{relative}"
+                objects.put(key, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+                count += 1
+                print(objects.uri(key))
     print(f"uploaded {count} file(s)", file=sys.stderr)
     return 0
 
@@ -82,17 +167,20 @@ def search(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .definitions import model_resources_from
+    from .vision.index.connection import IndexUnavailable, IndexUnreadable
     from .vision.index.search import SearchError, Searcher, SearchFilters
 
     settings = Settings.from_env()
-    resources = model_resources_from(settings)
-    embedder = resources["embedder"]
+    models = model_resources_from(settings)
     filters = SearchFilters(entity=args.entity, label=args.label, coral_health=args.coral_health,
                             min_confidence=args.min_confidence, needs_review=args.needs_review)
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
+    tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        with resources["qdrant"].open() as index:
+        with resources_outside_dagster(embedder=models["embedder"], qdrant=models["qdrant"]) as resources, \
+                resources.qdrant.open(on_wait=tell) as index:
+            embedder = resources.embedder
             searcher = Searcher(index, embedder.embedder, embedder.identity)
             if args.like:
                 hits = searcher.like(args.like, target, **options)
@@ -102,7 +190,7 @@ def search(args: argparse.Namespace) -> int:
                 hits = searcher.by_text(args.text, target, **options)
             else:
                 raise SearchError("give a text query, --image FILE or --like IMAGE_ID")
-    except SearchError as error:
+    except (SearchError, IndexUnavailable, IndexUnreadable) as error:
         print(f"vision-assets search: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -129,6 +217,48 @@ def delete(args: argparse.Namespace) -> int:
         )
     print(f"deleted {len(args.partition_keys)} image(s)" if result.success else "delete failed: see the run's logs")
     return 0 if result.success else 1
+
+
+def reindex(args: argparse.Namespace) -> int:
+    """Writes Qdrant's points again from the results store (no model), in this process, against `dev`'s instance:
+    the images missing from the index (default), or every indexed image (`--all`, `--rebuild`)."""
+    import dagster as dg
+
+    from .assets.index import REINDEX_TAG
+    from .checks.indexing import indexed_partitions
+    from .definitions import definitions_from
+    from .sensors.index_repair_sensor import repair_requests
+    from .vision.index.audit import audit_index
+    from .vision.index.connection import embedded_access, moved_aside
+
+    settings = Settings.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
+    defs = definitions_from(settings)
+    qdrant = defs.resources["qdrant"]
+    job = defs.resolve_job_def("reindex")
+    with dg.DagsterInstance.get() as instance, resources_outside_dagster(qdrant=qdrant) as resources:
+        indexed = indexed_partitions(instance)
+        if args.rebuild and not settings.qdrant_url:
+            with embedded_access(str(settings.qdrant_path), settings.qdrant_lock_wait_seconds):
+                aside = moved_aside(str(settings.qdrant_path))
+            if aside:
+                print(f"moved the old index folder to {aside}")
+        if args.all or args.rebuild:
+            todo = indexed
+        else:
+            with resources.qdrant.open(on_wait=print) as index:
+                todo = audit_index(index, indexed).missing
+        requests = repair_requests(instance, todo, audit_number=0)
+        print(f"re-indexing {len(todo)} of {len(indexed)} indexed images in {len(requests)} run(s)", flush=True)
+        failed = 0
+        for request in requests:
+            result = job.execute_in_process(instance=instance, tags={**request.tags, REINDEX_TAG: "true"},
+                                            raise_on_error=False)
+            failed += not result.success
+            print(f"  {request.tags['dagster/asset_partition_range_start']} .. "
+                  f"{request.tags['dagster/asset_partition_range_end']}: {'done' if result.success else 'FAILED'} "
+                  f"(run {result.run_id})", flush=True)
+    return 1 if failed else 0
 
 
 def build_offline(args: argparse.Namespace) -> int:
@@ -172,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     delete_parser.add_argument("--keep-objects", action="store_true", help="leave the objects in the bucket (the "
                                "upload sensor will then register them again)")
     delete_parser.set_defaults(handler=delete)
+    reindex_parser = commands.add_parser("reindex", help="write the index again from stored results (no model)")
+    reindex_parser.add_argument("--all", action="store_true", help="every indexed image, not only the missing ones")
+    reindex_parser.add_argument("--rebuild", action="store_true", help="embedded index unreadable: move its folder "
+                                "aside and write every indexed image into a new one")
+    reindex_parser.set_defaults(handler=reindex)
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(

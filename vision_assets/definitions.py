@@ -12,7 +12,7 @@ from .assets.embeddings import build_embeddings
 from .assets.index import build_qdrant_index
 from .assets.ingest import source_images
 from .assets.labels import build_specialist_labels
-from .jobs import process_images
+from .jobs import process_images, reindex
 from .resources import (
     CallbackSettings,
     CatalogSettings,
@@ -26,9 +26,11 @@ from .resources import (
     ReviewSettings,
     S3ImageStore,
     SpecialistsResource,
+    StagePolicy,
     UploadPolicy,
 )
 from .sensors.callback_sensor import callback_sensor
+from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.upload_sensor import make_upload_sensor
 from .settings import Settings
 
@@ -79,6 +81,7 @@ def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResourc
             api_key=dg.EnvVar("VISION_ASSETS_QDRANT_API_KEY") if settings.qdrant_api_key else None,
             path=None if settings.qdrant_url else str(settings.qdrant_path),
             collection_prefix=settings.qdrant_collection_prefix,
+            lock_wait_seconds=settings.qdrant_lock_wait_seconds,
         ),
     }
 
@@ -92,6 +95,7 @@ def build_definitions(
     catalog: CatalogSettings = CatalogSettings(),
     callback: CallbackSettings = CallbackSettings(),
     review: ReviewSettings = ReviewSettings(),
+    stage_policy: StagePolicy = StagePolicy(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     return dg.Definitions(
@@ -103,10 +107,11 @@ def build_definitions(
             build_qdrant_index(embedder.identity),
             image_catalog,
         ],
-        jobs=[process_images, refresh_catalog, delete_images],
-        sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor],
+        jobs=[process_images, reindex, refresh_catalog, delete_images],
+        sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
+                 make_index_repair_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
-                   "catalog": catalog, "callback": callback, "review": review} | models,
+                   "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy} | models,
         executor=dg.in_process_executor,
     )
 
@@ -126,8 +131,6 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             min_side=settings.min_image_side,
             allowed_formats=sorted(settings.allowed_formats),
             threads=settings.ingest_threads,
-            store_retries=settings.store_retries,
-            store_retry_seconds=settings.store_retry_seconds,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
         catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
@@ -138,6 +141,8 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             base_backoff_seconds=settings.callback_backoff_seconds,
         ),
         review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side),
+        stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
+                                 first_retry_seconds=settings.store_retry_seconds),
     )
 
 

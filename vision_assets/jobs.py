@@ -1,8 +1,10 @@
-"""The job the upload sensor launches: the image pipeline for a batch of partitions, in one process so models
-load once per run."""
+"""The jobs: the pipeline for a batch of partitions, and the index rebuilt from stored results. Both run in one
+process so models (where any) load once per run."""
 
 import dagster as dg
 
+from .assets.index import REINDEX_TAG
+from .checks.indexing import INDEX_KEY
 from .checks.validation import SOURCE_IMAGES
 
 CATALOG = dg.AssetKey("image_catalog")
@@ -15,4 +17,13 @@ process_images = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Everything that happens to a batch of uploaded images. Launched by `upload_sensor`, one run per "
     "batch of adjacent partitions.",
+)
+
+reindex = dg.define_asset_job(
+    "reindex",
+    selection=dg.AssetSelection.assets(INDEX_KEY),
+    executor_def=dg.in_process_executor,
+    tags={REINDEX_TAG: "true"},
+    description="Writes the Qdrant points of a range of images again from their stored results, without a model, "
+    "and sends no callbacks. Launched by `index_repair` when the index lost points, or by `vision-assets reindex`.",
 )

@@ -1,5 +1,6 @@
 """Every setting, read from the environment in one place. The README's configuration table lists the same names
-(a test keeps the two in step). Secrets are passed to resources as `dg.EnvVar` so the UI never shows them."""
+(a test keeps the two in step). Secrets are passed to resources as `dg.EnvVar` so the UI never shows them; code
+outside a run resolves them through `dg.build_resources` (see `cli.py`)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,20 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_SETTLE_SECONDS": ("2", "Local folder only: files modified more recently wait for the next "
                                      "tick (they may still be being copied)."),
     "VISION_ASSETS_INGEST_THREADS": ("4", "Images fetched and decoded concurrently within a run."),
-    "VISION_ASSETS_STORE_RETRIES": ("3", "Times a batch is retried when the store cannot be reached."),
-    "VISION_ASSETS_STORE_RETRY_SECONDS": ("10", "Wait before each of those retries."),
+    "VISION_ASSETS_STORE_RETRIES": ("5", "Times a stage retries when the store or Qdrant cannot be reached, "
+                                    "before its run fails and is re-run (see `VISION_ASSETS_RUN_RETRIES`)."),
+    "VISION_ASSETS_STORE_RETRY_SECONDS": ("5", "Wait before the first of those retries; it doubles each time "
+                                          "(5 retries from 5 s ride out about 2.5 minutes)."),
+    "VISION_ASSETS_RUN_RETRIES": ("2", "`vision-assets dev`: times Dagster re-executes a failed run from its failed "
+                                  "step (a killed run worker, a store outage longer than the stage retries). A bad "
+                                  "image never fails a run; a bug or a broken index fails it without retries."),
+    "VISION_ASSETS_MAX_CONCURRENT_RUNS": ("2", "`vision-assets dev`: runs in flight at once; the rest wait in "
+                                          "Dagster's queue. Model stages still take turns on the `gpu` pool."),
+    "VISION_ASSETS_CHUNK_SIZE": ("32", "Images a stage holds decoded at once: a run's memory follows this, not the "
+                                 "batch size."),
+    "VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS": ("60", "Embedded Qdrant admits one process at a time: how long a run or "
+                                               "a search waits for the other to finish before giving up (a run then "
+                                               "retries)."),
     "VISION_ASSETS_OFFLINE_MODELS": (None, "A folder from `vision-assets models build-offline`: every model and the "
                                      "detector's offline thresholds come from it (explicit model settings still win)."),
     "VISION_ASSETS_DEVICE": ("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."),
@@ -164,6 +177,10 @@ class Settings:
     ingest_threads: int
     store_retries: int
     store_retry_seconds: int
+    run_retries: int
+    max_concurrent_runs: int
+    chunk_size: int
+    qdrant_lock_wait_seconds: float
     offline_models: Path | None
     device: str
     precision: str
@@ -235,6 +252,10 @@ class Settings:
             ingest_threads=_int("VISION_ASSETS_INGEST_THREADS"),
             store_retries=_int("VISION_ASSETS_STORE_RETRIES"),
             store_retry_seconds=_int("VISION_ASSETS_STORE_RETRY_SECONDS"),
+            run_retries=_int("VISION_ASSETS_RUN_RETRIES"),
+            max_concurrent_runs=_int("VISION_ASSETS_MAX_CONCURRENT_RUNS"),
+            chunk_size=_int("VISION_ASSETS_CHUNK_SIZE"),
+            qdrant_lock_wait_seconds=_float("VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS"),
             offline_models=Path(offline_dir).resolve() if offline_dir else None,
             device=env("VISION_ASSETS_DEVICE"),
             precision=env("VISION_ASSETS_PRECISION"),

@@ -7,11 +7,11 @@ import numpy as np
 
 from ..checks.confidence import LABELS_KEY
 from ..checks.embedding import EMBEDDINGS_KEY, embedding_outcome, embedding_validity
-from ..resources import EmbedderResource, ImageStore
+from ..resources import EmbedderResource, ImageStore, StagePolicy
 from ..vision.embedding_checks import embedding_problems
 from ..vision.records import EmbeddingsRecord, LabelsRecord
 from ..vision.results_store import EMBEDDING_VECTORS, EMBEDDINGS, LABELS
-from .stage import load_images, note_skipped, stage_asset, valid_sources
+from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
 
 
 def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
@@ -27,47 +27,51 @@ def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
             "its crops. Writes `~embeddings.npz` and `~embeddings.json`.",
         )
     )
-    def embeddings(context: dg.AssetExecutionContext, image_store: ImageStore, embedder: EmbedderResource):
+    @transient_faults_retried
+    def embeddings(
+        context: dg.AssetExecutionContext, image_store: ImageStore, embedder: EmbedderResource, stage_policy: StagePolicy
+    ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         note_skipped(context, skipped)
-        keys = list(valid)
-        results = image_store.results
-        labels = {key: results.read(key, LABELS, LabelsRecord) for key in keys}
-        pictures = load_images(image_store, keys)
-        crops = [(key, c.detection_index, pictures[key].crop(tuple(c.crop_box))) for key in keys for c in labels[key].crops]
-        clip = embedder.embedder
-        started = time.perf_counter()
-        # One batched pass over all whole images and one over all crops of the run.
-        image_vectors = clip.embed_images([pictures[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-        crop_vectors = clip.embed_images([image for _, _, image in crops]) if crops else None
-        seconds = time.perf_counter() - started
-        dimension = clip.dimension if keys else 0
-
-        rows_of: dict[str, list[int]] = {key: [] for key in keys}
-        for row, (owner, _, _) in enumerate(crops):
-            rows_of[owner].append(row)
-        records = []
-        for row, key in enumerate(keys):
-            mine = rows_of[key]
-            vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
-            record = EmbeddingsRecord(
-                partition_key=key, model=embedder.identity, dimension=dimension,
-                crop_indexes=[crops[i][1] for i in mine],
-                problems=embedding_problems(image_vectors[row], dimension, "image") + embedding_problems(vectors, dimension, "crops"),
-            )
-            results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
-            results.write(key, EMBEDDINGS, record)
-            records.append(record)
-            context.add_asset_metadata(
-                {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
-                partition_key=key,
-            )
+        results, clip = image_store.results, embedder.embedder
+        records, crop_count, seconds = [], 0, 0.0
+        for chunk in stage_policy.chunks(list(valid)):
+            labels = {key: results.read(key, LABELS, LabelsRecord) for key in chunk}
+            pictures = load_images(image_store, chunk)
+            crops = [(key, c.detection_index, pictures[key].crop(tuple(c.crop_box)))
+                     for key in chunk for c in labels[key].crops]
+            started = time.perf_counter()
+            # One batched pass over the chunk's whole images and one over all their crops.
+            image_vectors = clip.embed_images([pictures[k] for k in chunk])
+            crop_vectors = clip.embed_images([image for _, _, image in crops]) if crops else None
+            seconds += time.perf_counter() - started
+            crop_count += len(crops)
+            dimension = clip.dimension
+            rows_of: dict[str, list[int]] = {key: [] for key in chunk}
+            for row, (owner, _, _) in enumerate(crops):
+                rows_of[owner].append(row)
+            for row, key in enumerate(chunk):
+                mine = rows_of[key]
+                vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
+                record = EmbeddingsRecord(
+                    partition_key=key, model=embedder.identity, dimension=dimension,
+                    crop_indexes=[crops[i][1] for i in mine],
+                    problems=embedding_problems(image_vectors[row], dimension, "image")
+                    + embedding_problems(vectors, dimension, "crops"),
+                )
+                results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
+                results.write(key, EMBEDDINGS, record)
+                records.append(record)
+                context.add_asset_metadata(
+                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
+                    partition_key=key,
+                )
         yield dg.MaterializeResult()
         yield from embedding_validity.report(
             context, [embedding_outcome(record) for record in records], skipped,
-            batch_crops=len(crops),
+            batch_crops=crop_count,
             batch_model_seconds=round(seconds, 3),
-            batch_vectors_per_second=round((len(keys) + len(crops)) / seconds, 2) if seconds else 0.0,
+            batch_vectors_per_second=round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
             models_loaded=embedder.load_counts,
         )
 

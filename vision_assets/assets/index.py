@@ -1,18 +1,48 @@
-"""`qdrant_index`: every valid image and crop upserted into Qdrant; rejected images' old points removed."""
+"""`qdrant_index`: every valid image and crop upserted into Qdrant; rejected images' old points removed; and the
+index audited against what the pipeline indexed before. It reads only what earlier stages stored, never a model,
+which is why the `reindex` job is this asset alone."""
 
 import time
 
 import dagster as dg
 
 from ..checks.embedding import EMBEDDINGS_KEY
-from ..checks.indexing import INDEX_KEY, index_consistency, index_outcome
-from ..resources import CallbackSettings, ImageStore, QdrantResource
+from ..checks.indexing import (
+    INDEX_KEY,
+    completeness_result,
+    index_completeness,
+    index_consistency,
+    index_outcome,
+    indexed_partitions,
+)
+from ..resources import CallbackSettings, ImageStore, QdrantResource, StagePolicy
 from ..vision.callback import Outbox, finished_message
-from ..vision.index.vector_index import ImagePoints, image_point_id
+from ..vision.index.audit import audit_index
 from ..vision.index.payloads import crop_payload, image_payload
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord
-from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS
-from .stage import note_skipped, stage_asset, valid_sources
+from ..vision.index.vector_index import ImagePoints, image_point_id
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord, SourceImageRecord
+from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, ResultsStore
+from .stage import note_skipped, stage_asset, transient_faults_retried, valid_sources
+
+REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
+
+
+def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: EmbeddingsRecord) -> tuple[ImagePoints, LabelsRecord]:
+    """One image's points, from what the earlier stages wrote."""
+    key = source.partition_key
+    detections = results.read(key, DETECTIONS, DetectionsRecord)
+    labels = results.read(key, LABELS, LabelsRecord)
+    vectors = results.read_arrays(key, EMBEDDING_VECTORS)
+    crops = {c.detection_index: c for c in labels.crops}
+    points = ImagePoints(
+        partition_key=key,
+        image_vector=vectors["image"],
+        image_payload=image_payload(source, detections, labels, embedded.model),
+        crop_vectors=vectors["crops"],
+        crop_payloads=[crop_payload(source, crops[i], detections.model, embedded.model) for i in embedded.crop_indexes],
+        crop_indexes=embedded.crop_indexes,
+    )
+    return points, labels
 
 
 def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
@@ -23,14 +53,19 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             pool="qdrant",
             kinds={"qdrant"},
             code_version=f"1|{embedder_identity}",
-            check_specs=index_consistency.specs,
+            check_specs=[*index_consistency.specs, index_completeness],
             description="Points in the `images` and `crops` collections (cosine), ids derived from the image and "
             "crop identity so re-runs overwrite; payload: source URI, sha256, pHash, box, labels with confidences "
-            "and model ids.",
+            "and model ids. Reads only stored results (no model): the `reindex` job rebuilds the index with it.",
         )
     )
+    @transient_faults_retried
     def qdrant_index(
-        context: dg.AssetExecutionContext, image_store: ImageStore, qdrant: QdrantResource, callback: CallbackSettings
+        context: dg.AssetExecutionContext,
+        image_store: ImageStore,
+        qdrant: QdrantResource,
+        callback: CallbackSettings,
+        stage_policy: StagePolicy,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         results = image_store.results
@@ -39,52 +74,46 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                for key, r in embedded.items() if r is None or r.problems}
         skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
         note_skipped(context, skipped)
-        points, labels_of = [], {}
-        for key, source in valid.items():
-            if key in bad:
-                continue
-            detections = results.read(key, DETECTIONS, DetectionsRecord)
-            labels = labels_of[key] = results.read(key, LABELS, LabelsRecord)
-            vectors = results.read_arrays(key, EMBEDDING_VECTORS)
-            record = embedded[key]
-            crops = {c.detection_index: c for c in labels.crops}
-            points.append(ImagePoints(
-                partition_key=key,
-                image_vector=vectors["image"],
-                image_payload=image_payload(source, detections, labels, record.model),
-                crop_vectors=vectors["crops"],
-                crop_payloads=[crop_payload(source, crops[i], detections.model, record.model) for i in record.crop_indexes],
-                crop_indexes=record.crop_indexes,
-            ))
+        outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
+        # What the pipeline indexed before this run, by its checks: the index must still hold all of it.
+        earlier = [key for key in indexed_partitions(context.instance) if key not in valid]
         started = time.perf_counter()
-        records = []
-        with qdrant.open() as index:
-            if points:
+        records, crop_count = [], 0
+        with qdrant.open(on_wait=context.log.info) as index:
+            for chunk in stage_policy.chunks([key for key in valid if key not in bad]):
+                points, labels_of = [], {}
+                for key in chunk:
+                    image, labels_of[key] = stored_points(results, valid[key], embedded[key])
+                    points.append(image)
                 index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
-            index.upsert(points, batch_size=qdrant.upsert_batch_size)
+                index.upsert(points, batch_size=qdrant.upsert_batch_size)
+                for image in points:
+                    key = image.partition_key
+                    record = IndexRecord(partition_key=key, image_point=image_point_id(key),
+                                         crop_points=image.crop_ids, problems=index.consistency_problems(image))
+                    results.write(key, INDEX, record)
+                    records.append(record)
+                    context.add_asset_metadata({"status": "done", "image_point": record.image_point,
+                                                "crop_points": len(record.crop_points)}, partition_key=key)
+                    if outbox:  # finished: the callback sensor announces it
+                        outbox.add(finished_message(valid[key], image.image_payload["top_labels"],
+                                                    labels_of[key].needing_review, record.problems))
+                crop_count += sum(len(p.crop_indexes) for p in points)
             for key in skipped:  # a re-upload that is now rejected must not stay findable under its old content
                 index.delete_image(key)
-            for image in points:
-                record = IndexRecord(partition_key=image.partition_key, image_point=image_point_id(image.partition_key),
-                                     crop_points=image.crop_ids, problems=index.consistency_problems(image))
-                results.write(image.partition_key, INDEX, record)
-                records.append(record)
-                context.add_asset_metadata({"status": "done", "image_point": record.image_point,
-                                            "crop_points": len(record.crop_points)}, partition_key=image.partition_key)
+            audit = audit_index(index, earlier)
         seconds = time.perf_counter() - started
-        if callback.enabled:  # these images are finished; the callback sensor announces them
-            outbox = Outbox(results)
-            for image, record in zip(points, records, strict=True):
-                outbox.add(finished_message(valid[image.partition_key], image.image_payload["top_labels"],
-                                            labels_of[image.partition_key].needing_review, record.problems))
+        if outbox:
             for key, why in bad.items():
                 outbox.add(finished_message(valid[key], [], [], [why], failed_check="embedding_valid"))
         yield dg.MaterializeResult()
         yield from index_consistency.report(
             context, [index_outcome(record) for record in records], skipped,
-            batch_crops=sum(len(p.crop_indexes) for p in points),
+            batch_crops=crop_count,
             batch_seconds=round(seconds, 3),
-            qdrant=qdrant.url or f"embedded at {qdrant.path}",
+            qdrant=qdrant.where,
         )
+        if index_completeness.key in context.selected_asset_check_keys:
+            yield completeness_result(audit, qdrant.where)
 
     return qdrant_index

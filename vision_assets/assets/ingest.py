@@ -9,13 +9,13 @@ import dagster as dg
 
 from ..checks.validation import SOURCE_IMAGES, image_validity, validation_outcome
 from ..partitions import images
-from ..resources import CallbackSettings, ImageStore, IngestPolicy, ReviewSettings
+from ..resources import CallbackSettings, ImageStore, IngestPolicy, ReviewSettings, StagePolicy
 from ..vision.callback import Outbox, rejected_message
 from ..vision.images.ingest import ingest_image
 from ..vision.images.review import ReviewPictures, markdown_image
-from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
 from ..vision.results_store import ResultsStore
+from .stage import transient_faults_retried
 
 
 def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
@@ -56,26 +56,24 @@ def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
     "size), EXIF-oriented, normalised to RGB, hashed (sha256, pHash). Writes `~normalized.jpg` and `~source.json` "
     "per image to the results store.",
 )
+@transient_faults_retried
 def source_images(
     context: dg.AssetExecutionContext,
     image_store: ImageStore,
     ingest_policy: IngestPolicy,
     callback: CallbackSettings,
     review: ReviewSettings,
+    stage_policy: StagePolicy,
 ):
     keys = context.partition_keys
     started = time.perf_counter()
     objects, results, limits = image_store.objects, image_store.results, ingest_policy.limits
     look = review.look
     preview_side = look.side if look else None
-    # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both.
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-            records = list(pool.map(lambda key: ingest_image(key, objects, results, limits, preview_side), keys))
-    except StoreUnavailable as error:  # the store, not an image, failed: the whole batch is retried
-        raise dg.RetryRequested(
-            max_retries=ingest_policy.store_retries, seconds_to_wait=ingest_policy.store_retry_seconds
-        ) from error
+    # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both; each thread holds one
+    # image decoded at a time, so memory follows the thread count. The store failing (not an image) retries the step.
+    with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
+        records = list(pool.map(lambda key: ingest_image(key, objects, results, limits, preview_side), keys))
     seconds = time.perf_counter() - started
 
     for record in records:

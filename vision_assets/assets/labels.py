@@ -6,7 +6,14 @@ from collections import Counter
 import dagster as dg
 
 from ..checks.confidence import LABELS_KEY, label_confidence, labels_outcome
-from ..resources import EmbedderResource, ImageStore, LabelingSettings, ReviewSettings, SpecialistsResource
+from ..resources import (
+    EmbedderResource,
+    ImageStore,
+    LabelingSettings,
+    ReviewSettings,
+    SpecialistsResource,
+    StagePolicy,
+)
 from ..vision.images.review import labels_markdown
 from ..vision.labeling import label_batch
 from ..vision.records import DetectionsRecord
@@ -14,7 +21,7 @@ from ..vision.results_store import DETECTIONS, LABELS
 from ..vision.routing import CORAL
 from ..vision.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
 from .detections import DETECTIONS_KEY
-from .stage import load_images, note_skipped, stage_asset, valid_sources
+from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
 
 
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
@@ -31,6 +38,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             "`~labels.json`.",
         )
     )
+    @transient_faults_retried
     def specialist_labels(
         context: dg.AssetExecutionContext,
         image_store: ImageStore,
@@ -38,47 +46,47 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         embedder: EmbedderResource,
         labeling: LabelingSettings,
         review: ReviewSettings,
+        stage_policy: StagePolicy,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         note_skipped(context, skipped)
-        keys = list(valid)
-        results = image_store.results
-        detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in keys}
-        pictures = load_images(image_store, keys)
+        results, look = image_store.results, review.look
         experts = specialists.classifiers()
-        started = time.perf_counter()
-        coral_scores = {}
-        if CORAL in experts and keys:
-            clip = embedder.embedder
-            prompts = clip.embed_texts([CORAL_PROMPT, *OTHER_SCENES])
-            scores = zero_shot_probability(clip.embed_images([pictures[k] for k in keys]), prompts)
-            coral_scores = {key: float(score) for key, score in zip(keys, scores, strict=True)}
-        labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
-        seconds = time.perf_counter() - started
-
-        look = review.look
-        for key in keys:
-            record = labelled[key]
-            results.write(key, LABELS, record)
-            top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
-            metadata = {
-                "status": "done",
-                "crops": len(record.crops),
-                "labels": dict(top),
-                "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
-                "needs_review": len(record.needing_review),
-            }
-            if look:  # what the committee saw, drawn on the image
-                metadata["picture"] = dg.MetadataValue.md(labels_markdown(key, pictures[key], record, look))
-            context.add_asset_metadata(metadata, partition_key=key)
-        routed = Counter(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
+        scene_prompts = embedder.embedder.embed_texts([CORAL_PROMPT, *OTHER_SCENES]) if CORAL in experts and valid else None
+        seconds, outcomes, routed, coral_images = 0.0, [], Counter(), 0
+        for chunk in stage_policy.chunks(list(valid)):
+            detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
+            pictures = load_images(image_store, chunk)
+            started = time.perf_counter()
+            coral_scores = {}
+            if scene_prompts is not None:
+                scores = zero_shot_probability(embedder.embedder.embed_images([pictures[k] for k in chunk]), scene_prompts)
+                coral_scores = {key: float(score) for key, score in zip(chunk, scores, strict=True)}
+            labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
+            seconds += time.perf_counter() - started
+            for key in chunk:
+                record = labelled[key]
+                results.write(key, LABELS, record)
+                top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
+                metadata = {
+                    "status": "done",
+                    "crops": len(record.crops),
+                    "labels": dict(top),
+                    "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
+                    "needs_review": len(record.needing_review),
+                }
+                if look:  # what the committee saw, drawn on the image
+                    metadata["picture"] = dg.MetadataValue.md(labels_markdown(key, pictures[key], record, look))
+                context.add_asset_metadata(metadata, partition_key=key)
+                outcomes.append(labels_outcome(record, pictures[key], look))
+            routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
+            coral_images += sum(bool(r.scene) for r in labelled.values())
         yield dg.MaterializeResult()
-        outcomes = [labels_outcome(labelled[key], pictures[key], look) for key in keys]
         yield from label_confidence.report(
             context, outcomes, skipped,
             batch_crops_per_specialist=dict(routed),
             batch_model_seconds=round(seconds, 3),
-            batch_coral_images=sum(bool(r.scene) for r in labelled.values()),
+            batch_coral_images=coral_images,
             models_loaded=specialists.load_counts | embedder.load_counts,
         )
 

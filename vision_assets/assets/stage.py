@@ -1,13 +1,48 @@
-"""What every stage after `source_images` does first: take the batch's images that passed validation (a rejected
-image goes no further), and say on each skipped partition why."""
+"""What every stage shares: how it fails (a store or Qdrant outage is waited out, anything else is final), which
+images of the batch it takes (a rejected image goes no further, and each skipped partition says why), and how
+it reads them (a chunk at a time)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+
 import dagster as dg
+from dagster._core.storage.tags import RETRY_ON_ASSET_OR_OP_FAILURE_TAG
 from PIL import Image
 
-from ..resources import ImageStore
+from ..resources import ImageStore, StagePolicy
+from ..vision.index.connection import IndexUnavailable
+from ..vision.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
+
+TRANSIENT = (StoreUnavailable, IndexUnavailable)
+
+
+def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., Iterator]:
+    """Wrap a stage (a generator taking `context` and a `stage_policy` resource).
+
+    - The store or Qdrant unreachable: the step is retried after a wait that doubles each time. Past the last
+      retry the step fails, and Dagster's run retries (the instance's `run_retries`) re-execute the run from it.
+    - Anything else (a bug, a damaged index, a mismatched collection) is not healed by waiting: the run is tagged
+      so that Dagster's run retries leave it failed, with its error, for a person.
+    """
+
+    @functools.wraps(stage)
+    def guarded(context: dg.AssetExecutionContext, *args, **kwargs) -> Iterator:
+        policy: StagePolicy = kwargs["stage_policy"]
+        try:
+            yield from stage(context, *args, **kwargs)
+        except TRANSIENT as error:
+            wait = policy.wait_before_retry(context.retry_number)
+            if context.retry_number < policy.retries:
+                context.log.warning(f"{error}; retry {context.retry_number + 1} of {policy.retries} in {wait:.0f}s")
+            raise dg.RetryRequested(max_retries=policy.retries, seconds_to_wait=wait) from error
+        except Exception:
+            context.instance.add_run_tags(context.run.run_id, {RETRY_ON_ASSET_OR_OP_FAILURE_TAG: "false"})
+            raise
+
+    return guarded
 
 
 def valid_sources(image_store: ImageStore, keys: list[str]) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
@@ -30,6 +65,7 @@ def note_skipped(context: dg.AssetExecutionContext, skipped: dict[str, str]) -> 
 
 
 def load_images(image_store: ImageStore, keys: list[str]) -> dict[str, Image.Image]:
+    """Decoded pixels of a chunk of the batch (never the whole batch: memory follows the chunk size)."""
     results = image_store.results
     return {key: results.read_normalized(key).convert("RGB") for key in keys}
 

@@ -1,7 +1,12 @@
-"""Does Qdrant hold exactly this image's points? (ERROR)"""
+"""Does Qdrant hold exactly this image's points (per image, ERROR), and still every point of earlier runs
+(`index_complete`, ERROR)?"""
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
+from ..partitions import images
+from ..vision.index.audit import IndexAudit
 from ..vision.records import IndexRecord
 from .per_image import ImageOutcome, PerImageCheck
 
@@ -25,3 +30,41 @@ index_consistency = PerImageCheck(
     description="Every image and crop of the batch has its point in Qdrant and no other point carries its image id.",
     not_passed="failed",
 )
+
+
+index_completeness = dg.AssetCheckSpec(
+    "index_complete",
+    asset=INDEX_KEY,
+    blocking=False,
+    description="Every image the pipeline indexed earlier (its `indexed` check passed) still has its point in Qdrant. "
+    "Fails when the index lost points (folder deleted or restored from an old copy, server wiped, collection prefix "
+    "changed); the `index_repair` sensor then re-indexes them from the results store.",
+)
+
+
+def completeness_result(audit: IndexAudit, where: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=index_completeness.name,
+        asset_key=INDEX_KEY,
+        passed=audit.complete,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=audit.describe(where),
+        metadata={"indexed_earlier": audit.expected, "missing_count": len(audit.missing),
+                  "missing_examples": audit.missing[:20], "qdrant": where},
+    )
+
+
+def indexed_partitions(instance: dg.DagsterInstance) -> list[str]:
+    """The images whose latest `indexed` result passed, in partition order: what Dagster shows as indexed."""
+    infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key])
+    passed = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+    return [key for key in instance.get_dynamic_partitions(images.name) if key in passed]
+
+
+def not_indexed_by_choice(instance: dg.DagsterInstance) -> set[str]:
+    """Images the index stage settled without a point (skipped: rejected upstream; or failed), in no run still in
+    flight: re-running them changes nothing, so a repair run may cover them."""
+    infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key])
+    in_flight = {run.run_id for run in instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))}
+    return {i.partition_key for i in infos if i.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED
+            and i.latest_planned_run_id not in in_flight}

@@ -6,6 +6,7 @@ from .policies import (
     IngestPolicy,
     LabelingSettings,
     ReviewSettings,
+    StagePolicy,
     UploadPolicy,
 )
 from .vector_index import QdrantResource
@@ -23,5 +24,6 @@ __all__ = [
     "ReviewSettings",
     "S3ImageStore",
     "SpecialistsResource",
+    "StagePolicy",
     "UploadPolicy",
 ]

@@ -30,8 +30,6 @@ class IngestPolicy(dg.ConfigurableResource):
     min_side: int = 32
     allowed_formats: list[str] = sorted(DEFAULT_ALLOWED_FORMATS)
     threads: int = 4
-    store_retries: int = 3
-    store_retry_seconds: int = 10
 
     @property
     def limits(self) -> ValidationLimits:
@@ -41,6 +39,22 @@ class IngestPolicy(dg.ConfigurableResource):
             min_side=self.min_side,
             allowed_formats=frozenset(self.allowed_formats),
         )
+
+
+class StagePolicy(dg.ConfigurableResource):
+    """How every stage works through its batch: a chunk of images at a time (memory follows the chunk, not the
+    batch), and what it does when the store or Qdrant cannot be reached (waits, doubling, then fails the run)."""
+
+    chunk_size: int = 32
+    retries: int = 5
+    first_retry_seconds: float = 5.0
+
+    def chunks(self, keys: list[str]) -> list[list[str]]:
+        size = max(1, self.chunk_size)
+        return [keys[start : start + size] for start in range(0, len(keys), size)]
+
+    def wait_before_retry(self, retry_number: int) -> float:
+        return self.first_retry_seconds * 2**retry_number
 
 
 class LabelingSettings(dg.ConfigurableResource):

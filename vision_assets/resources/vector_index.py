@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 
+from ..vision.index.connection import embedded_access, open_embedded, server_faults
 from ..vision.index.vector_index import VectorIndex
 
 
@@ -16,20 +17,34 @@ class QdrantResource(dg.ConfigurableResource):
     path: str | None = None
     collection_prefix: str = ""
     upsert_batch_size: int = 256
+    lock_wait_seconds: float = 60.0  # embedded only: how long to wait for another process's turn
+
+    @property
+    def where(self) -> str:
+        return self.url or f"embedded at {self.path}"
 
     @contextmanager
-    def open(self) -> Iterator[VectorIndex]:
-        """The client lives only as long as the block: embedded Qdrant locks its folder while a client is open, so
-        holding it for a whole run would lock out every other run and reader."""
+    def open(
+        self, on_wait: Callable[[str], None] = lambda _: None, wait_seconds: float | None = None
+    ) -> Iterator[VectorIndex]:
+        """The client lives only as long as the block: embedded Qdrant admits one process at a time, so holding it
+        for a whole run would lock out every other run and every search. `on_wait` hears once if we must wait."""
         from qdrant_client import QdrantClient
 
+        wait = self.lock_wait_seconds if wait_seconds is None else wait_seconds
         if self.url:
-            client = QdrantClient(url=self.url, api_key=self.api_key)
+            with server_faults(self.url):
+                client = QdrantClient(url=self.url, api_key=self.api_key)
+                try:
+                    yield VectorIndex(client, self.collection_prefix)
+                finally:
+                    client.close()
         elif self.path:
-            client = QdrantClient(path=self.path)
+            with embedded_access(self.path, wait, on_wait):
+                client = open_embedded(self.path, wait)
+                try:
+                    yield VectorIndex(client, self.collection_prefix)
+                finally:
+                    client.close()
         else:
             raise ValueError("set a Qdrant url or an embedded path")
-        try:
-            yield VectorIndex(client, self.collection_prefix)
-        finally:
-            client.close()

@@ -1,0 +1,243 @@
+"""Faults a pipeline left alone for weeks meets, injected into real runs: the store out of reach mid-run, embedded
+Qdrant held by a search, the index folder deleted or damaged, the CLI with credentials from the environment."""
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dagster as dg
+import pytest
+from dagster_aws.s3 import S3Resource
+from qdrant_client import QdrantClient
+
+from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver, image_bytes, ui_check_statuses
+from tests.faults import OutageProxy
+from vision_assets.cli import main
+from vision_assets.definitions import build_definitions
+from vision_assets.resources import QdrantResource, S3ImageStore, StagePolicy
+from vision_assets.vision.index.connection import IndexUnavailable, IndexUnreadable
+from vision_assets.vision.index.vector_index import IndexMismatch, VectorIndex
+from vision_assets.vision.models.base import Model
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def indexed_images(qdrant_path: str) -> set[str]:
+    client = QdrantClient(path=qdrant_path)
+    try:
+        points, _ = client.scroll("images", limit=1000, with_payload=True)
+        return {p.payload["image_id"] for p in points}
+    finally:
+        client.close()
+
+
+def wait_for_step(instance: dg.DagsterInstance, step: str, seconds: float = 120) -> str:
+    """The run id once some run of the instance has started `step`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for run in instance.get_runs(limit=1):
+            if any(e.step_key == step and e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
+                   for e in instance.all_logs(run.run_id)):
+                return run.run_id
+        time.sleep(0.05)
+    raise TimeoutError(f"no run reached {step}")
+
+
+def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpoint, bucket, s3_client):
+    """S3 refuses every connection for 6 s while the run is in `detections`: the stage waits (1, 2, 4 s ...) and
+    goes on; every image ends indexed exactly once, and nobody re-ran anything."""
+    endpoint = urlparse(s3_endpoint)
+    proxy = OutageProxy(endpoint.hostname, endpoint.port)
+    store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
+                         prefix="uploads/", results_prefix="results/")
+    for name in ("bus.jpg", "zidane.jpg"):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
+    for shade in range(3):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/plain-{shade}.png",
+                             Body=image_bytes((96, 64), color=(40 * shade, 90, 200)))
+    policy = StagePolicy(chunk_size=2, retries=5, first_retry_seconds=1)  # chunks of 2: three per stage
+    driver = SensorDriver(build_definitions(store, models, stage_policy=policy), instance, whole_pipeline=True)
+    [request] = driver.tick().run_requests
+    runs = []
+    worker = threading.Thread(target=lambda: runs.append(driver.run(request)))
+    worker.start()
+    try:
+        run_id = wait_for_step(instance, "detections")
+        proxy.outage()
+        time.sleep(6)
+        proxy.restore()
+        worker.join(240)
+    finally:
+        proxy.close()
+    [run] = runs
+    assert run.success
+    retried = [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type_value ==
+               "STEP_UP_FOR_RETRY"]
+    assert retried and {e.step_key for e in retried} <= {"detections"}
+    keys = set(driver.partitions)
+    assert len(keys) == 5
+    assert ui_check_statuses(instance, "qdrant_index", "indexed") == {"SUCCEEDED": keys}
+    assert indexed_images(models["qdrant"].path) == keys
+    client = QdrantClient(path=models["qdrant"].path)
+    try:
+        assert client.count("images").count == 5
+    finally:
+        client.close()
+
+
+def test_a_run_waits_for_a_search_holding_embedded_qdrant(pipeline, models, instance):
+    """A search (any process using the folder through vision-assets) holds embedded Qdrant while a run indexes:
+    the run waits its turn, says so in its log, and succeeds."""
+    driver, _ = pipeline
+    qdrant = models["qdrant"]
+    held = threading.Event()
+
+    def search_for_a_while():
+        with qdrant.open():
+            held.set()
+            time.sleep(3)
+
+    searcher = threading.Thread(target=search_for_a_while)
+    searcher.start()
+    held.wait(30)
+    started = time.monotonic()
+    result = driver.defs.resolve_job_def("reindex").execute_in_process(
+        instance=instance, tags={"dagster/asset_partition_range_start": driver.partitions[0],
+                                 "dagster/asset_partition_range_end": driver.partitions[-1]})
+    searcher.join()
+    assert result.success and time.monotonic() - started >= 2
+    messages = [e.message for e in instance.all_logs(result.run_id)]
+    assert any("is in use by another process" in m for m in messages)
+    assert indexed_images(qdrant.path) == set(PIPELINE_VALID)
+
+
+def test_cli_search_waits_for_a_run_and_says_so(pipeline, models, capsys):
+    qdrant = models["qdrant"]
+    held = threading.Event()
+
+    def index_for_a_while():
+        with qdrant.open():
+            held.set()
+            time.sleep(2)
+
+    indexer = threading.Thread(target=index_for_a_while)
+    indexer.start()
+    held.wait(30)
+    assert main(["search", "a bus", "--limit", "1"]) == 0
+    indexer.join()
+    out, err = capsys.readouterr()
+    assert "in use by another process" in err and "waiting up to" in err
+    assert out.strip()
+
+
+def test_lock_waits_are_bounded_and_a_foreign_client_is_waited_out(tmp_path, models):
+    qdrant = QdrantResource(path=str(tmp_path / "q"), lock_wait_seconds=1.0)
+    with qdrant.open():
+        with pytest.raises(IndexUnavailable, match="stayed busy for 1s"):
+            with qdrant.open():
+                pass
+    foreign = QdrantClient(path=str(tmp_path / "q"))  # a user's own client, which knows nothing of our lock
+    threading.Timer(0.5, foreign.close).start()
+    with qdrant.open(wait_seconds=10) as index:
+        assert not index.client.collection_exists(index.images)
+
+
+def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, instance, s3_client, bucket,
+                                                             monkeypatch):
+    """The embedded folder deleted: the next batch's run says which images lost their points (index_complete
+    fails), the `index_repair` sensor launches `reindex` runs, and they put every point back with no model."""
+    driver, _ = pipeline
+    shutil.rmtree(models["qdrant"].path)
+    s3_client.put_object(Bucket=bucket, Key="uploads/later.png", Body=image_bytes((80, 80), color=(9, 200, 9)))
+    [later] = driver.tick_and_run()
+    assert later.success
+    [completeness] = [e for e in later.get_asset_check_evaluations() if e.check_name == "index_complete"]
+    assert not completeness.passed
+    assert completeness.description.startswith("3 of 3 images the pipeline indexed have no point")
+    assert "vision-assets reindex" in completeness.description
+    assert set(completeness.metadata["missing_examples"].value) == set(PIPELINE_VALID)
+
+    def no_model(self):
+        raise AssertionError(f"reindex loaded {self.identity}")
+
+    monkeypatch.setattr(Model, "load", no_model)
+    repair = driver.defs.resolve_sensor_def("index_repair")
+    context = {"instance": instance, "definitions": driver.defs, "resources": driver.defs.resources,
+               "instance_ref": instance.get_ref()}
+    with dg.build_sensor_context(**context) as ctx:
+        result = repair.evaluate_tick(ctx)
+    # One run: the rejected corrupt.jpg among the missing images is covered too (its re-run changes nothing).
+    [request] = result.run_requests
+    order = driver.partitions
+    first, last = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
+    covered = order[order.index(first):order.index(last) + 1]
+    assert set(PIPELINE_VALID) <= set(covered) <= {*PIPELINE_VALID, "corrupt.jpg"}
+    repaired = driver.run(request)
+    assert repaired.success
+    assert indexed_images(models["qdrant"].path) == {*PIPELINE_VALID, "later.png"}
+    [complete] = [e for e in repaired.get_asset_check_evaluations() if e.check_name == "index_complete"]
+    assert complete.passed
+    with dg.build_sensor_context(**context, cursor=result.cursor) as ctx:
+        assert not repair.evaluate_tick(ctx).run_requests  # nothing left to repair
+
+
+def cli_environment(monkeypatch, store: S3ImageStore) -> None:
+    """The CLI configured the way a user's shell would: the bucket from settings, credentials from AWS_* vars."""
+    monkeypatch.setenv("VISION_ASSETS_S3_BUCKET", store.bucket)
+    monkeypatch.setenv("VISION_ASSETS_S3_ENDPOINT_URL", store.s3.endpoint_url)
+    monkeypatch.setenv("VISION_ASSETS_S3_REGION", "us-east-1")
+    monkeypatch.setenv("VISION_ASSETS_PREFIX", store.prefix)
+    monkeypatch.setenv("VISION_ASSETS_RESULTS_PREFIX", store.results_prefix)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "cli-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cli-secret")
+
+
+def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_store, monkeypatch, capsys):
+    cli_environment(monkeypatch, s3_image_store)
+    folder = Path(models["qdrant"].path)
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(IndexUnreadable, match=f"{folder}.*vision-assets reindex --rebuild"):
+        with models["qdrant"].open():
+            pass
+    assert main(["reindex", "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "moved the old index folder to" in out and "re-indexing 3 of 3 indexed images in 1 run(s)" in out
+    assert indexed_images(str(folder)) == set(PIPELINE_VALID)
+    assert list(folder.parent.glob("qdrant.unreadable-*"))  # kept for a person to look at
+    shutil.rmtree(folder)
+    assert main(["reindex"]) == 0  # the default: only what is missing
+    assert indexed_images(str(folder)) == set(PIPELINE_VALID)
+
+
+def test_cli_with_credentials_from_the_environment(pipeline, s3_image_store, s3_client, monkeypatch, tmp_path, capsys):
+    """`upload`, `search` and `delete` against S3 (moto's server) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    set: resources built outside a run resolve their EnvVar settings."""
+    cli_environment(monkeypatch, s3_image_store)
+    photo = tmp_path / "from-cli.png"
+    photo.write_bytes(image_bytes((64, 64)))
+    assert main(["upload", str(photo), "--to", "cli/"]) == 0
+    assert s3_client.head_object(Bucket=s3_image_store.bucket, Key="uploads/cli/from-cli.png")["ContentLength"] > 0
+    assert main(["search", "a bus", "--limit", "1"]) == 0
+    assert main(["delete", "plain.png"]) == 0
+    assert "deleted 1 image(s)" in capsys.readouterr().out
+
+
+def test_a_fault_that_waiting_cannot_heal_is_left_failed_for_a_person(pipeline, instance, monkeypatch):
+    """A mismatched collection (or a bug) fails the run at once, no stage retries, and tags it so that Dagster's run
+    retries leave it alone: the run page shows the error to the person who must act."""
+    driver, _ = pipeline
+
+    def mismatch(self, dimension, embedding_model):
+        raise IndexMismatch("collection 'images' holds 768-d vectors from another model")
+
+    monkeypatch.setattr(VectorIndex, "ensure_collections", mismatch)
+    result = driver.defs.resolve_job_def("reindex").execute_in_process(
+        instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": driver.partitions[0],
+              "dagster/asset_partition_range_end": driver.partitions[-1]})
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in kinds
+    assert instance.get_run_by_id(result.run_id).tags["dagster/retry_on_asset_or_op_failure"] == "false"

@@ -1,0 +1,58 @@
+"""Puts back what the index lost. When `index_complete` failed (a run found earlier images without points), and
+every ten minutes anyway (the index can lose points while no run happens), it compares Qdrant with what the
+pipeline indexed and launches `reindex` runs for the gaps: no model, no person."""
+
+import json
+import time
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from ..checks.indexing import index_completeness, indexed_partitions, not_indexed_by_choice
+from ..jobs import reindex
+from ..partitions import images
+from ..resources import QdrantResource
+from ..vision.index.audit import audit_index, repair_ranges
+from ..vision.index.connection import IndexUnavailable
+from .upload_sensor import RANGE_END, RANGE_START
+
+AUDIT_EVERY_SECONDS = 600
+LOCK_WAIT_SECONDS = 10.0  # a sensor tick must end well inside Dagster's 60 s; a busy index waits for the next tick
+
+
+def repair_requests(instance: dg.DagsterInstance, missing: list[str], audit_number: int) -> list[dg.RunRequest]:
+    ranges = repair_ranges(instance.get_dynamic_partitions(images.name), missing, not_indexed_by_choice(instance))
+    return [dg.RunRequest(job_name=reindex.name, run_key=f"index-repair-{audit_number}-{first}-{last}",
+                          tags={RANGE_START: first, RANGE_END: last}) for first, last in ranges]
+
+
+def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(name="index_repair", job=reindex, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Re-indexes images that Dagster shows as indexed but Qdrant no longer holds (after "
+               "`index_complete` fails, and every ten minutes), through the `reindex` job.")
+    def index_repair(context: dg.SensorEvaluationContext, qdrant: QdrantResource):
+        instance = context.instance
+        state = json.loads(context.cursor or "{}")
+        [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
+        newly_failed = (latest is not None and latest.status == AssetCheckExecutionRecordStatus.FAILED
+                        and latest.id != state.get("handled"))
+        if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
+            return dg.SkipReason("index_complete has not failed since the last audit")
+        if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=list(IN_PROGRESS_RUN_STATUSES)),
+                                    limit=1):
+            return dg.SkipReason("a reindex run is in flight; auditing after it")
+        try:
+            with qdrant.open(wait_seconds=LOCK_WAIT_SECONDS) as index:
+                audit = audit_index(index, indexed_partitions(instance))
+        except IndexUnavailable as error:
+            return dg.SkipReason(f"{error}; auditing on the next tick")
+        number = state.get("audits", 0) + 1
+        cursor = json.dumps({"audits": number, "audited_at": time.time(), "handled": latest.id if latest else None})
+        if audit.complete:
+            return dg.SensorResult(skip_reason=audit.describe(qdrant.where), cursor=cursor)
+        context.log.warning(audit.describe(qdrant.where))
+        return dg.SensorResult(run_requests=repair_requests(instance, audit.missing, number), cursor=cursor)
+
+    return index_repair

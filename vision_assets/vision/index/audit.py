@@ -1,0 +1,62 @@
+"""Does Qdrant still hold what the pipeline says it indexed? A folder deleted or restored from an old copy, a server
+wiped, or a different collection prefix all leave images that Dagster shows as indexed without a point. This finds
+them (by point id, so the cost is one lookup per image, not a scan), and plans the runs that put them back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .vector_index import VectorIndex, image_point_id
+
+LOOKUP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class IndexAudit:
+    expected: int  # images the pipeline indexed (their `indexed` check passed)
+    missing: list[str]  # of those, the ones without an image point, in partition order
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def describe(self, where: str) -> str:
+        if self.complete:
+            return f"all {self.expected} indexed images have their point ({where})"
+        return (f"{len(self.missing)} of {self.expected} images the pipeline indexed have no point in Qdrant ({where}): "
+                "the folder was deleted or replaced, the server wiped, or the collection prefix changed. The "
+                "`index_repair` sensor re-indexes them from the results store; by hand: `vision-assets reindex`.")
+
+
+def audit_index(index: VectorIndex, indexed: Sequence[str]) -> IndexAudit:
+    if not indexed:
+        return IndexAudit(0, [])
+    if not index.client.collection_exists(index.images):
+        return IndexAudit(len(indexed), list(indexed))
+    missing = []
+    for start in range(0, len(indexed), LOOKUP_BATCH):
+        chunk = indexed[start : start + LOOKUP_BATCH]
+        found = index.client.retrieve(index.images, [image_point_id(k) for k in chunk], with_payload=False,
+                                      with_vectors=False)
+        present = {str(point.id) for point in found}
+        missing += [key for key in chunk if image_point_id(key) not in present]
+    return IndexAudit(len(indexed), missing)
+
+
+def repair_ranges(partitions: Sequence[str], missing: Iterable[str], harmless: Iterable[str]) -> list[tuple[str, str]]:
+    """Contiguous partition ranges (first, last), in partition order, that cover every missing image and nothing
+    else but images whose re-indexing changes nothing (`harmless`: rejected or skipped ones, whose re-run only
+    confirms they have no points). A run covers one range, so fewer ranges means fewer runs."""
+    missing, harmless = set(missing), set(harmless)
+    ranges, start, last_missing = [], None, None
+    for key in partitions:
+        if key in missing:
+            start = start or key
+            last_missing = key
+        elif key not in harmless and start is not None:
+            ranges.append((start, last_missing))
+            start = None
+    if start is not None:
+        ranges.append((start, last_missing))
+    return ranges
