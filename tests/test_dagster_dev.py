@@ -104,6 +104,7 @@ PER_IMAGE_CHECKS = {"source_images": "image_valid", "specialist_labels": "labels
                     "embeddings": "embedding_valid", "qdrant_index": "indexed"}
 BATCH_CHECKS = {"source_images": "images_valid", "specialist_labels": "all_labels_confident",
                 "embeddings": "embeddings_valid", "qdrant_index": "index_consistent"}
+RUN_CHECKS = {"qdrant_index": "index_complete"}  # about the whole index, answered by every run that indexes
 REPOSITORY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 
 
@@ -184,7 +185,7 @@ def rerun_one_image(dev: DagsterDev, partition: str) -> str:
         "selector": {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"],
                      "jobName": "__ASSET_JOB", "assetSelection": [{"path": [stage]} for stage in STAGES],
                      "assetCheckSelection": [{"assetKey": {"path": [asset]}, "name": name}
-                                             for checks in (PER_IMAGE_CHECKS, BATCH_CHECKS)
+                                             for checks in (PER_IMAGE_CHECKS, BATCH_CHECKS, RUN_CHECKS)
                                              for asset, name in checks.items()]},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         "runConfigData": {},
@@ -356,3 +357,78 @@ def listed_partitions(page) -> set[str]:
     """The keys that list shows: each row carries its full key as a title (long ones are shown middle-truncated)."""
     rows = partition_column(page).locator("div[data-tooltip] > div[title]")
     return set(rows.evaluate_all("rows => rows.map(r => r.title)"))
+
+
+IN_FLIGHT = """{ runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { runId } } } }"""
+RUN_STEPS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status stepStats { stepKey status } } } }"""
+RUN_MESSAGES = """query($id: ID!) { logsForRun(runId: $id, limit: 1000) { ... on EventConnection { events {
+  ... on MessageEvent { message } } } } }"""
+GPU_SLOTS = """{ instance { concurrencyLimit(concurrencyKey: "gpu") { claimedSlots { runId stepKey } } } }"""
+ALL_RUNS = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+MODEL_STEPS = {"detections", "specialist_labels", "embeddings"}  # the `gpu` pool
+
+
+def worker_holding_the_gpu_slot(dev: DagsterDev, seconds: float = 180) -> tuple[str, int]:
+    """(run id, pid of its run worker), frozen (SIGSTOP) while one of its model steps holds the `gpu` slot."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for run in dev.query(IN_FLIGHT)["runsOrError"]["results"]:
+            steps = dev.query(RUN_STEPS, {"id": run["runId"]})["runOrError"]["stepStats"]
+            if not any(s["stepKey"] in MODEL_STEPS and s["status"] == "IN_PROGRESS" for s in steps):
+                continue
+            events = dev.query(RUN_MESSAGES, {"id": run["runId"]})["logsForRun"]["events"]
+            [pid] = {int(m) for e in events for m in re.findall(r"Started process for run \(pid: (\d+)\)",
+                                                                 e.get("message") or "")}
+            os.kill(pid, signal.SIGSTOP)
+            claimed = dev.query(GPU_SLOTS)["instance"]["concurrencyLimit"]["claimedSlots"]
+            if any(slot["runId"] == run["runId"] for slot in claimed):
+                return run["runId"], pid
+            os.kill(pid, signal.SIGCONT)  # caught between two steps: try again
+        time.sleep(0.1)
+    raise TimeoutError("no run was seen holding the gpu slot")
+
+
+def test_a_killed_run_worker_heals_without_a_person(running):
+    """The OOM killer takes a run's worker while it holds the `gpu` slot: run monitoring frees the slot, Dagster's
+    run retries re-execute the batch from its failed step, and a batch uploaded afterwards is not blocked."""
+    if running.store != "folder":
+        pytest.skip("run once, against the folder store's dev")
+    dev = running.dev
+    known = {r["runId"] for r in dev.query(ALL_RUNS)["runsOrError"]["results"]}
+    killed_batch = {f"kill-{i}.jpg" for i in range(12)}
+    for name in sorted(killed_batch):
+        running.put(name, (PHOTOS / ("bus.jpg" if name < "kill-6" else "zidane.jpg")).read_bytes())
+    run_id, pid = worker_holding_the_gpu_slot(dev)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for_run(dev, run_id, 60) == "FAILURE"
+    running.put("after-kill.jpg", (PHOTOS / "zidane.jpg").read_bytes())
+
+    deadline = time.monotonic() + 240
+    while True:
+        runs = [r for r in dev.query(ALL_RUNS)["runsOrError"]["results"] if r["runId"] not in known]
+        tags = {r["runId"]: {t["key"]: t["value"] for t in r["tags"]} for r in runs}
+        retries = [r for r in runs if tags[r["runId"]].get("dagster/root_run_id") == run_id]
+        later = [r for r in runs if tags[r["runId"]].get("dagster/asset_partition_range_start") == "after-kill.jpg"]
+        if retries and later and all(r["status"] in ("SUCCESS", "FAILURE") for r in retries + later):
+            break
+        assert time.monotonic() < deadline, (runs, Path(dev.log.name).read_text()[-4000:])
+        time.sleep(2)
+    assert [r["status"] for r in retries] == ["SUCCESS"] and [r["status"] for r in later] == ["SUCCESS"]
+    assert tags[retries[0]["runId"]]["dagster/retry_number"] == "1"  # by Dagster's run retries, not a person
+    images, _ = qdrant_contents(dev.data_dir)
+    assert killed_batch | {"after-kill.jpg"} <= images
+    assert dev.query(GPU_SLOTS)["instance"]["concurrencyLimit"]["claimedSlots"] == []
+
+
+def test_one_sigterm_stops_dev_and_everything_it_started(running):
+    """Last in this module: it stops the shared `vision-assets dev` the way a service manager does."""
+    import psutil
+
+    cli = psutil.Process(running.dev.process.pid)
+    family = [cli, *cli.children(recursive=True)]
+    assert len(family) >= 4  # dagster dev, webserver, daemon, code server(s)
+    started = time.monotonic()
+    cli.send_signal(signal.SIGTERM)
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [(p.pid, p.cmdline()[:4]) for p in alive]
+    assert time.monotonic() - started < 15

@@ -60,3 +60,25 @@ def test_production_instance_config_matches_dagsters_schema(monkeypatch):
     config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     result = process_config(dagster_instance_config_schema(), config)
     assert result.success, result.errors
+
+
+def test_the_instance_dev_writes_matches_dagsters_schema_and_heals(tmp_path, monkeypatch):
+    """What `vision-assets dev` writes: valid, with run monitoring, run retries and a bounded run queue; rewritten
+    from the environment on every start unless the user took the file over."""
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    from vision_assets.cli import prepare_instance
+    from vision_assets.settings import Settings
+
+    monkeypatch.setenv("VISION_ASSETS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VISION_ASSETS_MAX_CONCURRENT_RUNS", "3")
+    written = prepare_instance(Settings.from_env()) / "dagster.yaml"
+    config = yaml.safe_load(written.read_text())
+    assert process_config(dagster_instance_config_schema(), config).success
+    assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["free_slots_after_run_end_seconds"] <= 60
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": True}
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3
+    written.write_text("telemetry:\n  enabled: false\n")  # the user's own file: left alone
+    prepare_instance(Settings.from_env())
+    assert written.read_text() == "telemetry:\n  enabled: false\n"

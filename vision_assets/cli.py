@@ -11,10 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from .settings import Settings
 
@@ -132,18 +129,8 @@ def dev(args: argparse.Namespace) -> int:
         stop_process_group(process)
 
 
-@contextmanager
-def resources_outside_dagster(**resources: Any) -> Iterator[Any]:
-    """Resources for a command that runs outside a Dagster run: `dg.build_resources` resolves their `EnvVar`
-    settings (credentials from the environment) the way a run would."""
-    import dagster as dg
-
-    with dg.build_resources(resources) as built:
-        yield built
-
-
 def upload(args: argparse.Namespace) -> int:
-    from .definitions import image_store_from  # imports Dagster: only when needed
+    from .definitions import image_store_from, resources_outside_dagster  # imports Dagster: only when needed
 
     settings = Settings.from_env()
     count = 0
@@ -166,7 +153,7 @@ def search(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from .definitions import model_resources_from
+    from .definitions import model_resources_from, resources_outside_dagster
     from .vision.index.connection import IndexUnavailable, IndexUnreadable
     from .vision.index.search import SearchError, Searcher, SearchFilters
 
@@ -226,7 +213,7 @@ def reindex(args: argparse.Namespace) -> int:
 
     from .assets.index import REINDEX_TAG
     from .checks.indexing import indexed_partitions
-    from .definitions import definitions_from
+    from .definitions import definitions_from, resources_outside_dagster
     from .sensors.index_repair_sensor import repair_requests
     from .vision.index.audit import audit_index
     from .vision.index.connection import embedded_access, moved_aside

@@ -1,6 +1,9 @@
 """The one `Definitions` of the code location: assets, checks, the upload sensor and resources from settings."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -84,6 +87,14 @@ def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResourc
             lock_wait_seconds=settings.qdrant_lock_wait_seconds,
         ),
     }
+
+
+@contextmanager
+def resources_outside_dagster(**resources: dg.ConfigurableResource) -> Iterator[Any]:
+    """Resources for code that runs outside a Dagster run (the CLI, a notebook): `dg.build_resources` resolves their
+    `EnvVar` settings (credentials from the environment) the way a run would. Attributes by name."""
+    with dg.build_resources(resources) as built:
+        yield built
 
 
 def build_definitions(

@@ -52,7 +52,7 @@ def repair_ranges(partitions: Sequence[str], missing: Iterable[str], harmless: I
     ranges, start, last_missing = [], None, None
     for key in partitions:
         if key in missing:
-            start = start or key
+            start = key if start is None else start
             last_missing = key
         elif key not in harmless and start is not None:
             ranges.append((start, last_missing))

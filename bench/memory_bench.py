@@ -1,0 +1,107 @@
+"""Peak memory of one `process_images` run as the batch grows: a run streams each stage's images in chunks
+(`VISION_ASSETS_CHUNK_SIZE`), so its peak should follow the chunk, not the batch.
+
+Each measurement is a fresh process (peak RSS is per process): it generates N photos of about 12 MP, registers
+them, runs the batched job in process with the offline models and reports its peak RSS. The baseline is the
+smallest batch, measured in the same invocation; the ratio is what the README quotes. Not part of the test suite.
+
+    uv run python bench/memory_bench.py [--batches 16,256] [--size full|tiny] [--chunk 32]
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_photos(folder: Path, count: int, size=(4000, 3000)) -> None:
+    """Distinct ~12 MP JPEGs from the ultralytics sample photos: scaled up, rotated, mirrored, with grain."""
+    import numpy as np
+    import ultralytics
+    from PIL import Image, ImageOps
+
+    photos = Path(ultralytics.__file__).parent / "assets"
+    sources = [Image.open(photos / n).convert("RGB").resize(size) for n in ("bus.jpg", "zidane.jpg")]
+    grain = np.random.default_rng(0).integers(-12, 12, (size[1], size[0], 3), dtype=np.int16)
+    for i in range(count):
+        picture = sources[i % 2].rotate((i // 2) % 30, expand=False)
+        picture = ImageOps.mirror(picture) if i % 3 else picture
+        noisy = np.clip(np.asarray(picture, dtype=np.int16) + np.roll(grain, i * 97, axis=1), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"photo_{i:04d}.jpg", quality=90)
+
+
+def measure(work: Path, models: Path, chunk: int) -> dict:
+    """In a child process: one batched run over the photos in `work`/bucket; its wall time and peak RSS."""
+    warnings.filterwarnings("ignore")
+    os.environ |= {"VISION_ASSETS_OFFLINE_MODELS": str(models), "VISION_ASSETS_DATA_DIR": str(work / "data"),
+                   "VISION_ASSETS_CHUNK_SIZE": str(chunk), "YOLO_CONFIG_DIR": str(work / "ultralytics")}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import dagster as dg
+
+    from bench.pipeline_bench import register_uploads
+    from vision_assets.definitions import build_definitions, model_resources_from
+    from vision_assets.resources import LocalImageStore, StagePolicy, UploadPolicy
+    from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
+    from vision_assets.settings import Settings
+
+    settings = Settings.from_env()
+    store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)
+    defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000),
+                             stage_policy=StagePolicy(chunk_size=settings.chunk_size))
+    with dg.instance_for_test() as instance:
+        keys = register_uploads(defs, instance)
+        started = time.perf_counter()
+        run = defs.resolve_job_def("process_images").execute_in_process(
+            instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]})
+        seconds = time.perf_counter() - started
+    assert run.success
+    return {"batch": len(keys), "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "before_run_mib": before / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", default="16,256")
+    parser.add_argument("--size", choices=["tiny", "full"], default="full")
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.models, args.chunk)))
+        return
+    from vision_assets.vision.models.offline import build_offline_models
+
+    models = Path(tempfile.mkdtemp(prefix="memory-bench-models-"))
+    build_offline_models(models, args.size)
+    figures = []
+    for batch in map(int, args.batches.split(",")):
+        work = Path(tempfile.mkdtemp(prefix=f"memory-bench-{batch}-"))
+        (work / "bucket" / "in").mkdir(parents=True)
+        make_photos(work / "bucket" / "in", batch)  # here, so the child's peak is the run's alone
+        child = subprocess.run([sys.executable, __file__, "--child", str(work), "--models", str(models),
+                                "--chunk", str(args.chunk)], capture_output=True, text=True)
+        shutil.rmtree(work)
+        if child.returncode:
+            sys.exit(f"batch {batch} failed:\n{child.stderr[-3000:]}")
+        figures.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    shutil.rmtree(models)
+    base = figures[0]
+    print(f"peak RSS of one batched run, ~12 MP photos, {args.size} offline models, chunks of {args.chunk}")
+    for f in figures:
+        print(f"  batch {f['batch']:4d}: peak {f['peak_mib']:7.0f} MiB  ({f['peak_mib'] / base['peak_mib']:.2f}x batch "
+              f"{base['batch']})  {f['seconds']:7.1f} s  {f['batch'] / f['seconds']:.2f} img/s")
+
+
+if __name__ == "__main__":
+    main()
