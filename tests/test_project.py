@@ -82,3 +82,22 @@ def test_the_instance_dev_writes_matches_dagsters_schema_and_heals(tmp_path, mon
     written.write_text("telemetry:\n  enabled: false\n")  # the user's own file: left alone
     prepare_instance(Settings.from_env())
     assert written.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_dev_fails_runs_the_last_dev_left_in_flight_so_they_are_retried(tmp_path, monkeypatch):
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from vision_assets.cli import fail_runs_left_in_flight, prepare_instance
+    from vision_assets.settings import Settings
+
+    monkeypatch.setenv("VISION_ASSETS_DATA_DIR", str(tmp_path))
+    home = prepare_instance(Settings.from_env())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        orphan = instance.add_run(DagsterRun(job_name="process_images", run_id="orphan",
+                                             status=dg.DagsterRunStatus.STARTED))
+    fail_runs_left_in_flight(home)
+    with dg.DagsterInstance.get() as instance:
+        orphan = instance.get_run_by_id(orphan.run_id)
+        assert orphan.status == dg.DagsterRunStatus.FAILURE and orphan.tags["dagster/will_retry"] == "true"

@@ -60,18 +60,18 @@ def fail_runs_left_in_flight(home: Path) -> None:
     """Runs still marked in flight when `dev` starts died with the last `dev` (they were its children): say so, which
     lets Dagster's run retries re-execute them and run monitoring free their pool slots."""
     import dagster as dg
-    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
     os.environ["DAGSTER_HOME"] = str(home)
-    with dg.DagsterInstance.get() as instance:
-        for run in instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES))):
+    with dg.DagsterInstance.get() as instance:  # queued runs are left queued: the new daemon launches them
+        started = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+        for run in instance.get_runs(dg.RunsFilter(statuses=started)):
             instance.report_run_failed(run, "vision-assets dev stopped while this run was in flight")
             print(f"  run {run.run_id} was in flight when dev last stopped: marked failed (it will be retried)",
                   flush=True)
 
 
 class Stop(Exception):
-    """SIGTERM, turned into an exception like Ctrl-C's KeyboardInterrupt."""
+    """SIGTERM or SIGHUP (the terminal closed), turned into an exception like Ctrl-C's KeyboardInterrupt."""
 
 
 def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0) -> None:
@@ -116,10 +116,11 @@ def dev(args: argparse.Namespace) -> int:
     # Its own process group, so one signal reaches everything it starts (Ctrl-C in a terminal only reaches ours).
     process = subprocess.Popen(command, env=env, start_new_session=True)
 
-    def on_sigterm(signum, frame):
+    def on_stop_signal(signum, frame):
         raise Stop
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, on_stop_signal)
     try:
         return process.wait()
     except (KeyboardInterrupt, Stop):

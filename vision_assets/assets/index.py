@@ -87,10 +87,11 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                     points.append(image)
                 index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
                 index.upsert(points, batch_size=qdrant.upsert_batch_size)
+                problems = index.consistency_problems(points)
                 for image in points:
                     key = image.partition_key
                     record = IndexRecord(partition_key=key, image_point=image_point_id(key),
-                                         crop_points=image.crop_ids, problems=index.consistency_problems(image))
+                                         crop_points=image.crop_ids, problems=problems[key])
                     results.write(key, INDEX, record)
                     records.append(record)
                     context.add_asset_metadata({"status": "done", "image_point": record.image_point,

@@ -4,6 +4,7 @@ import time
 from collections import Counter
 
 import dagster as dg
+from PIL import Image
 
 from ..checks.confidence import LABELS_KEY, label_confidence, labels_outcome
 from ..resources import (
@@ -14,14 +15,28 @@ from ..resources import (
     SpecialistsResource,
     StagePolicy,
 )
-from ..vision.images.review import labels_markdown
+from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.labeling import label_batch
-from ..vision.records import DetectionsRecord
+from ..vision.records import DetectionsRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, LABELS
 from ..vision.routing import CORAL
 from ..vision.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
 from .detections import DETECTIONS_KEY
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
+
+
+def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPictures | None) -> dict:
+    top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
+    metadata = {
+        "status": "done",
+        "crops": len(record.crops),
+        "labels": dict(top),
+        "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
+        "needs_review": len(record.needing_review),
+    }
+    if look:  # what the committee saw, drawn on the image
+        metadata["picture"] = dg.MetadataValue.md(labels_markdown(record.partition_key, picture, record, look))
+    return metadata
 
 
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
@@ -67,17 +82,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             for key in chunk:
                 record = labelled[key]
                 results.write(key, LABELS, record)
-                top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
-                metadata = {
-                    "status": "done",
-                    "crops": len(record.crops),
-                    "labels": dict(top),
-                    "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
-                    "needs_review": len(record.needing_review),
-                }
-                if look:  # what the committee saw, drawn on the image
-                    metadata["picture"] = dg.MetadataValue.md(labels_markdown(key, pictures[key], record, look))
-                context.add_asset_metadata(metadata, partition_key=key)
+                context.add_asset_metadata(labels_metadata(record, pictures[key], look), partition_key=key)
                 outcomes.append(labels_outcome(record, pictures[key], look))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())

@@ -44,15 +44,15 @@ def test_upsert_twice_overwrites_not_duplicates(index):
     index.upsert([points("a.jpg", [0, 1, 2], seed=5)])
     assert index.client.count(index.images).count == 2
     assert index.client.count(index.crops).count == 4
-    assert index.consistency_problems(points("a.jpg", [0, 1, 2])) == []
+    assert index.consistency_problems([points("a.jpg", [0, 1, 2]), points("b.jpg", [0])]) == {"a.jpg": [], "b.jpg": []}
 
 
 def test_fewer_crops_on_a_rerun_leave_no_strays(index):
     index.ensure_collections(DIM, "clip-x")
-    index.upsert([points("a.jpg", [0, 1, 2])])
-    index.upsert([points("a.jpg", [1])])
-    assert index.client.count(index.crops).count == 1
-    assert index.consistency_problems(points("a.jpg", [1])) == []
+    index.upsert([points("a.jpg", [0, 1, 2]), points("b.jpg", [0, 1])])
+    index.upsert([points("a.jpg", [1]), points("b.jpg", [0, 1])])  # one delete for both: b keeps its crops
+    assert index.client.count(index.crops).count == 3
+    assert index.consistency_problems([points("a.jpg", [1]), points("b.jpg", [0, 1])]) == {"a.jpg": [], "b.jpg": []}
 
 
 def test_consistency_reports_missing_and_stray_points(index):
@@ -61,7 +61,9 @@ def test_consistency_reports_missing_and_stray_points(index):
     index.client.delete(index.crops, points_selector=models.PointIdsList(points=[crop_point_id("a.jpg", 0)]))
     index.client.upsert(index.crops, points=[models.PointStruct(id=crop_point_id("a.jpg", 9), vector=unit(3).tolist(),
                                                                 payload={"image_id": "a.jpg"})])
-    problems = index.consistency_problems(points("a.jpg", [0, 1]))
+    problems = index.consistency_problems([points("a.jpg", [0, 1]), points("gone.jpg", [])])["a.jpg"]
+    assert index.consistency_problems([points("gone.jpg", [])])["gone.jpg"] == [
+        "images collection has 0 point(s) for this image, expected 1"]
     assert "1 crop point(s) missing" in problems and "1 stray crop point(s) carry this image id" in problems
 
 

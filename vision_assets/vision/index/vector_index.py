@@ -85,14 +85,16 @@ class VectorIndex:
 
     def upsert(self, images: Sequence[ImagePoints], batch_size: int = 256) -> None:
         """Write every image and crop point; remove crop points an earlier run left for these images (a re-run that
-        finds fewer objects must not leave stale crops behind)."""
-        for image in images:
-            keep = image.crop_ids
-            stale = models.Filter(
-                must=[_is(image.partition_key)],
-                must_not=[models.HasIdCondition(has_id=keep)] if keep else [],
-            )
-            self.client.delete(self.crops, points_selector=models.FilterSelector(filter=stale), wait=True)
+        finds fewer objects must not leave stale crops behind). One delete for all the images: embedded Qdrant
+        filters by scanning, so a call per image would cost a scan per image."""
+        if not images:
+            return
+        keep = [point_id for image in images for point_id in image.crop_ids]
+        stale = models.Filter(
+            must=[_among([i.partition_key for i in images])],
+            must_not=[models.HasIdCondition(has_id=keep)] if keep else [],
+        )
+        self.client.delete(self.crops, points_selector=models.FilterSelector(filter=stale), wait=True)
         image_points = [
             models.PointStruct(id=image_point_id(i.partition_key), vector=i.image_vector.tolist(), payload=i.image_payload)
             for i in images
@@ -112,29 +114,42 @@ class VectorIndex:
             if self.client.collection_exists(collection):
                 self.client.delete(collection, points_selector=selector, wait=True)
 
-    def consistency_problems(self, image: ImagePoints) -> list[str]:
-        """Why the index does not hold exactly this image's points (empty when it does)."""
-        problems = []
-        image_hits = self._ids(self.images, image.partition_key)
-        if image_hits != {image_point_id(image.partition_key)}:
-            problems.append(f"images collection has {len(image_hits)} point(s) for this image, expected 1")
-        crop_hits, expected = self._ids(self.crops, image.partition_key), set(image.crop_ids)
-        if missing := expected - crop_hits:
-            problems.append(f"{len(missing)} crop point(s) missing")
-        if extra := crop_hits - expected:
-            problems.append(f"{len(extra)} stray crop point(s) carry this image id")
+    def consistency_problems(self, images: Sequence[ImagePoints]) -> dict[str, list[str]]:
+        """Per image, why the index does not hold exactly its points (an empty list when it does). One scroll per
+        collection for all the images, not per image."""
+        keys = [image.partition_key for image in images]
+        image_hits, crop_hits = self._ids_by_image(self.images, keys), self._ids_by_image(self.crops, keys)
+        problems: dict[str, list[str]] = {}
+        for image in images:
+            key, found = image.partition_key, []
+            if image_hits.get(key, set()) != {image_point_id(key)}:
+                found.append(f"images collection has {len(image_hits.get(key, ()))} point(s) for this image, expected 1")
+            crops, expected = crop_hits.get(key, set()), set(image.crop_ids)
+            if missing := expected - crops:
+                found.append(f"{len(missing)} crop point(s) missing")
+            if extra := crops - expected:
+                found.append(f"{len(extra)} stray crop point(s) carry this image id")
+            problems[key] = found
         return problems
 
-    def _ids(self, collection: str, partition_key: str) -> set[str]:
-        found, offset = set(), None
+    def _ids_by_image(self, collection: str, partition_keys: Sequence[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        if not partition_keys:
+            return found
+        offset = None
         while True:
             points, offset = self.client.scroll(
-                collection, scroll_filter=models.Filter(must=[_is(partition_key)]), limit=256, offset=offset,
-                with_payload=False, with_vectors=False,
+                collection, scroll_filter=models.Filter(must=[_among(partition_keys)]), limit=1024, offset=offset,
+                with_payload=["image_id"], with_vectors=False,
             )
-            found |= {str(p.id) for p in points}
+            for point in points:
+                found.setdefault(point.payload["image_id"], set()).add(str(point.id))
             if offset is None:
                 return found
+
+
+def _among(partition_keys: Sequence[str]) -> models.FieldCondition:
+    return models.FieldCondition(key="image_id", match=models.MatchAny(any=list(partition_keys)))
 
 
 def _is(partition_key: str) -> models.FieldCondition:
