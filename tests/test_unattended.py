@@ -87,21 +87,25 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
         client.close()
 
 
-def test_a_run_waits_for_a_search_holding_embedded_qdrant(pipeline, models, instance):
-    """A search (any process using the folder through vision-assets) holds embedded Qdrant while a run indexes:
-    the run waits its turn, says so in its log, and succeeds."""
-    driver, _ = pipeline
-    qdrant = models["qdrant"]
+def holding_embedded_qdrant(qdrant: QdrantResource, seconds: float) -> threading.Thread:
+    """Another vision-assets process's turn on the folder (a search, or a run indexing): held for `seconds`."""
     held = threading.Event()
 
-    def search_for_a_while():
+    def hold():
         with qdrant.open():
             held.set()
-            time.sleep(3)
+            time.sleep(seconds)
 
-    searcher = threading.Thread(target=search_for_a_while)
-    searcher.start()
-    held.wait(30)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    return holder
+
+
+def test_a_run_waits_for_a_search_holding_embedded_qdrant(pipeline, models, instance):
+    """A search holds embedded Qdrant while a run indexes: the run waits its turn, says so in its log, succeeds."""
+    driver, _ = pipeline
+    searcher = holding_embedded_qdrant(models["qdrant"], 3)
     started = time.monotonic()
     result = driver.defs.resolve_job_def("reindex").execute_in_process(
         instance=instance, tags={"dagster/asset_partition_range_start": driver.partitions[0],
@@ -110,21 +114,11 @@ def test_a_run_waits_for_a_search_holding_embedded_qdrant(pipeline, models, inst
     assert result.success and time.monotonic() - started >= 2
     messages = [e.message for e in instance.all_logs(result.run_id)]
     assert any("is in use by another process" in m for m in messages)
-    assert indexed_images(qdrant.path) == set(PIPELINE_VALID)
+    assert indexed_images(models["qdrant"].path) == set(PIPELINE_VALID)
 
 
 def test_cli_search_waits_for_a_run_and_says_so(pipeline, models, capsys):
-    qdrant = models["qdrant"]
-    held = threading.Event()
-
-    def index_for_a_while():
-        with qdrant.open():
-            held.set()
-            time.sleep(2)
-
-    indexer = threading.Thread(target=index_for_a_while)
-    indexer.start()
-    held.wait(30)
+    indexer = holding_embedded_qdrant(models["qdrant"], 2)
     assert main(["search", "a bus", "--limit", "1"]) == 0
     indexer.join()
     out, err = capsys.readouterr()
