@@ -51,7 +51,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                   "image never fails a run; a bug or a broken index fails it without retries."),
     "VISION_ASSETS_MAX_CONCURRENT_RUNS": ("2", "`vision-assets dev`: runs in flight at once; the rest wait in "
                                           "Dagster's queue. Model stages still take turns on the `gpu` pool."),
-    "VISION_ASSETS_CHUNK_SIZE": ("32", "Images a stage holds decoded at once: a run's memory follows this, not the "
+    "VISION_ASSETS_CHUNK_SIZE": ("16", "Images a stage holds decoded at once: a run's memory follows this, not the "
                                  "batch size."),
     "VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS": ("60", "Embedded Qdrant admits one process at a time: how long a run or "
                                                "a search waits for the other to finish before giving up (a run then "

@@ -45,7 +45,7 @@ class StagePolicy(dg.ConfigurableResource):
     """How every stage works through its batch: a chunk of images at a time (memory follows the chunk, not the
     batch), and what it does when the store or Qdrant cannot be reached (waits, doubling, then fails the run)."""
 
-    chunk_size: int = 32
+    chunk_size: int = 16
     retries: int = 5
     first_retry_seconds: float = 5.0
 
