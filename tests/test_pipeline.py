@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from qdrant_client import QdrantClient
 
 from tests.conftest import PIPELINE_VALID as VALID
