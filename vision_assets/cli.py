@@ -71,7 +71,7 @@ def fail_runs_left_in_flight(home: Path) -> None:
 
 
 class Stop(Exception):
-    """SIGTERM or SIGHUP (the terminal closed), turned into an exception like Ctrl-C's KeyboardInterrupt."""
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), turned into an exception."""
 
 
 def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0) -> None:
@@ -119,11 +119,13 @@ def dev(args: argparse.Namespace) -> int:
     def on_stop_signal(signum, frame):
         raise Stop
 
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, on_stop_signal)
     try:
         return process.wait()
-    except (KeyboardInterrupt, Stop):
+    except Stop:
         print("vision-assets: stopping dagster dev and everything it started", file=sys.stderr, flush=True)
         return 0
     finally:
