@@ -215,7 +215,7 @@ def reindex(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from .assets.index import REINDEX_TAG
-    from .checks.indexing import indexed_partitions
+    from .checks.indexing import index_ledger
     from .definitions import definitions_from, resources_outside_dagster
     from .sensors.index_repair_sensor import repair_requests
     from .vision.index.audit import audit_index
@@ -227,7 +227,8 @@ def reindex(args: argparse.Namespace) -> int:
     qdrant = defs.resources["qdrant"]
     job = defs.resolve_job_def("reindex")
     with dg.DagsterInstance.get() as instance, resources_outside_dagster(qdrant=qdrant) as resources:
-        indexed = indexed_partitions(instance)
+        ledger = index_ledger(instance)
+        indexed = ledger.indexed
         if args.rebuild and not settings.qdrant_url:
             with embedded_access(str(settings.qdrant_path), settings.qdrant_lock_wait_seconds):
                 aside = moved_aside(str(settings.qdrant_path))
@@ -238,7 +239,7 @@ def reindex(args: argparse.Namespace) -> int:
         else:
             with resources.qdrant.open(on_wait=print) as index:
                 todo = audit_index(index, indexed).missing
-        requests = repair_requests(instance, todo, audit_number=0)
+        requests = repair_requests(ledger, todo, audit_number=0)
         print(f"re-indexing {len(todo)} of {len(indexed)} indexed images in {len(requests)} run(s)", flush=True)
         failed = 0
         for request in requests:

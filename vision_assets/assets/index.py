@@ -13,7 +13,7 @@ from ..checks.indexing import (
     index_completeness,
     index_consistency,
     index_outcome,
-    indexed_partitions,
+    index_ledger,
 )
 from ..resources import CallbackSettings, ImageStore, QdrantResource, StagePolicy
 from ..vision.callback import Outbox, finished_message
@@ -76,7 +76,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         note_skipped(context, skipped)
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
         # What the pipeline indexed before this run, by its checks: the index must still hold all of it.
-        earlier = [key for key in indexed_partitions(context.instance) if key not in valid]
+        earlier = [key for key in index_ledger(context.instance).indexed if key not in valid]
         started = time.perf_counter()
         records, crop_count = [], 0
         with qdrant.open(on_wait=context.log.info) as index:

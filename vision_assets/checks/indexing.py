@@ -1,6 +1,8 @@
 """Does Qdrant hold exactly this image's points (per image, ERROR), and still every point of earlier runs
 (`index_complete`, ERROR)?"""
 
+from dataclasses import dataclass
+
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
@@ -54,17 +56,24 @@ def completeness_result(audit: IndexAudit, where: str) -> dg.AssetCheckResult:
     )
 
 
-def indexed_partitions(instance: dg.DagsterInstance) -> list[str]:
-    """The images whose latest `indexed` result passed, in partition order: what Dagster shows as indexed."""
-    infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key])
-    passed = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-    return [key for key in instance.get_dynamic_partitions(images.name) if key in passed]
+@dataclass(frozen=True)
+class IndexLedger:
+    """What Dagster says about the index, read once: every image in partition order, those whose latest `indexed`
+    result passed, and those the index stage settled without a point (skipped: rejected upstream; or failed) in no
+    run still in flight: re-running those changes nothing, so a repair run may cover them."""
+
+    partitions: list[str]
+    indexed: list[str]
+    settled: set[str]
 
 
-def not_indexed_by_choice(instance: dg.DagsterInstance) -> set[str]:
-    """Images the index stage settled without a point (skipped: rejected upstream; or failed), in no run still in
-    flight: re-running them changes nothing, so a repair run may cover them."""
+def index_ledger(instance: dg.DagsterInstance) -> IndexLedger:
     infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key])
     in_flight = {run.run_id for run in instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))}
-    return {i.partition_key for i in infos if i.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED
-            and i.latest_planned_run_id not in in_flight}
+    passed = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+    partitions = instance.get_dynamic_partitions(images.name)
+    return IndexLedger(
+        partitions=partitions,
+        indexed=[key for key in partitions if key in passed],
+        settled={i.partition_key for i in infos if i.partition_key not in passed and i.latest_planned_run_id not in in_flight},
+    )

@@ -9,9 +9,8 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from ..checks.indexing import index_completeness, indexed_partitions, not_indexed_by_choice
+from ..checks.indexing import IndexLedger, index_completeness, index_ledger
 from ..jobs import reindex
-from ..partitions import images
 from ..resources import QdrantResource
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
@@ -21,8 +20,8 @@ AUDIT_EVERY_SECONDS = 600
 LOCK_WAIT_SECONDS = 10.0  # a sensor tick must end well inside Dagster's 60 s; a busy index waits for the next tick
 
 
-def repair_requests(instance: dg.DagsterInstance, missing: list[str], audit_number: int) -> list[dg.RunRequest]:
-    ranges = repair_ranges(instance.get_dynamic_partitions(images.name), missing, not_indexed_by_choice(instance))
+def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) -> list[dg.RunRequest]:
+    ranges = repair_ranges(ledger.partitions, missing, ledger.settled)
     return [dg.RunRequest(job_name=reindex.name, run_key=f"index-repair-{audit_number}-{first}-{last}",
                           tags={RANGE_START: first, RANGE_END: last}) for first, last in ranges]
 
@@ -45,7 +44,8 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
             return dg.SkipReason("a reindex run is in flight; auditing after it")
         try:
             with qdrant.open(wait_seconds=LOCK_WAIT_SECONDS) as index:
-                audit = audit_index(index, indexed_partitions(instance))
+                ledger = index_ledger(instance)
+                audit = audit_index(index, ledger.indexed)
         except IndexUnavailable as error:
             return dg.SkipReason(f"{error}; auditing on the next tick")
         number = state.get("audits", 0) + 1
@@ -53,6 +53,6 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
         if audit.complete:
             return dg.SensorResult(skip_reason=audit.describe(qdrant.where), cursor=cursor)
         context.log.warning(audit.describe(qdrant.where))
-        return dg.SensorResult(run_requests=repair_requests(instance, audit.missing, number), cursor=cursor)
+        return dg.SensorResult(run_requests=repair_requests(ledger, audit.missing, number), cursor=cursor)
 
     return index_repair
