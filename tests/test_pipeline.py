@@ -58,7 +58,7 @@ def test_models_load_once_per_run(pipeline):
     assert all(count <= 1 for count in loaded.values())
 
 
-def test_results_for_each_image(pipeline, s3_image_store):
+def test_results_for_each_image(pipeline, models, s3_image_store):
     results = s3_image_store.results
     for key in VALID:
         detections = results.read(key, DETECTIONS, DetectionsRecord)
@@ -68,9 +68,9 @@ def test_results_for_each_image(pipeline, s3_image_store):
             assert crop.crop_box[0] <= crop.detection.box[0] and crop.crop_box[2] >= int(crop.detection.box[2])
             if crop.specialist:
                 assert crop.specialist.labels[0].name != "test"  # junk label cleaned by configuration
-                # the label names the model that produced it: the routed expert's own folder, with its revision
-                model_path, _, revision = crop.specialist.model.partition("@")
-                assert Path(model_path).name == crop.specialist.specialist and revision.startswith("local-")
+                # the label names the model that produced it: the routed expert's hub id, at the cached revision
+                model_id, _, revision = crop.specialist.model.partition("@")
+                assert model_id == models["specialists"].models[crop.specialist.specialist] and len(revision) == 40
         assert labels.coral_scene_score is not None
 
 
@@ -155,7 +155,7 @@ def test_changing_a_model_changes_the_code_versions_that_depend_on_it(
     driver, _ = pipeline
     old = code_versions(driver.defs)
     other_detector = tmp_path / "other-detector.pt"
-    shutil.copy(offline_models / "detector.pt", other_detector)
+    shutil.copy(offline_models / "ultralytics" / "yolov8n.pt", other_detector)
     monkeypatch.setenv("VISION_ASSETS_DETECTOR_MODEL", str(other_detector))
     new_defs = build_definitions(s3_image_store, model_resources_from(Settings.from_env()))
     new = code_versions(new_defs)

@@ -301,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(
-        "build-offline", help="save randomly initialised models in the real formats (no download)"
+        "build-offline", help="save random-weight twins of the default models where their hub ids resolve (no download)"
     )
     offline_parser.add_argument("folder", type=Path)
     offline_parser.add_argument("--size", choices=["tiny", "full"], default="tiny",
-                                help="tiny: fast, for tests; full: the real architectures, for benchmarks")
+                                help="tiny: same classes and loaders, toy widths, for tests; full: the published architectures, "
+                                "for benchmarks")
     offline_parser.set_defaults(handler=build_offline)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -59,7 +59,8 @@ def image_store_from(settings: Settings) -> ImageStore:
 
 
 def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models)}
+    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models),
+               "model_cache": settings.model_cache}
     return {
         "detector": DetectorResource(
             model=settings.detector_model, confidence=settings.detector_confidence,

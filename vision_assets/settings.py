@@ -56,8 +56,13 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS": ("60", "Embedded Qdrant admits one process at a time: how long a run or "
                                                "a search waits for the other to finish before giving up (a run then "
                                                "retries)."),
-    "VISION_ASSETS_OFFLINE_MODELS": (None, "A folder from `vision-assets models build-offline`: every model and the "
-                                     "detector's offline thresholds come from it (explicit model settings still win)."),
+    "VISION_ASSETS_OFFLINE_MODELS": (None, "A folder from `vision-assets models build-offline`: the model cache, the "
+                                     "ids to load from it and the detector's offline thresholds come from it (explicit "
+                                     "model settings still win)."),
+    "VISION_ASSETS_MODEL_CACHE": (None, "A folder laid out as the libraries' caches (`huggingface/hub/models--org--name"
+                                  "/...`, `ultralytics/yolov8n.pt`): hub ids resolve there first (air-gapped "
+                                  "machines), downloads land there, and CLIP's prompt vectors are kept there. Unset = "
+                                  "each library's own cache."),
     "VISION_ASSETS_DEVICE": ("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."),
     "VISION_ASSETS_PRECISION": ("fp32", "`fp32`, `bf16`, or `fp16` (CUDA only)."),
     "VISION_ASSETS_DETECTOR_MODEL": ("yolov8n.pt", "Router checkpoint: an ultralytics name (`yolov8m.pt` on a GPU) "
@@ -66,8 +71,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_DETECTOR_MAX_DETECTIONS": ("50", "Most objects kept per image."),
     "VISION_ASSETS_DETECTOR_IMAGE_SIZE": ("640", "Inference size (pixels, long side)."),
     "VISION_ASSETS_DETECTOR_BATCH_SIZE": ("16", "Images per detector forward pass."),
-    "VISION_ASSETS_CLIP_MODEL": ("ViT-B-32", "OpenCLIP architecture, or a local folder (OpenCLIP config + "
-                                 "`weights.pt`)."),
+    "VISION_ASSETS_CLIP_MODEL": ("ViT-B-32", "OpenCLIP architecture (with a pretrained tag), `hf-hub:org/repo` or "
+                                 "`local-dir:/path`."),
     "VISION_ASSETS_CLIP_PRETRAINED": ("laion2b_s34b_b79k", "OpenCLIP pretrained tag or weights file."),
     "VISION_ASSETS_CLIP_BATCH_SIZE": ("64", "Images or texts per CLIP forward pass."),
     "VISION_ASSETS_DOG_BREEDS_MODEL": ("prithivMLmods/Dog-Breed-120", "Dog breed expert (transformers id or folder)."),
@@ -182,6 +187,7 @@ class Settings:
     chunk_size: int
     qdrant_lock_wait_seconds: float
     offline_models: Path | None
+    model_cache: str
     device: str
     precision: str
     detector_model: str
@@ -230,7 +236,9 @@ class Settings:
         detector = offline.get("detector", {})
 
         def model(name: str, offline_value: str | None) -> str:  # explicit setting (even empty) > offline > default
-            return os.environ[name] if name in os.environ else offline_value or env(name) or ""
+            if name in os.environ:
+                return os.environ[name]
+            return offline_value if offline_value is not None else env(name) or ""
 
         return cls(
             data_dir=Path(env("VISION_ASSETS_DATA_DIR")).expanduser().resolve(),
@@ -257,6 +265,7 @@ class Settings:
             chunk_size=_int("VISION_ASSETS_CHUNK_SIZE"),
             qdrant_lock_wait_seconds=_float("VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS"),
             offline_models=Path(offline_dir).resolve() if offline_dir else None,
+            model_cache=model("VISION_ASSETS_MODEL_CACHE", offline.get("model_cache")),
             device=env("VISION_ASSETS_DEVICE"),
             precision=env("VISION_ASSETS_PRECISION"),
             detector_model=model("VISION_ASSETS_DETECTOR_MODEL", detector.get("model")),
@@ -265,8 +274,7 @@ class Settings:
             detector_image_size=_int("VISION_ASSETS_DETECTOR_IMAGE_SIZE"),
             detector_batch_size=_int("VISION_ASSETS_DETECTOR_BATCH_SIZE"),
             clip_model=model("VISION_ASSETS_CLIP_MODEL", offline.get("clip", {}).get("model")),
-            clip_pretrained="" if offline and not os.environ.get("VISION_ASSETS_CLIP_PRETRAINED")
-            else env("VISION_ASSETS_CLIP_PRETRAINED"),
+            clip_pretrained=model("VISION_ASSETS_CLIP_PRETRAINED", offline.get("clip", {}).get("pretrained")),
             clip_batch_size=_int("VISION_ASSETS_CLIP_BATCH_SIZE"),
             specialist_models={
                 name: path

@@ -1,4 +1,5 @@
-"""The real loaders (ultralytics, transformers, OpenCLIP) on models built offline with random weights."""
+"""The real loaders (ultralytics, transformers, OpenCLIP) on the offline twins of the default models, loaded by the
+defaults' own hub ids through a pre-filled cache: the code path a first-time user's download takes."""
 
 import time
 from pathlib import Path
@@ -9,10 +10,20 @@ import ultralytics
 from PIL import Image
 
 from vision_assets.vision.models.base import ModelLoadError, identity_for
+from vision_assets.vision.models.cache import ModelCache
 from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector
-from vision_assets.vision.models.embedder import ClipEmbedder
-from vision_assets.vision.models.offline import SPECIALIST_LABELS, read_manifest
+from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
+from vision_assets.vision.models.hub import hugging_face_offline
+from vision_assets.vision.models.offline import (
+    CAT_MODEL,
+    CORAL_MODEL,
+    DOG_MODEL,
+    WILDLIFE_MODEL,
+    WILDLIFE_CLASSES,
+    read_manifest,
+)
+from vision_assets.settings import ENVIRONMENT
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
 
@@ -24,55 +35,101 @@ def photos():
 
 @pytest.fixture(scope="module")
 def manifest(offline_models):
+    hugging_face_offline()  # as the model resources do when the offline folder is set
     return read_manifest(offline_models)
 
 
-def test_offline_folder_has_every_model_in_its_real_format(offline_models, manifest):
-    assert (offline_models / "detector.pt").is_file()
-    assert (offline_models / "clip" / "weights.pt").is_file() and list((offline_models / "clip").glob("*.json"))
-    for name in SPECIALIST_LABELS:
-        folder = offline_models / name
-        assert (folder / "config.json").is_file() and (folder / "preprocessor_config.json").is_file()
-        assert list(folder.glob("*.safetensors"))
+@pytest.fixture(scope="module")
+def cache(manifest):
+    return ModelCache.at(manifest["model_cache"])
+
+
+def test_offline_manifest_names_the_defaults_hub_ids(manifest):
+    for name, setting in [("dog_breeds", "VISION_ASSETS_DOG_BREEDS_MODEL"), ("cat_breeds", "VISION_ASSETS_CAT_BREEDS_MODEL"),
+                          ("wildlife", "VISION_ASSETS_WILDLIFE_MODEL"), ("coral_health", "VISION_ASSETS_CORAL_HEALTH_MODEL")]:
+        assert manifest["specialists"][name] == ENVIRONMENT[setting][0]
+    assert manifest["detector"]["model"] == ENVIRONMENT["VISION_ASSETS_DETECTOR_MODEL"][0] == "yolov8n.pt"
     assert manifest["detector"]["confidence"] < 0.25 and manifest["detector"]["max_detections"] <= 10
 
 
-def test_detector_finds_boxes_with_offline_thresholds(manifest, photos):
-    detector = YoloDetector(identity_for(manifest["detector"]["model"]), device="cpu", batch_size=2,
+@pytest.mark.parametrize(
+    "model_id, architecture, classes, side, some_labels",
+    [
+        (DOG_MODEL, "SiglipForImageClassification", 121, 224, {"golden_retriever", "test"}),
+        (CAT_MODEL, "ViTForImageClassification", 67, 224, {"Maine Coon", "Siamese"}),
+        (WILDLIFE_MODEL, "TimmWrapperForImageClassification", WILDLIFE_CLASSES, 336, {"Ursus arctos"}),
+        (CORAL_MODEL, "ViTForImageClassification", 2, 224, {"CORAL", "CORAL_BL"}),
+    ],
+)
+def test_each_expert_twin_loads_by_its_hub_id_as_the_published_model(
+    cache, photos, model_id, architecture, classes, side, some_labels
+):
+    classifier = ImageClassifier(identity_for(model_id, cache=cache), device="cpu", top_k=3, drop_labels=["test"],
+                                 cache=cache)
+    assert len(classifier.identity.revision) == 40  # the cached snapshot, pinned
+    processor, model, keep, labels = classifier.load()
+    assert type(model).__name__ == architecture
+    assert len(labels) == classes and some_labels <= set(labels.values())
+    assert processor(images=photos[:1], return_tensors="pt")["pixel_values"].shape[-2:] == (side, side)
+    found = classifier.classify(photos * 2)
+    assert len(found) == 4
+    for top in found:
+        assert len(top) == min(3, classes) and all(label.name != "test" for label in top)
+        assert [l.confidence for l in top] == sorted((l.confidence for l in top), reverse=True)
+        assert 0 < sum(l.confidence for l in top) <= 1.0001
+
+
+def test_detector_loads_a_bare_ultralytics_name_from_the_cache(manifest, cache, photos):
+    detector = YoloDetector(identity_for("yolov8n.pt", cache=cache), device="cpu", batch_size=2, cache=cache,
                             confidence=manifest["detector"]["confidence"],
                             max_detections=manifest["detector"]["max_detections"])
+    assert detector.identity.revision.startswith("local-")  # identified by content
     found = detector.detect(photos)
     assert len(found) == 2 and all(0 < len(boxes) <= manifest["detector"]["max_detections"] for boxes in found)
     for picture, boxes in zip(photos, found):
         for box in boxes:
             x1, y1, x2, y2 = box.box
             assert 0 <= x1 < x2 <= picture.width + 1 and 0 <= y1 < y2 <= picture.height + 1
-            assert box.class_name in detector.load().names.values() and not box.class_name.isdigit()
+            assert box.class_name in detector.class_names and not box.class_name.isdigit()
+    assert len(detector.class_names) == 80 and detector.class_names[16] == "dog"
     assert detector.load_count == 1
     detector.detect(photos)
     assert detector.load_count == 1  # loaded once, however often it predicts
 
 
-def test_classifier_top_k_without_junk_labels(manifest, photos):
-    classifier = ImageClassifier(identity_for(manifest["specialists"]["dog_breeds"]), device="cpu", top_k=3,
-                                 drop_labels=["test"])
-    labels = classifier.classify(photos * 3)
-    assert len(labels) == 6
-    for top in labels:
-        assert len(top) == 3
-        assert all(label.name != "test" for label in top)
-        assert [l.confidence for l in top] == sorted((l.confidence for l in top), reverse=True)
-        assert 0 < sum(l.confidence for l in top) <= 1.0001
-
-
-def test_clip_embeds_images_and_texts_in_one_unit_space(manifest, photos):
-    clip = ClipEmbedder(identity_for(manifest["clip"]["model"]), device="cpu", batch_size=1)
+def test_clip_loads_from_the_hub_and_embeds_images_and_texts_in_one_unit_space(manifest, cache, photos):
+    clip = ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", batch_size=1,
+                        pretrained=manifest["clip"]["pretrained"], cache=cache)
     images = clip.embed_images(photos)
     texts = clip.embed_texts(["a bus", "a person", "a dog"])
     assert images.shape == (2, clip.dimension) and texts.shape == (3, clip.dimension)
     assert np.allclose(np.linalg.norm(images, axis=1), 1, atol=1e-4)
     assert np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-4)
     assert clip.embed_images([]).shape == (0, clip.dimension)
+
+
+def test_text_vectors_from_trimmed_tokens_equal_the_padded_ones(manifest, cache):
+    import torch
+
+    clip = ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", cache=cache)
+    model, _, tokenizer = clip.load()
+    tokens = tokenizer(["a dog", "a photo of a golden retriever running on a beach at night"])
+    with torch.inference_mode():
+        assert torch.allclose(_encode_text(model, tokens), model.encode_text(tokens, normalize=True), atol=1e-5)
+
+
+def test_prompt_vectors_are_computed_once_per_model_and_kept_on_disk(manifest, tmp_path, monkeypatch):
+    cache = ModelCache.at(manifest["model_cache"])
+    prompts = [f"a photo of species {i}" for i in range(300)]
+
+    def clip():
+        return ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", cache=cache)
+
+    first = clip().prompt_vectors(prompts)
+    second = clip()
+    monkeypatch.setattr(second, "embed_texts", lambda texts: pytest.fail("recomputed prompt vectors"))
+    assert np.array_equal(second.prompt_vectors(prompts), first)
+    assert first.shape == (300, second.dimension)
 
 
 def test_local_identity_follows_content_not_location(tmp_path):
@@ -85,7 +142,7 @@ def test_local_identity_follows_content_not_location(tmp_path):
     assert identity_for(str(copy)).revision == first.revision  # copied to another place or machine: same model
     weights.write_bytes(b"two" * 1000)  # same size, retrained
     assert identity_for(str(weights)).revision != first.revision
-    assert identity_for("yolov8n.pt").revision == ""  # hub names are pinned by the setting, not hashed
+    assert identity_for("yolov8n.pt").revision == ""  # hub names are pinned by the setting or the cache, not hashed
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import os
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..vision.models.base import Model, identity_for
+from ..vision.models.base import Model, ModelIdentity, identity_for
+from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
 from ..vision.models.hub import hugging_face_offline
@@ -29,6 +30,17 @@ class _ModelResource(dg.ConfigurableResource):
     precision: str = "fp32"
     batch_size: int = 16
     offline: bool = False
+    model_cache: str = ""  # a folder laid out as the libraries' caches (see vision/models/cache.py); "" = theirs
+
+    @property
+    def cache(self) -> ModelCache:
+        return ModelCache.at(self.model_cache)
+
+    def _identity(self, model_id: str, revision: str = "") -> ModelIdentity:
+        return identity_for(model_id, revision, self.cache)
+
+    def _runtime(self) -> dict:
+        return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size, "cache": self.cache}
 
     def _build(self) -> dict[str, Model]:
         raise NotImplementedError
@@ -68,7 +80,7 @@ class DetectorResource(_ModelResource):
 
     def _build(self) -> dict[str, Model]:
         return {"detector": YoloDetector(
-            identity_for(self.model, self.revision), self.device, self.precision, self.batch_size,
+            self._identity(self.model, self.revision), **self._runtime(),
             confidence=self.confidence, max_detections=self.max_detections, image_size=self.image_size,
         )}
 
@@ -78,19 +90,18 @@ class DetectorResource(_ModelResource):
 
     @property
     def identity(self) -> str:
-        return str(identity_for(self.model, self.revision))
+        return str(self._identity(self.model, self.revision))
 
 
 class EmbedderResource(_ModelResource):
-    """The generalist: OpenCLIP (architecture + pretrained tag, or a local folder from build-offline)."""
+    """The generalist: OpenCLIP (architecture + pretrained tag, `hf-hub:org/repo`, or `local-dir:/path`)."""
 
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     batch_size: int = 64
 
     def _build(self) -> dict[str, Model]:
-        return {"embedder": ClipEmbedder(identity_for(self.model), self.device, self.precision,
-                                         self.batch_size, pretrained=self.pretrained)}
+        return {"embedder": ClipEmbedder(self._identity(self.model), **self._runtime(), pretrained=self.pretrained)}
 
     @property
     def embedder(self) -> ClipEmbedder:
@@ -98,8 +109,8 @@ class EmbedderResource(_ModelResource):
 
     @property
     def identity(self) -> str:
-        identity = str(identity_for(self.model))
-        return identity if os.path.exists(self.model) else f"{identity}/{self.pretrained}"
+        identity = str(self._identity(self.model))
+        return f"{identity}/{self.pretrained}" if self.pretrained else identity
 
 
 class SpecialistsResource(_ModelResource):
@@ -112,8 +123,8 @@ class SpecialistsResource(_ModelResource):
 
     def _build(self) -> dict[str, Model]:
         return {
-            name: ImageClassifier(identity_for(model_id), self.device, self.precision, self.batch_size,
-                                  top_k=self.top_k, drop_labels=self.drop_labels)
+            name: ImageClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
+                                  drop_labels=self.drop_labels)
             for name, model_id in self.models.items()
         }
 
@@ -122,4 +133,4 @@ class SpecialistsResource(_ModelResource):
 
     @property
     def identity(self) -> str:
-        return ",".join(f"{name}={identity_for(model_id)}" for name, model_id in sorted(self.models.items()))
+        return ",".join(f"{name}={self._identity(model_id)}" for name, model_id in sorted(self.models.items()))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .cache import ModelCache
+
 T = TypeVar("T")
 
 OFFLINE_HINT = (
@@ -65,9 +67,20 @@ def _content_digest(path: Path, signature: tuple[tuple[str, int, int], ...]) -> 
     return "local-" + digest.hexdigest()[:12]
 
 
-def identity_for(model_id: str, revision: str = "") -> ModelIdentity:
-    if not revision and os.path.exists(model_id):
-        revision = local_revision(model_id)
+def local_model_path(model_id: str, cache: ModelCache = ModelCache()) -> Path | None:
+    """The file or folder a model id names on this machine, if it names one (a path, OpenCLIP's `local-dir:`, or a
+    bare ultralytics checkpoint name in the model cache)."""
+    path = Path(model_id.removeprefix("local-dir:"))
+    if os.path.exists(path):
+        return path
+    return cache.ultralytics_checkpoint(model_id)
+
+
+def identity_for(model_id: str, revision: str = "", cache: ModelCache = ModelCache()) -> ModelIdentity:
+    """Local models are identified by their content, cached hub models by the revision the cache holds."""
+    if not revision:
+        local = local_model_path(model_id, cache)
+        revision = local_revision(local) if local else cache.hub_revision(model_id)
     return ModelIdentity(model_id, revision)
 
 
@@ -98,8 +111,10 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 class Model(ABC):
     """Loaded at most once; `load()` is idempotent and thread-safe, `unload()` frees memory (GPU included)."""
 
-    def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "fp32", batch_size: int = 16):
+    def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "fp32", batch_size: int = 16,
+                 cache: ModelCache = ModelCache()):
         self.identity = identity
+        self.cache = cache
         self.device_setting = device
         self.precision = precision
         self.batch_size = batch_size
@@ -135,6 +150,12 @@ class Model(ABC):
             import torch
 
             torch.cuda.empty_cache()
+
+    @property
+    def hub_revision(self) -> dict[str, str]:
+        """`revision=` for hub loaders: the pinned one, never a local content digest."""
+        revision = self.identity.revision
+        return {"revision": revision} if revision and not revision.startswith("local-") else {}
 
     @abstractmethod
     def _load(self) -> Any: ...

@@ -1,5 +1,5 @@
-"""Specialists: image classifiers loaded through transformers (hub ids, timm hub models through transformers'
-timm wrapper, or local `save_pretrained` folders)."""
+"""Specialists: image classifiers loaded through transformers' Auto classes, which pick the architecture from the
+config: ViT, SigLIP, timm hub models (through transformers' timm wrapper), or local `save_pretrained` folders."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class ImageClassifier(Model):
             hugging_face_offline_unless_reachable()
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        kwargs = {"revision": self.identity.revision} if self.identity.revision and not self.identity.revision.startswith("local-") else {}
+        kwargs = self.hub_revision | {"cache_dir": self.cache.hub_dir}
         processor = AutoImageProcessor.from_pretrained(self.identity.model_id, **kwargs)
         model = AutoModelForImageClassification.from_pretrained(
             self.identity.model_id, dtype=torch_dtype(self.precision, self.device), **kwargs

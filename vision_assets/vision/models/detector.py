@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from PIL import Image
 
 from ..records import Detection
-from .base import OFFLINE_HINT, Model, ModelLoadError, batches
+from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path
 from .hub import GITHUB, reachable
 
 
@@ -20,12 +19,15 @@ class YoloDetector(Model):
         self.image_size = image_size
 
     def _load(self):
-        if not os.path.exists(self.identity.model_id) and not reachable(GITHUB):
+        # A bare name (`yolov8n.pt`) is looked up in the model cache first; ultralytics then looks in the working
+        # directory and its weights folder before it downloads from GitHub.
+        local = local_model_path(self.identity.model_id, self.cache)
+        if local is None and not reachable(GITHUB):
             raise ModelLoadError(f"{self.identity.model_id} is not a local file and {GITHUB}, where ultralytics "
                                  f"downloads checkpoints from, cannot be reached. {OFFLINE_HINT}")
         from ultralytics import YOLO
 
-        model = YOLO(self.identity.model_id, task="detect")
+        model = YOLO(str(local or self.identity.model_id), task="detect")
         model.to(self.device)
         return model
 
@@ -57,3 +59,9 @@ class YoloDetector(Model):
                     )
                 ])
         return found
+
+    @property
+    def class_names(self) -> list[str]:
+        """The detector's whole vocabulary, in class-id order."""
+        names = self.load().names
+        return [names[index] for index in sorted(names)]

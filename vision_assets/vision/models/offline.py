@@ -1,31 +1,83 @@
-"""`vision-assets models build-offline DIR`: every model the pipeline loads, randomly initialised, saved in the
-format its real loader reads (ultralytics checkpoint, OpenCLIP config + state dict, transformers
-`save_pretrained` folders). Nothing is downloaded. `tiny` keeps tests fast; `full` has the real architectures
-(YOLOv8m, ViT-B-32, ViT-B/16 classifiers), so benchmarks do the real amount of compute.
+"""`vision-assets models build-offline DIR`: a twin of every default model, randomly initialised, saved where and
+how the real one would be found, so the loaders run exactly as they do for hub ids. Nothing is downloaded.
 
-`offline.json` in the folder says where each model is and the detector settings that make random weights produce
+- The experts and CLIP go into a Hugging Face hub cache (`DIR/huggingface/hub/models--org--name/snapshots/<rev>/`)
+  under the published ids; the resources pass that cache to transformers and OpenCLIP (`VISION_ASSETS_MODEL_CACHE`),
+  which then resolve the ids offline as they would resolve a download.
+- The detectors go where a bare ultralytics name is looked up (`DIR/ultralytics/yolov8n.pt`).
+
+`full` twins have the published architecture class, input size, preprocessing and number of classes, so benchmarks
+do the real amount of compute. `tiny` twins keep the classes, the input sizes and the loaders and shrink the
+networks, so tests are fast. What cannot be known offline (most label names) is approximated; see the README.
+
+`offline.json` in the folder says which ids to load and the detector settings that make random weights produce
 boxes (a low confidence threshold and a cap), so crops exist for the experts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..routing import CORAL, DEFAULT_ROUTES
+from .cache import HUB_CACHE, ULTRALYTICS
 
 MANIFEST = "offline.json"
-SPECIALIST_LABELS: dict[str, list[str]] = {
-    # `test` is there on purpose: real published models carry junk classes like it; configuration drops it.
-    "dog_breeds": ["golden retriever", "labrador retriever", "beagle", "border collie", "poodle", "pug", "test"],
-    "cat_breeds": ["siamese", "persian", "maine coon", "bengal", "sphynx"],
-    "wildlife": ["bald eagle", "american robin", "grizzly bear", "plains zebra", "african elephant", "red fox"],
-    CORAL: ["healthy coral", "bleached coral"],
-}
 SIZES = ("tiny", "full")
 DETECTOR_SETTINGS = {"confidence": 0.05, "max_detections": 4}
+TWIN_FORMAT = 2  # part of every snapshot revision: bump when what a twin looks like changes
+
+DOG_MODEL = "prithivMLmods/Dog-Breed-120"
+CAT_MODEL = "dima806/67_cat_breeds_image_detection"
+WILDLIFE_MODEL = "timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21"
+CORAL_MODEL = "akridge/noaa-esd-coral-bleaching-vit-classifier-v1"
+CLIP_ARCHITECTURE, CLIP_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+CLIP_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # where OpenCLIP fetches that tag from
+TINY_CLIP_REPO = "vision-assets/offline-tiny-clip"  # loaded as `hf-hub:...`, the form any hub OpenCLIP model takes
+
+# The Petfinder breeds the cat model was trained on (its 67 classes).
+CAT_BREEDS = (
+    "Abyssinian,American Bobtail,American Curl,American Shorthair,American Wirehair,Applehead Siamese,Balinese,Bengal,"
+    "Birman,Bombay,British Shorthair,Burmese,Burmilla,Calico,Canadian Hairless,Chartreux,Chausie,Chinchilla,"
+    "Cornish Rex,Cymric,Devon Rex,Dilute Calico,Dilute Tortoiseshell,Domestic Long Hair,Domestic Medium Hair,"
+    "Domestic Short Hair,Egyptian Mau,Exotic Shorthair,Extra-Toes Cat - Hemingway Polydactyl,Havana,Himalayan,"
+    "Japanese Bobtail,Javanese,Korat,LaPerm,Maine Coon,Manx,Munchkin,Nebelung,Norwegian Forest Cat,Ocicat,"
+    "Oriental Long Hair,Oriental Short Hair,Oriental Tabby,Persian,Pixiebob,Ragamuffin,Ragdoll,Russian Blue,"
+    "Scottish Fold,Selkirk Rex,Siamese,Siberian,Silver,Singapura,Snowshoe,Somali,Sphynx - Hairless Cat,Tabby,Tiger,"
+    "Tonkinese,Torbie,Tortoiseshell,Turkish Angora,Turkish Van,Tuxedo,York Chocolate"
+).split(",")
+CORAL_LABELS = ["CORAL", "CORAL_BL"]
+WILDLIFE_CLASSES = 10_000
+# A few real iNat21 species first (so routed crops read naturally), then numbered stand-ins.
+KNOWN_SPECIES = ["Haliaeetus leucocephalus", "Turdus migratorius", "Ursus arctos", "Equus quagga",
+                 "Loxodonta africana", "Vulpes vulpes"]
+
+
+def dog_breeds() -> list[str]:
+    """Stanford Dogs' breeds as the dog model's card spells them (`golden_retriever`), with its stray `test` class.
+    They come from ImageNet's dog classes, which torchvision ships; the published order may differ."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES as imagenet
+
+    names = [*imagenet[151:269], "dingo", "African hunting dog"]
+    return sorted([name.lower().replace(" ", "_") for name in names] + ["test"])
+
+
+def wildlife_species() -> list[str]:
+    return KNOWN_SPECIES + [f"inat21 species {i:05d}" for i in range(len(KNOWN_SPECIES), WILDLIFE_CLASSES)]
+
+
+@dataclass(frozen=True)
+class Twin:
+    """One hub model's stand-in: where it lives and how to write its files into a snapshot folder."""
+
+    repo: str
+    write: Callable[[Path, str], None]  # (snapshot folder, size)
 
 
 def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
@@ -36,29 +88,153 @@ def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) 
     torch.manual_seed(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    experts = {
+        "dog_breeds": Twin(DOG_MODEL, lambda target, s: _siglip_classifier(target, s, dog_breeds())),
+        "cat_breeds": Twin(CAT_MODEL, lambda target, s: _vit_classifier(target, s, CAT_BREEDS)),
+        "wildlife": Twin(WILDLIFE_MODEL, lambda target, s: _timm_classifier(target, s, wildlife_species())),
+        CORAL: Twin(CORAL_MODEL, lambda target, s: _vit_classifier(target, s, CORAL_LABELS)),
+    }
+    for twin in experts.values():
+        _write_snapshot(folder / HUB_CACHE, twin, size, seed)
+    if size == "full":
+        _write_snapshot(folder / HUB_CACHE, Twin(CLIP_REPO, _full_clip), size, seed)
+        clip = {"model": CLIP_ARCHITECTURE, "pretrained": CLIP_PRETRAINED}
+    else:
+        _write_snapshot(folder / HUB_CACHE, Twin(TINY_CLIP_REPO, _tiny_clip), size, seed)
+        clip = {"model": f"hf-hub:{TINY_CLIP_REPO}", "pretrained": ""}
+    detectors = ["yolov8n.pt", "yolov8m.pt"] if size == "full" else ["yolov8n.pt"]
+    for name in detectors:
+        _build_detector(folder / ULTRALYTICS, name)
     manifest = {
         "size": size,
-        "detector": {"model": _build_detector(folder, size), **DETECTOR_SETTINGS},
-        "clip": {"model": _build_clip(folder, size)},
-        "specialists": {name: _build_classifier(folder, name, labels, size) for name, labels in SPECIALIST_LABELS.items()},
+        "model_cache": ".",
+        "detector": {"model": detectors[-1], **DETECTOR_SETTINGS},
+        "clip": clip,
+        "specialists": {name: twin.repo for name, twin in experts.items()},
         "drop_labels": ["test"],
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return folder / MANIFEST
 
 
-def _build_detector(folder: Path, size: str) -> str:
+def _write_snapshot(cache: Path, twin: Twin, size: str, seed: int) -> None:
+    """A snapshot as `huggingface_hub` leaves one after a download: `refs/main` names a 40-hex revision whose folder
+    holds the files. The revision is derived from what was built, so a rebuild with other settings is a new model."""
+    revision = hashlib.sha1(f"{twin.repo}|{size}|{seed}|{TWIN_FORMAT}".encode()).hexdigest()
+    repo_folder = cache / ("models--" + twin.repo.replace("/", "--"))
+    if repo_folder.exists():
+        shutil.rmtree(repo_folder)
+    snapshot = repo_folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    twin.write(snapshot, size)
+    (repo_folder / "refs").mkdir()
+    (repo_folder / "refs" / "main").write_text(revision)
+
+
+def _labels(labels: list[str]) -> dict:
+    return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def _siglip_classifier(target: Path, size: str, labels: list[str]) -> None:
+    """`SiglipForImageClassification` as fine-tuned from siglip2-base-patch16-224: 224 px, patch 16, mean/std 0.5."""
+    from transformers import SiglipConfig, SiglipForImageClassification, SiglipImageProcessor
+
+    vision = {"image_size": 224, "patch_size": 16}
+    text = {}
+    if size == "tiny":
+        vision |= {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+        text = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config = SiglipConfig(vision_config=vision, text_config=text, **_labels(labels))
+    SiglipForImageClassification(config).save_pretrained(target)
+    SiglipImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(target)
+
+
+def _vit_classifier(target: Path, size: str, labels: list[str]) -> None:
+    """`ViTForImageClassification` as fine-tuned from vit-base-patch16-224-in21k: 224 px, patch 16, mean/std 0.5."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    shape = {"image_size": 224, "patch_size": 16}
+    if size == "tiny":
+        shape |= {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    ViTForImageClassification(ViTConfig(**shape, **_labels(labels))).save_pretrained(target)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(target)
+
+
+TIMM_ARCHITECTURE = "vit_large_patch14_clip_336"
+TINY_TIMM = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _timm_classifier(target: Path, size: str, labels: list[str]) -> None:
+    """A timm hub repo (timm's `config.json` + `model.safetensors`), which transformers loads through `TimmWrapper`:
+    ViT-L/14 CLIP image tower at 336 px with OpenAI CLIP normalisation and 10,000 iNat21 classes."""
+    import timm
+    from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from timm.models._hub import save_for_hf
+
+    shape = TINY_TIMM if size == "tiny" else {}
+    model = timm.create_model(TIMM_ARCHITECTURE, pretrained=False, num_classes=len(labels), **shape)
+    pretrained_cfg = {"tag": "laion2b_ft_augreg_inat21", "input_size": [3, 336, 336], "interpolation": "bicubic",
+                      "crop_pct": 1.0, "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
+    save_for_hf(model, str(target), model_config={"label_names": labels, "pretrained_cfg": pretrained_cfg},
+                safe_serialization=True)
+    # Published timm configs carry no `model_args` (the architecture name says it all); newer timm writes them,
+    # `num_classes` included, which transformers then passes twice. Keep only the toy shape, as a hub config would.
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("model_args", None)
+    if shape:
+        config["model_args"] = shape
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def _clip_state(target: Path, architecture: str) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    model = open_clip.create_model(architecture)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(target / "open_clip_model.safetensors"))
+
+
+def _full_clip(target: Path, size: str) -> None:
+    _clip_state(target, CLIP_ARCHITECTURE)
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def _tiny_clip(target: Path, size: str) -> None:
+    """An OpenCLIP hub repo (`open_clip_config.json` + weights): ViT-B-32's input and tokenizer, toy widths."""
+    import open_clip
+
+    name = "vision-assets-offline-tiny-clip"
+    config_file = target / f"{name}.json"
+    config_file.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config_file)
+    _clip_state(target, name)
+    config_file.unlink()
+    (target / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_CLIP_CONFIG,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
+
+
+def _build_detector(folder: Path, name: str) -> None:
     import torch
     import ultralytics
     from ultralytics import YOLO
 
-    model = YOLO("yolov8n.yaml" if size == "tiny" else "yolov8m.yaml")
+    folder.mkdir(parents=True, exist_ok=True)
+    model = YOLO(name.replace(".pt", ".yaml"))
     coco = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml").read_text())["names"]
     model.model.names = {int(k): v for k, v in coco.items()}
     # Ultralytics initialises the class logits to a bias so low that every class scores the same ~1e-4 everywhere:
     # every box would be class 0. Spread the weights and favour the routed classes, so random boxes land in a mix of
     # classes and every expert gets crops to work on.
-    routed = {index for index, name in model.model.names.items() if name in DEFAULT_ROUTES}
+    routed = {index for index, class_name in model.model.names.items() if class_name in DEFAULT_ROUTES}
     head = model.model.model[-1]
     with torch.no_grad():
         for branch in head.cv3:
@@ -66,48 +242,7 @@ def _build_detector(folder: Path, size: str) -> str:
             final.weight.normal_(0.0, 0.05)
             final.bias.fill_(-6.0)
             final.bias[sorted(routed)] = -2.5
-    path = folder / "detector.pt"
-    model.save(str(path))
-    return path.name
-
-
-def _build_clip(folder: Path, size: str) -> str:
-    import open_clip
-    import torch
-
-    if size == "tiny":
-        name, config = "offline-tiny-clip", {
-            "embed_dim": 64,
-            "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-        }
-    else:
-        name, config = "offline-ViT-B-32", open_clip.get_model_config("ViT-B-32")
-    target = folder / "clip"
-    target.mkdir(exist_ok=True)
-    config_path = target / f"{name}.json"
-    config_path.write_text(json.dumps(config))
-    open_clip.add_model_config(config_path)
-    model = open_clip.create_model(name)
-    torch.save(model.state_dict(), target / "weights.pt")
-    return target.name
-
-
-def _build_classifier(folder: Path, name: str, labels: list[str], size: str) -> str:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    shape = (
-        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-         "image_size": 32, "patch_size": 8}
-        if size == "tiny"
-        else {}  # ViTConfig's defaults are ViT-B/16 at 224 px
-    )
-    config = ViTConfig(**shape, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
-    target = folder / name
-    ViTForImageClassification(config).save_pretrained(target)
-    side = config.image_size
-    ViTImageProcessor(size={"height": side, "width": side}).save_pretrained(target)
-    return target.name
+    model.save(str(folder / name))
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -115,8 +250,8 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build it with `vision-assets models build-offline {folder}`")
     manifest = json.loads(path.read_text())
-    resolve = lambda relative: str((Path(folder) / relative).resolve())  # noqa: E731
-    manifest["detector"]["model"] = resolve(manifest["detector"]["model"])
-    manifest["clip"]["model"] = resolve(manifest["clip"]["model"])
-    manifest["specialists"] = {k: resolve(v) for k, v in manifest["specialists"].items()}
+    if "model_cache" not in manifest:
+        raise ValueError(f"{path} was written by an older vision-assets: rebuild it with "
+                         f"`vision-assets models build-offline {folder} --size {manifest.get('size', 'tiny')}`")
+    manifest["model_cache"] = str((Path(folder) / manifest["model_cache"]).resolve())
     return manifest
