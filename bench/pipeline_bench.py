@@ -35,7 +35,7 @@ from vision_assets.definitions import build_definitions, model_resources_from  #
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
 from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.labeling import label_batch  # noqa: E402
+from vision_assets.vision.committee.labeling import label_batch  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 from vision_assets.vision.records import DetectionsRecord  # noqa: E402
 

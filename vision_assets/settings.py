@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
-from .vision.routing import DEFAULT_ROUTES, format_routes, parse_routes
+from .vision.committee.routing import DEFAULT_ROUTES, format_routes, parse_routes
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif"
 

@@ -8,7 +8,7 @@ import numpy as np
 from ..checks.confidence import LABELS_KEY
 from ..checks.embedding import EMBEDDINGS_KEY, embedding_outcome, embedding_validity
 from ..resources import EmbedderResource, ImageStore, StagePolicy
-from ..vision.embedding_checks import embedding_problems
+from ..vision.committee.embedding_checks import embedding_problems
 from ..vision.records import EmbeddingsRecord, LabelsRecord
 from ..vision.results_store import EMBEDDING_VECTORS, EMBEDDINGS, LABELS
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources

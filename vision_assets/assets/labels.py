@@ -16,11 +16,11 @@ from ..resources import (
     StagePolicy,
 )
 from ..vision.images.review import ReviewPictures, labels_markdown
-from ..vision.labeling import label_batch
+from ..vision.committee.labeling import label_batch
 from ..vision.records import DetectionsRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, LABELS
-from ..vision.routing import CORAL
-from ..vision.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
+from ..vision.committee.routing import CORAL
+from ..vision.committee.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
 from .detections import DETECTIONS_KEY
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
 

@@ -10,8 +10,8 @@ import dagster as dg
 from ..vision.images.formats import DEFAULT_ALLOWED_FORMATS
 from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
-from ..vision.labeling import LabelingPolicy
-from ..vision.routing import DEFAULT_ROUTES
+from ..vision.committee.labeling import LabelingPolicy
+from ..vision.committee.routing import DEFAULT_ROUTES
 
 
 class UploadPolicy(dg.ConfigurableResource):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ..routing import CORAL, DEFAULT_ROUTES
+from ..committee.routing import CORAL, DEFAULT_ROUTES
 from .cache import HUB_CACHE, ULTRALYTICS
 
 MANIFEST = "offline.json"

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from .records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
+from ..records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
 from .routing import CORAL, crop_box
 
 
