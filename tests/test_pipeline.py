@@ -2,7 +2,6 @@
 weights), a real S3 endpoint, embedded Qdrant."""
 
 import shutil
-from pathlib import Path
 
 import dagster as dg
 from qdrant_client import QdrantClient
