@@ -65,7 +65,7 @@ def baseline(models: dict, pictures: list[Image.Image], policy) -> float:
     keys = [str(i) for i in range(len(pictures))]
     records = {k: DetectionsRecord(partition_key=k, model="m", width=p.width, height=p.height, detections=d)
                for k, p, d in zip(keys, pictures, found)}
-    labels = label_batch(dict(zip(keys, pictures)), records, experts, {}, policy)
+    labels = label_batch(dict(zip(keys, pictures)), records, {}, experts, {}, policy)
     crops = [pictures[int(k)].crop(tuple(c.crop_box)) for k, r in labels.items() for c in r.crops]
     clip.embed_images(pictures), clip.embed_images(crops)
     return time.perf_counter() - started

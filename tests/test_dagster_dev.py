@@ -26,7 +26,7 @@ from vision_assets.vision.partition_keys import partition_key_for
 
 pytestmark = pytest.mark.timeout(480)
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
-STAGES = ["source_images", "detections", "specialist_labels", "embeddings", "qdrant_index"]
+STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
 ODD_NAME = "street scene, 2.jpg"  # a key the UI's partition syntax would trip on
 
 
@@ -106,7 +106,9 @@ PER_IMAGE_CHECKS = {"source_images": "image_valid", "specialist_labels": "labels
                     "embeddings": "embedding_valid", "qdrant_index": "indexed"}
 BATCH_CHECKS = {"source_images": "images_valid", "specialist_labels": "all_labels_confident",
                 "embeddings": "embeddings_valid", "qdrant_index": "index_consistent"}
-RUN_CHECKS = {"qdrant_index": "index_complete"}  # about the whole index, answered by every run that indexes
+# The rest of the checks a stage answers: an asset's in-asset checks are selected all together or not at all.
+OTHER_CHECKS = [("qdrant_index", "index_complete"),  # about the whole index, answered by every run that indexes
+                ("specialist_labels", "committee_agrees"), ("specialist_labels", "committee_agreed")]
 REPOSITORY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 
 
@@ -153,10 +155,11 @@ def check_executions(dev: DagsterDev, asset: str, name: str) -> list[dict]:
     return dev.query(CHECKS, {"asset": [asset], "name": name})["assetCheckExecutions"]
 
 
-def partition_statuses(dev: DagsterDev, asset: str) -> dict[str, set[str]]:
-    """What Checks -> Partitions shows for the asset's per-image check: status -> images (empty ones left out)."""
+def partition_statuses(dev: DagsterDev, asset: str, check_name: str | None = None) -> dict[str, set[str]]:
+    """What Checks -> Partitions shows for a per-image check (by default the asset's first): status -> images
+    (empty ones left out)."""
     [node] = dev.query(PARTITION_STATUSES, {"asset": [asset]})["assetNodes"]
-    [check] = [c for c in node["assetChecksOrError"]["checks"] if c["name"] == PER_IMAGE_CHECKS[asset]]
+    [check] = [c for c in node["assetChecksOrError"]["checks"] if c["name"] == (check_name or PER_IMAGE_CHECKS[asset])]
     return {status.removesuffix("Partitions"): set(keys) for status, keys in check["partitionStatuses"].items() if keys}
 
 
@@ -165,9 +168,10 @@ def assert_every_image_judged_or_skipped(dev: DagsterDev, judged: set[str], reje
     assert partition_statuses(dev, "source_images") == {"succeeded": judged, "failed": rejected}
     for asset in ("embeddings", "qdrant_index"):
         assert partition_statuses(dev, asset) == {"succeeded": judged, "skipped": rejected}, asset
-    labels = partition_statuses(dev, "specialist_labels")  # random-weight experts: some images need review
-    assert labels.pop("skipped") == rejected
-    assert set(labels) <= {"succeeded", "failed"} and set().union(*labels.values()) == judged
+    for check in ("labels_confident", "committee_agrees"):  # random-weight models: some images need review
+        labels = partition_statuses(dev, "specialist_labels", check)
+        assert labels.pop("skipped") == rejected, check
+        assert set(labels) <= {"succeeded", "failed"} and set().union(*labels.values()) == judged, check
 
 
 def wait_for_run(dev: DagsterDev, run_id: str, seconds: float = 240) -> str:
@@ -187,8 +191,8 @@ def rerun_one_image(dev: DagsterDev, partition: str) -> str:
         "selector": {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"],
                      "jobName": "__ASSET_JOB", "assetSelection": [{"path": [stage]} for stage in STAGES],
                      "assetCheckSelection": [{"assetKey": {"path": [asset]}, "name": name}
-                                             for checks in (PER_IMAGE_CHECKS, BATCH_CHECKS, RUN_CHECKS)
-                                             for asset, name in checks.items()]},
+                                             for asset, name in [*PER_IMAGE_CHECKS.items(), *BATCH_CHECKS.items(),
+                                                                 *OTHER_CHECKS]]},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         "runConfigData": {},
     }})["launchPipelineExecution"]
@@ -329,6 +333,25 @@ def test_review_in_a_real_browser(running):
         page.get_by_text("[Show Markdown]").first.click()  # the `picture` row opens the rendered Markdown
         assert assert_picture_shown(page, "review-photo.jpg") == 320  # zidane.jpg is landscape: its long side
         page.screenshot(path=SCREENSHOTS / "image-picture.png")
+        page.keyboard.press("Escape")
+
+        # CLIP's second opinion: its own check, with a result (not "Missing") for the image, saying what CLIP thinks
+        page.goto(f"{base}/assets/specialist_labels?view=checks&checkDetail=committee_agrees")
+        skip_onboarding(page)
+        page.get_by_text("Partitions", exact=True).last.click()
+        for box in STATUS_BOXES:
+            checkbox = page.get_by_role("checkbox", name=re.compile(rf"^{box} \(\d+\)$"))
+            if (box != "Missing") != checkbox.is_checked():  # every result, but no image without one
+                page.locator("label").filter(has=checkbox).click()
+        deadline = time.monotonic() + 15
+        while "review-photo.jpg" not in listed_partitions(page):
+            if time.monotonic() > deadline:
+                page.screenshot(path=SCREENSHOTS / "second-opinion-missing.png")
+                raise AssertionError(f"review-photo.jpg has no committee_agrees result: {listed_partitions(page)}")
+            page.wait_for_timeout(500)
+        partition_column(page).locator("div[title='review-photo.jpg']").click()
+        page.get_by_text(re.compile(r"CLIP (agrees|disagrees)")).first.wait_for()
+        page.screenshot(path=SCREENSHOTS / "second-opinion.png")
         browser.close()
 
 

@@ -11,10 +11,12 @@ from tests.conftest import ui_check_statuses
 from vision_assets.definitions import build_definitions, model_resources_from
 from vision_assets.settings import Settings
 from vision_assets.vision.index.vector_index import image_point_id
-from vision_assets.vision.records import DetectionsRecord, LabelsRecord
-from vision_assets.vision.results_store import DETECTIONS, LABELS
+from vision_assets.vision.committee.scenes import DEFAULT_SCENES
+from vision_assets.vision.models.embedder import ClipEmbedder
+from vision_assets.vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
+from vision_assets.vision.results_store import DETECTIONS, EMBEDDINGS, LABELS
 
-STAGES = ["source_images", "detections", "specialist_labels", "embeddings", "qdrant_index"]
+STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
 
 
 def batch_check(run, name: str) -> dg.AssetCheckEvaluation:
@@ -51,10 +53,78 @@ def test_every_stage_runs_once_for_the_batch(pipeline):
 
 def test_models_load_once_per_run(pipeline):
     _, run = pipeline
-    # CLIP is used by two stages (the coral gate, then the embeddings) and loaded once for both.
+    # CLIP is used by two stages (the embeddings, then the coral gate and second opinions) and loaded once for both.
     assert batch_check(run, "embeddings_valid").metadata["models_loaded"].value == {"embedder": 1}
     loaded = batch_check(run, "all_labels_confident").metadata["models_loaded"].value
     assert all(count <= 1 for count in loaded.values())
+
+
+def test_clip_embeds_each_image_and_crop_once_per_run(request, monkeypatch):
+    embedded = []
+    original = ClipEmbedder.embed_images
+
+    def counting(self, images):
+        embedded.extend(image.size for image in images)
+        return original(self, images)
+
+    monkeypatch.setattr(ClipEmbedder, "embed_images", counting)
+    _, run = request.getfixturevalue("pipeline")
+    results = request.getfixturevalue("s3_image_store").results
+    crops = sum(len(results.read(key, EMBEDDINGS, EmbeddingsRecord).crop_indexes) for key in VALID)
+    assert run.success and len(embedded) == len(VALID) + crops
+
+
+def test_scene_tags_and_second_opinions_for_each_image(pipeline, models, s3_image_store):
+    results = s3_image_store.results
+    clip = models["embedder"].identity
+    for key in VALID:
+        embedded = results.read(key, EMBEDDINGS, EmbeddingsRecord)
+        assert set(embedded.scene.scores) == set(DEFAULT_SCENES) and embedded.scene.model == clip
+        assert abs(sum(embedded.scene.scores.values()) - 1) < 0.01
+        labels = results.read(key, LABELS, LabelsRecord)
+        assert labels.coral_scene_score == embedded.scene.scores["coral reef"]  # the gate is one use of the tags
+        assert [c.crop_box for c in labels.crops] == embedded.crop_boxes  # the experts saw the crops CLIP saw
+        for crop in labels.crops:
+            opinion = crop.second_opinion
+            assert opinion.model == clip and opinion.detector.said == crop.detection.class_name
+            assert (opinion.expert is not None) == (crop.specialist is not None)
+            if crop.specialist:
+                assert opinion.expert.said == crop.specialist.top.name
+
+
+def test_crops_clip_contradicts_are_flagged_shown_in_their_check_and_indexed(request, monkeypatch):
+    monkeypatch.setenv("VISION_ASSETS_SECOND_OPINION_MARGIN", "0")  # any disagreement counts
+    _, run = request.getfixturevalue("pipeline")
+    models, instance = request.getfixturevalue("models"), request.getfixturevalue("instance")
+    results = request.getfixturevalue("s3_image_store").results
+    records = {key: results.read(key, LABELS, LabelsRecord) for key in VALID}
+    flagged = {key for key, record in records.items() if record.disagreements}
+    assert flagged, "a random-weight CLIP disagrees with random-weight models somewhere"
+    evaluations = {e.partition: e for e in run.get_asset_check_evaluations() if e.check_name == "committee_agrees"}
+    assert set(evaluations) == set(VALID)
+    for key, evaluation in evaluations.items():
+        assert evaluation.passed == (key not in flagged) and evaluation.severity == dg.AssetCheckSeverity.WARN
+        if key in flagged:
+            assert "CLIP disagrees" in evaluation.description and "; CLIP: " in evaluation.description
+    statuses = ui_check_statuses(instance, "specialist_labels", "committee_agrees")
+    assert statuses.get("FAILED", set()) == flagged and statuses["SKIPPED"] == {"corrupt.jpg"}
+    summary = batch_check(run, "committee_agreed")
+    assert summary.metadata["batch_crops_audited"].value == sum(len(r.crops) for r in records.values())
+    client = QdrantClient(path=models["qdrant"].path)
+    try:
+        crops, _ = client.scroll("crops", limit=100, with_payload=True)
+        for point in crops:
+            payload = point.payload
+            crop = records[payload["image_id"]].crops[payload["detection_index"]]
+            assert payload["clip_disagrees"] == crop.second_opinion.needs_review
+            assert payload["second_opinion"]["entity"]["clip"] == crop.second_opinion.detector.clip
+            if crop.second_opinion.needs_review:
+                assert payload["needs_review"] and set(crop.second_opinion.disagreements) <= set(payload["review_reasons"])
+        images, _ = client.scroll("images", limit=10, with_payload=True)
+        assert {p.payload["image_id"] for p in images if p.payload["clip_disagrees"]} == flagged
+        assert all(set(p.payload["scene_scores"]) <= set(DEFAULT_SCENES) for p in images)
+    finally:
+        client.close()
 
 
 def test_results_for_each_image(pipeline, models, s3_image_store):
@@ -101,9 +171,10 @@ def test_every_image_has_a_status_in_the_ui_for_every_check(pipeline, instance):
         "SUCCEEDED": set(VALID), "FAILED": {"corrupt.jpg"}}
     for asset, check in [("embeddings", "embedding_valid"), ("qdrant_index", "indexed")]:
         assert ui_check_statuses(instance, asset, check) == {"SUCCEEDED": set(VALID), "SKIPPED": {"corrupt.jpg"}}
-    labels = ui_check_statuses(instance, "specialist_labels", "labels_confident")
-    assert labels.pop("SKIPPED") == {"corrupt.jpg"}
-    assert set(labels) <= {"SUCCEEDED", "FAILED"} and set().union(*labels.values()) == set(VALID)
+    for check in ("labels_confident", "committee_agrees"):
+        labels = ui_check_statuses(instance, "specialist_labels", check)
+        assert labels.pop("SKIPPED") == {"corrupt.jpg"}
+        assert set(labels) <= {"SUCCEEDED", "FAILED"} and set().union(*labels.values()) == set(VALID)
 
 
 def test_labels_carry_a_picture_and_review_results_show_the_crops(pipeline, s3_image_store):

@@ -58,11 +58,27 @@ def test_filters(searcher):
                                                filters=SearchFilters(needs_review=False))) == len(crops)
 
 
+def test_scene_and_second_opinion_filters(searcher):
+    images = searcher.by_text("anything", limit=10)
+    tagged = next(h for h in images if h.scene_tags)  # tiny random CLIP: some image clears the tag threshold
+    scene = tagged.scene_tags[0]
+    hits = searcher.by_text("x", limit=10, filters=SearchFilters(scene=scene))
+    assert tagged.image_id in {h.image_id for h in hits} and all(scene in h.scene_tags for h in hits)
+    for target in ("images", "crops"):
+        every = searcher.by_text("x", target=target, limit=100)
+        disagreed = searcher.by_text("x", target=target, limit=100, filters=SearchFilters(clip_disagrees=True))
+        agreed = searcher.by_text("x", target=target, limit=100, filters=SearchFilters(clip_disagrees=False))
+        assert len(disagreed) + len(agreed) == len(every)
+        assert all(h.needs_review for h in disagreed)
+
+
 def test_filters_that_do_not_apply_are_refused(searcher):
     with pytest.raises(SearchError, match="crops"):
         searcher.by_text("x", target="images", filters=SearchFilters(min_confidence=0.5))
     with pytest.raises(SearchError, match="whole-image"):
         searcher.by_text("x", target="crops", filters=SearchFilters(coral_health="CORAL_BL"))
+    with pytest.raises(SearchError, match="whole images"):
+        searcher.by_text("x", target="crops", filters=SearchFilters(scene="beach"))
 
 
 def test_search_by_image_file_and_more_like_an_indexed_image(searcher):
@@ -100,5 +116,7 @@ def test_cli_terminal_and_json_output(pipeline, capsys):
     assert main(["search", "a dog", "--crops", "--json", "--limit", "3"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 3 and {"image_id", "source_uri", "box", "labels", "score"} <= set(hits[0])
+    assert main(["search", "a dog", "--crops", "--clip-disagrees", "--json"]) == 0
+    assert all(hit["needs_review"] for hit in json.loads(capsys.readouterr().out))
     assert main(["search", "x", "--min-confidence", "0.5"]) == 2  # images have no single confidence
     assert "crops" in capsys.readouterr().err

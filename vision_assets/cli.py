@@ -163,7 +163,8 @@ def search(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     models = model_resources_from(settings)
     filters = SearchFilters(entity=args.entity, label=args.label, coral_health=args.coral_health,
-                            min_confidence=args.min_confidence, needs_review=args.needs_review)
+                            min_confidence=args.min_confidence, needs_review=args.needs_review, scene=args.scene,
+                            clip_disagrees=args.clip_disagrees)
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
     tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)  # noqa: E731
@@ -281,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     search_parser.add_argument("--label", help='expert label, e.g. "golden retriever"')
     search_parser.add_argument("--coral-health", help="images only, e.g. CORAL_BL")
     search_parser.add_argument("--min-confidence", type=float, help="crops only: the expert's confidence")
+    search_parser.add_argument("--scene", help="images only: a scene tag, e.g. beach")
+    search_parser.add_argument("--clip-disagrees", action="store_true", default=None,
+                               help="only what CLIP's second opinion contradicts (crops, or images with such crops)")
     review = search_parser.add_mutually_exclusive_group()
     review.add_argument("--needs-review", dest="needs_review", action="store_true", default=None)
     review.add_argument("--reviewed", dest="needs_review", action="store_false")

@@ -78,7 +78,9 @@ def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResourc
         "labeling": LabelingSettings(
             routes=settings.routes, review_thresholds=settings.review_thresholds,
             default_review_threshold=settings.review_threshold, crop_margin=settings.crop_margin,
-            coral_scene_threshold=settings.coral_scene_threshold,
+            scenes=settings.scenes, scene_tag_threshold=settings.scene_tag_threshold,
+            coral_scene_tag=settings.coral_scene_tag, coral_scene_threshold=settings.coral_scene_threshold,
+            second_opinion_margin=settings.second_opinion_margin,
         ),
         "qdrant": QdrantResource(
             url=settings.qdrant_url,
@@ -110,12 +112,13 @@ def build_definitions(
     stage_policy: StagePolicy = StagePolicy(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
+    labeling = models["labeling"]
     return dg.Definitions(
         assets=[
             source_images,
             build_detections(detector.identity),
+            build_embeddings(embedder.identity, labeling.scene_signature),
             build_specialist_labels(specialists.identity, embedder.identity),
-            build_embeddings(embedder.identity),
             build_qdrant_index(embedder.identity),
             image_catalog,
         ],

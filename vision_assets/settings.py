@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
 from .vision.committee.routing import DEFAULT_ROUTES, format_routes, parse_routes
+from .vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES, format_scenes, parse_scenes
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif"
 
@@ -90,8 +91,17 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_REVIEW_THRESHOLDS": ("", "Per-expert overrides: `dog_breeds=0.6,coral_health=0.7`."),
     "VISION_ASSETS_ROUTES": (format_routes(DEFAULT_ROUTES), "Detector class -> expert."),
     "VISION_ASSETS_CROP_MARGIN": ("0.1", "Crops grow by this fraction of the box on each side."),
-    "VISION_ASSETS_CORAL_SCENE_THRESHOLD": ("0.5", "CLIP zero-shot probability of \"an underwater photo of a coral "
-                                            "reef\" above which the coral expert sees the image."),
+    "VISION_ASSETS_SCENE_TAGS": (format_scenes(DEFAULT_SCENES), "Scene vocabulary for whole images: `tag` or "
+                                 "`tag=CLIP prompt`, comma-separated. Each image gets the tags CLIP gives at least "
+                                 "`VISION_ASSETS_SCENE_TAG_THRESHOLD` (payload `scene_tags`, search `--scene`)."),
+    "VISION_ASSETS_SCENE_TAG_THRESHOLD": ("0.2", "Zero-shot probability (among the vocabulary) a scene tag needs."),
+    "VISION_ASSETS_CORAL_SCENE_TAG": (CORAL_TAG, "The scene tag that gates the coral expert (must be in the "
+                                      "vocabulary)."),
+    "VISION_ASSETS_CORAL_SCENE_THRESHOLD": ("0.5", "Probability of that tag above which the coral expert sees the "
+                                            "image."),
+    "VISION_ASSETS_SECOND_OPINION_MARGIN": ("0.5", "CLIP audits every crop: when its zero-shot answer beats the "
+                                            "detector's class or the expert's label by this much probability, the "
+                                            "crop is flagged for review (`committee_agrees` check). Above 1 = never."),
     "VISION_ASSETS_REVIEW_PICTURES": ("1", "`1`: thumbnails with boxes and labels in each image's metadata, the crops "
                                       "that need review and previews of rejected files in the check results. `0`: "
                                       "words only (a smaller event log)."),
@@ -161,6 +171,17 @@ def _csv(name: str) -> frozenset[str]:
     return frozenset(part.strip() for part in (env(name) or "").split(",") if part.strip())
 
 
+def _scenes() -> dict[str, str]:
+    scenes = parse_scenes(env("VISION_ASSETS_SCENE_TAGS") or "")
+    gate = env("VISION_ASSETS_CORAL_SCENE_TAG")
+    if not scenes:
+        raise ValueError("VISION_ASSETS_SCENE_TAGS is empty: name at least the coral gate's tag")
+    if gate not in scenes:
+        raise ValueError(f"VISION_ASSETS_CORAL_SCENE_TAG {gate!r} is not in VISION_ASSETS_SCENE_TAGS "
+                         f"({', '.join(scenes)}): add it, e.g. `{gate}=an underwater photo of a coral reef`")
+    return scenes
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -206,7 +227,11 @@ class Settings:
     review_thresholds: dict[str, float]
     routes: dict[str, str]
     crop_margin: float
+    scenes: dict[str, str]
+    scene_tag_threshold: float
+    coral_scene_tag: str
     coral_scene_threshold: float
+    second_opinion_margin: float
     review_pictures: bool
     review_picture_side: int
     qdrant_url: str | None
@@ -288,7 +313,11 @@ class Settings:
             review_thresholds=_pairs("VISION_ASSETS_REVIEW_THRESHOLDS"),
             routes=parse_routes(env("VISION_ASSETS_ROUTES")),
             crop_margin=_float("VISION_ASSETS_CROP_MARGIN"),
+            scenes=_scenes(),
+            scene_tag_threshold=_float("VISION_ASSETS_SCENE_TAG_THRESHOLD"),
+            coral_scene_tag=env("VISION_ASSETS_CORAL_SCENE_TAG"),
             coral_scene_threshold=_float("VISION_ASSETS_CORAL_SCENE_THRESHOLD"),
+            second_opinion_margin=_float("VISION_ASSETS_SECOND_OPINION_MARGIN"),
             review_pictures=_flag("VISION_ASSETS_REVIEW_PICTURES"),
             review_picture_side=_int("VISION_ASSETS_REVIEW_PICTURE_SIDE"),
             qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,

@@ -1,75 +1,96 @@
-"""`embeddings`: OpenCLIP vectors for every valid image and every crop."""
+"""`embeddings`: the generalist's look at everything, once. OpenCLIP vectors for every valid image and every crop the
+router found, and each image's scene tags (zero-shot over the scene vocabulary, from the same image vector). The
+experts come after it, so the coral gate and the second opinions reuse these vectors instead of embedding again."""
 
 import time
+from collections import Counter
 
 import dagster as dg
 import numpy as np
 
-from ..checks.confidence import LABELS_KEY
 from ..checks.embedding import EMBEDDINGS_KEY, embedding_outcome, embedding_validity
-from ..resources import EmbedderResource, ImageStore, StagePolicy
+from ..resources import EmbedderResource, ImageStore, LabelingSettings, StagePolicy
 from ..vision.committee.embedding_checks import embedding_problems
-from ..vision.records import EmbeddingsRecord, LabelsRecord
-from ..vision.results_store import EMBEDDING_VECTORS, EMBEDDINGS, LABELS
+from ..vision.committee.routing import crop_box
+from ..vision.committee.scenes import scene_tags
+from ..vision.committee.zero_shot import Vocabulary
+from ..vision.records import DetectionsRecord, EmbeddingsRecord
+from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS
+from .detections import DETECTIONS_KEY
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
 
 
-def build_embeddings(embedder_identity: str) -> dg.AssetsDefinition:
+def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
             key=EMBEDDINGS_KEY,
-            deps=[LABELS_KEY],
+            deps=[DETECTIONS_KEY],
             pool="gpu",
             kinds={"pytorch"},
-            code_version=f"1|{embedder_identity}",
+            code_version=f"2|{embedder_identity}|{scene_signature}",
             check_specs=embedding_validity.specs,
-            description=f"L2-normalised OpenCLIP ({embedder_identity}) embeddings of each valid image and each of "
-            "its crops. Writes `~embeddings.npz` and `~embeddings.json`.",
+            description=f"L2-normalised OpenCLIP ({embedder_identity}) embeddings of each valid image and of each "
+            "detection's crop (the box plus a margin: the crops the experts then see), and each image's scene tags "
+            "(CLIP zero-shot over the scene vocabulary). Writes `~embeddings.npz` and `~embeddings.json`.",
         )
     )
     @transient_faults_retried
     def embeddings(
-        context: dg.AssetExecutionContext, image_store: ImageStore, embedder: EmbedderResource, stage_policy: StagePolicy
+        context: dg.AssetExecutionContext,
+        image_store: ImageStore,
+        embedder: EmbedderResource,
+        labeling: LabelingSettings,
+        stage_policy: StagePolicy,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         note_skipped(context, skipped)
         results, clip = image_store.results, embedder.embedder
-        records, crop_count, seconds = [], 0, 0.0
+        scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
+        records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         for chunk in stage_policy.chunks(list(valid)):
-            labels = {key: results.read(key, LABELS, LabelsRecord) for key in chunk}
+            detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             pictures = load_images(image_store, chunk)
-            crops = [(key, c.detection_index, pictures[key].crop(tuple(c.crop_box)))
-                     for key in chunk for c in labels[key].crops]
+            crops = []  # (image, detection index, box, pixels), every crop of the chunk
+            for key in chunk:
+                picture = pictures[key]
+                for index, detection in enumerate(detections[key].detections):
+                    box = crop_box(detection.box, picture.width, picture.height, labeling.crop_margin)
+                    crops.append((key, index, box, picture.crop(tuple(box))))
             started = time.perf_counter()
             # One batched pass over the chunk's whole images and one over all their crops.
             image_vectors = clip.embed_images([pictures[k] for k in chunk])
-            crop_vectors = clip.embed_images([image for _, _, image in crops]) if crops else None
+            crop_vectors = clip.embed_images([pixels for *_, pixels in crops]) if crops else None
+            tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, embedder.identity)
             seconds += time.perf_counter() - started
             crop_count += len(crops)
             dimension = clip.dimension
             rows_of: dict[str, list[int]] = {key: [] for key in chunk}
-            for row, (owner, _, _) in enumerate(crops):
+            for row, (owner, *_) in enumerate(crops):
                 rows_of[owner].append(row)
             for row, key in enumerate(chunk):
                 mine = rows_of[key]
                 vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
                 record = EmbeddingsRecord(
                     partition_key=key, model=embedder.identity, dimension=dimension,
-                    crop_indexes=[crops[i][1] for i in mine],
+                    crop_indexes=[crops[i][1] for i in mine], crop_boxes=[crops[i][2] for i in mine],
+                    scene=tags[row],
                     problems=embedding_problems(image_vectors[row], dimension, "image")
                     + embedding_problems(vectors, dimension, "crops"),
                 )
                 results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
                 results.write(key, EMBEDDINGS, record)
                 records.append(record)
+                tag_counts.update(record.scene.tags)
                 context.add_asset_metadata(
-                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity},
+                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity,
+                     "scene_tags": ", ".join(record.scene.tags) or "-"},
                     partition_key=key,
                 )
         yield dg.MaterializeResult()
         yield from embedding_validity.report(
             context, [embedding_outcome(record) for record in records], skipped,
             batch_crops=crop_count,
+            batch_scene_tags=dict(tag_counts),
             batch_model_seconds=round(seconds, 3),
             batch_vectors_per_second=round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
             models_loaded=embedder.load_counts,

@@ -6,6 +6,7 @@ import time
 
 import dagster as dg
 
+from ..checks.confidence import LABELS_KEY
 from ..checks.embedding import EMBEDDINGS_KEY
 from ..checks.indexing import (
     INDEX_KEY,
@@ -37,7 +38,7 @@ def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: Em
     points = ImagePoints(
         partition_key=key,
         image_vector=vectors["image"],
-        image_payload=image_payload(source, detections, labels, embedded.model),
+        image_payload=image_payload(source, detections, labels, embedded),
         crop_vectors=vectors["crops"],
         crop_payloads=[crop_payload(source, crops[i], detections.model, embedded.model) for i in embedded.crop_indexes],
         crop_indexes=embedded.crop_indexes,
@@ -49,10 +50,10 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
             key=INDEX_KEY,
-            deps=[EMBEDDINGS_KEY],
+            deps=[EMBEDDINGS_KEY, LABELS_KEY],
             pool="qdrant",
             kinds={"qdrant"},
-            code_version=f"1|{embedder_identity}",
+            code_version=f"2|{embedder_identity}",
             check_specs=[*index_consistency.specs, index_completeness],
             description="Points in the `images` and `crops` collections (cosine), ids derived from the image and "
             "crop identity so re-runs overwrite; payload: source URI, sha256, pHash, box, labels with confidences "
@@ -98,7 +99,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                                                 "crop_points": len(record.crop_points)}, partition_key=key)
                     if outbox:  # finished: the callback sensor announces it
                         outbox.add(finished_message(valid[key], image.image_payload["top_labels"],
-                                                    labels_of[key].needing_review, record.problems))
+                                                    labels_of[key].needing_review, record.problems,
+                                                    disagreements=labels_of[key].disagreements))
                 crop_count += sum(len(p.crop_indexes) for p in points)
             for key in skipped:  # a re-upload that is now rejected must not stay findable under its old content
                 index.delete_image(key)

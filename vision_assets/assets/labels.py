@@ -1,13 +1,18 @@
-"""`specialist_labels`: each crop to the expert for its class; reef-looking images to the coral expert."""
+"""`specialist_labels`: each crop to the expert for its class; reef-looking images to the coral expert; and CLIP's
+second opinion on every crop, from the vectors the embeddings stage already computed."""
 
 import time
 from collections import Counter
 
 import dagster as dg
+import numpy as np
 from PIL import Image
 
+from ..checks.agreement import agreement_outcome, committee_agreement
 from ..checks.confidence import LABELS_KEY, label_confidence, labels_outcome
+from ..checks.embedding import EMBEDDINGS_KEY
 from ..resources import (
+    DetectorResource,
     EmbedderResource,
     ImageStore,
     LabelingSettings,
@@ -15,13 +20,12 @@ from ..resources import (
     SpecialistsResource,
     StagePolicy,
 )
-from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.committee.labeling import label_batch
-from ..vision.records import DetectionsRecord, LabelsRecord
-from ..vision.results_store import DETECTIONS, LABELS
-from ..vision.committee.routing import CORAL
-from ..vision.committee.scenes import CORAL_PROMPT, OTHER_SCENES, zero_shot_probability
-from .detections import DETECTIONS_KEY
+from ..vision.committee.second_opinion import second_opinions
+from ..vision.committee.zero_shot import Vocabulary, label_prompt
+from ..vision.images.review import ReviewPictures, labels_markdown
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
+from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
 
 
@@ -33,24 +37,47 @@ def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPict
         "labels": dict(top),
         "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
         "needs_review": len(record.needing_review),
+        "clip_disagrees": len(record.disagreements),
     }
     if look:  # what the committee saw, drawn on the image
         metadata["picture"] = dg.MetadataValue.md(labels_markdown(record.partition_key, picture, record, look))
     return metadata
 
 
+class Vocabularies:
+    """Prompt vectors for the detector's classes and each expert's labels, made on first need: a run with no
+    wildlife crop never touches the 10,000 species (and the vectors are cached per model anyway)."""
+
+    def __init__(self, embedder: EmbedderResource, detector: DetectorResource, specialists: SpecialistsResource):
+        self._embedder, self._detector, self._experts = embedder, detector, specialists.classifiers()
+        self._made: dict[str, Vocabulary] = {}
+
+    def _vocabulary(self, name: str, labels: list[str]) -> Vocabulary:
+        if name not in self._made:
+            self._made[name] = Vocabulary(labels, self._embedder.embedder.prompt_vectors([label_prompt(l) for l in labels]))
+        return self._made[name]
+
+    @property
+    def detector(self) -> Vocabulary:
+        return self._vocabulary("detector", self._detector.detector.class_names)
+
+    def experts(self, names: set[str]) -> dict[str, Vocabulary]:
+        return {name: self._vocabulary(name, self._experts[name].label_names) for name in sorted(names)}
+
+
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
             key=LABELS_KEY,
-            deps=[DETECTIONS_KEY],
+            deps=[EMBEDDINGS_KEY],
             pool="gpu",
             kinds={"pytorch"},
-            code_version=f"1|{specialists_identity}|{embedder_identity}",
-            check_specs=label_confidence.specs,
-            description="Every detection cropped (with a margin) and labelled by the expert for its class, top-k "
-            "with confidences; whole images that CLIP scores as a coral reef labelled by the coral expert. Writes "
-            "`~labels.json`.",
+            code_version=f"2|{specialists_identity}|{embedder_identity}",
+            check_specs=[*label_confidence.specs, *committee_agreement.specs],
+            description="Every crop the embeddings stage cut labelled by the expert for its class, top-k with "
+            "confidences; whole images whose `coral reef` scene tag passes the gate labelled by the coral expert; "
+            "and CLIP's zero-shot second opinion on each crop (detector class and expert label), from the stored "
+            "crop vectors. Writes `~labels.json`.",
         )
     )
     @transient_faults_retried
@@ -59,31 +86,41 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         image_store: ImageStore,
         specialists: SpecialistsResource,
         embedder: EmbedderResource,
+        detector: DetectorResource,
         labeling: LabelingSettings,
         review: ReviewSettings,
         stage_policy: StagePolicy,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
-        note_skipped(context, skipped)
         results, look = image_store.results, review.look
+        embedded = {key: results.read(key, EMBEDDINGS, EmbeddingsRecord) for key in valid}
+        missing = [key for key, record in embedded.items() if record is None]
+        skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
+        note_skipped(context, skipped)
+        keys = [key for key in valid if key not in missing]
         experts = specialists.classifiers()
-        scene_prompts = embedder.embedder.embed_texts([CORAL_PROMPT, *OTHER_SCENES]) if CORAL in experts and valid else None
-        seconds, outcomes, routed, coral_images = 0.0, [], Counter(), 0
-        for chunk in stage_policy.chunks(list(valid)):
+        vocabularies = Vocabularies(embedder, detector, specialists)
+        seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, [], []
+        routed, coral_images, audited = Counter(), 0, 0
+        for chunk in stage_policy.chunks(keys):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
+            vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
             pictures = load_images(image_store, chunk)
+            boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
+            coral_scores = {key: embedded[key].scene.scores.get(labeling.coral_scene_tag, 0.0)
+                            for key in chunk if embedded[key].scene}
             started = time.perf_counter()
-            coral_scores = {}
-            if scene_prompts is not None:
-                scores = zero_shot_probability(embedder.embedder.embed_images([pictures[k] for k in chunk]), scene_prompts)
-                coral_scores = {key: float(score) for key, score in zip(chunk, scores, strict=True)}
-            labelled = label_batch(pictures, detections, experts, coral_scores, labeling.policy)
+            labelled = label_batch(pictures, detections, boxes, experts, coral_scores, labeling.policy)
             seconds += time.perf_counter() - started
+            crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
+                                                   labeling.second_opinion_margin)
+            audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
             for key in chunk:
                 record = labelled[key]
                 results.write(key, LABELS, record)
                 context.add_asset_metadata(labels_metadata(record, pictures[key], look), partition_key=key)
                 outcomes.append(labels_outcome(record, pictures[key], look))
+                agreements.append(agreement_outcome(record))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
         yield dg.MaterializeResult()
@@ -94,5 +131,34 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             batch_coral_images=coral_images,
             models_loaded=specialists.load_counts | embedder.load_counts,
         )
+        yield from committee_agreement.report(
+            context, agreements, skipped,
+            batch_crops_audited=audited,
+            batch_second_opinion_seconds=round(audit_seconds, 3),
+            batch_ms_per_crop=round(1000 * audit_seconds / audited, 3) if audited else 0.0,
+            margin=labeling.second_opinion_margin,
+        )
 
     return specialist_labels
+
+
+def _second_opinions(labelled: dict[str, LabelsRecord], embedded: dict[str, EmbeddingsRecord], vectors: dict,
+                     vocabularies: Vocabularies, model: str, margin: float) -> tuple[int, float]:
+    """CLIP's opinion on every crop of the chunk whose vector is sound: (crops judged, seconds the judging took, not
+    counting the one-off prompt vectors)."""
+    crops, rows = [], []
+    for key, record in labelled.items():
+        if embedded[key].problems:  # vectors that failed their check say nothing
+            continue
+        row_of = {index: row for row, index in enumerate(embedded[key].crop_indexes)}
+        for crop in record.crops:
+            if crop.detection_index in row_of:
+                crops.append(crop)
+                rows.append(vectors[key]["crops"][row_of[crop.detection_index]])
+    if not crops:
+        return 0, 0.0
+    detector = vocabularies.detector
+    experts = vocabularies.experts({c.specialist.specialist for c in crops if c.specialist})
+    started = time.perf_counter()
+    second_opinions(crops, np.stack(rows), detector, experts, model, margin)
+    return len(crops), time.perf_counter() - started

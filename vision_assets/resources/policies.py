@@ -12,6 +12,7 @@ from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
 from ..vision.committee.labeling import LabelingPolicy
 from ..vision.committee.routing import DEFAULT_ROUTES
+from ..vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES
 
 
 class UploadPolicy(dg.ConfigurableResource):
@@ -58,13 +59,25 @@ class StagePolicy(dg.ConfigurableResource):
 
 
 class LabelingSettings(dg.ConfigurableResource):
-    """How crops reach experts and when a label needs a human."""
+    """How crops reach experts, what CLIP is asked about each image and crop, and when a label needs a human."""
 
     routes: dict[str, str] = dict(DEFAULT_ROUTES)
     review_thresholds: dict[str, float] = {}
     default_review_threshold: float = 0.5
     crop_margin: float = 0.1
+    scenes: dict[str, str] = dict(DEFAULT_SCENES)  # scene tag -> CLIP prompt
+    scene_tag_threshold: float = 0.2
+    coral_scene_tag: str = CORAL_TAG
     coral_scene_threshold: float = 0.5
+    second_opinion_margin: float = 0.5  # CLIP's lead over the model's answer that flags a crop for review
+
+    @property
+    def scene_signature(self) -> str:
+        """What the scene tags depend on, for the code version of the stage that computes them."""
+        import hashlib
+
+        text = "|".join([f"{self.crop_margin}", f"{self.scene_tag_threshold}", *(f"{k}={v}" for k, v in self.scenes.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     @property
     def policy(self) -> LabelingPolicy:

@@ -14,7 +14,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -217,9 +217,11 @@ def rejected_message(record: SourceImageRecord) -> CallbackMessage:
 
 
 def finished_message(source: SourceImageRecord, labels: list[dict], review: list[str], problems: list[str],
-                     failed_check: str | None = None) -> CallbackMessage:
-    """An image at the end of the pipeline: indexed (perhaps with labels to review), or failed at a later check."""
+                     failed_check: str | None = None, disagreements: Sequence[str] = ()) -> CallbackMessage:
+    """An image at the end of the pipeline: indexed (perhaps with labels to review, or answers CLIP contradicts), or
+    failed at a later check."""
     failed = [{"check": "labels_confident", "reason": "needs_review", "message": item} for item in review]
+    failed += [{"check": "committee_agrees", "reason": "clip_disagrees", "message": item} for item in disagreements]
     if problems:
         failed.append({"check": failed_check or "indexed", "reason": "failed", "message": "; ".join(problems)})
     status = "failed" if problems else "indexed"

@@ -123,11 +123,58 @@ class SpecialistLabel(BaseModel):
         return self.labels[0]
 
 
+class Agreement(BaseModel):
+    """One model's answer next to CLIP's zero-shot answer over the same vocabulary."""
+
+    said: str  # the detector's class, or the expert's top label
+    clip: str  # CLIP's most likely entry of the same vocabulary
+    clip_score: float  # CLIP's probability for its own answer
+    said_score: float  # CLIP's probability for what the model said
+
+    @property
+    def agrees(self) -> bool:
+        return self.said == self.clip
+
+    @property
+    def margin(self) -> float:
+        """How much more CLIP believes its own answer than the model's (0 when they agree)."""
+        return round(self.clip_score - self.said_score, 6)
+
+
+class SecondOpinion(BaseModel):
+    """The generalist's audit of one crop: CLIP zero-shot over the detector's classes and over the routed expert's
+    labels. A disagreement by at least `margin_threshold` is a reason to look, written for a person."""
+
+    model: str
+    detector: Agreement
+    expert: Agreement | None = None  # None: no expert for this class
+    margin_threshold: float
+    disagreements: list[str] = Field(default_factory=list)  # "detector: cat; CLIP: dog 0.81"
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.disagreements)
+
+
 class CropLabels(BaseModel):
     detection_index: int
     detection: Detection
     crop_box: list[int]  # the detection box plus margin, clamped to the image
     specialist: SpecialistLabel | None = None  # None: no specialist for this class
+    second_opinion: SecondOpinion | None = None  # None: no usable crop vector
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.specialist and self.specialist.needs_review) or bool(
+            self.second_opinion and self.second_opinion.needs_review)
+
+
+class SceneTags(BaseModel):
+    """CLIP zero-shot over the scene vocabulary, for the whole image."""
+
+    model: str
+    scores: dict[str, float]  # every tag's probability (they sum to 1)
+    tags: list[str]  # the tags at or above the tag threshold, most likely first
 
 
 class LabelsRecord(BaseModel):
@@ -150,14 +197,23 @@ class LabelsRecord(BaseModel):
                  for s in self.scene if s.needs_review]
         return crops + scene
 
+    @property
+    def disagreements(self) -> list[str]:
+        """Where CLIP's second opinion contradicts the detector or the expert, per crop."""
+        return [f"crop {c.detection_index}: {reason}"
+                for c in self.crops if c.second_opinion for reason in c.second_opinion.disagreements]
+
 
 class EmbeddingsRecord(BaseModel):
-    """Per-image outcome of `embeddings` (vectors in `~embeddings.npz`: `image` (d,), `crops` (n, d))."""
+    """Per-image outcome of `embeddings` (vectors in `~embeddings.npz`: `image` (d,), `crops` (n, d)). The crops are
+    cut here, once: the experts later see exactly the pixels these vectors describe."""
 
     partition_key: str
     model: str
     dimension: int
-    crop_indexes: list[int]
+    crop_indexes: list[int]  # the detection each crop vector belongs to
+    crop_boxes: list[list[int]] = Field(default_factory=list)  # parallel to crop_indexes
+    scene: SceneTags | None = None
     problems: list[str] = Field(default_factory=list)
 
 

@@ -5,7 +5,6 @@ from PIL import Image
 from vision_assets.vision.committee.labeling import LabelingPolicy, label_batch
 from vision_assets.vision.records import Detection, DetectionsRecord, Label
 from vision_assets.vision.committee.routing import CORAL, DEFAULT_ROUTES, crop_box, parse_routes
-from vision_assets.vision.committee.scenes import zero_shot_probability
 
 
 class Expert:
@@ -46,7 +45,7 @@ def test_each_expert_is_called_once_per_batch_with_every_crop_it_owns():
     }
     experts = {"dog_breeds": Expert("dog", 0.9), "cat_breeds": Expert("cat", 0.3), "wildlife": Expert("wild", 0.8)}
     policy = LabelingPolicy(routes=DEFAULT_ROUTES, thresholds={"cat_breeds": 0.5}, crop_margin=0.0)
-    records = label_batch(images, detections, experts, {}, policy)
+    records = label_batch(images, detections, {}, experts, {}, policy)
 
     assert [len(call) for call in experts["dog_breeds"].calls] == [2]  # both images' dogs, one call
     assert experts["dog_breeds"].calls[0] == [(50, 50), (190, 190)]
@@ -62,17 +61,18 @@ def test_coral_expert_sees_whole_images_that_look_like_a_reef():
     images = {"reef": Image.new("RGB", (64, 64)), "street": Image.new("RGB", (64, 64))}
     detections = {k: DetectionsRecord(partition_key=k, model="yolo", width=64, height=64, detections=[]) for k in images}
     coral = Expert("coral", 0.7)
-    records = label_batch(images, detections, {CORAL: coral}, {"reef": 0.9, "street": 0.1},
+    records = label_batch(images, detections, {}, {CORAL: coral}, {"reef": 0.9, "street": 0.1},
                           LabelingPolicy(routes={}, thresholds={}, coral_scene_threshold=0.5))
     assert [s.top.name for s in records["reef"].scene] == ["coral-label"]
     assert records["street"].scene == [] and records["reef"].coral_scene_score == 0.9
     assert coral.calls == [[(64, 64)]]
 
 
-def test_zero_shot_probability():
-    import numpy as np
-
-    prompts = np.eye(3, dtype=np.float32)
-    images = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    scores = zero_shot_probability(images, prompts)
-    assert scores[0] > 0.99 and scores[1] < 0.01
+def test_experts_see_the_crops_the_embeddings_stage_cut():
+    images = {"a": Image.new("RGB", (200, 100))}
+    detections = {"a": DetectionsRecord(partition_key="a", model="yolo", width=200, height=100,
+                                        detections=[detection("dog", [10, 10, 50, 50])])}
+    dogs = Expert("dog", 0.9)
+    records = label_batch(images, detections, {"a": {0: [0, 0, 120, 80]}}, {"dog_breeds": dogs}, {},
+                          LabelingPolicy(routes=DEFAULT_ROUTES, thresholds={}, crop_margin=0.1))
+    assert records["a"].crops[0].crop_box == [0, 0, 120, 80] and dogs.calls == [[(120, 80)]]

@@ -1,5 +1,6 @@
 """Specialist labels for a batch of images: crops routed to their experts, each expert called once per batch
-with every crop it owns across all images; the coral expert sees whole images that look like a reef."""
+with every crop it owns across all images; the coral expert sees whole images that look like a reef. The crops
+are the ones the embeddings stage cut (and CLIP embedded), so every model judges the same pixels."""
 
 from __future__ import annotations
 
@@ -46,15 +47,19 @@ def _specialist_label(specialist: str, model: Classifies, labels: list[Label], p
 def label_batch(
     images: Mapping[str, Image.Image],
     detections: Mapping[str, DetectionsRecord],
+    crop_boxes: Mapping[str, Mapping[int, list[int]]],
     specialists: Mapping[str, Classifies],
     coral_scores: Mapping[str, float],
     policy: LabelingPolicy,
 ) -> dict[str, LabelsRecord]:
+    """`crop_boxes`: image -> detection index -> the crop already cut for it (a detection without one is cut here
+    with the policy's margin)."""
     records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
     queued: dict[str, list[tuple[CropLabels, Image.Image]]] = defaultdict(list)
     for key, image in images.items():
         for index, detection in enumerate(detections[key].detections):
-            box = crop_box(detection.box, image.width, image.height, policy.crop_margin)
+            box = crop_boxes.get(key, {}).get(index) or crop_box(detection.box, image.width, image.height,
+                                                                  policy.crop_margin)
             crop = CropLabels(detection_index=index, detection=detection, crop_box=box)
             records[key].crops.append(crop)
             specialist = policy.routes.get(detection.class_name)

@@ -55,9 +55,17 @@ def crop_caption(crop: CropLabels) -> str:
 
 
 def _colour(crop: CropLabels) -> tuple[int, int, int]:
-    if crop.specialist is None:
-        return NO_EXPERT
-    return NEEDS_REVIEW if crop.specialist.needs_review else CONFIDENT
+    if crop.needs_review:  # an expert under its threshold, or CLIP contradicting the router or the expert
+        return NEEDS_REVIEW
+    return NO_EXPERT if crop.specialist is None else CONFIDENT
+
+
+def _clip_says(crop: CropLabels) -> str:
+    opinion = crop.second_opinion
+    if opinion is None:
+        return ""
+    said = f"{opinion.detector.clip} {opinion.detector.clip_score:.2f}"
+    return f"{said}; {opinion.expert.clip} {opinion.expert.clip_score:.2f}" if opinion.expert else said
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -99,13 +107,15 @@ def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsReco
     """The annotated thumbnail, then one table row per object: what the router saw, which expert, its top labels."""
     lines = [markdown_image(partition_key, annotated_thumbnail(picture, labels, look.side), look.quality), ""]
     if labels.crops:
-        lines += ["| # | router | expert | labels | review |", "|---|---|---|---|---|"]
+        lines += ["| # | router | expert | labels | CLIP says | review |", "|---|---|---|---|---|---|"]
         for number, crop in enumerate(labels.crops, start=1):
             expert = crop.specialist
             top = _top_k(expert.labels) if expert else ""
-            flag = "needs review" if expert and expert.needs_review else ""
+            flags = ["needs review"] if expert and expert.needs_review else []
+            flags += ["CLIP disagrees"] if crop.second_opinion and crop.second_opinion.needs_review else []
             lines.append(f"| {number} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
-                         f"{expert.specialist if expert else 'none for this class'} | {_cell(top)} | {flag} |")
+                         f"{expert.specialist if expert else 'none for this class'} | {_cell(top)} | "
+                         f"{_cell(_clip_says(crop))} | {', '.join(flags)} |")
     else:
         lines.append("No objects found.")
     for scene in labels.scene:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import CropLabels, DetectionsRecord, LabelsRecord, SourceImageRecord
+from ..records import CropLabels, DetectionsRecord, EmbeddingsRecord, LabelsRecord, SourceImageRecord
+
+SCENE_SCORES_KEPT = 5  # the most likely scene tags' probabilities, for display; the filter is `scene_tags`
 
 
 def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
@@ -20,8 +22,16 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
         "confidence": crop.detection.confidence,
         "detector_model": detector_model,
         "embedding_model": embedding_model,
-        "needs_review": False,
+        "needs_review": crop.needs_review,
+        "clip_disagrees": bool(crop.second_opinion and crop.second_opinion.needs_review),
+        "review_reasons": _review_reasons(crop),
     }
+    if crop.second_opinion:
+        opinion = crop.second_opinion
+        payload["clip_entity"] = opinion.detector.clip
+        payload["second_opinion"] = {"entity": opinion.detector.model_dump(),
+                                     "label": opinion.expert.model_dump() if opinion.expert else None,
+                                     "model": opinion.model}
     if crop.specialist:
         expert = crop.specialist
         payload |= {
@@ -31,16 +41,26 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
             "label_confidence": expert.top.confidence,
             "labels": [label.name for label in expert.labels],
             "top_k": [label.model_dump() for label in expert.labels],
-            "needs_review": expert.needs_review,
         }
     return payload
 
 
+def _review_reasons(crop: CropLabels) -> list[str]:
+    reasons = []
+    if crop.specialist and crop.specialist.needs_review:
+        top = crop.specialist.top
+        reasons.append(f"{crop.specialist.specialist}: {top.name} {top.confidence:.2f} < {crop.specialist.threshold}")
+    if crop.second_opinion:
+        reasons.extend(crop.second_opinion.disagreements)
+    return reasons
+
+
 def image_payload(
-    source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedding_model: str
+    source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedded: EmbeddingsRecord
 ) -> dict[str, Any]:
     crop_labels = [c.specialist for c in labels.crops if c.specialist]
     scene = labels.scene
+    tags = embedded.scene
     return {
         "image_id": source.partition_key,
         "object_key": source.object_key,
@@ -58,8 +78,11 @@ def image_payload(
         ),
         "coral_health": scene[0].top.name if scene else None,
         "coral_scene_score": labels.coral_scene_score,
-        "needs_review": any(s.needs_review for s in crop_labels + scene),
+        "scene_tags": tags.tags if tags else [],
+        "scene_scores": dict(list(tags.scores.items())[:SCENE_SCORES_KEPT]) if tags else {},
+        "needs_review": any(c.needs_review for c in labels.crops) or any(s.needs_review for s in scene),
+        "clip_disagrees": bool(labels.disagreements),
         "detector_model": detections.model,
-        "embedding_model": embedding_model,
+        "embedding_model": embedded.model,
         "specialist_models": sorted({s.model for s in crop_labels + scene}),
     }

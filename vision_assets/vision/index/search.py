@@ -28,6 +28,8 @@ class SearchFilters:
     coral_health: str | None = None  # images only
     min_confidence: float | None = None  # crops only: the expert's top-label confidence
     needs_review: bool | None = None
+    scene: str | None = None  # images only: a scene tag ("beach")
+    clip_disagrees: bool | None = None  # CLIP's second opinion contradicts the detector or the expert
 
     def to_qdrant(self, target: Target) -> models.Filter | None:
         must: list[models.Condition] = []
@@ -45,6 +47,12 @@ class SearchFilters:
             must.append(models.FieldCondition(key="label_confidence", range=models.Range(gte=self.min_confidence)))
         if self.needs_review is not None:
             must.append(_match("needs_review", self.needs_review))
+        if self.scene:
+            if target != "images":
+                raise SearchError("scene tags describe whole images: search images, not crops")
+            must.append(_match("scene_tags", self.scene))
+        if self.clip_disagrees is not None:
+            must.append(_match("clip_disagrees", self.clip_disagrees))
         return models.Filter(must=must) if must else None
 
 
@@ -58,6 +66,8 @@ class SearchHit:
     box: list[float] | None = None
     labels: list[dict[str, Any]] = field(default_factory=list)
     needs_review: bool = False
+    review_reasons: list[str] = field(default_factory=list)
+    scene_tags: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,9 +75,11 @@ class SearchHit:
     def describe(self) -> str:
         where = f" box {[round(v) for v in self.box]}" if self.box else ""
         what = ", ".join(f"{l['name']} {l['confidence']:.2f}" for l in self.labels) or "no expert label"
-        flag = "  [needs review]" if self.needs_review else ""
+        flag = f"  [needs review: {'; '.join(self.review_reasons)}]" if self.review_reasons else (
+            "  [needs review]" if self.needs_review else "")
         entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
-        return f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){flag}\n        {self.source_uri}"
+        scene = f"  scene: {', '.join(self.scene_tags)}" if self.scene_tags else ""
+        return f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){scene}{flag}\n        {self.source_uri}"
 
 
 class Embeds(Protocol):
@@ -145,4 +157,6 @@ def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
         box=payload.get("box") if target == "crops" else None,
         labels=labels,
         needs_review=bool(payload.get("needs_review")),
+        review_reasons=list(payload.get("review_reasons") or []),
+        scene_tags=list(payload.get("scene_tags") or []),
     )

@@ -35,6 +35,12 @@ class ImageClassifier(Model):
         keep = [index for index, name in sorted(labels.items()) if str(name).lower() not in self.drop_labels]
         return processor, model, keep, labels
 
+    @property
+    def label_names(self) -> list[str]:
+        """Every label the model can answer (junk classes left out), in class order."""
+        _, _, keep, labels = self.load()
+        return [str(labels[index]) for index in keep]
+
     def classify(self, images: Sequence[Image.Image]) -> list[list[Label]]:
         import torch
 
