@@ -13,6 +13,7 @@ crop and the one-off prompt vectors for each expert's labels. Not part of the te
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -23,7 +24,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ultralytics  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vision_assets.vision.committee.second_opinion import second_opinions  # noqa: E402
@@ -37,7 +37,8 @@ from vision_assets.vision.models.hub import hugging_face_offline  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models, read_manifest  # noqa: E402
 from vision_assets.vision.records import CropLabels, Detection, Label, SpecialistLabel  # noqa: E402
 
-PHOTOS = Path(ultralytics.__file__).parent / "assets"
+# Found, not imported: importing ultralytics sets OMP_NUM_THREADS=1, which would put torch on one core here.
+PHOTOS = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets"
 
 
 def crops(count: int) -> list[Image.Image]:

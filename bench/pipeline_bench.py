@@ -12,6 +12,7 @@ Models are built offline (random weights, real architectures with --size full). 
 """
 
 import argparse
+import importlib.util
 import logging
 import os
 import subprocess
@@ -28,7 +29,6 @@ logging.disable(logging.WARNING)
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
 
 import dagster as dg  # noqa: E402
-import ultralytics  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
@@ -39,7 +39,8 @@ from vision_assets.vision.committee.labeling import label_batch  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 from vision_assets.vision.records import DetectionsRecord  # noqa: E402
 
-PHOTOS = Path(ultralytics.__file__).parent / "assets"
+# Found, not imported: importing ultralytics sets OMP_NUM_THREADS=1, which would put torch on one core here.
+PHOTOS = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets"
 
 
 def make_images(folder: Path, count: int) -> list[Image.Image]:

@@ -44,6 +44,16 @@ def test_settings_reject_nonsense(monkeypatch):
         raise AssertionError("a non-number batch size was accepted")
 
 
+def test_a_scene_vocabulary_without_the_coral_gate_is_refused_while_there_is_a_coral_expert(monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("VISION_ASSETS_SCENE_TAGS", "beach, snow=a photo of snow")
+    with pytest.raises(ValueError, match="VISION_ASSETS_CORAL_SCENE_TAG 'coral reef' is not in"):
+        Settings.from_env()
+    monkeypatch.setenv("VISION_ASSETS_CORAL_HEALTH_MODEL", "")  # no coral expert: no gate needed
+    assert Settings.from_env().scenes == {"beach": "a photo of a beach", "snow": "a photo of snow"}
+
+
 def test_readme_commands_are_the_ones_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

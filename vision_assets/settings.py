@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
-from .vision.committee.routing import DEFAULT_ROUTES, format_routes, parse_routes
+from .vision.committee.routing import CORAL, DEFAULT_ROUTES, format_routes, parse_routes
 from .vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES, format_scenes, parse_scenes
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif"
@@ -171,12 +171,12 @@ def _csv(name: str) -> frozenset[str]:
     return frozenset(part.strip() for part in (env(name) or "").split(",") if part.strip())
 
 
-def _scenes() -> dict[str, str]:
+def _scenes(coral_expert: bool) -> dict[str, str]:
     scenes = parse_scenes(env("VISION_ASSETS_SCENE_TAGS") or "")
     gate = env("VISION_ASSETS_CORAL_SCENE_TAG")
     if not scenes:
-        raise ValueError("VISION_ASSETS_SCENE_TAGS is empty: name at least the coral gate's tag")
-    if gate not in scenes:
+        raise ValueError("VISION_ASSETS_SCENE_TAGS is empty: name at least one scene (and the coral gate's tag)")
+    if coral_expert and gate not in scenes:
         raise ValueError(f"VISION_ASSETS_CORAL_SCENE_TAG {gate!r} is not in VISION_ASSETS_SCENE_TAGS "
                          f"({', '.join(scenes)}): add it, e.g. `{gate}=an underwater photo of a coral reef`")
     return scenes
@@ -265,6 +265,11 @@ class Settings:
                 return os.environ[name]
             return offline_value if offline_value is not None else env(name) or ""
 
+        specialist_models = {
+            name: path
+            for name, setting in SPECIALIST_SETTINGS.items()
+            if (path := model(setting, offline.get("specialists", {}).get(name)))
+        }
         return cls(
             data_dir=Path(env("VISION_ASSETS_DATA_DIR")).expanduser().resolve(),
             s3_bucket=env("VISION_ASSETS_S3_BUCKET") or None,
@@ -301,11 +306,7 @@ class Settings:
             clip_model=model("VISION_ASSETS_CLIP_MODEL", offline.get("clip", {}).get("model")),
             clip_pretrained=model("VISION_ASSETS_CLIP_PRETRAINED", offline.get("clip", {}).get("pretrained")),
             clip_batch_size=_int("VISION_ASSETS_CLIP_BATCH_SIZE"),
-            specialist_models={
-                name: path
-                for name, setting in SPECIALIST_SETTINGS.items()
-                if (path := model(setting, offline.get("specialists", {}).get(name)))
-            },
+            specialist_models=specialist_models,
             specialist_batch_size=_int("VISION_ASSETS_SPECIALIST_BATCH_SIZE"),
             specialist_top_k=_int("VISION_ASSETS_SPECIALIST_TOP_K"),
             drop_labels=sorted(_csv("VISION_ASSETS_DROP_LABELS") | set(offline.get("drop_labels", []))),
@@ -313,7 +314,7 @@ class Settings:
             review_thresholds=_pairs("VISION_ASSETS_REVIEW_THRESHOLDS"),
             routes=parse_routes(env("VISION_ASSETS_ROUTES")),
             crop_margin=_float("VISION_ASSETS_CROP_MARGIN"),
-            scenes=_scenes(),
+            scenes=_scenes(coral_expert=CORAL in specialist_models),
             scene_tag_threshold=_float("VISION_ASSETS_SCENE_TAG_THRESHOLD"),
             coral_scene_tag=env("VISION_ASSETS_CORAL_SCENE_TAG"),
             coral_scene_threshold=_float("VISION_ASSETS_CORAL_SCENE_THRESHOLD"),

@@ -161,3 +161,29 @@ def test_unloadable_model_fails_fast_and_says_how_to_fix_it(model):
         model().load()
     assert "build-offline" in str(error.value) and "VISION_ASSETS_OFFLINE_MODELS" in str(error.value)
     assert time.monotonic() - started < 30
+
+
+def test_loading_the_detector_leaves_torch_on_every_core(cache):
+    """Importing ultralytics sets OMP_NUM_THREADS=1 when unset; the detector must not let that pin the run's other
+    models to one core. Fresh interpreters, as a run worker is (this test process imported ultralytics already):
+    one says torch's own default, the other loads the detector first (as a run does) and then asks."""
+    import os
+    import subprocess
+    import sys
+
+    load = (
+        "from vision_assets.vision.models.base import identity_for\n"
+        "from vision_assets.vision.models.cache import ModelCache\n"
+        "from vision_assets.vision.models.detector import YoloDetector\n"
+        f"cache = ModelCache.at({str(cache.root)!r})\n"
+        "YoloDetector(identity_for('yolov8n.pt', cache=cache), device='cpu', cache=cache).load()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"YOLO_OFFLINE": "1"}
+
+    def threads(prelude: str) -> str:
+        done = subprocess.run([sys.executable, "-c", prelude + "import torch; print(torch.get_num_threads())"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()[-1]
+
+    assert threads(load) == threads("")

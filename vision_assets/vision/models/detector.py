@@ -11,6 +11,19 @@ from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path
 from .hub import GITHUB, reachable
 
 
+def import_ultralytics_yolo():
+    """`ultralytics.YOLO`, without the side effect of importing it: ultralytics sets `OMP_NUM_THREADS=1` when it is
+    unset (a training default), which left every CPU model of the run on one core. The thread count torch had before
+    the import is put back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    from ultralytics import YOLO
+
+    torch.set_num_threads(threads)
+    return YOLO
+
+
 class YoloDetector(Model):
     def __init__(self, *args, confidence: float = 0.25, max_detections: int = 50, image_size: int = 640, **kwargs):
         super().__init__(*args, **kwargs)
@@ -25,8 +38,7 @@ class YoloDetector(Model):
         if local is None and not reachable(GITHUB):
             raise ModelLoadError(f"{self.identity.model_id} is not a local file and {GITHUB}, where ultralytics "
                                  f"downloads checkpoints from, cannot be reached. {OFFLINE_HINT}")
-        from ultralytics import YOLO
-
+        YOLO = import_ultralytics_yolo()
         model = YOLO(str(local or self.identity.model_id), task="detect")
         model.to(self.device)
         return model
