@@ -187,3 +187,13 @@ def test_loading_the_detector_leaves_torch_on_every_core(cache):
         return done.stdout.split()[-1]
 
     assert threads(load) == threads("")
+
+
+def test_clip_runs_in_bf16_on_the_cpu(manifest, cache, photos):
+    def clip(precision):
+        return ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", precision=precision,
+                            pretrained=manifest["clip"]["pretrained"], cache=cache)
+
+    full, half = clip("fp32").embed_images(photos), clip("bf16").embed_images(photos)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert (full * half).sum(axis=1).min() > 0.95  # the same direction, at bf16's precision

@@ -54,7 +54,8 @@ class ClipEmbedder(Model):
         import torch
 
         model, preprocess, _ = self.load()
-        dtype = next(model.parameters()).dtype  # bf16 weights need bf16 pixels
+        # bf16 weights need bf16 pixels (OpenCLIP keeps a few parameters, such as the logit scale, in fp32)
+        dtype = next((p.dtype for p in model.visual.parameters() if p.dtype != torch.float32), torch.float32)
         vectors = []
         for batch in batches(images, self.batch_size):
             pixels = torch.stack([preprocess(image) for image in batch]).to(self.device, dtype)
