@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
+from .vision.models import defaults
 from .vision.committee.routing import CORAL, DEFAULT_ROUTES, format_routes, parse_routes
 from .vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES, format_scenes, parse_scenes
 
@@ -66,22 +67,22 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                   "each library's own cache."),
     "VISION_ASSETS_DEVICE": ("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."),
     "VISION_ASSETS_PRECISION": ("fp32", "`fp32`, `bf16`, or `fp16` (CUDA only)."),
-    "VISION_ASSETS_DETECTOR_MODEL": ("yolov8n.pt", "Router checkpoint: an ultralytics name (`yolov8m.pt` on a GPU) "
-                                     "or a local path."),
+    "VISION_ASSETS_DETECTOR_MODEL": (defaults.DETECTOR_MODEL, "Router checkpoint: an ultralytics name (`yolov8m.pt` on "
+                                     "a GPU) or a local path."),
     "VISION_ASSETS_DETECTOR_CONFIDENCE": ("0.25", "Detections under this confidence are dropped."),
     "VISION_ASSETS_DETECTOR_MAX_DETECTIONS": ("50", "Most objects kept per image."),
     "VISION_ASSETS_DETECTOR_IMAGE_SIZE": ("640", "Inference size (pixels, long side)."),
     "VISION_ASSETS_DETECTOR_BATCH_SIZE": ("16", "Images per detector forward pass."),
-    "VISION_ASSETS_CLIP_MODEL": ("ViT-B-32", "OpenCLIP architecture (with a pretrained tag), `hf-hub:org/repo` or "
-                                 "`local-dir:/path`."),
-    "VISION_ASSETS_CLIP_PRETRAINED": ("laion2b_s34b_b79k", "OpenCLIP pretrained tag or weights file."),
+    "VISION_ASSETS_CLIP_MODEL": (defaults.CLIP_ARCHITECTURE, "OpenCLIP architecture (with a pretrained tag), "
+                                 "`hf-hub:org/repo` or `local-dir:/path`."),
+    "VISION_ASSETS_CLIP_PRETRAINED": (defaults.CLIP_PRETRAINED, "OpenCLIP pretrained tag or weights file."),
     "VISION_ASSETS_CLIP_BATCH_SIZE": ("64", "Images or texts per CLIP forward pass."),
-    "VISION_ASSETS_DOG_BREEDS_MODEL": ("prithivMLmods/Dog-Breed-120", "Dog breed expert (transformers id or folder)."),
-    "VISION_ASSETS_CAT_BREEDS_MODEL": ("dima806/67_cat_breeds_image_detection", "Cat breed expert."),
-    "VISION_ASSETS_WILDLIFE_MODEL": ("timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21", "Wildlife species "
+    "VISION_ASSETS_DOG_BREEDS_MODEL": (defaults.DOG_MODEL, "Dog breed expert (transformers id or folder)."),
+    "VISION_ASSETS_CAT_BREEDS_MODEL": (defaults.CAT_MODEL, "Cat breed expert."),
+    "VISION_ASSETS_WILDLIFE_MODEL": (defaults.WILDLIFE_MODEL, "Wildlife species "
                                      "expert (iNaturalist 2021; any transformers image classifier, timm hub models "
                                      "load through transformers)."),
-    "VISION_ASSETS_CORAL_HEALTH_MODEL": ("akridge/noaa-esd-coral-bleaching-vit-classifier-v1", "Coral health expert "
+    "VISION_ASSETS_CORAL_HEALTH_MODEL": (defaults.CORAL_MODEL, "Coral health expert "
                                          "(whole images gated by the CLIP reef score). Empty = no coral stage."),
     "VISION_ASSETS_SPECIALIST_BATCH_SIZE": ("32", "Crops per expert forward pass."),
     "VISION_ASSETS_SPECIALIST_TOP_K": ("3", "Labels kept per crop, best first."),

@@ -15,14 +15,8 @@ from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
 from vision_assets.vision.models.hub import hugging_face_offline
-from vision_assets.vision.models.offline import (
-    CAT_MODEL,
-    CORAL_MODEL,
-    DOG_MODEL,
-    WILDLIFE_MODEL,
-    WILDLIFE_CLASSES,
-    read_manifest,
-)
+from vision_assets.vision.models.defaults import CAT_MODEL, CORAL_MODEL, DOG_MODEL, WILDLIFE_MODEL
+from vision_assets.vision.models.offline import WILDLIFE_CLASSES, read_manifest
 from vision_assets.settings import ENVIRONMENT
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..vision.models.base import Model, ModelIdentity, identity_for
+from ..vision.models import defaults
 from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
@@ -72,7 +73,7 @@ class _ModelResource(dg.ConfigurableResource):
 class DetectorResource(_ModelResource):
     """The router: an ultralytics YOLO checkpoint (hub name like `yolov8n.pt`, or a local path)."""
 
-    model: str = "yolov8n.pt"
+    model: str = defaults.DETECTOR_MODEL
     revision: str = ""
     confidence: float = 0.25
     max_detections: int = 50
@@ -96,8 +97,8 @@ class DetectorResource(_ModelResource):
 class EmbedderResource(_ModelResource):
     """The generalist: OpenCLIP (architecture + pretrained tag, `hf-hub:org/repo`, or `local-dir:/path`)."""
 
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
+    model: str = defaults.CLIP_ARCHITECTURE
+    pretrained: str = defaults.CLIP_PRETRAINED
     batch_size: int = 64
 
     def _build(self) -> dict[str, Model]:

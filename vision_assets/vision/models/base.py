@@ -152,7 +152,7 @@ class Model(ABC):
             torch.cuda.empty_cache()
 
     @property
-    def hub_revision(self) -> dict[str, str]:
+    def revision_kwargs(self) -> dict[str, str]:
         """`revision=` for hub loaders: the pinned one, never a local content digest."""
         revision = self.identity.revision
         return {"revision": revision} if revision and not revision.startswith("local-") else {}

@@ -25,7 +25,7 @@ class ImageClassifier(Model):
             hugging_face_offline_unless_reachable()
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        kwargs = self.hub_revision | {"cache_dir": self.cache.hub_dir}
+        kwargs = self.revision_kwargs | {"cache_dir": self.cache.hub_dir}
         processor = AutoImageProcessor.from_pretrained(self.identity.model_id, **kwargs)
         model = AutoModelForImageClassification.from_pretrained(
             self.identity.model_id, dtype=torch_dtype(self.precision, self.device), **kwargs

@@ -27,17 +27,21 @@ import yaml
 
 from ..committee.routing import CORAL, DEFAULT_ROUTES
 from .cache import HUB_CACHE, ULTRALYTICS
+from .defaults import (
+    CAT_MODEL,
+    CLIP_ARCHITECTURE,
+    CLIP_PRETRAINED,
+    CORAL_MODEL,
+    DETECTOR_MODEL,
+    DOG_MODEL,
+    WILDLIFE_MODEL,
+)
 
 MANIFEST = "offline.json"
 SIZES = ("tiny", "full")
 DETECTOR_SETTINGS = {"confidence": 0.05, "max_detections": 4}
 TWIN_FORMAT = 2  # part of every snapshot revision: bump when what a twin looks like changes
 
-DOG_MODEL = "prithivMLmods/Dog-Breed-120"
-CAT_MODEL = "dima806/67_cat_breeds_image_detection"
-WILDLIFE_MODEL = "timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21"
-CORAL_MODEL = "akridge/noaa-esd-coral-bleaching-vit-classifier-v1"
-CLIP_ARCHITECTURE, CLIP_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 CLIP_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # where OpenCLIP fetches that tag from
 TINY_CLIP_REPO = "vision-assets/offline-tiny-clip"  # loaded as `hf-hub:...`, the form any hub OpenCLIP model takes
 
@@ -102,7 +106,7 @@ def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) 
     else:
         _write_snapshot(folder / HUB_CACHE, Twin(TINY_CLIP_REPO, _tiny_clip), size, seed)
         clip = {"model": f"hf-hub:{TINY_CLIP_REPO}", "pretrained": ""}
-    detectors = ["yolov8n.pt", "yolov8m.pt"] if size == "full" else ["yolov8n.pt"]
+    detectors = [DETECTOR_MODEL, "yolov8m.pt"] if size == "full" else [DETECTOR_MODEL]
     for name in detectors:
         _build_detector(folder / ULTRALYTICS, name)
     manifest = {
@@ -209,6 +213,7 @@ TINY_CLIP_CONFIG = {
 def _tiny_clip(target: Path, size: str) -> None:
     """An OpenCLIP hub repo (`open_clip_config.json` + weights): ViT-B-32's input and tokenizer, toy widths."""
     import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     name = "vision-assets-offline-tiny-clip"
     config_file = target / f"{name}.json"
@@ -218,7 +223,7 @@ def _tiny_clip(target: Path, size: str) -> None:
     config_file.unlink()
     (target / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": TINY_CLIP_CONFIG,
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
     }))
 
 

@@ -1,0 +1,9 @@
+"""The published models the committee uses unless told otherwise: the settings' defaults, and what
+`build-offline` writes twins of, from one place."""
+
+DETECTOR_MODEL = "yolov8n.pt"  # yolov8m.pt on a GPU
+CLIP_ARCHITECTURE, CLIP_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+DOG_MODEL = "prithivMLmods/Dog-Breed-120"
+CAT_MODEL = "dima806/67_cat_breeds_image_detection"
+WILDLIFE_MODEL = "timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21"
+CORAL_MODEL = "akridge/noaa-esd-coral-bleaching-vit-classifier-v1"
