@@ -24,6 +24,7 @@ from ..vision.committee.labeling import label_batch
 from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.zero_shot import Vocabulary, label_prompt
 from ..vision.images.review import ReviewPictures, labels_markdown
+from ..vision.models.classifier import ImageClassifier
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
 from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
@@ -48,8 +49,8 @@ class Vocabularies:
     """Prompt vectors for the detector's classes and each expert's labels, made on first need: a run with no
     wildlife crop never touches the 10,000 species (and the vectors are cached per model anyway)."""
 
-    def __init__(self, embedder: EmbedderResource, detector: DetectorResource, specialists: SpecialistsResource):
-        self._embedder, self._detector, self._experts = embedder, detector, specialists.classifiers()
+    def __init__(self, embedder: EmbedderResource, detector: DetectorResource, experts: dict[str, ImageClassifier]):
+        self._embedder, self._detector, self._experts = embedder, detector, experts
         self._made: dict[str, Vocabulary] = {}
 
     def _vocabulary(self, name: str, labels: list[str]) -> Vocabulary:
@@ -99,7 +100,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         note_skipped(context, skipped)
         keys = [key for key in valid if key not in missing]
         experts = specialists.classifiers()
-        vocabularies = Vocabularies(embedder, detector, specialists)
+        vocabularies = Vocabularies(embedder, detector, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, [], []
         routed, coral_images, audited = Counter(), 0, 0
         for chunk in stage_policy.chunks(keys):

@@ -122,6 +122,11 @@ class SpecialistLabel(BaseModel):
     def top(self) -> Label:
         return self.labels[0]
 
+    @property
+    def under_threshold(self) -> str:
+        """Why it needs review, for a person: `siamese 0.31 < 0.5`."""
+        return f"{self.top.name} {self.top.confidence:.2f} < {self.threshold}"
+
 
 class Agreement(BaseModel):
     """One model's answer next to CLIP's zero-shot answer over the same vocabulary."""
@@ -187,14 +192,9 @@ class LabelsRecord(BaseModel):
 
     @property
     def needing_review(self) -> list[str]:
-        crops = [
-            f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.top.name} "
-            f"{c.specialist.top.confidence:.2f} < {c.specialist.threshold}"
-            for c in self.crops
-            if c.specialist and c.specialist.needs_review
-        ]
-        scene = [f"scene ({s.specialist}): {s.top.name} {s.top.confidence:.2f} < {s.threshold}"
-                 for s in self.scene if s.needs_review]
+        crops = [f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.under_threshold}"
+                 for c in self.crops if c.specialist and c.specialist.needs_review]
+        scene = [f"scene ({s.specialist}): {s.under_threshold}" for s in self.scene if s.needs_review]
         return crops + scene
 
     @property

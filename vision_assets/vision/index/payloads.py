@@ -48,8 +48,7 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
 def _review_reasons(crop: CropLabels) -> list[str]:
     reasons = []
     if crop.specialist and crop.specialist.needs_review:
-        top = crop.specialist.top
-        reasons.append(f"{crop.specialist.specialist}: {top.name} {top.confidence:.2f} < {crop.specialist.threshold}")
+        reasons.append(f"{crop.specialist.specialist}: {crop.specialist.under_threshold}")
     if crop.second_opinion:
         reasons.extend(crop.second_opinion.disagreements)
     return reasons
