@@ -44,7 +44,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
         note_skipped(context, skipped)
-        results, clip = image_store.results, embedder.embedder
+        results, clip, model = image_store.results, embedder.embedder, embedder.identity
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         for chunk in stage_policy.chunks(list(valid)):
@@ -60,7 +60,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
             # One batched pass over the chunk's whole images and one over all their crops.
             image_vectors = clip.embed_images([pictures[k] for k in chunk])
             crop_vectors = clip.embed_images([pixels for *_, pixels in crops]) if crops else None
-            tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, embedder.identity)
+            tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
             seconds += time.perf_counter() - started
             crop_count += len(crops)
             dimension = clip.dimension
@@ -71,7 +71,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 mine = rows_of[key]
                 vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
                 record = EmbeddingsRecord(
-                    partition_key=key, model=embedder.identity, dimension=dimension,
+                    partition_key=key, model=model, dimension=dimension,
                     crop_indexes=[crops[i][1] for i in mine], crop_boxes=[crops[i][2] for i in mine],
                     scene=tags[row],
                     problems=embedding_problems(image_vectors[row], dimension, "image")
@@ -82,7 +82,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 records.append(record)
                 tag_counts.update(record.scene.tags)
                 context.add_asset_metadata(
-                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": embedder.identity,
+                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": model,
                      "scene_tags": ", ".join(record.scene.tags) or "-"},
                     partition_key=key,
                 )
