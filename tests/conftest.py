@@ -83,6 +83,7 @@ import dagster as dg  # noqa: E402
 from dagster_aws.s3 import S3Resource  # noqa: E402
 
 from vision_assets.definitions import model_resources_from  # noqa: E402
+from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.partitions import images  # noqa: E402
 from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
@@ -109,8 +110,11 @@ def models(offline_models, tmp_path, monkeypatch) -> dict:
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as test_instance:
+def instance(tmp_path):
+    """A throwaway instance with the storage `vision-assets dev` configures (the batching SQLite event log)."""
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as test_instance:
         yield test_instance
 
 

@@ -5,6 +5,7 @@ local files into the configured bucket or folder; `search`, `delete`, `reindex` 
 from __future__ import annotations
 
 import argparse
+import json
 import mimetypes
 import os
 import signal
@@ -13,13 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+from .event_storage import EVENT_BATCH_SIZE, sqlite_storage
 from .settings import Settings
 
 REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 
 INSTANCE_MARKER = "# Written by `vision-assets dev`"
 INSTANCE_YAML = INSTANCE_MARKER + """ on every start, from the environment. Delete this first line to keep your own
-# edits (the file is then left alone). A local instance: SQLite under the data directory.
+# edits (the file is then left alone). A local instance: SQLite under the data directory, in Dagster's own layout;
+# the event log is Dagster's SQLite one writing each batch of events in one transaction (vision_assets/event_storage).
+{storage}
 telemetry:
   enabled: false
 concurrency:
@@ -43,14 +47,18 @@ run_retries:
 """
 
 
+def instance_yaml(home: Path, max_runs: int, run_retries: int) -> str:
+    storage = "\n".join(f"{key}: {json.dumps(value)}" for key, value in sqlite_storage(str(home.resolve())).items())
+    return INSTANCE_YAML.format(storage=storage, max_runs=max_runs, run_retries=run_retries)
+
+
 def prepare_instance(settings: Settings) -> Path:
     """DAGSTER_HOME under the data directory, so runs, sensor cursors and partitions survive restarts."""
     home = settings.data_dir / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() or config.read_text().startswith(INSTANCE_MARKER):
-        config.write_text(INSTANCE_YAML.format(max_runs=settings.max_concurrent_runs,
-                                               run_retries=settings.run_retries))
+        config.write_text(instance_yaml(home, settings.max_concurrent_runs, settings.run_retries))
     if not settings.s3_bucket:
         settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     return home
@@ -103,6 +111,8 @@ def dev(args: argparse.Namespace) -> int:
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
+        # Dagster hands a step's per-image events to the event log in batches of this many (one transaction each).
+        "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE)),
         # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
         "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
     }

@@ -35,7 +35,13 @@ from .resources import (
 from .sensors.callback_sensor import callback_sensor
 from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.upload_sensor import make_upload_sensor
+from .event_storage import EVENT_BATCH_SIZE
 from .settings import Settings
+
+# A run's per-image events (materializations, check results) reach the event log in batches of this many, which
+# the instance's storage writes in one transaction (vision_assets/event_storage). Read by Dagster at every event,
+# so setting it here covers every process that loads this code location: run workers, tests, benches.
+os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
 
 
 def image_store_from(settings: Settings) -> ImageStore:

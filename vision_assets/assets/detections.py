@@ -9,7 +9,7 @@ from ..checks.validation import SOURCE_IMAGES
 from ..resources import DetectorResource, ImageStore, StagePolicy
 from ..vision.records import DetectionsRecord
 from ..vision.results_store import DETECTIONS
-from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
+from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 DETECTIONS_KEY = dg.AssetKey("detections")
 
@@ -31,7 +31,8 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, image_store: ImageStore, detector: DetectorResource, stage_policy: StagePolicy
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
-        note_skipped(context, skipped)
+        metadata = ImageMetadata(context)
+        metadata.skipped(skipped)
         keys, model, seconds, objects = list(valid), detector.identity, 0.0, 0
         for chunk in stage_policy.chunks(keys):
             pictures = load_images(image_store, chunk)
@@ -42,17 +43,17 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                 picture = pictures[key]
                 image_store.results.write(key, DETECTIONS, DetectionsRecord(
                     partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes))
-                context.add_asset_metadata({
+                metadata.add(key, {
                     "status": "done",
                     "objects": len(boxes),
                     "classes": dict(Counter(b.class_name for b in boxes)),
                     "model": model,
-                }, partition_key=key)
+                })
                 objects += len(boxes)
         # The batch's figures belong to the run, not to every image: they go in the run's log.
         rate = f"{len(keys) / seconds:.1f} images/s" if seconds else "no images"
         context.log.info(f"detected {objects} objects in {len(keys)} images in {seconds:.2f}s ({rate}) on "
                          f"{detector.detector.device}; {len(skipped)} skipped")
-        yield dg.MaterializeResult()
+        yield metadata.materialize()
 
     return detections

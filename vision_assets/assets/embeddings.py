@@ -17,7 +17,7 @@ from ..vision.committee.zero_shot import Vocabulary
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS
 from .detections import DETECTIONS_KEY
-from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
+from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 
 def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsDefinition:
@@ -43,7 +43,8 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         stage_policy: StagePolicy,
     ):
         valid, skipped = valid_sources(image_store, context.partition_keys)
-        note_skipped(context, skipped)
+        metadata = ImageMetadata(context)
+        metadata.skipped(skipped)
         results, clip, model = image_store.results, embedder.embedder, embedder.identity
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
@@ -81,12 +82,9 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 results.write(key, EMBEDDINGS, record)
                 records.append(record)
                 tag_counts.update(record.scene.tags)
-                context.add_asset_metadata(
-                    {"status": "done", "crops": len(mine), "dimension": dimension, "model": model,
-                     "scene_tags": ", ".join(record.scene.tags) or "-"},
-                    partition_key=key,
-                )
-        yield dg.MaterializeResult()
+                metadata.add(key, {"status": "done", "crops": len(mine), "dimension": dimension, "model": model,
+                                   "scene_tags": ", ".join(record.scene.tags) or "-"})
+        yield metadata.materialize()
         yield from embedding_validity.report(
             context, [embedding_outcome(record) for record in records], skipped,
             batch_crops=crop_count,

@@ -20,10 +20,10 @@ from ..resources import CallbackSettings, ImageStore, QdrantResource, StagePolic
 from ..vision.callback import Outbox, finished_message
 from ..vision.index.audit import audit_index
 from ..vision.index.payloads import crop_payload, image_payload
-from ..vision.index.vector_index import ImagePoints, image_point_id
+from ..vision.index.vector_index import ImagePoints, crop_point_id, image_point_id
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord, SourceImageRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, ResultsStore
-from .stage import note_skipped, stage_asset, transient_faults_retried, valid_sources
+from .stage import ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
 
@@ -35,6 +35,7 @@ def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: Em
     labels = results.read(key, LABELS, LabelsRecord)
     vectors = results.read_arrays(key, EMBEDDING_VECTORS)
     crops = {c.detection_index: c for c in labels.crops}
+    earlier = results.read(key, INDEX, IndexRecord)
     points = ImagePoints(
         partition_key=key,
         image_vector=vectors["image"],
@@ -42,6 +43,8 @@ def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: Em
         crop_vectors=vectors["crops"],
         crop_payloads=[crop_payload(source, crops[i], detections.model, embedded.model) for i in embedded.crop_indexes],
         crop_indexes=embedded.crop_indexes,
+        earlier_crop_ids=(earlier.crop_points if earlier else [])
+        + [crop_point_id(key, index) for index in range(len(detections.detections))],
     )
     return points, labels
 
@@ -74,7 +77,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         bad = {key: "; ".join(r.problems) if r else "no embeddings record"
                for key, r in embedded.items() if r is None or r.problems}
         skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
-        note_skipped(context, skipped)
+        metadata = ImageMetadata(context)
+        metadata.skipped(skipped)
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
         # What the pipeline indexed before this run, by its checks: the index must still hold all of it.
         earlier = [key for key in index_ledger(context.instance).indexed if key not in valid]
@@ -95,21 +99,23 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                                          crop_points=image.crop_ids, problems=problems[key])
                     results.write(key, INDEX, record)
                     records.append(record)
-                    context.add_asset_metadata({"status": "done", "image_point": record.image_point,
-                                                "crop_points": len(record.crop_points)}, partition_key=key)
+                    metadata.add(key, {"status": "done", "image_point": record.image_point,
+                                       "crop_points": len(record.crop_points)})
                     if outbox:  # finished: the callback sensor announces it
                         outbox.add(finished_message(valid[key], image.image_payload["top_labels"],
                                                     labels_of[key].needing_review, record.problems,
                                                     disagreements=labels_of[key].disagreements))
                 crop_count += sum(len(p.crop_indexes) for p in points)
-            for key in skipped:  # a re-upload that is now rejected must not stay findable under its old content
-                index.delete_image(key)
+            # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
+            # ids its last indexing recorded.
+            recorded = [results.read(key, INDEX, IndexRecord) for key in skipped]
+            index.delete_points(list(skipped), [p for record in recorded if record for p in record.crop_points])
             audit = audit_index(index, earlier)
         seconds = time.perf_counter() - started
         if outbox:
             for key, why in bad.items():
                 outbox.add(finished_message(valid[key], [], [], [why], failed_check="embedding_valid"))
-        yield dg.MaterializeResult()
+        yield metadata.materialize()
         yield from index_consistency.report(
             context, [index_outcome(record) for record in records], skipped,
             batch_crops=crop_count,

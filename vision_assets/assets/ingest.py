@@ -15,7 +15,7 @@ from ..vision.images.ingest import ingest_image
 from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
 from ..vision.results_store import ResultsStore
-from .stage import transient_faults_retried
+from .stage import ImageMetadata, transient_faults_retried
 
 
 def image_metadata(record: SourceImageRecord) -> dict[str, Any]:
@@ -76,8 +76,9 @@ def source_images(
         records = list(pool.map(lambda key: ingest_image(key, objects, results, limits, preview_side), keys))
     seconds = time.perf_counter() - started
 
+    metadata = ImageMetadata(context)
     for record in records:
-        context.add_asset_metadata(image_metadata(record), partition_key=record.partition_key)
+        metadata.add(record.partition_key, image_metadata(record))
     if callback.enabled:  # a rejected image is finished here; the callback sensor announces it
         outbox = Outbox(results)
         for record in records:
@@ -86,7 +87,7 @@ def source_images(
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
                      f"rejected {dict(rejected) or 'none'}")
-    yield dg.MaterializeResult()  # per-image facts went on each partition above; batch facts go on the batch check
+    yield metadata.materialize()  # per-image facts went on each partition above; batch facts go on the batch check
     outcomes = [validation_outcome(record, rejected_preview(results, record, look)) for record in records]
     yield from image_validity.report(
         context, outcomes, skipped={},

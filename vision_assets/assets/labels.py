@@ -27,7 +27,7 @@ from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.models.classifier import ImageClassifier
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
 from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
-from .stage import load_images, note_skipped, stage_asset, transient_faults_retried, valid_sources
+from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 
 def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPictures | None) -> dict:
@@ -97,7 +97,8 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         embedded = {key: results.read(key, EMBEDDINGS, EmbeddingsRecord) for key in valid}
         missing = [key for key, record in embedded.items() if record is None]
         skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
-        note_skipped(context, skipped)
+        metadata = ImageMetadata(context)
+        metadata.skipped(skipped)
         keys = [key for key in valid if key not in missing]
         experts = specialists.classifiers()
         vocabularies = Vocabularies(embedder, detector, experts)
@@ -119,12 +120,12 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             for key in chunk:
                 record = labelled[key]
                 results.write(key, LABELS, record)
-                context.add_asset_metadata(labels_metadata(record, pictures[key], look), partition_key=key)
+                metadata.add(key, labels_metadata(record, pictures[key], look))
                 outcomes.append(labels_outcome(record, pictures[key], look))
                 agreements.append(agreement_outcome(record))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
-        yield dg.MaterializeResult()
+        yield metadata.materialize()
         yield from label_confidence.report(
             context, outcomes, skipped,
             batch_crops_per_specialist=dict(routed),

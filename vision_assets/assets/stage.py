@@ -8,6 +8,7 @@ import functools
 from collections.abc import Callable, Iterator
 
 import dagster as dg
+from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
 from dagster._core.storage.tags import RETRY_ON_ASSET_OR_OP_FAILURE_TAG
 from PIL import Image
 
@@ -59,9 +60,41 @@ def valid_sources(image_store: ImageStore, keys: list[str]) -> tuple[dict[str, S
     return valid, skipped
 
 
-def note_skipped(context: dg.AssetExecutionContext, skipped: dict[str, str]) -> None:
-    for key, why in skipped.items():
-        context.add_asset_metadata({"status": "skipped", "skipped_because": why}, partition_key=key)
+class ImageMetadata:
+    """Each image's metadata for the stage's materializations, handed to Dagster once, with the MaterializeResult.
+
+    `context.add_asset_metadata(..., partition_key=)` lists every registered partition on each call to check the key
+    (a query that grows with the catalogue: 46 ms per image with none, 200 ms with 10,000) and copies all metadata
+    added so far (quadratic in the batch). Here the keys are checked once against the run's, and the whole set goes
+    into the step's metadata in one step."""
+
+    def __init__(self, context: dg.AssetExecutionContext):
+        self._context = context
+        self._by_key: dict[str, dict] = {}
+
+    def add(self, partition_key: str, metadata: dict) -> None:
+        self._by_key.setdefault(partition_key, {}).update(metadata)
+
+    def skipped(self, skipped: dict[str, str]) -> None:
+        for key, why in skipped.items():
+            self.add(key, {"status": "skipped", "skipped_because": why})
+
+    def materialize(self) -> dg.MaterializeResult:
+        """The stage's MaterializeResult, each image's materialization carrying its metadata."""
+        not_targeted = set(self._by_key) - set(self._context.partition_keys)
+        if not_targeted:
+            raise dg.DagsterInvariantViolationError(f"metadata for partitions this run does not target: "
+                                                    f"{sorted(not_targeted)[:5]}")
+        step = self._context.op_execution_context._step_execution_context  # noqa: SLF001 - see the docstring
+        accumulated = step._metadata_accumulator  # noqa: SLF001
+        asset = self._context.assets_def.key
+        handles = {AssetMetadataHandle(asset_key=asset, partition_key=key): metadata
+                   for key, metadata in self._by_key.items()}
+        merged = dict(accumulated.per_output_metadata)
+        for handle, metadata in handles.items():
+            merged[handle] = {**merged.get(handle, {}), **metadata}
+        step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)  # noqa: SLF001
+        return dg.MaterializeResult()
 
 
 def load_images(image_store: ImageStore, keys: list[str]) -> dict[str, Image.Image]:

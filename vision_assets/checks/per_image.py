@@ -20,6 +20,7 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData as JudgedMaterialization,
 )
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
 
 from ..partitions import images
 
@@ -112,12 +113,28 @@ class PerImageCheck:
         if unmatched:  # e.g. another run materialized them meanwhile: that run's result will count instead
             context.log.warning(f"{self.name}: no materialization of this run found for {unmatched[:10]}; their "
                                 "results will not show as current")
-        for outcome in outcomes:
-            context.log_event(self.evaluation(outcome, judged.get(outcome.partition_key)))
+        log_in_batches(context, [self.evaluation(o, judged.get(o.partition_key)) for o in outcomes])
         if self.key in context.selected_asset_check_keys:
             # The per-image check's own output carries no result: its results are the evaluations above.
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(self.key))
         yield self.summary(outcomes, skipped, **batch_metadata)
+
+
+def log_in_batches(context: dg.AssetExecutionContext, evaluations: Sequence[dg.AssetCheckEvaluation]) -> None:
+    """What `context.log_event` does for each evaluation, but marked as one batch, as Dagster marks a step's
+    per-partition materializations: with `DAGSTER_EVENT_BATCH_SIZE` set, the instance stores them together (one
+    transaction with vision_assets/event_storage) instead of one write, and one connection, each."""
+    op_context = context.op_execution_context
+    step = op_context._step_execution_context  # noqa: SLF001 - no public way to batch events
+    batch, last = generate_event_batch_id(), len(evaluations) - 1
+    for index, evaluation in enumerate(evaluations):
+        # logged (stored) here; kept, as log_event keeps them, for the step's event stream (in-process results)
+        op_context._events.append(DagsterEvent.from_step(  # noqa: SLF001
+            DagsterEventType.ASSET_CHECK_EVALUATION, step, evaluation,
+            message=f"Asset check '{evaluation.check_name}' on '{evaluation.asset_key.to_user_string()}' "
+            f"{'passed' if evaluation.passed else 'did not pass'}. Description: '{evaluation.description}'",
+            batch_metadata=DagsterEventBatchMetadata(batch, index == last),
+        ))
 
 
 def materializations_of_this_run(

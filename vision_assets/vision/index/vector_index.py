@@ -19,6 +19,7 @@ CROPS = "crops"
 KEYWORD_FIELDS = ("image_id", "entity", "label", "labels", "specialist", "sha256", "embedding_model", "scene_tags")
 FLOAT_FIELDS = ("confidence", "label_confidence")
 BOOL_FIELDS = ("needs_review", "clip_disagrees")
+LOOKUP_BATCH = 1000  # point ids per retrieve call
 
 
 def image_point_id(partition_key: str) -> str:
@@ -43,10 +44,18 @@ class ImagePoints:
     crop_vectors: np.ndarray  # (n_crops, dim)
     crop_payloads: list[dict[str, Any]] = field(default_factory=list)
     crop_indexes: list[int] = field(default_factory=list)
+    # Crop points an earlier run may have left for this image (what it recorded, and one per detection): the ids
+    # that are looked up and removed, so that no call filters the whole collection by image id.
+    earlier_crop_ids: list[str] = field(default_factory=list)
 
     @property
     def crop_ids(self) -> list[str]:
         return [crop_point_id(self.partition_key, i) for i in self.crop_indexes]
+
+    @property
+    def stale_crop_ids(self) -> list[str]:
+        keep = set(self.crop_ids)
+        return [point_id for point_id in dict.fromkeys(self.earlier_crop_ids) if point_id not in keep]
 
 
 class VectorIndex:
@@ -84,17 +93,15 @@ class VectorIndex:
             )
 
     def upsert(self, images: Sequence[ImagePoints], batch_size: int = 256) -> None:
-        """Write every image and crop point; remove crop points an earlier run left for these images (a re-run that
-        finds fewer objects must not leave stale crops behind). One delete for all the images: embedded Qdrant
-        filters by scanning, so a call per image would cost a scan per image."""
+        """Write every image and crop point, and remove the crop points an earlier run left for these images that
+        this one does not write (a re-run that finds fewer objects must not leave stale crops behind). By point id,
+        in one call for all the images: a filter on the image id would scan the collection in embedded Qdrant,
+        whose cost grows with the catalogue."""
         if not images:
             return
-        keep = [point_id for image in images for point_id in image.crop_ids]
-        stale = models.Filter(
-            must=[_among([i.partition_key for i in images])],
-            must_not=[models.HasIdCondition(has_id=keep)] if keep else [],
-        )
-        self.client.delete(self.crops, points_selector=models.FilterSelector(filter=stale), wait=True)
+        stale = [point_id for image in images for point_id in image.stale_crop_ids]
+        if stale:
+            self.client.delete(self.crops, points_selector=models.PointIdsList(points=stale), wait=True)
         image_points = [
             models.PointStruct(id=image_point_id(i.partition_key), vector=i.image_vector.tolist(), payload=i.image_payload)
             for i in images
@@ -108,6 +115,14 @@ class VectorIndex:
             for start in range(0, len(points), batch_size):
                 self.client.upsert(collection, points=points[start : start + batch_size], wait=True)
 
+    def delete_points(self, partition_keys: Sequence[str], crop_ids: Sequence[str]) -> None:
+        """Remove these images' points, by id: their image point and the given crop points."""
+        if not partition_keys:
+            return
+        for collection, ids in ((self.images, [image_point_id(k) for k in partition_keys]), (self.crops, crop_ids)):
+            if ids and self.client.collection_exists(collection):
+                self.client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
     def delete_image(self, partition_key: str) -> None:
         selector = models.FilterSelector(filter=models.Filter(must=[_is(partition_key)]))
         for collection in (self.images, self.crops):
@@ -115,41 +130,30 @@ class VectorIndex:
                 self.client.delete(collection, points_selector=selector, wait=True)
 
     def consistency_problems(self, images: Sequence[ImagePoints]) -> dict[str, list[str]]:
-        """Per image, why the index does not hold exactly its points (an empty list when it does). One scroll per
-        collection for all the images, not per image."""
-        keys = [image.partition_key for image in images]
-        image_hits, crop_hits = self._ids_by_image(self.images, keys), self._ids_by_image(self.crops, keys)
+        """Per image, why the index does not hold exactly its points (an empty list when it does): its image point,
+        every crop point it wrote, and none of the crop points an earlier run may have left. Looked up by id, in
+        one call per collection for all the images."""
+        image_found = self._present(self.images, [image_point_id(image.partition_key) for image in images])
+        crop_found = self._present(self.crops, [p for image in images for p in image.crop_ids + image.stale_crop_ids])
         problems: dict[str, list[str]] = {}
         for image in images:
-            key, found = image.partition_key, []
-            if image_hits.get(key, set()) != {image_point_id(key)}:
-                found.append(f"images collection has {len(image_hits.get(key, ()))} point(s) for this image, expected 1")
-            crops, expected = crop_hits.get(key, set()), set(image.crop_ids)
-            if missing := expected - crops:
+            found = []
+            if image_point_id(image.partition_key) not in image_found:
+                found.append("images collection has 0 point(s) for this image, expected 1")
+            if missing := [p for p in image.crop_ids if p not in crop_found]:
                 found.append(f"{len(missing)} crop point(s) missing")
-            if extra := crops - expected:
-                found.append(f"{len(extra)} stray crop point(s) carry this image id")
-            problems[key] = found
+            if stray := [p for p in image.stale_crop_ids if p in crop_found]:
+                found.append(f"{len(stray)} stray crop point(s) carry this image id")
+            problems[image.partition_key] = found
         return problems
 
-    def _ids_by_image(self, collection: str, partition_keys: Sequence[str]) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        if not partition_keys:
-            return found
-        offset = None
-        while True:
-            points, offset = self.client.scroll(
-                collection, scroll_filter=models.Filter(must=[_among(partition_keys)]), limit=1024, offset=offset,
-                with_payload=["image_id"], with_vectors=False,
-            )
-            for point in points:
-                found.setdefault(point.payload["image_id"], set()).add(str(point.id))
-            if offset is None:
-                return found
-
-
-def _among(partition_keys: Sequence[str]) -> models.FieldCondition:
-    return models.FieldCondition(key="image_id", match=models.MatchAny(any=list(partition_keys)))
+    def _present(self, collection: str, point_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(point_ids), LOOKUP_BATCH):
+            points = self.client.retrieve(collection, list(point_ids[start:start + LOOKUP_BATCH]), with_payload=False,
+                                          with_vectors=False)
+            found.update(str(point.id) for point in points)
+        return found
 
 
 def _is(partition_key: str) -> models.FieldCondition:
