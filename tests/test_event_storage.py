@@ -1,0 +1,133 @@
+"""The batching event logs (vision_assets/event_storage) keep what Dagster's own keep, for the events a batched run
+writes: the same events, per-partition materializations with their metadata, per-partition check results the UI
+counts as current, and the planned materializations that make a failed run's partitions show as failed. Compared
+on one job run against Dagster's SQLite event log and ours, on SQLite and (where a server can be started) Postgres."""
+
+import uuid
+from collections import Counter
+
+import dagster as dg
+import pytest
+import yaml
+
+from tests.conftest import ui_check_statuses
+from tests.postgres_server import PostgresUnavailable, create_database, postgres_server
+from vision_assets.assets.stage import ImageMetadata
+from vision_assets.checks.per_image import ImageOutcome, PerImageCheck
+from vision_assets.event_storage import sqlite_storage
+from vision_assets.partitions import images
+
+KEYS = [f"photo_{i:02d}.jpg" for i in range(10)] + ["bad_10.jpg", "bad_11.jpg"]
+RANGE = {"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]}
+
+toy_check = PerImageCheck(asset=dg.AssetKey("toy"), name="toy_ok", batch_name="toy_all_ok",
+                          severity=dg.AssetCheckSeverity.WARN, description="Toy.", not_passed="failed")
+
+
+@dg.asset(key="toy", partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run(), check_specs=toy_check.specs)
+def toy(context: dg.AssetExecutionContext):
+    metadata = ImageMetadata(context)
+    for key in context.partition_keys:
+        metadata.add(key, {"status": "done", "letters": len(key)})
+    yield metadata.materialize()
+    outcomes = [ImageOutcome(k, passed=not k.startswith("bad"), description=f"{k} judged") for k in context.partition_keys]
+    yield from toy_check.report(context, outcomes, skipped={})
+
+
+class Boom(Exception):
+    pass
+
+
+@dg.asset(key="after_toy", deps=[toy], partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run())
+def after_toy(context: dg.AssetExecutionContext):
+    raise Boom("a step that fails: its partitions must show as failed")
+
+
+toy_job = dg.define_asset_job("toy_job", selection=[toy], partitions_def=images)
+failing_job = dg.define_asset_job("failing_job", selection=[after_toy], partitions_def=images)
+DEFS = dg.Definitions(assets=[toy, after_toy], jobs=[toy_job, failing_job])
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as error:
+        pytest.skip(f"no PostgreSQL server here: {error}")
+
+
+def postgres_storage(user: str, port: int) -> dict:
+    """deploy/dagster.yaml's storage classes, on a new database of the test server."""
+    name = f"events_{uuid.uuid4().hex[:8]}"
+    create_database(user, port, name)
+    server = {"hostname": "127.0.0.1", "port": port, "username": user, "password": "", "db_name": name,
+              "scheme": "postgresql+psycopg2"}
+    deploy = yaml.safe_load(open("deploy/dagster.yaml"))
+    return {key: deploy[key] | {"config": {"postgres_db": server}}
+            for key in ("run_storage", "event_log_storage", "schedule_storage")}
+
+
+def run_everything(instance: dg.DagsterInstance) -> dict:
+    """Two batched runs of `toy` (the second re-materializes everything) and one failing run; what they left."""
+    instance.add_dynamic_partitions(images.name, KEYS)
+    batches: list[int] = []
+    storage_batch = instance.event_log_storage.store_event_batch
+    instance.event_log_storage.store_event_batch = lambda events: (batches.append(len(events)), storage_batch(events))
+    results = [DEFS.resolve_job_def("toy_job").execute_in_process(instance=instance, tags=RANGE) for _ in range(2)]
+    failed = DEFS.resolve_job_def("failing_job").execute_in_process(instance=instance, tags=RANGE, raise_on_error=False)
+    assert all(r.success for r in results) and not failed.success
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("toy")), limit=100).records
+    latest = {}
+    for record in records:  # newest first
+        latest.setdefault(record.partition_key, {k: v.value for k, v in record.asset_materialization.metadata.items()})
+    events = Counter(
+        r.event_log_entry.dagster_event_type.value for run in (*results, failed)
+        for r in instance.get_records_for_run(run.run_id, limit=10_000).records if r.event_log_entry.is_dagster_event)
+    attempts = instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+        dg.AssetKey("after_toy"))
+    return {
+        "materializations": len(records),
+        "metadata": latest,
+        "checks": ui_check_statuses(instance, "toy", "toy_ok"),
+        "events": events,
+        "failed_run_partitions": {key for key, (run_id, _) in attempts.items() if run_id == failed.run_id},
+        "last_materialized": instance.get_asset_records([dg.AssetKey("toy")])[0].asset_entry.last_materialization.dagster_event.partition
+        if instance.get_asset_records([dg.AssetKey("toy")]) else None,
+        "batches": batches,
+    }
+
+
+@pytest.fixture(scope="module")
+def dagster_own(tmp_path_factory):
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster-own"))) as instance:
+        return run_everything(instance)
+
+
+def assert_same(ours: dict, theirs: dict) -> None:
+    assert ours["materializations"] == theirs["materializations"] == 2 * len(KEYS)
+    assert ours["metadata"] == theirs["metadata"]
+    assert ours["metadata"]["photo_03.jpg"] == {"status": "done", "letters": len("photo_03.jpg")}
+    assert ours["checks"] == theirs["checks"]
+    assert ours["checks"].get("SUCCEEDED") == set(KEYS[:10]) and ours["checks"].get("FAILED") == set(KEYS[10:])
+    assert ours["events"] == theirs["events"]
+    assert ours["failed_run_partitions"] == theirs["failed_run_partitions"] == set(KEYS)
+    assert ours["last_materialized"] == theirs["last_materialized"]
+    # and the events of a run's partitions did reach the storage as batches
+    assert max(ours["batches"]) >= len(KEYS)
+
+
+def test_sqlite_batches_store_what_dagster_stores(tmp_path, dagster_own):
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
+        assert type(instance.event_log_storage).__name__ == "BatchingSqliteEventLogStorage"
+        assert_same(run_everything(instance), dagster_own)
+
+
+def test_postgres_batches_store_what_dagster_stores(tmp_path, postgres, dagster_own):
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides=postgres_storage(*postgres)) as instance:
+        assert type(instance.event_log_storage).__name__ == "BatchingPostgresEventLogStorage"
+        assert_same(run_everything(instance), dagster_own)
