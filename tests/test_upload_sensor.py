@@ -12,6 +12,7 @@ from vision_assets.definitions import build_definitions
 from vision_assets.resources import UploadPolicy
 from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
 from vision_assets.vision.partition_keys import partition_key_for
+from vision_assets.vision.registrations import REGISTRATIONS_TAG, Registrations
 
 
 @pytest.fixture
@@ -37,8 +38,11 @@ def test_new_uploads_become_partitions_and_one_run(driver, s3_client, bucket, s3
     assert sorted(driver.partitions) == sorted(expected)
     assert len(result.run_requests) == 1
     assert set(ranges(result)[0]) <= set(expected) and "run_key" in dir(result.run_requests[0])
-    # The mapping back to the object is stored, not guessed.
-    registration = s3_image_store.results.read_registration(partition_key_for("my photo, 1.jpg"))
+    # The mapping back to the object is stored, not guessed: one file for the run, which the run's tag names.
+    batch = result.run_requests[0].tags[REGISTRATIONS_TAG]
+    listed = [o.key for o in s3_image_store.objects.list(s3_image_store.results_prefix)]
+    assert listed == [s3_image_store.results.registration_batch_key(batch)]
+    registration = Registrations(s3_image_store.results, batch).find(partition_key_for("my photo, 1.jpg"))
     assert registration.object_key == "uploads/my photo, 1.jpg"
     assert registration.source_uri == f"s3://{bucket}/uploads/my%20photo%2C%201.jpg"  # a URI: percent-encoded
     assert driver.tick().run_requests == []
@@ -82,12 +86,12 @@ def test_more_than_1000_new_objects(models, s3_image_store, instance, s3_client,
 def test_reupload_is_a_new_version_of_the_same_partition(driver, s3_client, bucket, s3_image_store):
     upload(s3_client, bucket, "a.jpg", "b.jpg", "c.jpg")
     driver.tick()
-    old_etag = s3_image_store.results.read_registration("b.jpg").etag
+    old_etag = Registrations(s3_image_store.results).find("b.jpg").etag
     upload(s3_client, bucket, "b.jpg", data=image_bytes(color=(0, 0, 255)))
     result = driver.tick()
     assert driver.partitions == ["a.jpg", "b.jpg", "c.jpg"]  # no new partition
     assert ranges(result) == [("b.jpg", "b.jpg")]
-    assert s3_image_store.results.read_registration("b.jpg").etag != old_etag
+    assert Registrations(s3_image_store.results).find("b.jpg").etag != old_etag  # the newest batch wins
     assert driver.tick().run_requests == []
 
 
@@ -180,9 +184,10 @@ def test_hostile_keys_register_with_uris_that_name_them_exactly(driver, s3_clien
     result = driver.tick()
     assert len(driver.partitions) == len(names)  # NFC/NFD twins and look-alikes stay apart
     assert sum(int(r.tags["vision_assets/images"]) for r in result.run_requests) == len(names)
+    registrations = Registrations(s3_image_store.results)
     for partition in driver.partitions:
-        registration = s3_image_store.results.read_registration(partition)
+        registration = registrations.find(partition)
         parts = urlsplit(registration.source_uri)
         assert (parts.netloc, unquote(parts.path.removeprefix("/"))) == (bucket, registration.object_key)
-    assert {s3_image_store.results.read_registration(p).object_key for p in driver.partitions} == {
+    assert {registrations.find(p).object_key for p in driver.partitions} == {
         f"uploads/{name}" for name in names}

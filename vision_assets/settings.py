@@ -36,7 +36,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                        "(decompression bombs)."),
     "VISION_ASSETS_MIN_IMAGE_SIDE": ("32", "Images with a shorter side (pixels) are rejected."),
     "VISION_ASSETS_BATCH_SIZE": ("256", "Most images in one run launched by the sensor."),
-    "VISION_ASSETS_MAX_UPLOADS_PER_TICK": ("2000", "Most objects one sensor tick registers; the rest wait for "
+    "VISION_ASSETS_MAX_UPLOADS_PER_TICK": ("20000", "Most objects one sensor tick registers; the rest wait for "
                                            "the next tick."),
     "VISION_ASSETS_SENSOR_INTERVAL_SECONDS": ("15", "How often the upload sensor looks at the bucket."),
     "VISION_ASSETS_VERSION_LOOKBACK_SECONDS": ("900", "Re-uploads are detected when their LastModified is within "

@@ -3,6 +3,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from vision_assets.vision.partition_keys import partition_key_for
+from vision_assets.vision import upload_tracking
 from vision_assets.vision.records import StoredObject
 from vision_assets.vision.upload_tracking import (
     Skip,
@@ -120,6 +121,29 @@ def test_reupload_long_after_the_first_upload():
     assert len(bucket.cursor.recent) == 1
     plan = bucket.tick([obj("in/a.jpg", 5 * 3600, "v2")])
     assert keys(plan) == ["in/a.jpg"]
+
+
+def test_a_burst_leaves_a_bounded_cursor_and_nothing_is_taken_twice(monkeypatch):
+    monkeypatch.setattr(upload_tracking, "MAX_RECENT", 100)
+    bucket = Bucket()
+    burst = [obj(f"in/{i:05d}.jpg", i // 30) for i in range(1000)]  # 30 objects per second of LastModified
+    assert len(bucket.tick(burst, max_uploads=10_000).uploads) == 1000
+    assert len(bucket.cursor.dump()) < 100 * 40 + 200 and len(bucket.cursor.recent) <= 100
+    assert bucket.tick(burst).uploads == []  # those under the floor count as processed; the newest are in recent
+    # A re-upload after the burst (a new LastModified) is still seen, as is one inside the kept window.
+    newest_kept = burst[-1]
+    plan = bucket.tick(burst[:-1] + [obj(newest_kept.key, newest_kept.last_modified.second + 60, "v2")])
+    assert keys(plan) == [newest_kept.key] and not plan.uploads[0].is_new
+
+
+def test_a_burst_in_one_second_leaves_an_empty_window(monkeypatch):
+    monkeypatch.setattr(upload_tracking, "MAX_RECENT", 100)
+    bucket = Bucket()
+    burst = [obj(f"in/{i:05d}.jpg", 0) for i in range(500)]
+    bucket.tick(burst)
+    assert bucket.cursor.recent == {} and bucket.cursor.floor == T0.timestamp()
+    assert bucket.tick(burst).uploads == []
+    assert keys(bucket.tick(burst + [obj("in/late.jpg", 0)])) == ["in/late.jpg"]  # new: unregistered, not windowed
 
 
 def test_more_uploads_than_a_tick_takes_wait_for_the_next_tick():

@@ -5,6 +5,7 @@ import dagster as dg
 from ..partitions import images
 from ..resources import ImageStore, QdrantResource
 from ..vision.deletion import delete_image
+from ..vision.registrations import Registrations
 
 
 class DeleteImagesConfig(dg.Config):
@@ -17,9 +18,11 @@ class DeleteImagesConfig(dg.Config):
 def delete_images_op(context: dg.OpExecutionContext, config: DeleteImagesConfig, image_store: ImageStore,
                      qdrant: QdrantResource) -> None:
     existing = set(context.instance.get_dynamic_partitions(images.name))
+    registrations = Registrations(image_store.results)
     with qdrant.open() as index:
         for key in config.partition_keys:
-            deleted = delete_image(key, image_store.results, index, image_store.objects, config.delete_objects)
+            deleted = delete_image(key, image_store.results, index, image_store.objects, config.delete_objects,
+                                   registrations)
             if key in existing:
                 context.instance.delete_dynamic_partition(images.name, key)
             context.log.info(f"deleted {key}: points, {deleted.result_files} result files"

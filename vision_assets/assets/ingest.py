@@ -14,6 +14,7 @@ from ..vision.callback import Outbox, rejected_message
 from ..vision.images.ingest import ingest_image
 from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
+from ..vision.registrations import REGISTRATIONS_TAG, Registrations
 from ..vision.results_store import ResultsStore
 from .stage import ImageMetadata, transient_faults_retried
 
@@ -72,8 +73,10 @@ def source_images(
     preview_side = look.side if look else None
     # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both; each thread holds one
     # image decoded at a time, so memory follows the thread count. The store failing (not an image) retries the step.
+    registrations = Registrations(results, context.run.tags.get(REGISTRATIONS_TAG))
     with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-        records = list(pool.map(lambda key: ingest_image(key, objects, results, limits, preview_side), keys))
+        records = list(pool.map(
+            lambda key: ingest_image(key, objects, results, limits, preview_side, registrations), keys))
     seconds = time.perf_counter() - started
 
     metadata = ImageMetadata(context)

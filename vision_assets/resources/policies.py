@@ -17,7 +17,7 @@ from ..vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES
 
 class UploadPolicy(dg.ConfigurableResource):
     batch_size: int = 256
-    max_uploads_per_tick: int = 2000
+    max_uploads_per_tick: int = 20_000
     version_lookback_seconds: int = 900
 
     @property

@@ -11,20 +11,26 @@ from ..jobs import process_images
 from ..partitions import images, partition_key_for
 from ..resources import ImageStore, UploadPolicy
 from ..vision.deletion import safe_to_delete
+from ..vision.registrations import REGISTRATIONS_TAG, batch_name
 from ..vision.upload_tracking import TickPlan, UploadCursor, contiguous_batches, plan_tick
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
 
-def batch_run_request(batch: list[str], versions: dict[str, str]) -> dg.RunRequest:
+def batch_run_key(batch: list[str], versions: dict[str, str]) -> str:
     # The run key names the exact object versions, so a re-evaluated tick never launches the same batch twice
     # while a re-upload (new etag) always gets a new run.
     identity = "\n".join(f"{key}\0{versions[key]}" for key in batch)
+    return f"upload-batch-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
+
+
+def batch_run_request(batch: list[str], run_key: str, registrations: str) -> dg.RunRequest:
     return dg.RunRequest(
         job_name=process_images.name,
-        run_key=f"upload-batch-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
-        tags={RANGE_START: batch[0], RANGE_END: batch[-1], "vision_assets/images": str(len(batch))},
+        run_key=run_key,
+        tags={RANGE_START: batch[0], RANGE_END: batch[-1], "vision_assets/images": str(len(batch)),
+              REGISTRATIONS_TAG: registrations},
     )
 
 
@@ -67,15 +73,21 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             return dg.SensorResult(dynamic_partitions_requests=deletions, run_requests=delete_requests,
                                    cursor=plan.cursor.dump())
 
-        # The partition -> object mapping is stored before the partitions exist, so no run can start without it.
-        image_store.results.write_registrations([image_store.registration(u.partition_key, u.obj) for u in plan.uploads])
         new_keys = plan.new_partition_keys
-        versions = {u.partition_key: u.obj.etag for u in plan.uploads}
+        uploads = {u.partition_key: u.obj for u in plan.uploads}
+        versions = {key: obj.etag for key, obj in uploads.items()}
         batches = contiguous_batches(registered + new_keys, versions, upload_policy.batch_size)
+        run_keys = [batch_run_key(batch, versions) for batch in batches]
+        names = [batch_name(run_key) for run_key in run_keys]
+        # The partition -> object mapping is stored before the partitions exist, so no run can start without it:
+        # one file per run, not per object (see vision/registrations.py).
+        image_store.results.write_registration_batches({
+            name: [image_store.registration(key, uploads[key]) for key in batch] for name, batch in zip(names, batches)
+        })
         context.log.info(f"{summary}: {len(batches)} run(s)")
         return dg.SensorResult(
             dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else []) + deletions,
-            run_requests=[batch_run_request(batch, versions) for batch in batches] + delete_requests,
+            run_requests=[batch_run_request(*launch) for launch in zip(batches, run_keys, names)] + delete_requests,
             cursor=plan.cursor.dump(),
         )
 

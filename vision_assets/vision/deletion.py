@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .index.vector_index import VectorIndex
 from .object_store import ObjectStore
+from .registrations import Registrations
 from .results_store import REGISTRATION, ResultsStore
 
 
@@ -26,9 +27,10 @@ def result_keys(results: ResultsStore, partition_key: str) -> list[str]:
 
 
 def delete_image(
-    partition_key: str, results: ResultsStore, index: VectorIndex, images: ObjectStore, delete_object: bool
+    partition_key: str, results: ResultsStore, index: VectorIndex, images: ObjectStore, delete_object: bool,
+    registrations: Registrations | None = None,
 ) -> Deleted:
-    registration = results.read_registration(partition_key)
+    registration = (registrations or Registrations(results)).find(partition_key)
     index.delete_image(partition_key)
     object_deleted = False
     if delete_object and registration is not None:

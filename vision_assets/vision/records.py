@@ -32,6 +32,12 @@ class RegisteredImage(BaseModel):
     last_modified: datetime
 
 
+class RegistrationBatch(BaseModel):
+    """The registrations of one run the upload sensor launched, stored as one file (see `registrations.py`)."""
+
+    registrations: list[RegisteredImage]
+
+
 class RejectionCode(str, Enum):
     EMPTY = "empty"
     TOO_LARGE = "too_large"

@@ -15,11 +15,12 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .object_store import ObjectMissing, ObjectStore
-from .records import RegisteredImage, SourceImageRecord
+from .records import RegisteredImage, RegistrationBatch, SourceImageRecord
 
 Record = TypeVar("Record", bound=BaseModel)
 
 REGISTRATION = "~registration.json"
+REGISTRATION_BATCHES = "~registrations/"  # at the top of the results prefix: one file per run the sensor launched
 SOURCE_RECORD = "~source.json"
 NORMALIZED_IMAGE = "~normalized.jpg"
 REJECTED_PREVIEW = "~preview.jpg"  # what still decoded of a rejected file, thumbnail size
@@ -48,10 +49,33 @@ class ResultsStore:
             return None
         return model.model_validate_json(data)
 
-    def write_registrations(self, registrations: list[RegisteredImage], threads: int = 16) -> None:
-        """Many small PUTs: done concurrently so a tick with thousands of new objects stays fast."""
+    def write_registration_batches(self, batches: dict[str, list[RegisteredImage]], threads: int = 16) -> None:
+        """One file per batch name (the sensor: per run it launches), written concurrently."""
+        def write(name: str) -> None:
+            batch = RegistrationBatch(registrations=batches[name])
+            self.store.put(self.registration_batch_key(name), batch.model_dump_json().encode(), "application/json")
+
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda r: self.write(r.partition_key, REGISTRATION, r), registrations))
+            list(pool.map(write, batches))
+
+    def registration_batch_key(self, name: str) -> str:
+        return f"{self.prefix}{REGISTRATION_BATCHES}{name}.json"
+
+    def read_registration_batch(self, name: str) -> list[RegisteredImage]:
+        try:
+            _, data = self.store.get(self.registration_batch_key(name))
+        except ObjectMissing:
+            return []
+        return RegistrationBatch.model_validate_json(data).registrations
+
+    def registration_batch_names(self) -> list[str]:
+        """Newest first (names start with the time they were written)."""
+        folder = f"{self.prefix}{REGISTRATION_BATCHES}"
+        names = [o.key[len(folder):].removesuffix(".json") for o in self.store.list(folder) if o.key.endswith(".json")]
+        return sorted(names, reverse=True)
+
+    def write_registration(self, registration: RegisteredImage) -> None:
+        self.write(registration.partition_key, REGISTRATION, registration)
 
     def read_registration(self, partition_key: str) -> RegisteredImage | None:
         return self.read(partition_key, REGISTRATION, RegisteredImage)

@@ -9,6 +9,11 @@ Two questions, answered by two sources of truth:
   fingerprints of objects modified within `lookback` of the newest one processed; anything modified before that
   window counts as processed. A re-upload whose LastModified lands before the window (an upload slower than
   `lookback`) is the one case this cannot see; `lookback` is a setting for that reason.
+
+The cursor is bounded: Dagster stores it with every tick that launches runs, so a burst of 50,000 uploads must not
+leave megabytes in each. Past `MAX_RECENT` fingerprints the oldest seconds of the window are dropped and a `floor`
+remembers that everything modified up to then is processed: during such a burst, a re-upload whose LastModified
+lands at or before the floor goes unseen (as one older than `lookback` always does).
 """
 
 from __future__ import annotations
@@ -25,10 +30,20 @@ from pydantic import BaseModel, Field
 from .records import StoredObject
 
 
+MAX_RECENT = 10_000  # fingerprints in the cursor: about 40 bytes each
+
+
 class UploadCursor(BaseModel):
     watermark: datetime | None = None
     # fingerprint(key, etag) -> LastModified as epoch seconds, for objects modified within lookback of watermark
     recent: dict[str, float] = Field(default_factory=dict)
+    floor: float | None = None  # epoch seconds: objects modified at or before it count as processed
+
+    def seen(self, obj: StoredObject) -> bool:
+        """Processed already (the cursor is not fresh, and the object's key is registered)."""
+        if self.floor is not None and obj.last_modified.timestamp() <= self.floor:
+            return True
+        return fingerprint(obj) in self.recent
 
     @classmethod
     def parse(cls, raw: str | None) -> UploadCursor:
@@ -186,7 +201,7 @@ def plan_tick(
                 already_processed.append(obj)
             else:
                 candidates.append(Upload(partition_key, obj, is_new=False))
-        elif obj.last_modified >= window_start and fingerprint(obj) not in cursor.recent:
+        elif obj.last_modified >= window_start and not cursor.seen(obj):
             candidates.append(Upload(partition_key, obj, is_new=False))
 
     candidates.sort(key=lambda u: (u.obj.last_modified, u.obj.key))
@@ -202,7 +217,24 @@ def _advance(cursor: UploadCursor, processed: list[StoredObject], lookback: time
     watermark = max(newest, cursor.watermark) if cursor.watermark else newest
     recent = dict(cursor.recent) | {fingerprint(o): o.last_modified.timestamp() for o in processed}
     horizon = (watermark - lookback).timestamp()
-    return UploadCursor(watermark=watermark, recent={fp: ts for fp, ts in recent.items() if ts >= horizon})
+    recent = {fp: ts for fp, ts in recent.items() if ts >= horizon}
+    floor = cursor.floor if cursor.floor is not None and cursor.floor >= horizon else None
+    if len(recent) > MAX_RECENT:
+        floor = max(_floor_keeping(recent, MAX_RECENT), floor or horizon)
+        recent = {fp: ts for fp, ts in recent.items() if ts > floor}
+    return UploadCursor(watermark=watermark, recent=recent, floor=floor)
+
+
+def _floor_keeping(recent: dict[str, float], limit: int) -> float:
+    """The newest instant whose dropping, with everything older, leaves at most `limit` fingerprints (objects
+    sharing a LastModified are kept or dropped together)."""
+    per_instant = Counter(recent.values())
+    kept = 0
+    for instant in sorted(per_instant, reverse=True):
+        if kept + per_instant[instant] > limit:
+            return instant
+        kept += per_instant[instant]
+    raise ValueError(f"at most {limit} fingerprints: nothing to drop")
 
 
 def contiguous_batches(ordered_keys: Sequence[str], selected: Iterable[str], max_size: int) -> list[list[str]]:

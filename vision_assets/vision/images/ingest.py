@@ -13,6 +13,7 @@ from typing import Any
 
 from ..object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
+from ..registrations import Registrations
 from ..results_store import ResultsStore
 from .review import salvage_preview
 from .validation import ValidationLimits, encode_normalized, validate_image
@@ -32,11 +33,15 @@ def ingest_image(
     results: ResultsStore,
     limits: ValidationLimits,
     preview_side: int | None = None,
+    registrations: Registrations | None = None,
 ) -> SourceImageRecord:
     """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
-    the record (`~preview.jpg`), for the reviewer. None: no previews."""
+    the record (`~preview.jpg`), for the reviewer. None: no previews. `registrations`: the run's (default: none
+    tagged, so the image's own copy or a search of the sensor's batch files)."""
     started = time.perf_counter()
-    registration = results.read_registration(partition_key)
+    registration = (registrations or Registrations(results)).find(partition_key)
+    if registration is not None:
+        results.write_registration(registration)  # the image's own copy, for deletion and later runs
     if registration is None:
         fields = {"object_key": "", "source_uri": "", "size_bytes": 0}
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
