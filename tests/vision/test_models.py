@@ -105,11 +105,12 @@ def test_clip_loads_from_the_hub_and_embeds_images_and_texts_in_one_unit_space(m
 def test_text_vectors_from_trimmed_tokens_equal_the_padded_ones(manifest, cache):
     import torch
 
-    clip = ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", cache=cache)
+    clip = ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", precision="fp32",
+                        cache=cache)
     model, _, tokenizer = clip.load()
     tokens = tokenizer(["a dog", "a photo of a golden retriever running on a beach at night"])
     with torch.inference_mode():
-        assert torch.allclose(_encode_text(model, tokens), model.encode_text(tokens, normalize=True), atol=1e-5)
+        assert torch.allclose(_encode_text(model, tokens), model.encode_text(tokens), atol=1e-5)
 
 
 def test_prompt_vectors_are_computed_once_per_model_and_kept_on_disk(manifest, tmp_path, monkeypatch):
@@ -191,3 +192,39 @@ def test_clip_runs_in_bf16_on_the_cpu(manifest, cache, photos):
     full, half = clip("fp32").embed_images(photos), clip("bf16").embed_images(photos)
     assert half.dtype == np.float32 and half.shape == full.shape
     assert (full * half).sum(axis=1).min() > 0.95  # the same direction, at bf16's precision
+
+
+def test_the_detector_computes_in_bf16_when_asked(manifest, cache, photos, monkeypatch):
+    """bf16 reaches YOLO (autocast: ultralytics has no bf16 weights), not only the transformers models."""
+    import torch
+
+    seen = []
+    original = torch.nn.Conv2d._conv_forward
+
+    def recording(self, x, weight, bias):
+        out = original(self, x, weight, bias)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", recording)
+    detector = YoloDetector(identity_for(manifest["detector"]["model"], cache=cache), device="cpu",
+                            precision="bf16", confidence=0.01, cache=cache)
+    found = detector.detect(photos)
+    assert len(found) == len(photos) and seen and set(seen) == {torch.bfloat16}
+
+
+def test_auto_precision_is_each_models_measured_choice(manifest, cache, monkeypatch):
+    from vision_assets.vision.models import base
+
+    def model(kind, precision="auto", device="cpu"):
+        return kind(identity_for(manifest["detector"]["model"], cache=cache), device=device, precision=precision)
+
+    monkeypatch.setattr(base, "fast_bf16", lambda device: True)
+    assert [model(k).precision_used for k in (YoloDetector, ImageClassifier, ClipEmbedder)] == ["fp32", "bf16", "bf16"]
+    assert model(YoloDetector, device="cuda").precision_used == "fp16"
+    assert model(YoloDetector, "bf16").precision_used == "bf16"  # an explicit setting applies to every model
+    monkeypatch.setattr(base, "fast_bf16", lambda device: False)  # a CPU without AVX512-BF16/AMX, an old GPU
+    assert [model(k).precision_used for k in (ImageClassifier, ClipEmbedder)] == ["fp32", "fp32"]
+    assert model(ClipEmbedder, device="cuda").precision_used == "fp16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _ = model(ClipEmbedder, "half").precision_used

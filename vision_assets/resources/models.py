@@ -28,7 +28,7 @@ def quiet_offline_libraries(offline: bool) -> None:
 
 class _ModelResource(dg.ConfigurableResource):
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int = 16
     offline: bool = False
     model_cache: str = ""  # a folder laid out as the libraries' caches (see vision/models/cache.py); "" = theirs

@@ -92,6 +92,9 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def torch_dtype(precision: str, device: str):
     import torch
 
@@ -103,6 +106,30 @@ def torch_dtype(precision: str, device: str):
     return dtypes[precision]
 
 
+def fast_bf16(device: str) -> bool:
+    """bf16 pays only where the hardware computes in it: CPUs with AVX512-BF16 or AMX (else oneDNN emulates it,
+    slower than fp32), GPUs from Ampere on."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: str, auto: dict[str, str]) -> str:
+    """`auto`: the model's own choice for the device kind (`auto["cpu"]`, `auto["cuda"]`), measured by
+    bench/precision_bench.py; bf16 falls back to fp32 (CPU) or fp16 (GPU) where the hardware lacks it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    chosen = auto[kind]
+    if chosen == "bf16" and not fast_bf16(device):
+        return "fp16" if kind == "cuda" else "fp32"
+    return chosen
+
+
 def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
@@ -111,7 +138,10 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 class Model(ABC):
     """Loaded at most once; `load()` is idempotent and thread-safe, `unload()` frees memory (GPU included)."""
 
-    def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "fp32", batch_size: int = 16,
+    # What `precision="auto"` uses on each kind of device: fp32 unless a model measured otherwise (see subclasses).
+    AUTO_PRECISION: dict[str, str] = {"cpu": "fp32", "cuda": "fp32"}
+
+    def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "auto", batch_size: int = 16,
                  cache: ModelCache = ModelCache()):
         self.identity = identity
         self.cache = cache
@@ -125,6 +155,11 @@ class Model(ABC):
     @property
     def device(self) -> str:
         return resolve_device(self.device_setting)
+
+    @property
+    def precision_used(self) -> str:
+        """The precision the model computes in: the setting, with `auto` resolved for this model and device."""
+        return resolve_precision(self.precision, self.device, self.AUTO_PRECISION)
 
     @property
     def is_loaded(self) -> bool:

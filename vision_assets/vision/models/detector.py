@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from ..records import Detection
-from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path
+from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path, torch_dtype
 from .hub import GITHUB, reachable
 
 
@@ -25,6 +25,10 @@ def import_ultralytics_yolo():
 
 
 class YoloDetector(Model):
+    # bench/precision_bench.py: under bf16 autocast YOLO runs no faster on the CPU (its convolutions and the
+    # layout changes between them cost what bf16 saves), so fp32 there; fp16 on a GPU (ultralytics' `half`).
+    AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
+
     def __init__(self, *args, confidence: float = 0.25, max_detections: int = 50, image_size: int = 640, **kwargs):
         super().__init__(*args, **kwargs)
         self.confidence = confidence
@@ -44,19 +48,26 @@ class YoloDetector(Model):
         return model
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        import torch
+
         model = self.load()
+        precision = self.precision_used
+        torch_dtype(precision, self.device)  # refuses fp16 on the CPU
+        options = {"half": True} if precision == "fp16" else {}
+        # ultralytics has no bf16 weights: bf16 is autocast (weights fp32, convolutions and matmuls in bf16).
+        computing = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
         found: list[list[Detection]] = []
         for batch in batches(images, self.batch_size):
-            options = {"half": True} if self.precision == "fp16" else {}
-            results = model.predict(
-                list(batch),
-                conf=self.confidence,
-                max_det=self.max_detections,
-                imgsz=self.image_size,
-                device=self.device,
-                verbose=False,
-                **options,
-            )
+            with computing:
+                results = model.predict(
+                    list(batch),
+                    conf=self.confidence,
+                    max_det=self.max_detections,
+                    imgsz=self.image_size,
+                    device=self.device,
+                    verbose=False,
+                    **options,
+                )
             for result in results:
                 boxes = result.boxes
                 found.append([

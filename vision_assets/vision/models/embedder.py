@@ -24,6 +24,10 @@ def default_cache_home() -> Path:
 class ClipEmbedder(Model):
     """Architecture + pretrained tag (`ViT-B-32` + `laion2b_s34b_b79k`), `hf-hub:org/repo`, or `local-dir:/path`."""
 
+    # bench/precision_bench.py: bf16 weights embed 1.9x faster on a CPU with AVX512-BF16/AMX, cosine to fp32 > 0.99;
+    # where the CPU lacks bf16, `auto` stays fp32.
+    AUTO_PRECISION = {"cpu": "bf16", "cuda": "bf16"}
+
     def __init__(self, *args, pretrained: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.pretrained = pretrained
@@ -32,13 +36,13 @@ class ClipEmbedder(Model):
     def _load(self):
         import open_clip
 
-        torch_dtype(self.precision, self.device)  # refuses a bad precision/device pair before any weights are read
+        torch_dtype(self.precision_used, self.device)  # refuses a bad precision/device pair before any weights are read
         name = self.identity.model_id
         from_hub = name.startswith(HF_HUB_PREFIX) or (self.pretrained and not Path(self.pretrained).exists())
         if from_hub:
             hugging_face_offline_unless_reachable()  # OpenCLIP fetches pretrained weights from the Hugging Face hub
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=self.pretrained or None, device=self.device, precision=self.precision,
+            name, pretrained=self.pretrained or None, device=self.device, precision=self.precision_used,
             cache_dir=self.cache.hub_dir,
         )
         model.eval()
@@ -60,7 +64,8 @@ class ClipEmbedder(Model):
         for batch in batches(images, self.batch_size):
             pixels = torch.stack([preprocess(image) for image in batch]).to(self.device, dtype)
             with torch.inference_mode():
-                vectors.append(model.encode_image(pixels, normalize=True).float().cpu().numpy())
+                # Normalised in fp32: a bf16 model's vectors normalised in bf16 miss unit length by 1e-3.
+                vectors.append(_unit(model.encode_image(pixels)))
         return _stacked(vectors, self.dimension)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -71,14 +76,14 @@ class ClipEmbedder(Model):
         for batch in batches(texts, self.batch_size):
             tokens = tokenizer(list(batch)).to(self.device)
             with torch.inference_mode():
-                vectors.append(_encode_text(model, tokens).float().cpu().numpy())
+                vectors.append(_unit(_encode_text(model, tokens)))
         return _stacked(vectors, self.dimension)
 
     def prompt_vectors(self, prompts: Sequence[str]) -> np.ndarray:
         """Text vectors for a fixed prompt list (an expert's labels, the scene vocabulary): computed once per model
         and kept on disk beside the model cache, because an expert with 10,000 classes costs minutes on a CPU."""
         digest = hashlib.sha256(
-            "\n".join([str(self.identity), self.pretrained, self.precision, *prompts]).encode()
+            "\n".join([str(self.identity), self.pretrained, self.precision_used, *prompts]).encode()
         ).hexdigest()[:24]
         if digest not in self._prompt_vectors:
             path = (self.cache.root or default_cache_home()) / PROMPT_CACHE / f"{digest}.npy"
@@ -97,19 +102,24 @@ def _encode_text(model, tokens):
     tokens: 4-7x less). Other text towers take the padded tokens."""
     import open_clip
     import torch
-    import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
 
     if type(model) is not open_clip.CLIP or model.text_pool_type != "argmax" or model.attn_mask is None:
-        return model.encode_text(tokens, normalize=True)
+        return model.encode_text(tokens)
     length = int((tokens != 0).sum(dim=1).max())
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
     x = text_global_pool(x, tokens, model.text_pool_type)
-    x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-    return F.normalize(x, dim=-1)
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+
+
+def _unit(vectors) -> np.ndarray:
+    """Unit length in fp32, whatever the model computed in."""
+    import torch.nn.functional as F
+
+    return F.normalize(vectors.float(), dim=-1).cpu().numpy()
 
 
 def _save_atomically(path: Path, vectors: np.ndarray) -> None:
