@@ -14,7 +14,7 @@ from ..checks.indexing import (
     index_completeness,
     index_consistency,
     index_outcome,
-    index_ledger,
+    sampled_indexed,
 )
 from ..resources import CallbackSettings, ImageStore, QdrantResource, StagePolicy
 from ..vision.callback import Outbox, finished_message
@@ -80,8 +80,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         metadata = ImageMetadata(context)
         metadata.skipped(skipped)
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
-        # What the pipeline indexed before this run, by its checks: the index must still hold all of it.
-        earlier = [key for key in index_ledger(context.instance).indexed if key not in valid]
+        # What the pipeline indexed before this run, by its checks, sampled: the index must still hold it.
+        earlier, registered = sampled_indexed(context.instance, set(context.partition_keys), seed=context.run_id)
         started = time.perf_counter()
         records, crop_count = [], 0
         with qdrant.open(on_wait=context.log.info) as index:
@@ -110,7 +110,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             # ids its last indexing recorded.
             recorded = [results.read(key, INDEX, IndexRecord) for key in skipped]
             index.delete_points(list(skipped), [p for record in recorded if record for p in record.crop_points])
-            audit = audit_index(index, earlier)
+            audit = audit_index(index, earlier, registered)
         seconds = time.perf_counter() - started
         if outbox:
             for key, why in bad.items():

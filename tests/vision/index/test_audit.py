@@ -29,3 +29,22 @@ def test_audit_finds_images_without_a_point(tmp_path):
         assert audit_index(index, ["kept.jpg"]).complete
     finally:
         index.client.close()
+
+
+def test_a_runs_audit_reads_a_bounded_sample_of_the_catalogue(instance):
+    """`index_complete` in a run looks at most RUN_AUDIT_SAMPLE images up, whatever the catalogue's size."""
+    import dagster as dg
+
+    from vision_assets.checks.indexing import index_consistency, sampled_indexed
+    from vision_assets.partitions import images
+
+    keys = [f"{i:04d}.jpg" for i in range(60)]
+    instance.add_dynamic_partitions(images.name, keys)
+    for key in keys[:50]:  # 50 indexed, 10 never
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=index_consistency.asset, check_name=index_consistency.name, passed=True, partition=key))
+    everything, population = sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=100)
+    assert (sorted(everything), population) == (keys[1:50], None)
+    sample, population = sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=20)
+    assert population == 59 and set(sample) <= set(keys[1:50]) and 10 <= len(sample) <= 20
+    assert sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=20)[0] == sample  # seeded by the run

@@ -14,26 +14,29 @@ LOOKUP_BATCH = 1000
 
 @dataclass(frozen=True)
 class IndexAudit:
-    expected: int  # images the pipeline indexed (their `indexed` check passed)
+    expected: int  # images the pipeline indexed (their `indexed` check passed) that were looked up
     missing: list[str]  # of those, the ones without an image point, in partition order
+    sampled_from: int | None = None  # when `expected` came from a sample: the registered images it was drawn from
 
     @property
     def complete(self) -> bool:
         return not self.missing
 
     def describe(self, where: str) -> str:
+        sample = f" (of a random sample of the {self.sampled_from:,} registered)" if self.sampled_from else ""
         if self.complete:
-            return f"all {self.expected} indexed images have their point ({where})"
-        return (f"{len(self.missing)} of {self.expected} images the pipeline indexed have no point in Qdrant ({where}): "
+            return f"all {self.expected} indexed images{sample} have their point ({where})"
+        return (f"{len(self.missing)} of {self.expected} images the pipeline indexed{sample} have no point in Qdrant "
+                f"({where}): "
                 "the folder was deleted or replaced, the server wiped, or the collection prefix changed. The "
                 "`index_repair` sensor re-indexes them from the results store; by hand: `vision-assets reindex`.")
 
 
-def audit_index(index: VectorIndex, indexed: Sequence[str]) -> IndexAudit:
+def audit_index(index: VectorIndex, indexed: Sequence[str], sampled_from: int | None = None) -> IndexAudit:
     if not indexed:
-        return IndexAudit(0, [])
+        return IndexAudit(0, [], sampled_from)
     if not index.client.collection_exists(index.images):
-        return IndexAudit(len(indexed), list(indexed))
+        return IndexAudit(len(indexed), list(indexed), sampled_from)
     missing = []
     for start in range(0, len(indexed), LOOKUP_BATCH):
         chunk = indexed[start : start + LOOKUP_BATCH]
@@ -41,7 +44,7 @@ def audit_index(index: VectorIndex, indexed: Sequence[str]) -> IndexAudit:
                                       with_vectors=False)
         present = {str(point.id) for point in found}
         missing += [key for key in chunk if image_point_id(key) not in present]
-    return IndexAudit(len(indexed), missing)
+    return IndexAudit(len(indexed), missing, sampled_from)
 
 
 def repair_ranges(partitions: Sequence[str], missing: Iterable[str], harmless: Iterable[str]) -> list[tuple[str, str]]:
