@@ -40,7 +40,6 @@ from vision_assets.cli import instance_yaml as dev_instance_yaml  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.partitions import images as images_partitions  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id  # noqa: E402
 from vision_assets.vision.models.base import Model  # noqa: E402
@@ -159,13 +158,13 @@ def one_scenario(work: Path, backend: str, catalog: int, args, postgres) -> dict
     job = defs.resolve_job_def("process_images")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         seeding = seed_catalog(instance, defs, catalog, args.points_per_image)
-        keys = register_uploads(defs, instance)
+        keys, tags = register_uploads(defs, instance)
         meter, loads = Meter(), Meter()
         meter_everything(meter, instance)
         loads.wrap(Model, "load", "model loading")
         with meter.installed(), loads.installed():
             started = time.perf_counter()
-            result = job.execute_in_process(instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]})
+            result = job.execute_in_process(instance=instance, tags=tags)
             wall = time.perf_counter() - started
         assert result.success, f"{name}: the run failed"
     return {"name": name, "images": len(keys), "wall": wall, "meter": meter, "loading": loads.seconds["model loading"],

@@ -51,7 +51,6 @@ def measure(work: Path, models: Path, chunk: int) -> dict:
     from bench.pipeline_bench import register_uploads
     from vision_assets.definitions import build_definitions, model_resources_from
     from vision_assets.resources import LocalImageStore, StagePolicy, UploadPolicy
-    from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
     from vision_assets.settings import Settings
 
     settings = Settings.from_env()
@@ -59,10 +58,10 @@ def measure(work: Path, models: Path, chunk: int) -> dict:
     defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000),
                              stage_policy=StagePolicy(chunk_size=settings.chunk_size))
     with dg.instance_for_test() as instance:
-        keys = register_uploads(defs, instance)
+        keys, tags = register_uploads(defs, instance)
         started = time.perf_counter()
         run = defs.resolve_job_def("process_images").execute_in_process(
-            instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]})
+            instance=instance, tags=tags)
         seconds = time.perf_counter() - started
     assert run.success
     return {"batch": len(keys), "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -1,7 +1,7 @@
 """The model committee: raw model calls vs the batched pipeline vs one run per image, measured in one process.
 
-  1. baseline: the models alone (detector on all images, each expert on its crops, CLIP on images and crops),
-     already loaded, no Dagster, no storage;
+  1. baseline: the models alone (detector on all images, CLIP on images and crops, the scene tags that gate the
+     coral expert, each expert on its crops and gated images), already loaded, no Dagster, no storage;
   2. batched: one `process_images` run over all images (what the upload sensor launches), models loaded in the run;
   3. per image: one run per image, on a sample (what a sensor without batching would launch); plus the fixed cost a
      launched run pays before any of that: a fresh process importing the model libraries.
@@ -33,9 +33,11 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.committee.labeling import label_batch  # noqa: E402
+from vision_assets.vision.committee.routing import crop_box  # noqa: E402
+from vision_assets.vision.committee.scenes import scene_tags  # noqa: E402
+from vision_assets.vision.committee.zero_shot import Vocabulary  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 from vision_assets.vision.records import DetectionsRecord  # noqa: E402
 
@@ -55,30 +57,40 @@ def make_images(folder: Path, count: int) -> list[Image.Image]:
     return pictures
 
 
-def baseline(models: dict, pictures: list[Image.Image], policy) -> float:
+def baseline(models: dict, pictures: list[Image.Image]) -> float:
+    """The committee's model work as the pipeline does it, without Dagster or storage: the detector, CLIP on the
+    images and their crops, the scene tags (the coral gate), the experts on the routed crops and the gated images."""
     detector, clip = models["detector"].detector, models["embedder"].embedder
+    labeling = models["labeling"]
     experts = models["specialists"].classifiers()
     detector.detect(pictures[:2]), clip.embed_images(pictures[:2])  # load and warm up outside the timing
     for expert in experts.values():
         expert.classify(pictures[:1])
+    scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values())))  # cached on disk
     started = time.perf_counter()
     found = detector.detect(pictures)
     keys = [str(i) for i in range(len(pictures))]
     records = {k: DetectionsRecord(partition_key=k, model="m", width=p.width, height=p.height, detections=d)
                for k, p, d in zip(keys, pictures, found)}
-    labels = label_batch(dict(zip(keys, pictures)), records, {}, experts, {}, policy)
-    crops = [pictures[int(k)].crop(tuple(c.crop_box)) for k, r in labels.items() for c in r.crops]
-    clip.embed_images(pictures), clip.embed_images(crops)
+    boxes = {k: {i: crop_box(d.box, p.width, p.height, labeling.crop_margin) for i, d in enumerate(records[k].detections)}
+             for k, p in zip(keys, pictures)}
+    image_vectors = clip.embed_images(pictures)
+    clip.embed_images([p.crop(tuple(box)) for k, p in zip(keys, pictures) for box in boxes[k].values()])
+    tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, "m")
+    coral_scores = {k: t.scores.get(labeling.coral_scene_tag, 0.0) for k, t in zip(keys, tags)}
+    label_batch(dict(zip(keys, pictures)), records, boxes, experts, coral_scores, labeling.policy)
     return time.perf_counter() - started
 
 
-def register_uploads(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
-    """One upload-sensor tick over the bucket, its partitions added as the daemon would: the new images' keys."""
+def register_uploads(defs: dg.Definitions, instance: dg.DagsterInstance) -> tuple[list[str], dict[str, str]]:
+    """One upload-sensor tick over the bucket, its partitions added as the daemon would: the new images' keys, and
+    the tags of the one run the sensor asked for (the bench's batch size takes them all)."""
     with dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs) as context:
         result = defs.resolve_sensor_def("upload_sensor")(context)
     keys = list(result.dynamic_partitions_requests[0].partition_keys)
     instance.add_dynamic_partitions("images", keys)
-    return keys
+    [request] = result.run_requests
+    return keys, dict(request.tags)
 
 
 def import_cost() -> float:
@@ -103,16 +115,16 @@ def main() -> None:
     settings = Settings.from_env()
 
     loaded = model_resources_from(settings)
-    base = baseline(loaded, pictures, loaded["labeling"].policy)
+    base = baseline(loaded, pictures)
     device = loaded["detector"].detector.device
 
     store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)
     defs = build_definitions(store, model_resources_from(settings), UploadPolicy(batch_size=10_000))
     job = defs.resolve_job_def("process_images")
     with dg.instance_for_test() as instance:
-        keys = register_uploads(defs, instance)
+        keys, tags = register_uploads(defs, instance)
         started = time.perf_counter()
-        assert job.execute_in_process(instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}).success
+        assert job.execute_in_process(instance=instance, tags=tags).success
         batched = time.perf_counter() - started
         sample = keys[: args.per_image_sample]
         started = time.perf_counter()

@@ -31,7 +31,6 @@ from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolic
 from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown  # noqa: E402
 from vision_assets.vision.records import LabelsRecord  # noqa: E402
 from vision_assets.vision.results_store import LABELS  # noqa: E402
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 
@@ -45,10 +44,10 @@ def measure(work: Path, pictures: bool) -> tuple[list[str], int, float, LocalIma
     defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(batch_size=10_000),
                              review=review)
     with dg.instance_for_test() as instance:
-        keys = register_uploads(defs, instance)
+        keys, tags = register_uploads(defs, instance)
         started = time.perf_counter()
         result = defs.resolve_job_def("process_images").execute_in_process(
-            instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}
+            instance=instance, tags=tags
         )
         seconds = time.perf_counter() - started
         assert result.success
