@@ -81,7 +81,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         metadata.skipped(skipped)
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
         # What the pipeline indexed before this run, by its checks, sampled: the index must still hold it.
-        earlier, registered = sampled_indexed(context.instance, set(context.partition_keys), seed=context.run_id)
+        earlier, registered = sampled_indexed(context.instance, set(context.partition_keys), seed=context.run.run_id)
         started = time.perf_counter()
         records, crop_count = [], 0
         with qdrant.open(on_wait=context.log.info) as index:
