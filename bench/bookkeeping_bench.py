@@ -195,6 +195,9 @@ def report(row: dict) -> None:
     ]:
         per_call = f"  {calls} calls, {1000 * value / calls:.2f} ms/call" if calls else ""
         print(f"  {label:24s} {ms(value):7.2f} ms/img{per_call}")
+        if label == "instance queries" and calls:
+            print("    " + ", ".join(f"{query} {ms(spent):.2f}"
+                                     for query, spent in meter.by_name[label].most_common()))
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ class Meter:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: Counter = Counter()
         self.events: Counter = Counter()  # Dagster event type -> events stored
+        self.by_name: dict[str, Counter] = defaultdict(Counter)  # category -> function name -> seconds
         self._depth = threading.local()
         self._undo: list[Callable[[], None]] = []
 
@@ -35,7 +36,9 @@ class Meter:
             finally:
                 meter._depth.value = depth
                 if depth == 0:
-                    meter.seconds[category] += time.perf_counter() - started
+                    spent = time.perf_counter() - started
+                    meter.seconds[category] += spent
+                    meter.by_name[category][name] += spent
                     meter.calls[category] += 1
 
         had_own = name in getattr(owner, "__dict__", {})

@@ -3,11 +3,13 @@ writes: the same events, per-partition materializations with their metadata, per
 counts as current, and the planned materializations that make a failed run's partitions show as failed. Compared
 on one job run against Dagster's SQLite event log and ours, on SQLite and (where a server can be started) Postgres."""
 
+import time
 import uuid
 from collections import Counter
 
 import dagster as dg
 import pytest
+import sqlalchemy
 import yaml
 
 from tests.conftest import ui_check_statuses
@@ -131,3 +133,78 @@ def test_postgres_batches_store_what_dagster_stores(tmp_path, postgres, dagster_
     with dg.instance_for_test(temp_dir=str(home), overrides=postgres_storage(*postgres)) as instance:
         assert type(instance.event_log_storage).__name__ == "BatchingPostgresEventLogStorage"
         assert_same(run_everything(instance), dagster_own)
+
+
+class Statements:
+    """The SQL statements sent while recording (all engines)."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def __enter__(self):
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc):
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn, cursor, statement, *args):
+        if "dynamic_partitions" in statement and statement.lstrip().upper().startswith("SELECT"):
+            self.sent.append(" ".join(statement.split()))
+
+
+def storage_pair(backend: str, tmp_path, postgres_server_or_none):
+    """Ours and Dagster's own event log storage on one database, as two processes of one instance would be."""
+    if backend == "sqlite":
+        from dagster._core.storage.event_log import SqliteEventLogStorage
+
+        from vision_assets.event_storage.sqlite import BatchingSqliteEventLogStorage
+        return BatchingSqliteEventLogStorage(str(tmp_path)), SqliteEventLogStorage(str(tmp_path))
+    from dagster_postgres.event_log.event_log import PostgresEventLogStorage
+    from dagster_postgres.utils import pg_url_from_config
+
+    from vision_assets.event_storage.postgres import BatchingPostgresEventLogStorage
+    url = pg_url_from_config(postgres_storage(*postgres_server_or_none)["event_log_storage"]["config"])
+    return BatchingPostgresEventLogStorage(url), PostgresEventLogStorage(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_partition_list_follows_changes_made_elsewhere_without_reloading_all(backend, tmp_path, request):
+    server = request.getfixturevalue("postgres") if backend == "postgres" else None
+    ours, theirs = storage_pair(backend, tmp_path, server)
+    name = images.name
+
+    def agree(expected: list[str]) -> list[str]:
+        with Statements() as statements:
+            listed = ours.get_dynamic_partitions(name)
+        assert listed == theirs.get_dynamic_partitions(name) == expected
+        return statements.sent
+
+    theirs.add_dynamic_partitions(name, [f"k{i:03d}" for i in range(200)])
+    keys = [f"k{i:03d}" for i in range(200)]
+    agree(keys)
+    unchanged = agree(keys)  # a count and the newest row, nothing that returns every key
+    assert unchanged and all("count(" in s.lower() or "LIMIT" in s.upper() for s in unchanged), unchanged
+    theirs.add_dynamic_partitions(name, ["new_a", "new_b"])
+    keys += ["new_a", "new_b"]
+    grown = agree(keys)  # only the rows past the newest known
+    assert any("id >" in s for s in grown), grown
+    theirs.delete_dynamic_partition(name, "k050")
+    keys.remove("k050")
+    agree(keys)
+    # The newest keys deleted, then a new key and a deleted one added again: SQLite gives them the same ids.
+    theirs.delete_dynamic_partition(name, "new_a")
+    theirs.delete_dynamic_partition(name, "new_b")
+    time.sleep(1.1)  # SQLite stores creation times to the second
+    theirs.add_dynamic_partitions(name, ["other", "new_b"])
+    agree(keys[:-2] + ["other", "new_b"])
+    # Again with more keys than were deleted: the list grows, but not only at its end.
+    theirs.delete_dynamic_partition(name, "other")
+    theirs.delete_dynamic_partition(name, "new_b")
+    time.sleep(1.1)
+    theirs.add_dynamic_partitions(name, ["x", "new_b", "y"])
+    agree(keys[:-2] + ["x", "new_b", "y"])
+    for key in theirs.get_dynamic_partitions(name):
+        theirs.delete_dynamic_partition(name, key)
+    agree([])
+    assert ours.get_dynamic_partitions("another") == []

@@ -12,6 +12,9 @@ database, committed when the batch is stored. A batch that fails rolls back whol
 again one at a time (`handle_new_event`'s fallback). Configured by `vision-assets dev`'s instance (`sqlite.py`) and
 by `deploy/dagster.yaml` (`postgres.py`); they read and write the same tables as Dagster's own classes, so an instance can switch
 between them at any time.
+
+They also keep each process's copy of the `images` partition list, read again only where it changed
+(`partition_lists.py`): Dagster lists every key about 30 times per batched run to resolve the run's range.
 """
 
 from __future__ import annotations

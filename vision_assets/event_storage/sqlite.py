@@ -15,9 +15,10 @@ from sqlalchemy.pool import NullPool
 
 from . import BatchConnections
 from .batch_writes import BatchWrites
+from .partition_lists import CachedPartitionLists
 
 
-class BatchingSqliteEventLogStorage(BatchWrites, SqliteEventLogStorage):
+class BatchingSqliteEventLogStorage(CachedPartitionLists, BatchWrites, SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._batch = BatchConnections()  # first: Dagster's __init__ already connects
         super().__init__(base_dir, inst_data)
