@@ -131,6 +131,7 @@ def meter_everything(meter: Meter, instance: dg.DagsterInstance) -> None:
 
     for name in QDRANT_CALLS:
         meter.wrap(QdrantClient, name, "qdrant")
+    meter.wrap(QdrantClient, "__init__", "qdrant open")  # embedded Qdrant reads every point into memory here
     meter.wrap(YoloDetector, "detect", "models")
     meter.wrap(ClipEmbedder, "embed_images", "models")
     meter.wrap(ClipEmbedder, "prompt_vectors", "models")
@@ -190,6 +191,7 @@ def report(row: dict) -> None:
         ("= Dagster bookkeeping", bookkeeping, None),
         ("results store", seconds["results store"], meter.calls["results store"]),
         ("qdrant", seconds["qdrant"], meter.calls["qdrant"]),
+        ("qdrant open", seconds["qdrant open"], meter.calls["qdrant open"]),
         ("models (excl. loading)", models, meter.calls["models"]),
         ("everything else", row["wall"] - row["loading"] - known, None),
     ]:

@@ -42,8 +42,9 @@ index_completeness = dg.AssetCheckSpec(
     blocking=False,
     description="Every image the pipeline indexed earlier (its `indexed` check passed) still has its point in Qdrant "
     "(a run checks a random sample of at most 1,000 of them, so its cost does not grow with the catalogue; the "
-    "`index_repair` sensor checks all of them every ten minutes). Fails when the index lost points (folder deleted or restored from an old copy, server wiped, collection prefix "
-    "changed); the `index_repair` sensor then re-indexes them from the results store.",
+    "`index_repair` sensor checks all of them every ten minutes). Fails when the index lost points (folder deleted "
+    "or restored from an old copy, server wiped, collection prefix changed); the `index_repair` sensor then "
+    "re-indexes them from the results store.",
 )
 
 
@@ -89,9 +90,9 @@ RUN_AUDIT_SAMPLE = 1000
 def sampled_indexed(instance: dg.DagsterInstance, exclude: Collection[str], seed: str,
                     size: int = RUN_AUDIT_SAMPLE) -> tuple[list[str], int | None]:
     """For a run's `index_complete`: (the registered images outside `exclude` whose latest `indexed` check passed,
-    or of more than `size`, those among a random sample of `size`; None, or how many it was drawn from). Check results are read for the
-    sample only, so a run's audit costs the same with a thousand images or a million. A wiped or replaced index is
-    caught by any sample; a loss of a few points is left to the sensor's full audit."""
+    or of more than `size`, those among a random sample of `size`; None, or how many it was drawn from). Check
+    results are read for the sample only, so a run's audit costs the same with a thousand images or a million. A
+    wiped or replaced index is caught by any sample; a loss of a few points is left to the sensor's full audit."""
     partitions = [key for key in instance.get_dynamic_partitions(images.name) if key not in exclude]
     sample = partitions if len(partitions) <= size else random.Random(seed).sample(partitions, size)
     infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key], partition_keys=sample)
