@@ -197,9 +197,10 @@ def report(row: dict) -> None:
     ]:
         per_call = f"  {calls} calls, {1000 * value / calls:.2f} ms/call" if calls else ""
         print(f"  {label:24s} {ms(value):7.2f} ms/img{per_call}")
-        if label == "instance queries" and calls:
-            print("    " + ", ".join(f"{query} {ms(spent):.2f}"
-                                     for query, spent in meter.by_name[label].most_common()))
+        category = {"models (excl. loading)": "models"}.get(label, label)
+        if category in ("instance queries", "models") and calls:
+            print("    " + ", ".join(f"{function} {ms(spent):.2f}"
+                                     for function, spent in meter.by_name[category].most_common()))
 
 
 def main() -> None:

@@ -67,8 +67,9 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                   "each library's own cache."),
     "VISION_ASSETS_DEVICE": ("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."),
     "VISION_ASSETS_PRECISION": ("auto", "`auto` (each model's measured choice: bf16 for CLIP and the experts where "
-                                "the CPU or GPU computes in bf16, fp32 for the detector on a CPU, fp16 on a GPU), or "
-                                "`fp32`, `bf16`, `fp16` (CUDA only) for every model."),
+                                "the CPU or GPU computes in bf16, except the wildlife expert on a CPU; fp32 for the "
+                                "detector on a CPU, fp16 on a GPU), or `fp32`, `bf16`, `fp16` (CUDA only) for every "
+                                "model."),
     "VISION_ASSETS_DETECTOR_MODEL": (defaults.DETECTOR_MODEL, "Router checkpoint: an ultralytics name (`yolov8m.pt` on "
                                      "a GPU) or a local path."),
     "VISION_ASSETS_DETECTOR_CONFIDENCE": ("0.25", "Detections under this confidence are dropped."),

@@ -228,3 +228,18 @@ def test_auto_precision_is_each_models_measured_choice(manifest, cache, monkeypa
     assert model(ClipEmbedder, device="cuda").precision_used == "fp16"
     with pytest.raises(ValueError, match="precision must be one of"):
         _ = model(ClipEmbedder, "half").precision_used
+    monkeypatch.setattr(base, "fast_bf16", lambda device: True)
+    wildlife = ImageClassifier(identity_for(manifest["detector"]["model"], cache=cache), device="cpu",
+                               auto_precision={"cpu": "fp32"})  # an expert that measured otherwise
+    assert wildlife.precision_used == "fp32" and model(ImageClassifier).precision_used == "bf16"
+    assert ImageClassifier(wildlife.identity, device="cuda", auto_precision={"cpu": "fp32"}).precision_used == "bf16"
+
+
+def test_the_wildlife_expert_computes_in_fp32_on_a_cpu_by_default(monkeypatch):
+    from vision_assets.resources.models import SpecialistsResource
+    from vision_assets.vision.models import base
+
+    monkeypatch.setattr(base, "fast_bf16", lambda device: True)
+    experts = SpecialistsResource(models={"wildlife": "org/wildlife", "dog_breeds": "org/dogs"}, device="cpu")
+    chosen = {name: model.precision_used for name, model in experts.classifiers().items()}
+    assert chosen == {"wildlife": "fp32", "dog_breeds": "bf16"}

@@ -142,11 +142,14 @@ class Model(ABC):
     AUTO_PRECISION: dict[str, str] = {"cpu": "fp32", "cuda": "fp32"}
 
     def __init__(self, identity: ModelIdentity, device: str = "auto", precision: str = "auto", batch_size: int = 16,
-                 cache: ModelCache = ModelCache()):
+                 cache: ModelCache = ModelCache(), auto_precision: dict[str, str] | None = None):
+        """`auto_precision`: this model's own `auto` choices by device kind, where it measured otherwise than its
+        class (e.g. `{"cpu": "fp32"}`)."""
         self.identity = identity
         self.cache = cache
         self.device_setting = device
         self.precision = precision
+        self.auto_precision = self.AUTO_PRECISION | (auto_precision or {})
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._loaded: Any = None
@@ -159,7 +162,7 @@ class Model(ABC):
     @property
     def precision_used(self) -> str:
         """The precision the model computes in: the setting, with `auto` resolved for this model and device."""
-        return resolve_precision(self.precision, self.device, self.AUTO_PRECISION)
+        return resolve_precision(self.precision, self.device, self.auto_precision)
 
     @property
     def is_loaded(self) -> bool:

@@ -14,8 +14,9 @@ from .hub import hugging_face_offline_unless_reachable
 
 
 class ImageClassifier(Model):
-    # bench/precision_bench.py: bf16 weights run the ViT/SigLIP experts 1.9-2.3x faster on a CPU with AVX512-BF16/AMX
-    # and agree with fp32 on top-1 except for fp32's own near-ties; where the CPU lacks bf16, `auto` stays fp32.
+    # bench/precision_bench.py (64 crops): bf16 weights run the ViT/SigLIP experts 1.9-2.1x faster on a CPU with
+    # AVX512-BF16/AMX, top-1 agreeing with fp32 on 98-100% of crops; where the CPU lacks bf16, `auto` stays fp32.
+    # An expert that agreed less says so through `auto_precision` (see SpecialistsResource).
     AUTO_PRECISION = {"cpu": "bf16", "cuda": "bf16"}
 
     def __init__(self, *args, top_k: int = 3, drop_labels: Sequence[str] = (), **kwargs):
