@@ -47,7 +47,7 @@ from vision_assets.vision.models.classifier import ImageClassifier  # noqa: E402
 from vision_assets.vision.models.detector import YoloDetector  # noqa: E402
 from vision_assets.vision.models.embedder import ClipEmbedder  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
-from vision_assets.vision.results_store import ResultsStore  # noqa: E402
+from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
 
 def postgres_yaml(user: str, port: int, db: str) -> str:
     """deploy/dagster.yaml's storage, pointed at the bench's server."""

@@ -30,7 +30,7 @@ from vision_assets.definitions import build_definitions, model_resources_from  #
 from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy  # noqa: E402
 from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown  # noqa: E402
 from vision_assets.vision.records import LabelsRecord  # noqa: E402
-from vision_assets.vision.results_store import LABELS  # noqa: E402
+from vision_assets.vision.storage.results_store import LABELS  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
 

@@ -39,8 +39,8 @@ from vision_assets.definitions import build_definitions, model_resources_from  #
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.resources import S3ImageStore, UploadPolicy  # noqa: E402
-from vision_assets.vision.object_store import S3ObjectStore  # noqa: E402
-from vision_assets.vision.results_store import ResultsStore  # noqa: E402
+from vision_assets.vision.storage.object_store import S3ObjectStore  # noqa: E402
+from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
 
 JPEG_LIKE = b"\xff\xd8\xff\xe0" + b"\0" * 60  # the sensor never reads the bytes
 

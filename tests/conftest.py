@@ -20,7 +20,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-settings-"))  # not the user's config
 
-from vision_assets.vision.object_store import FolderObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
+from vision_assets.vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "pillow-test-images"
 

@@ -5,8 +5,8 @@ from qdrant_client import QdrantClient, models
 from tests.conftest import PIPELINE_VALID
 from vision_assets.assets.deletion import delete_run_config
 from vision_assets.vision.deletion import result_keys, safe_to_delete
-from vision_assets.vision.object_store import FolderObjectStore
-from vision_assets.vision.results_store import ResultsStore
+from vision_assets.vision.storage.object_store import FolderObjectStore
+from vision_assets.vision.storage.results_store import ResultsStore
 
 
 def points_of(models_resources, image_id: str) -> tuple[int, int]:

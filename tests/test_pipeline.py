@@ -14,7 +14,7 @@ from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
 from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
-from vision_assets.vision.results_store import DETECTIONS, EMBEDDINGS, LABELS
+from vision_assets.vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS
 
 STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
 

@@ -12,7 +12,7 @@ from vision_assets.definitions import build_definitions
 from vision_assets.resources import UploadPolicy
 from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
 from vision_assets.vision.partition_keys import partition_key_for
-from vision_assets.vision.registrations import REGISTRATIONS_TAG, Registrations
+from vision_assets.vision.storage.registrations import REGISTRATIONS_TAG, Registrations
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_a_file_name_that_is_not_utf8_never_wedges_the_sensor(models, local_imag
 
 def test_hostile_keys_register_with_uris_that_name_them_exactly(driver, s3_client, bucket, s3_image_store):
     """Each hostile key becomes its own partition, and its stored `source_uri` parses back to exactly that key."""
-    from tests.vision.test_object_stores import HOSTILE_KEYS, S3_ONLY_KEYS
+    from tests.vision.storage.test_object_stores import HOSTILE_KEYS, S3_ONLY_KEYS
 
     names = [k for k in HOSTILE_KEYS + S3_ONLY_KEYS if k.rstrip().endswith(".jpg")]
     for name in names:

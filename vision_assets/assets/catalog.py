@@ -9,7 +9,7 @@ from ..checks.validation import SOURCE_IMAGES
 from ..partitions import images
 from ..resources import CatalogSettings, ImageStore
 from ..vision.catalog import CATALOG_FILE, build_catalog, duplicate_groups, from_parquet, to_parquet
-from ..vision.object_store import ObjectMissing
+from ..vision.storage.object_store import ObjectMissing
 
 CATALOG_KEY = dg.AssetKey("image_catalog")
 MAX_GROUPS_SHOWN = 50

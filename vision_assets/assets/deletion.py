@@ -5,7 +5,7 @@ import dagster as dg
 from ..partitions import images
 from ..resources import ImageStore, QdrantResource
 from ..vision.deletion import delete_image
-from ..vision.registrations import Registrations
+from ..vision.storage.registrations import Registrations
 
 
 class DeleteImagesConfig(dg.Config):

@@ -8,7 +8,7 @@ import dagster as dg
 from ..checks.validation import SOURCE_IMAGES
 from ..resources import DetectorResource, ImageStore, StagePolicy
 from ..vision.records import DetectionsRecord
-from ..vision.results_store import DETECTIONS
+from ..vision.storage.results_store import DETECTIONS
 from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 DETECTIONS_KEY = dg.AssetKey("detections")

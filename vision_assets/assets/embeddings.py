@@ -15,7 +15,7 @@ from ..vision.committee.routing import crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
-from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS
+from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS
 from .detections import DETECTIONS_KEY
 from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 

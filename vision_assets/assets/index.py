@@ -22,7 +22,7 @@ from ..vision.index.audit import audit_index
 from ..vision.index.payloads import crop_payload, image_payload
 from ..vision.index.vector_index import ImagePoints, crop_point_id, image_point_id
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord, SourceImageRecord
-from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, ResultsStore
+from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, ResultsStore
 from .stage import ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce

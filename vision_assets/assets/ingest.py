@@ -14,8 +14,8 @@ from ..vision.callback import Outbox, rejected_message
 from ..vision.images.ingest import ingest_image
 from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
-from ..vision.registrations import REGISTRATIONS_TAG, Registrations
-from ..vision.results_store import ResultsStore
+from ..vision.storage.registrations import REGISTRATIONS_TAG, Registrations
+from ..vision.storage.results_store import ResultsStore
 from .stage import ImageMetadata, transient_faults_retried
 
 

@@ -26,7 +26,7 @@ from ..vision.committee.zero_shot import Vocabulary, label_prompt
 from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.models.classifier import ImageClassifier
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
-from ..vision.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
+from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
 from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..resources import ImageStore, StagePolicy
 from ..vision.index.connection import IndexUnavailable
-from ..vision.object_store import StoreUnavailable
+from ..vision.storage.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
 
 TRANSIENT = (StoreUnavailable, IndexUnavailable)

@@ -12,9 +12,9 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from ..vision.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
+from ..vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
 from ..vision.records import RegisteredImage, StoredObject
-from ..vision.results_store import ResultsStore
+from ..vision.storage.results_store import ResultsStore
 from ..vision.upload_tracking import UploadFilter
 
 

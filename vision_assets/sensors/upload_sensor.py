@@ -11,7 +11,7 @@ from ..jobs import process_images
 from ..partitions import images, partition_key_for
 from ..resources import ImageStore, UploadPolicy
 from ..vision.deletion import safe_to_delete
-from ..vision.registrations import REGISTRATIONS_TAG, batch_name
+from ..vision.storage.registrations import REGISTRATIONS_TAG, batch_name
 from ..vision.upload_tracking import TickPlan, UploadCursor, contiguous_batches, plan_tick
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -80,7 +80,7 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         run_keys = [batch_run_key(batch, versions) for batch in batches]
         names = [batch_name(run_key) for run_key in run_keys]
         # The partition -> object mapping is stored before the partitions exist, so no run can start without it:
-        # one file per run, not per object (see vision/registrations.py).
+        # one file per run, not per object (see vision/storage/registrations.py).
         image_store.results.write_registration_batches({
             name: [image_store.registration(key, uploads[key]) for key in batch] for name, batch in zip(names, batches)
         })

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from .object_store import ObjectMissing
+from .storage.object_store import ObjectMissing
 from .records import SourceImageRecord
-from .results_store import ResultsStore
+from .storage.results_store import ResultsStore
 
 SIGNATURE_HEADER = "X-Vision-Assets-Signature"
 TIMESTAMP_HEADER = "X-Vision-Assets-Timestamp"

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 
 from .duplicates import exact_groups, near_groups
-from .object_store import ObjectMissing
+from .storage.object_store import ObjectMissing
 from .records import IndexRecord, LabelsRecord, SourceImageRecord
-from .results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
+from .storage.results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
 
 CATALOG_FILE = "~catalog.parquet"
 RECORDS = {SOURCE_RECORD: "source_etag", LABELS: "labels_etag", INDEX: "index_etag"}

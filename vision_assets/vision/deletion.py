@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .index.vector_index import VectorIndex
-from .object_store import ObjectStore
-from .registrations import Registrations
-from .results_store import REGISTRATION, ResultsStore
+from .storage.object_store import ObjectStore
+from .storage.registrations import Registrations
+from .storage.results_store import REGISTRATION, ResultsStore
 
 
 @dataclass

@@ -11,10 +11,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ..object_store import ObjectMissing, ObjectStore, ObjectTooLarge
+from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
-from ..registrations import Registrations
-from ..results_store import ResultsStore
+from ..storage.registrations import Registrations
+from ..storage.results_store import ResultsStore
 from .review import salvage_preview
 from .validation import ValidationLimits, encode_normalized, validate_image
 

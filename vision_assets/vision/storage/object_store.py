@@ -18,7 +18,7 @@ from urllib.parse import quote, quote_from_bytes
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .records import StoredObject
+from ..records import StoredObject
 
 LIST_PAGE_SIZE = 1000  # S3's own maximum for ListObjectsV2
 

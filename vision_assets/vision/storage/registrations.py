@@ -14,7 +14,7 @@ import hashlib
 import threading
 from datetime import datetime, timezone
 
-from .records import RegisteredImage
+from ..records import RegisteredImage
 from .results_store import ResultsStore
 
 REGISTRATIONS_TAG = "vision_assets/registrations"

@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from tests.conftest import image_bytes
-from vision_assets.vision.object_store import FolderObjectStore, ObjectMissing, ObjectTooLarge, S3ObjectStore
+from vision_assets.vision.storage.object_store import FolderObjectStore, ObjectMissing, ObjectTooLarge, S3ObjectStore
 
 
 def test_put_get_head_roundtrip(object_store):

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .object_store import ObjectMissing, ObjectStore
-from .records import RegisteredImage, RegistrationBatch, SourceImageRecord
+from ..records import RegisteredImage, RegistrationBatch, SourceImageRecord
 
 Record = TypeVar("Record", bound=BaseModel)
 

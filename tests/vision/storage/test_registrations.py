@@ -1,9 +1,9 @@
 from datetime import datetime, timedelta, timezone
 
-from vision_assets.vision.object_store import FolderObjectStore
+from vision_assets.vision.storage.object_store import FolderObjectStore
 from vision_assets.vision.records import RegisteredImage
-from vision_assets.vision.registrations import Registrations, batch_name
-from vision_assets.vision.results_store import ResultsStore
+from vision_assets.vision.storage.registrations import Registrations, batch_name
+from vision_assets.vision.storage.results_store import ResultsStore
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
