@@ -115,6 +115,30 @@ def test_a_receiver_that_is_down_gets_the_messages_later(pipeline, receiver, cal
     assert first_keys <= set(delivered)  # retried with the same idempotency key: the receiver can de-duplicate
 
 
+def test_a_foreign_file_in_the_outbox_is_quarantined_and_the_rest_delivered(pipeline, receiver, callback_settings,
+                                                                          s3_image_store, capfd):
+    """A PNG someone put in `~outbox/` and a damaged entry used to fail every tick (pydantic's error), so nothing
+    was delivered until a person found and deleted them. They are moved aside, named in the tick's log."""
+    driver, _ = pipeline
+    results = s3_image_store.results
+    outbox = f"{results.prefix}~outbox/"
+    results.store.put(f"{outbox}holiday.png", b"\x89PNG\r\n\x1a\n not a message")
+    results.store.put(f"{outbox}damaged.json", b'{"message": {"image_id": "x"}}')
+    capfd.readouterr()
+    result = tick(driver, callback_settings)
+    log = capfd.readouterr()  # the sensor's log: the tick's log in the UI, the daemon's console here
+    assert {body["image_id"] for _, body in receiver.received} == {*PIPELINE_VALID, "corrupt.jpg"}
+    assert {e.metadata["callback"].value for e in result.asset_events} == {"delivered"}
+    [warning] = [line for line in (log.out + log.err).splitlines() if "not callback messages" in line]
+    assert "moved 2 outbox file(s)" in warning and "~outbox/holiday.png" in warning and "~outbox/damaged.json" in warning
+    quarantine = sorted(o.key for o in results.store.list(f"{results.prefix}~outbox-quarantine/"))
+    assert quarantine == [f"{results.prefix}~outbox-quarantine/damaged.json",
+                          f"{results.prefix}~outbox-quarantine/holiday.png"]
+    assert results.store.get(quarantine[1])[1].startswith(b"\x89PNG")  # kept as it was, for a person to look at
+    assert list(results.store.list(outbox)) == []
+    assert isinstance(tick(driver, callback_settings), dg.SkipReason)
+
+
 def test_private_receivers_are_refused_unless_allowed(pipeline, receiver, callback_settings, s3_image_store):
     driver, _ = pipeline
     refused = tick(driver, CallbackSettings(url=receiver.url, secret=SECRET, allow_private=False))

@@ -69,6 +69,8 @@ def test_every_object_not_taken_is_counted_by_its_real_reason():
         obj("in/...jpg"), obj("in/.DS_Store"),
         obj("in/results/evil.jpg"),  # a user's file under the results prefix: counted, never processed
         obj("in/results/a.jpg/~normalized.jpg"), obj("in/results/~outbox/x.json"),  # ours: silent
+        obj("in/results/~registrations/1-a.json"), obj("in/results/~catalog.parquet"),
+        obj("in/results/a.jpg/~evil.jpg"), obj("in/results/~planted/x.jpg"),  # not ours, though named with `~`
         obj("in/results/a.jpg/.tmp-abc"),
         obj("in/notes.txt"), obj("in/photo.jpg "),  # a trailing space is not an extension
         obj("in/bell\x07.jpg"),
@@ -76,10 +78,11 @@ def test_every_object_not_taken_is_counted_by_its_real_reason():
         obj("in/dir/"),
     ])
     assert sorted(keys(plan)) == ["in/a.jpg", "in/bell\x07.jpg", "in/photo.jpg "]
-    assert plan.skipped == {Skip.UNREPRESENTABLE: 1, Skip.HIDDEN: 2, Skip.RESULTS: 1, Skip.EXTENSION: 1,
+    assert plan.skipped == {Skip.UNREPRESENTABLE: 1, Skip.HIDDEN: 2, Skip.RESULTS: 3, Skip.EXTENSION: 1,
                             Skip.OUTSIDE_PREFIX: 1, Skip.FOLDER: 1}
     assert plan.skipped_examples[Skip.UNREPRESENTABLE] == ["b'in/caf\\xe9.jpg'"]  # named, escaped
-    assert plan.skipped_examples[Skip.RESULTS] == ["in/results/evil.jpg"]
+    assert plan.skipped_examples[Skip.RESULTS] == ["in/results/evil.jpg", "in/results/a.jpg/~evil.jpg",
+                                                   "in/results/~planted/x.jpg"]
 
 
 def test_new_objects_are_taken_once():

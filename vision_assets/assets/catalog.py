@@ -8,7 +8,8 @@ from ..checks.indexing import INDEX_KEY
 from ..checks.validation import SOURCE_IMAGES
 from ..partitions import images
 from ..resources import CatalogSettings, ImageStore
-from ..vision.catalog import CATALOG_FILE, build_catalog, duplicate_groups, from_parquet, to_parquet
+from ..vision.catalog import build_catalog, duplicate_groups, from_parquet, to_parquet
+from ..vision.storage.results_store import CATALOG_FILE
 from ..vision.storage.object_store import ObjectMissing
 
 CATALOG_KEY = dg.AssetKey("image_catalog")

@@ -33,7 +33,10 @@ def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore
         return dg.SkipReason(f"callback refused: {refused}")
     outbox = Outbox(image_store.results)
     now = datetime.now(timezone.utc)
-    due = [entry for entry in outbox.pending() if entry.next_attempt_at <= now][: callback.max_per_tick]
+    scan = outbox.scan()
+    if scan.quarantined:
+        context.log.warning(scan.describe_quarantined())
+    due = [entry for entry in scan.pending if entry.next_attempt_at <= now][: callback.max_per_tick]
     events, sent, failures = [], 0, 0
     for entry in due:
         error = deliver(entry, destination, callback.secret or "", callback.timeout_seconds)
@@ -49,6 +52,6 @@ def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore
         if failures >= FAILURES_BEFORE_GIVING_UP_THE_TICK:
             break
     if not events:
-        return dg.SkipReason("no messages due")
+        return dg.SkipReason("no messages due" + (f"; {scan.describe_quarantined()}" if scan.quarantined else ""))
     context.log.info(f"callbacks: {sent} delivered, {failures} failed (retried later)")
     return dg.SensorResult(asset_events=events)

@@ -19,16 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from .storage.object_store import ObjectMissing
 from .records import SourceImageRecord
-from .storage.results_store import ResultsStore
+from .storage.results_store import OUTBOX, OUTBOX_QUARANTINE, ResultsStore
 
 SIGNATURE_HEADER = "X-Vision-Assets-Signature"
 TIMESTAMP_HEADER = "X-Vision-Assets-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-OUTBOX = "~outbox/"
 MAX_BACKOFF = timedelta(hours=1)
 
 
@@ -74,13 +73,16 @@ def resolve(host: str, port: int) -> list[str]:
 
 def is_public(address: str) -> bool:
     """Globally routable unicast: not loopback, private, link-local, carrier-grade NAT (100.64/10), benchmarking
-    (198.18/15), multicast, reserved or unspecified; an IPv6 address carrying an IPv4 one (mapped, 6to4, Teredo) is
-    judged by that one."""
+    (198.18/15), multicast, reserved or unspecified, nor IPv6 site-local (fec0::/10: deprecated, but still routed
+    inside some sites, and Python counts it as global); an IPv6 address carrying an IPv4 one (mapped, 6to4, Teredo)
+    is judged by that one."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if ip.version == 6:
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if embedded is not None:
             return is_public(str(embedded))
+        if ip.is_site_local:
+            return False
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
                                  or ip.is_link_local or ip.is_private)
 
@@ -143,10 +145,32 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A file in the outbox that is not a message the pipeline wrote (planted, or damaged), moved aside."""
+
+    name: str  # as it was in the outbox, e.g. `~outbox/photo.png`
+    moved_to: str  # its key now
+    why: str
+
+
+@dataclass(frozen=True)
+class OutboxScan:
+    pending: list[OutboxEntry]  # oldest due first
+    quarantined: list[Quarantined]
+
+    def describe_quarantined(self) -> str:
+        names = ", ".join(q.name for q in self.quarantined[:5]) + (" ..." if len(self.quarantined) > 5 else "")
+        return (f"moved {len(self.quarantined)} outbox file(s) that are not callback messages to "
+                f"{OUTBOX_QUARANTINE}: {names} ({self.quarantined[0].why}). The other messages are delivered; "
+                "look at what wrote these files, then delete them")
+
+
 class Outbox:
     def __init__(self, results: ResultsStore):
         self.results = results
         self.prefix = f"{results.prefix}{OUTBOX}"
+        self.quarantine_prefix = f"{results.prefix}{OUTBOX_QUARANTINE}"
 
     def _key(self, entry: OutboxEntry) -> str:
         return f"{self.prefix}{entry.message.idempotency_key}.json"
@@ -157,14 +181,30 @@ class Outbox:
     def add(self, message: CallbackMessage) -> None:
         self._save(OutboxEntry(message=message, next_attempt_at=message.finished_at))
 
-    def pending(self) -> list[OutboxEntry]:
-        entries = []
+    def scan(self) -> OutboxScan:
+        """Every message waiting; a file that is not one (anything written there by hand, a damaged entry) is moved
+        to the quarantine folder instead of failing every tick, so one bad file never holds back the rest."""
+        entries, quarantined = [], []
         for obj in self.results.store.list(self.prefix):
             try:
-                entries.append(OutboxEntry.model_validate_json(self.results.store.get(obj.key)[1]))
+                data = self.results.store.get(obj.key)[1]
             except ObjectMissing:  # delivered meanwhile
                 continue
-        return sorted(entries, key=lambda e: e.next_attempt_at)
+            try:
+                entries.append(OutboxEntry.model_validate_json(data))
+            except ValidationError as error:
+                quarantined.append(self._quarantine(obj.key, data, _first_error(error)))
+        return OutboxScan(sorted(entries, key=lambda e: e.next_attempt_at), quarantined)
+
+    def pending(self) -> list[OutboxEntry]:
+        return self.scan().pending
+
+    def _quarantine(self, key: str, data: bytes, why: str) -> Quarantined:
+        name = key[len(self.prefix):]
+        moved_to = f"{self.quarantine_prefix}{name}"
+        self.results.store.put(moved_to, data)
+        self.results.store.delete(key)
+        return Quarantined(name=f"{OUTBOX}{name}", moved_to=moved_to, why=why)
 
     def delivered(self, entry: OutboxEntry) -> None:
         self.results.store.delete(self._key(entry))
@@ -175,6 +215,12 @@ class Outbox:
                                            "last_error": error})
         self._save(updated)
         return updated
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"not a callback message: {first['msg']}" + (f" at {where}" if where else "")
 
 
 def deliver(entry: OutboxEntry, destination: Destination, secret: str, timeout: float) -> str | None:

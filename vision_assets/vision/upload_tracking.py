@@ -28,6 +28,7 @@ from enum import Enum
 from pydantic import BaseModel, Field
 
 from .records import StoredObject
+from .storage.results_store import is_pipeline_file
 
 
 MAX_RECENT = 10_000  # fingerprints in the cursor: about 40 bytes each
@@ -94,11 +95,11 @@ class UploadFilter:
     extensions: frozenset[str] = frozenset()  # lower-case, with the dot; empty = any
 
     def is_ours(self, key: str) -> bool:
-        """Results the pipeline wrote itself (each file or folder it writes there starts with `~`; `.tmp-` files are
-        its writes in progress): skipped without a word."""
+        """Results the pipeline wrote itself (the names it writes, and `.tmp-` files: its writes in progress):
+        skipped without a word. Any other file under the results prefix, `~` in its name or not, is counted."""
         if not (self.results_prefix and key.startswith(self.results_prefix)):
             return False
-        return "/~" in f"/{key}" or key.rsplit("/", 1)[-1].startswith(".tmp-")
+        return is_pipeline_file(key[len(self.results_prefix):])
 
     def skip_reason(self, key: str) -> Skip | None:
         """None: an upload."""

@@ -135,7 +135,16 @@ class S3ObjectStore(ObjectStore):
 
     def uri(self, key: str) -> str:
         # Percent-encoded, so `#`, `?`, `%` and spaces in a key survive any URI parser (S3 keys are UTF-8).
-        return f"s3://{self.bucket}/{quote(key, safe='/')}"
+        return f"s3://{self.bucket}/{uri_path(key)}"
+
+
+def uri_path(key: str | bytes) -> str:
+    """A key as a URI path that every parser reads back as exactly that key: percent-encoded (UTF-8, or a file
+    name's own bytes), with `.` and `..` segments encoded too (`%2E%2E`), so that resolving dot segments (RFC 3986
+    5.2.4: `urljoin`, browsers, HTTP clients) cannot turn `a/../b.jpg` into `b.jpg`, another object."""
+    quoted = quote_from_bytes(key, safe="/") if isinstance(key, bytes) else quote(key, safe="/")
+    return "/".join(segment.replace(".", "%2E") if segment in (".", "..") else segment
+                    for segment in quoted.split("/"))
 
 
 class FolderObjectStore(ObjectStore):
@@ -216,4 +225,4 @@ class FolderObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         # The key as it is, not the resolved path (which would fold `a/../b` and symlinks), percent-encoded from
         # its file-system bytes, so even a name that is not UTF-8 round-trips.
-        return "file://" + quote_from_bytes(os.fsencode(self.root) + b"/" + os.fsencode(key), safe="/")
+        return "file://" + quote_from_bytes(os.fsencode(self.root), safe="/") + "/" + uri_path(os.fsencode(key))

@@ -29,6 +29,23 @@ LABELS = "~labels.json"
 EMBEDDINGS = "~embeddings.json"
 EMBEDDING_VECTORS = "~embeddings.npz"
 INDEX = "~index.json"
+PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, REJECTED_PREVIEW, DETECTIONS, LABELS,
+                             EMBEDDINGS, EMBEDDING_VECTORS, INDEX})
+# At the top of the results prefix, besides the partitions' folders:
+OUTBOX = "~outbox/"  # callback messages waiting for delivery
+OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
+CATALOG_FILE = "~catalog.parquet"
+TOP_LEVEL = (REGISTRATION_BATCHES, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE)
+
+
+def is_pipeline_file(relative: str) -> bool:
+    """Whether a key relative to the results prefix is one the pipeline writes: a partition's own files, the
+    top-level folders and files, or a write in progress (`.tmp-`). Anything else there was put by someone else."""
+    name = relative.rsplit("/", 1)[-1]
+    if name.startswith(".tmp-") or relative.startswith(TOP_LEVEL):
+        return True
+    folder = relative[: -len(name)]
+    return name in PER_IMAGE_FILES and "/~" not in f"/{folder}"
 
 
 class ResultsStore:
