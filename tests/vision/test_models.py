@@ -184,6 +184,56 @@ def test_loading_the_detector_leaves_torch_on_every_core(cache):
     assert threads(load) == threads("")
 
 
+def bit_flipped_jpeg() -> bytes:
+    """A JPEG whose first marker is damaged: it still starts like a JPEG, but Pillow cannot identify it."""
+    data = bytearray((PHOTOS / "bus.jpg").read_bytes())
+    data[3] ^= 0xFF
+    return bytes(data)
+
+
+def test_ultralytics_never_installs_packages_and_validation_keeps_pillows_opener(cache, monkeypatch, tmp_path):
+    """ultralytics wraps `PIL.Image.open` for the process and pip-installs pi-heif when Pillow cannot identify a
+    file: a hostile upload made a run worker install packages, and its rejection read "No module named 'pi_heif'".
+    In a fresh worker (our code loads the detector) and here (ultralytics imported first, by a test module), the
+    bit-flipped JPEG gets its true reason, and nothing asks for a package."""
+    import os
+    import subprocess
+    import sys
+
+    import ultralytics.utils.checks
+
+    from vision_assets.vision.images.validation import validate_image
+
+    flipped = tmp_path / "flipped.jpg"
+    flipped.write_bytes(bit_flipped_jpeg())
+    worker = (
+        "import os\n"
+        "from vision_assets.vision.models.base import identity_for\n"
+        "from vision_assets.vision.models.cache import ModelCache\n"
+        "from vision_assets.vision.models.detector import YoloDetector\n"
+        f"cache = ModelCache.at({str(cache.root)!r})\n"
+        "YoloDetector(identity_for('yolov8n.pt', cache=cache), device='cpu', cache=cache).load()\n"
+        "import ultralytics.utils.checks as checks\n"
+        "from PIL import Image\n"
+        "asked = []\n"
+        "checks.check_requirements = lambda *a, **k: asked.append(a)\n"
+        "from vision_assets.vision.images.validation import validate_image\n"
+        f"print(Image.open.__module__, checks.AUTOINSTALL, os.environ['YOLO_AUTOINSTALL'])\n"
+        f"print(validate_image(open({str(flipped)!r}, 'rb').read()).message, asked)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_AUTOINSTALL"} | {"YOLO_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", worker], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opener, reason = done.stdout.strip().splitlines()[-2:]
+    assert opener == "PIL.Image False false"
+    assert reason == "starts like JPEG but its header is invalid or unsupported by the decoder []"
+
+    asked = []
+    monkeypatch.setattr(ultralytics.utils.checks, "check_requirements", lambda *a, **k: asked.append(a))
+    rejection = validate_image(bit_flipped_jpeg())
+    assert rejection.code.value == "corrupt" and "header is invalid" in rejection.message and asked == []
+
+
 def test_clip_runs_in_bf16_on_the_cpu(manifest, cache, photos):
     def clip(precision):
         return ClipEmbedder(identity_for(manifest["clip"]["model"], cache=cache), device="cpu", precision=precision,

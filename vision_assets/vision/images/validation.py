@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from ..records import ImageFacts, Rejection, RejectionCode
+from .opener import restore_pillow_open
 from .formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -153,6 +154,7 @@ def _bomb(error: Image.DecompressionBombError, limits: ValidationLimits) -> _Rej
 
 def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -> Image.Image:
     _raise_pillows_guard_to(limits.max_pixels)
+    restore_pillow_open()  # a library's wrapper would answer for Pillow (and may try to install packages)
     try:
         # `formats=` pins the decoder to what the magic bytes said, so a file can't be decoded as something else.
         image = Image.open(io.BytesIO(data), formats=[image_format])

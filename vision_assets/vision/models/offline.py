@@ -229,8 +229,11 @@ def _tiny_clip(target: Path, size: str) -> None:
 
 def _build_detector(folder: Path, name: str) -> None:
     import torch
+
+    from .detector import import_ultralytics_yolo
+
+    YOLO = import_ultralytics_yolo()
     import ultralytics
-    from ultralytics import YOLO
 
     folder.mkdir(parents=True, exist_ok=True)
     model = YOLO(name.replace(".pt", ".yaml"))
