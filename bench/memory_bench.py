@@ -1,11 +1,11 @@
 """Peak memory of one `process_images` run as the batch grows: a run streams each stage's images in chunks
 (`VISION_ASSETS_CHUNK_SIZE`), so its peak should follow the chunk, not the batch.
 
-Each measurement is a fresh process (peak RSS is per process): it generates N photos of about 12 MP, registers
-them, runs the batched job in process with the offline models and reports its peak RSS. The baseline is the
+Each measurement is a fresh process (peak RSS is per process): it generates N photos of about 12 MP (or
+`--megapixels`), registers them, runs the batched job in process with the offline models and reports its peak RSS. The baseline is the
 smallest batch, measured in the same invocation; the ratio is what the README quotes. Not part of the test suite.
 
-    uv run python bench/memory_bench.py [--batches 16,256] [--size full|tiny] [--chunk 32]
+    uv run python bench/memory_bench.py [--batches 16,256] [--size full|tiny] [--chunk 32] [--megapixels 50]
 """
 
 import argparse
@@ -24,20 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_photos(folder: Path, count: int, size=(4000, 3000)) -> None:
-    """Distinct ~12 MP JPEGs from the ultralytics sample photos: scaled up, rotated, mirrored, with grain."""
+def make_photos(folder: Path, count: int, megapixels: float = 12, distinct: int = 8) -> None:
+    """`count` JPEGs of about `megapixels` (4:3) from the ultralytics sample photos: scaled up, rotated, mirrored,
+    with grain. `distinct` of them are made (a 50 MP one takes seconds to encode); the rest are copies with a
+    different comment, so every file has its own bytes."""
     import numpy as np
     import ultralytics
     from PIL import Image, ImageOps
 
+    width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+    size = (width, width * 3 // 4)
     photos = Path(ultralytics.__file__).parent / "assets"
     sources = [Image.open(photos / n).convert("RGB").resize(size) for n in ("bus.jpg", "zidane.jpg")]
     grain = np.random.default_rng(0).integers(-12, 12, (size[1], size[0], 3), dtype=np.int16)
-    for i in range(count):
+    made = []
+    for i in range(min(count, distinct)):
         picture = sources[i % 2].rotate((i // 2) % 30, expand=False)
         picture = ImageOps.mirror(picture) if i % 3 else picture
         noisy = np.clip(np.asarray(picture, dtype=np.int16) + np.roll(grain, i * 97, axis=1), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"photo_{i:04d}.jpg", quality=90)
+        path = folder / f"photo_{i:04d}.jpg"
+        Image.fromarray(noisy).save(path, quality=90)
+        made.append(path.read_bytes())
+    for i in range(len(made), count):  # a JPEG comment segment after SOI: same pixels, other bytes
+        data = made[i % len(made)]
+        comment = f"copy {i}".encode()
+        (folder / f"photo_{i:04d}.jpg").write_bytes(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big")
+                                                    + comment + data[2:])
 
 
 def measure(work: Path, models: Path, chunk: int) -> dict:
@@ -73,6 +85,7 @@ def main() -> None:
     parser.add_argument("--batches", default="16,256")
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
     parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -87,7 +100,7 @@ def main() -> None:
     for batch in map(int, args.batches.split(",")):
         work = Path(tempfile.mkdtemp(prefix=f"memory-bench-{batch}-"))
         (work / "bucket" / "in").mkdir(parents=True)
-        make_photos(work / "bucket" / "in", batch)  # here, so the child's peak is the run's alone
+        make_photos(work / "bucket" / "in", batch, args.megapixels)  # here, so the child's peak is the run's alone
         child = subprocess.run([sys.executable, __file__, "--child", str(work), "--models", str(models),
                                 "--chunk", str(args.chunk)], capture_output=True, text=True)
         shutil.rmtree(work)
@@ -96,7 +109,8 @@ def main() -> None:
         figures.append(json.loads(child.stdout.strip().splitlines()[-1]))
     shutil.rmtree(models)
     base = figures[0]
-    print(f"peak RSS of one batched run, ~12 MP photos, {args.size} offline models, chunks of {args.chunk}")
+    print(f"peak RSS of one batched run, ~{args.megapixels:g} MP photos, {args.size} offline models, chunks of "
+          f"{args.chunk}")
     for f in figures:
         print(f"  batch {f['batch']:4d}: peak {f['peak_mib']:7.0f} MiB  ({f['peak_mib'] / base['peak_mib']:.2f}x batch "
               f"{base['batch']})  {f['seconds']:7.1f} s  {f['batch'] / f['seconds']:.2f} img/s")

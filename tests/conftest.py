@@ -181,7 +181,8 @@ class SensorDriver:
     def run(self, run_request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         job = self.job_name if run_request.job_name in (None, "process_images") else run_request.job_name
         return self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, tags=run_request.tags, run_config=run_request.run_config, raise_on_error=False
+            instance=self.instance, tags=run_request.tags, run_config=run_request.run_config, raise_on_error=False,
+            asset_selection=run_request.asset_selection,
         )
 
     def tick_and_run(self) -> list[dg.ExecuteInProcessResult]:

@@ -443,6 +443,11 @@ def test_a_killed_run_worker_heals_without_a_person(running):
     assert [r["status"] for r in retries] == ["SUCCESS"] and [r["status"] for r in later] == ["SUCCESS"]
     assert all(r["status"] == "SUCCESS" for r in runs if r["runId"] != run_id) and 1 <= most_in_flight <= 2
     assert tags[retries[0]["runId"]]["dagster/retry_number"] == "1"  # by Dagster's run retries, not a person
+    # The killed run says what happened, beyond Dagster's "marked as failed from outside the execution context".
+    messages = [e.get("message") or "" for e in dev.query(RUN_MESSAGES, {"id": run_id})["logsForRun"]["events"]]
+    [explained] = [m for m in messages if m.startswith("The run's worker process died")]
+    assert "signal 9 (SIGKILL)" in explained and "retry 1 of 2" in explained, explained
+    assert tags[run_id]["vision_assets/failure"] == "worker process died"
     images, _ = qdrant_contents(dev.data_dir)
     assert killed_batch | {"after-kill.jpg"} <= images
     assert dev.query(GPU_SLOTS)["instance"]["concurrencyLimit"]["claimedSlots"] == []
@@ -450,14 +455,22 @@ def test_a_killed_run_worker_heals_without_a_person(running):
 
 def test_one_signal_stops_dev_and_everything_it_started(running):
     """Last in this module: it stops the shared `vision-assets dev` the way a service manager does (SIGTERM, on the
-    folder store's dev) or a person at the terminal does (Ctrl-C's SIGINT, on the S3 one)."""
+    folder store's dev) or an impatient person does (Ctrl-C twice, SIGINT to the CLI's process group with no
+    terminal, on the S3 one: the second signal used to raise a traceback mid-stop and orphan Dagster's processes)."""
     import psutil
 
     cli = psutil.Process(running.dev.process.pid)
     family = [cli, *cli.children(recursive=True)]
     assert len(family) >= 4  # dagster dev, webserver, daemon, code server(s)
     started = time.monotonic()
-    cli.send_signal(signal.SIGTERM if running.store == "folder" else signal.SIGINT)
+    if running.store == "folder":
+        cli.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(cli.pid, signal.SIGINT)
+        time.sleep(0.5)
+        os.killpg(cli.pid, signal.SIGINT)
     gone, alive = psutil.wait_procs(family, timeout=15)
     assert not alive, [(p.pid, p.cmdline()[:4]) for p in alive]
     assert time.monotonic() - started < 15
+    running.dev.log.flush()
+    assert "Traceback" not in Path(running.dev.log.name).read_text(errors="replace").split("stopping dagster dev")[-1]

@@ -188,21 +188,35 @@ def cli_environment(monkeypatch, store: S3ImageStore) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cli-secret")
 
 
-def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_store, monkeypatch, capsys):
+def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_store, s3_client, bucket, monkeypatch,
+                                                  capsys):
+    """The folder is damaged, then two uploads arrive: their run fails in `qdrant_index` with the folder's path and
+    the command. `reindex --rebuild` indexes every image that reached the embeddings stage, those two included
+    (announced through the pipeline's job, since they never were), and says so."""
+    driver, _ = pipeline
     cli_environment(monkeypatch, s3_image_store)
     folder = Path(models["qdrant"].path)
     (folder / "meta.json").write_text("{not json")
-    with pytest.raises(IndexUnreadable, match=f"{folder}.*vision-assets reindex --rebuild"):
+    with pytest.raises(IndexUnreadable, match=f"{folder}.*vision-assets reindex --rebuild.*runs that failed"):
         with models["qdrant"].open():
             pass
+    for name in ("late-1.png", "late-2.png"):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=image_bytes((80, 80), color=(9, 9, 200)))
+    [failed] = driver.tick_and_run()
+    assert not failed.success
     assert main(["reindex", "--rebuild"]) == 0
     out = capsys.readouterr().out
-    assert "moved the old index folder to" in out and "re-indexing 3 of 3 indexed images in 1 run(s)" in out
-    assert indexed_images(str(folder)) == set(PIPELINE_VALID)
+    assert "moved the old index folder to" in out
+    assert ("re-indexing 5 image(s) that reached the embeddings stage: 3 indexed before, 2 not (their indexing "
+            "failed or never ran: late-1.png, late-2.png)") in out
+    assert "all 5 have their point" in out
+    assert indexed_images(str(folder)) == {*PIPELINE_VALID, "late-1.png", "late-2.png"}
     assert list(folder.parent.glob("qdrant.unreadable-*"))  # kept for a person to look at
     shutil.rmtree(folder)
     assert main(["reindex"]) == 0  # the default: only what is missing
-    assert indexed_images(str(folder)) == set(PIPELINE_VALID)
+    assert "re-indexing 5 image(s) missing from the index or whose indexing failed: 5 indexed before" in \
+        capsys.readouterr().out
+    assert indexed_images(str(folder)) == {*PIPELINE_VALID, "late-1.png", "late-2.png"}
 
 
 def test_cli_with_credentials_from_the_environment(pipeline, s3_image_store, s3_client, monkeypatch, tmp_path, capsys):

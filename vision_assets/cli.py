@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .event_storage import EVENT_BATCH_SIZE, sqlite_storage
@@ -82,9 +83,36 @@ class Stop(Exception):
     """Ctrl-C, SIGTERM or SIGHUP (the terminal closed), turned into an exception."""
 
 
-def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0) -> None:
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed). The first raises `Stop` in the main thread; one that comes
+    while stopping (an impatient second Ctrl-C, a service manager signalling the whole group) only cuts the grace
+    period short: raising again would abandon the stop half-way and leave Dagster's processes running."""
+
+    def __init__(self):
+        self.stopping = False
+        self.hurry = False
+
+    def install(self) -> None:
+        # SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and Python then never
+        # raises KeyboardInterrupt.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:
+            self.hurry = True
+            return
+        self.stopping = True
+        raise Stop
+
+
+def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0,
+                       signals: StopSignals | None = None) -> None:
     """Ask `dagster dev` and everything it started (webserver, daemon, code servers, run workers) to stop; whatever
-    is still alive after the grace period is killed. They share one process group, so nothing is left behind."""
+    is still alive after the grace period (or at a second stop signal) is killed. They share one process group, so
+    nothing is left behind."""
+    if signals is not None:
+        signals.stopping = True  # from here on a stop signal hurries this along instead of interrupting it
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
@@ -92,6 +120,8 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = 8.0) ->
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and process_group_alive(process.pid):
+            if sig == signal.SIGTERM and signals is not None and signals.hurry:
+                break
             process.poll()  # reap dagster dev itself as soon as it exits
             time.sleep(0.1)
 
@@ -124,22 +154,16 @@ def dev(args: argparse.Namespace) -> int:
           flush=True)
     command = [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
     # Its own process group, so one signal reaches everything it starts (Ctrl-C in a terminal only reaches ours).
+    signals = StopSignals()
+    signals.install()
     process = subprocess.Popen(command, env=env, start_new_session=True)
-
-    def on_stop_signal(signum, frame):
-        raise Stop
-
-    # SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and Python then never
-    # raises KeyboardInterrupt.
-    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, on_stop_signal)
     try:
         return process.wait()
     except Stop:
         print("vision-assets: stopping dagster dev and everything it started", file=sys.stderr, flush=True)
         return 0
     finally:
-        stop_process_group(process)
+        stop_process_group(process, signals=signals)
 
 
 def upload(args: argparse.Namespace) -> int:
@@ -222,13 +246,14 @@ def delete(args: argparse.Namespace) -> int:
 
 def reindex(args: argparse.Namespace) -> int:
     """Writes Qdrant's points again from the results store (no model), in this process, against `dev`'s instance:
-    the images missing from the index (default), or every indexed image (`--all`, `--rebuild`)."""
+    the images missing from the index and those whose index stage failed (default), or every image that reached
+    the embeddings stage (`--all`, `--rebuild`). Then it looks each of them up and says which are still missing."""
     import dagster as dg
 
-    from .assets.index import REINDEX_TAG
-    from .checks.indexing import index_ledger
+    from .checks.embedding import EMBEDDINGS_KEY
+    from .checks.indexing import INDEX_KEY, index_ledger
     from .definitions import definitions_from, resources_outside_dagster
-    from .sensors.index_repair_sensor import repair_requests
+    from .sensors.index_repair_sensor import failed_indexing, repair_requests
     from .vision.index.audit import audit_index
     from .vision.index.connection import embedded_access, moved_aside
 
@@ -236,31 +261,51 @@ def reindex(args: argparse.Namespace) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
     defs = definitions_from(settings)
     qdrant = defs.resources["qdrant"]
-    job = defs.resolve_job_def("reindex")
     with dg.DagsterInstance.get() as instance, resources_outside_dagster(qdrant=qdrant) as resources:
         ledger = index_ledger(instance)
-        indexed = ledger.indexed
+        # Their callbacks were never written: they are re-indexed through the pipeline's job, which writes them.
+        never_finished = {f.partition_key for f in failed_indexing(instance, ledger)}
         if args.rebuild and not settings.qdrant_url:
             with embedded_access(str(settings.qdrant_path), settings.qdrant_lock_wait_seconds):
                 aside = moved_aside(str(settings.qdrant_path))
             if aside:
                 print(f"moved the old index folder to {aside}")
         if args.all or args.rebuild:
-            todo = indexed
+            reached = instance.get_materialized_partitions(EMBEDDINGS_KEY)
+            todo = [key for key in ledger.partitions if key in reached and key not in ledger.skipped]
+            what = "image(s) that reached the embeddings stage"
         else:
             with resources.qdrant.open(on_wait=print) as index:
-                todo = audit_index(index, indexed).missing
-        requests = repair_requests(ledger, todo, audit_number=0)
-        print(f"re-indexing {len(todo)} of {len(indexed)} indexed images in {len(requests)} run(s)", flush=True)
+                wanted = set(audit_index(index, ledger.indexed).missing) | never_finished
+            todo = [key for key in ledger.partitions if key in wanted]
+            what = "image(s) missing from the index or whose indexing failed"
+        indexed_before = set(ledger.indexed)
+        not_before = [key for key in todo if key not in indexed_before]
+        print(f"re-indexing {len(todo)} {what}: {len(todo) - len(not_before)} indexed before, {len(not_before)} "
+              f"not (their indexing failed or never ran{': ' + ', '.join(not_before[:5]) if not_before else ''}"
+              f"{' ...' if len(not_before) > 5 else ''})", flush=True)
+        runs = [("reindex", request) for request in
+                repair_requests(ledger, [key for key in todo if key not in never_finished], audit_number=0)]
+        runs += [("process_images", request) for request in
+                 repair_requests(ledger, [key for key in todo if key in never_finished], audit_number=0)]
+        announced = ", their callbacks written" if defs.resources["callback"].enabled else ""
         failed = 0
-        for request in requests:
-            result = job.execute_in_process(instance=instance, tags={**request.tags, REINDEX_TAG: "true"},
-                                            raise_on_error=False)
+        for job_name, request in runs:
+            selection = [INDEX_KEY] if job_name == "process_images" else None
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                instance=instance, tags=request.tags, asset_selection=selection, raise_on_error=False)
             failed += not result.success
             print(f"  {request.tags['dagster/asset_partition_range_start']} .. "
                   f"{request.tags['dagster/asset_partition_range_end']}: {'done' if result.success else 'FAILED'} "
-                  f"(run {result.run_id})", flush=True)
-    return 1 if failed else 0
+                  f"(run {result.run_id}{announced if selection else ''})", flush=True)
+        with resources.qdrant.open(on_wait=print) as index:
+            still = audit_index(index, todo).missing
+        if still:
+            print(f"{len(still)} of {len(todo)} still have no point: {', '.join(still[:10])}"
+                  f"{' ...' if len(still) > 10 else ''}: see the failed run(s) above", flush=True)
+        else:
+            print(f"all {len(todo)} have their point", flush=True)
+    return 1 if failed or still else 0
 
 
 def build_offline(args: argparse.Namespace) -> int:
@@ -272,7 +317,15 @@ def build_offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_dagster_maturity_warnings() -> None:
+    """Dagster warns at every load of the definitions that partitioned checks are in preview and backfill policies
+    in beta: a screenful before every answer of the CLI, about choices this project made knowingly. Only those are
+    silenced, only in the CLI's own process (runs and `dagster dev` still log them)."""
+    warnings.filterwarnings("ignore", message=r".* is currently in (preview|beta)\b")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_dagster_maturity_warnings()
     parser = argparse.ArgumentParser(prog="vision-assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     dev_parser = commands.add_parser("dev", help="start the Dagster UI and daemon on embedded defaults")

@@ -21,6 +21,7 @@ from .resources import (
     CatalogSettings,
     DetectorResource,
     EmbedderResource,
+    FailedImageRetries,
     ImageStore,
     IngestPolicy,
     LabelingSettings,
@@ -33,6 +34,8 @@ from .resources import (
     UploadPolicy,
 )
 from .sensors.callback_sensor import callback_sensor
+from .sensors.dead_worker_sensor import make_dead_worker_sensor
+from .sensors.failed_image_retry import make_failed_image_retry_sensor
 from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.upload_sensor import make_upload_sensor
 from .event_storage import EVENT_BATCH_SIZE
@@ -116,6 +119,7 @@ def build_definitions(
     callback: CallbackSettings = CallbackSettings(),
     review: ReviewSettings = ReviewSettings(),
     stage_policy: StagePolicy = StagePolicy(),
+    failed_image_retries: FailedImageRetries = FailedImageRetries(),
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     labeling = models["labeling"]
@@ -130,9 +134,13 @@ def build_definitions(
         ],
         jobs=[process_images, reindex, refresh_catalog, delete_images],
         sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
-                 make_index_repair_sensor(sensor_interval_seconds)],
+                 make_index_repair_sensor(sensor_interval_seconds),
+                 # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
+                 make_failed_image_retry_sensor(max(sensor_interval_seconds, 60)),
+                 make_dead_worker_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
-                   "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy} | models,
+                   "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
+                   "failed_image_retries": failed_image_retries} | models,
         executor=dg.in_process_executor,
     )
 
@@ -164,6 +172,8 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
         review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side),
         stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
                                  first_retry_seconds=settings.store_retry_seconds),
+        failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,
+                                                first_wait_seconds=settings.failed_image_retry_seconds),
     )
 
 

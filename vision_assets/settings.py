@@ -51,6 +51,11 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_RUN_RETRIES": ("2", "`vision-assets dev`: times Dagster re-executes a failed run from its failed "
                                   "step (a killed run worker, a store outage longer than the stage retries). A bad "
                                   "image never fails a run; a bug or a broken index fails it without retries."),
+    "VISION_ASSETS_FAILED_IMAGE_RETRIES": ("3", "Times the pipeline itself re-runs an image whose run failed for "
+                                           "good (Dagster's run retries used up, or a failure they do not retry), "
+                                           "from the stage that failed; then the sensor's log names it for a person."),
+    "VISION_ASSETS_FAILED_IMAGE_RETRY_SECONDS": ("300", "Wait after such a failure before the first of those "
+                                                 "re-runs; it doubles for each further one."),
     "VISION_ASSETS_MAX_CONCURRENT_RUNS": ("2", "`vision-assets dev`: runs in flight at once; the rest wait in "
                                           "Dagster's queue. Model stages still take turns on the `gpu` pool."),
     "VISION_ASSETS_CHUNK_SIZE": ("16", "Images a stage holds decoded at once: a run's memory follows this, not the "
@@ -208,6 +213,8 @@ class Settings:
     store_retries: int
     store_retry_seconds: int
     run_retries: int
+    failed_image_retries: int
+    failed_image_retry_seconds: int
     max_concurrent_runs: int
     chunk_size: int
     qdrant_lock_wait_seconds: float
@@ -295,6 +302,8 @@ class Settings:
             store_retries=_int("VISION_ASSETS_STORE_RETRIES"),
             store_retry_seconds=_int("VISION_ASSETS_STORE_RETRY_SECONDS"),
             run_retries=_int("VISION_ASSETS_RUN_RETRIES"),
+            failed_image_retries=_int("VISION_ASSETS_FAILED_IMAGE_RETRIES"),
+            failed_image_retry_seconds=_int("VISION_ASSETS_FAILED_IMAGE_RETRY_SECONDS"),
             max_concurrent_runs=_int("VISION_ASSETS_MAX_CONCURRENT_RUNS"),
             chunk_size=_int("VISION_ASSETS_CHUNK_SIZE"),
             qdrant_lock_wait_seconds=_float("VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS"),

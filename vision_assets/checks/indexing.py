@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from ..partitions import images
 from ..vision.index.audit import IndexAudit
 from ..vision.records import IndexRecord
-from .per_image import ImageOutcome, PerImageCheck
+from .per_image import LOOKUP_CHUNK, ImageOutcome, PerImageCheck
 
 INDEX_KEY = dg.AssetKey("qdrant_index")
 
@@ -64,23 +63,35 @@ def completeness_result(audit: IndexAudit, where: str) -> dg.AssetCheckResult:
 @dataclass(frozen=True)
 class IndexLedger:
     """What Dagster says about the index, read once: every image in partition order, those whose latest `indexed`
-    result passed, and those the index stage settled without a point (skipped: rejected upstream; or failed) in no
-    run still in flight: re-running those changes nothing, so a repair run may cover them."""
+    result passed, those the index stage skipped in a run that succeeded (rejected upstream, or embeddings that
+    failed their check: they have no point to have), and those it settled without a point in no run still in
+    flight (skipped, or judged failed): re-running those changes nothing, so a repair run may cover them. Images
+    whose run failed in the index stage are none of these (see `failed_indexing`)."""
 
     partitions: list[str]
     indexed: list[str]
+    skipped: set[str]
     settled: set[str]
 
 
 def index_ledger(instance: dg.DagsterInstance) -> IndexLedger:
     infos = instance.event_log_storage.get_asset_check_partition_info([index_consistency.key])
-    in_flight = {run.run_id for run in instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))}
+    planned = {i.latest_planned_run_id for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.PLANNED}
+    succeeded_runs = set()
+    for start in range(0, len(planned), LOOKUP_CHUNK):
+        chunk = sorted(planned)[start:start + LOOKUP_CHUNK]
+        succeeded_runs |= {run.run_id for run in instance.get_runs(
+            dg.RunsFilter(run_ids=chunk, statuses=[dg.DagsterRunStatus.SUCCESS]))}
     passed = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+    skipped = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.PLANNED
+               and i.latest_planned_run_id in succeeded_runs}
+    judged_failed = {i.partition_key for i in infos if i.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED}
     partitions = instance.get_dynamic_partitions(images.name)
     return IndexLedger(
         partitions=partitions,
         indexed=[key for key in partitions if key in passed],
-        settled={i.partition_key for i in infos if i.partition_key not in passed and i.latest_planned_run_id not in in_flight},
+        skipped=skipped,
+        settled=skipped | judged_failed,
     )
 
 

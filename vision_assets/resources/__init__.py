@@ -3,6 +3,7 @@ from .models import DetectorResource, EmbedderResource, SpecialistsResource
 from .policies import (
     CallbackSettings,
     CatalogSettings,
+    FailedImageRetries,
     IngestPolicy,
     LabelingSettings,
     ReviewSettings,
@@ -16,6 +17,7 @@ __all__ = [
     "CatalogSettings",
     "DetectorResource",
     "EmbedderResource",
+    "FailedImageRetries",
     "ImageStore",
     "IngestPolicy",
     "LabelingSettings",

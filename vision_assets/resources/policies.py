@@ -13,6 +13,7 @@ from ..vision.images.validation import ValidationLimits
 from ..vision.committee.labeling import LabelingPolicy
 from ..vision.committee.routing import DEFAULT_ROUTES
 from ..vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES
+from ..vision.retry_budget import RetryBudget
 
 
 class UploadPolicy(dg.ConfigurableResource):
@@ -56,6 +57,18 @@ class StagePolicy(dg.ConfigurableResource):
 
     def wait_before_retry(self, retry_number: int) -> float:
         return self.first_retry_seconds * 2**retry_number
+
+
+class FailedImageRetries(dg.ConfigurableResource):
+    """What the pipeline does with images whose run failed for good: re-run them from the failed stage, waiting
+    longer each time, at most `attempts` times (see vision/retry_budget.py)."""
+
+    attempts: int = 3
+    first_wait_seconds: float = 300.0
+
+    @property
+    def budget(self) -> RetryBudget:
+        return RetryBudget(attempts=self.attempts, first_wait_seconds=self.first_wait_seconds)
 
 
 class LabelingSettings(dg.ConfigurableResource):

@@ -1,6 +1,8 @@
 """Puts back what the index lost. When `index_complete` failed (a run found earlier images without points), and
 every ten minutes anyway (the index can lose points while no run happens), it compares Qdrant with what the
-pipeline indexed and launches `reindex` runs for the gaps: no model, no person."""
+pipeline indexed and launches `reindex` runs for the gaps: no model, no person. Images whose index stage failed for
+good (a run killed or out of retries mid-way leaves some of their points written and some not) are re-indexed too,
+on the same budget as `failed_image_retry` (waits that double, a cap), by runs that also send their callbacks."""
 
 import json
 import time
@@ -9,15 +11,24 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from ..checks.indexing import IndexLedger, index_completeness, index_ledger
-from ..jobs import reindex
-from ..resources import QdrantResource
+from ..checks.indexing import INDEX_KEY, IndexLedger, index_completeness, index_ledger
+from ..jobs import process_images, reindex
+from ..resources import FailedImageRetries, QdrantResource, UploadPolicy
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
+from .failed_image_retry import retry_requests
+from .failures import failed_images
 from .upload_sensor import RANGE_END, RANGE_START
+
+HOW_TO_FIX = "run `vision-assets reindex` (it re-indexes them and says which still fail)"
 
 AUDIT_EVERY_SECONDS = 600
 LOCK_WAIT_SECONDS = 10.0  # a sensor tick must end well inside Dagster's 60 s; a busy index waits for the next tick
+
+
+def failed_indexing(instance: dg.DagsterInstance, ledger: IndexLedger) -> list:
+    """Images whose first failed stage is the index (an earlier failed stage is `failed_image_retry`'s)."""
+    return [f for f in failed_images(instance, set(ledger.partitions)) if f.stage == INDEX_KEY.to_user_string()]
 
 
 def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) -> list[dg.RunRequest]:
@@ -27,11 +38,13 @@ def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) 
 
 
 def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
-    @dg.sensor(name="index_repair", job=reindex, minimum_interval_seconds=minimum_interval_seconds,
+    @dg.sensor(name="index_repair", jobs=[reindex, process_images], minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Re-indexes images that Dagster shows as indexed but Qdrant no longer holds (after "
-               "`index_complete` fails, and every ten minutes), through the `reindex` job.")
-    def index_repair(context: dg.SensorEvaluationContext, qdrant: QdrantResource):
+               "`index_complete` fails, and every ten minutes), through the `reindex` job; and images whose "
+               "`qdrant_index` failed for good, with the budget of `failed_image_retry`.")
+    def index_repair(context: dg.SensorEvaluationContext, qdrant: QdrantResource,
+                     failed_image_retries: FailedImageRetries, upload_policy: UploadPolicy):
         instance = context.instance
         state = json.loads(context.cursor or "{}")
         [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
@@ -50,9 +63,22 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
             return dg.SkipReason(f"{error}; auditing on the next tick")
         number = state.get("audits", 0) + 1
         cursor = json.dumps({"audits": number, "audited_at": time.time(), "handled": latest.id if latest else None})
-        if audit.complete:
-            return dg.SensorResult(skip_reason=audit.describe(qdrant.where), cursor=cursor)
-        context.log.warning(audit.describe(qdrant.where))
-        return dg.SensorResult(run_requests=repair_requests(ledger, audit.missing, number), cursor=cursor)
+        budget = failed_image_retries.budget
+        failed = budget.plan(failed_indexing(instance, ledger), time.time())
+        if failed.exhausted:
+            context.log.warning(failed.describe_exhausted(budget.attempts, HOW_TO_FIX))
+        retried = {f.partition_key for f in failed.due}
+        requests = retry_requests(instance, failed.due, ledger.partitions, upload_policy.batch_size)
+        if retried:
+            context.log.warning(f"re-indexing {len(retried)} image(s) whose qdrant_index failed for good")
+        missing = [key for key in audit.missing if key not in retried]
+        if missing:
+            context.log.warning(audit.describe(qdrant.where))
+            requests += repair_requests(ledger, missing, number)
+        if not requests:
+            why = "; ".join(filter(None, [audit.describe(qdrant.where), failed.describe_waiting(),
+                                         failed.describe_exhausted(budget.attempts, HOW_TO_FIX)]))
+            return dg.SensorResult(skip_reason=why, cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return index_repair

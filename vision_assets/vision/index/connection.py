@@ -43,7 +43,8 @@ class IndexUnreadable(RuntimeError):
         super().__init__(
             f"the embedded Qdrant folder {path} cannot be read ({type(error).__name__}: {error}). The index can be "
             f"rebuilt from the results store without running a model: `{REBUILD_COMMAND}` moves the folder aside "
-            "and writes every indexed image again (or launch the `reindex` job after moving it yourself)."
+            "and indexes every image that reached the embeddings stage, including those of runs that failed on this "
+            "folder (they are not in the index until then)."
         )
         self.path = path
 
