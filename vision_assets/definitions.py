@@ -160,6 +160,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             min_side=settings.min_image_side,
             allowed_formats=sorted(settings.allowed_formats),
             threads=settings.ingest_threads,
+            working_side=settings.working_image_side,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
         catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),

@@ -44,6 +44,9 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_SETTLE_SECONDS": ("2", "Local folder only: files modified more recently wait for the next "
                                      "tick (they may still be being copied)."),
     "VISION_ASSETS_INGEST_THREADS": ("4", "Images fetched and decoded concurrently within a run."),
+    "VISION_ASSETS_WORKING_IMAGE_SIDE": ("4096", "Long side (pixels) of the normalised copy every model stage reads "
+                                         "and every box is measured in; larger images are scaled down once, at "
+                                         "ingest (the original stays in the bucket). 0 = full resolution."),
     "VISION_ASSETS_STORE_RETRIES": ("5", "Times a stage retries when the store or Qdrant cannot be reached, "
                                     "before its run fails and is re-run (see `VISION_ASSETS_RUN_RETRIES`)."),
     "VISION_ASSETS_STORE_RETRY_SECONDS": ("5", "Wait before the first of those retries; it doubles each time "
@@ -210,6 +213,7 @@ class Settings:
     version_lookback_seconds: int
     settle_seconds: int
     ingest_threads: int
+    working_image_side: int
     store_retries: int
     store_retry_seconds: int
     run_retries: int
@@ -299,6 +303,7 @@ class Settings:
             version_lookback_seconds=_int("VISION_ASSETS_VERSION_LOOKBACK_SECONDS"),
             settle_seconds=_int("VISION_ASSETS_SETTLE_SECONDS"),
             ingest_threads=_int("VISION_ASSETS_INGEST_THREADS"),
+            working_image_side=_int("VISION_ASSETS_WORKING_IMAGE_SIDE"),
             store_retries=_int("VISION_ASSETS_STORE_RETRIES"),
             store_retry_seconds=_int("VISION_ASSETS_STORE_RETRY_SECONDS"),
             run_retries=_int("VISION_ASSETS_RUN_RETRIES"),

@@ -76,7 +76,8 @@ def source_images(
     registrations = Registrations(results, context.run.tags.get(REGISTRATIONS_TAG))
     with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
         records = list(pool.map(
-            lambda key: ingest_image(key, objects, results, limits, preview_side, registrations), keys))
+            lambda key: ingest_image(key, objects, results, limits, preview_side, registrations,
+                                     ingest_policy.working_side), keys))
     seconds = time.perf_counter() - started
 
     metadata = ImageMetadata(context)

@@ -32,6 +32,7 @@ class IngestPolicy(dg.ConfigurableResource):
     min_side: int = 32
     allowed_formats: list[str] = sorted(DEFAULT_ALLOWED_FORMATS)
     threads: int = 4
+    working_side: int = 4096  # long side of the normalised copy the model stages read; 0 = the original's
 
     @property
     def limits(self) -> ValidationLimits:

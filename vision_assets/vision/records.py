@@ -81,6 +81,10 @@ class SourceImageRecord(BaseModel):
     rejection: Rejection | None = None
     facts: ImageFacts | None = None
     normalized_key: str | None = None
+    # The size of that copy, which every box is measured in; smaller than `facts` when the original was larger
+    # than the working side (VISION_ASSETS_WORKING_IMAGE_SIDE). None in records written before it was kept.
+    normalized_width: int | None = None
+    normalized_height: int | None = None
     preview_key: str | None = None  # rejected files only: a thumbnail of what still decoded
     warnings: list[str] = Field(default_factory=list)
     processed_at: datetime

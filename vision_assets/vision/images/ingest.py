@@ -16,7 +16,7 @@ from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageReco
 from ..storage.registrations import Registrations
 from ..storage.results_store import ResultsStore
 from .review import salvage_preview
-from .validation import ValidationLimits, encode_normalized, validate_image
+from .validation import ValidationLimits, encode_normalized, validate_image, working_copy
 
 # Rejections whose file may still show something: the decoder failed part-way, or the picture is just small.
 # (Never for too many pixels: a bomb is not decoded, not even for a preview.)
@@ -34,10 +34,12 @@ def ingest_image(
     limits: ValidationLimits,
     preview_side: int | None = None,
     registrations: Registrations | None = None,
+    working_side: int = 0,
 ) -> SourceImageRecord:
     """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
     the record (`~preview.jpg`), for the reviewer. None: no previews. `registrations`: the run's (default: none
-    tagged, so the image's own copy or a search of the sensor's batch files)."""
+    tagged, so the image's own copy or a search of the sensor's batch files). `working_side`: the long side of the
+    normalised copy the model stages read (0: the image's own)."""
     started = time.perf_counter()
     registration = (registrations or Registrations(results)).find(partition_key)
     if registration is not None:
@@ -47,7 +49,7 @@ def ingest_image(
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
     else:
         fields = {"object_key": registration.object_key, "source_uri": registration.source_uri}
-        fields |= _fetch_and_validate(registration, images, results, limits, preview_side)
+        fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side)
     record = SourceImageRecord(
         partition_key=partition_key,
         processed_at=datetime.now(timezone.utc),
@@ -64,6 +66,7 @@ def _fetch_and_validate(
     results: ResultsStore,
     limits: ValidationLimits,
     preview_side: int | None,
+    working_side: int,
 ) -> dict[str, Any]:
     seen = {"etag": registration.etag, "size_bytes": registration.size}
     try:
@@ -86,12 +89,17 @@ def _fetch_and_validate(
                 jpeg = encode_normalized(preview, quality=80)
                 rejected["preview_key"] = results.write_preview(registration.partition_key, jpeg)
         return rejected
-    normalized_key = results.write_normalized(registration.partition_key, encode_normalized(outcome.rgb))
+    facts, notes = outcome.facts, outcome.warnings
+    working = working_copy(outcome.rgb, working_side)
+    del outcome, data  # the full-size pixels and bytes go now, before the copy is encoded
+    normalized_key = results.write_normalized(registration.partition_key, encode_normalized(working))
     return fetched | {
         "status": "valid",
-        "facts": outcome.facts,
+        "facts": facts,
         "normalized_key": normalized_key,
-        "warnings": outcome.warnings,
+        "normalized_width": working.width,
+        "normalized_height": working.height,
+        "warnings": notes,
     }
 
 

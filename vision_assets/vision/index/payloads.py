@@ -66,8 +66,10 @@ def image_payload(
         "source_uri": source.source_uri,
         "sha256": source.sha256,
         "phash": source.facts.phash if source.facts else None,
-        "width": detections.width,
+        "width": detections.width,  # of the normalised copy: boxes are in its pixels
         "height": detections.height,
+        "original_width": source.facts.width if source.facts else None,  # box * original_width / width: the original's
+        "original_height": source.facts.height if source.facts else None,
         "entity": sorted({d.class_name for d in detections.detections}),
         "labels": sorted({s.top.name for s in crop_labels + scene}),
         # The experts' top labels, best first: what a search hit on the whole image shows.
