@@ -16,6 +16,7 @@ from ..jobs import process_images, reindex
 from ..resources import FailedImageRetries, QdrantResource, UploadPolicy
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
+from ..vision.retry_budget import FailedImage
 from .failed_image_retry import retry_requests
 from .failures import failed_images
 from .upload_sensor import RANGE_END, RANGE_START
@@ -26,7 +27,7 @@ AUDIT_EVERY_SECONDS = 600
 LOCK_WAIT_SECONDS = 10.0  # a sensor tick must end well inside Dagster's 60 s; a busy index waits for the next tick
 
 
-def failed_indexing(instance: dg.DagsterInstance, ledger: IndexLedger) -> list:
+def failed_indexing(instance: dg.DagsterInstance, ledger: IndexLedger) -> list[FailedImage]:
     """Images whose first failed stage is the index (an earlier failed stage is `failed_image_retry`'s)."""
     return [f for f in failed_images(instance, set(ledger.partitions)) if f.stage == INDEX_KEY.to_user_string()]
 
