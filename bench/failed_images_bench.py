@@ -1,7 +1,9 @@
-"""What finding the Failed images costs as the catalogue grows: `failed_images` (read by `failed_image_retry` every
-minute and by `index_repair` at each audit) and `index_ledger`, on an instance holding N images that every stage
-materialized, plus one failed run over 100 of them. The baseline is the smallest catalogue, measured in the same
-invocation. Not part of the test suite.
+"""What finding the Failed images costs as the catalogue grows, on an instance holding N images that every stage
+materialized plus one failed run over 100 of them: a sensor tick of `failed_image_retry` / `index_repair` (the
+registered partitions, then a `FailureWatch` look from the previous tick's cursor), the first look from no cursor
+(what `vision-assets reindex` does), Dagster's per-partition latest attempts over every stage (what the sensors read
+before the watch), and `index_ledger` (index_repair's ten-minute audit). The baseline is the smallest catalogue,
+measured in the same invocation. Not part of the test suite.
 
     uv run python bench/failed_images_bench.py [--catalog 1000,10000,100000] [--backend sqlite]
 """
@@ -22,7 +24,7 @@ import dagster as dg  # noqa: E402
 from vision_assets.checks.indexing import index_consistency, index_ledger  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.partitions import images  # noqa: E402
-from vision_assets.sensors.failures import PIPELINE_STAGES, failed_images  # noqa: E402
+from vision_assets.sensors.failures import PIPELINE_STAGES, FailureWatch, failed_images  # noqa: E402
 
 FAILED = 100
 
@@ -85,23 +87,36 @@ def main() -> None:
             seeding = time.perf_counter() - started
             failed_range = keys[-FAILED:]
             run = defs.resolve_job_def("stages").execute_in_process(
-                instance=instance, raise_on_error=False,
+                instance=instance, raise_on_error=False,  # the failure is the point: keep its traceback quiet
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
                 tags={"dagster/asset_partition_range_start": failed_range[0],
                       "dagster/asset_partition_range_end": failed_range[-1]})
             assert not run.success
             registered = set(instance.get_dynamic_partitions(images.name))
             found = failed_images(instance, registered)
-            assert {f.partition_key for f in found} == set(failed_range) and {f.stage for f in found} == {"source_images"}
-            rows.append({"size": size, "seeding": seeding,
-                         "failed_images": timed(lambda: failed_images(instance, registered)),
+            assert {f.partition_key for f in found} == set(failed_range), found[:3]
+            assert {f.stage for f in found} == {"source_images"}, {f.stage for f in found}
+            watch = FailureWatch()
+            watch.look(instance, registered)
+
+            def tick():
+                FailureWatch(watch.state()).look(instance, set(instance.get_dynamic_partitions(images.name)))
+
+            def every_partitions_latest_attempt():
+                for stage in PIPELINE_STAGES:
+                    instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(stage)
+
+            rows.append({"size": size, "seeding": seeding, "tick": timed(tick),
+                         "first_look": timed(lambda: failed_images(instance, registered)),
+                         "scan": timed(every_partitions_latest_attempt),
                          "index_ledger": timed(lambda: index_ledger(instance))})
     base = rows[0]
-    print(f"finding {FAILED} failed images among N (SQLite, best of 3, 2-core machine)")
+    print(f"finding {FAILED} failed images among N (SQLite, best of 3, 2-core machine, ms)")
     for row in rows:
-        print(f"  N={row['size']:>7,}: failed_images {row['failed_images'] * 1000:7.0f} ms "
-              f"({row['failed_images'] / base['failed_images']:5.1f}x N={base['size']:,})   index_ledger "
-              f"{row['index_ledger'] * 1000:7.0f} ms   (seeded in {row['seeding']:.0f} s)")
-
+        print(f"  N={row['size']:>7,}: sensor tick {row['tick'] * 1000:6.0f} ({row['tick'] / base['tick']:4.1f}x)   "
+              f"first look {row['first_look'] * 1000:6.0f} ({row['first_look'] / base['first_look']:4.1f}x)   "
+              f"every partition's latest attempt {row['scan'] * 1000:6.0f} ({row['scan'] / base['scan']:5.1f}x)   "
+              f"index_ledger {row['index_ledger'] * 1000:6.0f}   (seeded in {row['seeding']:.0f} s)")
 
 if __name__ == "__main__":
     main()

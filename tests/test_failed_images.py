@@ -3,6 +3,7 @@ a bounded number of times, then named for a person. Faults injected into real in
 mid-stage is shown for real in test_dagster_dev.py; here the stage raises at the same point)."""
 
 import dataclasses
+import json
 import time
 from datetime import datetime
 
@@ -122,24 +123,30 @@ def test_images_failed_in_a_model_stage_are_rerun_from_it_then_left_for_a_person
     monkeypatch.setattr(YoloDetector, "detect", broken)
     [run] = driver.tick_and_run()
     assert not run.success
+    cursor = None  # the sensor's: the failed runs that still leave images Failed, and where it read up to
     for attempt in (1, 2):
-        [request] = evaluate(driver, "failed_image_retry").run_requests
+        tick = evaluate(driver, "failed_image_retry", cursor)
+        cursor = tick.cursor
+        [request] = tick.run_requests
         assert request.tags[ATTEMPT_TAG] == str(attempt)
         assert request.asset_selection == [dg.AssetKey(k) for k in
                                            ("detections", "embeddings", "specialist_labels", "qdrant_index")]
         assert not driver.run(request).success
-    gave_up = evaluate(driver, "failed_image_retry")
+    gave_up = evaluate(driver, "failed_image_retry", cursor)
     assert not gave_up.run_requests
     assert "4 image(s) still failed after 2 automatic re-run(s)" in gave_up.skip_message
     assert "stage detections" in gave_up.skip_message and NEW[0] in gave_up.skip_message
+    assert len(json.loads(gave_up.cursor)["runs"]) == 1  # the earlier failed runs' images were planned again since
 
     monkeypatch.undo()  # the cause is fixed; no more automatic attempts: the person re-runs them
-    assert not evaluate(driver, "failed_image_retry").run_requests
+    assert not evaluate(driver, "failed_image_retry", gave_up.cursor).run_requests
     rerun = driver.defs.resolve_job_def("process_images").execute_in_process(
         instance=driver.instance, raise_on_error=False,
         tags={"dagster/asset_partition_range_start": NEW[0], "dagster/asset_partition_range_end": NEW[-1]})
     assert rerun.success
     assert failed_images(driver.instance, set(driver.partitions)) == []
+    settled = evaluate(driver, "failed_image_retry", gave_up.cursor)
+    assert not settled.run_requests and json.loads(settled.cursor)["runs"] == []  # nothing left to look at
     assert ui_check_statuses(driver.instance, "qdrant_index", "indexed")["SUCCEEDED"] >= set(NEW)
 
 

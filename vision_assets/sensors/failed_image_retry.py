@@ -4,6 +4,7 @@ them from the stage that failed, waiting longer each time, a bounded number of t
 log for a person. The index stage's failures are `index_repair`'s (it re-indexes without a model)."""
 
 import hashlib
+import json
 import time
 from itertools import groupby
 
@@ -16,7 +17,7 @@ from ..resources import FailedImageRetries, UploadPolicy
 from ..vision.retry_budget import FailedImage
 from ..vision.storage.registrations import REGISTRATIONS_TAG
 from ..vision.upload_tracking import contiguous_batches
-from .failures import ATTEMPT_TAG, RETRY_OF_TAG, failed_images, stage_and_after
+from .failures import ATTEMPT_TAG, RETRY_OF_TAG, FailureWatch, stage_and_after
 from .upload_sensor import RANGE_END, RANGE_START
 
 HOW_TO_FIX = ("re-run them: select the stage and everything after it in the UI's Lineage, Materialize, and pick "
@@ -58,18 +59,21 @@ def make_failed_image_retry_sensor(minimum_interval_seconds: int) -> dg.SensorDe
                            upload_policy: UploadPolicy):
         instance = context.instance
         order = instance.get_dynamic_partitions(images.name)
-        failed = [f for f in failed_images(instance, set(order)) if f.stage != INDEX_KEY.to_user_string()]
+        watch = FailureWatch(json.loads(context.cursor or "{}"))
+        failed = [f for f in watch.look(instance, set(order)) if f.stage != INDEX_KEY.to_user_string()]
+        cursor = json.dumps(watch.state())
         budget = failed_image_retries.budget
         plan = budget.plan(failed, time.time())
         if plan.exhausted:
             context.log.warning(plan.describe_exhausted(budget.attempts, HOW_TO_FIX))
         if not plan.due:
             waiting = plan.describe_waiting() or "no failed images"
-            return dg.SkipReason("; ".join(filter(None, [waiting, plan.describe_exhausted(budget.attempts, HOW_TO_FIX)])))
+            return dg.SensorResult(skip_reason="; ".join(
+                filter(None, [waiting, plan.describe_exhausted(budget.attempts, HOW_TO_FIX)])), cursor=cursor)
         requests = retry_requests(instance, plan.due, order, upload_policy.batch_size)
         stages = sorted({f.stage for f in plan.due})
         context.log.info(f"re-running {len(plan.due)} failed image(s) from {', '.join(stages)} in {len(requests)} "
                          f"run(s); {plan.describe_waiting() or 'none waiting'}")
-        return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return failed_image_retry

@@ -2,7 +2,8 @@
 every ten minutes anyway (the index can lose points while no run happens), it compares Qdrant with what the
 pipeline indexed and launches `reindex` runs for the gaps: no model, no person. Images whose index stage failed for
 good (a run killed or out of retries mid-way leaves some of their points written and some not) are re-indexed too,
-on the same budget as `failed_image_retry` (waits that double, a cap), by runs that also send their callbacks."""
+on the same budget as `failed_image_retry` (waits that double, a cap), by runs that also send their callbacks;
+those are looked for at every tick, which costs what the failures cost, not the catalogue."""
 
 import json
 import time
@@ -13,12 +14,13 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from ..checks.indexing import INDEX_KEY, IndexLedger, index_completeness, index_ledger
 from ..jobs import process_images, reindex
+from ..partitions import images
 from ..resources import FailedImageRetries, QdrantResource, UploadPolicy
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
 from ..vision.retry_budget import FailedImage
 from .failed_image_retry import retry_requests
-from .failures import failed_images
+from .failures import FailureWatch, failed_images
 from .upload_sensor import RANGE_END, RANGE_START
 
 HOW_TO_FIX = "run `vision-assets reindex` (it re-indexes them and says which still fail)"
@@ -38,6 +40,33 @@ def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) 
                           tags={RANGE_START: first, RANGE_END: last}) for first, last in ranges]
 
 
+def audit_when_due(context: dg.SensorEvaluationContext, qdrant: QdrantResource, state: dict,
+                   retried: set[str]) -> tuple[str, list[dg.RunRequest]]:
+    """When due, compare Qdrant with what Dagster shows indexed: what it says, and the reindex runs it needs."""
+    instance = context.instance
+    [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
+    newly_failed = (latest is not None and latest.status == AssetCheckExecutionRecordStatus.FAILED
+                    and latest.id != state.get("handled"))
+    if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
+        return "index_complete has not failed since the last audit", []
+    if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=list(IN_PROGRESS_RUN_STATUSES)),
+                                limit=1):
+        return "a reindex run is in flight; auditing after it", []
+    try:
+        with qdrant.open(wait_seconds=LOCK_WAIT_SECONDS) as index:
+            ledger = index_ledger(instance)
+            found = audit_index(index, ledger.indexed)
+    except IndexUnavailable as error:
+        return f"{error}; auditing on the next tick", []
+    number = state.get("audits", 0) + 1
+    state.update(audits=number, audited_at=time.time(), handled=latest.id if latest else None)
+    missing = [key for key in found.missing if key not in retried]
+    if not missing:
+        return found.describe(qdrant.where), []
+    context.log.warning(found.describe(qdrant.where))
+    return "", repair_requests(ledger, missing, number)
+
+
 def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(name="index_repair", jobs=[reindex, process_images], minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
@@ -48,38 +77,23 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
                      failed_image_retries: FailedImageRetries, upload_policy: UploadPolicy):
         instance = context.instance
         state = json.loads(context.cursor or "{}")
-        [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
-        newly_failed = (latest is not None and latest.status == AssetCheckExecutionRecordStatus.FAILED
-                        and latest.id != state.get("handled"))
-        if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
-            return dg.SkipReason("index_complete has not failed since the last audit")
-        if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=list(IN_PROGRESS_RUN_STATUSES)),
-                                    limit=1):
-            return dg.SkipReason("a reindex run is in flight; auditing after it")
-        try:
-            with qdrant.open(wait_seconds=LOCK_WAIT_SECONDS) as index:
-                ledger = index_ledger(instance)
-                audit = audit_index(index, ledger.indexed)
-        except IndexUnavailable as error:
-            return dg.SkipReason(f"{error}; auditing on the next tick")
-        number = state.get("audits", 0) + 1
-        cursor = json.dumps({"audits": number, "audited_at": time.time(), "handled": latest.id if latest else None})
+        order = instance.get_dynamic_partitions(images.name)
+        watch = FailureWatch(state.get("failures"))  # every tick: it costs what the failures cost
         budget = failed_image_retries.budget
-        failed = budget.plan(failed_indexing(instance, ledger), time.time())
+        failed = budget.plan([f for f in watch.look(instance, set(order)) if f.stage == INDEX_KEY.to_user_string()],
+                             time.time())
+        state["failures"] = watch.state()
         if failed.exhausted:
             context.log.warning(failed.describe_exhausted(budget.attempts, HOW_TO_FIX))
+        requests = retry_requests(instance, failed.due, order, upload_policy.batch_size)
         retried = {f.partition_key for f in failed.due}
-        requests = retry_requests(instance, failed.due, ledger.partitions, upload_policy.batch_size)
         if retried:
             context.log.warning(f"re-indexing {len(retried)} image(s) whose qdrant_index failed for good")
-        missing = [key for key in audit.missing if key not in retried]
-        if missing:
-            context.log.warning(audit.describe(qdrant.where))
-            requests += repair_requests(ledger, missing, number)
+        notes = [failed.describe_waiting(), failed.describe_exhausted(budget.attempts, HOW_TO_FIX)]
+        audit_note, missing_requests = audit_when_due(context, qdrant, state, retried)
+        requests += missing_requests
         if not requests:
-            why = "; ".join(filter(None, [audit.describe(qdrant.where), failed.describe_waiting(),
-                                         failed.describe_exhausted(budget.attempts, HOW_TO_FIX)]))
-            return dg.SensorResult(skip_reason=why, cursor=cursor)
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+            return dg.SensorResult(skip_reason="; ".join(filter(None, [audit_note, *notes])), cursor=json.dumps(state))
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(state))
 
     return index_repair
