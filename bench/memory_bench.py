@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -71,13 +72,53 @@ def measure(work: Path, models: Path, chunk: int) -> dict:
                              stage_policy=StagePolicy(chunk_size=settings.chunk_size))
     with dg.instance_for_test() as instance:
         keys, tags = register_uploads(defs, instance)
+        sampler = RssSampler()
         started = time.perf_counter()
         run = defs.resolve_job_def("process_images").execute_in_process(
             instance=instance, tags=tags)
         seconds = time.perf_counter() - started
+        sampler.stop()
+        steps = sampler.peaks_by_step(instance.all_logs(run.run_id, of_type={
+            dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}))
     assert run.success
     return {"batch": len(keys), "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "before_run_mib": before / 1024}
+            "before_run_mib": before / 1024, "steps": steps}
+
+
+class RssSampler:
+    """This process's resident memory every 50 ms, on a thread, so each step's peak can be read afterwards."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while self.running:
+            with open("/proc/self/statm") as statm:
+                self.samples.append((time.time(), int(statm.read().split()[1]) * page / 2**20))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join()
+
+    def peaks_by_step(self, events) -> dict[str, float]:
+        started, peaks = {}, {}
+        for event in events:
+            if event.dagster_event.event_type == dg_event_type("STEP_START"):
+                started[event.step_key] = event.timestamp
+            elif event.step_key in started:
+                window = [rss for when, rss in self.samples if started[event.step_key] <= when <= event.timestamp]
+                peaks[event.step_key] = max(window, default=0.0)
+        return peaks
+
+
+def dg_event_type(name: str):
+    import dagster as dg
+    return dg.DagsterEventType(name)
 
 
 def main() -> None:
@@ -113,7 +154,8 @@ def main() -> None:
           f"{args.chunk}")
     for f in figures:
         print(f"  batch {f['batch']:4d}: peak {f['peak_mib']:7.0f} MiB  ({f['peak_mib'] / base['peak_mib']:.2f}x batch "
-              f"{base['batch']})  {f['seconds']:7.1f} s  {f['batch'] / f['seconds']:.2f} img/s")
+              f"{base['batch']})  {f['seconds']:7.1f} s  {f['batch'] / f['seconds']:.2f} img/s   by step (MiB): "
+              + ", ".join(f"{step} {peak:.0f}" for step, peak in f["steps"].items()))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from PIL import Image
 from vision_assets.vision.models.base import ModelLoadError, identity_for
 from vision_assets.vision.models.cache import ModelCache
 from vision_assets.vision.models.classifier import ImageClassifier
-from vision_assets.vision.models.detector import YoloDetector
+from vision_assets.vision.models.detector import YoloDetector, fit_within
 from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
 from vision_assets.vision.models.hub import hugging_face_offline
 from vision_assets.vision.models.defaults import CAT_MODEL, CORAL_MODEL, DOG_MODEL, WILDLIFE_MODEL
@@ -89,6 +89,30 @@ def test_detector_loads_a_bare_ultralytics_name_from_the_cache(manifest, cache, 
     assert detector.load_count == 1
     detector.detect(photos)
     assert detector.load_count == 1  # loaded once, however often it predicts
+
+
+def test_the_detector_sees_large_images_at_its_own_size_and_answers_in_their_pixels(manifest, cache, photos):
+    """A large working copy is scaled down before ultralytics sees it (it keeps a full-size copy of every input);
+    the boxes come back in the large image's pixels."""
+    shrunk, (x_scale, y_scale) = fit_within(Image.new("RGB", (4096, 3072)), 640)
+    assert shrunk.size == (640, 480) and (x_scale, y_scale) == (6.4, 6.4)
+    same, factors = fit_within(photos[1], 2000)
+    assert same is photos[1] and factors == (1.0, 1.0)
+
+    detector = YoloDetector(identity_for("yolov8n.pt", cache=cache), device="cpu", cache=cache,
+                            confidence=manifest["detector"]["confidence"],
+                            max_detections=manifest["detector"]["max_detections"])
+    large = photos[0].resize((photos[0].width * 4, photos[0].height * 4), Image.Resampling.NEAREST)
+    [small_boxes, large_boxes] = detector.detect([photos[0], large])
+    assert large_boxes
+    for box in large_boxes:
+        x1, y1, x2, y2 = box.box
+        assert 0 <= x1 < x2 <= large.width + 4 and 0 <= y1 < y2 <= large.height + 4
+    # the same picture at 4x: the same boxes, 4x larger (YOLO saw nearly the same 640 px input both times)
+    assert len(large_boxes) == len(small_boxes)
+    for small, big in zip(small_boxes, large_boxes):
+        assert big.class_id == small.class_id
+        assert big.box == pytest.approx([4 * v for v in small.box], abs=8)
 
 
 def test_clip_loads_from_the_hub_and_embeds_images_and_texts_in_one_unit_space(manifest, cache, photos):

@@ -35,6 +35,20 @@ def import_ultralytics_yolo():
     return YOLO
 
 
+def fit_within(image: Image.Image, side: int) -> tuple[Image.Image, tuple[float, float]]:
+    """The image scaled down so its longer side is `side` (YOLO letterboxes to that anyway), and the factors that
+    take a box back to the image's own pixels. ultralytics keeps a full-size BGR copy of every input, in its results
+    and in the predictor until the next call: given a chunk of 12 MP working copies, that doubled the stage's
+    memory (bench/memory_bench.py); given 640 px ones it is nothing, and the resize is Pillow's (antialiased)."""
+    width, height = image.size
+    if max(width, height) <= side:
+        return image, (1.0, 1.0)
+    scale = side / max(width, height)
+    shrunk = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR,
+                          reducing_gap=2.0)
+    return shrunk, (width / shrunk.width, height / shrunk.height)
+
+
 class YoloDetector(Model):
     # bench/precision_bench.py: bf16 autocast runs YOLO 1.8-1.9x faster on a CPU with AVX512-BF16/AMX, but whether
     # its boxes agree with fp32 cannot be measured on random weights (NMS among near-equal scores follows rounding),
@@ -70,9 +84,10 @@ class YoloDetector(Model):
         computing = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
         found: list[list[Detection]] = []
         for batch in batches(images, self.batch_size):
+            inputs = [fit_within(image, self.image_size) for image in batch]
             with computing:
                 results = model.predict(
-                    list(batch),
+                    [shrunk for shrunk, _ in inputs],
                     conf=self.confidence,
                     max_det=self.max_detections,
                     imgsz=self.image_size,
@@ -80,16 +95,17 @@ class YoloDetector(Model):
                     verbose=False,
                     **options,
                 )
-            for result in results:
+            for result, (_, (x_scale, y_scale)) in zip(results, inputs, strict=True):
                 boxes = result.boxes
                 found.append([
                     Detection(
-                        box=[round(float(v), 2) for v in xyxy],
+                        box=[round(x1 * x_scale, 2), round(y1 * y_scale, 2), round(x2 * x_scale, 2),
+                             round(y2 * y_scale, 2)],
                         class_id=int(class_id),
                         class_name=result.names[int(class_id)],
                         confidence=round(float(confidence), 6),
                     )
-                    for xyxy, class_id, confidence in zip(
+                    for (x1, y1, x2, y2), class_id, confidence in zip(
                         boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
                     )
                 ])
