@@ -89,7 +89,7 @@ def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: 
                 stage, dg.DagsterEventType.ASSET_MATERIALIZATION, set(plans))
             for key, plan_id in plans.items():
                 if done.get(key, 0) < plan_id:
-                    found[key] = FailedImage(key, stage.to_user_string(), run.run_id, attempt, ended, plan_id)
+                    found[key] = FailedImage(key, stage.to_user_string(), run.run_id, attempt, ended)
     return list(found.values())
 
 

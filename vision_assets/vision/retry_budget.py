@@ -16,7 +16,6 @@ class FailedImage:
     run_id: str  # the run whose failure left it failed
     attempt: int  # which re-run that run was (0: not a re-run)
     failed_at: float  # unix seconds the run ended
-    planned_id: int = 0  # storage id of that run's plan to materialize it at `stage` (a later plan supersedes it)
 
 
 @dataclass(frozen=True)
