@@ -108,17 +108,12 @@ class RssSampler:
     def peaks_by_step(self, events) -> dict[str, float]:
         started, peaks = {}, {}
         for event in events:
-            if event.dagster_event.event_type == dg_event_type("STEP_START"):
+            if event.dagster_event.event_type_value == "STEP_START":
                 started[event.step_key] = event.timestamp
             elif event.step_key in started:
                 window = [rss for when, rss in self.samples if started[event.step_key] <= when <= event.timestamp]
                 peaks[event.step_key] = max(window, default=0.0)
         return peaks
-
-
-def dg_event_type(name: str):
-    import dagster as dg
-    return dg.DagsterEventType(name)
 
 
 def main() -> None:

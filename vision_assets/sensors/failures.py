@@ -116,6 +116,7 @@ class FailureWatch:
             records |= {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(chunk)))}
         failed: dict[str, FailedImage] = {}
         still = []
+        stages = [key.to_user_string() for key in PIPELINE_STAGES]
         for run_id in self.runs:
             record = records.get(run_id)
             if record is None or record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
@@ -126,7 +127,6 @@ class FailureWatch:
             still.append(run_id)
             if record.dagster_run.tags.get(WILL_RETRY_TAG) == "true":
                 continue  # Dagster re-executes it: its images are the retry's until that plans them
-            stages = [key.to_user_string() for key in PIPELINE_STAGES]
             for image in images:
                 known = failed.get(image.partition_key)
                 if known is None or stages.index(image.stage) < stages.index(known.stage):

@@ -257,9 +257,13 @@ def working_copy(rgb: Image.Image, max_side: int) -> Image.Image:
     the experts' largest input."""
     if not max_side or max(rgb.size) <= max_side:
         return rgb
-    scale = max_side / max(rgb.size)
-    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-    return rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return rgb.resize(size_within(rgb.size, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def size_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`size` scaled so its long side is `max_side`, keeping the aspect ratio (never below 1 px)."""
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def encode_normalized(rgb: Image.Image, quality: int = 95) -> bytes:

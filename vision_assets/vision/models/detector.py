@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from ..images.opener import restore_pillow_open
+from ..images.validation import size_within
 from ..records import Detection
 from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path, torch_dtype
 from .hub import GITHUB, reachable
@@ -43,9 +44,7 @@ def fit_within(image: Image.Image, side: int) -> tuple[Image.Image, tuple[float,
     width, height = image.size
     if max(width, height) <= side:
         return image, (1.0, 1.0)
-    scale = side / max(width, height)
-    shrunk = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR,
-                          reducing_gap=2.0)
+    shrunk = image.resize(size_within(image.size, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return shrunk, (width / shrunk.width, height / shrunk.height)
 
 
