@@ -136,15 +136,19 @@ def local_image_store(tmp_path) -> LocalImageStore:
 
 def ui_check_statuses(instance: dg.DagsterInstance, asset: str, check: str) -> dict[str, set[str]]:
     """What the UI's Checks -> Partitions view shows (GraphQL `assetCheck.partitionStatuses`), computed the way the
-    webserver computes it: status -> partition keys. A partition in none of them shows as "Missing"."""
+    webserver computes it (the instance's event log storage builds the state): status -> partition keys. A partition
+    in none of them shows as "Missing"."""
     from dagster._core.definitions.partitions.context import partition_loading_context
-    from dagster._core.storage.asset_check_state import AssetCheckState, bulk_update_asset_check_state
 
     key = dg.AssetCheckKey(dg.AssetKey(asset), check)
     with partition_loading_context(dynamic_partitions_store=instance):
-        state = bulk_update_asset_check_state(instance, [(key, images)], {key: AssetCheckState.empty()})[key]
-        return {status.value: set(subset.subset_value.get_partition_keys())
-                for status, subset in state.subsets.items() if not subset.is_empty}
+        return check_statuses(instance.event_log_storage.get_asset_check_state([(key, images)])[key])
+
+
+def check_statuses(state) -> dict[str, set[str]]:
+    """An AssetCheckState as status -> partition keys (the statuses with none left out)."""
+    return {status.value: set(subset.subset_value.get_partition_keys())
+            for status, subset in state.subsets.items() if not subset.is_empty}
 
 
 class SensorDriver:

@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy
 import yaml
 
-from tests.conftest import ui_check_statuses
+from tests.conftest import check_statuses, ui_check_statuses
 from tests.postgres_server import PostgresUnavailable, create_database, postgres_server
 from vision_assets.assets.stage import ImageMetadata
 from vision_assets.checks.per_image import ImageOutcome, PerImageCheck
 from vision_assets.event_storage import sqlite_storage
 from vision_assets.partitions import images
 
-KEYS = [f"photo_{i:02d}.jpg" for i in range(10)] + ["bad_10.jpg", "bad_11.jpg"]
+KEYS = [f"photo_{i:02d}.jpg" for i in range(10)] + ["bad_10.jpg", "bad_11.jpg", "skip_12.jpg"]
 RANGE = {"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]}
 
 toy_check = PerImageCheck(asset=dg.AssetKey("toy"), name="toy_ok", batch_name="toy_all_ok",
@@ -32,8 +32,10 @@ def toy(context: dg.AssetExecutionContext):
     for key in context.partition_keys:
         metadata.add(key, {"status": "done", "letters": len(key)})
     yield metadata.materialize()
-    outcomes = [ImageOutcome(k, passed=not k.startswith("bad"), description=f"{k} judged") for k in context.partition_keys]
-    yield from toy_check.report(context, outcomes, skipped={})
+    judged = [k for k in context.partition_keys if not k.startswith("skip")]
+    outcomes = [ImageOutcome(k, passed=not k.startswith("bad"), description=f"{k} judged") for k in judged]
+    yield from toy_check.report(context, outcomes, skipped={k: "not judged" for k in context.partition_keys
+                                                            if k not in judged})
 
 
 class Boom(Exception):
@@ -45,9 +47,20 @@ def after_toy(context: dg.AssetExecutionContext):
     raise Boom("a step that fails: its partitions must show as failed")
 
 
+doomed_check = PerImageCheck(asset=dg.AssetKey("doomed"), name="doomed_ok", batch_name="doomed_all_ok",
+                             severity=dg.AssetCheckSeverity.WARN, description="Never judged.", not_passed="failed")
+
+
+@dg.asset(key="doomed", partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=doomed_check.specs)
+def doomed(context: dg.AssetExecutionContext):
+    raise Boom("the step dies before judging: its planned per-image results end as execution failures")
+
+
 toy_job = dg.define_asset_job("toy_job", selection=[toy], partitions_def=images)
 failing_job = dg.define_asset_job("failing_job", selection=[after_toy], partitions_def=images)
-DEFS = dg.Definitions(assets=[toy, after_toy], jobs=[toy_job, failing_job])
+doomed_job = dg.define_asset_job("doomed_job", selection=[doomed], partitions_def=images)
+DEFS = dg.Definitions(assets=[toy, after_toy, doomed], jobs=[toy_job, failing_job, doomed_job])
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +124,7 @@ def assert_same(ours: dict, theirs: dict) -> None:
     assert ours["metadata"] == theirs["metadata"]
     assert ours["metadata"]["photo_03.jpg"] == {"status": "done", "letters": len("photo_03.jpg")}
     assert ours["checks"] == theirs["checks"]
-    assert ours["checks"].get("SUCCEEDED") == set(KEYS[:10]) and ours["checks"].get("FAILED") == set(KEYS[10:])
+    assert ours["checks"] == {"SUCCEEDED": set(KEYS[:10]), "FAILED": set(KEYS[10:12]), "SKIPPED": set(KEYS[12:])}
     assert ours["events"] == theirs["events"]
     assert ours["failed_run_partitions"] == theirs["failed_run_partitions"] == set(KEYS)
     assert ours["last_materialized"] == theirs["last_materialized"]
@@ -208,3 +221,28 @@ def test_partition_list_follows_changes_made_elsewhere_without_reloading_all(bac
         theirs.delete_dynamic_partition(name, key)
     agree([])
     assert ours.get_dynamic_partitions("another") == []
+
+
+def test_check_partitions_view_is_dagsters_rebuild_after_changes(tmp_path):
+    """Our one-pass check state (check_states.py) against Dagster's own result-by-result rebuild on the same
+    instance: results on an older materialization, a deleted partition, planned results of a run that died."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.storage.asset_check_state import AssetCheckState, bulk_update_asset_check_state
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
+        run_everything(instance)
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="toy", partition="photo_00.jpg"))
+        instance.delete_dynamic_partition(images.name, "photo_01.jpg")
+        assert not DEFS.resolve_job_def("doomed_job").execute_in_process(
+            instance=instance, tags=RANGE, raise_on_error=False).success
+        keys = [(toy_check.key, images), (doomed_check.key, images)]
+        with partition_loading_context(dynamic_partitions_store=instance):
+            ours = instance.event_log_storage.get_asset_check_state(keys)
+            theirs = bulk_update_asset_check_state(instance, keys, {key: AssetCheckState.empty() for key, _ in keys})
+        assert check_statuses(ours[toy_check.key]) == check_statuses(theirs[toy_check.key]) == {
+            "SUCCEEDED": set(KEYS[2:10]), "FAILED": set(KEYS[10:12]), "SKIPPED": set(KEYS[12:])}
+        assert check_statuses(ours[doomed_check.key]) == check_statuses(theirs[doomed_check.key]) == {
+            "EXECUTION_FAILED": set(KEYS) - {"photo_01.jpg"}}
+        assert ours[toy_check.key].latest_storage_id == theirs[toy_check.key].latest_storage_id

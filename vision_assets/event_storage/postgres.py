@@ -15,12 +15,14 @@ from dagster_postgres.utils import create_pg_engine, get_token_provider_from_con
 
 from . import BatchConnections
 from .batch_writes import BatchWrites
+from .check_states import OnePassCheckStates
 from .partition_lists import CachedPartitionLists
 
 POOL_RECYCLE_SECONDS = 3600  # a connection idle past a server or proxy timeout is replaced, not used dead
 
 
-class BatchingPostgresEventLogStorage(CachedPartitionLists, BatchWrites, PostgresEventLogStorage):
+class BatchingPostgresEventLogStorage(
+        OnePassCheckStates, CachedPartitionLists, BatchWrites, PostgresEventLogStorage):
     def __init__(self, *args: Any, **kwargs: Any):
         self._batch = BatchConnections()  # first: dagster-postgres's __init__ already connects
         super().__init__(*args, **kwargs)

@@ -15,10 +15,12 @@ from sqlalchemy.pool import NullPool
 
 from . import BatchConnections
 from .batch_writes import BatchWrites
+from .check_states import OnePassCheckStates
 from .partition_lists import CachedPartitionLists
 
 
-class BatchingSqliteEventLogStorage(CachedPartitionLists, BatchWrites, SqliteEventLogStorage):
+class BatchingSqliteEventLogStorage(
+        OnePassCheckStates, CachedPartitionLists, BatchWrites, SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._batch = BatchConnections()  # first: Dagster's __init__ already connects
         super().__init__(base_dir, inst_data)
