@@ -134,6 +134,13 @@ def local_image_store(tmp_path) -> LocalImageStore:
     return LocalImageStore(root=str(tmp_path / "bucket"), results_prefix="results/", settle_seconds=0)
 
 
+def embedded_client(path: str | Path):
+    """The embedded index folder, opened as vision-assets opens it (Qdrant Edge shards under `<path>/edge`)."""
+    from vision_assets.vision.index.edge import EDGE_FOLDER, EdgeClient
+
+    return EdgeClient(Path(path) / EDGE_FOLDER).open_existing()
+
+
 def ui_check_statuses(instance: dg.DagsterInstance, asset: str, check: str) -> dict[str, set[str]]:
     """What the UI's Checks -> Partitions view shows (GraphQL `assetCheck.partitionStatuses`), computed the way the
     webserver computes it (the instance's event log storage builds the state): status -> partition keys. A partition

@@ -19,9 +19,8 @@ import pytest
 import requests
 import ultralytics
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION, LAUNCH_PIPELINE_EXECUTION_MUTATION
-from qdrant_client import QdrantClient
 
-from tests.conftest import free_port
+from tests.conftest import embedded_client, free_port
 from vision_assets.vision.partition_keys import partition_key_for
 
 pytestmark = pytest.mark.timeout(480)
@@ -201,7 +200,7 @@ def rerun_one_image(dev: DagsterDev, partition: str) -> str:
 
 
 def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
-    client = QdrantClient(path=str(data_dir / "qdrant"))  # the runs closed theirs: the folder lock is free
+    client = embedded_client(str(data_dir / "qdrant"))  # the runs closed theirs: the folder lock is free
     try:
         images = {p.payload["image_id"] for p in client.scroll("images", limit=100, with_payload=True)[0]}
         crops = [p.payload["image_id"] for p in client.scroll("crops", limit=1000, with_payload=True)[0]]

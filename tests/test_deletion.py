@@ -1,8 +1,8 @@
 """Deleting an image: its object removed from the bucket, or the delete_images job; points and results go too."""
 
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
-from tests.conftest import PIPELINE_VALID
+from tests.conftest import PIPELINE_VALID, embedded_client
 from vision_assets.assets.deletion import delete_run_config
 from vision_assets.vision.deletion import result_keys, safe_to_delete
 from vision_assets.vision.storage.object_store import FolderObjectStore
@@ -10,7 +10,7 @@ from vision_assets.vision.storage.results_store import ResultsStore
 
 
 def points_of(models_resources, image_id: str) -> tuple[int, int]:
-    client = QdrantClient(path=models_resources["qdrant"].path)
+    client = embedded_client(models_resources["qdrant"].path)
     try:
         only = models.Filter(must=[models.FieldCondition(key="image_id", match=models.MatchValue(value=image_id))])
         return client.count("images", count_filter=only).count, client.count("crops", count_filter=only).count

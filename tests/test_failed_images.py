@@ -9,9 +9,8 @@ from datetime import datetime
 
 import dagster as dg
 import pytest
-from qdrant_client import QdrantClient
 
-from tests.conftest import PIPELINE_VALID, SensorDriver, image_bytes, ui_check_statuses
+from tests.conftest import PIPELINE_VALID, SensorDriver, embedded_client, image_bytes, ui_check_statuses
 from vision_assets.definitions import build_definitions
 from vision_assets.resources import CallbackSettings, FailedImageRetries, StagePolicy
 from vision_assets.sensors.dead_worker_sensor import dead_worker_explanation
@@ -38,7 +37,7 @@ def test_the_budget_waits_longer_each_time_and_stops_at_its_cap():
 
 
 def point_ids(qdrant_path: str, collection: str) -> set[str]:
-    client = QdrantClient(path=qdrant_path)
+    client = embedded_client(qdrant_path)
     try:
         points, _ = client.scroll(collection, limit=10_000, with_payload=False)
         return {str(p.id) for p in points}

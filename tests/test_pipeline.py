@@ -4,9 +4,8 @@ weights), a real S3 endpoint, embedded Qdrant."""
 import shutil
 
 import dagster as dg
-from qdrant_client import QdrantClient
 
-from tests.conftest import PIPELINE_VALID as VALID
+from tests.conftest import PIPELINE_VALID as VALID, embedded_client
 from tests.conftest import ui_check_statuses
 from vision_assets.definitions import build_definitions, model_resources_from
 from vision_assets.settings import Settings
@@ -29,7 +28,7 @@ def code_versions(defs: dg.Definitions) -> dict[str, str]:
 
 
 def qdrant_counts(models):
-    client = QdrantClient(path=models["qdrant"].path)
+    client = embedded_client(models["qdrant"].path)
     try:
         return client.count("images").count, client.count("crops").count, client
     finally:
@@ -110,7 +109,7 @@ def test_crops_clip_contradicts_are_flagged_shown_in_their_check_and_indexed(req
     assert statuses.get("FAILED", set()) == flagged and statuses["SKIPPED"] == {"corrupt.jpg"}
     summary = batch_check(run, "committee_agreed")
     assert summary.metadata["batch_crops_audited"].value == sum(len(r.crops) for r in records.values())
-    client = QdrantClient(path=models["qdrant"].path)
+    client = embedded_client(models["qdrant"].path)
     try:
         crops, _ = client.scroll("crops", limit=100, with_payload=True)
         for point in crops:
@@ -149,7 +148,7 @@ def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models,
     )
     images, crops, _ = qdrant_counts(models)
     assert (images, crops) == (3, crops_expected)
-    client = QdrantClient(path=models["qdrant"].path)
+    client = embedded_client(models["qdrant"].path)
     try:
         [bus] = client.retrieve("images", [image_point_id("bus.jpg")], with_payload=True, with_vectors=True)
         assert bus.payload["source_uri"].endswith("uploads/bus.jpg") and len(bus.payload["sha256"]) == 64
@@ -211,7 +210,7 @@ def test_an_image_that_becomes_invalid_leaves_the_index(pipeline, models, s3_cli
     s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=b"now it is garbage")
     [rerun] = driver.tick_and_run()
     assert rerun.success
-    client = QdrantClient(path=models["qdrant"].path)
+    client = embedded_client(models["qdrant"].path)
     try:
         assert client.retrieve("images", [image_point_id("plain.png")]) == []
         assert client.count("images").count == 2

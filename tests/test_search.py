@@ -4,9 +4,8 @@ import json
 
 import pytest
 from PIL import Image
-from qdrant_client import QdrantClient
 
-from tests.conftest import PHOTOS, PIPELINE_VALID
+from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client
 from vision_assets.cli import main
 from vision_assets.vision.index.vector_index import VectorIndex
 from vision_assets.vision.index.search import SearchError, Searcher, SearchFilters
@@ -97,7 +96,7 @@ def test_a_different_model_is_refused_never_mixed(pipeline, models):
 
 
 def test_missing_or_empty_collection(tmp_path, models):
-    client = QdrantClient(path=str(tmp_path / "empty"))
+    client = embedded_client(str(tmp_path / "empty"))
     try:
         searcher = Searcher(VectorIndex(client), models["embedder"].embedder, models["embedder"].identity)
         with pytest.raises(SearchError, match="does not exist"):

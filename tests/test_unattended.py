@@ -10,9 +10,8 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
-from qdrant_client import QdrantClient
 
-from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver, image_bytes, ui_check_statuses
+from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver, embedded_client, image_bytes, ui_check_statuses
 from tests.faults import OutageProxy
 from vision_assets.cli import main
 from vision_assets.definitions import build_definitions
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def indexed_images(qdrant_path: str) -> set[str]:
-    client = QdrantClient(path=qdrant_path)
+    client = embedded_client(qdrant_path)
     try:
         points, _ = client.scroll("images", limit=1000, with_payload=True)
         return {p.payload["image_id"] for p in points}
@@ -80,7 +79,7 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
     assert len(keys) == 5
     assert ui_check_statuses(instance, "qdrant_index", "indexed") == {"SUCCEEDED": keys}
     assert indexed_images(models["qdrant"].path) == keys
-    client = QdrantClient(path=models["qdrant"].path)
+    client = embedded_client(models["qdrant"].path)
     try:
         assert client.count("images").count == 5
     finally:
@@ -132,10 +131,15 @@ def test_lock_waits_are_bounded_and_a_foreign_client_is_waited_out(tmp_path, mod
         with pytest.raises(IndexUnavailable, match="stayed busy for 1s"):
             with qdrant.open():
                 pass
-    foreign = QdrantClient(path=str(tmp_path / "q"))  # a user's own client, which knows nothing of our lock
+    with qdrant.open() as index:
+        index.ensure_collections(4, "m")
+    import qdrant_edge
+
+    # a user's own Edge shard, opened without our lock: Edge holds its write-ahead log until it is closed
+    foreign = qdrant_edge.EdgeShard.load(str(tmp_path / "q" / "edge" / "images"))
     threading.Timer(0.5, foreign.close).start()
     with qdrant.open(wait_seconds=10) as index:
-        assert not index.client.collection_exists(index.images)
+        assert index.client.collection_exists(index.images)
 
 
 def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, instance, s3_client, bucket,
@@ -196,7 +200,7 @@ def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_sto
     driver, _ = pipeline
     cli_environment(monkeypatch, s3_image_store)
     folder = Path(models["qdrant"].path)
-    (folder / "meta.json").write_text("{not json")
+    (folder / "edge" / "images" / "edge_config.json").write_text("{not json")  # Qdrant Edge's own shard config
     with pytest.raises(IndexUnreadable, match=f"{folder}.*vision-assets reindex --rebuild.*runs that failed"):
         with models["qdrant"].open():
             pass

@@ -62,7 +62,8 @@ def image_store_from(settings: Settings) -> ImageStore:
             aws_access_key_id=secret("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=secret("AWS_SECRET_ACCESS_KEY"),
         )
-        return S3ImageStore(s3=s3, bucket=settings.s3_bucket, **common)
+        return S3ImageStore(s3=s3, bucket=settings.s3_bucket, events_queue_url=settings.s3_events_queue,
+                            reconcile_seconds=settings.s3_reconcile_seconds, **common)
     settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)
 
@@ -97,6 +98,7 @@ def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResourc
             path=None if settings.qdrant_url else str(settings.qdrant_path),
             collection_prefix=settings.qdrant_collection_prefix,
             lock_wait_seconds=settings.qdrant_lock_wait_seconds,
+            hnsw_threshold=settings.qdrant_hnsw_threshold,
         ),
     }
 

@@ -22,6 +22,11 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_S3_BUCKET": (None, "Watch this S3 bucket instead of the local folder `<data dir>/bucket`."),
     "VISION_ASSETS_S3_ENDPOINT_URL": (None, "S3-compatible endpoint (MinIO, R2, a test server). Unset = AWS."),
     "VISION_ASSETS_S3_REGION": (None, "Region of the bucket."),
+    "VISION_ASSETS_S3_EVENTS_QUEUE": (None, "URL of an SQS queue that receives the bucket's S3 event notifications "
+                                      "(`s3:ObjectCreated:*`): the upload sensor reads it instead of listing the "
+                                      "bucket every tick. For buckets past about 10,000 objects."),
+    "VISION_ASSETS_S3_RECONCILE_SECONDS": ("3600", "With an events queue: how often the sensor still lists the whole "
+                                           "bucket, to catch missed events and deleted objects."),
     "AWS_ACCESS_KEY_ID": (None, "S3 credentials (or any other boto3 credential source: profile, instance role)."),
     "AWS_SECRET_ACCESS_KEY": (None, "S3 credentials, with `AWS_ACCESS_KEY_ID`."),
     "VISION_ASSETS_PREFIX": ("", "Only objects under this key prefix are uploads."),
@@ -66,6 +71,9 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS": ("60", "Embedded Qdrant admits one process at a time: how long a run or "
                                                "a search waits for the other to finish before giving up (a run then "
                                                "retries)."),
+    "VISION_ASSETS_QDRANT_HNSW_THRESHOLD": ("20000", "Embedded Qdrant (Edge) builds its HNSW search graph when a run "
+                                            "or `reindex` closes the index with at least this many points not in it "
+                                            "yet; below that, search reads those points exactly (a few ms)."),
     "VISION_ASSETS_OFFLINE_MODELS": (None, "A folder from `vision-assets models build-offline`: the model cache, the "
                                      "ids to load from it and the detector's offline thresholds come from it (explicit "
                                      "model settings still win)."),
@@ -200,6 +208,8 @@ class Settings:
     s3_bucket: str | None
     s3_endpoint_url: str | None
     s3_region: str | None
+    s3_events_queue: str | None
+    s3_reconcile_seconds: int
     prefix: str
     results_prefix: str
     image_extensions: frozenset[str]
@@ -222,6 +232,7 @@ class Settings:
     max_concurrent_runs: int
     chunk_size: int
     qdrant_lock_wait_seconds: float
+    qdrant_hnsw_threshold: int
     offline_models: Path | None
     model_cache: str
     device: str
@@ -290,6 +301,8 @@ class Settings:
             s3_bucket=env("VISION_ASSETS_S3_BUCKET") or None,
             s3_endpoint_url=env("VISION_ASSETS_S3_ENDPOINT_URL") or None,
             s3_region=env("VISION_ASSETS_S3_REGION") or None,
+            s3_events_queue=env("VISION_ASSETS_S3_EVENTS_QUEUE") or None,
+            s3_reconcile_seconds=_int("VISION_ASSETS_S3_RECONCILE_SECONDS"),
             prefix=env("VISION_ASSETS_PREFIX"),
             results_prefix=env("VISION_ASSETS_RESULTS_PREFIX"),
             image_extensions=frozenset() if "*" in extensions else frozenset(e.lower() for e in extensions),
@@ -312,6 +325,7 @@ class Settings:
             max_concurrent_runs=_int("VISION_ASSETS_MAX_CONCURRENT_RUNS"),
             chunk_size=_int("VISION_ASSETS_CHUNK_SIZE"),
             qdrant_lock_wait_seconds=_float("VISION_ASSETS_QDRANT_LOCK_WAIT_SECONDS"),
+            qdrant_hnsw_threshold=_int("VISION_ASSETS_QDRANT_HNSW_THRESHOLD"),
             offline_models=Path(offline_dir).resolve() if offline_dir else None,
             model_cache=model("VISION_ASSETS_MODEL_CACHE", offline.get("model_cache")),
             device=env("VISION_ASSETS_DEVICE"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
@@ -15,6 +16,7 @@ from pydantic import PrivateAttr
 from ..vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
 from ..vision.records import RegisteredImage, StoredObject
 from ..vision.storage.results_store import ResultsStore
+from ..vision.storage.s3_events import EventQueue
 from ..vision.upload_tracking import UploadFilter
 
 
@@ -58,13 +60,28 @@ class ImageStore(dg.ConfigurableResource):
 
 
 class S3ImageStore(ImageStore):
-    """Uploads in an S3 bucket. PUTs are atomic, so every listed object is complete."""
+    """Uploads in an S3 bucket. PUTs are atomic, so every listed object is complete. With `events_queue_url`, the
+    upload sensor reads the bucket's S3 event notifications from that SQS queue and lists the bucket only every
+    `reconcile_seconds` (see vision/storage/s3_events.py)."""
 
     s3: S3Resource
     bucket: str
+    events_queue_url: str | None = None
+    reconcile_seconds: int = 3600
 
     def _build_object_store(self) -> ObjectStore:
         return S3ObjectStore(self.s3.get_client(), self.bucket)
+
+    def event_queue(self) -> EventQueue | None:
+        if not self.events_queue_url:
+            return None
+        # the S3 resource's endpoint, region and credentials: one place to configure both
+        session = boto3.session.Session(profile_name=self.s3.profile_name,
+                                        aws_access_key_id=self.s3.aws_access_key_id,
+                                        aws_secret_access_key=self.s3.aws_secret_access_key,
+                                        aws_session_token=self.s3.aws_session_token)
+        sqs = session.client("sqs", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region_name)
+        return EventQueue(sqs, self.events_queue_url, self.bucket)
 
 
 class LocalImageStore(ImageStore):

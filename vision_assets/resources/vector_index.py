@@ -1,4 +1,4 @@
-"""Qdrant: embedded (a folder, the laptop default) or a server by URL."""
+"""Qdrant: embedded (Qdrant Edge in a folder, the laptop default) or a server by URL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from ..vision.index.connection import embedded_access, open_embedded, server_faults
+from ..vision.index.edge import DEFAULT_HNSW_THRESHOLD
 from ..vision.index.vector_index import VectorIndex
 
 
@@ -18,6 +19,7 @@ class QdrantResource(dg.ConfigurableResource):
     collection_prefix: str = ""
     upsert_batch_size: int = 256
     lock_wait_seconds: float = 60.0  # embedded only: how long to wait for another process's turn
+    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD  # embedded only: build HNSW on close once this many points lack it
 
     @property
     def where(self) -> str:
@@ -28,7 +30,8 @@ class QdrantResource(dg.ConfigurableResource):
         self, on_wait: Callable[[str], None] = lambda _: None, wait_seconds: float | None = None
     ) -> Iterator[VectorIndex]:
         """The client lives only as long as the block: embedded Qdrant admits one process at a time, so holding it
-        for a whole run would lock out every other run and every search. `on_wait` hears once if we must wait."""
+        for a whole run would lock out every other run and every search. `on_wait` hears once if we must wait, and
+        what the embedded index does meanwhile that takes time (moving a local-mode folder over, building HNSW)."""
         from qdrant_client import QdrantClient
 
         wait = self.lock_wait_seconds if wait_seconds is None else wait_seconds
@@ -41,7 +44,7 @@ class QdrantResource(dg.ConfigurableResource):
                     client.close()
         elif self.path:
             with embedded_access(self.path, wait, on_wait):
-                client = open_embedded(self.path, wait)
+                client = open_embedded(self.path, wait, self.hnsw_threshold, on_wait)
                 try:
                     yield VectorIndex(client, self.collection_prefix)
                 finally:

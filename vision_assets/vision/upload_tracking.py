@@ -39,6 +39,10 @@ class UploadCursor(BaseModel):
     # fingerprint(key, etag) -> LastModified as epoch seconds, for objects modified within lookback of watermark
     recent: dict[str, float] = Field(default_factory=dict)
     floor: float | None = None  # epoch seconds: objects modified at or before it count as processed
+    # Event mode (vision/storage/s3_events.py): the queue messages this tick took, deleted by the next tick (once
+    # this cursor is stored, its partitions and runs are), and when the bucket was last listed in full.
+    acknowledge: list[str] = Field(default_factory=list)
+    listed_at: float | None = None
 
     def seen(self, obj: StoredObject) -> bool:
         """Processed already (the cursor is not fresh, and the object's key is registered)."""
@@ -223,7 +227,7 @@ def _advance(cursor: UploadCursor, processed: list[StoredObject], lookback: time
     if len(recent) > MAX_RECENT:
         floor = max(_floor_keeping(recent, MAX_RECENT), floor or horizon)
         recent = {fp: ts for fp, ts in recent.items() if ts > floor}
-    return UploadCursor(watermark=watermark, recent=recent, floor=floor)
+    return cursor.model_copy(update={"watermark": watermark, "recent": recent, "floor": floor})
 
 
 def _floor_keeping(recent: dict[str, float], limit: int) -> float:

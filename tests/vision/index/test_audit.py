@@ -1,10 +1,10 @@
 """Which images lost their points, and which runs put them back."""
 
 import numpy as np
-from qdrant_client import QdrantClient
 
 from vision_assets.vision.index.audit import audit_index, repair_ranges
 from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex
+from tests.conftest import embedded_client
 
 
 def test_repair_ranges_cover_the_missing_and_only_harmless_images_between():
@@ -17,7 +17,7 @@ def test_repair_ranges_cover_the_missing_and_only_harmless_images_between():
 
 
 def test_audit_finds_images_without_a_point(tmp_path):
-    index = VectorIndex(QdrantClient(path=str(tmp_path / "q")))
+    index = VectorIndex(embedded_client(str(tmp_path / "q")))
     try:
         assert audit_index(index, ["x.jpg"]).missing == ["x.jpg"]  # no collection at all
         index.ensure_collections(4, "m")

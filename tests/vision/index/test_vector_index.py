@@ -2,16 +2,17 @@
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
 from vision_assets.vision.index.vector_index import IndexMismatch, ImagePoints, VectorIndex, crop_point_id, image_point_id
+from tests.conftest import embedded_client
 
 DIM = 8
 
 
 @pytest.fixture
 def index(tmp_path):
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    client = embedded_client(str(tmp_path / "qdrant"))
     yield VectorIndex(client)
     client.close()
 

@@ -1,10 +1,10 @@
 """Opening Qdrant, and what its failures mean.
 
-Embedded Qdrant (`QdrantClient(path=...)`) admits one client at a time: a second one fails with "already accessed
-by another instance". Worse, the client reads every point of every collection into memory *before* it tries the
-folder's lock, so retrying the open in a loop would re-read the whole index each time. Everyone who opens the folder
-through this module therefore first waits, blocking and cheaply, on a lock file of our own next to Qdrant's, and
-only then builds the client. A run that indexes and a search that reads take turns; neither fails for the other.
+The embedded index (Qdrant Edge, `edge.py`) admits one process at a time: Edge holds each shard's write-ahead log
+exclusively, and a second process fails to load it. Everyone who opens the folder through this module therefore
+first waits, blocking and cheaply, on a lock file of our own in the folder, and only then opens the shards. A run
+that indexes and a search that reads take turns; neither fails for the other. A folder written by qdrant-client's
+local mode (the embedded default before Edge) is moved over to Edge the first time it is opened.
 
 Failures are sorted into two kinds: `IndexUnavailable` (busy, unreachable, a server's 5xx: waiting heals it, so a
 stage retries) and `IndexUnreadable` (the folder is damaged: waiting does not help, a person must rebuild it, and
@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pickle
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -24,12 +25,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from .edge import DEFAULT_HNSW_THRESHOLD, EDGE_FOLDER, EdgeBusy, EdgeClient
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours; Qdrant's own is `.lock` in the same folder
 BUSY = "already accessed by another instance"
 REBUILD_COMMAND = "vision-assets reindex --rebuild"
+LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")  # what qdrant-client's local mode writes in its folder
+MIGRATION_PAGE = 1000
 
 
 class IndexUnavailable(RuntimeError):
@@ -77,9 +82,82 @@ def embedded_access(path: str, wait_seconds: float, on_wait: Callable[[str], Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_embedded(path: str, wait_seconds: float) -> QdrantClient:
-    """The client, once the folder is ours (callers hold `embedded_access`). A client opened by someone who does
-    not take our lock (a user's own `QdrantClient(path=...)`) is waited out the same way."""
+def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+                  tell: Callable[[str], None] = lambda _: None) -> EdgeClient:
+    """The embedded index (Qdrant Edge, `edge.py`), once the folder is ours (callers hold `embedded_access`); a
+    folder that qdrant-client's local mode wrote is moved over first. A shard held by a process that does not take
+    our lock is waited out."""
+    migrate_local_mode(path, wait_seconds, tell)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        client = EdgeClient(Path(path) / EDGE_FOLDER, hnsw_threshold, tell)
+        try:
+            return client.open_existing()
+        except EdgeBusy as error:
+            client.close()
+            if time.monotonic() >= deadline:
+                raise IndexUnavailable(f"embedded Qdrant at {path} is held by a process outside vision-assets: "
+                                       f"{error}") from error
+            time.sleep(0.5)
+        except Exception as error:  # noqa: BLE001 - Edge raises bare Exceptions for a damaged shard
+            client.close()
+            raise IndexUnreadable(path, error) from error
+
+
+def migrate_local_mode(path: str, wait_seconds: float, tell: Callable[[str], None]) -> None:
+    """Move the points of a folder written by qdrant-client's local mode (the embedded default before Qdrant Edge:
+    `meta.json` and `collection/`) into Edge shards, once: collections with their vectors, payloads, payload
+    indexes and metadata, counted on both sides; the new shards appear only complete (built aside, then renamed)
+    and the old files are kept in `local-mode.migrated-<time>/` for a person to delete."""
+    folder = Path(path)
+    old_files = [folder / name for name in LOCAL_MODE_FILES if (folder / name).exists()]
+    if not old_files:
+        return
+    if not (folder / EDGE_FOLDER).exists():
+        tell(f"{path} holds an index written by qdrant-client's local mode; moving its points to Qdrant Edge (once)")
+        staging = folder / f"{EDGE_FOLDER}.migrating"
+        shutil.rmtree(staging, ignore_errors=True)
+        old = open_local_mode(path, wait_seconds)
+        new = EdgeClient(staging)
+        try:
+            for collection in old.get_collections().collections:
+                moved = _copy_collection(old, new, collection.name)
+                tell(f"  {collection.name}: {moved:,} points")
+        except (sqlite3.DatabaseError, json.JSONDecodeError, pickle.UnpicklingError, EOFError, KeyError, TypeError,
+                ValueError) as error:
+            raise IndexUnreadable(path, error) from error
+        finally:
+            old.close()
+            new.close()
+        os.replace(staging, folder / EDGE_FOLDER)
+    aside = folder / f"local-mode.migrated-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for old_file in old_files:
+        os.replace(old_file, aside / old_file.name)
+    tell(f"the embedded index is now Qdrant Edge's, in {folder / EDGE_FOLDER}; the old local-mode files are in "
+         f"{aside} (delete them once satisfied)")
+
+
+def _copy_collection(old: QdrantClient, new: EdgeClient, name: str) -> int:
+    info = old.get_collection(name)
+    new.create_collection(name, info.config.params.vectors, metadata=info.config.metadata)
+    for field_name, schema in (info.payload_schema or {}).items():
+        new.create_payload_index(name, field_name, schema.data_type)
+    moved, offset = 0, None
+    while True:
+        points, offset = old.scroll(name, limit=MIGRATION_PAGE, offset=offset, with_payload=True, with_vectors=True)
+        new.upsert(name, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+        moved += len(points)
+        if offset is None:
+            break
+    if new.count(name).count != old.count(name).count:
+        raise ValueError(f"collection {name}: {new.count(name).count} points written, {old.count(name).count} read")
+    return moved
+
+
+def open_local_mode(path: str, wait_seconds: float) -> QdrantClient:
+    """qdrant-client's local mode on a folder it wrote (for migration). A client opened by someone who does not
+    take our lock (a user's own `QdrantClient(path=...)`) is waited out."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:

@@ -1,0 +1,103 @@
+"""The embedded index on Qdrant Edge (vision/index/edge.py): what this project asks of Qdrant answered the same,
+booleans included (qdrant-edge-py 0.9.0 matches nothing on a boolean), HNSW built without a person, and a folder
+written by qdrant-client's local mode moved over with every point, payload index and collection metadata."""
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from tests.conftest import embedded_client
+from vision_assets.resources.vector_index import QdrantResource
+from vision_assets.vision.index.edge import EDGE_FOLDER, EdgeClient
+from vision_assets.vision.index.search import SearchFilters
+from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex, crop_point_id, image_point_id
+
+DIM = 8
+
+
+def unit(seed: int, n: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def catalogue(n: int = 12) -> list[ImagePoints]:
+    vectors, crops = unit(1, n), unit(2, n)
+    return [ImagePoints(f"im{i}.jpg", vectors[i], {"image_id": f"im{i}.jpg", "scene_tags": ["beach"] if i % 3 else []},
+                        crops[i:i + 1], [{"image_id": f"im{i}.jpg", "entity": "dog" if i % 2 else "cat",
+                                          "label": "golden retriever", "label_confidence": i / n,
+                                          "needs_review": i % 4 == 0, "clip_disagrees": i % 6 == 0}], [0])
+            for i in range(n)]
+
+
+def crops_matching(index: VectorIndex, filters: SearchFilters) -> set[str]:
+    found = index.client.query_points(index.crops, query=unit(3, 1)[0].tolist(), limit=100,
+                                      query_filter=filters.to_qdrant("crops"), with_payload=True).points
+    return {point.payload["image_id"] for point in found}
+
+
+def test_filters_booleans_included_answer_what_the_payloads_say(tmp_path):
+    client = EdgeClient(tmp_path / EDGE_FOLDER)
+    index = VectorIndex(client)
+    index.ensure_collections(DIM, "m")
+    index.upsert(catalogue())
+    review = {f"im{i}.jpg" for i in range(12) if i % 4 == 0}
+    assert crops_matching(index, SearchFilters(needs_review=True)) == review
+    assert crops_matching(index, SearchFilters(needs_review=False)) == {f"im{i}.jpg" for i in range(12)} - review
+    assert crops_matching(index, SearchFilters(clip_disagrees=True)) == {"im0.jpg", "im6.jpg"}
+    assert crops_matching(index, SearchFilters(entity="dog", min_confidence=0.5)) == {"im7.jpg", "im9.jpg", "im11.jpg"}
+    assert client.count(index.crops, count_filter=models.Filter(must_not=[models.HasIdCondition(
+        has_id=[crop_point_id("im0.jpg", 0)])])).count == 11
+    [point] = client.retrieve(index.crops, [crop_point_id("im4.jpg", 0)], with_payload=True)
+    assert point.payload["needs_review"] is True and set(point.payload) == set(catalogue()[4].crop_payloads[0])
+    assert client.get_collection(index.images).config.metadata["embedding_model"] == "m"
+    client.close()
+
+
+def test_hnsw_is_built_when_a_writer_closes_past_the_threshold(tmp_path):
+    messages: list[str] = []
+    client = EdgeClient(tmp_path / EDGE_FOLDER, hnsw_threshold=200, on_notice=messages.append)
+    index = VectorIndex(client)
+    index.ensure_collections(DIM, "m")
+    index.upsert(catalogue(150))
+    client.close()
+    assert messages == []  # 150 images, 150 crops: under the threshold, nothing built
+    client = embedded_client(tmp_path)
+    assert client.get_collection(index.images).indexed_vectors_count == 0
+    client.close()
+    client = EdgeClient(tmp_path / EDGE_FOLDER, hnsw_threshold=200, on_notice=messages.append).open_existing()
+    VectorIndex(client).upsert(catalogue(300)[150:])
+    client.close()
+    assert sorted(m for m in messages if m.startswith("building the HNSW index")) == [
+        "building the HNSW index of 'crops': 300 points are not in it yet",
+        "building the HNSW index of 'images': 300 points are not in it yet"]
+    client = embedded_client(tmp_path)
+    assert client.get_collection(index.images).indexed_vectors_count == 300
+    assert crops_matching(VectorIndex(client), SearchFilters(needs_review=True)) >= {"im0.jpg", "im296.jpg"}
+    client.close()
+
+
+def test_a_local_mode_folder_is_moved_to_edge_once_with_everything(tmp_path):
+    folder = tmp_path / "qdrant"
+    old = QdrantClient(path=str(folder))
+    VectorIndex(old).ensure_collections(DIM, "clip-m")
+    written = catalogue()
+    VectorIndex(old).upsert(written)
+    old.close()
+
+    heard: list[str] = []
+    qdrant = QdrantResource(path=str(folder))
+    with qdrant.open(on_wait=heard.append) as index:
+        assert index.client.count(index.images).count == 12 and index.client.count(index.crops).count == 12
+        [point] = index.client.retrieve(index.images, [image_point_id("im5.jpg")], with_vectors=True)
+        assert np.allclose(point.vector, written[5].image_vector, atol=1e-6)
+        assert point.payload == written[5].image_payload
+        assert index.client.get_collection(index.crops).config.metadata == {"embedding_model": "clip-m", "dimension": DIM}
+        assert crops_matching(index, SearchFilters(needs_review=True)) == {"im0.jpg", "im4.jpg", "im8.jpg"}
+    assert heard[0].endswith("holds an index written by qdrant-client's local mode; moving its points to Qdrant Edge (once)")
+    assert "  images: 12 points" in heard and "  crops: 12 points" in heard
+    [aside] = folder.glob("local-mode.migrated-*")
+    assert (aside / "meta.json").exists() and (aside / "collection").is_dir()
+    assert not (folder / "meta.json").exists()
+    heard.clear()
+    with qdrant.open(on_wait=heard.append) as index:  # once only
+        assert index.client.count(index.images).count == 12
+    assert heard == []
