@@ -129,9 +129,13 @@ def meter_everything(meter: Meter, instance: dg.DagsterInstance) -> None:
         meter.wrap(ResultsStore, name, "results store")
     from qdrant_client import QdrantClient
 
-    for name in QDRANT_CALLS:
-        meter.wrap(QdrantClient, name, "qdrant")
-    meter.wrap(QdrantClient, "__init__", "qdrant open")  # embedded Qdrant reads every point into memory here
+    from vision_assets.vision.index.edge import EdgeClient
+
+    for client_class in (QdrantClient, EdgeClient):  # a server, and the embedded index
+        for name in QDRANT_CALLS:
+            if hasattr(client_class, name):
+                meter.wrap(client_class, name, "qdrant")
+    meter.wrap(EdgeClient, "open_existing", "qdrant open")
     meter.wrap(YoloDetector, "detect", "models")
     meter.wrap(ClipEmbedder, "embed_images", "models")
     meter.wrap(ClipEmbedder, "prompt_vectors", "models")

@@ -158,7 +158,7 @@ def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models,
         assert len(bus.vector) == 64  # the tiny CLIP's dimension, taken from the model
         info = client.get_collection("crops")
         assert info.config.params.vectors.distance.value == "Cosine"
-        # (Embedded Qdrant accepts payload-index requests and ignores them; a server keeps them.)
+        assert {"image_id", "entity", "label", "label_confidence", "needs_review__keyword"} <= set(info.payload_schema)
     finally:
         client.close()
 

@@ -30,11 +30,14 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from .edge import DEFAULT_HNSW_THRESHOLD, EDGE_FOLDER, EdgeBusy, EdgeClient
 
-ACCESS_LOCK = "vision-assets.access.lock"  # ours; Qdrant's own is `.lock` in the same folder
+ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
 BUSY = "already accessed by another instance"
 REBUILD_COMMAND = "vision-assets reindex --rebuild"
 LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")  # what qdrant-client's local mode writes in its folder
 MIGRATION_PAGE = 1000
+# How qdrant-client's local mode fails on a damaged folder (its storage is SQLite rows of pickled points).
+LOCAL_MODE_DAMAGE = (sqlite3.DatabaseError, json.JSONDecodeError, pickle.UnpicklingError, EOFError, KeyError, TypeError,
+                     ValueError)
 
 
 class IndexUnavailable(RuntimeError):
@@ -123,15 +126,14 @@ def migrate_local_mode(path: str, wait_seconds: float, tell: Callable[[str], Non
             for collection in old.get_collections().collections:
                 moved = _copy_collection(old, new, collection.name)
                 tell(f"  {collection.name}: {moved:,} points")
-        except (sqlite3.DatabaseError, json.JSONDecodeError, pickle.UnpicklingError, EOFError, KeyError, TypeError,
-                ValueError) as error:
+        except LOCAL_MODE_DAMAGE as error:
             raise IndexUnreadable(path, error) from error
         finally:
             old.close()
             new.close()
         os.replace(staging, folder / EDGE_FOLDER)
     aside = folder / f"local-mode.migrated-{time.strftime('%Y%m%d-%H%M%S')}"
-    aside.mkdir()
+    aside.mkdir(exist_ok=True)
     for old_file in old_files:
         os.replace(old_file, aside / old_file.name)
     tell(f"the embedded index is now Qdrant Edge's, in {folder / EDGE_FOLDER}; the old local-mode files are in "
@@ -169,8 +171,7 @@ def open_local_mode(path: str, wait_seconds: float) -> QdrantClient:
                 raise IndexUnavailable(f"embedded Qdrant at {path} is held by a client outside vision-assets: "
                                        f"{error}") from error
             time.sleep(0.5)
-        except (sqlite3.DatabaseError, json.JSONDecodeError, pickle.UnpicklingError, EOFError, KeyError, TypeError,
-                ValueError) as error:
+        except LOCAL_MODE_DAMAGE as error:
             raise IndexUnreadable(path, error) from error
 
 

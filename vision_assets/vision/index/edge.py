@@ -72,6 +72,7 @@ class CollectionInfo:
     points_count: int
     indexed_vectors_count: int
     segments_count: int
+    payload_schema: dict[str, str]  # indexed field -> Edge's type name (a boolean's index is on its keyword twin)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ class EdgeClient:
         vectors = VectorsConfig(shard.meta["size"], models.Distance(shard.meta["distance"]))
         return CollectionInfo(CollectionConfig(CollectionParams(vectors),
                                                shard.meta["metadata"]),
-                              info.points_count, info.indexed_vectors_count, info.segments_count)
+                              info.points_count, info.indexed_vectors_count, info.segments_count,
+                              {name: str(index.data_type) for name, index in info.payload_schema.items()})
 
     # points
     def upsert(self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True) -> None:

@@ -1,0 +1,185 @@
+"""The embedded index at catalogue scale: N generated crop points (unit vectors of the CLIP dimension, payloads shaped
+like the pipeline's) written through the project's own index code (`VectorIndex` over Qdrant Edge), then: write
+rate, HNSW build time, the time a fresh process takes to open the folder and its memory, and search p50/p95 with
+and without each filter the CLI offers. The baseline is qdrant-client's local mode (the embedded default before
+Edge) on `--baseline` points, measured in the same invocation. The review views at 100,000 images are
+bench/review_views_bench.py's. Not part of the test suite.
+
+    uv run python bench/scale_bench.py [--points 1000000] [--baseline 20000] [--dim 512] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from vision_assets.vision.index.search import SearchFilters  # noqa: E402
+from vision_assets.vision.index.vector_index import VectorIndex  # noqa: E402
+
+ENTITIES = ["dog", "cat", "bird", "bear", "zebra", "horse", "sheep", "cow", "elephant", "giraffe"]
+LABELS = [f"label {i}" for i in range(200)]
+FILTERS = {
+    "none": SearchFilters(),
+    "entity": SearchFilters(entity="dog"),
+    "label": SearchFilters(label="label 7"),
+    "needs_review": SearchFilters(needs_review=True),
+    "clip_disagrees": SearchFilters(clip_disagrees=True),
+    "min_confidence": SearchFilters(min_confidence=0.9),
+    "entity+confidence+review": SearchFilters(entity="cat", min_confidence=0.5, needs_review=False),
+}
+WRITE_BATCH = 1000
+
+
+def crop_points(start: int, count: int, dim: int, rng: np.random.Generator) -> list:
+    from qdrant_client import models
+
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    points = []
+    for offset, vector in enumerate(vectors):
+        i = start + offset
+        label = LABELS[int(rng.integers(len(LABELS)))]
+        confidence = float(rng.random())
+        points.append(models.PointStruct(id=str(uuid.UUID(int=i + 1)), vector=vector.tolist(), payload={
+            "image_id": f"catalog/{i // 4:07d}.jpg", "source_uri": f"s3://bucket/uploads/catalog/{i // 4:07d}.jpg",
+            "entity": ENTITIES[i % len(ENTITIES)], "label": label, "labels": [label], "label_confidence": confidence,
+            "confidence": float(rng.random()), "box": [10, 20, 110, 220], "specialist": "dog_breeds",
+            "top_k": [{"label": label, "confidence": confidence}, {"label": "other", "confidence": 1 - confidence}],
+            "needs_review": confidence < 0.3, "clip_disagrees": i % 17 == 0, "review_reasons": [],
+            "embedding_model": "open_clip:ViT-B-32", "detector_model": "yolov8n"}))
+    return points
+
+
+def fill(index: VectorIndex, points: int, dim: int) -> float:
+    """Write `points` crop points; seconds taken."""
+    rng = np.random.default_rng(0)
+    index.ensure_collections(dim, "open_clip:ViT-B-32")
+    started = time.perf_counter()
+    for start in range(0, points, WRITE_BATCH):
+        index.client.upsert(index.crops, crop_points(start, min(WRITE_BATCH, points - start), dim, rng), wait=True)
+        if start and start % 100_000 == 0:
+            print(f"    {start:,} points written ({time.perf_counter() - started:.0f} s)", flush=True)
+    return time.perf_counter() - started
+
+
+MEASURE = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from bench.scale_bench import FILTERS
+from vision_assets.vision.index.vector_index import VectorIndex
+kind, path, dim, queries = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+from qdrant_client import QdrantClient
+from vision_assets.vision.index.connection import open_embedded
+before = rss()
+started = time.perf_counter()
+client = open_embedded(path, 60) if kind == "edge" else QdrantClient(path=path)
+index = VectorIndex(client)
+index.client.count(index.crops)
+opened = time.perf_counter() - started
+result = {"open_s": opened, "rss_open": rss() - before, "search": {}}
+rng = np.random.default_rng(1)
+for name, filters in FILTERS.items():
+    times = []
+    for _ in range(queries):
+        vector = rng.standard_normal(dim).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        t = time.perf_counter()
+        index.client.query_points(index.crops, query=vector.tolist(), query_filter=filters.to_qdrant("crops"),
+                                  limit=10, with_payload=True)
+        times.append(time.perf_counter() - t)
+    result["search"][name] = [float(np.percentile(times, 50)), float(np.percentile(times, 95))]
+result["rss_after"] = rss() - before
+client.close()
+print(json.dumps(result))
+"""
+
+
+def measure(kind: str, path: str, dim: int, queries: int) -> dict:
+    """Open the folder in a fresh process (as a run or a search does), then search; what it cost."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(ROOT), kind, path, str(dim), str(queries)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--baseline", type=int, default=20_000, help="local-mode points (0: skip the baseline)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--extend", type=int, default=20_000, help="points added afterwards, then HNSW again")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="scale-bench-"))
+    rows = {}
+    if args.baseline:
+        from qdrant_client import QdrantClient
+
+        print(f"baseline: qdrant-client local mode, {args.baseline:,} points", flush=True)
+        client = QdrantClient(path=str(home / "local"))
+        write = fill(VectorIndex(client), args.baseline, args.dim)
+        client.close()
+        rows["local"] = {"points": args.baseline, "write_s": write, "hnsw_s": None,
+                         **measure("local", str(home / "local"), args.dim, min(args.queries, 50))}
+
+    from vision_assets.vision.index.connection import open_embedded
+
+    print(f"Qdrant Edge, {args.points:,} points", flush=True)
+    client = open_embedded(str(home / "edge"), 60, hnsw_threshold=args.points + 1)  # HNSW timed on its own below
+    index = VectorIndex(client)
+    write = fill(index, args.points, args.dim)
+    hnsw = client.build_hnsw(index.crops)
+    client.close()
+    rows["edge"] = {"points": args.points, "write_s": write, "hnsw_s": hnsw,
+                    **measure("edge", str(home / "edge"), args.dim, args.queries)}
+    # what a run pays when its writes cross the threshold on a large index: the default threshold's worth of new
+    # points, then the HNSW build that a run's close would do
+    client = open_embedded(str(home / "edge"), 60, hnsw_threshold=args.points + 1)
+    index = VectorIndex(client)
+    rng = np.random.default_rng(2)
+    for start in range(args.points, args.points + args.extend, WRITE_BATCH):
+        index.client.upsert(index.crops, crop_points(start, min(WRITE_BATCH, args.points + args.extend - start),
+                                                     args.dim, rng), wait=True)
+    rows["edge"]["extend_s"] = client.build_hnsw(index.crops)
+    info = client.get_collection(index.crops)
+    rows["edge"]["segments"] = info.segments_count
+    client.close()
+    disk = sum(f.stat().st_size for f in (home / "edge").rglob("*") if f.is_file())
+
+    print(f"\nthe embedded index, {args.dim}-d crop points with the pipeline's payloads (2-core machine)")
+    base = rows.get("local")
+    for kind, row in rows.items():
+        name = "qdrant-client local mode (before)" if kind == "local" else "Qdrant Edge"
+        print(f"  {name}, {row['points']:,} points: written in {row['write_s']:.0f} s "
+              f"({row['points'] / row['write_s']:,.0f} points/s)"
+              + (f", HNSW built in {row['hnsw_s']:.0f} s" if row["hnsw_s"] is not None else ""))
+        ratio = f" ({row['open_s'] / base['open_s']:.2f}x the baseline)" if base and kind != "local" else ""
+        print(f"    a fresh process opens it in {row['open_s']:.2f} s{ratio}, +{row['rss_open'] / 2**20:,.0f} MiB "
+              f"resident (+{row['rss_after'] / 2**20:,.0f} MiB after the searches)")
+        for filter_name, (p50, p95) in row["search"].items():
+            ratio = (f" ({p95 / base['search'][filter_name][1]:.2f}x the baseline's p95)" if base and kind != "local"
+                     else "")
+            print(f"    search, filter {filter_name:<26} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms{ratio}")
+    edge = rows["edge"]
+    print(f"  then {args.extend:,} more points and HNSW again (what a run crossing the threshold pays): "
+          f"{edge['extend_s']:.0f} s; {edge['segments']} segment(s)")
+    print(f"  Qdrant Edge folder on disk: {disk / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
