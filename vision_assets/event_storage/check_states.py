@@ -44,12 +44,14 @@ class OnePassCheckStates:
         infos: dict[AssetCheckKey, list[AssetCheckPartitionInfo]] = defaultdict(list)
         for info in self.get_asset_check_partition_info(check_keys):
             infos[info.check_key].append(info)
-        states = {key: _gathered(key, partitions_def, infos[key], set(self.get_dynamic_partitions(partitions_def.name)))
+        registered = {name: set(self.get_dynamic_partitions(name)) for name in {d.name for _, d in keys}}
+        states = {key: _gathered(key, partitions_def, infos[key], registered[partitions_def.name])
                   for key, partitions_def in keys}
         run_ids = {run_id for state in states.values() for run_id in state.in_progress_runs}
         finished = {run.run_id: run.status for run in self._instance.get_runs(
             filters=RunsFilter(run_ids=sorted(run_ids), statuses=FINISHED_STATUSES))} if run_ids else {}
-        return {key: state.with_updates(key, dict(keys)[key], [], finished) for key, state in states.items()}
+        partitions_defs = dict(keys)
+        return {key: state.with_updates(key, partitions_defs[key], [], finished) for key, state in states.items()}
 
 
 def _named_dynamic(partitions_def: PartitionsDefinition | None) -> bool:
