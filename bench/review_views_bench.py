@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -201,20 +202,25 @@ def in_chromium(home: Path, size: int) -> float:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(60_000)
             page.goto(f"{base}/assets/{CHECK.asset.to_user_string()}?view=checks&checkDetail={CHECK.name}")
             try:
                 page.get_by_role("button", name="Skip").click(timeout=5_000)  # the first-visit dialog
             except Exception:  # noqa: BLE001 - no dialog this time
                 pass
+            page.get_by_text("Execution history", exact=True).wait_for()  # the check's own tabs are there
             started = time.perf_counter()
-            page.get_by_text("Partitions", exact=True).last.click()
-            # the inputs are hidden behind their styling: attached, with the count in their label
-            page.get_by_role("checkbox", name=f"Failed ({failed:,})").or_(
-                page.get_by_role("checkbox", name=f"Failed ({failed})")).first.wait_for(state="attached")
-            elapsed = time.perf_counter() - started
+            page.get_by_text("Partitions", exact=True).last.click()  # the check's Partitions tab, not the asset's
             shots = ROOT / "test-artifacts" / "ui"
             shots.mkdir(parents=True, exist_ok=True)
+            # the inputs are hidden behind their styling: attached, with the count in their label
+            try:
+                page.get_by_role("checkbox", name=re.compile(rf"^Failed \({failed:,}\)$|^Failed \({failed}\)$")
+                                 ).first.wait_for(state="attached")
+            except Exception:
+                page.screenshot(path=shots / f"check-partitions-{size}-timeout.png")
+                raise
+            elapsed = time.perf_counter() - started
             page.screenshot(path=shots / f"check-partitions-{size}.png")
             browser.close()
         return elapsed
