@@ -184,7 +184,7 @@ class EdgeClient:
         shard = self._open(collection_name)
         found = shard.shard.query(edge.QueryRequest(
             limit=limit, offset=offset or None, query=edge.Query.Nearest(list(query)),
-            filter=_filter(query_filter) if query_filter else None,
+            filter=_filter(query_filter),
             with_payload=with_payload, with_vector=with_vectors))
         return QueryResponse([_record(p, with_payload, with_vectors, score=p.score) for p in found])
 
@@ -193,14 +193,14 @@ class EdgeClient:
                with_vectors: bool = False) -> tuple[list[Record], str | None]:
         shard = self._open(collection_name)
         found, next_offset = shard.shard.scroll(edge.ScrollRequest(
-            offset=offset, limit=limit, filter=_filter(scroll_filter) if scroll_filter else None,
+            offset=offset, limit=limit, filter=_filter(scroll_filter),
             with_payload=with_payload, with_vector=with_vectors))
         return [_record(r, with_payload, with_vectors) for r in found], None if next_offset is None else str(next_offset)
 
     def count(self, collection_name: str, count_filter: models.Filter | None = None, exact: bool = True) -> CountResult:
         shard = self._open(collection_name)
         return CountResult(shard.shard.count(edge.CountRequest(
-            exact=True, filter=_filter(count_filter) if count_filter else None)))
+            exact=True, filter=_filter(count_filter))))
 
     # lifetime
     def open_existing(self) -> EdgeClient:
@@ -269,7 +269,10 @@ def _record(found: Any, with_payload: bool, with_vectors: Any, score: float = 0.
                   list(vector) if vector is not None else None, score)
 
 
-def _filter(query_filter: models.Filter) -> edge.Filter:
+def _filter(query_filter: models.Filter | None) -> edge.Filter | None:
+    if query_filter is None:
+        return None
+
     def conditions(items: Any) -> list[Any] | None:
         if items is None:
             return None
