@@ -71,6 +71,33 @@ def image_bytes(size=(64, 48), mode="RGB", fmt="PNG", color=(200, 30, 30), **sav
     return buffer.getvalue()
 
 
+def phone_photo_bytes(size=(96, 64), fmt="HEIF", orientation: int = 1, taken="2026:07:14 09:30:05",
+                      offset: str | None = "+02:00", gps=((52.0, 22.0, 12.5), "N", (4.0, 53.0, 30.0), "E"),
+                      make="Apple", model="iPhone 15 Pro") -> bytes:
+    """A photo as a phone writes it: HEIC (or JPEG) with EXIF capture time, UTC offset, GPS and camera. The left
+    quarter is blue, the rest red, so a test can tell which way it was turned. Built with pillow-heif's encoder
+    (x265, in its wheel), without registering its Pillow plugin here: decoding is the project's business."""
+    import pillow_heif
+
+    image = Image.new("RGB", size, (220, 20, 20))
+    image.paste((20, 20, 220), (0, 0, size[0] // 4, size[1]))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0110] = orientation, make, model
+    details = exif.get_ifd(0x8769)
+    details[0x9003] = taken
+    if offset:
+        details[0x9011] = offset
+    if gps:
+        position = exif.get_ifd(0x8825)
+        position[2], position[1], position[4], position[3] = gps
+    buffer = io.BytesIO()
+    if fmt == "HEIF":
+        pillow_heif.from_pillow(image).save(buffer, quality=90, exif=exif.tobytes())
+    else:
+        image.save(buffer, format=fmt, exif=exif)
+    return buffer.getvalue()
+
+
 def corpus_files() -> list[Path]:
     if not CORPUS.is_dir():
         pytest.skip(f"corpus not found at {CORPUS}")
@@ -125,7 +152,7 @@ def s3_image_store(s3_endpoint, bucket) -> S3ImageStore:
         bucket=bucket,
         prefix="uploads/",
         results_prefix="results/",
-        image_extensions=[".jpg", ".jpeg", ".png", ".gif", ".webp", ".txt"],
+        image_extensions=[".jpg", ".jpeg", ".png", ".gif", ".webp", ".heic", ".txt"],
     )
 
 

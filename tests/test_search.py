@@ -57,6 +57,16 @@ def test_filters(searcher):
                                                filters=SearchFilters(needs_review=False))) == len(crops)
 
 
+def test_a_place_reads_as_a_person_writes_it():
+    from vision_assets.vision.index.search import Place
+
+    assert Place.parse("52.37, 4.89, 5km") == Place(52.37, 4.89, 5000.0)
+    assert Place.parse("-33.8,151.2,250m").radius_m == 250.0
+    for wrong in ("52.37,4.89", "91,0,1km", "a,b,c", "1,2,0"):
+        with pytest.raises(SearchError):
+            Place.parse(wrong)
+
+
 def test_scene_and_second_opinion_filters(searcher):
     images = searcher.by_text("anything", limit=10)
     tagged = next(h for h in images if h.scene_tags)  # tiny random CLIP: some image clears the tag threshold

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dagster_aws.s3 import S3Resource
 
-from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, ui_check_statuses
+from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, phone_photo_bytes, ui_check_statuses
 from tests.vision.images.test_validation import png_header_only
 from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
 from vision_assets.definitions import build_definitions
@@ -20,6 +20,7 @@ GOOD = {
     "good.jpg": image_bytes((120, 90), fmt="JPEG"),
     "good transparent.png": image_bytes((64, 64), mode="RGBA", color=(0, 0, 0, 0)),
     "actually-a-png.jpg": image_bytes((50, 50), fmt="PNG"),
+    "IMG_0042.HEIC": phone_photo_bytes((160, 120), orientation=6),  # an iPhone photo, taken upright
 }
 PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
 BAD = {
@@ -60,6 +61,17 @@ def test_a_batch_with_bad_images_succeeds_and_every_image_is_accounted_for(batch
     for name, (_, code) in BAD.items():
         record = s3_image_store.results.read_source_record(partition_key_for(name))
         assert record.status == "rejected" and record.rejection.code.value == code, name
+
+
+def test_a_phone_photo_is_registered_upright_with_when_and_where(batch_run, s3_image_store):
+    record = s3_image_store.results.read_source_record(partition_key_for("IMG_0042.HEIC"))
+    assert record.is_valid and record.facts.format == "HEIF"
+    assert (record.normalized_width, record.normalized_height) == (120, 160)
+    _, normalized = s3_image_store.objects.get(record.normalized_key)
+    assert Image.open(io.BytesIO(normalized)).size == (120, 160)
+    capture = record.facts.capture
+    assert capture.taken_at.isoformat() == "2026-07-14T09:30:05+02:00" and capture.camera == "Apple iPhone 15 Pro"
+    assert round(capture.latitude, 4) == 52.3701 and round(capture.longitude, 4) == 4.8917
 
 
 def test_per_image_metadata_is_per_partition(batch_run):

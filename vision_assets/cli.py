@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from datetime import datetime, timezone
 
 from .event_storage import EVENT_BATCH_SIZE, sqlite_storage
 from .settings import Settings
@@ -192,13 +193,19 @@ def search(args: argparse.Namespace) -> int:
 
     from .definitions import model_resources_from, resources_outside_dagster
     from .vision.index.connection import IndexUnavailable, IndexUnreadable
-    from .vision.index.search import SearchError, Searcher, SearchFilters
+    from .vision.index.search import Place, SearchError, Searcher, SearchFilters
 
     settings = Settings.from_env()
     models = model_resources_from(settings)
+    try:
+        near = Place.parse(args.near) if args.near else None
+    except SearchError as error:
+        print(f"vision-assets search: {error}", file=sys.stderr)
+        return 2
     filters = SearchFilters(entity=args.entity, label=args.label, coral_health=args.coral_health,
                             min_confidence=args.min_confidence, needs_review=args.needs_review, scene=args.scene,
-                            clip_disagrees=args.clip_disagrees)
+                            clip_disagrees=args.clip_disagrees, taken_after=args.taken_after,
+                            taken_before=args.taken_before, near=near, camera=args.camera)
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
     tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)  # noqa: E731
@@ -324,6 +331,15 @@ def quiet_dagster_maturity_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".* is currently in (preview|beta)\b")
 
 
+def _when(text: str) -> datetime:
+    """An ISO date or time for a search filter; without a zone it is UTC, as EXIF times without an offset are."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_dagster_maturity_warnings()
     parser = argparse.ArgumentParser(prog="vision-assets", description=__doc__)
@@ -348,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     search_parser.add_argument("--scene", help="images only: a scene tag, e.g. beach")
     search_parser.add_argument("--clip-disagrees", action="store_true", default=None,
                                help="only what CLIP's second opinion contradicts (crops, or images with such crops)")
+    search_parser.add_argument("--taken-after", type=_when, metavar="TIME",
+                               help="EXIF capture time at or after, e.g. 2026-07-01 or 2026-07-01T09:00+02:00")
+    search_parser.add_argument("--taken-before", type=_when, metavar="TIME", help="EXIF capture time at or before")
+    search_parser.add_argument("--near", metavar="LAT,LON,RADIUS", help="EXIF GPS position within RADIUS of a point, "
+                               "e.g. 52.37,4.89,5km")
+    search_parser.add_argument("--camera", help='EXIF camera, e.g. "Apple iPhone 15 Pro"')
     review = search_parser.add_mutually_exclusive_group()
     review.add_argument("--needs-review", dest="needs_review", action="store_true", default=None)
     review.add_argument("--reviewed", dest="needs_review", action="store_false")

@@ -13,7 +13,7 @@ from .vision.models import defaults
 from .vision.committee.routing import CORAL, DEFAULT_ROUTES, format_routes, parse_routes
 from .vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES, format_scenes, parse_scenes
 
-DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif"
+DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif,.heic,.heif"
 
 # name -> (default, description). Defaults of None mean "unset".
 ENVIRONMENT: dict[str, tuple[str | None, str]] = {

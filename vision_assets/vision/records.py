@@ -55,6 +55,15 @@ class Rejection(BaseModel):
     message: str
 
 
+class CaptureFacts(BaseModel):
+    """When, where and with what the photo was taken, as its EXIF says (vision/images/exif.py)."""
+
+    taken_at: datetime | None = None  # an instant when the camera wrote its UTC offset, else its clock read as UTC
+    latitude: float | None = None
+    longitude: float | None = None
+    camera: str | None = None  # "Apple iPhone 15 Pro"
+
+
 class ImageFacts(BaseModel):
     """What validation learnt about a decodable image."""
 
@@ -66,6 +75,7 @@ class ImageFacts(BaseModel):
     exif_orientation: int | None = None
     icc_profile: bool = False
     phash: str
+    capture: CaptureFacts | None = None
 
 
 class SourceImageRecord(BaseModel):

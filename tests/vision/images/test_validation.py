@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import corpus_files, image_bytes
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import corpus_files, image_bytes, phone_photo_bytes
 from vision_assets.vision.images.validation import ValidationLimits, ValidImage, validate_image
 from vision_assets.vision.records import Rejection, RejectionCode
 
@@ -78,6 +80,40 @@ def test_exif_orientation_is_applied():
     outcome = valid(buffer.getvalue())
     assert (outcome.facts.width, outcome.facts.height) == (40, 80)
     assert outcome.facts.exif_orientation == 6
+
+
+def test_an_iphone_heic_decodes_upright_with_its_capture_facts():
+    data = phone_photo_bytes(size=(96, 64), orientation=6)  # held upright: stored landscape, shown portrait
+    assert data[4:12] == b"ftypheic"
+    outcome = valid(data)
+    assert outcome.facts.format == "HEIF"
+    assert (outcome.facts.width, outcome.facts.height) == (64, 96)  # turned once, by libheif, not twice
+    assert outcome.rgb.getpixel((32, 5))[2] > 150 and outcome.rgb.getpixel((32, 90))[0] > 150  # blue went to the top
+    capture = outcome.facts.capture
+    assert capture.taken_at == datetime(2026, 7, 14, 9, 30, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert (capture.latitude, capture.longitude) == (pytest.approx(52.370139), pytest.approx(4.891667))
+    assert capture.camera == "Apple iPhone 15 Pro"
+
+
+def test_capture_facts_from_a_jpeg_south_west_and_no_offset():
+    data = phone_photo_bytes(fmt="JPEG", offset=None, make="Canon", model="Canon EOS R5",
+                             gps=((33.0, 51.0, 54.0), "S", (151.0, 12.0, 36.0), "W"))
+    capture = valid(data).facts.capture
+    assert capture.taken_at == datetime(2026, 7, 14, 9, 30, 5, tzinfo=timezone.utc)  # the camera's clock, as UTC
+    assert (capture.latitude, capture.longitude) == (pytest.approx(-33.865), pytest.approx(-151.21))
+    assert capture.camera == "Canon EOS R5"  # the model already names its maker
+
+
+def test_placeholder_exif_gives_no_capture_facts():
+    data = phone_photo_bytes(fmt="JPEG", taken="0000:00:00 00:00:00", gps=((0.0, 0.0, 0.0), "N", (0.0, 0.0, 0.0), "E"),
+                             make="", model="")
+    assert valid(data).facts.capture is None
+    assert valid(image_bytes(fmt="JPEG")).facts.capture is None  # no EXIF at all
+
+
+def test_a_truncated_heic_is_corrupt_not_a_crash():
+    data = phone_photo_bytes()
+    rejected(data[: len(data) // 2], RejectionCode.CORRUPT)
 
 
 def test_animated_gif_uses_the_first_frame():

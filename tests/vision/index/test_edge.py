@@ -52,6 +52,58 @@ def test_filters_booleans_included_answer_what_the_payloads_say(tmp_path):
     client.close()
 
 
+def photographed(n: int = 12) -> list[ImagePoints]:
+    """Crops with EXIF capture facts as `capture_payload` writes them: one a day from 1 July, a kilometre further
+    east of Amsterdam's Dam square each time; every third photo says nothing."""
+    points = catalogue(n)
+    for i, image in enumerate(points):
+        if i % 3 == 2:
+            continue
+        image.crop_payloads[0] |= {"taken_at": f"2026-07-{i + 1:02d}T12:00:00+02:00",
+                                   "location": {"lat": 52.373, "lon": 4.893 + i * 0.0147}, "camera": f"phone {i % 2}"}
+    return points
+
+
+def test_time_place_and_camera_filters_answer_as_qdrant_does(tmp_path):
+    from datetime import datetime, timezone
+
+    from vision_assets.vision.index.search import Place
+
+    edge_client, reference = EdgeClient(tmp_path / EDGE_FOLDER), QdrantClient(":memory:")
+    indexes = [VectorIndex(edge_client), VectorIndex(reference)]
+    for index in indexes:
+        index.ensure_collections(DIM, "m")
+        index.upsert(photographed())
+    utc = timezone.utc
+    questions = {
+        SearchFilters(taken_after=datetime(2026, 7, 4, tzinfo=utc), taken_before=datetime(2026, 7, 8, tzinfo=utc)):
+            {"im3.jpg", "im4.jpg", "im6.jpg"},
+        SearchFilters(taken_before=datetime(2026, 7, 1, 10, 0, 1, tzinfo=utc)): {"im0.jpg"},  # 12:00+02:00 = 10:00 UTC
+        SearchFilters(near=Place.parse("52.373,4.893,2.5km")): {"im0.jpg", "im1.jpg"},  # ~1 km a step
+        SearchFilters(near=Place.parse("52.373,4.893,2.5km"), camera="phone 1"): {"im1.jpg"},
+        SearchFilters(entity="dog", taken_after=datetime(2026, 7, 9, tzinfo=utc)): {"im9.jpg"},
+    }
+    for filters, expected in questions.items():
+        assert [crops_matching(index, filters) for index in indexes] == [expected, expected], filters
+    edge_client.close()
+
+
+def test_a_collection_from_an_older_version_gains_the_new_payload_indexes(tmp_path):
+    client = EdgeClient(tmp_path / EDGE_FOLDER)
+    index = VectorIndex(client)
+    index.ensure_collections(DIM, "m")
+    shard = client._open(index.crops).shard  # noqa: SLF001 - dropping indexes by hand, as an older version had none
+    import qdrant_edge as edge
+    for name in ("taken_at", "location", "camera"):
+        shard.update(edge.UpdateOperation.delete_field_index(name))
+    assert "taken_at" not in client.get_collection(index.crops).payload_schema
+    index.upsert(photographed())
+    index.ensure_collections(DIM, "m")
+    assert {"taken_at", "location", "camera", "needs_review"} <= set(client.get_collection(index.crops).payload_schema)
+    assert crops_matching(index, SearchFilters(camera="phone 0")) == {"im0.jpg", "im4.jpg", "im6.jpg", "im10.jpg"}
+    client.close()
+
+
 def test_hnsw_is_built_when_a_writer_closes_past_the_threshold(tmp_path):
     messages: list[str] = []
     client = EdgeClient(tmp_path / EDGE_FOLDER, hnsw_threshold=200, on_notice=messages.append)

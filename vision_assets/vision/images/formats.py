@@ -45,7 +45,7 @@ _OTHER_SIGNATURES: list[tuple[str, Signature]] = [
 
 # Photo formats the pipeline accepts by default. The rest of `_IMAGE_SIGNATURES` are recognised so they get a
 # precise "unsupported format" rejection instead of "not an image".
-DEFAULT_ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "JPEG2000", "AVIF"})
+DEFAULT_ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "JPEG2000", "AVIF", "HEIF"})
 
 SNIFF_BYTES = 32
 

@@ -19,7 +19,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from ..records import ImageFacts, Rejection, RejectionCode
+from ..records import CaptureFacts, ImageFacts, Rejection, RejectionCode
+from .exif import capture_facts
 from .opener import restore_pillow_open
 from .formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
 
@@ -73,6 +74,7 @@ def _validate(data: bytes, limits: ValidationLimits) -> ValidImage:
     with warnings_of_this_thread() as caught:
         image = _open_and_decode(data, image_format, limits)
         facts_before_orientation = (image.mode, getattr(image, "n_frames", 1))
+        capture = _capture_facts(image, notes)
         orientation, image = _apply_exif_orientation(image, notes)
         icc = bool(image.info.get("icc_profile"))
         rgb = to_rgb(image, notes)
@@ -93,6 +95,7 @@ def _validate(data: bytes, limits: ValidationLimits) -> ValidImage:
         exif_orientation=orientation,
         icc_profile=icc,
         phash=str(imagehash.phash(rgb)),
+        capture=capture,
     )
     return ValidImage(rgb=rgb, facts=facts, warnings=notes)
 
@@ -184,6 +187,14 @@ def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -
     except Exception as error:  # noqa: BLE001
         raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
     return image
+
+
+def _capture_facts(image: Image.Image, notes: list[str]) -> CaptureFacts | None:
+    try:
+        return capture_facts(image)
+    except Exception as error:  # noqa: BLE001 - broken EXIF must not cost us a good picture
+        notes.append(f"EXIF unreadable, capture time and place not kept: {_describe(error)}")
+        return None
 
 
 def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> tuple[int | None, Image.Image]:

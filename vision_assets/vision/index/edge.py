@@ -39,6 +39,8 @@ SCHEMA_TYPES = {
     models.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
     models.PayloadSchemaType.INTEGER: edge.PayloadSchemaType.Integer,
     models.PayloadSchemaType.BOOL: edge.PayloadSchemaType.Keyword,  # on the keyword twin, see above
+    models.PayloadSchemaType.DATETIME: edge.PayloadSchemaType.Datetime,
+    models.PayloadSchemaType.GEO: edge.PayloadSchemaType.Geo,
 }
 DISTANCES = {models.Distance.COSINE: edge.Distance.Cosine, models.Distance.DOT: edge.Distance.Dot,
              models.Distance.EUCLID: edge.Distance.Euclid, models.Distance.MANHATTAN: edge.Distance.Manhattan}
@@ -72,7 +74,7 @@ class CollectionInfo:
     points_count: int
     indexed_vectors_count: int
     segments_count: int
-    payload_schema: dict[str, str]  # indexed field -> Edge's type name (a boolean's index is on its keyword twin)
+    payload_schema: dict[str, str]  # indexed field -> Edge's type name (a boolean's: Keyword, on its twin)
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ class EdgeClient:
         return CollectionInfo(CollectionConfig(CollectionParams(vectors),
                                                shard.meta["metadata"]),
                               info.points_count, info.indexed_vectors_count, info.segments_count,
-                              {name: str(index.data_type) for name, index in info.payload_schema.items()})
+                              {name.removesuffix(BOOLEAN_SUFFIX): str(index.data_type)
+                               for name, index in info.payload_schema.items()})
 
     # points
     def upsert(self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True) -> None:
@@ -297,4 +300,13 @@ def _condition(condition: Any) -> Any:
         if isinstance(condition.range, models.Range) and condition.match is None:
             r = condition.range
             return edge.FieldCondition(condition.key, range=edge.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
+        if isinstance(condition.range, models.DatetimeRange) and condition.match is None:
+            r = condition.range
+            stamp = lambda value: value.isoformat() if hasattr(value, "isoformat") else value  # noqa: E731
+            return edge.FieldCondition(condition.key, range=edge.RangeDateTime(
+                gte=stamp(r.gte), gt=stamp(r.gt), lte=stamp(r.lte), lt=stamp(r.lt)))
+        if condition.geo_radius is not None and condition.match is None and condition.range is None:
+            center = condition.geo_radius.center
+            return edge.FieldCondition(condition.key, geo_radius=edge.GeoRadius(
+                edge.GeoPoint(lon=center.lon, lat=center.lat), condition.geo_radius.radius))
     raise NotImplementedError(f"the embedded index does not translate this filter condition: {condition!r}")

@@ -9,8 +9,25 @@ from ..records import CropLabels, DetectionsRecord, EmbeddingsRecord, LabelsReco
 SCENE_SCORES_KEPT = 5  # the most likely scene tags' probabilities, for display; the filter is `scene_tags`
 
 
+def capture_payload(source: SourceImageRecord) -> dict[str, Any]:
+    """When, where and with what the photo was taken (EXIF), on image and crop points alike, so both can be
+    filtered by time range and place. `location` is Qdrant's geo format; absent fields are left out, not null,
+    so a filter on them never matches a photo that did not say."""
+    capture = source.facts.capture if source.facts else None
+    if capture is None:
+        return {}
+    payload: dict[str, Any] = {}
+    if capture.taken_at:
+        payload["taken_at"] = capture.taken_at.isoformat()
+    if capture.latitude is not None and capture.longitude is not None:
+        payload["location"] = {"lat": capture.latitude, "lon": capture.longitude}
+    if capture.camera:
+        payload["camera"] = capture.camera
+    return payload
+
+
 def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
-    payload: dict[str, Any] = {
+    payload: dict[str, Any] = capture_payload(source) | {
         "image_id": source.partition_key,
         "object_key": source.object_key,  # the raw key, for applications that address the store themselves
         "source_uri": source.source_uri,
@@ -60,7 +77,7 @@ def image_payload(
     crop_labels = [c.specialist for c in labels.crops if c.specialist]
     scene = labels.scene
     tags = embedded.scene
-    return {
+    return capture_payload(source) | {
         "image_id": source.partition_key,
         "object_key": source.object_key,
         "source_uri": source.source_uri,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -22,6 +23,28 @@ class SearchError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Place:
+    """A circle on the map: photos whose EXIF position lies within `radius_m` metres of the centre."""
+
+    latitude: float
+    longitude: float
+    radius_m: float
+
+    @classmethod
+    def parse(cls, text: str) -> Place:
+        """`52.37,4.89,5km` (or `...,500m`, or plain metres)."""
+        try:
+            latitude, longitude, radius = (part.strip() for part in text.split(","))
+            metres = float(radius[:-2]) * 1000 if radius.endswith("km") else float(radius.removesuffix("m"))
+            place = cls(float(latitude), float(longitude), metres)
+        except ValueError as error:
+            raise SearchError(f"a place is LAT,LON,RADIUS such as 52.37,4.89,5km, not {text!r}") from error
+        if not (-90 <= place.latitude <= 90 and -180 <= place.longitude <= 180 and place.radius_m > 0):
+            raise SearchError(f"{text!r} is off the map or has no radius")
+        return place
+
+
+@dataclass(frozen=True)
 class SearchFilters:
     entity: str | None = None  # detector class: "dog", "person"
     label: str | None = None  # an expert's label: "golden retriever", "bald eagle"
@@ -30,9 +53,21 @@ class SearchFilters:
     needs_review: bool | None = None
     scene: str | None = None  # images only: a scene tag ("beach")
     clip_disagrees: bool | None = None  # CLIP's second opinion contradicts the detector or the expert
+    taken_after: datetime | None = None  # EXIF capture time, inclusive; a naive time is read as UTC
+    taken_before: datetime | None = None
+    near: Place | None = None  # EXIF GPS position within a radius
+    camera: str | None = None  # "Apple iPhone 15 Pro"
 
     def to_qdrant(self, target: Target) -> models.Filter | None:
         must: list[models.Condition] = []
+        if self.taken_after or self.taken_before:
+            must.append(models.FieldCondition(key="taken_at", range=models.DatetimeRange(
+                gte=self.taken_after, lte=self.taken_before)))
+        if self.near:
+            must.append(models.FieldCondition(key="location", geo_radius=models.GeoRadius(
+                center=models.GeoPoint(lat=self.near.latitude, lon=self.near.longitude), radius=self.near.radius_m)))
+        if self.camera:
+            must.append(_match("camera", self.camera))
         if self.entity:
             must.append(_match("entity", self.entity))
         if self.label:
@@ -68,6 +103,8 @@ class SearchHit:
     needs_review: bool = False
     review_reasons: list[str] = field(default_factory=list)
     scene_tags: list[str] = field(default_factory=list)
+    taken_at: str | None = None
+    location: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +116,10 @@ class SearchHit:
             "  [needs review]" if self.needs_review else "")
         entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
         scene = f"  scene: {', '.join(self.scene_tags)}" if self.scene_tags else ""
-        return f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){scene}{flag}\n        {self.source_uri}"
+        taken = f"  taken {self.taken_at}" if self.taken_at else ""
+        place = f" at {self.location['lat']:.5f},{self.location['lon']:.5f}" if self.location else ""
+        return (f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){scene}{flag}\n        {self.source_uri}"
+                f"{taken}{place}")
 
 
 class Embeds(Protocol):
@@ -159,4 +199,6 @@ def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
         needs_review=bool(payload.get("needs_review")),
         review_reasons=list(payload.get("review_reasons") or []),
         scene_tags=list(payload.get("scene_tags") or []),
+        taken_at=payload.get("taken_at"),
+        location=payload.get("location"),
     )

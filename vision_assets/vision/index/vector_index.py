@@ -16,9 +16,15 @@ from qdrant_client import QdrantClient, models
 POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
 IMAGES = "images"
 CROPS = "crops"
-KEYWORD_FIELDS = ("image_id", "entity", "label", "labels", "specialist", "sha256", "embedding_model", "scene_tags")
+KEYWORD_FIELDS = ("image_id", "entity", "label", "labels", "specialist", "sha256", "embedding_model", "scene_tags",
+                  "camera")
 FLOAT_FIELDS = ("confidence", "label_confidence")
 BOOL_FIELDS = ("needs_review", "clip_disagrees")
+DATETIME_FIELDS = ("taken_at",)
+GEO_FIELDS = ("location",)
+PAYLOAD_INDEXES = ((models.PayloadSchemaType.KEYWORD, KEYWORD_FIELDS), (models.PayloadSchemaType.FLOAT, FLOAT_FIELDS),
+                   (models.PayloadSchemaType.BOOL, BOOL_FIELDS), (models.PayloadSchemaType.DATETIME, DATETIME_FIELDS),
+                   (models.PayloadSchemaType.GEO, GEO_FIELDS))
 LOOKUP_BATCH = 1000  # point ids per retrieve call
 
 
@@ -68,18 +74,23 @@ class VectorIndex:
         for name in (self.images, self.crops):
             if self.client.collection_exists(name):
                 self._verify(name, dimension, embedding_model)
+                self._add_missing_indexes(name)
                 continue
             self.client.create_collection(
                 name,
                 vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
                 metadata={"embedding_model": embedding_model, "dimension": dimension},
             )
-            for field_name in KEYWORD_FIELDS:
-                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.KEYWORD)
-            for field_name in FLOAT_FIELDS:
-                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.FLOAT)
-            for field_name in BOOL_FIELDS:
-                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.BOOL)
+            self._add_missing_indexes(name)
+
+    def _add_missing_indexes(self, name: str) -> None:
+        """Every payload index this version filters on; a collection made by an older version gains the new ones
+        (Qdrant builds an index over the points already there)."""
+        existing = self.client.get_collection(name).payload_schema or {}
+        for schema, fields in PAYLOAD_INDEXES:
+            for field_name in fields:
+                if field_name not in existing:
+                    self.client.create_payload_index(name, field_name, schema)
 
     def _verify(self, name: str, dimension: int, embedding_model: str) -> None:
         info = self.client.get_collection(name)
