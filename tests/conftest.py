@@ -186,16 +186,18 @@ def check_statuses(state) -> dict[str, set[str]]:
 
 
 class SensorDriver:
-    """Evaluates the upload sensor the way the daemon does: resolve run requests against the instance, apply the
-    partition additions, keep the cursor between ticks."""
+    """Evaluates a sensor (the upload sensor unless told) the way the daemon does: resolve run requests against the
+    instance, apply the partition additions, keep the cursor between ticks."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, whole_pipeline: bool = False):
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, whole_pipeline: bool = False,
+                 sensor: str = "upload_sensor"):
         # Ingest tests stop after source_images (no model work).
         ingest_only = dg.define_asset_job("ingest_only", selection=dg.AssetSelection.assets(SOURCE_IMAGES))
-        self.defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[ingest_only]))
+        has_it = any(getattr(job, "name", None) == "ingest_only" for job in defs.jobs or [])
+        self.defs = defs if has_it else dg.Definitions.merge(defs, dg.Definitions(jobs=[ingest_only]))
         self.job_name = "process_images" if whole_pipeline else "ingest_only"
         self.instance = instance
-        self.sensor = defs.resolve_sensor_def("upload_sensor")
+        self.sensor = defs.resolve_sensor_def(sensor)
         self.cursor: str | None = None
 
     def tick(self) -> dg.SensorResult:
@@ -220,7 +222,7 @@ class SensorDriver:
         job = self.job_name if run_request.job_name in (None, "process_images") else run_request.job_name
         return self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance, tags=run_request.tags, run_config=run_request.run_config, raise_on_error=False,
-            asset_selection=run_request.asset_selection,
+            asset_selection=run_request.asset_selection, partition_key=run_request.partition_key,
         )
 
     def tick_and_run(self) -> list[dg.ExecuteInProcessResult]:

@@ -205,7 +205,7 @@ def search(args: argparse.Namespace) -> int:
     filters = SearchFilters(entity=args.entity, label=args.label, coral_health=args.coral_health,
                             min_confidence=args.min_confidence, needs_review=args.needs_review, scene=args.scene,
                             clip_disagrees=args.clip_disagrees, taken_after=args.taken_after,
-                            taken_before=args.taken_before, near=near, camera=args.camera)
+                            taken_before=args.taken_before, near=near, camera=args.camera, reviewed=args.reviewed)
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
     tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)  # noqa: E731
@@ -331,6 +331,18 @@ def quiet_dagster_maturity_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".* is currently in (preview|beta)\b")
 
 
+def review_config(args: argparse.Namespace) -> int:
+    from .definitions import model_resources_from, resources_outside_dagster
+    from .vision.review.label_studio import project_config
+
+    models = model_resources_from(Settings.from_env())
+    with resources_outside_dagster(detector=models["detector"], specialists=models["specialists"]) as loaded:
+        classes = loaded.detector.detector.class_names
+        vocabulary = [name for expert in loaded.specialists.classifiers().values() for name in expert.label_names]
+    print(project_config(classes, vocabulary), end="")
+    return 0
+
+
 def _when(text: str) -> datetime:
     """An ISO date or time for a search filter; without a zone it is UTC, as EXIF times without an offset are."""
     try:
@@ -372,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     search_parser.add_argument("--camera", help='EXIF camera, e.g. "Apple iPhone 15 Pro"')
     review = search_parser.add_mutually_exclusive_group()
     review.add_argument("--needs-review", dest="needs_review", action="store_true", default=None)
-    review.add_argument("--reviewed", dest="needs_review", action="store_false")
+    review.add_argument("--confident", dest="needs_review", action="store_false",
+                        help="only what nothing flagged for review (or a person has since decided)")
+    search_parser.add_argument("--reviewed", action="store_true", default=None,
+                               help="only what a person reviewed: their answers are the labels")
     search_parser.add_argument("--limit", type=int, default=10)
     search_parser.add_argument("--offset", type=int, default=0)
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -387,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     reindex_parser.add_argument("--rebuild", action="store_true", help="embedded index unreadable: move its folder "
                                 "aside and write every indexed image into a new one")
     reindex_parser.set_defaults(handler=reindex)
+    config_parser = commands.add_parser("review-config", help="print the Label Studio labelling config for the review "
+                                        "tasks: boxes with the detector's classes, labels from the experts' vocabularies")
+    config_parser.set_defaults(handler=review_config)
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(

@@ -15,7 +15,8 @@ from .assets.embeddings import build_embeddings
 from .assets.index import build_qdrant_index
 from .assets.ingest import source_images
 from .assets.labels import build_specialist_labels
-from .jobs import process_images, reindex
+from .assets.review import review_accuracy, review_decisions
+from .jobs import apply_reviews, measure_accuracy, process_images, reindex
 from .resources import (
     CallbackSettings,
     CatalogSettings,
@@ -37,6 +38,7 @@ from .sensors.callback_sensor import callback_sensor
 from .sensors.dead_worker_sensor import make_dead_worker_sensor
 from .sensors.failed_image_retry import make_failed_image_retry_sensor
 from .sensors.index_repair_sensor import make_index_repair_sensor
+from .sensors.review_sensor import make_review_sensor
 from .sensors.upload_sensor import make_upload_sensor
 from .event_storage import EVENT_BATCH_SIZE
 from .settings import Settings
@@ -133,13 +135,15 @@ def build_definitions(
             build_specialist_labels(specialists.identity, embedder.identity),
             build_qdrant_index(embedder.identity),
             image_catalog,
+            review_decisions,
+            review_accuracy,
         ],
-        jobs=[process_images, reindex, refresh_catalog, delete_images],
+        jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy],
         sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
                  make_index_repair_sensor(sensor_interval_seconds),
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
                  make_failed_image_retry_sensor(max(sensor_interval_seconds, 60)),
-                 make_dead_worker_sensor(sensor_interval_seconds)],
+                 make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
                    "failed_image_retries": failed_image_retries} | models,
@@ -172,7 +176,9 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             allow_private=settings.callback_allow_private,
             base_backoff_seconds=settings.callback_backoff_seconds,
         ),
-        review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side),
+        review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side,
+                              tasks=settings.review_tasks, sample_rate=settings.review_sample_rate,
+                              target_precision=settings.review_target_precision),
         stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
                                  first_retry_seconds=settings.store_retry_seconds),
         failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,

@@ -126,6 +126,15 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                                       "that need review and previews of rejected files in the check results. `0`: "
                                       "words only (a smaller event log)."),
     "VISION_ASSETS_REVIEW_PICTURE_SIDE": ("320", "Long side of those thumbnails, pixels."),
+    "VISION_ASSETS_REVIEW_TASKS": ("1", "`1`: every image that needs review (an expert under its threshold, CLIP "
+                                   "disagreeing) gets a Label Studio task, `<results prefix>~review/tasks/<image>.json`."
+                                   " `0`: none."),
+    "VISION_ASSETS_REVIEW_SAMPLE_RATE": ("0.02", "Share of the images that need no review sent for review anyway "
+                                         "(chosen by a hash of the image id, so the same ones every time): without "
+                                         "them the measured accuracy only knows doubtful labels."),
+    "VISION_ASSETS_REVIEW_TARGET_PRECISION": ("0.95", "Precision the trusted labels (those at or above a review "
+                                              "threshold) should reach: `review_accuracy` suggests the lowest "
+                                              "threshold per expert that reaches it on the reviewed examples."),
     "VISION_ASSETS_QDRANT_URL": (None, "A Qdrant server. Unset = embedded Qdrant in `<data dir>/qdrant` "
                                  "(one machine, one process at a time)."),
     "VISION_ASSETS_QDRANT_API_KEY": (None, "API key for the Qdrant server."),
@@ -260,6 +269,9 @@ class Settings:
     second_opinion_margin: float
     review_pictures: bool
     review_picture_side: int
+    review_tasks: bool
+    review_sample_rate: float
+    review_target_precision: float
     qdrant_url: str | None
     qdrant_api_key: str | None
     qdrant_collection_prefix: str
@@ -353,6 +365,9 @@ class Settings:
             second_opinion_margin=_float("VISION_ASSETS_SECOND_OPINION_MARGIN"),
             review_pictures=_flag("VISION_ASSETS_REVIEW_PICTURES"),
             review_picture_side=_int("VISION_ASSETS_REVIEW_PICTURE_SIDE"),
+            review_tasks=_flag("VISION_ASSETS_REVIEW_TASKS"),
+            review_sample_rate=_float("VISION_ASSETS_REVIEW_SAMPLE_RATE"),
+            review_target_precision=_float("VISION_ASSETS_REVIEW_TARGET_PRECISION"),
             qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,
             qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
             qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),

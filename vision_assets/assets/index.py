@@ -20,33 +20,75 @@ from ..resources import CallbackSettings, ImageStore, QdrantResource, StagePolic
 from ..vision.callback import Outbox, finished_message
 from ..vision.index.audit import audit_index
 from ..vision.index.payloads import crop_payload, image_payload
-from ..vision.index.vector_index import ImagePoints, crop_point_id, image_point_id
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, IndexRecord, LabelsRecord, SourceImageRecord
-from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, ResultsStore
+from ..vision.index.vector_index import ImagePoints, VectorIndex, crop_point_id, image_point_id
+from ..vision.records import (
+    DetectionsRecord,
+    EmbeddingsRecord,
+    ImageReview,
+    IndexRecord,
+    LabelsRecord,
+    SourceImageRecord,
+)
+from ..vision.review.decisions import apply_review
+from ..vision.storage.results_store import (
+    DETECTIONS,
+    EMBEDDING_VECTORS,
+    EMBEDDINGS,
+    INDEX,
+    LABELS,
+    REVIEW,
+    ResultsStore,
+)
 from .stage import ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
 
 
 def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: EmbeddingsRecord) -> tuple[ImagePoints, LabelsRecord]:
-    """One image's points, from what the earlier stages wrote."""
+    """One image's points, from what the earlier stages wrote and what a reviewer decided (where it still applies:
+    their answers replace the model's, and a box they rejected has no point)."""
     key = source.partition_key
     detections = results.read(key, DETECTIONS, DetectionsRecord)
     labels = results.read(key, LABELS, LabelsRecord)
     vectors = results.read_arrays(key, EMBEDDING_VECTORS)
+    reviewed = apply_review(results.read(key, REVIEW, ImageReview), source.sha256, detections)
     crops = {c.detection_index: c for c in labels.crops}
+    kept = [row for row, i in enumerate(embedded.crop_indexes) if not (reviewed and reviewed.rejected(i))]
     earlier = results.read(key, INDEX, IndexRecord)
     points = ImagePoints(
         partition_key=key,
         image_vector=vectors["image"],
-        image_payload=image_payload(source, detections, labels, embedded),
-        crop_vectors=vectors["crops"],
-        crop_payloads=[crop_payload(source, crops[i], detections.model, embedded.model) for i in embedded.crop_indexes],
-        crop_indexes=embedded.crop_indexes,
+        image_payload=image_payload(source, detections, labels, embedded, reviewed),
+        crop_vectors=vectors["crops"][kept],
+        crop_payloads=[crop_payload(source, crops[embedded.crop_indexes[row]], detections.model, embedded.model,
+                                    reviewed) for row in kept],
+        crop_indexes=[embedded.crop_indexes[row] for row in kept],
         earlier_crop_ids=(earlier.crop_points if earlier else [])
         + [crop_point_id(key, index) for index in range(len(detections.detections))],
     )
     return points, labels
+
+
+def write_points(index: VectorIndex, results: ResultsStore, sources: dict[str, SourceImageRecord],
+                 embedded: dict[str, EmbeddingsRecord], keys: list[str], batch_size: int,
+                 ) -> tuple[list[ImagePoints], dict[str, LabelsRecord], list[IndexRecord]]:
+    """Write these images' points from their stored results, check the index holds exactly them, and record what
+    was written (`~index.json`): per image, its points and the problems found."""
+    points, labels_of = [], {}
+    for key in keys:
+        image, labels_of[key] = stored_points(results, sources[key], embedded[key])
+        points.append(image)
+    index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
+    index.upsert(points, batch_size=batch_size)
+    problems = index.consistency_problems(points)
+    records = []
+    for image in points:
+        key = image.partition_key
+        record = IndexRecord(partition_key=key, image_point=image_point_id(key), crop_points=image.crop_ids,
+                             problems=problems[key])
+        results.write(key, INDEX, record)
+        records.append(record)
+    return points, labels_of, records
 
 
 def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
@@ -86,18 +128,10 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         records, crop_count = [], 0
         with qdrant.open(on_wait=context.log.info) as index:
             for chunk in stage_policy.chunks([key for key in valid if key not in bad]):
-                points, labels_of = [], {}
-                for key in chunk:
-                    image, labels_of[key] = stored_points(results, valid[key], embedded[key])
-                    points.append(image)
-                index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
-                index.upsert(points, batch_size=qdrant.upsert_batch_size)
-                problems = index.consistency_problems(points)
-                for image in points:
+                points, labels_of, written = write_points(index, results, valid, embedded, chunk,
+                                                          qdrant.upsert_batch_size)
+                for image, record in zip(points, written, strict=True):
                     key = image.partition_key
-                    record = IndexRecord(partition_key=key, image_point=image_point_id(key),
-                                         crop_points=image.crop_ids, problems=problems[key])
-                    results.write(key, INDEX, record)
                     records.append(record)
                     metadata.add(key, {"status": "done", "image_point": record.image_point,
                                        "crop_points": len(record.crop_points)})

@@ -25,8 +25,18 @@ from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.zero_shot import Vocabulary, label_prompt
 from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.models.classifier import ImageClassifier
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
-from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, LABELS
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord, SourceImageRecord
+from ..vision.review.decisions import AppliedReview, apply_review, outstanding_disagreements, outstanding_review
+from ..vision.review.label_studio import task_for
+from ..vision.storage.results_store import (
+    DETECTIONS,
+    EMBEDDING_VECTORS,
+    EMBEDDINGS,
+    LABELS,
+    NORMALIZED_IMAGE,
+    REVIEW,
+    ResultsStore,
+)
 from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
 
 
@@ -103,7 +113,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         experts = specialists.classifiers()
         vocabularies = Vocabularies(embedder, detector, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, [], []
-        routed, coral_images, audited = Counter(), 0, 0
+        routed, coral_images, audited, tasks = Counter(), 0, 0, 0
         for chunk in stage_policy.chunks(keys):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
@@ -120,9 +130,14 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             for key in chunk:
                 record = labelled[key]
                 results.write(key, LABELS, record)
+                # A person's earlier decisions, where they still apply (same content, same objects).
+                reviewed = apply_review(results.read(key, REVIEW, ImageReview), valid[key].sha256, detections[key])
                 metadata.add(key, labels_metadata(record, pictures[key], look))
-                outcomes.append(labels_outcome(record, pictures[key], look))
-                agreements.append(agreement_outcome(record))
+                outcomes.append(labels_outcome(record, pictures[key], look, reviewed))
+                agreements.append(agreement_outcome(record, reviewed))
+                if review.tasks:
+                    tasks += export_review_task(results, valid[key], detections[key], record, reviewed,
+                                                review.sampled(key))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
         yield metadata.materialize()
@@ -131,6 +146,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             batch_crops_per_specialist=dict(routed),
             batch_model_seconds=round(seconds, 3),
             batch_coral_images=coral_images,
+            batch_review_tasks=tasks,
             models_loaded=specialists.load_counts | embedder.load_counts,
         )
         yield from committee_agreement.report(
@@ -142,6 +158,19 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         )
 
     return specialist_labels
+
+
+def export_review_task(results: ResultsStore, source: SourceImageRecord, detections: DetectionsRecord,
+                       record: LabelsRecord, reviewed: AppliedReview | None, sampled: bool) -> bool:
+    """Write the image's Label Studio task when a person should look (a label under threshold or a CLIP
+    disagreement nobody decided yet; or the confident sample, unless already reviewed), else remove any old one."""
+    reasons = outstanding_review(record, reviewed) + outstanding_disagreements(record, reviewed)
+    if not reasons and not (sampled and reviewed is None and detections.detections):
+        results.remove_review_task(source.partition_key)
+        return False
+    uri = results.reviewer_uri(source.partition_key, NORMALIZED_IMAGE)
+    results.write_review_task(source.partition_key, task_for(source, detections, record, uri, reasons))
+    return True
 
 
 def _second_opinions(labelled: dict[str, LabelsRecord], embedded: dict[str, EmbeddingsRecord], vectors: dict,

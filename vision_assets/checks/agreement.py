@@ -3,16 +3,23 @@
 import dagster as dg
 
 from ..vision.records import LabelsRecord
+from ..vision.review.decisions import AppliedReview, outstanding_disagreements
 from .confidence import LABELS_KEY
 from .per_image import ImageOutcome, PerImageCheck
 
 
-def agreement_outcome(record: LabelsRecord) -> ImageOutcome:
-    disagreements = record.disagreements
+def agreement_outcome(record: LabelsRecord, reviewed: AppliedReview | None = None) -> ImageOutcome:
+    """Passed when CLIP agrees, or a person has decided every crop it contradicted ("reviewed by ...")."""
+    disagreements = outstanding_disagreements(record, reviewed)
     audited = sum(1 for c in record.crops if c.second_opinion)
     metadata: dict = {"disagreements": disagreements, "crops_audited": audited}
+    if reviewed:
+        metadata["reviewed"] = reviewed.summary()
     if not disagreements:
-        return ImageOutcome(record.partition_key, True, f"CLIP agrees on all {audited} crops", metadata)
+        contradicted = len(record.disagreements)
+        said = f"{reviewed.summary()} (CLIP had contradicted {contradicted} answer(s))" if reviewed and contradicted \
+            else f"CLIP agrees on all {audited} crops"
+        return ImageOutcome(record.partition_key, True, said, metadata)
     return ImageOutcome(record.partition_key, False, f"CLIP disagrees on {len(disagreements)} answer(s): "
                         + "; ".join(disagreements), metadata)
 

@@ -5,16 +5,24 @@ from PIL import Image
 
 from ..vision.images.review import ReviewPictures, review_crops_markdown
 from ..vision.records import LabelsRecord
+from ..vision.review.decisions import AppliedReview, outstanding_review
 from .per_image import ImageOutcome, PerImageCheck
 
 LABELS_KEY = dg.AssetKey("specialist_labels")
 
 
-def labels_outcome(record: LabelsRecord, picture: Image.Image | None, look: ReviewPictures | None) -> ImageOutcome:
-    review = record.needing_review
+def labels_outcome(record: LabelsRecord, picture: Image.Image | None, look: ReviewPictures | None,
+                   reviewed: AppliedReview | None = None) -> ImageOutcome:
+    """Passed when every label is confident or a person has decided it ("reviewed by ...")."""
+    review = outstanding_review(record, reviewed)
     metadata: dict = {"needs_review": review, "crops": len(record.crops)}
+    if reviewed:
+        metadata["reviewed"] = reviewed.summary()
     if not review:
-        return ImageOutcome(record.partition_key, True, "all labels confident", metadata)
+        flagged = len(record.needing_review)
+        said = f"{reviewed.summary()} ({flagged} label(s) had been under threshold)" if reviewed and flagged else (
+            "all labels confident")
+        return ImageOutcome(record.partition_key, True, said, metadata)
     if picture is not None and look is not None:  # the crops themselves, with what their expert said
         metadata["review_crops"] = dg.MetadataValue.md(review_crops_markdown(picture, record, look))
     description = f"needs review, {len(review)} label(s) under threshold: " + "; ".join(review)

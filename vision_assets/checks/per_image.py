@@ -120,6 +120,29 @@ class PerImageCheck:
         yield self.summary(outcomes, skipped, **batch_metadata)
 
 
+def rejudge(context: dg.AssetExecutionContext, check: PerImageCheck, outcomes: Sequence[ImageOutcome]) -> list[str]:
+    """Judge images again from another asset's step (a reviewer's decision arrived): one evaluation per image,
+    pointing at the latest materialization of the check's asset, whichever run made it, so the UI's check view
+    shows the new result as current. Returns the images with no materialization to judge (left as they were)."""
+    judged = latest_materializations(context.instance, check.asset, [o.partition_key for o in outcomes])
+    log_in_batches(context, [check.evaluation(o, judged[o.partition_key]) for o in outcomes if o.partition_key in judged])
+    return [o.partition_key for o in outcomes if o.partition_key not in judged]
+
+
+def latest_materializations(instance: dg.DagsterInstance, asset: dg.AssetKey,
+                            partition_keys: Sequence[str]) -> dict[str, JudgedMaterialization]:
+    """partition -> its newest materialization; one query per image (reviews arrive a few images at a time), since
+    a shared `limit` would let one image's long history crowd out another's."""
+    judged: dict[str, JudgedMaterialization] = {}
+    for key in partition_keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1).records
+        if records:
+            judged[key] = JudgedMaterialization(storage_id=records[0].storage_id, run_id=records[0].run_id,
+                                                timestamp=records[0].timestamp)
+    return judged
+
+
 def log_in_batches(context: dg.AssetExecutionContext, evaluations: Sequence[dg.AssetCheckEvaluation]) -> None:
     """What `context.log_event` does for each evaluation, but marked as one batch, as Dagster marks a step's
     per-partition materializations: with `DAGSTER_EVENT_BATCH_SIZE` set, the instance stores them together (one

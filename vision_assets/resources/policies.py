@@ -3,6 +3,7 @@ visible in the Dagster UI and can be overridden per deployment."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import dagster as dg
@@ -105,11 +106,20 @@ class LabelingSettings(dg.ConfigurableResource):
 
 
 class ReviewSettings(dg.ConfigurableResource):
-    """The pictures a reviewer sees in the UI. They travel in the event log (about 20-30 KB per image), so a
-    deployment that never looks at them can turn them off."""
+    """The pictures a reviewer sees in the UI (they travel in the event log, about 20-30 KB per image, so a
+    deployment that never looks at them can turn them off), and the review loop: Label Studio tasks for the images
+    that need a person, a confident sample besides, and the precision threshold suggestions aim for."""
 
     pictures: bool = True
     picture_side: int = 320  # long side of the thumbnails, pixels
+    tasks: bool = True
+    sample_rate: float = 0.02
+    target_precision: float = 0.95
+
+    def sampled(self, partition_key: str) -> bool:
+        """Whether a confident image goes to review anyway; a hash of its id, so the same images every time."""
+        digest = hashlib.sha256(partition_key.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.sample_rate
 
     @property
     def look(self) -> ReviewPictures | None:

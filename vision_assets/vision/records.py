@@ -244,3 +244,41 @@ class IndexRecord(BaseModel):
     image_point: str
     crop_points: list[str]
     problems: list[str] = Field(default_factory=list)
+
+
+class Verdict(str, Enum):
+    """What a reviewer said about one box."""
+
+    ACCEPTED = "accepted"  # the model's box, class and label are right
+    CORRECTED = "corrected"  # the box is an object, but its class or label (or the box itself) was wrong
+    REJECTED = "rejected"  # no such object: the router's false positive
+    ADDED = "added"  # an object the router missed
+
+
+class BoxDecision(BaseModel):
+    """One reviewer decision, with what the model had said, so decisions double as ground truth. `box` is
+    [x1, y1, x2, y2] in pixels of the normalised image: the reviewer's box where they drew or moved one, else the
+    model's; `model_box` is the box the decision was made about (None for an added box)."""
+
+    verdict: Verdict
+    box: list[float]
+    model_box: list[float] | None = None
+    entity: str | None = None  # the detector class the reviewer confirmed or gave
+    label: str | None = None  # the expert label the reviewer confirmed or gave (None: the object has no expert)
+    model_entity: str | None = None
+    model_label: str | None = None
+    model_confidence: float | None = None  # the expert's confidence in `model_label`
+    detector_confidence: float | None = None
+    specialist: str | None = None  # the expert that answered ("dog_breeds")
+
+
+class ImageReview(BaseModel):
+    """A person's verdict on one image, persisted as `<results>/<partition>/~review.json`. It applies to the content
+    it was made on (`sha256`): a re-upload of the same bytes keeps it, other bytes do not."""
+
+    partition_key: str
+    sha256: str | None
+    reviewer: str
+    reviewed_at: datetime
+    origin: str  # where it came from: "label-studio annotation 17 (results/~review/annotations/17)"
+    boxes: list[BoxDecision]

@@ -68,7 +68,7 @@ def _clip_says(crop: CropLabels) -> str:
     return f"{said}; {opinion.expert.clip} {opinion.expert.clip_score:.2f}" if opinion.expert else said
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
     except (TypeError, OSError):
@@ -81,7 +81,7 @@ def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int) -
     small = thumbnail(picture, side)
     scale = small.width / picture.width
     draw = ImageDraw.Draw(small)
-    font = _font(max(9, side // 30))
+    font = label_font(max(9, side // 30))
     for number, crop in enumerate(labels.crops, start=1):
         x1, y1, x2, y2 = (v * scale for v in crop.detection.box)
         colour = _colour(crop)

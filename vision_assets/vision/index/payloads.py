@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import CropLabels, DetectionsRecord, EmbeddingsRecord, LabelsRecord, SourceImageRecord
+from ..records import BoxDecision, CropLabels, DetectionsRecord, EmbeddingsRecord, LabelsRecord, SourceImageRecord
+from ..review.decisions import AppliedReview, outstanding_disagreements, outstanding_review
 
 SCENE_SCORES_KEPT = 5  # the most likely scene tags' probabilities, for display; the filter is `scene_tags`
 
@@ -26,7 +27,10 @@ def capture_payload(source: SourceImageRecord) -> dict[str, Any]:
     return payload
 
 
-def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str) -> dict[str, Any]:
+def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: str, embedding_model: str,
+                 reviewed: AppliedReview | None = None) -> dict[str, Any]:
+    """A crop's point: what the committee said, or, where a person decided it, what they said (`reviewed`, with the
+    model's answer kept under `review`). Rejected boxes get no point at all (see `stored_points`)."""
     payload: dict[str, Any] = capture_payload(source) | {
         "image_id": source.partition_key,
         "object_key": source.object_key,  # the raw key, for applications that address the store themselves
@@ -59,7 +63,28 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
             "labels": [label.name for label in expert.labels],
             "top_k": [label.model_dump() for label in expert.labels],
         }
+    decision = reviewed.decision(crop.detection_index) if reviewed else None
+    payload["reviewed"] = decision is not None
+    if decision is not None:
+        payload |= _human_answer(payload, decision, reviewed)
     return payload
+
+
+def _human_answer(payload: dict[str, Any], decision: BoxDecision, reviewed: AppliedReview) -> dict[str, Any]:
+    """The fields a reviewer's decision overrides: their class and label are the answer (certain: confidence 1),
+    nothing is left to review, and the model's answer stays readable beside it."""
+    answer: dict[str, Any] = {
+        "entity": decision.entity,
+        "needs_review": False,
+        "review_reasons": [],
+        "review": {"verdict": decision.verdict.value, "reviewer": reviewed.reviewer,
+                   "reviewed_at": reviewed.review.reviewed_at.isoformat(), "model_entity": decision.model_entity,
+                   "model_label": decision.model_label, "model_confidence": decision.model_confidence},
+    }
+    if decision.label:
+        answer |= {"label": decision.label, "label_confidence": 1.0,
+                   "labels": [decision.label, *(n for n in payload.get("labels", []) if n != decision.label)]}
+    return answer
 
 
 def _review_reasons(crop: CropLabels) -> list[str]:
@@ -72,12 +97,13 @@ def _review_reasons(crop: CropLabels) -> list[str]:
 
 
 def image_payload(
-    source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedded: EmbeddingsRecord
+    source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedded: EmbeddingsRecord,
+    reviewed: AppliedReview | None = None,
 ) -> dict[str, Any]:
     crop_labels = [c.specialist for c in labels.crops if c.specialist]
     scene = labels.scene
     tags = embedded.scene
-    return capture_payload(source) | {
+    payload = capture_payload(source) | {
         "image_id": source.partition_key,
         "object_key": source.object_key,
         "source_uri": source.source_uri,
@@ -103,4 +129,46 @@ def image_payload(
         "detector_model": detections.model,
         "embedding_model": embedded.model,
         "specialist_models": sorted({s.model for s in crop_labels + scene}),
+        "reviewed": False,
+    }
+    if reviewed:
+        payload |= _reviewed_image(payload, detections, labels, reviewed)
+    return payload
+
+
+def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, labels: LabelsRecord,
+                    reviewed: AppliedReview) -> dict[str, Any]:
+    """The image's labels as the reviewer left them: decided crops carry the person's answer, rejected boxes are
+    gone, drawn boxes are added; what is still undecided keeps the model's answer and its review flag."""
+    experts = {c.detection_index: c.specialist for c in labels.crops if c.specialist}
+    entities, top_labels = set(), []
+    for index, detection in enumerate(detections.detections):
+        decision = reviewed.decision(index)
+        if decision and decision.verdict.value == "rejected":
+            continue
+        entities.add(decision.entity if decision else detection.class_name)
+        if decision and decision.label:
+            top_labels.append({"name": decision.label, "confidence": 1.0,
+                               "specialist": experts[index].specialist if index in experts else None,
+                               "reviewed": True})
+        elif index in experts:
+            expert = experts[index]
+            top_labels.append({"name": expert.top.name, "confidence": expert.top.confidence,
+                               "specialist": expert.specialist})
+    top_labels += [{"name": s.top.name, "confidence": s.top.confidence, "specialist": s.specialist}
+                   for s in labels.scene]
+    added = [{"entity": d.entity, "label": d.label, "box": d.box} for d in reviewed.added]
+    entities |= {d["entity"] for d in added}
+    top_labels += [{"name": d["label"], "confidence": 1.0, "specialist": None, "reviewed": True}
+                   for d in added if d["label"]]
+    return {
+        "entity": sorted(entities),
+        "labels": sorted({label["name"] for label in top_labels}),
+        "top_labels": sorted(top_labels, key=lambda label: -label["confidence"]),
+        "needs_review": bool(outstanding_review(labels, reviewed)),
+        "reviewed": True,
+        "review": {"reviewer": reviewed.reviewer, "reviewed_at": reviewed.review.reviewed_at.isoformat(),
+                   "origin": reviewed.review.origin, "summary": reviewed.summary(),
+                   "undecided_disagreements": outstanding_disagreements(labels, reviewed)},
+        "added_objects": added,
     }

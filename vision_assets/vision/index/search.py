@@ -57,6 +57,7 @@ class SearchFilters:
     taken_before: datetime | None = None
     near: Place | None = None  # EXIF GPS position within a radius
     camera: str | None = None  # "Apple iPhone 15 Pro"
+    reviewed: bool | None = None  # a person decided it (crops), or decided something in it (images)
 
     def to_qdrant(self, target: Target) -> models.Filter | None:
         must: list[models.Condition] = []
@@ -68,6 +69,8 @@ class SearchFilters:
                 center=models.GeoPoint(lat=self.near.latitude, lon=self.near.longitude), radius=self.near.radius_m)))
         if self.camera:
             must.append(_match("camera", self.camera))
+        if self.reviewed is not None:
+            must.append(_match("reviewed", self.reviewed))
         if self.entity:
             must.append(_match("entity", self.entity))
         if self.label:
@@ -105,6 +108,7 @@ class SearchHit:
     scene_tags: list[str] = field(default_factory=list)
     taken_at: str | None = None
     location: dict[str, float] | None = None
+    reviewed_by: str | None = None  # the person whose answer this is
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +118,8 @@ class SearchHit:
         what = ", ".join(f"{l['name']} {l['confidence']:.2f}" for l in self.labels) or "no expert label"
         flag = f"  [needs review: {'; '.join(self.review_reasons)}]" if self.review_reasons else (
             "  [needs review]" if self.needs_review else "")
+        if self.reviewed_by:
+            flag += f"  [reviewed by {self.reviewed_by}]"
         entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
         scene = f"  scene: {', '.join(self.scene_tags)}" if self.scene_tags else ""
         taken = f"  taken {self.taken_at}" if self.taken_at else ""
@@ -201,4 +207,5 @@ def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
         scene_tags=list(payload.get("scene_tags") or []),
         taken_at=payload.get("taken_at"),
         location=payload.get("location"),
+        reviewed_by=(payload.get("review") or {}).get("reviewer") if payload.get("reviewed") else None,
     )

@@ -19,7 +19,7 @@ CROPS = "crops"
 KEYWORD_FIELDS = ("image_id", "entity", "label", "labels", "specialist", "sha256", "embedding_model", "scene_tags",
                   "camera")
 FLOAT_FIELDS = ("confidence", "label_confidence")
-BOOL_FIELDS = ("needs_review", "clip_disagrees")
+BOOL_FIELDS = ("needs_review", "clip_disagrees", "reviewed")
 DATETIME_FIELDS = ("taken_at",)
 GEO_FIELDS = ("location",)
 PAYLOAD_INDEXES = ((models.PayloadSchemaType.KEYWORD, KEYWORD_FIELDS), (models.PayloadSchemaType.FLOAT, FLOAT_FIELDS),

@@ -7,6 +7,7 @@ partition can never collide with the folder of another (`a/~source.json` vs `a/b
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from .object_store import ObjectMissing, ObjectStore
+from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 from ..records import RegisteredImage, RegistrationBatch, SourceImageRecord
 
 Record = TypeVar("Record", bound=BaseModel)
@@ -29,13 +30,20 @@ LABELS = "~labels.json"
 EMBEDDINGS = "~embeddings.json"
 EMBEDDING_VECTORS = "~embeddings.npz"
 INDEX = "~index.json"
+REVIEW = "~review.json"  # a person's decisions (review_sensor writes it, every later stage honours it)
 PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, REJECTED_PREVIEW, DETECTIONS, LABELS,
-                             EMBEDDINGS, EMBEDDING_VECTORS, INDEX})
+                             EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW})
 # At the top of the results prefix, besides the partitions' folders:
 OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
 CATALOG_FILE = "~catalog.parquet"
-TOP_LEVEL = (REGISTRATION_BATCHES, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE)
+# The review loop: Label Studio tasks (its source storage reads them), what its target storage writes back, and
+# corrections in our own JSON for people without Label Studio (vision/review/).
+REVIEW_TASKS = "~review/tasks/"
+REVIEW_ANNOTATIONS = "~review/annotations/"
+REVIEW_CORRECTIONS = "~review/corrections/"
+REVIEW_FOLDER = "~review/"
+TOP_LEVEL = (REGISTRATION_BATCHES, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER)
 
 
 def is_pipeline_file(relative: str) -> bool:
@@ -124,6 +132,25 @@ class ResultsStore:
         except ObjectMissing:
             return None
         return _decoded(data)
+
+    def review_task_key(self, partition_key: str) -> str:
+        return f"{self.prefix}{REVIEW_TASKS}{partition_key}.json"
+
+    def write_review_task(self, partition_key: str, task: dict) -> None:
+        self.store.put(self.review_task_key(partition_key), json.dumps(task, indent=1).encode(), "application/json")
+
+    def remove_review_task(self, partition_key: str) -> None:
+        """An image that needs no review (any more) has no task; a task Label Studio imported stays there."""
+        try:
+            self.store.delete(self.review_task_key(partition_key))
+        except ObjectMissing:
+            pass
+
+    def reviewer_uri(self, partition_key: str, name: str) -> str:
+        """Where a review tool finds a file of ours: Label Studio's S3 storage reads `s3://bucket/key` with the key
+        as it is (it does not decode percent-escapes, which `ObjectStore.uri` writes)."""
+        key = self.key(partition_key, name)
+        return f"s3://{self.store.bucket}/{key}" if isinstance(self.store, S3ObjectStore) else self.store.uri(key)
 
     def write_arrays(self, partition_key: str, name: str, **arrays: np.ndarray) -> None:
         buffer = io.BytesIO()

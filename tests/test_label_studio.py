@@ -1,0 +1,146 @@
+"""The review loop against a real Label Studio (1.23, started here on loopback, its data in a temporary folder):
+the project made from `vision-assets review-config`, the tasks read from moto's S3 by Label Studio's own S3 source
+storage as the README configures it, a reviewer's annotation submitted through its API, written back by its S3
+target storage, and applied by `review_sensor`: the human label in Qdrant, the label check Passed.
+
+Label Studio is not a dependency of this project (a Django application with its own pins): the test finds it as
+`$VISION_ASSETS_LABEL_STUDIO`, `label-studio` on the PATH, or `.label-studio/bin/label-studio` (where `.ci/run`
+installs it with `uv venv .label-studio && uv pip install -p .label-studio label-studio`), and is skipped without.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SensorDriver, embedded_client, free_port, ui_check_statuses
+from vision_assets.checks.confidence import label_confidence
+from vision_assets.cli import main
+from vision_assets.vision.index.vector_index import crop_point_id
+from vision_assets.vision.records import ImageReview
+from vision_assets.vision.storage.results_store import REVIEW
+
+TOKEN = "vision-assets-test-token"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def label_studio_binary() -> str | None:
+    candidates = [os.environ.get("VISION_ASSETS_LABEL_STUDIO"), shutil.which("label-studio"),
+                  str(REPO / ".label-studio" / "bin" / "label-studio")]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    binary = label_studio_binary()
+    if binary is None:
+        pytest.skip("label-studio is not installed (see this module's docstring)")
+    port, data = free_port(), tmp_path_factory.mktemp("label-studio")
+    env = os.environ | {"LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "admin@example.com",
+                        "LABEL_STUDIO_PASSWORD": "not-a-secret-1", "LABEL_STUDIO_USER_TOKEN": TOKEN,
+                        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false",
+                        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+                        # moto listens on loopback, which Label Studio refuses by default (SSRF protection)
+                        "SSRF_PROTECTION_ENABLED": "false"}
+    log = open(data / "server.log", "wb")
+    server = subprocess.Popen([binary, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240  # a fresh database: its migrations take about a minute here
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Label Studio did not start: {(data / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield httpx.Client(base_url=url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def storage(bucket: str, prefix: str, s3_endpoint: str, **more) -> dict:
+    """The S3 storage settings the README gives (here with moto's endpoint and credentials)."""
+    return {"bucket": bucket, "prefix": prefix, "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+            "region_name": "us-east-1", "s3_endpoint": s3_endpoint} | more
+
+
+def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pipeline, models, s3_image_store,
+                                                                instance, s3_client, bucket, s3_endpoint, capsys):
+    driver, _ = pipeline
+    assert main(["review-config"]) == 0
+    config = capsys.readouterr().out
+    project = label_studio.post("/api/projects", json={"title": "vision-assets review", "label_config": config})
+    assert project.status_code == 201, project.text
+    project_id = project.json()["id"]
+
+    # Source storage: one task per JSON file under <results>~review/tasks/ (not every object as an image).
+    source = label_studio.post("/api/storages/s3", json={"project": project_id, "title": "tasks", "presign": True,
+                                                         "use_blob_urls": False, "regex_filter": r".*\.json",
+                                                         **storage(bucket, "results/~review/tasks/", s3_endpoint)})
+    assert source.status_code == 201, source.text
+    assert label_studio.post(f"/api/storages/s3/{source.json()['id']}/sync").status_code == 200
+    exported = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/tasks/")["KeyCount"]
+    tasks = wait_for(lambda: label_studio.get("/api/tasks", params={"project": project_id, "fields": "all"}).json()
+                     ["tasks"], lambda found: len(found) == exported)
+    task = next(t for t in tasks if t["data"]["partition_key"] == "bus.jpg")
+    [prediction] = label_studio.get("/api/predictions", params={"task": task["id"]}).json()
+    assert prediction["score"] < 0.5 and {r["id"] for r in prediction["result"]} >= {"d0", "d1"}
+    # The image URI resolves through the source storage to the normalised copy in the bucket.
+    resolved = label_studio.get(f"/api/tasks/{task['id']}", params={"resolve_uri": "true"}).json()["data"]["image"]
+    assert not resolved.startswith("s3://"), resolved
+
+    # Target storage, then the reviewer's answer: keep d0, relabel d1 with another label of its vocabulary, delete
+    # the rest. Label Studio writes it to the bucket when it is submitted.
+    target = label_studio.post("/api/storages/export/s3", json={"project": project_id, "title": "verdicts",
+                                                                "can_delete_objects": False,
+                                                                **storage(bucket, "results/~review/annotations",
+                                                                          s3_endpoint)})
+    assert target.status_code == 201, target.text
+    choices = [r for r in prediction["result"] if r["id"] == "d1" and r["type"] == "choices"]
+    other = "persian" if not choices or choices[0]["value"]["choices"] != ["persian"] else "siamese"
+    result = [r for r in prediction["result"] if r["id"] == "d0"]
+    result += [r | {"value": r["value"] | ({"choices": [other]} if r["type"] == "choices" else {})}
+               for r in prediction["result"] if r["id"] == "d1"]
+    annotation = label_studio.post(f"/api/tasks/{task['id']}/annotations",
+                                   json={"result": result, "was_cancelled": False, "lead_time": 4.2})
+    assert annotation.status_code == 201, annotation.text
+    assert label_studio.post(f"/api/storages/export/s3/{target.json()['id']}/sync").status_code == 200
+    wait_for(lambda: s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/annotations/")["KeyCount"],
+             lambda count: count == 1)
+
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    [request] = reviews.tick().run_requests
+    assert request.partition_key == "bus.jpg" and reviews.run(request).success
+    stored = s3_image_store.results.read("bus.jpg", REVIEW, ImageReview)
+    assert stored.reviewer == "admin@example.com" and "label-studio annotation" in stored.origin
+    client = embedded_client(models["qdrant"].path)
+    try:
+        [d1] = client.retrieve("crops", [crop_point_id("bus.jpg", 1)], with_payload=True)
+        assert d1.payload["reviewed"] is True
+        if choices:
+            assert d1.payload["label"] == other and d1.payload["review"]["model_label"] == choices[0]["value"]["choices"][0]
+        assert not client.retrieve("crops", [crop_point_id("bus.jpg", 2)])
+    finally:
+        client.close()
+    assert "bus.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)["SUCCEEDED"]
+
+
+def wait_for(read, done, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            assert done(value), value
+            return value
+        time.sleep(0.5)

@@ -1,0 +1,148 @@
+"""The review loop in real Dagster runs over moto's S3 and the embedded index: Label Studio tasks written for the
+images that need a person, an annotation in Label Studio's own target-storage format read back by `review_sensor`,
+the human answer in Qdrant and the label checks Passed "reviewed" in the UI's check view, kept through a re-run,
+and measured by `review_accuracy`.
+
+The annotation files here are written in the format Label Studio 1.23's S3 target storage writes (its
+`StorageAnnotationSerializer`: the annotation with its task nested), built from the task this project exported;
+tests/vision/review covers the other format and the corrections JSON."""
+
+import json
+
+import dagster as dg
+
+from tests.conftest import SensorDriver, embedded_client, ui_check_statuses
+from tests.vision.review.test_review_formats import annotated
+from vision_assets.checks.agreement import committee_agreement
+from vision_assets.checks.confidence import label_confidence
+from vision_assets.jobs import process_images
+from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
+from vision_assets.vision.records import DetectionsRecord, ImageReview, LabelsRecord, Verdict
+from vision_assets.vision.review.decisions import apply_review, outstanding_disagreements, outstanding_review
+from vision_assets.vision.storage.results_store import DETECTIONS, LABELS, REVIEW
+
+
+def tasks_in(s3_client, bucket) -> dict[str, dict]:
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/tasks/").get("Contents", [])
+    return {o["Key"].removeprefix("results/~review/tasks/").removesuffix(".json"):
+            json.loads(s3_client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listed}
+
+
+def payload(models, collection: str, point: str) -> dict | None:
+    client = embedded_client(models["qdrant"].path)
+    try:
+        found = client.retrieve(collection, [point], with_payload=True)
+        return found[0].payload if found else None
+    finally:
+        client.close()
+
+
+def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, models, s3_image_store, instance,
+                                                                      s3_client, bucket):
+    driver, _ = pipeline
+    tasks = tasks_in(s3_client, bucket)
+    failing = ui_check_statuses(instance, "specialist_labels", label_confidence.name).get("FAILED", set()) | \
+        ui_check_statuses(instance, "specialist_labels", committee_agreement.name).get("FAILED", set())
+    assert failing and failing <= set(tasks), "every image that needs review has a task"
+    task = tasks["bus.jpg"]
+    assert task["data"]["image"] == f"s3://{bucket}/results/bus.jpg/~normalized.jpg"
+    detections = s3_image_store.results.read("bus.jpg", DETECTIONS, DetectionsRecord)
+    assert len(detections.detections) >= 3
+
+    # The reviewer keeps d0, relabels d1, deletes every other box and draws one; Label Studio syncs it to S3.
+    regions = {r["id"]: r for r in task["predictions"][0]["result"]}
+    d1_expert = next((r for r in task["predictions"][0]["result"] if r["id"] == "d1" and r["type"] == "choices"), None)
+    drawn = {"id": "xyz", "from_name": "object", "to_name": "image", "type": "rectanglelabels",
+             "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 0, "rectanglelabels": ["cat"]}}
+    body = annotated(task, {"d0": None, "d1": "reviewed label"}, [drawn])
+    s3_client.put_object(Bucket=bucket, Key="results/~review/annotations/17", Body=body)
+    s3_client.put_object(Bucket=bucket, Key="results/~review/annotations/18", Body=b"{oops")
+
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    [request] = reviews.tick().run_requests
+    assert request.job_name == "apply_reviews" and request.partition_key == "bus.jpg"
+    assert reviews.run(request).success
+    stored = s3_image_store.results.read("bus.jpg", REVIEW, ImageReview)
+    verdicts = [d.verdict for d in stored.boxes]
+    assert verdicts.count(Verdict.REJECTED) == len(detections.detections) - 2 and Verdict.ADDED in verdicts
+    assert stored.reviewer == "ana@zoo.org"
+
+    # The index: the human answer, the model's beside it, rejected boxes gone, the drawn box on the image.
+    d1 = payload(models, "crops", crop_point_id("bus.jpg", 1))
+    assert d1["reviewed"] is True and d1["needs_review"] is False and d1["review"]["reviewer"] == "ana@zoo.org"
+    if d1_expert:
+        assert d1["label"] == "reviewed label" and d1["label_confidence"] == 1.0
+        assert d1["review"]["model_label"] == d1_expert["value"]["choices"][0]
+    assert payload(models, "crops", crop_point_id("bus.jpg", 2)) is None
+    image = payload(models, "images", image_point_id("bus.jpg"))
+    assert image["reviewed"] is True and image["added_objects"][0]["entity"] == "cat" and "cat" in image["entity"]
+    assert regions  # the task had regions to start from
+
+    # The UI's check view: bus.jpg Passed, judged against specialist_labels' latest materialization.
+    for check in (label_confidence, committee_agreement):
+        statuses = ui_check_statuses(instance, "specialist_labels", check.name)
+        assert "bus.jpg" in statuses["SUCCEEDED"], (check.name, statuses)
+
+    # Processed again (a re-upload of the same bytes, or a new model). The random-weight router here answers a
+    # one-image batch differently from a four-image one (letterboxing): some boxes are the reviewed ones, a little
+    # shifted or reordered, some are new. The decisions follow the objects they were made on; what nobody judged
+    # is open again, and only that.
+    rerun = driver.defs.resolve_job_def(process_images.name).execute_in_process(
+        instance=instance, partition_key="bus.jpg", raise_on_error=False)
+    assert rerun.success
+    now = s3_image_store.results.read("bus.jpg", DETECTIONS, DetectionsRecord)
+    applied = apply_review(stored, stored.sha256, now)
+    assert applied.by_detection, "the reviewed objects are found again"
+    labels = s3_image_store.results.read("bus.jpg", LABELS, LabelsRecord)
+    open_again = outstanding_review(labels, applied)
+    assert all(f"crop {i} " not in " ".join(open_again) for i in applied.by_detection)
+    status = "FAILED" if open_again else "SUCCEEDED"
+    assert "bus.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)[status]
+    assert ("bus.jpg" in tasks_in(s3_client, bucket)) == bool(open_again or outstanding_disagreements(labels, applied))
+    for index, decision in applied.by_detection.items():
+        point = payload(models, "crops", crop_point_id("bus.jpg", index))
+        if decision.verdict == Verdict.REJECTED:
+            assert point is None
+        else:
+            assert point["reviewed"] is True and point["entity"] == decision.entity
+
+    # The next tick: the unreadable file was named once; accuracy is measured now the review run is done.
+    [accuracy] = reviews.tick().run_requests
+    assert accuracy.job_name == "measure_accuracy"
+    measured = reviews.run(accuracy)
+    assert measured.success
+    [materialization] = measured.get_asset_materialization_events()
+    metadata = materialization.materialization.metadata
+    assert metadata["reviewed_images"].value == 1 and metadata["missed_boxes"].value == 1
+    assert metadata["router_precision"].value == round(2 / len(detections.detections), 4)
+    assert "data:image/png;base64," in metadata["plot"].value
+    assert isinstance(reviews.tick(), dg.SkipReason) or not reviews.tick().run_requests
+
+
+def test_our_corrections_json_and_a_file_about_an_unknown_image(pipeline, models, s3_image_store, instance,
+                                                               s3_client, bucket):
+    driver, _ = pipeline
+    s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/batch-1.json", Body=json.dumps([
+        {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "corrected", "entity": "dog"}]},
+        {"image": "nobody.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "accepted"}]},
+    ]).encode())
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    result = reviews.tick()
+    # The file's first entry names an image we have, its second one we don't: nothing from it is half-applied.
+    assert not result.run_requests
+    s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/batch-2.json", Body=json.dumps(
+        {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "corrected", "entity": "dog"}]}
+    ).encode())
+    [request] = reviews.tick().run_requests
+    assert reviews.run(request).success
+    point = payload(models, "crops", crop_point_id("zidane.jpg", 0))
+    assert point["entity"] == "dog" and point["review"]["verdict"] == "corrected" and point["reviewed"] is True
+
+
+def test_the_label_studio_config_names_the_models_vocabularies(models, capsys):
+    from vision_assets.cli import main
+
+    assert main(["review-config"]) == 0
+    config = capsys.readouterr().out
+    assert '<RectangleLabels name="object" toName="image">' in config and "<Label value=\"person\"/>" in config
+    assert config.count("<Choice value=") > 100  # the dog, cat, coral and wildlife vocabularies

@@ -1,0 +1,133 @@
+"""Reviewers' answers in, as `review_decisions` runs: Label Studio's target storage and our corrections JSON."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import dagster as dg
+from pydantic import BaseModel, Field
+
+from ..jobs import apply_reviews, measure_accuracy
+from ..partitions import images
+from ..resources import ImageStore
+from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject, Verdict
+from ..vision.review.corrections import parse_corrections_file
+from ..vision.review.label_studio import parse_annotation_file
+from ..vision.review.submissions import Submission, SubmissionError, build_review
+from ..vision.storage.object_store import ObjectMissing
+from ..vision.storage.results_store import DETECTIONS, LABELS, REVIEW, REVIEW_ANNOTATIONS, REVIEW_CORRECTIONS
+
+FILES_PER_TICK = 200
+
+
+class ReviewCursor(BaseModel):
+    """Files are taken in (LastModified, key) order: everything up to `after`, and the keys seen at `after`
+    itself (S3 times have one-second steps). Label Studio rewrites an annotation's file when it is updated, which
+    gives it a new LastModified: an updated verdict is read again."""
+
+    after: datetime | None = None
+    at: list[str] = Field(default_factory=list)
+    accuracy_due: bool = False
+
+    def is_new(self, obj: StoredObject) -> bool:
+        return self.after is None or obj.last_modified > self.after or (
+            obj.last_modified == self.after and obj.key not in self.at)
+
+    def advanced(self, taken: list[StoredObject]) -> ReviewCursor:
+        if not taken:
+            return self
+        last = taken[-1].last_modified
+        same = [o.key for o in taken if o.last_modified == last]
+        return self.model_copy(update={"after": last, "at": same + (self.at if last == self.after else [])})
+
+
+def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="review_sensor",
+        jobs=[apply_reviews, measure_accuracy],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reads reviewers' verdicts, from Label Studio's target storage (`<results>~review/annotations/`) "
+        "or our corrections JSON (`<results>~review/corrections/`), stores each image's as `~review.json` and "
+        "launches one `apply_reviews` run per image; then `measure_accuracy` once they are in. A file it cannot "
+        "use is named in the tick's log with the reason, and left where it is.",
+    )
+    def review_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore):
+        cursor = ReviewCursor.model_validate_json(context.cursor) if context.cursor else ReviewCursor()
+        results = image_store.results
+        folders = {f"{results.prefix}{REVIEW_ANNOTATIONS}": "label-studio",
+                   f"{results.prefix}{REVIEW_CORRECTIONS}": "corrections"}
+        found = sorted((o for folder in folders for o in image_store.objects.list(folder) if cursor.is_new(o)),
+                       key=lambda o: (o.last_modified, o.key))
+        taken = found[:FILES_PER_TICK]
+        requests, problems = {}, []
+        for obj in taken:
+            kind = next(kind for folder, kind in folders.items() if obj.key.startswith(folder))
+            try:
+                # Every entry of a file is checked before any is stored: a file applies whole or not at all.
+                prepared = [_prepared_review(context, image_store, submission, replace=kind == "label-studio")
+                            for submission in _read(image_store, obj, kind)]
+                for review in prepared:
+                    results.write(review.partition_key, REVIEW, review)
+                    identity = f"{obj.key}\0{obj.etag}\0{review.partition_key}"
+                    requests[review.partition_key] = dg.RunRequest(
+                        job_name=apply_reviews.name, partition_key=review.partition_key,
+                        run_key=f"review-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
+                        tags={"vision_assets/reviewer": review.reviewer[:200]})
+            except SubmissionError as error:
+                problems.append(f"{obj.key}: {error}")
+        for problem in problems:
+            context.log.warning(f"review file not applied (fix it and upload it again): {problem}")
+        cursor = cursor.advanced(taken)
+        runs = list(requests.values())
+        if runs:
+            context.log.info(f"{len(runs)} reviewed image(s) from {len(taken)} file(s)")
+            cursor.accuracy_due = True
+        elif cursor.accuracy_due and not _reviews_in_flight(context):
+            cursor.accuracy_due = False
+            runs = [dg.RunRequest(job_name=measure_accuracy.name,
+                                  run_key=f"accuracy-{cursor.after.isoformat() if cursor.after else 'none'}")]
+        if not runs and not problems and not taken:
+            return dg.SkipReason("no new review files")
+        return dg.SensorResult(run_requests=runs, cursor=cursor.model_dump_json())
+
+    return review_sensor
+
+
+def _read(image_store: ImageStore, obj: StoredObject, kind: str) -> list[Submission]:
+    try:
+        _, data = image_store.objects.get(obj.key, max_bytes=20 * 1024 * 1024)
+    except ObjectMissing as error:
+        raise SubmissionError("removed before it could be read") from error
+    if kind == "label-studio":
+        return [parse_annotation_file(data, obj.key)]
+    return parse_corrections_file(data, obj.key, obj.last_modified)
+
+
+def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStore, submission: Submission,
+                     replace: bool) -> ImageReview:
+    """The submission as the image's next `~review.json`. A Label Studio annotation is the reviewer's whole answer and
+    replaces what was there; a corrections entry adds to it (a later decision on the same box wins)."""
+    key, results = submission.partition_key, image_store.results
+    if not context.instance.has_dynamic_partition(images.name, key):
+        raise SubmissionError(f"no image {key!r} in the catalogue (the image id is its partition key)")
+    source = results.read_source_record(key)
+    detections = results.read(key, DETECTIONS, DetectionsRecord)
+    if source is None or not source.is_valid or detections is None:
+        raise SubmissionError(f"{key!r} has not been processed (or was rejected): nothing to review yet")
+    review = build_review(submission, source.sha256, detections, results.read(key, LABELS, LabelsRecord))
+    earlier = results.read(key, REVIEW, ImageReview)
+    if not replace and earlier is not None and earlier.sha256 == review.sha256:
+        decided = {tuple(d.model_box) for d in review.boxes if d.model_box}
+        kept = [d for d in earlier.boxes if d.verdict == Verdict.ADDED or tuple(d.model_box or ()) not in decided]
+        review = review.model_copy(update={"boxes": kept + review.boxes,
+                                           "origin": f"{earlier.origin}; {review.origin}"})
+    return review
+
+
+def _reviews_in_flight(context: dg.SensorEvaluationContext) -> bool:
+    return bool(context.instance.get_run_records(dg.RunsFilter(
+        job_name=apply_reviews.name,
+        statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                  dg.DagsterRunStatus.STARTED]), limit=1))
