@@ -6,8 +6,10 @@ Builds the `full` twins (published architectures, input sizes and class counts; 
 names a folder that has them, then for every model: milliseconds per crop (batched, after a warm-up batch) and
 GFLOP per crop (torch's FlopCounterMode over one forward pass, 2 FLOPs per multiply-add), through the product's
 own wrappers so preprocessing is included in the time. The baseline, measured in the same run, is the cat expert
-(ViT-B/16 at 224 px): every other row says how many of those it costs. It also measures CLIP's second opinion per
-crop and the one-off prompt vectors for each expert's labels. Not part of the test suite.
+(ViT-B/16 at 224 px): every other row says how many of those it costs. The default wildlife expert, BioCLIP, is
+measured with its ~450,000 taxon vectors, and the iNat21 expert it replaced beside it. It also measures CLIP's
+second opinion per crop and the one-off prompt vectors for each expert's labels (for BioCLIP: its candidates per
+crop). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from vision_assets.vision.models.classifier import ImageClassifier  # noqa: E402
 from vision_assets.vision.models.detector import YoloDetector  # noqa: E402
 from vision_assets.vision.models.embedder import ClipEmbedder  # noqa: E402
 from vision_assets.vision.models.hub import hugging_face_offline  # noqa: E402
+from vision_assets.vision.models.defaults import INAT21_WILDLIFE_MODEL  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models, read_manifest  # noqa: E402
+from vision_assets.vision.models.taxonomy import TaxonClassifier, is_taxonomic  # noqa: E402
 from vision_assets.vision.records import CropLabels, Detection, Label, SpecialistLabel  # noqa: E402
 
 # Found, not imported: importing ultralytics sets OMP_NUM_THREADS=1, which would put torch on one core here.
@@ -82,6 +86,25 @@ def classifier_row(name: str, model_id: str, cache: ModelCache, pieces, device: 
         "classes": len(keep), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop": gflop(lambda: model(pixel_values=pixels)), "ms": timed(expert.classify, pieces),
         "labels": [str(labels[i]) for i in keep],
+    }
+
+
+def taxon_row(name: str, model_id: str, cache: ModelCache, pieces, device: str) -> dict:
+    """BioCLIP: the image tower plus one product against every taxon vector (counted in the GFLOP)."""
+    expert = TaxonClassifier(identity_for(model_id, cache=cache), device=device, batch_size=16, cache=cache)
+    model, preprocess, taxa, names = expert.load()
+    pixels = preprocess(pieces[0]).unsqueeze(0).to(device)
+    started = time.perf_counter()
+    labels = expert.label_names
+    naming = time.perf_counter() - started
+    print(f"  {name}: {len(names):,} taxa, {taxa.numel() * taxa.element_size() / 1e9:.2f} GB of taxon vectors in "
+          f"memory; naming them all (the review config) {naming:.1f} s", flush=True)
+    return {
+        "role": name, "model": model_id, "architecture": f"OpenCLIP {type(model.visual).__name__} + taxa",
+        "input": int(pixels.shape[-1]), "classes": len(names),
+        "params_m": sum(p.numel() for p in model.visual.parameters()) / 1e6,
+        "gflop": gflop(lambda: model.encode_image(pixels) @ taxa), "ms": timed(expert.classify, pieces),
+        "labels": labels,
     }
 
 
@@ -157,8 +180,10 @@ def main() -> None:
           f"{len(pieces)} crops per timing", flush=True)
 
     rows = []
-    for name, model_id in manifest["specialists"].items():
-        rows.append(classifier_row(name, model_id, cache, pieces, args.device))
+    experts = list(manifest["specialists"].items()) + [("wildlife (iNat21)", INAT21_WILDLIFE_MODEL)]
+    for name, model_id in experts:
+        row = taxon_row if is_taxonomic(model_id) else classifier_row
+        rows.append(row(name, model_id, cache, pieces, args.device))
         print(f"  measured {name}", flush=True)
     clip, embedder = clip_row(manifest, cache, pieces, args.device)
     rows.append(clip)
@@ -173,7 +198,15 @@ def main() -> None:
               f"{row['params_m']:.1f} | {row['gflop']:.1f} | {row['ms']:.1f} | {row['ms'] / baseline['ms']:.2f} |")
     print("\nms: per crop for experts and CLIP, per image for the router (batched, preprocessing included); "
           "achieved GFLOP/s: " + ", ".join(f"{r['role']} {r['gflop'] / r['ms'] * 1000:.0f}" for r in rows))
-    experts = {row["role"]: row["labels"] for row in rows if "labels" in row and len(row["labels"]) > 2}
+    # Vocabularies CLIP embeds whole; BioCLIP's Tree of Life is audited among each crop's candidates instead.
+    experts = {row["role"]: row["labels"] for row in rows if "labels" in row and 2 < len(row["labels"]) <= 20_000}
+    candidates = [row["labels"][:3] for row in rows if len(row.get("labels", [])) > 20_000]
+    for top_k in candidates:
+        prompts = [label_prompt(f"{label} {i}") for i in range(len(pieces)) for label in top_k]
+        started = time.perf_counter()
+        embedder.embed_texts(prompts)
+        print(f"\nBioCLIP's candidates for CLIP's second opinion: {len(prompts)} prompts (3 per crop, none cached) "
+              f"{1000 * (time.perf_counter() - started) / len(pieces):.1f} ms per crop")
     second_opinion_cost(embedder, YoloDetector(identity_for("yolov8n.pt", cache=cache), device=args.device,
                                                cache=cache).class_names, experts, pieces)
 

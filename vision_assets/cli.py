@@ -338,8 +338,8 @@ def review_config(args: argparse.Namespace) -> int:
     models = model_resources_from(Settings.from_env())
     with resources_outside_dagster(detector=models["detector"], specialists=models["specialists"]) as loaded:
         classes = loaded.detector.detector.class_names
-        vocabulary = [name for expert in loaded.specialists.classifiers().values() for name in expert.label_names]
-    print(project_config(classes, vocabulary), end="")
+        vocabularies = {name: expert.label_names for name, expert in loaded.specialists.classifiers().items()}
+    print(project_config(classes, vocabularies), end="")
     return 0
 
 

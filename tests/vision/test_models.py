@@ -16,8 +16,15 @@ from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector, fit_within
 from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
 from vision_assets.vision.models.hub import hugging_face_offline
-from vision_assets.vision.models.defaults import CAT_MODEL, CORAL_MODEL, DOG_MODEL, WILDLIFE_MODEL
-from vision_assets.vision.models.offline import WILDLIFE_CLASSES, read_manifest
+from vision_assets.vision.models.defaults import (
+    CAT_MODEL,
+    CORAL_MODEL,
+    DOG_MODEL,
+    INAT21_WILDLIFE_MODEL,
+    WILDLIFE_MODEL,
+)
+from vision_assets.vision.models.offline import KNOWN_TAXA, TAXA, WILDLIFE_CLASSES, read_manifest
+from vision_assets.vision.models.taxonomy import TAXA_SOURCES, TaxonClassifier
 from vision_assets.settings import ENVIRONMENT
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
@@ -52,7 +59,7 @@ def test_offline_manifest_names_the_defaults_hub_ids(manifest):
     [
         (DOG_MODEL, "SiglipForImageClassification", 121, 224, {"golden_retriever", "test"}),
         (CAT_MODEL, "ViTForImageClassification", 67, 224, {"Maine Coon", "Siamese"}),
-        (WILDLIFE_MODEL, "TimmWrapperForImageClassification", WILDLIFE_CLASSES, 336, {"Ursus arctos"}),
+        (INAT21_WILDLIFE_MODEL, "TimmWrapperForImageClassification", WILDLIFE_CLASSES, 336, {"Ursus arctos"}),
         (CORAL_MODEL, "ViTForImageClassification", 2, 224, {"CORAL", "CORAL_BL"}),
     ],
 )
@@ -72,6 +79,31 @@ def test_each_expert_twin_loads_by_its_hub_id_as_the_published_model(
         assert len(top) == min(3, classes) and all(label.name != "test" for label in top)
         assert [l.confidence for l in top] == sorted((l.confidence for l in top), reverse=True)
         assert 0 < sum(l.confidence for l in top) <= 1.0001
+
+
+def test_bioclip_twin_loads_as_bioclip_does_with_its_tree_of_life_from_the_dataset_repo(cache, photos):
+    """The default wildlife expert: OpenCLIP by `hf-hub:imageomics/bioclip`, its taxa from the TreeOfLife-10M
+    dataset repo's embeddings files through `hf_hub_download`, all from the cache."""
+    expert = TaxonClassifier(identity_for(WILDLIFE_MODEL, cache=cache), device="cpu", top_k=3, cache=cache)
+    assert len(expert.identity.revision) == 40
+    dataset = Path(cache.hub_dir) / ("datasets--" + TAXA_SOURCES[WILDLIFE_MODEL].repo.replace("/", "--"))
+    assert (dataset / "refs" / "main").is_file()
+    model, _, taxa, names = expert.load()
+    assert type(model.visual).__name__ == "VisionTransformer" and model.visual.patch_size == (16, 16)
+    assert taxa.shape == (model.visual.output_dim, TAXA["tiny"]) == (model.visual.output_dim, len(names))
+    assert expert.label_names[:2] == ["Haliaeetus leucocephalus", "Turdus migratorius"]
+    found = expert.classify(photos * 2)
+    assert len(found) == 4
+    for top in found:
+        assert len(top) == 3 and [l.confidence for l in top] == sorted((l.confidence for l in top), reverse=True)
+        assert set(top[0].taxonomy) >= {"kingdom", "phylum", "class", "order", "family", "genus", "species"}
+    eagle = expert.classify([photos[0]])[0][0].model_copy()  # the names file's first row, read as a label:
+    from vision_assets.vision.models.taxonomy import taxon_label
+    assert taxon_label(KNOWN_TAXA[0], 0.5).taxonomy == {
+        "kingdom": "Animalia", "phylum": "Chordata", "class": "Aves", "order": "Accipitriformes",
+        "family": "Accipitridae", "genus": "Haliaeetus", "species": "Haliaeetus leucocephalus",
+        "common_name": "Bald Eagle"}
+    assert eagle.name
 
 
 def test_detector_loads_a_bare_ultralytics_name_from_the_cache(manifest, cache, photos):

@@ -25,7 +25,15 @@ from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.zero_shot import Vocabulary, label_prompt
 from ..vision.images.review import ReviewPictures, labels_markdown
 from ..vision.models.classifier import ImageClassifier
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord, SourceImageRecord
+from ..vision.models.taxonomy import TaxonClassifier
+from ..vision.records import (
+    CropLabels,
+    DetectionsRecord,
+    EmbeddingsRecord,
+    ImageReview,
+    LabelsRecord,
+    SourceImageRecord,
+)
 from ..vision.review.decisions import AppliedReview, apply_review, outstanding_disagreements, outstanding_review
 from ..vision.review.label_studio import task_for
 from ..vision.storage.results_store import (
@@ -38,6 +46,8 @@ from ..vision.storage.results_store import (
     ResultsStore,
 )
 from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
+
+OPEN_VOCABULARY = 20_000  # labels above which an expert is audited among its own candidates, not its vocabulary
 
 
 def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPictures | None) -> dict:
@@ -57,11 +67,16 @@ def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPict
 
 class Vocabularies:
     """Prompt vectors for the detector's classes and each expert's labels, made on first need: a run with no
-    wildlife crop never touches the 10,000 species (and the vectors are cached per model anyway)."""
+    wildlife crop never touches the wildlife vocabulary (and the vectors are cached per model anyway). An expert
+    whose vocabulary is too large to embed whole (BioCLIP's ~450,000 taxa) is audited among its own candidates:
+    CLIP says which of the expert's top-k labels for the chunk's crops it believes, prompted by common name."""
 
-    def __init__(self, embedder: EmbedderResource, detector: DetectorResource, experts: dict[str, ImageClassifier]):
+    def __init__(self, embedder: EmbedderResource, detector: DetectorResource,
+                 experts: dict[str, ImageClassifier | TaxonClassifier]):
         self._embedder, self._detector, self._experts = embedder, detector, experts
         self._made: dict[str, Vocabulary] = {}
+        self._sizes: dict[str, int] = {}
+        self._candidates: dict[str, np.ndarray] = {}  # prompt -> vector, for the open vocabularies
 
     def _vocabulary(self, name: str, labels: list[str]) -> Vocabulary:
         if name not in self._made:
@@ -72,8 +87,29 @@ class Vocabularies:
     def detector(self) -> Vocabulary:
         return self._vocabulary("detector", self._detector.detector.class_names)
 
-    def experts(self, names: set[str]) -> dict[str, Vocabulary]:
-        return {name: self._vocabulary(name, self._experts[name].label_names) for name in sorted(names)}
+    def experts(self, crops: list[CropLabels]) -> dict[str, Vocabulary]:
+        routed: dict[str, list[CropLabels]] = {}
+        for crop in crops:
+            if crop.specialist:
+                routed.setdefault(crop.specialist.specialist, []).append(crop)
+        vocabularies = {}
+        for name in sorted(routed):
+            if name not in self._sizes:
+                self._sizes[name] = len(self._experts[name].label_names)
+            if self._sizes[name] <= OPEN_VOCABULARY:
+                vocabularies[name] = self._vocabulary(name, self._experts[name].label_names)
+            else:
+                vocabularies[name] = self._among_candidates(routed[name])
+        return vocabularies
+
+    def _among_candidates(self, crops: list[CropLabels]) -> Vocabulary:
+        prompts = {label.name: label_prompt((label.taxonomy or {}).get("common_name") or label.name)
+                   for crop in crops for label in crop.specialist.labels}
+        missing = sorted({prompt for prompt in prompts.values() if prompt not in self._candidates})
+        if missing:
+            self._candidates.update(zip(missing, self._embedder.embedder.embed_texts(missing), strict=True))
+        names = sorted(prompts)
+        return Vocabulary(names, np.stack([self._candidates[prompts[n]] for n in names]))
 
 
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
@@ -189,7 +225,7 @@ def _second_opinions(labelled: dict[str, LabelsRecord], embedded: dict[str, Embe
     if not crops:
         return 0, 0.0
     detector = vocabularies.detector
-    experts = vocabularies.experts({c.specialist.specialist for c in crops if c.specialist})
+    experts = vocabularies.experts(crops)
     started = time.perf_counter()
     second_opinions(crops, np.stack(rows), detector, experts, model, margin)
     return len(crops), time.perf_counter() - started

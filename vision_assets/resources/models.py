@@ -13,6 +13,7 @@ from ..vision.models.base import Model, ModelIdentity, identity_for
 from ..vision.models import defaults
 from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
+from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from ..vision.models.detector import YoloDetector
 from ..vision.models.hub import hugging_face_offline
 from ..vision.models.embedder import ClipEmbedder
@@ -115,7 +116,8 @@ class EmbedderResource(_ModelResource):
 
 
 class SpecialistsResource(_ModelResource):
-    """The experts, by name: a transformers image classifier each (hub id or local `save_pretrained` folder)."""
+    """The experts, by name: a transformers image classifier each (hub id or local `save_pretrained` folder), or a
+    taxonomic OpenCLIP expert (`hf-hub:imageomics/bioclip`, see vision/models/taxonomy.py)."""
 
     models: dict[str, str] = {}
     top_k: int = 3
@@ -128,13 +130,17 @@ class SpecialistsResource(_ModelResource):
 
     def _build(self) -> dict[str, Model]:
         measured = {name: {"cpu": precision} for name, precision in self.cpu_precision.items()}
-        return {
-            name: ImageClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
-                                  drop_labels=self.drop_labels, auto_precision=measured.get(name))
-            for name, model_id in self.models.items()
-        }
+        built: dict[str, Model] = {}
+        for name, model_id in self.models.items():
+            if is_taxonomic(model_id):  # BioCLIP: OpenCLIP against the Tree of Life's taxon embeddings
+                built[name] = TaxonClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
+                                              auto_precision=measured.get(name))
+            else:
+                built[name] = ImageClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
+                                              drop_labels=self.drop_labels, auto_precision=measured.get(name))
+        return built
 
-    def classifiers(self) -> dict[str, ImageClassifier]:
+    def classifiers(self) -> dict[str, ImageClassifier | TaxonClassifier]:
         return dict(self._ensure_built())
 
     @property

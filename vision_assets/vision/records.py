@@ -127,6 +127,8 @@ class DetectionsRecord(BaseModel):
 class Label(BaseModel):
     name: str
     confidence: float
+    # Taxonomic experts (BioCLIP): kingdom, phylum, class, order, family, genus, species, common_name.
+    taxonomy: dict[str, str] | None = None
 
 
 class SpecialistLabel(BaseModel):

@@ -79,9 +79,29 @@ def test_a_task_carries_the_committee_answer_in_label_studio_coordinates():
     assert box["value"] == {"x": 50.0, "y": 25.0, "width": 25.0, "height": 50.0, "rotation": 0,
                                  "rectanglelabels": ["dog"]}
     assert label["type"] == "choices" and label["value"]["choices"] == ["pug"] and label["value"]["x"] == 50.0
-    config = project_config(["cat", "dog"], ["pug", "golden retriever", 'say "hi" & <go>'])
+    config = project_config(["cat", "dog"], {"dog_breeds": ["pug", "golden retriever", 'say "hi" & <go>'],
+                                             "wildlife": [f"taxon {i}" for i in range(20_001)]})
     assert '<Choices name="label" toName="image" perRegion="true"' in config
     assert "<Choice value='say \"hi\" &amp; &lt;go&gt;'/>" in config  # quoted, whatever a label holds
+    assert "taxon 1" not in config and '<TextArea name="other_label" toName="image" perRegion="true"' in config
+
+
+def test_a_tree_of_life_label_is_typed_and_a_typed_label_wins():
+    taxon = SpecialistLabel(specialist="wildlife", model="hf-hub:imageomics/bioclip@1", threshold=0.5, needs_review=True,
+                            labels=[Label(name="Ursus arctos", confidence=0.4,
+                                          taxonomy={"kingdom": "Animalia", "species": "Ursus arctos"})])
+    labels = LABELS.model_copy(update={"crops": [LABELS.crops[0].model_copy(update={"specialist": taxon}), *LABELS.crops[1:]]})
+    task = task_for(SOURCE, DETECTIONS, labels, "s3://b/x.jpg", [])
+    typed = [r for r in task["predictions"][0]["result"] if r["id"] == "d0" and r["type"] == "textarea"]
+    assert typed and typed[0]["from_name"] == "other_label" and typed[0]["value"]["text"] == ["Ursus arctos"]
+    annotation = json.loads(annotated(task, {"d0": None, "d1": None, "d2": None}))
+    for region in annotation["result"]:
+        if region["type"] == "textarea":
+            region["value"]["text"] = ["Ursus maritimus"]
+    review = build_review(parse_annotation_file(json.dumps(annotation).encode(), "a"), SOURCE.sha256, DETECTIONS,
+                          labels)
+    assert (review.boxes[0].verdict, review.boxes[0].label, review.boxes[0].model_label) == (
+        Verdict.CORRECTED, "Ursus maritimus", "Ursus arctos")
 
 
 @pytest.mark.parametrize("nested", [True, False])

@@ -61,8 +61,12 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
             "label": expert.top.name,
             "label_confidence": expert.top.confidence,
             "labels": [label.name for label in expert.labels],
-            "top_k": [label.model_dump() for label in expert.labels],
+            "top_k": [label.model_dump(exclude_none=True) for label in expert.labels],
         }
+        if taxonomy := expert.top.taxonomy:
+            # A taxonomic expert's answer is findable by any of its ranks or its common name: `--label Aves`.
+            payload["taxonomy"] = taxonomy
+            payload["labels"] += [name for name in taxonomy.values() if name not in payload["labels"]]
     decision = reviewed.decision(crop.detection_index) if reviewed else None
     payload["reviewed"] = decision is not None
     if decision is not None:
@@ -114,10 +118,13 @@ def image_payload(
         "original_width": source.facts.width if source.facts else None,  # box * original_width / width: the original's
         "original_height": source.facts.height if source.facts else None,
         "entity": sorted({d.class_name for d in detections.detections}),
-        "labels": sorted({s.top.name for s in crop_labels + scene}),
+        "labels": sorted({s.top.name for s in crop_labels + scene}
+                         | {name for s in crop_labels for name in (s.top.taxonomy or {}).values()}),
         # The experts' top labels, best first: what a search hit on the whole image shows.
         "top_labels": sorted(
-            ({"name": s.top.name, "confidence": s.top.confidence, "specialist": s.specialist} for s in crop_labels + scene),
+            ({"name": s.top.name, "confidence": s.top.confidence, "specialist": s.specialist}
+             | ({"common_name": s.top.taxonomy["common_name"]} if "common_name" in (s.top.taxonomy or {}) else {})
+             for s in crop_labels + scene),
             key=lambda label: -label["confidence"],
         ),
         "coral_health": scene[0].top.name if scene else None,

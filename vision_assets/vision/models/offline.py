@@ -34,8 +34,10 @@ from .defaults import (
     CORAL_MODEL,
     DETECTOR_MODEL,
     DOG_MODEL,
+    INAT21_WILDLIFE_MODEL,
     WILDLIFE_MODEL,
 )
+from .taxonomy import RANKS, TAXA_SOURCES
 
 MANIFEST = "offline.json"
 SIZES = ("tiny", "full")
@@ -95,10 +97,13 @@ def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) 
     experts = {
         "dog_breeds": Twin(DOG_MODEL, lambda target, s: _siglip_classifier(target, s, dog_breeds())),
         "cat_breeds": Twin(CAT_MODEL, lambda target, s: _vit_classifier(target, s, CAT_BREEDS)),
-        "wildlife": Twin(WILDLIFE_MODEL, lambda target, s: _timm_classifier(target, s, wildlife_species())),
+        "wildlife": Twin(WILDLIFE_MODEL.removeprefix("hf-hub:"), _bioclip),
         CORAL: Twin(CORAL_MODEL, lambda target, s: _vit_classifier(target, s, CORAL_LABELS)),
     }
-    for twin in experts.values():
+    inat21 = Twin(INAT21_WILDLIFE_MODEL, lambda target, s: _timm_classifier(target, s, wildlife_species()))
+    # The iNat21 expert is not a default, but selectable. Built where the wildlife twin used to be, and BioCLIP
+    # last, so every other twin draws the same random weights as before (tests rely on the detector's boxes).
+    for twin in [experts["dog_breeds"], experts["cat_breeds"], inat21, experts[CORAL]]:
         _write_snapshot(folder / HUB_CACHE, twin, size, seed)
     if size == "full":
         _write_snapshot(folder / HUB_CACHE, Twin(CLIP_REPO, _full_clip), size, seed)
@@ -109,23 +114,28 @@ def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) 
     detectors = [DETECTOR_MODEL, "yolov8m.pt"] if size == "full" else [DETECTOR_MODEL]
     for name in detectors:
         _build_detector(folder / ULTRALYTICS, name)
+    _write_snapshot(folder / HUB_CACHE, experts["wildlife"], size, seed)
+    taxa = TAXA_SOURCES[WILDLIFE_MODEL]
+    _write_snapshot(folder / HUB_CACHE, Twin(taxa.repo, lambda target, s: _taxa(target, s, taxa.stem, seed)), size,
+                    seed, kind="datasets")
     manifest = {
         "size": size,
         "model_cache": ".",
         "detector": {"model": detectors[-1], **DETECTOR_SETTINGS},
         "clip": clip,
-        "specialists": {name: twin.repo for name, twin in experts.items()},
+        "specialists": {name: WILDLIFE_MODEL if name == "wildlife" else twin.repo for name, twin in experts.items()},
         "drop_labels": ["test"],
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return folder / MANIFEST
 
 
-def _write_snapshot(cache: Path, twin: Twin, size: str, seed: int) -> None:
+def _write_snapshot(cache: Path, twin: Twin, size: str, seed: int, kind: str = "models") -> None:
     """A snapshot as `huggingface_hub` leaves one after a download: `refs/main` names a 40-hex revision whose folder
-    holds the files. The revision is derived from what was built, so a rebuild with other settings is a new model."""
+    holds the files. The revision is derived from what was built, so a rebuild with other settings is a new model.
+    `kind`: `models` or `datasets` (a dataset repo's files, such as BioCLIP's taxon embeddings)."""
     revision = hashlib.sha1(f"{twin.repo}|{size}|{seed}|{TWIN_FORMAT}".encode()).hexdigest()
-    repo_folder = cache / ("models--" + twin.repo.replace("/", "--"))
+    repo_folder = cache / (f"{kind}--" + twin.repo.replace("/", "--"))
     if repo_folder.exists():
         shutil.rmtree(repo_folder)
     snapshot = repo_folder / "snapshots" / revision
@@ -225,6 +235,63 @@ def _tiny_clip(target: Path, size: str) -> None:
         "model_cfg": TINY_CLIP_CONFIG,
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
     }))
+
+
+BIOCLIP_CONFIG = {  # imageomics/bioclip's open_clip_config.json model_cfg: ViT-B/16, 512-d
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+}
+TINY_BIOCLIP_CONFIG = TINY_CLIP_CONFIG | {"vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16}}
+# Real taxa first, as the names file spells them, then numbered stand-ins. The published file holds about 450,000
+# taxa (TreeOfLife-10M); the full twin has as many, so the matrix product costs what it will.
+KNOWN_TAXA = [
+    [["Animalia", "Chordata", "Aves", "Accipitriformes", "Accipitridae", "Haliaeetus", "leucocephalus"], "Bald Eagle"],
+    [["Animalia", "Chordata", "Aves", "Passeriformes", "Turdidae", "Turdus", "migratorius"], "American Robin"],
+    [["Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus", "arctos"], "Brown Bear"],
+    [["Animalia", "Chordata", "Mammalia", "Perissodactyla", "Equidae", "Equus", "quagga"], "Plains Zebra"],
+    [["Animalia", "Chordata", "Mammalia", "Proboscidea", "Elephantidae", "Loxodonta", "africana"], "African Elephant"],
+    [["Animalia", "Chordata", "Mammalia", "Artiodactyla", "Giraffidae", "Giraffa", "camelopardalis"], "Giraffe"],
+    [["Animalia", "Chordata", "Mammalia", "Carnivora", "Canidae", "Vulpes", "vulpes"], "Red Fox"],
+    [["Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa", "canina"], "Dog Rose"],
+]
+TAXA = {"tiny": 500, "full": 450_000}
+
+
+def _bioclip(target: Path, size: str) -> None:
+    """imageomics/bioclip as OpenCLIP finds it on the hub: `open_clip_config.json` and the weights."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    config = BIOCLIP_CONFIG if size == "full" else TINY_BIOCLIP_CONFIG
+    name = f"vision-assets-offline-bioclip-{size}"
+    config_file = target / f"{name}.json"
+    config_file.write_text(json.dumps(config))
+    open_clip.add_model_config(config_file)
+    _clip_state(target, name)
+    config_file.unlink()
+    (target / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": config,
+        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
+    }))
+
+
+def _taxa(target: Path, size: str, stem: str, seed: int) -> None:
+    """The TreeOfLife dataset repo's embeddings as BioCLIP's code reads them: `<stem>.npy` (dimension x taxa, unit
+    columns; float16 here to keep the full twin at 0.46 GB) and `<stem>.json` (`[[kingdom .. epithet], common]`)."""
+    import numpy as np
+
+    count = TAXA[size]
+    dimension = (BIOCLIP_CONFIG if size == "full" else TINY_BIOCLIP_CONFIG)["embed_dim"]
+    names = KNOWN_TAXA + [[["Animalia", "Chordata", "Insecta", f"Order{i % 30}", f"Family{i % 300}", f"Genus{i}",
+                            f"species{i}"], ""] for i in range(len(KNOWN_TAXA), count)]
+    vectors = np.random.default_rng(seed).standard_normal((dimension, count), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    path = target / f"{stem}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors.astype(np.float16))
+    (target / f"{stem}.json").write_text(json.dumps(names))
+    assert len(RANKS) == 6  # the names file's first list: six ranks, then the epithet
 
 
 def _build_detector(folder: Path, name: str) -> None:

@@ -21,6 +21,8 @@ from ..records import DetectionsRecord, LabelsRecord, SourceImageRecord
 from .submissions import Submission, SubmissionError, Submitted
 
 OBJECT, LABEL, IMAGE = "object", "label", "image"  # the control and object tag names of the config
+OTHER_LABEL = "other_label"  # free text per region, for labels of vocabularies too large to list
+LISTED_VOCABULARY = 20_000  # labels a drop-down lists at most: BioCLIP's Tree of Life has ~450,000
 
 
 def region_id(detection_index: int) -> str:
@@ -45,8 +47,12 @@ def task_for(source: SourceImageRecord, detections: DetectionsRecord, labels: La
         crop = crops.get(index)
         if crop and crop.specialist:
             top = crop.specialist.top
-            results.append(common | {"from_name": LABEL, "type": "choices", "score": top.confidence,
-                                     "value": geometry | {"choices": [top.name]}})
+            if top.taxonomy:  # a Tree of Life label: typed, not listed (see `project_config`)
+                results.append(common | {"from_name": OTHER_LABEL, "type": "textarea", "score": top.confidence,
+                                         "value": geometry | {"text": [top.name]}})
+            else:
+                results.append(common | {"from_name": LABEL, "type": "choices", "score": top.confidence,
+                                         "value": geometry | {"choices": [top.name]}})
             confidences.append(top.confidence)
     models = sorted({detections.model} | {c.specialist.model for c in labels.crops if c.specialist})
     return {
@@ -64,11 +70,17 @@ def task_for(source: SourceImageRecord, detections: DetectionsRecord, labels: La
     }
 
 
-def project_config(detector_classes: list[str], expert_labels: list[str]) -> str:
+def project_config(detector_classes: list[str], vocabularies: dict[str, list[str]]) -> str:
     """The labelling config for these tasks: boxes with the detector's classes, a per-region label chosen from the
-    experts' vocabularies (a searchable drop-down: vocabularies run to thousands)."""
+    experts' vocabularies (a searchable drop-down), and a per-region free-text label for the experts whose
+    vocabulary is too large to list (a species name from the Tree of Life)."""
+    listed = sorted({name for labels in vocabularies.values() if len(labels) <= LISTED_VOCABULARY for name in labels})
+    unlisted = sorted(name for name, labels in vocabularies.items() if len(labels) > LISTED_VOCABULARY)
     classes = "\n".join(f"    <Label value={quoteattr(name)}/>" for name in detector_classes)
-    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in sorted(set(expert_labels)))
+    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in listed)
+    free_text = (f'  <TextArea name="{OTHER_LABEL}" toName="{IMAGE}" perRegion="true" editable="true" '
+                 f'maxSubmissions="1" placeholder={quoteattr("or type a label (" + ", ".join(unlisted) + ")")}/>\n'
+                 if unlisted else "")
     return f"""<View>
   <Header value="$partition_key"/>
   <Text name="why" value="$why"/>
@@ -79,7 +91,7 @@ def project_config(detector_classes: list[str], expert_labels: list[str]) -> str
   <Choices name="{LABEL}" toName="{IMAGE}" perRegion="true" layout="select" required="false">
 {choices}
   </Choices>
-</View>
+{free_text}</View>
 """
 
 
@@ -125,7 +137,10 @@ def _items(results: list[dict[str, Any]], shown: list[str]) -> list[Submitted]:
             item.box_percent = [float(value[k]) for k in ("x", "y", "width", "height")]
             item.entity = (value.get("rectanglelabels") or [None])[0]
         elif result.get("type") == "choices" and result.get("from_name") == LABEL:
-            item.label = (value.get("choices") or [None])[0]
+            item.label = item.label or (value.get("choices") or [None])[0]
+        elif result.get("type") == "textarea" and result.get("from_name") == OTHER_LABEL:
+            typed = " ".join(str(t) for t in value.get("text") or []).strip()
+            item.label = typed or item.label  # a typed label wins over the drop-down
     deleted = [Submitted(detection_index=int(identity[1:]), removed=True) for identity in shown
                if identity not in regions]
     return [*regions.values(), *deleted]
