@@ -211,8 +211,8 @@ def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
 
 def test_the_committee_end_to_end_with_a_backfill(running):
     """Real photos and a corrupt file into S3 (or the folder); the sensor's run carries every valid image through
-    every stage into Qdrant; a backfill launched the way the UI does runs as one run and overwrites the points; one
-    image re-run on its own. After each, the UI's check views account for every image."""
+    every stage into Qdrant; (folder) a backfill launched the way the UI does runs as one run and overwrites the
+    points; one image re-run on its own. After each, the UI's check views account for every image."""
     dev, put = running.dev, running.put
     put("bus.jpg", (PHOTOS / "bus.jpg").read_bytes())
     put(ODD_NAME, (PHOTOS / "zidane.jpg").read_bytes())
@@ -238,6 +238,10 @@ def test_the_committee_end_to_end_with_a_backfill(running):
 
     images, crops = qdrant_contents(dev.data_dir)
     assert images == {"bus.jpg", odd} and crops and set(crops) <= images
+    if running.store == "s3":
+        # What depends on the store ends here (S3 uploads registered, fetched, indexed); backfills and one-image
+        # re-runs are Dagster's and the results store's business, the same for both: run once, on the folder.
+        return
 
     launched = dev.query(LAUNCH_PARTITION_BACKFILL_MUTATION, {"backfillParams": {
         "partitionNames": ["bus.jpg", odd, "corrupt.jpg"],

@@ -98,9 +98,10 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_CLIP_BATCH_SIZE": ("64", "Images or texts per CLIP forward pass."),
     "VISION_ASSETS_DOG_BREEDS_MODEL": (defaults.DOG_MODEL, "Dog breed expert (transformers id or folder)."),
     "VISION_ASSETS_CAT_BREEDS_MODEL": (defaults.CAT_MODEL, "Cat breed expert."),
-    "VISION_ASSETS_WILDLIFE_MODEL": (defaults.WILDLIFE_MODEL, "Wildlife species "
-                                     "expert (iNaturalist 2021; any transformers image classifier, timm hub models "
-                                     "load through transformers)."),
+    "VISION_ASSETS_WILDLIFE_MODEL": (defaults.WILDLIFE_MODEL, "Wildlife expert: BioCLIP over the Tree of Life "
+                                     "(kingdom to species and common name; `hf-hub:imageomics/bioclip-2` also "
+                                     "works), or any transformers image classifier, e.g. the iNat21 ViT-L/14 "
+                                     f"`{defaults.INAT21_WILDLIFE_MODEL}` (non-commercial)."),
     "VISION_ASSETS_CORAL_HEALTH_MODEL": (defaults.CORAL_MODEL, "Coral health expert "
                                          "(whole images gated by the CLIP reef score). Empty = no coral stage."),
     "VISION_ASSETS_SPECIALIST_BATCH_SIZE": ("32", "Crops per expert forward pass."),

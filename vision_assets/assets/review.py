@@ -40,13 +40,13 @@ def review_decisions(context: dg.AssetExecutionContext, image_store: ImageStore,
     results = image_store.results
     valid, skipped = valid_sources(image_store, context.partition_keys)
     metadata = ImageMetadata(context)
-    applied, labels_of = {}, {}
+    applied, labels_of, embedded = {}, {}, {}
     for key, source in valid.items():
         review = results.read(key, REVIEW, ImageReview)
         detections = results.read(key, DETECTIONS, DetectionsRecord)
         labels_of[key] = results.read(key, LABELS, LabelsRecord)
-        embedded = results.read(key, EMBEDDINGS, EmbeddingsRecord)
-        if review is None or detections is None or labels_of[key] is None or embedded is None:
+        embedded[key] = results.read(key, EMBEDDINGS, EmbeddingsRecord)
+        if review is None or detections is None or labels_of[key] is None or embedded[key] is None:
             skipped[key] = "no review for this image" if review is None else "not processed yet: no labels to review"
             continue
         applied[key] = apply_review(review, source.sha256, detections)
@@ -62,7 +62,6 @@ def review_decisions(context: dg.AssetExecutionContext, image_store: ImageStore,
     metadata.skipped(skipped)
     keys = list(applied)
     if keys:
-        embedded = {key: results.read(key, EMBEDDINGS, EmbeddingsRecord) for key in keys}
         with qdrant.open(on_wait=context.log.info) as index:
             for chunk in stage_policy.chunks(keys):
                 _, _, written = write_points(index, results, valid, embedded, chunk, qdrant.upsert_batch_size)

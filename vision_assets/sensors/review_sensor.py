@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from ..jobs import apply_reviews, measure_accuracy
 from ..partitions import images
 from ..resources import ImageStore
-from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject, Verdict
+from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject
 from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
 from ..vision.review.submissions import Submission, SubmissionError, build_review
@@ -119,8 +119,9 @@ def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStor
     review = build_review(submission, source.sha256, detections, results.read(key, LABELS, LabelsRecord))
     earlier = results.read(key, REVIEW, ImageReview)
     if not replace and earlier is not None and earlier.sha256 == review.sha256:
-        decided = {tuple(d.model_box) for d in review.boxes if d.model_box}
-        kept = [d for d in earlier.boxes if d.verdict == Verdict.ADDED or tuple(d.model_box or ()) not in decided]
+        # Keyed by the box decided (or drawn), so reading the same file twice (a tick retried) changes nothing.
+        decided = {tuple(d.model_box or d.box) for d in review.boxes}
+        kept = [d for d in earlier.boxes if tuple(d.model_box or d.box) not in decided]
         review = review.model_copy(update={"boxes": kept + review.boxes,
                                            "origin": f"{earlier.origin}; {review.origin}"})
     return review

@@ -104,3 +104,37 @@ def test_softmax_scores_rows_sum_to_one():
     scores = softmax_scores(np.stack([unit([1, 0, 0]), unit([0, 1, 0])]), np.eye(3, dtype=np.float32))
     assert np.allclose(scores.sum(axis=1), 1) and scores[0, 0] > 0.99 and scores[1, 1] > 0.99
     assert softmax_scores(np.zeros((0, 3), np.float32), np.eye(3, dtype=np.float32)).shape == (0, 3)
+
+
+def test_an_expert_too_large_to_embed_whole_is_audited_among_its_candidates(monkeypatch):
+    """BioCLIP names ~450,000 taxa: CLIP judges which of the expert's own top-k it believes, each prompted by its
+    common name, and embeds each prompt once per run."""
+    from types import SimpleNamespace
+
+    import vision_assets.assets.labels as labels_module
+
+    monkeypatch.setattr(labels_module, "OPEN_VOCABULARY", 10)
+    embedded: list[str] = []
+
+    def embed_texts(prompts):
+        embedded.extend(prompts)
+        return np.stack([unit(np.random.default_rng(len(p)).normal(size=8)) for p in prompts])
+
+    clip = SimpleNamespace(embedder=SimpleNamespace(embed_texts=embed_texts, prompt_vectors=embed_texts))
+    taxa = SimpleNamespace(label_names=[f"taxon {i}" for i in range(50)])
+    breeds = SimpleNamespace(label_names=["beagle", "pug"])
+    vocabularies = labels_module.Vocabularies(clip, SimpleNamespace(), {"wildlife": taxa, "dog_breeds": breeds})
+
+    def bear(index):
+        labelled = crop(index, "bear", "Ursus arctos", specialist="wildlife")
+        labelled.specialist.labels = [
+            Label(name="Ursus arctos", confidence=0.6, taxonomy={"common_name": "Brown Bear"}),
+            Label(name="Ursus maritimus", confidence=0.3, taxonomy={"common_name": "Polar Bear"})]
+        return labelled
+
+    found = vocabularies.experts([bear(0), bear(1), crop(2, "dog", "pug")])
+    assert found["wildlife"].names == ["Ursus arctos", "Ursus maritimus"]  # candidates, not 50 taxa
+    assert found["dog_breeds"].names == ["beagle", "pug"]  # small vocabularies whole, as before
+    assert embedded.count("a photo of a Brown Bear.") == 1 and "a photo of a Polar Bear." in embedded
+    vocabularies.experts([bear(3)])
+    assert embedded.count("a photo of a Brown Bear.") == 1  # embedded once per run

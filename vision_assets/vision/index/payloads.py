@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import BoxDecision, CropLabels, DetectionsRecord, EmbeddingsRecord, LabelsRecord, SourceImageRecord
+from ..records import (
+    BoxDecision,
+    CropLabels,
+    DetectionsRecord,
+    EmbeddingsRecord,
+    LabelsRecord,
+    SourceImageRecord,
+    Verdict,
+)
 from ..review.decisions import AppliedReview, outstanding_disagreements, outstanding_review
 
 SCENE_SCORES_KEPT = 5  # the most likely scene tags' probabilities, for display; the filter is `scene_tags`
@@ -148,10 +156,10 @@ def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, label
     """The image's labels as the reviewer left them: decided crops carry the person's answer, rejected boxes are
     gone, drawn boxes are added; what is still undecided keeps the model's answer and its review flag."""
     experts = {c.detection_index: c.specialist for c in labels.crops if c.specialist}
-    entities, top_labels = set(), []
+    entities, top_labels, ranks = set(), [], set()
     for index, detection in enumerate(detections.detections):
         decision = reviewed.decision(index)
-        if decision and decision.verdict.value == "rejected":
+        if decision and decision.verdict == Verdict.REJECTED:
             continue
         entities.add(decision.entity if decision else detection.class_name)
         if decision and decision.label:
@@ -162,6 +170,7 @@ def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, label
             expert = experts[index]
             top_labels.append({"name": expert.top.name, "confidence": expert.top.confidence,
                                "specialist": expert.specialist})
+            ranks |= set((expert.top.taxonomy or {}).values())
     top_labels += [{"name": s.top.name, "confidence": s.top.confidence, "specialist": s.specialist}
                    for s in labels.scene]
     added = [{"entity": d.entity, "label": d.label, "box": d.box} for d in reviewed.added]
@@ -170,7 +179,7 @@ def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, label
                    for d in added if d["label"]]
     return {
         "entity": sorted(entities),
-        "labels": sorted({label["name"] for label in top_labels}),
+        "labels": sorted({label["name"] for label in top_labels} | ranks),
         "top_labels": sorted(top_labels, key=lambda label: -label["confidence"]),
         "needs_review": bool(outstanding_review(labels, reviewed)),
         "reviewed": True,

@@ -37,7 +37,7 @@ from .defaults import (
     INAT21_WILDLIFE_MODEL,
     WILDLIFE_MODEL,
 )
-from .taxonomy import RANKS, TAXA_SOURCES
+from .taxonomy import TAXA_SOURCES
 
 MANIFEST = "offline.json"
 SIZES = ("tiny", "full")
@@ -220,21 +220,26 @@ TINY_CLIP_CONFIG = {
 }
 
 
-def _tiny_clip(target: Path, size: str) -> None:
-    """An OpenCLIP hub repo (`open_clip_config.json` + weights): ViT-B-32's input and tokenizer, toy widths."""
+def _open_clip_repo(target: Path, name: str, config: dict) -> None:
+    """An OpenCLIP hub repo as `hf-hub:` loading finds it: `open_clip_config.json` (model and preprocessing
+    config) and the weights of that architecture."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    name = "vision-assets-offline-tiny-clip"
     config_file = target / f"{name}.json"
-    config_file.write_text(json.dumps(TINY_CLIP_CONFIG))
+    config_file.write_text(json.dumps(config))
     open_clip.add_model_config(config_file)
     _clip_state(target, name)
     config_file.unlink()
     (target / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": TINY_CLIP_CONFIG,
+        "model_cfg": config,
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
     }))
+
+
+def _tiny_clip(target: Path, size: str) -> None:
+    """ViT-B-32's input and tokenizer, toy widths."""
+    _open_clip_repo(target, "vision-assets-offline-tiny-clip", TINY_CLIP_CONFIG)
 
 
 BIOCLIP_CONFIG = {  # imageomics/bioclip's open_clip_config.json model_cfg: ViT-B/16, 512-d
@@ -259,21 +264,9 @@ TAXA = {"tiny": 500, "full": 450_000}
 
 
 def _bioclip(target: Path, size: str) -> None:
-    """imageomics/bioclip as OpenCLIP finds it on the hub: `open_clip_config.json` and the weights."""
-    import open_clip
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    config = BIOCLIP_CONFIG if size == "full" else TINY_BIOCLIP_CONFIG
-    name = f"vision-assets-offline-bioclip-{size}"
-    config_file = target / f"{name}.json"
-    config_file.write_text(json.dumps(config))
-    open_clip.add_model_config(config_file)
-    _clip_state(target, name)
-    config_file.unlink()
-    (target / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": config,
-        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
-    }))
+    """imageomics/bioclip: ViT-B/16 at 224 px, 512-d (toy widths when tiny)."""
+    _open_clip_repo(target, f"vision-assets-offline-bioclip-{size}",
+                    BIOCLIP_CONFIG if size == "full" else TINY_BIOCLIP_CONFIG)
 
 
 def _taxa(target: Path, size: str, stem: str, seed: int) -> None:
@@ -291,7 +284,6 @@ def _taxa(target: Path, size: str, stem: str, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors.astype(np.float16))
     (target / f"{stem}.json").write_text(json.dumps(names))
-    assert len(RANKS) == 6  # the names file's first list: six ranks, then the epithet
 
 
 def _build_detector(folder: Path, name: str) -> None:
