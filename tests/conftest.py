@@ -8,6 +8,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -253,11 +254,47 @@ def callback_settings():
 
 @pytest.fixture
 def pipeline(models, s3_image_store, instance, s3_client, bucket, callback_settings):
+    return run_pipeline(models, s3_image_store, instance, s3_client, bucket, callback_settings)
+
+
+def run_pipeline(models, store, instance, s3_client, bucket, callback_settings=None):
+    """Two photos, a plain picture and a truncated JPEG uploaded, and the sensor's one run over them."""
+    from vision_assets.resources import CallbackSettings
+
     for name in ("bus.jpg", "zidane.jpg"):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
     s3_client.put_object(Bucket=bucket, Key="uploads/plain.png", Body=image_bytes((96, 64)))
     s3_client.put_object(Bucket=bucket, Key="uploads/corrupt.jpg", Body=(PHOTOS / "bus.jpg").read_bytes()[:5000])
-    defs = build_definitions(s3_image_store, models, callback=callback_settings)
+    defs = build_definitions(store, models, callback=callback_settings or CallbackSettings())
     driver = SensorDriver(defs, instance, whole_pipeline=True)
     [run] = driver.tick_and_run()
     return driver, run
+
+
+@dataclass
+class SharedBatch:
+    models: dict
+    store: S3ImageStore
+    instance: dg.DagsterInstance
+    driver: SensorDriver
+    run: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def shared_pipeline(offline_models, s3_endpoint, tmp_path_factory) -> Iterator[SharedBatch]:
+    """One indexed batch for the tests of a module that only read it: what `pipeline` makes, with its own
+    settings, bucket and instance, undone when the module ends."""
+    folder = tmp_path_factory.mktemp("shared-pipeline")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    store = S3ImageStore(s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"), bucket=bucket,
+                         prefix="uploads/", results_prefix="results/", image_extensions=[".jpg", ".png"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISION_ASSETS_OFFLINE_MODELS", str(offline_models))
+        patch.setenv("VISION_ASSETS_DATA_DIR", str(folder / "data"))
+        models = model_resources_from(Settings.from_env())
+        home = folder / "dagster-home"
+        home.mkdir()
+        with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
+            yield SharedBatch(models, store, instance, *run_pipeline(models, store, instance, client, bucket))

@@ -11,6 +11,17 @@ from vision_assets.vision.index.vector_index import VectorIndex
 from vision_assets.vision.index.search import SearchError, Searcher, SearchFilters
 
 
+# Search only reads: every test of this module shares one indexed batch (and its settings, for the CLI).
+@pytest.fixture(scope="module")
+def models(shared_pipeline):
+    return shared_pipeline.models
+
+
+@pytest.fixture(scope="module")
+def pipeline(shared_pipeline):
+    return shared_pipeline.driver, shared_pipeline.run
+
+
 @pytest.fixture
 def searcher(pipeline, models):
     embedder = models["embedder"]
