@@ -9,6 +9,7 @@ installs it with `uv venv .label-studio && uv pip install -p .label-studio label
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,40 @@ def label_studio(tmp_path_factory):
         log.close()
 
 
+# Both tests review images of one shared batch (bus.jpg through the API, zidane.jpg in the browser), each with
+# its own Label Studio project.
+@pytest.fixture(scope="module")
+def models(shared_pipeline):
+    return shared_pipeline.models
+
+
+@pytest.fixture(scope="module")
+def pipeline(shared_pipeline):
+    return shared_pipeline.driver, shared_pipeline.run
+
+
+@pytest.fixture(scope="module")
+def s3_image_store(shared_pipeline):
+    return shared_pipeline.store
+
+
+@pytest.fixture(scope="module")
+def instance(shared_pipeline):
+    return shared_pipeline.instance
+
+
+@pytest.fixture(scope="module")
+def bucket(shared_pipeline):
+    return shared_pipeline.store.bucket
+
+
+def applied(driver, instance, image: str) -> None:
+    """The review sensor's tick, and the run it asks for this image (a tick also sees the other test's files)."""
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    [request] = [r for r in reviews.tick().run_requests if r.partition_key == image]
+    assert reviews.run(request).success
+
+
 def storage(bucket: str, prefix: str, s3_endpoint: str, **more) -> dict:
     """The S3 storage settings the README gives (here with moto's endpoint and credentials)."""
     return {"bucket": bucket, "prefix": prefix, "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
@@ -78,21 +113,7 @@ def storage(bucket: str, prefix: str, s3_endpoint: str, **more) -> dict:
 def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pipeline, models, s3_image_store,
                                                                 instance, s3_client, bucket, s3_endpoint, capsys):
     driver, _ = pipeline
-    assert main(["review-config"]) == 0
-    config = capsys.readouterr().out
-    project = label_studio.post("/api/projects", json={"title": "vision-assets review", "label_config": config})
-    assert project.status_code == 201, project.text
-    project_id = project.json()["id"]
-
-    # Source storage: one task per JSON file under <results>~review/tasks/ (not every object as an image).
-    source = label_studio.post("/api/storages/s3", json={"project": project_id, "title": "tasks", "presign": True,
-                                                         "use_blob_urls": False, "regex_filter": r".*\.json",
-                                                         **storage(bucket, "results/~review/tasks/", s3_endpoint)})
-    assert source.status_code == 201, source.text
-    assert label_studio.post(f"/api/storages/s3/{source.json()['id']}/sync").status_code == 200
-    exported = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/tasks/")["KeyCount"]
-    tasks = wait_for(lambda: label_studio.get("/api/tasks", params={"project": project_id, "fields": "all"}).json()
-                     ["tasks"], lambda found: len(found) == exported)
+    project_id, tasks = project_with_tasks(label_studio, bucket, s3_endpoint, s3_client, capsys)
     task = next(t for t in tasks if t["data"]["partition_key"] == "bus.jpg")
     [prediction] = label_studio.get("/api/predictions", params={"task": task["id"]}).json()
     assert prediction["score"] < 0.5 and {r["id"] for r in prediction["result"]} >= {"d0", "d1"}
@@ -102,11 +123,7 @@ def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pi
 
     # Target storage, then the reviewer's answer: keep d0, relabel d1 with another label of its vocabulary, delete
     # the rest. Label Studio writes it to the bucket when it is submitted.
-    target = label_studio.post("/api/storages/export/s3", json={"project": project_id, "title": "verdicts",
-                                                                "can_delete_objects": False,
-                                                                **storage(bucket, "results/~review/annotations",
-                                                                          s3_endpoint)})
-    assert target.status_code == 201, target.text
+    target_id = target_storage(label_studio, project_id, bucket, s3_endpoint)
     choices = [r for r in prediction["result"] if r["id"] == "d1" and r["type"] == "choices"]
     other = "persian" if not choices or choices[0]["value"]["choices"] != ["persian"] else "siamese"
     result = [r for r in prediction["result"] if r["id"] == "d0"]
@@ -115,13 +132,11 @@ def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pi
     annotation = label_studio.post(f"/api/tasks/{task['id']}/annotations",
                                    json={"result": result, "was_cancelled": False, "lead_time": 4.2})
     assert annotation.status_code == 201, annotation.text
-    assert label_studio.post(f"/api/storages/export/s3/{target.json()['id']}/sync").status_code == 200
+    assert label_studio.post(f"/api/storages/export/s3/{target_id}/sync").status_code == 200
     wait_for(lambda: s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/annotations/")["KeyCount"],
-             lambda count: count == 1)
+             lambda count: count >= 1)
 
-    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
-    [request] = reviews.tick().run_requests
-    assert request.partition_key == "bus.jpg" and reviews.run(request).success
+    applied(driver, instance, "bus.jpg")
     stored = s3_image_store.results.read("bus.jpg", REVIEW, ImageReview)
     assert stored.reviewer == "admin@example.com" and "label-studio annotation" in stored.origin
     client = embedded_client(models["qdrant"].path)
@@ -134,6 +149,90 @@ def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pi
     finally:
         client.close()
     assert "bus.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)["SUCCEEDED"]
+
+
+def test_a_reviewer_submits_in_label_studios_own_page_in_chromium(label_studio, pipeline, s3_image_store, instance,
+                                                                 s3_client, bucket, s3_endpoint, capsys):
+    """Once in a browser (zidane.jpg), as a reviewer works: log in, open a task from the Data Manager with the committee's answer
+    pre-filled from the prediction and the image loaded from the bucket, press Submit; the verdict (all accepted)
+    comes back and the image's label check turns Passed."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_dagster_dev import SCREENSHOTS, chromium_path
+
+    executable = chromium_path()
+    driver, _ = pipeline
+    project_id, tasks = project_with_tasks(label_studio, bucket, s3_endpoint, s3_client, capsys)
+    task = next(t for t in tasks if t["data"]["partition_key"] == "zidane.jpg")
+    [prediction] = label_studio.get("/api/predictions", params={"task": task["id"]}).json()
+    # Pre-label from our predictions (Settings -> Annotation -> "Use predictions to pre-label tasks").
+    assert label_studio.patch(f"/api/projects/{project_id}", json={
+        "show_collab_predictions": True, "model_version": prediction["model_version"]}).status_code == 200
+    target_storage(label_studio, project_id, bucket, s3_endpoint)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    base = str(label_studio.base_url).rstrip("/")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{base}/user/login/")
+            page.fill("input[name=email]", "admin@example.com")
+            page.fill("input[name=password]", "not-a-secret-1")
+            page.locator("button[type=submit], input[type=submit]").first.click()
+            page.wait_for_url(lambda url: "/user/login" not in url)
+            page.goto(f"{base}/projects/{project_id}/data?task={task['id']}")
+            submit = page.locator("button", has_text=re.compile(r"^\s*Submit\s*$")).last
+            submit.wait_for()
+            page.locator("img, canvas").first.wait_for()
+            page.screenshot(path=SCREENSHOTS / "label-studio-task.png")
+            written = annotation_files(s3_client, bucket)
+            submit.click()
+            wait_for(lambda: annotation_files(s3_client, bucket), lambda now: len(now) > len(written))
+        except Exception:
+            page.screenshot(path=SCREENSHOTS / "label-studio-failure.png")
+            raise
+        finally:
+            browser.close()
+
+    applied(driver, instance, "zidane.jpg")
+    stored = s3_image_store.results.read("zidane.jpg", REVIEW, ImageReview)
+    assert stored.boxes and {d.verdict.value for d in stored.boxes} == {"accepted"}, stored
+    assert "zidane.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)["SUCCEEDED"]
+
+
+def project_with_tasks(label_studio, bucket, s3_endpoint, s3_client, capsys) -> tuple[int, list[dict]]:
+    """A project from `vision-assets review-config`, its tasks imported by its own S3 source storage: one task per
+    JSON file under <results>~review/tasks/ (not every object as an image), as the README configures it."""
+    assert main(["review-config"]) == 0
+    config = capsys.readouterr().out
+    project = label_studio.post("/api/projects", json={"title": "vision-assets review", "label_config": config})
+    assert project.status_code == 201, project.text
+    project_id = project.json()["id"]
+    source = label_studio.post("/api/storages/s3", json={"project": project_id, "title": "tasks", "presign": True,
+                                                         "use_blob_urls": False, "regex_filter": r".*\.json",
+                                                         **storage(bucket, "results/~review/tasks/", s3_endpoint)})
+    assert source.status_code == 201, source.text
+    assert label_studio.post(f"/api/storages/s3/{source.json()['id']}/sync").status_code == 200
+    exported = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/tasks/")["KeyCount"]
+    tasks = wait_for(lambda: label_studio.get("/api/tasks", params={"project": project_id, "fields": "all"}).json()
+                     ["tasks"], lambda found: len(found) == exported)
+    return project_id, tasks
+
+
+def target_storage(label_studio, project_id: int, bucket: str, s3_endpoint: str) -> int:
+    """Where Label Studio writes each submitted annotation: <results>~review/annotations."""
+    target = label_studio.post("/api/storages/export/s3", json={"project": project_id, "title": "verdicts",
+                                                                "can_delete_objects": False,
+                                                                **storage(bucket, "results/~review/annotations",
+                                                                          s3_endpoint)})
+    assert target.status_code == 201, target.text
+    return target.json()["id"]
+
+
+def annotation_files(s3_client, bucket: str) -> list[str]:
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/annotations/").get("Contents", [])
+    return [o["Key"] for o in listed]
 
 
 def wait_for(read, done, seconds: float = 60):
