@@ -271,6 +271,34 @@ def run_pipeline(models, store, instance, s3_client, bucket, callback_settings=N
     return driver, run
 
 
+def shared_batch_fixtures():
+    """Module-scoped `models`, `pipeline`, `s3_image_store`, `instance` and `bucket`, all from `shared_pipeline`:
+    a module whose tests only read the batch (or each touch an image of its own) assigns them to module names,
+    `models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()`, and its tests share one batch."""
+
+    @pytest.fixture(scope="module", name="models")
+    def shared_models(shared_pipeline):
+        return shared_pipeline.models
+
+    @pytest.fixture(scope="module", name="pipeline")
+    def shared_run(shared_pipeline):
+        return shared_pipeline.driver, shared_pipeline.run
+
+    @pytest.fixture(scope="module", name="s3_image_store")
+    def shared_store(shared_pipeline):
+        return shared_pipeline.store
+
+    @pytest.fixture(scope="module", name="instance")
+    def shared_instance(shared_pipeline):
+        return shared_pipeline.instance
+
+    @pytest.fixture(scope="module", name="bucket")
+    def shared_bucket(shared_pipeline):
+        return shared_pipeline.store.bucket
+
+    return shared_models, shared_run, shared_store, shared_instance, shared_bucket
+
+
 @dataclass
 class SharedBatch:
     models: dict

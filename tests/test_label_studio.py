@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SensorDriver, embedded_client, free_port, ui_check_statuses
+from tests.conftest import SensorDriver, embedded_client, free_port, shared_batch_fixtures, ui_check_statuses
 from vision_assets.checks.confidence import label_confidence
 from vision_assets.cli import main
 from vision_assets.vision.index.vector_index import crop_point_id
@@ -70,31 +70,9 @@ def label_studio(tmp_path_factory):
         log.close()
 
 
-# Both tests review images of one shared batch (bus.jpg through the API, zidane.jpg in the browser), each with
-# its own Label Studio project.
-@pytest.fixture(scope="module")
-def models(shared_pipeline):
-    return shared_pipeline.models
-
-
-@pytest.fixture(scope="module")
-def pipeline(shared_pipeline):
-    return shared_pipeline.driver, shared_pipeline.run
-
-
-@pytest.fixture(scope="module")
-def s3_image_store(shared_pipeline):
-    return shared_pipeline.store
-
-
-@pytest.fixture(scope="module")
-def instance(shared_pipeline):
-    return shared_pipeline.instance
-
-
-@pytest.fixture(scope="module")
-def bucket(shared_pipeline):
-    return shared_pipeline.store.bucket
+# Both tests review images of one shared batch (bus.jpg through the API, zidane.jpg in the browser), each
+# with its own Label Studio project.
+models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 
 
 def applied(driver, instance, image: str) -> None:

@@ -3,9 +3,8 @@ batch (tests/conftest.py `shared_pipeline`): each stage once, models loaded once
 statuses, pictures. Tests that change the batch (re-runs, re-uploads, model changes) are in test_pipeline.py."""
 
 import dagster as dg
-import pytest
 
-from tests.conftest import PIPELINE_VALID as VALID, embedded_client, ui_check_statuses
+from tests.conftest import PIPELINE_VALID as VALID, embedded_client, shared_batch_fixtures, ui_check_statuses
 from tests.test_pipeline import STAGES, batch_check, qdrant_counts
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
 from vision_assets.vision.index.vector_index import image_point_id
@@ -13,24 +12,7 @@ from vision_assets.vision.records import DetectionsRecord, EmbeddingsRecord, Lab
 from vision_assets.vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS
 
 
-@pytest.fixture(scope="module")
-def models(shared_pipeline):
-    return shared_pipeline.models
-
-
-@pytest.fixture(scope="module")
-def pipeline(shared_pipeline):
-    return shared_pipeline.driver, shared_pipeline.run
-
-
-@pytest.fixture(scope="module")
-def s3_image_store(shared_pipeline):
-    return shared_pipeline.store
-
-
-@pytest.fixture(scope="module")
-def instance(shared_pipeline):
-    return shared_pipeline.instance
+models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 
 
 def test_every_stage_runs_once_for_the_batch(pipeline):

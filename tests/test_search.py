@@ -5,21 +5,14 @@ import json
 import pytest
 from PIL import Image
 
-from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client
+from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client, shared_batch_fixtures
 from vision_assets.cli import main
 from vision_assets.vision.index.vector_index import VectorIndex
 from vision_assets.vision.index.search import SearchError, Searcher, SearchFilters
 
 
 # Search only reads: every test of this module shares one indexed batch (and its settings, for the CLI).
-@pytest.fixture(scope="module")
-def models(shared_pipeline):
-    return shared_pipeline.models
-
-
-@pytest.fixture(scope="module")
-def pipeline(shared_pipeline):
-    return shared_pipeline.driver, shared_pipeline.run
+models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 
 
 @pytest.fixture
