@@ -140,11 +140,9 @@ class ResultsStore:
         self.store.put(self.review_task_key(partition_key), json.dumps(task, indent=1).encode(), "application/json")
 
     def remove_review_task(self, partition_key: str) -> None:
-        """An image that needs no review (any more) has no task; a task Label Studio imported stays there."""
-        try:
-            self.store.delete(self.review_task_key(partition_key))
-        except ObjectMissing:
-            pass
+        """An image that needs no review (any more) has no task; a task Label Studio imported stays there. Deleting
+        a task that was never written is a no-op in both stores."""
+        self.store.delete(self.review_task_key(partition_key))
 
     def reviewer_uri(self, partition_key: str, name: str) -> str:
         """Where a review tool finds a file of ours: Label Studio's S3 storage reads `s3://bucket/key` with the key
