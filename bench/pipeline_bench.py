@@ -32,7 +32,7 @@ import dagster as dg  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from bench.meter import Meter  # noqa: E402
-from vision_assets.assets.labels import Vocabularies  # noqa: E402
+from vision_assets.assets.specialist_labels import Vocabularies  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402

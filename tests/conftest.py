@@ -112,7 +112,7 @@ from dagster_aws.s3 import S3Resource  # noqa: E402
 
 from vision_assets.definitions import model_resources_from  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.partitions import images  # noqa: E402
+from vision_assets.partitions import batches, images  # noqa: E402
 from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
@@ -171,13 +171,13 @@ def embedded_client(path: str | Path):
 
 def ui_check_statuses(instance: dg.DagsterInstance, asset: str, check: str) -> dict[str, set[str]]:
     """What the UI's Checks -> Partitions view shows (GraphQL `assetCheck.partitionStatuses`), computed the way the
-    webserver computes it (the instance's event log storage builds the state): status -> partition keys. A partition
-    in none of them shows as "Missing"."""
+    webserver computes it (the instance's event log storage builds the state): status -> batches. A batch in none of
+    them shows as "Missing"."""
     from dagster._core.definitions.partitions.context import partition_loading_context
 
     key = dg.AssetCheckKey(dg.AssetKey(asset), check)
     with partition_loading_context(dynamic_partitions_store=instance):
-        return check_statuses(instance.event_log_storage.get_asset_check_state([(key, images)])[key])
+        return check_statuses(instance.event_log_storage.get_asset_check_state([(key, batches)])[key])
 
 
 def check_statuses(state) -> dict[str, set[str]]:
@@ -231,7 +231,12 @@ class SensorDriver:
 
     @property
     def partitions(self) -> list[str]:
+        """Every registered image, in registration order."""
         return self.instance.get_dynamic_partitions(images.name)
+
+    @property
+    def batches(self) -> list[str]:
+        return self.instance.get_dynamic_partitions(batches.name)
 
 
 # --- the whole pipeline over a small batch ----------------------------------------------------------------------

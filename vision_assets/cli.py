@@ -1,5 +1,5 @@
 """`vision-assets`: the command line. `dev` starts Dagster's UI and daemon on embedded defaults; `upload` puts
-local files into the configured bucket or folder; `search`, `delete`, `reindex` work on what the pipeline made;
+local files into the configured bucket or folder; `search`, `reprocess`, `delete`, `reindex` work on what the pipeline made;
 `models build-offline` writes random-weight models that the real loaders read, for machines without a model hub."""
 
 from __future__ import annotations
@@ -244,75 +244,109 @@ def delete(args: argparse.Namespace) -> int:
     job = definitions_from(settings).resolve_job_def("delete_images")
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            instance=instance, run_config=delete_run_config(args.partition_keys, delete_objects=not args.keep_objects),
+            instance=instance, run_config=delete_run_config(args.image_ids, delete_objects=not args.keep_objects),
             raise_on_error=False,
         )
-    print(f"deleted {len(args.partition_keys)} image(s)" if result.success else "delete failed: see the run's logs")
+    print(f"deleted {len(args.image_ids)} image(s)" if result.success else "delete failed: see the run's logs")
     return 0 if result.success else 1
 
 
-def reindex(args: argparse.Namespace) -> int:
-    """Writes Qdrant's points again from the results store (no model), in this process, against `dev`'s instance:
-    the images missing from the index and those whose index stage failed (default), or every image that reached
-    the embeddings stage (`--all`, `--rebuild`). Then it looks each of them up and says which are still missing."""
+def _run_over_batches(defs, instance, job_name: str, batch_keys: list[str], order: list[str], **options) -> bool:
+    """`job_name` over these batches, in this process: one run per range of adjacent batches; True if all passed."""
+    from .sensors.failed_image_retry import range_tags
+    from .vision.upload_tracking import contiguous_batches
+
+    passed = True
+    for run in contiguous_batches(order, batch_keys, 64):
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, tags=range_tags(run[0], run[-1]), raise_on_error=False, **options)
+        passed &= result.success
+        print(f"  {run[0]} .. {run[-1]}: {'done' if result.success else 'FAILED'} (run {result.run_id})", flush=True)
+    return passed
+
+
+def reprocess(args: argparse.Namespace) -> int:
+    """Runs the pipeline again for exactly these images (from `--from` on), in their batches, in this process."""
     import dagster as dg
 
-    from .checks.embedding import EMBEDDINGS_KEY
-    from .checks.indexing import INDEX_KEY, index_ledger
-    from .definitions import definitions_from, resources_outside_dagster
-    from .sensors.index_repair_sensor import failed_indexing, repair_requests
-    from .vision.index.audit import audit_index
-    from .vision.index.connection import embedded_access, moved_aside
+    from .definitions import definitions_from
+    from .keys import PIPELINE_STAGES
+    from .partitions import batches
+    from .vision.storage.batch_lookup import BatchLookup
 
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
     defs = definitions_from(settings)
-    qdrant = defs.resources["qdrant"]
+    results = defs.resources["image_store"].results
+    lookup = BatchLookup(results)
+    wanted = {image: lookup.batch_of(image, results.read_source_record(image)) for image in args.image_ids}
+    unknown = [image for image, batch in wanted.items() if batch is None]
+    if unknown:
+        print(f"not processed yet, or no such image: {', '.join(unknown)} (an image is re-run once its batch ran; "
+              "`vision-assets search --like ID` shows an indexed one)", file=sys.stderr)
+        return 2
+    stages = [key.to_user_string() for key in PIPELINE_STAGES]
+    selection = [dg.AssetKey(name) for name in stages[stages.index(args.from_stage):]]
+    config = {"resources": {"image_selection": {"config": {"images": sorted(wanted)}}}}
+    with dg.DagsterInstance.get() as instance:
+        order = instance.get_dynamic_partitions(batches.name)
+        print(f"re-running {len(wanted)} image(s) from {args.from_stage} in {len(set(wanted.values()))} batch(es)")
+        passed = _run_over_batches(defs, instance, "process_images", sorted(set(wanted.values())), order,
+                                   run_config=config, asset_selection=selection)
+    return 0 if passed else 1
+
+
+def reindex(args: argparse.Namespace) -> int:
+    """Writes Qdrant's points again from the results store (no model), in this process, against `dev`'s instance:
+    the batches with images missing from the index and those whose index stage failed (default), or every batch
+    (`--all`, `--rebuild`). Then it looks their images up and says which are still missing."""
+    import dagster as dg
+
+    from .definitions import definitions_from, resources_outside_dagster
+    from .partitions import batches
+    from .sensors.index_repair_sensor import failed_indexing
+    from .vision.index.audit import audit_index
+    from .vision.index.connection import embedded_access, moved_aside
+    from .vision.index.ledger import index_ledger
+
+    settings = Settings.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
+    defs = definitions_from(settings)
+    qdrant, results = defs.resources["qdrant"], defs.resources["image_store"].results
     with dg.DagsterInstance.get() as instance, resources_outside_dagster(qdrant=qdrant) as resources:
-        ledger = index_ledger(instance)
+        order = instance.get_dynamic_partitions(batches.name)
+        ledger = index_ledger(results, order)
         # Their callbacks were never written: they are re-indexed through the pipeline's job, which writes them.
-        never_finished = {f.partition_key for f in failed_indexing(instance, ledger)}
+        never_finished = {f.batch for f in failed_indexing(instance, order)}
         if args.rebuild and not settings.qdrant_url:
             with embedded_access(str(settings.qdrant_path), settings.qdrant_lock_wait_seconds):
                 aside = moved_aside(str(settings.qdrant_path))
             if aside:
                 print(f"moved the old index folder to {aside}")
         if args.all or args.rebuild:
-            reached = instance.get_materialized_partitions(EMBEDDINGS_KEY)
-            todo = [key for key in ledger.partitions if key in reached and key not in ledger.skipped]
-            what = "image(s) that reached the embeddings stage"
+            todo = [batch for batch in order if batch in ledger.indexed_by_batch]
+            what = "batch(es) with indexed images"
         else:
             with resources.qdrant.open(on_wait=print) as index:
-                wanted = set(audit_index(index, ledger.indexed).missing) | never_finished
-            todo = [key for key in ledger.partitions if key in wanted]
-            what = "image(s) missing from the index or whose indexing failed"
-        indexed_before = set(ledger.indexed)
-        not_before = [key for key in todo if key not in indexed_before]
-        print(f"re-indexing {len(todo)} {what}: {len(todo) - len(not_before)} indexed before, {len(not_before)} "
-              f"not (their indexing failed or never ran{': ' + ', '.join(not_before[:5]) if not_before else ''}"
-              f"{' ...' if len(not_before) > 5 else ''})", flush=True)
-        runs = [("reindex", request) for request in
-                repair_requests(ledger, [key for key in todo if key not in never_finished], audit_number=0)]
-        runs += [("process_images", request) for request in
-                 repair_requests(ledger, [key for key in todo if key in never_finished], audit_number=0)]
+                missing = audit_index(index, ledger.indexed).missing
+            todo = [batch for batch in order if batch in set(ledger.batches_of(missing)) | never_finished]
+            what = "batch(es) with images missing from the index or whose indexing failed"
+        print(f"re-indexing {len(todo)} {what}", flush=True)
         announced = ", their callbacks written" if defs.resources["callback"].enabled else ""
-        failed = 0
-        for job_name, request in runs:
-            selection = [INDEX_KEY] if job_name == "process_images" else None
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, tags=request.tags, asset_selection=selection, raise_on_error=False)
-            failed += not result.success
-            print(f"  {request.tags['dagster/asset_partition_range_start']} .. "
-                  f"{request.tags['dagster/asset_partition_range_end']}: {'done' if result.success else 'FAILED'} "
-                  f"(run {result.run_id}{announced if selection else ''})", flush=True)
+        passed = _run_over_batches(defs, instance, "reindex", [b for b in todo if b not in never_finished], order)
+        if never_finished:
+            print(f"  re-running qdrant_index{announced} for {len(never_finished)} batch(es) whose indexing failed")
+            passed &= _run_over_batches(defs, instance, "process_images", sorted(never_finished), order,
+                                        asset_selection=[dg.AssetKey("qdrant_index")])
+        expected = index_ledger(results, todo).indexed
         with resources.qdrant.open(on_wait=print) as index:
-            still = audit_index(index, todo).missing
+            still = audit_index(index, expected).missing
         if still:
-            print(f"{len(still)} of {len(todo)} still have no point: {', '.join(still[:10])}"
+            print(f"{len(still)} of {len(expected)} images still have no point: {', '.join(still[:10])}"
                   f"{' ...' if len(still) > 10 else ''}: see the failed run(s) above", flush=True)
         else:
-            print(f"all {len(todo)} have their point", flush=True)
-    return 1 if failed or still else 0
+            print(f"all {len(expected)} indexed images of those batches have their point", flush=True)
+    return 1 if not passed or still else 0
 
 
 def build_offline(args: argparse.Namespace) -> int:
@@ -367,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     search_parser = commands.add_parser("search", help="search the index by text, by image, or like an indexed image")
     search_parser.add_argument("text", nargs="?", help='e.g. "dogs running on a beach"')
     search_parser.add_argument("--image", type=Path, help="a local image file as the query")
-    search_parser.add_argument("--like", metavar="IMAGE_ID", help="more like this indexed image (its partition key)")
+    search_parser.add_argument("--like", metavar="IMAGE_ID", help="more like this indexed image (its id)")
     search_parser.add_argument("--crops", action="store_true", help="search crops (objects) instead of whole images")
     search_parser.add_argument("--entity", help="detector class, e.g. dog")
     search_parser.add_argument("--label", help='expert label, e.g. "golden retriever"')
@@ -392,11 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     search_parser.add_argument("--offset", type=int, default=0)
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
     search_parser.set_defaults(handler=search)
-    delete_parser = commands.add_parser("delete", help="delete images: points, results, partition and object")
-    delete_parser.add_argument("partition_keys", nargs="+", metavar="IMAGE_ID")
+    delete_parser = commands.add_parser("delete", help="delete images: points, results, batch entry and object")
+    delete_parser.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
     delete_parser.add_argument("--keep-objects", action="store_true", help="leave the objects in the bucket (the "
                                "upload sensor will then register them again)")
     delete_parser.set_defaults(handler=delete)
+    reprocess_parser = commands.add_parser("reprocess", help="run the pipeline again for exactly these images")
+    reprocess_parser.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+    reprocess_parser.add_argument("--from", dest="from_stage", default="source_images",
+                                  choices=["source_images", "detections", "embeddings", "specialist_labels",
+                                           "qdrant_index"], help="the first stage to run again (default: all)")
+    reprocess_parser.set_defaults(handler=reprocess)
     reindex_parser = commands.add_parser("reindex", help="write the index again from stored results (no model)")
     reindex_parser.add_argument("--all", action="store_true", help="every indexed image, not only the missing ones")
     reindex_parser.add_argument("--rebuild", action="store_true", help="embedded index unreadable: move its folder "

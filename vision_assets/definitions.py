@@ -8,21 +8,31 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from .assets.catalog import image_catalog, refresh_catalog
-from .assets.deletion import delete_images
 from .assets.detections import build_detections
 from .assets.embeddings import build_embeddings
-from .assets.index import build_qdrant_index
-from .assets.ingest import source_images
-from .assets.labels import build_specialist_labels
-from .assets.review import review_accuracy, review_decisions
-from .jobs import apply_reviews, measure_accuracy, process_images, reindex
+from .assets.image_catalog import image_catalog
+from .assets.qdrant_index import build_qdrant_index
+from .assets.review_accuracy import review_accuracy
+from .assets.review_decisions import review_decisions
+from .assets.review_queue import review_queue
+from .assets.source_images import source_images
+from .assets.specialist_labels import build_specialist_labels
+from .jobs import (
+    apply_reviews,
+    delete_images,
+    measure_accuracy,
+    process_images,
+    refresh_catalog,
+    refresh_review_queue,
+    reindex,
+)
 from .resources import (
     CallbackSettings,
     CatalogSettings,
     DetectorResource,
     EmbedderResource,
     FailedImageRetries,
+    ImageSelection,
     ImageStore,
     IngestPolicy,
     LabelingSettings,
@@ -136,9 +146,11 @@ def build_definitions(
             build_qdrant_index(embedder.identity),
             image_catalog,
             review_decisions,
+            review_queue,
             review_accuracy,
         ],
-        jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy],
+        jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy,
+              refresh_review_queue],
         sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
                  make_index_repair_sensor(sensor_interval_seconds),
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
@@ -146,7 +158,7 @@ def build_definitions(
                  make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
-                   "failed_image_retries": failed_image_retries} | models,
+                   "failed_image_retries": failed_image_retries, "image_selection": ImageSelection()} | models,
         executor=dg.in_process_executor,
     )
 
@@ -178,7 +190,8 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
         ),
         review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side,
                               tasks=settings.review_tasks, sample_rate=settings.review_sample_rate,
-                              target_precision=settings.review_target_precision),
+                              target_precision=settings.review_target_precision,
+                              label_studio_url=settings.label_studio_url),
         stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
                                  first_retry_seconds=settings.store_retry_seconds),
         failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,

@@ -1,47 +1,60 @@
-"""The jobs: the pipeline for a batch of partitions, and the index rebuilt from stored results. Both run in one
-process so models (where any) load once per run."""
+"""Every job. The pipeline's run in one process, so models (where any) load once per run."""
 
 import dagster as dg
 
-from .assets.index import REINDEX_TAG
-from .checks.indexing import INDEX_KEY
-from .checks.validation import SOURCE_IMAGES
-
-CATALOG = dg.AssetKey("image_catalog")
-REVIEW = dg.AssetKey("review_decisions")
-ACCURACY = dg.AssetKey("review_accuracy")
+from .assets.deletion import delete_images_op
+from .assets.qdrant_index import REINDEX_TAG
+from .keys import IMAGE_CATALOG, QDRANT_INDEX, REVIEW_ACCURACY, REVIEW_DECISIONS, REVIEW_QUEUE, SOURCE_IMAGES
 
 process_images = dg.define_asset_job(
     "process_images",
-    # Every stage with its checks (the per-image and per-batch checks are part of their assets: see
-    # checks/per_image.py), except the whole-bucket table, which is refreshed on its own, not by every batch, and
-    # the review loop, which people's verdicts drive.
-    selection=dg.AssetSelection.assets(SOURCE_IMAGES).downstream() - dg.AssetSelection.assets(CATALOG, REVIEW, ACCURACY),
+    # Every stage with its checks, except the unpartitioned assets: the whole-bucket table, the review queue and
+    # the review loop have jobs of their own.
+    selection=dg.AssetSelection.assets(SOURCE_IMAGES).downstream()
+    - dg.AssetSelection.assets(IMAGE_CATALOG, REVIEW_DECISIONS, REVIEW_QUEUE, REVIEW_ACCURACY),
     executor_def=dg.in_process_executor,
-    description="Everything that happens to a batch of uploaded images. Launched by `upload_sensor`, one run per "
-    "batch of adjacent partitions.",
+    description="Everything that happens to an upload batch. Launched by `upload_sensor`, one run per batch; a "
+    "backfill runs any range of batches in one run. To re-run a few images: `vision-assets reprocess KEY ...`, or "
+    "launch it on their batches with `resources: {image_selection: {config: {images: [...]}}}`.",
 )
 
 reindex = dg.define_asset_job(
     "reindex",
-    selection=dg.AssetSelection.assets(INDEX_KEY),
+    selection=dg.AssetSelection.assets(QDRANT_INDEX),
     executor_def=dg.in_process_executor,
     tags={REINDEX_TAG: "true"},
-    description="Writes the Qdrant points of a range of images again from their stored results, without a model, "
+    description="Writes the Qdrant points of a range of batches again from their stored results, without a model, "
     "and sends no callbacks. Launched by `index_repair` when the index lost points, or by `vision-assets reindex`.",
 )
 
 apply_reviews = dg.define_asset_job(
     "apply_reviews",
-    selection=dg.AssetSelection.assets(REVIEW),
+    selection=dg.AssetSelection.assets(REVIEW_DECISIONS),
     executor_def=dg.in_process_executor,
-    description="A reviewer's verdict on an image applied to its index points and label checks. Launched by "
-    "`review_sensor`, one run per reviewed image.",
+    description="Reviewers' verdicts applied to the index and to their batches' label checks, in bulk. Launched by "
+    "`review_sensor`, one run per tick that read verdicts.",
 )
 
 measure_accuracy = dg.define_asset_job(
     "measure_accuracy",
-    selection=dg.AssetSelection.assets(ACCURACY),
+    selection=dg.AssetSelection.assets(REVIEW_ACCURACY),
     description="The committee's precision against every verdict so far, with threshold suggestions. Launched by "
     "`review_sensor` once the reviews it applied are in.",
 )
+
+refresh_review_queue = dg.define_asset_job(
+    "refresh_review_queue",
+    selection=dg.AssetSelection.assets(REVIEW_QUEUE),
+    description="What needs a person now. Launched by `review_sensor` after runs that change it.",
+)
+
+refresh_catalog = dg.define_asset_job(
+    "refresh_catalog", selection=dg.AssetSelection.assets(IMAGE_CATALOG),
+    description="Rebuild the catalogue (incremental: only changed records are read).",
+)
+
+
+@dg.job(description="Delete images: launch with `ops: {delete_images_op: {config: {image_ids: [...]}}}` or "
+        "`vision-assets delete KEY ...`. Deleting an object from the bucket does the same by itself.")
+def delete_images():
+    delete_images_op()

@@ -1,9 +1,15 @@
-"""The one partitions definition: every uploaded object is one partition of `images`."""
+"""The partitions: every upload batch is one partition of `batches` (what the assets are partitioned by), and every
+image ever registered is a key of `images`, a registry no asset is partitioned by (so the UI never lists it): the
+upload sensor's memory of what it has seen, in registration order, kept in the Dagster instance's database (which
+a team's deployment shares) and read by the sensor through the instance's cached partition list."""
 
 import dagster as dg
 
 from .vision.partition_keys import partition_key_for
 
+batches = dg.DynamicPartitionsDefinition(name="batches")
 images = dg.DynamicPartitionsDefinition(name="images")
 
-__all__ = ["images", "partition_key_for"]
+image_id_for = partition_key_for
+
+__all__ = ["batches", "images", "image_id_for", "partition_key_for"]

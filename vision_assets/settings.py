@@ -136,6 +136,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_REVIEW_TARGET_PRECISION": ("0.95", "Precision the trusted labels (those at or above a review "
                                               "threshold) should reach: `review_accuracy` suggests the lowest "
                                               "threshold per expert that reaches it on the reviewed examples."),
+    "VISION_ASSETS_LABEL_STUDIO_URL": (None, "The Label Studio project reviewers work in (`http://host:8080/projects/1`"
+                                       "): `review_queue` links each image to it. Unset: the queue links the task file."),
     "VISION_ASSETS_QDRANT_URL": (None, "A Qdrant server. Unset = embedded Qdrant in `<data dir>/qdrant` "
                                  "(one machine, one process at a time)."),
     "VISION_ASSETS_QDRANT_API_KEY": (None, "API key for the Qdrant server."),
@@ -273,6 +275,7 @@ class Settings:
     review_tasks: bool
     review_sample_rate: float
     review_target_precision: float
+    label_studio_url: str | None
     qdrant_url: str | None
     qdrant_api_key: str | None
     qdrant_collection_prefix: str
@@ -369,6 +372,7 @@ class Settings:
             review_tasks=_flag("VISION_ASSETS_REVIEW_TASKS"),
             review_sample_rate=_float("VISION_ASSETS_REVIEW_SAMPLE_RATE"),
             review_target_precision=_float("VISION_ASSETS_REVIEW_TARGET_PRECISION"),
+            label_studio_url=env("VISION_ASSETS_LABEL_STUDIO_URL") or None,
             qdrant_url=env("VISION_ASSETS_QDRANT_URL") or None,
             qdrant_api_key=env("VISION_ASSETS_QDRANT_API_KEY") or None,
             qdrant_collection_prefix=env("VISION_ASSETS_QDRANT_COLLECTION_PREFIX"),

@@ -1,6 +1,7 @@
 """`embeddings`: the generalist's look at everything, once. OpenCLIP vectors for every valid image and every crop the
 router found, and each image's scene tags (zero-shot over the scene vocabulary, from the same image vector). The
-experts come after it, so the coral gate and the second opinions reuse these vectors instead of embedding again."""
+experts come after it, so the coral gate and the second opinions reuse these vectors instead of embedding again.
+Its check, `embeddings_valid` (ERROR): an image with bad vectors is not indexed."""
 
 import time
 from collections import Counter
@@ -8,27 +9,64 @@ from collections import Counter
 import dagster as dg
 import numpy as np
 
-from ..checks.embedding import EMBEDDINGS_KEY, embedding_outcome, embedding_validity
-from ..resources import EmbedderResource, ImageStore, LabelingSettings, StagePolicy
+from ..keys import DETECTIONS, EMBEDDINGS
+from ..resources import EmbedderResource, ImageSelection, ImageStore, LabelingSettings, StagePolicy
 from ..vision.committee.embedding_checks import embedding_problems
 from ..vision.committee.routing import crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
-from ..vision.storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS
-from .detections import DETECTIONS_KEY
-from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
+from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
+from ..vision.storage.results_store import EMBEDDING_VECTORS
+from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
+from ..vision.storage.results_store import ResultsStore
+from .batch_checks import BatchCheck, ImageOutcome
+from .stage import (
+    BatchMetadata,
+    batch_counts,
+    load_images,
+    run_images,
+    source_state,
+    stage_asset,
+    transient_faults_retried,
+    valid_sources,
+)
+
+embedding_validity = BatchCheck(
+    asset=EMBEDDINGS,
+    name="embeddings_valid",
+    severity=dg.AssetCheckSeverity.ERROR,
+    description="Image and crop embeddings have the model's dimension, are finite and unit length.",
+    not_passed="failed",
+)
+
+
+def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
+    return ImageOutcome(
+        record.partition_key,
+        passed=not record.problems,
+        description="; ".join(record.problems) or f"{1 + len(record.crop_indexes)} vectors, {record.dimension}-d, unit norm",
+        facts={"crops": len(record.crop_indexes)},
+    )
+
+
+def stored_embeddings(results: ResultsStore):
+    def judge(image: str, batch: str) -> ImageOutcome | str:
+        why, _ = source_state(results, image, batch)
+        record = None if why else results.read(image, EMBEDDINGS_FILE, EmbeddingsRecord)
+        return why or (embedding_outcome(record) if record else "not embedded yet: materialize embeddings")
+    return judge
 
 
 def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
-            key=EMBEDDINGS_KEY,
-            deps=[DETECTIONS_KEY],
+            key=EMBEDDINGS,
+            deps=[DETECTIONS],
             pool="gpu",
             kinds={"pytorch"},
             code_version=f"2|{embedder_identity}|{scene_signature}",
-            check_specs=embedding_validity.specs,
+            check_specs=[embedding_validity.spec],
             description=f"L2-normalised OpenCLIP ({embedder_identity}) embeddings of each valid image and of each "
             "detection's crop (the box plus a margin: the crops the experts then see), and each image's scene tags "
             "(CLIP zero-shot over the scene vocabulary). Writes `~embeddings.npz` and `~embeddings.json`.",
@@ -41,16 +79,16 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         embedder: EmbedderResource,
         labeling: LabelingSettings,
         stage_policy: StagePolicy,
+        image_selection: ImageSelection,
     ):
-        valid, skipped = valid_sources(image_store, context.partition_keys)
-        metadata = ImageMetadata(context)
-        metadata.skipped(skipped)
         results, clip, model = image_store.results, embedder.embedder, embedder.identity
+        taken = run_images(context, results, image_selection)
+        valid, skipped = valid_sources(results, taken)
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         for chunk in stage_policy.chunks(list(valid)):
-            detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
-            pictures = load_images(image_store, chunk)
+            detections = {key: results.read(key, DETECTIONS_FILE, DetectionsRecord) for key in chunk}
+            pictures = load_images(results, chunk)
             crops = []  # (image, detection index, box, pixels), every crop of the chunk
             for key in chunk:
                 picture = pictures[key]
@@ -79,19 +117,19 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                     + embedding_problems(vectors, dimension, "crops"),
                 )
                 results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
-                results.write(key, EMBEDDINGS, record)
+                results.write(key, EMBEDDINGS_FILE, record)
                 records.append(record)
                 tag_counts.update(record.scene.tags)
-                metadata.add(key, {"status": "done", "crops": len(mine), "dimension": dimension, "model": model,
-                                   "scene_tags": ", ".join(record.scene.tags) or "-"})
+        metadata = BatchMetadata(context)
+        run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),
+                       "run_model_seconds": round(seconds, 3),
+                       "run_vectors_per_second": round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
+                       "models_loaded": embedder.load_counts}
+        for batch, counts in batch_counts(taken, set(valid), skipped).items():
+            metadata.add(batch, counts | run_figures)
         yield metadata.materialize()
         yield from embedding_validity.report(
-            context, [embedding_outcome(record) for record in records], skipped,
-            batch_crops=crop_count,
-            batch_scene_tags=dict(tag_counts),
-            batch_model_seconds=round(seconds, 3),
-            batch_vectors_per_second=round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
-            models_loaded=embedder.load_counts,
-        )
+            context, taken, {r.partition_key: embedding_outcome(r) for r in records}, skipped,
+            stored_embeddings(results))
 
     return embeddings

@@ -1,23 +1,29 @@
 """What every stage shares: how it fails (a store or Qdrant outage is waited out, anything else is final), which
-images of the batch it takes (a rejected image goes no further, and each skipped partition says why), and how
-it reads them (a chunk at a time)."""
+images of its batches it takes (the current version of each, a rejected image going no further, each skip said
+why), how it reads them (a chunk at a time), and how per-batch facts reach each batch's materialization."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
-from dagster._core.storage.tags import RETRY_ON_ASSET_OR_OP_FAILURE_TAG
 from PIL import Image
 
-from ..resources import ImageStore, StagePolicy
+from ..partitions import batches
+from ..resources import ImageSelection, ImageStore, StagePolicy
+from ..vision.batches import BatchManifest, superseded_by
 from ..vision.index.connection import IndexUnavailable
-from ..vision.storage.object_store import StoreUnavailable
 from ..vision.records import SourceImageRecord
+from ..vision.storage.object_store import StoreUnavailable
+from ..vision.storage.registrations import Registrations
+from ..vision.storage.results_store import ResultsStore
 
 TRANSIENT = (StoreUnavailable, IndexUnavailable)
+# Dagster's run-retry tag (public as a string in its docs): "false" keeps Dagster's run retries off this run.
+RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 
 
 def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., Iterator]:
@@ -46,65 +52,119 @@ def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., It
     return guarded
 
 
-def valid_sources(image_store: ImageStore, keys: list[str]) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
-    """(partition -> source record for valid images, partition -> why it is skipped)."""
+@dataclass(frozen=True)
+class RunImages:
+    """The images a run takes, per batch: every image of each of its batches' manifests, or those of them the
+    run's `image_selection` names."""
+
+    manifests: dict[str, BatchManifest]  # batch -> manifest, in the run's partition order
+    by_batch: dict[str, list[str]]  # batch -> the image ids this run takes
+
+    @property
+    def images(self) -> list[str]:
+        return [image for images in self.by_batch.values() for image in images]
+
+    @property
+    def batch_of(self) -> dict[str, str]:
+        return {image: batch for batch, images in self.by_batch.items() for image in images}
+
+    def registrations(self, results: ResultsStore) -> Registrations:
+        return Registrations(results, self.manifests.values())
+
+
+class MissingManifest(RuntimeError):
+    pass
+
+
+def run_images(context: dg.AssetExecutionContext, results: ResultsStore, selection: ImageSelection) -> RunImages:
+    keys = list(context.partition_keys)
+    manifests = results.read_manifests(keys)
+    missing = [key for key, manifest in manifests.items() if manifest is None]
+    if missing:
+        raise MissingManifest(
+            f"no manifest for batch(es) {missing[:5]} under {results.prefix}~batches/: the results store lost them "
+            "(deleted by hand, or another results prefix). Their images are still registered: re-upload them, or "
+            "restore the files.")
+    only = selection.only
+    by_batch = {key: [i for i in manifests[key].images if only is None or i in only] for key in keys}
+    if only is not None:
+        unknown = only - {i for images in by_batch.values() for i in images}
+        if unknown:
+            context.log.warning(f"image_selection names {len(unknown)} image(s) not in this run's batches, left "
+                                f"alone: {sorted(unknown)[:10]}")
+    return RunImages(manifests=manifests, by_batch=by_batch)
+
+
+def valid_sources(results: ResultsStore, taken: RunImages) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
+    """(image -> source record for the valid images, image -> why it is skipped)."""
     valid, skipped = {}, {}
-    for key in keys:
-        record = image_store.results.read_source_record(key)
-        if record is None:
-            skipped[key] = "not ingested: materialize source_images first"
-        elif not record.is_valid:
-            skipped[key] = f"rejected at validation ({record.rejection.code.value}): {record.rejection.message}"
-        else:
-            valid[key] = record
+    for batch, images in taken.by_batch.items():
+        for image in images:
+            why, record = source_state(results, image, batch)
+            if why:
+                skipped[image] = why
+            else:
+                valid[image] = record
     return valid, skipped
 
 
-class ImageMetadata:
-    """Each image's metadata for the stage's materializations, handed to Dagster once, with the MaterializeResult.
+def source_state(results: ResultsStore, image: str, batch: str) -> tuple[str | None, SourceImageRecord | None]:
+    """(why this batch's entry for the image goes no further, or None; its source record)."""
+    record = results.read_source_record(image)
+    if record is None:
+        return "not ingested: materialize source_images first", None
+    if newer := superseded_by(record.batch, batch):
+        return f"superseded: re-uploaded in batch {newer}", record
+    if record.batch is not None and record.batch != batch:
+        return f"not ingested for this batch yet (last read for {record.batch}): materialize source_images", record
+    if not record.is_valid:
+        return f"rejected at validation ({record.rejection.code.value}): {record.rejection.message}", record
+    return None, record
 
-    `context.add_asset_metadata(..., partition_key=)` lists every registered partition on each call to check the key
-    (a query that grows with the catalogue: 46 ms per image with none, 200 ms with 10,000) and copies all metadata
-    added so far (quadratic in the batch). Here the keys are checked once against the run's, and the whole set goes
-    into the step's metadata in one step."""
+
+class BatchMetadata:
+    """Each batch's metadata for the stage's materializations, handed to Dagster once, with the MaterializeResult.
+
+    A MaterializeResult of a run over several partitions gives every partition the same metadata, and
+    `context.add_asset_metadata(..., partition_key=)` lists every registered partition on each call and copies all
+    metadata added so far. Here the batches are checked once against the run's, and the whole set goes into the
+    step's metadata in one step (Dagster has no public way to attach metadata to one partition of a ranged step)."""
 
     def __init__(self, context: dg.AssetExecutionContext):
         self._context = context
-        self._by_key: dict[str, dict] = {}
+        self._by_batch: dict[str, dict] = {}
 
-    def add(self, partition_key: str, metadata: dict) -> None:
-        self._by_key.setdefault(partition_key, {}).update(metadata)
-
-    def skipped(self, skipped: dict[str, str]) -> None:
-        for key, why in skipped.items():
-            self.add(key, {"status": "skipped", "skipped_because": why})
+    def add(self, batch: str, metadata: dict) -> None:
+        self._by_batch.setdefault(batch, {}).update(metadata)
 
     def materialize(self) -> dg.MaterializeResult:
-        """The stage's MaterializeResult, each image's materialization carrying its metadata."""
-        not_targeted = set(self._by_key) - set(self._context.partition_keys)
+        not_targeted = set(self._by_batch) - set(self._context.partition_keys)
         if not_targeted:
             raise dg.DagsterInvariantViolationError(f"metadata for partitions this run does not target: "
                                                     f"{sorted(not_targeted)[:5]}")
         step = self._context.op_execution_context._step_execution_context  # noqa: SLF001 - see the docstring
         accumulated = step._metadata_accumulator  # noqa: SLF001
         asset = self._context.assets_def.key
-        handles = {AssetMetadataHandle(asset_key=asset, partition_key=key): metadata
-                   for key, metadata in self._by_key.items()}
         merged = dict(accumulated.per_output_metadata)
-        for handle, metadata in handles.items():
+        for batch, metadata in self._by_batch.items():
+            handle = AssetMetadataHandle(asset_key=asset, partition_key=batch)
             merged[handle] = {**merged.get(handle, {}), **metadata}
         step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)  # noqa: SLF001
         return dg.MaterializeResult()
 
 
-def load_images(image_store: ImageStore, keys: list[str]) -> dict[str, Image.Image]:
-    """Decoded pixels of a chunk of the batch (never the whole batch: memory follows the chunk size)."""
-    results = image_store.results
+def batch_counts(taken: RunImages, done: set[str], skipped: dict[str, str]) -> dict[str, dict]:
+    """Per batch: how many images the run took, finished and skipped (the materialization's metadata)."""
+    return {batch: {"images": len(images), "done": sum(i in done for i in images),
+                    "skipped": sum(i in skipped for i in images)}
+            for batch, images in taken.by_batch.items()}
+
+
+def load_images(results: ResultsStore, keys: list[str]) -> dict[str, Image.Image]:
+    """Decoded pixels of a chunk of the run (never the whole run: memory follows the chunk size)."""
     return {key: results.read_normalized(key).convert("RGB") for key in keys}
 
 
 def stage_asset(**kwargs) -> dict:
-    """The settings every per-image stage shares: batched over the `images` partitions, one run per range."""
-    from ..partitions import images
-
-    return {"partitions_def": images, "backfill_policy": dg.BackfillPolicy.single_run(), "group_name": "models"} | kwargs
+    """The settings every stage shares: partitioned by upload batch, one run for any range of batches."""
+    return {"partitions_def": batches, "backfill_policy": dg.BackfillPolicy.single_run(), "group_name": "models"} | kwargs

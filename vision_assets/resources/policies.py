@@ -115,6 +115,7 @@ class ReviewSettings(dg.ConfigurableResource):
     tasks: bool = True
     sample_rate: float = 0.02
     target_precision: float = 0.95
+    label_studio_url: str | None = None  # the reviewers' project, linked from `review_queue`
 
     def sampled(self, partition_key: str) -> bool:
         """Whether a confident image goes to review anyway; a hash of its id, so the same images every time."""
@@ -144,3 +145,15 @@ class CallbackSettings(dg.ConfigurableResource):
     @property
     def enabled(self) -> bool:
         return bool(self.url)
+
+
+class ImageSelection(dg.ConfigurableResource):
+    """Which images of the run's batches to process: all of them (empty, the default), or exactly these image ids
+    (`vision-assets reprocess KEY ...`, or in the UI's Launchpad: `resources: {image_selection: {config: {images:
+    [...]}}}`). The batches' checks still judge every image of each batch, the others from their stored results."""
+
+    images: list[str] = []
+
+    @property
+    def only(self) -> frozenset[str] | None:
+        return frozenset(self.images) if self.images else None

@@ -1,11 +1,11 @@
 """Delivers finished-image messages from the outbox to the configured webhook; failures are retried later and shown
-on the image's partition in the UI."""
+on the image's batch in the UI."""
 
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from ..checks.validation import SOURCE_IMAGES
+from ..keys import SOURCE_IMAGES
 from ..resources import CallbackSettings, ImageStore
 from ..vision.callback import CallbackRefused, Outbox, deliver, pin_destination
 
@@ -15,8 +15,8 @@ FAILURES_BEFORE_GIVING_UP_THE_TICK = 3  # a receiver that is down should not hol
 def _observation(entry, outcome: str, **extra) -> dg.AssetObservation:
     return dg.AssetObservation(
         asset_key=SOURCE_IMAGES,
-        partition=entry.message.image_id,
-        metadata={"callback": outcome, "callback_status": entry.message.status, "attempts": entry.attempts,
+        partition=entry.message.batch,  # None for messages written before batches
+        metadata={"image": entry.message.image_id, "callback": outcome, "callback_status": entry.message.status, "attempts": entry.attempts,
                   "idempotency_key": entry.message.idempotency_key, **extra},
     )
 

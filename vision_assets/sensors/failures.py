@@ -1,28 +1,23 @@
-"""What Dagster says about runs that failed for good: which images they left failed, at which stage, after how many
-of the pipeline's own re-runs. Read by the sensors that re-run them and by `vision-assets reindex`.
+"""What Dagster says about runs that failed for good: which upload batches they left failed, at which stage, after
+how many of the pipeline's own re-runs. Read by the sensors that re-run them and by `vision-assets reindex`.
 
 The cost follows the failures, not the catalogue: a `FailureWatch` reads Dagster's run-failure events after its
-cursor and keeps the failed runs that still leave images Failed; each look re-judges only those runs' images, by
-partition, against the latest plan and materialization of each stage. (Asking Dagster for every partition's latest
-attempt instead grew with the catalogue: 4.5 s per look at 100,000 images, see bench/failed_images_bench.py.)"""
+cursor and keeps the failed runs that still leave batches Failed; each look re-judges only those runs' batches
+against the latest plan and materialization of each stage."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import dagster as dg
-from dagster._core.storage.tags import WILL_RETRY_TAG  # Dagster sets it on every failed run when run retries are on
 
-from ..assets.detections import DETECTIONS_KEY
-from ..checks.confidence import LABELS_KEY
-from ..checks.embedding import EMBEDDINGS_KEY
-from ..checks.indexing import INDEX_KEY
-from ..checks.validation import SOURCE_IMAGES
-from ..vision.retry_budget import FailedImage
+from ..keys import PIPELINE_STAGES
+from ..vision.retry_budget import FailedBatch
 
-PIPELINE_STAGES = [SOURCE_IMAGES, DETECTIONS_KEY, EMBEDDINGS_KEY, LABELS_KEY, INDEX_KEY]
+# Dagster sets it on every failed run when run retries are on (its documented tag, spelled out).
+WILL_RETRY_TAG = "dagster/will_retry"
 
-ATTEMPT_TAG = "vision_assets/retry_attempt"  # on runs the pipeline launched to re-run failed images: 1, 2, ...
+ATTEMPT_TAG = "vision_assets/retry_attempt"  # on runs the pipeline launched to re-run failed batches: 1, 2, ...
 RETRY_OF_TAG = "vision_assets/retry_of_run"  # the failed run they re-run
 RUN_LOOKUP_CHUNK = 500
 PARTITION_LOOKUP_CHUNK = 500  # partitions per query: well under SQLite's bound on parameters
@@ -72,14 +67,14 @@ def latest_plans(instance: dg.DagsterInstance, stage: dg.AssetKey, keys: Sequenc
     return latest
 
 
-def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: Collection[str]) -> list[FailedImage]:
-    """The registered images this failed run still leaves Failed, each at the first stage it failed in: planned by
-    the run, not materialized since, and not planned again by a later run (whose own outcome then counts)."""
+def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: Collection[str]) -> list[FailedBatch]:
+    """The batches this failed run still leaves Failed, each at the first stage it failed in: planned by the run, not
+    materialized since, and not planned again by a later run (whose own outcome then counts)."""
     run = record.dagster_run
     ended = record.end_time or record.update_timestamp.timestamp()
     attempt = int(run.tags.get(ATTEMPT_TAG, "0"))
     planned = planned_by_stage(instance, run.run_id)
-    found: dict[str, FailedImage] = {}
+    found: dict[str, FailedBatch] = {}
     for stage in [s for s in PIPELINE_STAGES if s in planned]:
         undecided = [key for key in planned[stage] if key in registered and key not in found]
         for chunk in _chunks(undecided, PARTITION_LOOKUP_CHUNK):
@@ -89,24 +84,24 @@ def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: 
                 stage, dg.DagsterEventType.ASSET_MATERIALIZATION, set(plans))
             for key, plan_id in plans.items():
                 if done.get(key, 0) < plan_id:
-                    found[key] = FailedImage(key, stage.to_user_string(), run.run_id, attempt, ended)
+                    found[key] = FailedBatch(key, stage.to_user_string(), run.run_id, attempt, ended)
     return list(found.values())
 
 
 class FailureWatch:
-    """The Failed images of the pipeline, kept current from a cursor (a sensor's) instead of re-read whole."""
+    """The Failed batches of the pipeline, kept current from a cursor (a sensor's) instead of re-read whole."""
 
     def __init__(self, state: Mapping | None = None):
         state = state or {}
         self.after: str | None = state.get("after")  # Dagster's cursor over run-failure events
-        self.runs: list[str] = list(state.get("runs", []))  # failed runs that left images Failed at the last look
+        self.runs: list[str] = list(state.get("runs", []))  # failed runs that left batches Failed at the last look
 
     def state(self) -> dict:
         return {"after": self.after, "runs": self.runs}
 
     def look(self, instance: dg.DagsterInstance, registered: Collection[str],
-             runs_per_look: int | None = RUNS_PER_LOOK) -> list[FailedImage]:
-        """Every registered image left Failed by a run that ended FAILURE and that Dagster will not retry itself,
+             runs_per_look: int | None = RUNS_PER_LOOK) -> list[FailedBatch]:
+        """Every registered batch left Failed by a run that ended FAILURE and that Dagster will not retry itself,
         at the first stage it failed in: the "Failed" partitions of the stages' Partitions views. Runs in
         flight, canceled runs and runs Dagster is about to retry leave nothing here. `runs_per_look=None` reads
         every new failure now (a command); a sensor reads a bounded number each tick."""
@@ -114,23 +109,23 @@ class FailureWatch:
         records = {}
         for chunk in _chunks(sorted(set(self.runs)), RUN_LOOKUP_CHUNK):
             records |= {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(chunk)))}
-        failed: dict[str, FailedImage] = {}
+        failed: dict[str, FailedBatch] = {}
         still = []
         stages = [key.to_user_string() for key in PIPELINE_STAGES]
         for run_id in self.runs:
             record = records.get(run_id)
             if record is None or record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
                 continue  # deleted, or re-marked by a person
-            images = left_failed(instance, record, registered)
-            if not images:
+            left = left_failed(instance, record, registered)
+            if not left:
                 continue
             still.append(run_id)
             if record.dagster_run.tags.get(WILL_RETRY_TAG) == "true":
-                continue  # Dagster re-executes it: its images are the retry's until that plans them
-            for image in images:
-                known = failed.get(image.partition_key)
-                if known is None or stages.index(image.stage) < stages.index(known.stage):
-                    failed[image.partition_key] = image
+                continue  # Dagster re-executes it: its batches are the retry's until that plans them
+            for batch in left:
+                known = failed.get(batch.batch)
+                if known is None or stages.index(batch.stage) < stages.index(known.stage):
+                    failed[batch.batch] = batch
         self.runs = still
         return list(failed.values())
 
@@ -144,6 +139,6 @@ class FailureWatch:
                 return
 
 
-def failed_images(instance: dg.DagsterInstance, registered: Collection[str]) -> list[FailedImage]:
-    """Every Failed image now, read from every failed run (for a command, not a sensor tick)."""
+def failed_batches(instance: dg.DagsterInstance, registered: Collection[str]) -> list[FailedBatch]:
+    """Every Failed batch now, read from every failed run (for a command, not a sensor tick)."""
     return FailureWatch().look(instance, registered, runs_per_look=None)

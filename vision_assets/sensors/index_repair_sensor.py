@@ -1,60 +1,60 @@
 """Puts back what the index lost. When `index_complete` failed (a run found earlier images without points), and
 every ten minutes anyway (the index can lose points while no run happens), it compares Qdrant with what the
-pipeline indexed and launches `reindex` runs for the gaps: no model, no person. Images whose index stage failed for
-good (a run killed or out of retries mid-way leaves some of their points written and some not) are re-indexed too,
-on the same budget as `failed_image_retry` (waits that double, a cap), by runs that also send their callbacks;
-those are looked for at every tick, which costs what the failures cost, not the catalogue."""
+pipeline indexed (the per-batch ledger) and launches `reindex` runs for the batches with gaps: no model, no person.
+Batches whose index stage failed for good (a run killed or out of retries mid-way leaves some of their points
+written and some not) are re-indexed too, on the same budget as `failed_image_retry` (waits that double, a cap), by
+runs that also send their callbacks; those are looked for at every tick, which costs what the failures cost."""
 
 import json
 import time
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from ..checks.indexing import INDEX_KEY, IndexLedger, index_completeness, index_ledger
+from ..assets.qdrant_index import index_completeness
 from ..jobs import process_images, reindex
-from ..partitions import images
-from ..resources import FailedImageRetries, QdrantResource, UploadPolicy
+from ..keys import QDRANT_INDEX
+from ..partitions import batches
+from ..resources import FailedImageRetries, ImageStore, QdrantResource
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
-from ..vision.retry_budget import FailedImage
-from .failed_image_retry import retry_requests
-from .failures import FailureWatch, failed_images
-from .upload_sensor import RANGE_END, RANGE_START
+from ..vision.index.ledger import IndexLedger, index_ledger
+from ..vision.retry_budget import FailedBatch
+from .failed_image_retry import range_tags, retry_requests
+from .failures import FailureWatch, failed_batches
 
 HOW_TO_FIX = "run `vision-assets reindex` (it re-indexes them and says which still fail)"
-
 AUDIT_EVERY_SECONDS = 600
 LOCK_WAIT_SECONDS = 10.0  # a sensor tick must end well inside Dagster's 60 s; a busy index waits for the next tick
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def failed_indexing(instance: dg.DagsterInstance, ledger: IndexLedger) -> list[FailedImage]:
-    """Images whose first failed stage is the index (an earlier failed stage is `failed_image_retry`'s)."""
-    return [f for f in failed_images(instance, set(ledger.partitions)) if f.stage == INDEX_KEY.to_user_string()]
+def failed_indexing(instance: dg.DagsterInstance, order: list[str]) -> list[FailedBatch]:
+    """Batches whose first failed stage is the index (an earlier failed stage is `failed_image_retry`'s)."""
+    return [f for f in failed_batches(instance, set(order)) if f.stage == QDRANT_INDEX.to_user_string()]
 
 
 def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) -> list[dg.RunRequest]:
-    ranges = repair_ranges(ledger.partitions, missing, ledger.settled)
+    ranges = repair_ranges(ledger.batches, ledger.batches_of(missing), ())
     return [dg.RunRequest(job_name=reindex.name, run_key=f"index-repair-{audit_number}-{first}-{last}",
-                          tags={RANGE_START: first, RANGE_END: last}) for first, last in ranges]
+                          tags=range_tags(first, last)) for first, last in ranges]
 
 
-def audit_when_due(context: dg.SensorEvaluationContext, qdrant: QdrantResource, state: dict,
+def audit_when_due(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource, state: dict,
                    retried: set[str]) -> tuple[str, list[dg.RunRequest]]:
-    """When due, compare Qdrant with what Dagster shows indexed: what it says, and the reindex runs it needs."""
+    """When due, compare Qdrant with what the ledger says is indexed: what it says, and the reindex runs it needs."""
     instance = context.instance
     [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
     newly_failed = (latest is not None and latest.status == AssetCheckExecutionRecordStatus.FAILED
                     and latest.id != state.get("handled"))
     if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
         return "index_complete has not failed since the last audit", []
-    if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=list(IN_PROGRESS_RUN_STATUSES)),
-                                limit=1):
+    if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=IN_FLIGHT), limit=1):
         return "a reindex run is in flight; auditing after it", []
+    ledger = index_ledger(image_store.results, instance.get_dynamic_partitions(batches.name))
     try:
         with qdrant.open(wait_seconds=LOCK_WAIT_SECONDS) as index:
-            ledger = index_ledger(instance)
             found = audit_index(index, ledger.indexed)
     except IndexUnavailable as error:
         return f"{error}; auditing on the next tick", []
@@ -70,27 +70,29 @@ def audit_when_due(context: dg.SensorEvaluationContext, qdrant: QdrantResource, 
 def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(name="index_repair", jobs=[reindex, process_images], minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Re-indexes images that Dagster shows as indexed but Qdrant no longer holds (after "
-               "`index_complete` fails, and every ten minutes), through the `reindex` job; and images whose "
+               description="Re-indexes the batches of images that the pipeline indexed but Qdrant no longer holds "
+               "(after `index_complete` fails, and every ten minutes), through the `reindex` job; and batches whose "
                "`qdrant_index` failed for good, with the budget of `failed_image_retry`.")
-    def index_repair(context: dg.SensorEvaluationContext, qdrant: QdrantResource,
-                     failed_image_retries: FailedImageRetries, upload_policy: UploadPolicy):
+    def index_repair(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource,
+                     failed_image_retries: FailedImageRetries):
         instance = context.instance
         state = json.loads(context.cursor or "{}")
-        order = instance.get_dynamic_partitions(images.name)
+        order = instance.get_dynamic_partitions(batches.name)
         watch = FailureWatch(state.get("failures"))  # every tick: it costs what the failures cost
         budget = failed_image_retries.budget
-        failed = budget.plan([f for f in watch.look(instance, set(order)) if f.stage == INDEX_KEY.to_user_string()],
+        failed = budget.plan([f for f in watch.look(instance, set(order)) if f.stage == QDRANT_INDEX.to_user_string()],
                              time.time())
         state["failures"] = watch.state()
         if failed.exhausted:
             context.log.warning(failed.describe_exhausted(budget.attempts, HOW_TO_FIX))
-        requests = retry_requests(instance, failed.due, order, upload_policy.batch_size)
-        retried = {f.partition_key for f in failed.due}
-        if retried:
-            context.log.warning(f"re-indexing {len(retried)} image(s) whose qdrant_index failed for good")
+        requests = retry_requests(failed.due, order)
+        retried_batches = {f.batch for f in failed.due}
+        if retried_batches:
+            context.log.warning(f"re-indexing {len(retried_batches)} batch(es) whose qdrant_index failed for good")
+        retried = {image for batch, manifest in image_store.results.read_manifests(sorted(retried_batches)).items()
+                   if manifest for image in manifest.images}
         notes = [failed.describe_waiting(), failed.describe_exhausted(budget.attempts, HOW_TO_FIX)]
-        audit_note, missing_requests = audit_when_due(context, qdrant, state, retried)
+        audit_note, missing_requests = audit_when_due(context, image_store, qdrant, state, retried)
         requests += missing_requests
         if not requests:
             return dg.SensorResult(skip_reason="; ".join(filter(None, [audit_note, *notes])), cursor=json.dumps(state))

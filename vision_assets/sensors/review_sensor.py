@@ -1,14 +1,19 @@
-"""Reviewers' answers in, as `review_decisions` runs: Label Studio's target storage and our corrections JSON."""
+"""Reviewers' answers in, applied in bulk (one `apply_reviews` run per tick that read any), from Label Studio's
+target storage and our corrections JSON; and the review queue kept current."""
 
 from __future__ import annotations
 
 import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import dagster as dg
 from pydantic import BaseModel, Field
 
-from ..jobs import apply_reviews, measure_accuracy
+from ..assets.review_decisions import review_decisions
+from ..jobs import apply_reviews, measure_accuracy, refresh_review_queue
+from ..keys import QDRANT_INDEX, REVIEW_DECISIONS
 from ..partitions import images
 from ..resources import ImageStore
 from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject
@@ -18,7 +23,11 @@ from ..vision.review.submissions import Submission, SubmissionError, build_revie
 from ..vision.storage.object_store import ObjectMissing
 from ..vision.storage.results_store import DETECTIONS, LABELS, REVIEW, REVIEW_ANNOTATIONS, REVIEW_CORRECTIONS
 
-FILES_PER_TICK = 200
+FILES_PER_TICK = 1000  # read 16 at a time: a few seconds of a tick on S3
+READ_THREADS = 16
+QUEUE_REFRESH_SECONDS = 60  # the review queue is refreshed at most this often, after runs that change it
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
 
 
 class ReviewCursor(BaseModel):
@@ -29,6 +38,8 @@ class ReviewCursor(BaseModel):
     after: datetime | None = None
     at: list[str] = Field(default_factory=list)
     accuracy_due: bool = False
+    queue_seen: int = 0  # the newest storage id of qdrant_index / review_decisions the review queue reflects
+    queue_at: float = 0.0  # when the last refresh was requested
 
     def is_new(self, obj: StoredObject) -> bool:
         return self.after is None or obj.last_modified > self.after or (
@@ -45,13 +56,14 @@ class ReviewCursor(BaseModel):
 def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="review_sensor",
-        jobs=[apply_reviews, measure_accuracy],
+        jobs=[apply_reviews, measure_accuracy, refresh_review_queue],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Reads reviewers' verdicts, from Label Studio's target storage (`<results>~review/annotations/`) "
         "or our corrections JSON (`<results>~review/corrections/`), stores each image's as `~review.json` and "
-        "launches one `apply_reviews` run per image; then `measure_accuracy` once they are in. A file it cannot "
-        "use is named in the tick's log with the reason, and left where it is.",
+        "launches one `apply_reviews` run for all the images of the tick; then `measure_accuracy` once they are in. "
+        "A file it cannot use is named in the tick's log with the reason, and left where it is. Refreshes "
+        "`review_queue` after runs that change it (at most once a minute).",
     )
     def review_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore):
         cursor = ReviewCursor.model_validate_json(context.cursor) if context.cursor else ReviewCursor()
@@ -61,38 +73,64 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         found = sorted((o for folder in folders for o in image_store.objects.list(folder) if cursor.is_new(o)),
                        key=lambda o: (o.last_modified, o.key))
         taken = found[:FILES_PER_TICK]
-        requests, problems = {}, []
-        for obj in taken:
+
+        def prepare(obj: StoredObject) -> list[ImageReview] | str:
             kind = next(kind for folder, kind in folders.items() if obj.key.startswith(folder))
             try:
                 # Every entry of a file is checked before any is stored: a file applies whole or not at all.
-                prepared = [_prepared_review(context, image_store, submission, replace=kind == "label-studio")
-                            for submission in _read(image_store, obj, kind)]
-                for review in prepared:
-                    results.write(review.partition_key, REVIEW, review)
-                    identity = f"{obj.key}\0{obj.etag}\0{review.partition_key}"
-                    requests[review.partition_key] = dg.RunRequest(
-                        job_name=apply_reviews.name, partition_key=review.partition_key,
-                        run_key=f"review-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
-                        tags={"vision_assets/reviewer": review.reviewer[:200]})
+                return [_prepared_review(context, image_store, submission, replace=kind == "label-studio")
+                        for submission in _read(image_store, obj, kind)]
             except SubmissionError as error:
-                problems.append(f"{obj.key}: {error}")
+                return f"{obj.key}: {error}"
+
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            prepared = list(pool.map(prepare, taken))
+        reviewed: dict[str, ImageReview] = {}
+        problems = [p for p in prepared if isinstance(p, str)]
+        for reviews in (p for p in prepared if not isinstance(p, str)):
+            for review in reviews:  # files in time order: a later file's review of an image wins
+                reviewed[review.partition_key] = review
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
         for problem in problems:
             context.log.warning(f"review file not applied (fix it and upload it again): {problem}")
         cursor = cursor.advanced(taken)
-        runs = list(requests.values())
-        if runs:
-            context.log.info(f"{len(runs)} reviewed image(s) from {len(taken)} file(s)")
+        runs = []
+        if reviewed:
+            identity = "\n".join(f"{o.key}\0{o.etag}" for o in taken)
+            reviewers = sorted({r.reviewer for r in reviewed.values()})
+            runs.append(dg.RunRequest(
+                job_name=apply_reviews.name,
+                run_key=f"reviews-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
+                run_config={"ops": {review_decisions.op.name: {"config": {"images": sorted(reviewed)}}}},
+                tags={"vision_assets/reviewers": ", ".join(reviewers)[:200], "vision_assets/images": str(len(reviewed))}))
+            context.log.info(f"{len(reviewed)} reviewed image(s) from {len(taken)} file(s), applied in one run")
             cursor.accuracy_due = True
-        elif cursor.accuracy_due and not _reviews_in_flight(context):
+        elif cursor.accuracy_due and not _in_flight(context, apply_reviews.name):
             cursor.accuracy_due = False
-            runs = [dg.RunRequest(job_name=measure_accuracy.name,
-                                  run_key=f"accuracy-{cursor.after.isoformat() if cursor.after else 'none'}")]
+            runs.append(dg.RunRequest(job_name=measure_accuracy.name,
+                                      run_key=f"accuracy-{cursor.after.isoformat() if cursor.after else 'none'}"))
+        runs += _queue_refresh(context, cursor)
         if not runs and not problems and not taken:
-            return dg.SkipReason("no new review files")
+            return dg.SkipReason("no new review files; the review queue is current")
         return dg.SensorResult(run_requests=runs, cursor=cursor.model_dump_json())
 
     return review_sensor
+
+
+def _queue_refresh(context: dg.SensorEvaluationContext, cursor: ReviewCursor) -> list[dg.RunRequest]:
+    """A `refresh_review_queue` run when indexing or reviews changed since the queue was last refreshed, at most
+    once a minute and never two at once."""
+    newest = 0
+    for asset in (QDRANT_INDEX, REVIEW_DECISIONS):
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, after_storage_id=cursor.queue_seen or None), limit=1).records
+        newest = max([newest, *(r.storage_id for r in records)])
+    if newest <= cursor.queue_seen or time.time() - cursor.queue_at < QUEUE_REFRESH_SECONDS \
+            or _in_flight(context, refresh_review_queue.name):
+        return []
+    cursor.queue_seen, cursor.queue_at = newest, time.time()
+    return [dg.RunRequest(job_name=refresh_review_queue.name, run_key=f"review-queue-{newest}")]
 
 
 def _read(image_store: ImageStore, obj: StoredObject, kind: str) -> list[Submission]:
@@ -111,7 +149,7 @@ def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStor
     replaces what was there; a corrections entry adds to it (a later decision on the same box wins)."""
     key, results = submission.partition_key, image_store.results
     if not context.instance.has_dynamic_partition(images.name, key):
-        raise SubmissionError(f"no image {key!r} in the catalogue (the image id is its partition key)")
+        raise SubmissionError(f"no image {key!r} in the catalogue")
     source = results.read_source_record(key)
     detections = results.read(key, DETECTIONS, DetectionsRecord)
     if source is None or not source.is_valid or detections is None:
@@ -127,8 +165,5 @@ def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStor
     return review
 
 
-def _reviews_in_flight(context: dg.SensorEvaluationContext) -> bool:
-    return bool(context.instance.get_run_records(dg.RunsFilter(
-        job_name=apply_reviews.name,
-        statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                  dg.DagsterRunStatus.STARTED]), limit=1))
+def _in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:
+    return bool(context.instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1))

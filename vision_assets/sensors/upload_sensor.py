@@ -1,25 +1,27 @@
-"""Registers new uploads as partitions and launches one run per batch of them."""
+"""Registers new uploads in upload batches (a partition of `batches` and a manifest each) and launches one run
+per batch."""
 
 
 import hashlib
 import time
 from collections.abc import Iterable
+from datetime import datetime, timezone
 
 import dagster as dg
 
-from ..checks.validation import SOURCE_IMAGES
-from ..assets.deletion import delete_images, delete_run_config
-from ..jobs import process_images
-from ..partitions import images, partition_key_for
+from ..assets.deletion import delete_run_config
+from ..jobs import delete_images, process_images
+from ..keys import SOURCE_IMAGES
+from ..partitions import batches, images, partition_key_for
 from ..resources import ImageStore, S3ImageStore, UploadPolicy
+from ..vision.batches import BatchManifest, batch_key, chunked
 from ..vision.deletion import safe_to_delete
 from ..vision.records import StoredObject
 from ..vision.storage.s3_events import EventQueue
-from ..vision.storage.registrations import REGISTRATIONS_TAG, batch_name
-from ..vision.upload_tracking import TickPlan, UploadCursor, contiguous_batches, plan_tick
+from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick
+from .batch_migration import migrate_slice
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
+IMAGES_TAG = "vision_assets/images"  # how many images a run's batches hold
 
 
 def batch_run_key(batch: list[str], versions: dict[str, str]) -> str:
@@ -27,15 +29,6 @@ def batch_run_key(batch: list[str], versions: dict[str, str]) -> str:
     # while a re-upload (new etag) always gets a new run.
     identity = "\n".join(f"{key}\0{versions[key]}" for key in batch)
     return f"upload-batch-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
-
-
-def batch_run_request(batch: list[str], run_key: str, registrations: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        job_name=process_images.name,
-        run_key=run_key,
-        tags={RANGE_START: batch[0], RANGE_END: batch[-1], "vision_assets/images": str(len(batch)),
-              REGISTRATIONS_TAG: registrations},
-    )
 
 
 def describe(plan: TickPlan) -> str:
@@ -53,12 +46,17 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         jobs=[process_images, delete_images],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Registers every new or re-uploaded image as a partition of `images` and launches one "
-        "`process_images` run per batch; images whose object is gone are deleted (`delete_images`). Lists the "
-        "bucket every tick, or, with an S3 events queue, reads the queue and lists only to reconcile.",
+        description="Registers every new or re-uploaded image in an upload batch (a partition of `batches`, its "
+        "manifest in the results store) and launches one `process_images` run per batch; images whose object is "
+        "gone are deleted (`delete_images`). Lists the bucket every tick, or, with an S3 events queue, reads the "
+        "queue and lists only to reconcile. Moves an instance that had one partition per image to batches first.",
     )
     def upload_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy):
         cursor = UploadCursor.parse(context.cursor)
+        moving = migrate_slice(context, image_store, upload_policy, cursor)
+        if isinstance(moving, dg.SensorResult):
+            return moving
+        cursor = moving
         queue = image_store.event_queue() if isinstance(image_store, S3ImageStore) else None
         if queue is None:
             return _listing_tick(context, image_store, upload_policy, cursor)
@@ -78,10 +76,10 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
 
 def _listing_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
                   cursor: UploadCursor) -> dg.SensorResult:
-    registered = context.instance.get_dynamic_partitions(images.name)  # insertion order
+    registered = context.instance.get_dynamic_partitions(images.name)  # registration order
     plan = _plan(context, image_store, upload_policy, image_store.objects.list(image_store.prefix), registered, cursor)
     deletions, delete_requests = _deletions(context, registered, plan)
-    return _result(context, image_store, upload_policy, registered, plan, plan.cursor, deletions, delete_requests)
+    return _result(context, image_store, upload_policy, plan, plan.cursor, deletions, delete_requests)
 
 
 def _event_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
@@ -105,7 +103,7 @@ def _event_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, up
     registered = context.instance.get_dynamic_partitions(images.name)
     plan = _plan(context, image_store, upload_policy, latest.values(), registered, cursor)
     after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
-    return _result(context, image_store, upload_policy, registered, plan, after, [], [])
+    return _result(context, image_store, upload_policy, plan, after, [], [])
 
 
 def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
@@ -114,7 +112,7 @@ def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
         objects,
         set(registered),
         cursor,
-        materialized=lambda: context.instance.get_materialized_partitions(SOURCE_IMAGES),
+        materialized=lambda: _ingested_images(context, image_store),
         upload_filter=image_store.upload_filter,
         partition_key_of=partition_key_for,
         lookback=upload_policy.version_lookback,
@@ -123,9 +121,15 @@ def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     )
 
 
+def _ingested_images(context: dg.SensorEvaluationContext, image_store: ImageStore) -> set[str]:
+    """The images of every batch `source_images` has materialized (asked only when the cursor is fresh)."""
+    done = sorted(context.instance.get_materialized_partitions(SOURCE_IMAGES))
+    manifests = image_store.results.read_manifests(done)
+    return {image for manifest in manifests.values() if manifest for image in manifest.images}
+
+
 def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-            registered: list[str], plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list
-            ) -> dg.SensorResult:
+            plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list) -> dg.SensorResult:
     summary = describe(plan)
     if not plan.uploads and not delete_requests:
         return dg.SensorResult(skip_reason=f"nothing to process ({summary})", cursor=cursor.dump())
@@ -136,18 +140,23 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     new_keys = plan.new_partition_keys
     uploads = {u.partition_key: u.obj for u in plan.uploads}
     versions = {key: obj.etag for key, obj in uploads.items()}
-    batches = contiguous_batches(registered + new_keys, versions, upload_policy.batch_size)
-    run_keys = [batch_run_key(batch, versions) for batch in batches]
-    names = [batch_name(run_key) for run_key in run_keys]
-    # The partition -> object mapping is stored before the partitions exist, so no run can start without it:
-    # one file per run, not per object (see vision/storage/registrations.py).
-    image_store.results.write_registration_batches({
-        name: [image_store.registration(key, uploads[key]) for key in batch] for name, batch in zip(names, batches)
-    })
-    context.log.info(f"{summary}: {len(batches)} run(s)")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    # The manifests are stored before the partitions exist, so no run can start without its own: one file per batch,
+    # not per object. A re-upload goes in a new batch like a new image; its older batch's entry is superseded.
+    manifests = [
+        BatchManifest(batch=batch_key(now, number), created_at=now, images=list(group),
+                      registrations=[image_store.registration(key, uploads[key]) for key in group])
+        for number, group in enumerate(chunked(list(uploads), upload_policy.batch_size))
+    ]
+    image_store.results.write_manifests(manifests)
+    context.log.info(f"{summary}: {len(manifests)} batch(es), one run each")
+    requests = [dg.RunRequest(job_name=process_images.name, partition_key=manifest.batch,
+                              run_key=batch_run_key(manifest.images, versions),
+                              tags={IMAGES_TAG: str(len(manifest.images))}) for manifest in manifests]
     return dg.SensorResult(
-        dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else []) + deletions,
-        run_requests=[batch_run_request(*launch) for launch in zip(batches, run_keys, names)] + delete_requests,
+        dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else [])
+        + [batches.build_add_request([manifest.batch for manifest in manifests])] + deletions,
+        run_requests=requests + delete_requests,
         cursor=cursor.dump(),
     )
 

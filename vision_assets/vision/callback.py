@@ -33,6 +33,7 @@ MAX_BACKOFF = timedelta(hours=1)
 
 class CallbackMessage(BaseModel):
     image_id: str
+    batch: str | None = None  # the upload batch it was processed in (its Dagster partition)
     object_key: str  # the raw key in the bucket; `source_uri` is the same, percent-encoded
     source_uri: str
     status: str  # "indexed" | "rejected" | "failed"
@@ -252,10 +253,11 @@ def deliver(entry: OutboxEntry, destination: Destination, secret: str, timeout: 
 def rejected_message(record: SourceImageRecord) -> CallbackMessage:
     return CallbackMessage(
         image_id=record.partition_key,
+        batch=record.batch,
         object_key=record.object_key,
         source_uri=record.source_uri,
         status="rejected",
-        failed_checks=[{"check": "image_valid", "reason": record.rejection.code.value,
+        failed_checks=[{"check": "images_valid", "reason": record.rejection.code.value,
                         "message": record.rejection.message}],
         idempotency_key=idempotency_key(record.partition_key, record.etag or record.sha256 or "", "rejected"),
         finished_at=datetime.now(timezone.utc),
@@ -269,10 +271,11 @@ def finished_message(source: SourceImageRecord, labels: list[dict], review: list
     failed = [{"check": "labels_confident", "reason": "needs_review", "message": item} for item in review]
     failed += [{"check": "committee_agrees", "reason": "clip_disagrees", "message": item} for item in disagreements]
     if problems:
-        failed.append({"check": failed_check or "indexed", "reason": "failed", "message": "; ".join(problems)})
+        failed.append({"check": failed_check or "index_consistent", "reason": "failed", "message": "; ".join(problems)})
     status = "failed" if problems else "indexed"
     return CallbackMessage(
         image_id=source.partition_key,
+        batch=source.batch,
         object_key=source.object_key,
         source_uri=source.source_uri,
         status=status,

@@ -32,12 +32,6 @@ class RegisteredImage(BaseModel):
     last_modified: datetime
 
 
-class RegistrationBatch(BaseModel):
-    """The registrations of one run the upload sensor launched, stored as one file (see `registrations.py`)."""
-
-    registrations: list[RegisteredImage]
-
-
 class RejectionCode(str, Enum):
     EMPTY = "empty"
     TOO_LARGE = "too_large"
@@ -79,9 +73,11 @@ class ImageFacts(BaseModel):
 
 
 class SourceImageRecord(BaseModel):
-    """Per-image outcome of `source_images`, persisted as `<results>/<partition>/source.json`."""
+    """Per-image outcome of `source_images`, persisted as `<results>/<image id>/~source.json`. (`partition_key` is the
+    image id: the name it had when every image was a partition, kept so stored records stay readable.)"""
 
     partition_key: str
+    batch: str | None = None  # the upload batch this version was read for; None in records made before batches
     object_key: str
     source_uri: str
     etag: str | None = None

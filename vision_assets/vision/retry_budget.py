@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 
 
 @dataclass(frozen=True)
-class FailedImage:
-    partition_key: str
-    stage: str  # the first stage of the pipeline that failed for this image
+class FailedBatch:
+    batch: str  # the upload batch (partition) a run left failed
+    stage: str  # the first stage of the pipeline that failed for it
     run_id: str  # the run whose failure left it failed
     attempt: int  # which re-run that run was (0: not a re-run)
     failed_at: float  # unix seconds the run ended
@@ -20,45 +20,45 @@ class FailedImage:
 
 @dataclass(frozen=True)
 class RetryPlan:
-    due: list[FailedImage] = field(default_factory=list)
-    waiting: list[tuple[FailedImage, float]] = field(default_factory=list)  # with the time it is due
-    exhausted: list[FailedImage] = field(default_factory=list)
+    due: list[FailedBatch] = field(default_factory=list)
+    waiting: list[tuple[FailedBatch, float]] = field(default_factory=list)  # with the time it is due
+    exhausted: list[FailedBatch] = field(default_factory=list)
 
     def describe_waiting(self) -> str:
         if not self.waiting:
             return ""
         soonest = datetime.fromtimestamp(min(when for _, when in self.waiting), timezone.utc)
-        return (f"{len(self.waiting)} failed image(s) waiting for their next attempt (the first due at "
+        return (f"{len(self.waiting)} failed batch(es) waiting for their next attempt (the first due at "
                 f"{soonest.isoformat(timespec='seconds')})")
 
     def describe_exhausted(self, attempts: int, how_to_fix: str) -> str:
         if not self.exhausted:
             return ""
-        names = ", ".join(f.partition_key for f in self.exhausted[:10]) + (" ..." if len(self.exhausted) > 10 else "")
+        names = ", ".join(f.batch for f in self.exhausted[:10]) + (" ..." if len(self.exhausted) > 10 else "")
         stages = sorted({f.stage for f in self.exhausted})
-        return (f"{len(self.exhausted)} image(s) still failed after {attempts} automatic re-run(s), left for a person "
+        return (f"{len(self.exhausted)} batch(es) still failed after {attempts} automatic re-run(s), left for a person "
                 f"(stage {', '.join(stages)}): {names}. Read the error of their last run (tag "
                 f"vision_assets/retry_attempt={attempts}), fix the cause, then {how_to_fix}")
 
 
 @dataclass(frozen=True)
 class RetryBudget:
-    attempts: int = 3  # re-runs per image after Dagster's run retries, then a person
+    attempts: int = 3  # re-runs per batch after Dagster's run retries, then a person
     first_wait_seconds: float = 300.0  # before the first re-run; doubles for each further one
 
     def wait_before(self, attempt: int) -> float:
         """Seconds after the failure before re-run number `attempt` (1-based)."""
         return self.first_wait_seconds * 2 ** (attempt - 1)
 
-    def plan(self, failed: Iterable[FailedImage], now: float) -> RetryPlan:
+    def plan(self, failed: Iterable[FailedBatch], now: float) -> RetryPlan:
         plan = RetryPlan()
-        for image in failed:
-            if image.attempt >= self.attempts:
-                plan.exhausted.append(image)
+        for batch in failed:
+            if batch.attempt >= self.attempts:
+                plan.exhausted.append(batch)
                 continue
-            due_at = image.failed_at + self.wait_before(image.attempt + 1)
+            due_at = batch.failed_at + self.wait_before(batch.attempt + 1)
             if due_at <= now:
-                plan.due.append(image)
+                plan.due.append(batch)
             else:
-                plan.waiting.append((image, due_at))
+                plan.waiting.append((batch, due_at))
         return plan

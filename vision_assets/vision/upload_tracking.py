@@ -34,6 +34,17 @@ from .storage.results_store import is_pipeline_file
 MAX_RECENT = 10_000  # fingerprints in the cursor: about 40 bytes each
 
 
+class Migration(BaseModel):
+    started_at: datetime
+    legacy_images: int  # images registered one partition each, in registration order: the first n of `images`
+    moved: int = 0  # of those, how many are in batches now
+    batches: int = 0  # batches made so far (their numbers in the keys)
+
+    @property
+    def done(self) -> bool:
+        return self.moved >= self.legacy_images
+
+
 class UploadCursor(BaseModel):
     watermark: datetime | None = None
     # fingerprint(key, etag) -> LastModified as epoch seconds, for objects modified within lookback of watermark
@@ -43,6 +54,9 @@ class UploadCursor(BaseModel):
     # this cursor is stored, its partitions and runs are), and when the bucket was last listed in full.
     acknowledge: list[str] = Field(default_factory=list)
     listed_at: float | None = None
+    # The move from one partition per image to upload batches (sensors/batch_migration.py): None until the first
+    # tick has looked; then how many of the images registered before it have been put in batches, of how many.
+    migration: Migration | None = None
 
     def seen(self, obj: StoredObject) -> bool:
         """Processed already (the cursor is not fresh, and the object's key is registered)."""

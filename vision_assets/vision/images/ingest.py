@@ -23,7 +23,7 @@ from .validation import ValidationLimits, encode_normalized, validate_image, wor
 PREVIEWABLE = {RejectionCode.CORRUPT, RejectionCode.TOO_SMALL}
 
 UNREGISTERED_MESSAGE = (
-    "no registration record: this partition was not added by the upload sensor, so the object behind it is unknown"
+    "no registration record: this image was not registered by the upload sensor, so the object behind it is unknown"
 )
 
 
@@ -35,11 +35,13 @@ def ingest_image(
     preview_side: int | None = None,
     registrations: Registrations | None = None,
     working_side: int = 0,
+    batch: str | None = None,
 ) -> SourceImageRecord:
     """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
     the record (`~preview.jpg`), for the reviewer. None: no previews. `registrations`: the run's (default: none
     tagged, so the image's own copy or a search of the sensor's batch files). `working_side`: the long side of the
-    normalised copy the model stages read (0: the image's own)."""
+    normalised copy the model stages read (0: the image's own). `batch`: the upload batch this version was
+    registered in (kept on the record: an older batch's run then knows it is superseded)."""
     started = time.perf_counter()
     registration = (registrations or Registrations(results)).find(partition_key)
     if registration is not None:
@@ -52,6 +54,7 @@ def ingest_image(
         fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side)
     record = SourceImageRecord(
         partition_key=partition_key,
+        batch=batch,
         processed_at=datetime.now(timezone.utc),
         seconds=round(time.perf_counter() - started, 4),
         **fields,

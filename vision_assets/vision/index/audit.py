@@ -16,14 +16,14 @@ LOOKUP_BATCH = 1000
 class IndexAudit:
     expected: int  # images the pipeline indexed (their `indexed` check passed) that were looked up
     missing: list[str]  # of those, the ones without an image point, in partition order
-    sampled_from: int | None = None  # when `expected` came from a sample: the registered images it was drawn from
+    sampled_from: int | None = None  # when `expected` came from a sample: how many batches it was drawn from
 
     @property
     def complete(self) -> bool:
         return not self.missing
 
     def describe(self, where: str) -> str:
-        sample = f" (of a random sample of the {self.sampled_from:,} registered)" if self.sampled_from else ""
+        sample = f" (a random sample of {self.sampled_from:,} batches)" if self.sampled_from else ""
         if self.complete:
             return f"all {self.expected} indexed images{sample} have their point ({where})"
         return (f"{len(self.missing)} of {self.expected} images the pipeline indexed{sample} have no point in Qdrant "

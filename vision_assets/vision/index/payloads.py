@@ -41,6 +41,7 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
     model's answer kept under `review`). Rejected boxes get no point at all (see `stored_points`)."""
     payload: dict[str, Any] = capture_payload(source) | {
         "image_id": source.partition_key,
+        "batch": source.batch,  # the upload batch (Dagster partition) this version was processed in
         "object_key": source.object_key,  # the raw key, for applications that address the store themselves
         "source_uri": source.source_uri,
         "sha256": source.sha256,
@@ -117,6 +118,7 @@ def image_payload(
     tags = embedded.scene
     payload = capture_payload(source) | {
         "image_id": source.partition_key,
+        "batch": source.batch,
         "object_key": source.object_key,
         "source_uri": source.source_uri,
         "sha256": source.sha256,

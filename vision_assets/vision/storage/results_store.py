@@ -16,12 +16,14 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
-from ..records import RegisteredImage, RegistrationBatch, SourceImageRecord
+from ..batches import BatchIndexed, BatchManifest
+from ..records import RegisteredImage, SourceImageRecord
 
 Record = TypeVar("Record", bound=BaseModel)
 
 REGISTRATION = "~registration.json"
-REGISTRATION_BATCHES = "~registrations/"  # at the top of the results prefix: one file per run the sensor launched
+BATCHES = "~batches/"  # at the top of the results prefix: each upload batch's manifest (vision/batches.py)
+LEGACY_REGISTRATIONS = "~registrations/"  # one file per run, written by versions before batches were partitions
 SOURCE_RECORD = "~source.json"
 NORMALIZED_IMAGE = "~normalized.jpg"
 REJECTED_PREVIEW = "~preview.jpg"  # what still decoded of a rejected file, thumbnail size
@@ -43,7 +45,7 @@ REVIEW_TASKS = "~review/tasks/"
 REVIEW_ANNOTATIONS = "~review/annotations/"
 REVIEW_CORRECTIONS = "~review/corrections/"
 REVIEW_FOLDER = "~review/"
-TOP_LEVEL = (REGISTRATION_BATCHES, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER)
+TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER)
 
 
 def is_pipeline_file(relative: str) -> bool:
@@ -74,30 +76,38 @@ class ResultsStore:
             return None
         return model.model_validate_json(data)
 
-    def write_registration_batches(self, batches: dict[str, list[RegisteredImage]], threads: int = 16) -> None:
-        """One file per batch name (the sensor: per run it launches), written concurrently."""
-        def write(name: str) -> None:
-            batch = RegistrationBatch(registrations=batches[name])
-            self.store.put(self.registration_batch_key(name), batch.model_dump_json().encode(), "application/json")
+    def write_manifests(self, manifests: list[BatchManifest], threads: int = 16) -> None:
+        """One file per batch, written concurrently (a tick of 10,000 uploads writes 40 files, not 10,000)."""
+        def write(manifest: BatchManifest) -> None:
+            self.store.put(self.manifest_key(manifest.batch), manifest.model_dump_json().encode(), "application/json")
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(write, batches))
+            list(pool.map(write, manifests))
 
-    def registration_batch_key(self, name: str) -> str:
-        return f"{self.prefix}{REGISTRATION_BATCHES}{name}.json"
+    def manifest_key(self, batch: str) -> str:
+        return f"{self.prefix}{BATCHES}{batch}.json"
 
-    def read_registration_batch(self, name: str) -> list[RegisteredImage]:
+    def read_manifest(self, batch: str) -> BatchManifest | None:
         try:
-            _, data = self.store.get(self.registration_batch_key(name))
+            _, data = self.store.get(self.manifest_key(batch))
         except ObjectMissing:
-            return []
-        return RegistrationBatch.model_validate_json(data).registrations
+            return None
+        return BatchManifest.model_validate_json(data)
 
-    def registration_batch_names(self) -> list[str]:
-        """Newest first (names start with the time they were written)."""
-        folder = f"{self.prefix}{REGISTRATION_BATCHES}"
-        names = [o.key[len(folder):].removesuffix(".json") for o in self.store.list(folder) if o.key.endswith(".json")]
-        return sorted(names, reverse=True)
+    def read_manifests(self, batches: list[str], threads: int = 16) -> dict[str, BatchManifest | None]:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return dict(zip(batches, pool.map(self.read_manifest, batches)))
+
+    def write_batch_indexed(self, record: BatchIndexed) -> None:
+        self.store.put(f"{self.prefix}{BATCHES}{record.batch}.indexed.json", record.model_dump_json().encode(),
+                       "application/json")
+
+    def read_batch_indexed(self, batch: str) -> BatchIndexed | None:
+        try:
+            _, data = self.store.get(f"{self.prefix}{BATCHES}{batch}.indexed.json")
+        except ObjectMissing:
+            return None
+        return BatchIndexed.model_validate_json(data)
 
     def write_registration(self, registration: RegisteredImage) -> None:
         self.write(registration.partition_key, REGISTRATION, registration)

@@ -1,5 +1,7 @@
 """`specialist_labels`: each crop to the expert for its class; reef-looking images to the coral expert; and CLIP's
-second opinion on every crop, from the vectors the embeddings stage already computed."""
+second opinion on every crop, from the vectors the embeddings stage already computed. Its checks (WARN: a doubtful
+label is kept, flagged `needs_review`): `labels_confident` (every expert at or above its threshold, or a person
+decided) and `committee_agrees` (CLIP does not contradict the detector or the expert, or a person decided)."""
 
 import time
 from collections import Counter
@@ -8,12 +10,11 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
-from ..checks.agreement import agreement_outcome, committee_agreement
-from ..checks.confidence import LABELS_KEY, label_confidence, labels_outcome
-from ..checks.embedding import EMBEDDINGS_KEY
+from ..keys import EMBEDDINGS, SPECIALIST_LABELS
 from ..resources import (
     DetectorResource,
     EmbedderResource,
+    ImageSelection,
     ImageStore,
     LabelingSettings,
     ReviewSettings,
@@ -23,7 +24,7 @@ from ..resources import (
 from ..vision.committee.labeling import label_batch
 from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.zero_shot import Vocabulary, label_prompt
-from ..vision.images.review import ReviewPictures, labels_markdown
+from ..vision.images.review import ReviewPictures, review_crops_markdown
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.taxonomy import TaxonClassifier
 from ..vision.records import (
@@ -34,35 +35,107 @@ from ..vision.records import (
     LabelsRecord,
     SourceImageRecord,
 )
-from ..vision.review.decisions import AppliedReview, apply_review, outstanding_disagreements, outstanding_review
+from ..vision.review.decisions import (
+    AppliedReview,
+    apply_review,
+    outstanding_disagreements,
+    outstanding_review,
+)
 from ..vision.review.label_studio import task_for
 from ..vision.storage.results_store import (
     DETECTIONS,
     EMBEDDING_VECTORS,
-    EMBEDDINGS,
     LABELS,
     NORMALIZED_IMAGE,
     REVIEW,
     ResultsStore,
 )
-from .stage import load_images, ImageMetadata, stage_asset, transient_faults_retried, valid_sources
+from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
+from .batch_checks import BatchCheck, ImageOutcome
+from .stage import (
+    BatchMetadata,
+    batch_counts,
+    load_images,
+    run_images,
+    source_state,
+    stage_asset,
+    transient_faults_retried,
+    valid_sources,
+)
 
 OPEN_VOCABULARY = 20_000  # labels above which an expert is audited among its own candidates, not its vocabulary
 
+label_confidence = BatchCheck(
+    asset=SPECIALIST_LABELS,
+    name="labels_confident",
+    severity=dg.AssetCheckSeverity.WARN,
+    description="Every specialist's top label is at or above that specialist's review threshold, or a person decided "
+    "it; labels under it are kept, flagged for review and shown (the crops with each expert's top labels).",
+    not_passed="need review",
+)
 
-def labels_metadata(record: LabelsRecord, picture: Image.Image, look: ReviewPictures | None) -> dict:
-    top = Counter(c.specialist.top.name for c in record.crops if c.specialist)
-    metadata = {
-        "status": "done",
-        "crops": len(record.crops),
-        "labels": dict(top),
-        "coral_scene_score": round(record.coral_scene_score, 4) if record.coral_scene_score is not None else "",
-        "needs_review": len(record.needing_review),
-        "clip_disagrees": len(record.disagreements),
-    }
-    if look:  # what the committee saw, drawn on the image
-        metadata["picture"] = dg.MetadataValue.md(labels_markdown(record.partition_key, picture, record, look))
-    return metadata
+committee_agreement = BatchCheck(
+    asset=SPECIALIST_LABELS,
+    name="committee_agrees",
+    severity=dg.AssetCheckSeverity.WARN,
+    description="CLIP's zero-shot second opinion on each crop, over the detector's classes and over the routed "
+    "expert's labels, does not beat the detector's class or the expert's top label by "
+    "VISION_ASSETS_SECOND_OPINION_MARGIN or more (or a person decided). Crops it contradicts are kept, flagged "
+    "`needs_review` with the reason (\"detector: cat; CLIP: dog 0.81\").",
+    not_passed="disagreed",
+)
+
+
+def labels_outcome(record: LabelsRecord, picture: Image.Image | None, look: ReviewPictures | None,
+                   reviewed: AppliedReview | None = None) -> ImageOutcome:
+    """Passed when every label is confident or a person has decided it ("reviewed by ...")."""
+    review = outstanding_review(record, reviewed)
+    facts = {"crops": len(record.crops), "reviewed": int(reviewed is not None)}
+    if not review:
+        flagged = len(record.needing_review)
+        said = f"{reviewed.summary()} ({flagged} label(s) had been under threshold)" if reviewed and flagged else (
+            "all labels confident")
+        return ImageOutcome(record.partition_key, True, said, facts=facts)
+    shown = review_crops_markdown(picture, record, look) if picture is not None and look is not None else None
+    description = f"needs review, {len(review)} label(s) under threshold: " + "; ".join(review)
+    return ImageOutcome(record.partition_key, False, description, picture=shown, facts=facts)
+
+
+def agreement_outcome(record: LabelsRecord, reviewed: AppliedReview | None = None) -> ImageOutcome:
+    """Passed when CLIP agrees, or a person has decided every crop it contradicted ("reviewed by ...")."""
+    disagreements = outstanding_disagreements(record, reviewed)
+    audited = sum(1 for c in record.crops if c.second_opinion)
+    facts = {"crops_audited": audited}
+    if not disagreements:
+        contradicted = len(record.disagreements)
+        said = f"{reviewed.summary()} (CLIP had contradicted {contradicted} answer(s))" if reviewed and contradicted \
+            else f"CLIP agrees on all {audited} crops"
+        return ImageOutcome(record.partition_key, True, said, facts=facts)
+    return ImageOutcome(record.partition_key, False, f"CLIP disagrees on {len(disagreements)} answer(s): "
+                        + "; ".join(disagreements), facts=facts)
+
+
+def stored_labels(results: ResultsStore):
+    """Judges for both checks from an image's stored labels and its review (where it still applies)."""
+    def read(image: str, batch: str) -> tuple[LabelsRecord, AppliedReview | None] | str:
+        why, source = source_state(results, image, batch)
+        if why:
+            return why
+        labels = results.read(image, LABELS, LabelsRecord)
+        detections = results.read(image, DETECTIONS, DetectionsRecord)
+        if labels is None or detections is None:
+            return "not labelled yet: materialize specialist_labels"
+        return labels, apply_review(results.read(image, REVIEW, ImageReview), source.sha256, detections)
+
+    def confidence(image: str, batch: str) -> ImageOutcome | str:
+        found = read(image, batch)
+        return found if isinstance(found, str) else labels_outcome(found[0], None, None, found[1])
+
+    def agreement(image: str, batch: str) -> ImageOutcome | str:
+        found = read(image, batch)
+        return found if isinstance(found, str) else agreement_outcome(*found)
+
+    return confidence, agreement
 
 
 class Vocabularies:
@@ -115,16 +188,16 @@ class Vocabularies:
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
-            key=LABELS_KEY,
-            deps=[EMBEDDINGS_KEY],
+            key=SPECIALIST_LABELS,
+            deps=[EMBEDDINGS],
             pool="gpu",
             kinds={"pytorch"},
             code_version=f"2|{specialists_identity}|{embedder_identity}",
-            check_specs=[*label_confidence.specs, *committee_agreement.specs],
+            check_specs=[label_confidence.spec, committee_agreement.spec],
             description="Every crop the embeddings stage cut labelled by the expert for its class, top-k with "
             "confidences; whole images whose `coral reef` scene tag passes the gate labelled by the coral expert; "
             "and CLIP's zero-shot second opinion on each crop (detector class and expert label), from the stored "
-            "crop vectors. Writes `~labels.json`.",
+            "crop vectors. Writes `~labels.json`, and a Label Studio task for each image a person should look at.",
         )
     )
     @transient_faults_retried
@@ -137,23 +210,23 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         labeling: LabelingSettings,
         review: ReviewSettings,
         stage_policy: StagePolicy,
+        image_selection: ImageSelection,
     ):
-        valid, skipped = valid_sources(image_store, context.partition_keys)
         results, look = image_store.results, review.look
-        embedded = {key: results.read(key, EMBEDDINGS, EmbeddingsRecord) for key in valid}
+        taken = run_images(context, results, image_selection)
+        valid, skipped = valid_sources(results, taken)
+        embedded = {key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord) for key in valid}
         missing = [key for key, record in embedded.items() if record is None]
         skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
-        metadata = ImageMetadata(context)
-        metadata.skipped(skipped)
         keys = [key for key in valid if key not in missing]
         experts = specialists.classifiers()
         vocabularies = Vocabularies(embedder, detector, experts)
-        seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, [], []
+        seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
         routed, coral_images, audited, tasks = Counter(), 0, 0, 0
         for chunk in stage_policy.chunks(keys):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
-            pictures = load_images(image_store, chunk)
+            pictures = load_images(results, chunk)
             boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
             coral_scores = {key: embedded[key].scene.scores.get(labeling.coral_scene_tag, 0.0)
                             for key in chunk if embedded[key].scene}
@@ -168,30 +241,26 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                 results.write(key, LABELS, record)
                 # A person's earlier decisions, where they still apply (same content, same objects).
                 reviewed = apply_review(results.read(key, REVIEW, ImageReview), valid[key].sha256, detections[key])
-                metadata.add(key, labels_metadata(record, pictures[key], look))
-                outcomes.append(labels_outcome(record, pictures[key], look, reviewed))
-                agreements.append(agreement_outcome(record, reviewed))
+                outcomes[key] = labels_outcome(record, pictures[key], look, reviewed)
+                agreements[key] = agreement_outcome(record, reviewed)
                 if review.tasks:
                     tasks += export_review_task(results, valid[key], detections[key], record, reviewed,
                                                 review.sampled(key))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
+        metadata = BatchMetadata(context)
+        run_figures = {"run_crops_per_specialist": dict(routed), "run_model_seconds": round(seconds, 3),
+                       "run_coral_images": coral_images, "run_review_tasks": tasks,
+                       "run_crops_audited": audited, "run_second_opinion_seconds": round(audit_seconds, 3),
+                       "run_ms_per_crop": round(1000 * audit_seconds / audited, 3) if audited else 0.0,
+                       "models_loaded": specialists.load_counts | embedder.load_counts}
+        for batch, counts in batch_counts(taken, set(keys), skipped).items():
+            metadata.add(batch, counts | run_figures)
         yield metadata.materialize()
-        yield from label_confidence.report(
-            context, outcomes, skipped,
-            batch_crops_per_specialist=dict(routed),
-            batch_model_seconds=round(seconds, 3),
-            batch_coral_images=coral_images,
-            batch_review_tasks=tasks,
-            models_loaded=specialists.load_counts | embedder.load_counts,
-        )
-        yield from committee_agreement.report(
-            context, agreements, skipped,
-            batch_crops_audited=audited,
-            batch_second_opinion_seconds=round(audit_seconds, 3),
-            batch_ms_per_crop=round(1000 * audit_seconds / audited, 3) if audited else 0.0,
-            margin=labeling.second_opinion_margin,
-        )
+        confidence, agreement = stored_labels(results)
+        yield from label_confidence.report(context, taken, outcomes, skipped, confidence)
+        yield from committee_agreement.report(context, taken, agreements, skipped, agreement,
+                                              margin=labeling.second_opinion_margin)
 
     return specialist_labels
 

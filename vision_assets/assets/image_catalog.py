@@ -4,15 +4,14 @@ import time
 
 import dagster as dg
 
-from ..checks.indexing import INDEX_KEY
-from ..checks.validation import SOURCE_IMAGES
+from ..keys import IMAGE_CATALOG, QDRANT_INDEX, SOURCE_IMAGES
 from ..partitions import images
 from ..resources import CatalogSettings, ImageStore
 from ..vision.catalog import build_catalog, duplicate_groups, from_parquet, to_parquet
 from ..vision.storage.results_store import CATALOG_FILE
 from ..vision.storage.object_store import ObjectMissing
 
-CATALOG_KEY = dg.AssetKey("image_catalog")
+CATALOG_KEY = IMAGE_CATALOG
 MAX_GROUPS_SHOWN = 50
 
 duplicates_check = dg.AssetCheckSpec(
@@ -29,7 +28,7 @@ def _groups_table(groups: list[list[str]], kind: str) -> list[str]:
 
 @dg.asset(
     key=CATALOG_KEY,
-    deps=[SOURCE_IMAGES, INDEX_KEY],
+    deps=[SOURCE_IMAGES, QDRANT_INDEX],
     group_name="catalog",
     kinds={"pandas", "parquet"},
     check_specs=[duplicates_check],
@@ -78,8 +77,3 @@ def image_catalog(context: dg.AssetExecutionContext, image_store: ImageStore, ca
         },
     )
 
-
-refresh_catalog = dg.define_asset_job(
-    "refresh_catalog", selection=dg.AssetSelection.assets(CATALOG_KEY),
-    description="Rebuild the catalogue (incremental: only changed records are read).",
-)

@@ -1,0 +1,162 @@
+"""`qdrant_index`: every valid image and crop of the batch upserted into Qdrant; rejected images' old points
+removed; and the index audited against what the pipeline indexed before. It reads only what earlier stages stored,
+never a model, which is why the `reindex` job is this asset alone. Its checks: `index_consistent` (per batch: each
+image has exactly its points) and `index_complete` (the index still holds what earlier batches indexed)."""
+
+import time
+
+import dagster as dg
+
+from ..keys import EMBEDDINGS, QDRANT_INDEX, SPECIALIST_LABELS
+from ..partitions import batches
+from ..resources import CallbackSettings, ImageSelection, ImageStore, QdrantResource, StagePolicy
+from ..vision.batches import BatchIndexed
+from ..vision.callback import Outbox, finished_message
+from ..vision.index.audit import IndexAudit, audit_index
+from ..vision.index.ledger import sampled_indexed
+from ..vision.index.stored_points import write_points
+from ..vision.records import EmbeddingsRecord, IndexRecord
+from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
+from ..vision.storage.results_store import INDEX, ResultsStore
+from .batch_checks import BatchCheck, ImageOutcome
+from .stage import (
+    BatchMetadata,
+    batch_counts,
+    run_images,
+    source_state,
+    stage_asset,
+    transient_faults_retried,
+    valid_sources,
+)
+
+REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
+
+index_consistency = BatchCheck(
+    asset=QDRANT_INDEX,
+    name="index_consistent",
+    severity=dg.AssetCheckSeverity.ERROR,
+    description="Every image and crop of the batch has its point in Qdrant and no other point carries its image id.",
+    not_passed="failed",
+)
+
+index_completeness = dg.AssetCheckSpec(
+    "index_complete",
+    asset=QDRANT_INDEX,
+    blocking=False,
+    description="Every image the pipeline indexed earlier still has its point in Qdrant (a run checks a random "
+    "sample of about 1,000 of them, so its cost does not grow with the catalogue; the `index_repair` sensor checks "
+    "all of them every ten minutes). Fails when the index lost points (folder deleted or restored from an old copy, "
+    "server wiped, collection prefix changed); the `index_repair` sensor then re-indexes them from the results "
+    "store.",
+)
+
+
+def index_outcome(record: IndexRecord) -> ImageOutcome:
+    return ImageOutcome(
+        record.partition_key,
+        passed=not record.problems,
+        description="; ".join(record.problems) or f"image point and {len(record.crop_points)} crop point(s), no strays",
+        facts={"crop_points": len(record.crop_points)},
+    )
+
+
+def stored_index(results: ResultsStore):
+    def judge(image: str, batch: str) -> ImageOutcome | str:
+        why, _ = source_state(results, image, batch)
+        record = None if why else results.read(image, INDEX, IndexRecord)
+        return why or (index_outcome(record) if record else "not indexed yet: materialize qdrant_index")
+    return judge
+
+
+def completeness_result(audit: IndexAudit, where: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=index_completeness.name,
+        asset_key=QDRANT_INDEX,
+        passed=audit.complete,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=audit.describe(where),
+        metadata={"indexed_earlier": audit.expected, "sampled_from_batches": audit.sampled_from or 0,
+                  "missing_count": len(audit.missing),
+                  "missing_examples": audit.missing[:20], "qdrant": where},
+    )
+
+
+def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        **stage_asset(
+            key=QDRANT_INDEX,
+            deps=[EMBEDDINGS, SPECIALIST_LABELS],
+            pool="qdrant",
+            kinds={"qdrant"},
+            code_version=f"2|{embedder_identity}",
+            check_specs=[index_consistency.spec, index_completeness],
+            description="Points in the `images` and `crops` collections (cosine), ids derived from the image and "
+            "crop identity so re-runs overwrite; payload: source URI, batch, sha256, pHash, box, labels with "
+            "confidences and model ids. Reads only stored results (no model): the `reindex` job rebuilds the index "
+            "with it.",
+        )
+    )
+    @transient_faults_retried
+    def qdrant_index(
+        context: dg.AssetExecutionContext,
+        image_store: ImageStore,
+        qdrant: QdrantResource,
+        callback: CallbackSettings,
+        stage_policy: StagePolicy,
+        image_selection: ImageSelection,
+    ):
+        results = image_store.results
+        taken = run_images(context, results, image_selection)
+        valid, skipped = valid_sources(results, taken)
+        embedded = {key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord) for key in valid}
+        bad = {key: "; ".join(r.problems) if r else "no embeddings record"
+               for key, r in embedded.items() if r is None or r.problems}
+        skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
+        outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
+        # What the pipeline indexed before, in other batches, sampled: the index must still hold it.
+        all_batches = context.instance.get_dynamic_partitions(batches.name)
+        earlier, sampled_from = sampled_indexed(results, all_batches, set(taken.by_batch), seed=context.run.run_id)
+        started = time.perf_counter()
+        records, crop_count = {}, 0
+        with qdrant.open(on_wait=context.log.info) as index:
+            for chunk in stage_policy.chunks([key for key in valid if key not in bad]):
+                points, labels_of, written = write_points(index, results, valid, embedded, chunk,
+                                                          qdrant.upsert_batch_size)
+                for image, record in zip(points, written, strict=True):
+                    key = image.partition_key
+                    records[key] = record
+                    if outbox:  # finished: the callback sensor announces it
+                        outbox.add(finished_message(valid[key], image.image_payload["top_labels"],
+                                                    labels_of[key].needing_review, record.problems,
+                                                    disagreements=labels_of[key].disagreements))
+                crop_count += sum(len(p.crop_indexes) for p in points)
+            # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
+            # ids its last indexing recorded. (A superseded entry's image belongs to its newer batch: left alone.)
+            gone = [key for key, why in skipped.items() if not why.startswith("superseded")]
+            recorded = [results.read(key, INDEX, IndexRecord) for key in gone]
+            index.delete_points(gone, [p for record in recorded if record for p in record.crop_points])
+            audit = audit_index(index, earlier, sampled_from)
+        seconds = time.perf_counter() - started
+        if outbox:
+            for key, why in bad.items():
+                outbox.add(finished_message(valid[key], [], [], [why], failed_check="embeddings_valid"))
+        judge = stored_index(results)
+        for batch, manifest in taken.manifests.items():  # the ledger the index audit reads
+            indexed = [image for image in manifest.images if image not in skipped and (
+                not records[image].problems if image in records else _indexed(judge(image, batch)))]
+            results.write_batch_indexed(BatchIndexed(batch=batch, indexed=indexed))
+        metadata = BatchMetadata(context)
+        run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where}
+        for batch, counts in batch_counts(taken, set(records), skipped).items():
+            metadata.add(batch, counts | run_figures)
+        yield metadata.materialize()
+        yield from index_consistency.report(context, taken, {k: index_outcome(r) for k, r in records.items()},
+                                            skipped, judge)
+        if index_completeness.key in context.selected_asset_check_keys:
+            yield completeness_result(audit, qdrant.where)
+
+    return qdrant_index
+
+
+def _indexed(outcome: ImageOutcome | str) -> bool:
+    return isinstance(outcome, ImageOutcome) and outcome.passed

@@ -1,0 +1,63 @@
+"""`review_queue`: where a reviewer starts. What needs a person now (counts by reason) and the most doubtful images,
+each with its picture, why, and links to its Label Studio task and to its batch; refreshed by `review_sensor` after
+runs that change it. Its cost does not grow with the catalogue."""
+
+from urllib.parse import quote
+
+import dagster as dg
+
+from ..keys import QDRANT_INDEX, REVIEW_DECISIONS, REVIEW_QUEUE, SPECIALIST_LABELS
+from ..resources import ImageStore, QdrantResource, ReviewSettings
+from ..vision.images.review import annotated_thumbnail, markdown_image
+from ..vision.records import LabelsRecord
+from ..vision.review.queue import QueuedImage, review_queue as read_queue
+from ..vision.storage.results_store import LABELS, ResultsStore
+
+TOP_IMAGES = 20
+THUMBNAIL_SIDE = 200
+
+
+def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> str:
+    picture = ""
+    labels = results.read(queued.image_id, LABELS, LabelsRecord)
+    try:
+        image = results.read_normalized(queued.image_id).convert("RGB")
+    except Exception:  # noqa: BLE001 - a picture that cannot be read leaves the row without one, not the queue
+        image = None
+    if image is not None and labels is not None and review.pictures:
+        picture = markdown_image(queued.image_id, annotated_thumbnail(image, labels, THUMBNAIL_SIDE), 55)
+    task = (f"{review.label_studio_url.rstrip('/')}/data?search={quote(queued.image_id)}" if review.label_studio_url
+            else results.store.uri(results.review_task_key(queued.image_id)))
+    batch = (f"[{queued.batch}](/assets/{SPECIALIST_LABELS.to_user_string()}?view=partitions&partition="
+             f"{quote(queued.batch)})" if queued.batch else "-")
+    why = "; ".join(dict.fromkeys(queued.reasons))[:300].replace("|", "/") or "needs review"
+    return (f"| {picture} | `{queued.image_id}` | {queued.lowest_confidence:.2f} | {why} | [task]({task}) | "
+            f"{batch} |")
+
+
+@dg.asset(
+    key=REVIEW_QUEUE,
+    deps=[QDRANT_INDEX, REVIEW_DECISIONS],
+    group_name="review",
+    kinds={"qdrant"},
+    description="What needs a person now: images and crops flagged `needs_review` and not yet reviewed, by reason "
+    "(expert under its threshold, CLIP disagreeing), and the most doubtful images with their picture, why, a link to "
+    "their Label Studio task and to their batch's checks. Start reviewing here.",
+)
+def review_queue(context: dg.AssetExecutionContext, image_store: ImageStore, qdrant: QdrantResource,
+                 review: ReviewSettings) -> dg.MaterializeResult:
+    with qdrant.open(on_wait=context.log.info) as index:
+        queue = read_queue(index, TOP_IMAGES)
+    results = image_store.results
+    rows = [_row(results, queued, review) for queued in queue.top]
+    table = "\n".join(["| picture | image | lowest confidence | why | Label Studio | batch |",
+                       "|---|---|---|---|---|---|", *rows])
+    counts = {name: dg.MetadataValue.int(value) for name, value in queue.counts.items()}
+    return dg.MaterializeResult(metadata={
+        **counts,
+        "top_images": dg.MetadataValue.md(table if rows else "nothing needs review"),
+        "how": dg.MetadataValue.md(
+            "Review in Label Studio (tasks under `~review/tasks/`), or write corrections JSON to "
+            "`~review/corrections/`; `review_sensor` applies verdicts in bulk (`apply_reviews`). All flagged crops: "
+            "`vision-assets search --crops --needs-review`."),
+    })

@@ -1,0 +1,16 @@
+"""Every asset key, in one place (modules import them from here, never spell them)."""
+
+import dagster as dg
+
+SOURCE_IMAGES = dg.AssetKey("source_images")
+DETECTIONS = dg.AssetKey("detections")
+EMBEDDINGS = dg.AssetKey("embeddings")
+SPECIALIST_LABELS = dg.AssetKey("specialist_labels")
+QDRANT_INDEX = dg.AssetKey("qdrant_index")
+IMAGE_CATALOG = dg.AssetKey("image_catalog")
+REVIEW_DECISIONS = dg.AssetKey("review_decisions")
+REVIEW_QUEUE = dg.AssetKey("review_queue")
+REVIEW_ACCURACY = dg.AssetKey("review_accuracy")
+
+# The per-batch stages, in pipeline order.
+PIPELINE_STAGES = [SOURCE_IMAGES, DETECTIONS, EMBEDDINGS, SPECIALIST_LABELS, QDRANT_INDEX]
