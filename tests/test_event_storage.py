@@ -14,28 +14,39 @@ import yaml
 
 from tests.conftest import check_statuses, ui_check_statuses
 from tests.postgres_server import PostgresUnavailable, create_database, postgres_server
-from vision_assets.assets.stage import ImageMetadata
-from vision_assets.checks.per_image import ImageOutcome, PerImageCheck
+from datetime import datetime, timezone
+
+from vision_assets.assets.batch_checks import BatchCheck, ImageOutcome
+from vision_assets.assets.stage import BatchMetadata, RunImages
 from vision_assets.event_storage import sqlite_storage
-from vision_assets.partitions import images
+from vision_assets.partitions import batches as images
+from vision_assets.vision.batches import BatchManifest
 
 KEYS = [f"photo_{i:02d}.jpg" for i in range(10)] + ["bad_10.jpg", "bad_11.jpg", "skip_12.jpg"]
 RANGE = {"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]}
 
-toy_check = PerImageCheck(asset=dg.AssetKey("toy"), name="toy_ok", batch_name="toy_all_ok",
-                          severity=dg.AssetCheckSeverity.WARN, description="Toy.", not_passed="failed")
+toy_check = BatchCheck(asset=dg.AssetKey("toy"), name="toy_ok", severity=dg.AssetCheckSeverity.WARN,
+                       description="Toy.", not_passed="failed")
 
 
-@dg.asset(key="toy", partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run(), check_specs=toy_check.specs)
+def one_image_batches(keys: list[str]) -> RunImages:
+    """Batches of one image each, named after it (the storage sees partitions, whatever they hold)."""
+    now = datetime.now(timezone.utc)
+    return RunImages(manifests={k: BatchManifest(batch=k, created_at=now, images=[k]) for k in keys},
+                     by_batch={k: [k] for k in keys})
+
+
+@dg.asset(key="toy", partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=[toy_check.spec])
 def toy(context: dg.AssetExecutionContext):
-    metadata = ImageMetadata(context)
+    metadata = BatchMetadata(context)
     for key in context.partition_keys:
         metadata.add(key, {"status": "done", "letters": len(key)})
     yield metadata.materialize()
+    # "skip" batches are never judged: the run planned their check, so Dagster shows them Skipped
     judged = [k for k in context.partition_keys if not k.startswith("skip")]
-    outcomes = [ImageOutcome(k, passed=not k.startswith("bad"), description=f"{k} judged") for k in judged]
-    yield from toy_check.report(context, outcomes, skipped={k: "not judged" for k in context.partition_keys
-                                                            if k not in judged})
+    outcomes = {k: ImageOutcome(k, passed=not k.startswith("bad"), description=f"{k} judged") for k in judged}
+    yield from toy_check.report(context, one_image_batches(judged), outcomes, {}, judge=lambda image, batch: "n/a")
 
 
 class Boom(Exception):
@@ -47,12 +58,12 @@ def after_toy(context: dg.AssetExecutionContext):
     raise Boom("a step that fails: its partitions must show as failed")
 
 
-doomed_check = PerImageCheck(asset=dg.AssetKey("doomed"), name="doomed_ok", batch_name="doomed_all_ok",
-                             severity=dg.AssetCheckSeverity.WARN, description="Never judged.", not_passed="failed")
+doomed_check = BatchCheck(asset=dg.AssetKey("doomed"), name="doomed_ok", severity=dg.AssetCheckSeverity.WARN,
+                          description="Never judged.", not_passed="failed")
 
 
 @dg.asset(key="doomed", partitions_def=images, backfill_policy=dg.BackfillPolicy.single_run(),
-          check_specs=doomed_check.specs)
+          check_specs=[doomed_check.spec])
 def doomed(context: dg.AssetExecutionContext):
     raise Boom("the step dies before judging: its planned per-image results end as execution failures")
 

@@ -12,7 +12,6 @@ import pytest
 from tests.conftest import SensorDriver, image_bytes
 from vision_assets.definitions import build_definitions
 from vision_assets.resources import S3ImageStore
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.object_store import S3ObjectStore
 
@@ -41,6 +40,12 @@ def driver(models, s3_image_store, instance, queue):
     return SensorDriver(build_definitions(store, models), instance)
 
 
+def images_of(driver, result) -> list[list[str]]:
+    """The images of each run the tick requested, from its batch's manifest."""
+    results = driver.defs.resources["image_store"].results
+    return [results.read_manifest(r.partition_key).images for r in result.run_requests]
+
+
 def upload(s3_client, bucket, *names):
     for name in names:
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=image_bytes())
@@ -63,7 +68,7 @@ def no_listing(monkeypatch):
 def test_uploads_come_from_the_queue_and_idle_ticks_do_not_list(driver, s3_client, bucket, sqs, queue, monkeypatch):
     upload(s3_client, bucket, "before.jpg")
     first = driver.tick()  # no listing yet: the first tick lists the bucket (what came before the queue)
-    assert [r.tags[RANGE_START] for r in first.run_requests] == ["before.jpg"]
+    assert images_of(driver, first) == [["before.jpg"]]
 
     listed = []
     monkeypatch.setattr(S3ObjectStore, "list", lambda self, prefix="": listed.append(prefix) or iter(()))
@@ -72,8 +77,8 @@ def test_uploads_come_from_the_queue_and_idle_ticks_do_not_list(driver, s3_clien
     result = driver.tick()
     odd = partition_key_for("my photo+1.jpg")  # the key decoded from the event's URL form ("my+photo%2B1.jpg")
     assert sorted(driver.partitions) == sorted(["a.jpg", "before.jpg", odd])
-    [run] = result.run_requests
-    assert {run.tags[RANGE_START], run.tags[RANGE_END]} == {"a.jpg", odd}
+    [images] = images_of(driver, result)
+    assert sorted(images) == sorted(["a.jpg", odd])
     # not deleted yet (this tick's cursor is stored only once it is applied): S3's test event and four uploads
     assert in_queue(sqs, queue) == 5
     idle = driver.tick()
@@ -112,4 +117,4 @@ def test_the_periodic_listing_catches_what_the_events_missed(driver, s3_client, 
     cursor["listed_at"] = time.time() - 3601  # an hour since the last listing
     driver.cursor = json.dumps(cursor)
     result = driver.tick()
-    assert [r.tags[RANGE_START] for r in result.run_requests] == ["missed.jpg"]
+    assert images_of(driver, result) == [["missed.jpg"]]

@@ -10,9 +10,8 @@ import pytest
 from tests.conftest import SensorDriver, image_bytes
 from vision_assets.definitions import build_definitions
 from vision_assets.resources import UploadPolicy
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START
 from vision_assets.vision.partition_keys import partition_key_for
-from vision_assets.vision.storage.registrations import REGISTRATIONS_TAG, Registrations
+from vision_assets.vision.storage.registrations import Registrations
 
 
 @pytest.fixture
@@ -25,30 +24,37 @@ def upload(s3_client, bucket, *names, data=None):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data or image_bytes())
 
 
-def ranges(result):
-    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests]
+def batch_images(store, result) -> list[list[str]]:
+    """The images of each run the tick requested, from its batch's manifest."""
+    return [store.results.read_manifest(r.partition_key).images for r in result.run_requests]
 
 
-def test_new_uploads_become_partitions_and_one_run(driver, s3_client, bucket, s3_image_store):
+def registrations(store, driver) -> Registrations:
+    """Every image's newest registration, as the runs of its batches see it."""
+    manifests = store.results.read_manifests(driver.batches)
+    return Registrations(store.results, [manifests[b] for b in driver.batches])  # a later batch wins
+
+
+def test_new_uploads_become_one_batch_and_one_run(driver, s3_client, bucket, s3_image_store):
     upload(s3_client, bucket, "a.jpg", "b.png", "my photo, 1.jpg")
     s3_client.put_object(Bucket=bucket, Key="elsewhere/x.jpg", Body=b"x")  # outside the prefix
     s3_client.put_object(Bucket=bucket, Key="uploads/readme.md", Body=b"x")  # not an image extension
     result = driver.tick()
     expected = ["a.jpg", "b.png", partition_key_for("my photo, 1.jpg")]
-    assert sorted(driver.partitions) == sorted(expected)
-    assert len(result.run_requests) == 1
-    assert set(ranges(result)[0]) <= set(expected) and "run_key" in dir(result.run_requests[0])
-    # The mapping back to the object is stored, not guessed: one file for the run, which the run's tag names.
-    batch = result.run_requests[0].tags[REGISTRATIONS_TAG]
+    assert sorted(driver.partitions) == sorted(expected)  # the image registry
+    [request] = result.run_requests
+    assert driver.batches == [request.partition_key] and request.run_key
+    assert sorted(batch_images(s3_image_store, result)[0]) == sorted(expected)
+    # The mapping back to the object is stored, not guessed: one manifest for the batch, nothing per object.
     listed = [o.key for o in s3_image_store.objects.list(s3_image_store.results_prefix)]
-    assert listed == [s3_image_store.results.registration_batch_key(batch)]
-    registration = Registrations(s3_image_store.results, batch).find(partition_key_for("my photo, 1.jpg"))
+    assert listed == [s3_image_store.results.manifest_key(request.partition_key)]
+    registration = registrations(s3_image_store, driver).find(partition_key_for("my photo, 1.jpg"))
     assert registration.object_key == "uploads/my photo, 1.jpg"
     assert registration.source_uri == f"s3://{bucket}/uploads/my%20photo%2C%201.jpg"  # a URI: percent-encoded
     assert driver.tick().run_requests == []
 
 
-def test_upload_in_the_same_second_as_the_cursor(driver, s3_client, bucket):
+def test_upload_in_the_same_second_as_the_cursor(driver, s3_client, bucket, s3_image_store):
     for _attempt in range(5):  # S3 timestamps have 1 s resolution: retry until both land in one second
         upload(s3_client, bucket, f"first{_attempt}.jpg")
         driver.tick()
@@ -56,7 +62,7 @@ def test_upload_in_the_same_second_as_the_cursor(driver, s3_client, bucket):
         first = s3_client.head_object(Bucket=bucket, Key=f"uploads/first{_attempt}.jpg")["LastModified"]
         second = s3_client.head_object(Bucket=bucket, Key=f"uploads/second{_attempt}.jpg")["LastModified"]
         result = driver.tick()
-        assert ranges(result) == [(f"second{_attempt}.jpg", f"second{_attempt}.jpg")]
+        assert batch_images(s3_image_store, result) == [[f"second{_attempt}.jpg"]]
         if first == second:
             break
     else:
@@ -74,35 +80,34 @@ def test_more_than_1000_new_objects(models, s3_image_store, instance, s3_client,
     first, second, third = driver.tick(), driver.tick(), driver.tick()
     assert [len(r.run_requests) for r in (first, second, third)] == [3, 2, 0]
     assert sorted(driver.partitions) == names and len(set(driver.partitions)) == 1500
-    order = driver.partitions
+    assert len(driver.batches) == 5 == len(set(driver.batches))
     covered = []
-    for start, end in ranges(first) + ranges(second):
-        batch = order[order.index(start) : order.index(end) + 1]
+    for batch in batch_images(s3_image_store, first) + batch_images(s3_image_store, second):
         assert len(batch) <= 400
         covered += batch
-    assert sorted(covered) == names  # every object in exactly one run
+    assert sorted(covered) == names  # every object in exactly one batch
 
 
-def test_reupload_is_a_new_version_of_the_same_partition(driver, s3_client, bucket, s3_image_store):
+def test_reupload_is_a_new_version_in_a_new_batch(driver, s3_client, bucket, s3_image_store):
     upload(s3_client, bucket, "a.jpg", "b.jpg", "c.jpg")
-    driver.tick()
-    old_etag = Registrations(s3_image_store.results).find("b.jpg").etag
+    first = driver.tick()
+    old_etag = registrations(s3_image_store, driver).find("b.jpg").etag
     upload(s3_client, bucket, "b.jpg", data=image_bytes(color=(0, 0, 255)))
     result = driver.tick()
-    assert driver.partitions == ["a.jpg", "b.jpg", "c.jpg"]  # no new partition
-    assert ranges(result) == [("b.jpg", "b.jpg")]
-    assert Registrations(s3_image_store.results).find("b.jpg").etag != old_etag  # the newest batch wins
+    assert driver.partitions == ["a.jpg", "b.jpg", "c.jpg"]  # the same image, registered once
+    assert batch_images(s3_image_store, result) == [["b.jpg"]]
+    assert result.run_requests[0].partition_key != first.run_requests[0].partition_key  # a batch of its own
+    assert registrations(s3_image_store, driver).find("b.jpg").etag != old_etag  # the newest batch wins
     assert driver.tick().run_requests == []
 
 
-def test_reuploads_and_new_objects_split_into_contiguous_runs(driver, s3_client, bucket):
+def test_reuploads_and_new_objects_share_a_batch(driver, s3_client, bucket, s3_image_store):
     upload(s3_client, bucket, "a.jpg", "b.jpg", "c.jpg", "d.jpg")
     driver.tick()
     upload(s3_client, bucket, "a.jpg", "d.jpg", data=image_bytes(color=(1, 2, 3)))
     upload(s3_client, bucket, "e.jpg")
     result = driver.tick()
-    # a alone; d (re-upload) and e (new) are adjacent in partition order and share a run.
-    assert sorted(ranges(result)) == [("a.jpg", "a.jpg"), ("d.jpg", "e.jpg")]
+    assert [sorted(images) for images in batch_images(s3_image_store, result)] == [["a.jpg", "d.jpg", "e.jpg"]]
 
 
 def test_restart_keeps_the_cursor_and_registers_nothing_twice(models, s3_image_store, instance, s3_client, bucket):
@@ -131,7 +136,7 @@ def test_a_tick_retried_after_a_crash_requests_the_same_runs(driver, s3_client, 
     driver.cursor = cursor
     again = driver.tick()
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
-    assert len(first.run_requests) == 1
+    assert len(first.run_requests) == 1 and driver.partitions.count("a.jpg") == 1
 
 
 def test_results_are_never_mistaken_for_uploads(driver, s3_client, bucket):
@@ -184,10 +189,10 @@ def test_hostile_keys_register_with_uris_that_name_them_exactly(driver, s3_clien
     result = driver.tick()
     assert len(driver.partitions) == len(names)  # NFC/NFD twins and look-alikes stay apart
     assert sum(int(r.tags["vision_assets/images"]) for r in result.run_requests) == len(names)
-    registrations = Registrations(s3_image_store.results)
+    found = registrations(s3_image_store, driver)
     for partition in driver.partitions:
-        registration = registrations.find(partition)
+        registration = found.find(partition)
         parts = urlsplit(registration.source_uri)
         assert (parts.netloc, unquote(parts.path.removeprefix("/"))) == (bucket, registration.object_key)
-    assert {registrations.find(p).object_key for p in driver.partitions} == {
+    assert {found.find(p).object_key for p in driver.partitions} == {
         f"uploads/{name}" for name in names}

@@ -14,7 +14,7 @@ from ..jobs import delete_images, process_images
 from ..keys import SOURCE_IMAGES
 from ..partitions import batches, images, partition_key_for
 from ..resources import ImageStore, S3ImageStore, UploadPolicy
-from ..vision.batches import BatchManifest, batch_key, chunked
+from ..vision.batches import BatchManifest, batch_key, chunked, next_number
 from ..vision.deletion import safe_to_delete
 from ..vision.records import StoredObject
 from ..vision.storage.s3_events import EventQueue
@@ -141,10 +141,11 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     uploads = {u.partition_key: u.obj for u in plan.uploads}
     versions = {key: obj.etag for key, obj in uploads.items()}
     now = datetime.now(timezone.utc).replace(microsecond=0)
+    first = next_number(now, context.instance.get_dynamic_partitions(batches.name))
     # The manifests are stored before the partitions exist, so no run can start without its own: one file per batch,
     # not per object. A re-upload goes in a new batch like a new image; its older batch's entry is superseded.
     manifests = [
-        BatchManifest(batch=batch_key(now, number), created_at=now, images=list(group),
+        BatchManifest(batch=batch_key(now, first + number), created_at=now, images=list(group),
                       registrations=[image_store.registration(key, uploads[key]) for key in group])
         for number, group in enumerate(chunked(list(uploads), upload_policy.batch_size))
     ]

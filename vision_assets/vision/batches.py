@@ -26,6 +26,14 @@ def batch_key(registered_at: datetime, number: int) -> str:
     return f"{registered_at.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}-{number:04d}"
 
 
+def next_number(registered_at: datetime, existing: Sequence[str]) -> int:
+    """The first free batch number for that second: two ticks in one second (a tick evaluated again after a crash)
+    must never reuse a key, or the second's manifest would replace the first's."""
+    prefix = batch_key(registered_at, 0)[:-4]
+    taken = [batch_order(key)[1] for key in existing if key.startswith(prefix)]
+    return max(taken) + 1 if taken else 0
+
+
 def batch_order(key: str) -> tuple[str, int]:
     """Registration order: the time, then the number (which may outgrow four digits in a huge migration)."""
     found = KEY_PATTERN.match(key)

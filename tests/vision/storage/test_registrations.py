@@ -1,8 +1,10 @@
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-from vision_assets.vision.storage.object_store import FolderObjectStore
+from vision_assets.vision.batches import BatchManifest, batch_key, batch_order, is_newer, superseded_by
 from vision_assets.vision.records import RegisteredImage
-from vision_assets.vision.storage.registrations import Registrations, batch_name
+from vision_assets.vision.storage.batch_lookup import BatchLookup, record_migrated
+from vision_assets.vision.storage.object_store import FolderObjectStore
+from vision_assets.vision.storage.registrations import Registrations
 from vision_assets.vision.storage.results_store import ResultsStore
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -23,32 +25,64 @@ class CountingStore(FolderObjectStore):
         return super().get(key, max_bytes)
 
 
-def test_a_tagged_run_reads_its_batch_once(tmp_path):
+def manifest(batch, *registrations, migrated=False):
+    return BatchManifest(batch=batch, created_at=T0, images=[r.partition_key for r in registrations],
+                         registrations=[] if migrated else list(registrations), migrated=migrated)
+
+
+def test_a_run_finds_its_images_objects_in_its_manifests_without_reading_anything_else(tmp_path):
     store = CountingStore(tmp_path)
     results = ResultsStore(store, "results/")
-    results.write_registration_batches({"b1": [registration("a.jpg"), registration("b.jpg")]})
-    registrations = Registrations(results, "b1")
-    assert registrations.find("a.jpg").object_key == "in/a.jpg" and registrations.find("b.jpg").etag == "e1"
-    assert store.gets == [results.registration_batch_key("b1")]
+    batch = batch_key(T0, 0)
+    results.write_manifests([manifest(batch, registration("a.jpg"), registration("b.jpg"))])
+    [read] = results.read_manifests([batch]).values()
+    store.gets.clear()
+    registrations = Registrations(results, [read])
+    assert registrations.find("b.jpg").object_key == "in/b.jpg" and store.gets == []
 
 
-def test_an_untagged_run_prefers_the_images_own_copy_then_the_newest_batch(tmp_path):
-    store = CountingStore(tmp_path)
-    results = ResultsStore(store, "results/")
-    old, new = batch_name("run-1", T0), batch_name("run-2", T0 + timedelta(seconds=1))
-    results.write_registration_batches({old: [registration("a.jpg", "v1"), registration("b.jpg")],
-                                        new: [registration("a.jpg", "v2")]})
-    results.write_registration(registration("c.jpg", "own"))
-    registrations = Registrations(results)
-    assert registrations.find("a.jpg").etag == "v2"  # a re-upload: the newest batch wins
-    assert registrations.find("b.jpg").etag == "e1"
-    assert registrations.find("c.jpg").etag == "own"
-    assert registrations.find("never-registered.jpg") is None
-    batch_reads = [key for key in store.gets if "~registrations/" in key]
-    assert sorted(batch_reads) == sorted({results.registration_batch_key(old), results.registration_batch_key(new)})
-
-
-def test_a_missing_batch_falls_back_to_the_search(tmp_path):
+def test_a_migrated_batch_finds_each_image_in_its_own_registration(tmp_path):
     results = ResultsStore(FolderObjectStore(tmp_path), "results/")
-    results.write_registration_batches({batch_name("run-1"): [registration("a.jpg")]})
-    assert Registrations(results, "deleted-by-hand").find("a.jpg").object_key == "in/a.jpg"
+    results.write_registration(registration("old.jpg", "v7"))
+    registrations = Registrations(results, [manifest(batch_key(T0, 0), registration("old.jpg"), migrated=True)])
+    assert registrations.find("old.jpg").etag == "v7"
+    assert registrations.find("never.jpg") is None
+
+
+def test_batch_keys_sort_by_registration_time_then_number_even_past_four_digits():
+    first, second, later = batch_key(T0, 9), batch_key(T0, 10_000), batch_key(T0.replace(second=1), 0)
+    assert first == "2026-01-01T00:00:00Z-0009" and second.endswith("-10000")
+    assert sorted([later, second, first], key=batch_order) == [first, second, later]
+    assert is_newer(later, second) and not is_newer(first, first)
+
+
+def test_an_entry_is_superseded_only_by_a_newer_batch():
+    old, new = batch_key(T0, 0), batch_key(T0, 1)
+    assert superseded_by(new, old) == new
+    assert superseded_by(old, new) is None and superseded_by(old, old) is None and superseded_by(None, old) is None
+
+
+def test_deleting_removes_an_image_from_its_manifest_and_says_so():
+    batch = manifest(batch_key(T0, 0), registration("a.jpg"), registration("b.jpg")).without({"a.jpg"})
+    assert batch.images == ["b.jpg"] and [r.partition_key for r in batch.registrations] == ["b.jpg"]
+    assert batch.removed == ["a.jpg"]
+
+
+def test_images_from_before_batches_find_their_batch_in_one_small_file(tmp_path):
+    store = CountingStore(tmp_path)
+    results = ResultsStore(store, "results/")
+    record_migrated(results, {f"img_{i}.jpg": "2026-01-01T00:00:00Z-0000" for i in range(500)})
+    record_migrated(results, {"img_0.jpg": "2026-01-01T00:00:00Z-0001"})  # a later slice merges, never drops
+    store.gets.clear()
+    lookup = BatchLookup(results)
+    assert lookup.batch_of("img_0.jpg", None) == "2026-01-01T00:00:00Z-0001"
+    assert lookup.batch_of("img_1.jpg", None) == "2026-01-01T00:00:00Z-0000"
+    assert lookup.batch_of("unknown.jpg", None) is None
+    assert len(store.gets) <= 3
+
+
+def test_a_second_tick_in_the_same_second_never_reuses_a_batch_key():
+    from vision_assets.vision.batches import next_number
+
+    existing = [batch_key(T0, 0), batch_key(T0, 1), batch_key(T0.replace(second=5), 7)]
+    assert next_number(T0, existing) == 2 and next_number(T0.replace(second=9), existing) == 0
