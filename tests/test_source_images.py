@@ -11,9 +11,12 @@ from dagster_aws.s3 import S3Resource
 
 from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, phone_photo_bytes, ui_check_statuses
 from tests.vision.images.test_validation import png_header_only
-from vision_assets.checks.validation import SOURCE_IMAGES, image_validity
+from vision_assets.assets.source_images import image_validity
 from vision_assets.definitions import build_definitions
+from vision_assets.keys import SOURCE_IMAGES
+from vision_assets.partitions import batches
 from vision_assets.resources import LocalImageStore, ReviewSettings, S3ImageStore, StagePolicy, UploadPolicy
+from vision_assets.vision.batches import BatchManifest
 from vision_assets.vision.partition_keys import partition_key_for
 
 GOOD = {
@@ -22,7 +25,7 @@ GOOD = {
     "actually-a-png.jpg": image_bytes((50, 50), fmt="PNG"),
     "IMG_0042.HEIC": phone_photo_bytes((160, 120), orientation=6),  # an iPhone photo, taken upright
 }
-PER_IMAGE_CHECK, BATCH_CHECK = image_validity.name, image_validity.batch_name
+CHECK = image_validity.name
 BAD = {
     "zero.jpg": (b"", "empty"),
     "truncated.jpg": (image_bytes((300, 300), fmt="JPEG")[:900], "corrupt"),
@@ -32,9 +35,9 @@ BAD = {
 }
 
 
-def check_status_by_partition(instance, check_name):
-    info = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(SOURCE_IMAGES, check_name)])
-    return {row.partition_key: row.latest_execution_status.value for row in info}
+def evaluation_of(run) -> dg.AssetCheckEvaluation:
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == CHECK]
+    return evaluation
 
 
 @pytest.fixture
@@ -48,14 +51,15 @@ def batch_run(models, s3_image_store, instance, s3_client, bucket):
     return run
 
 
-def test_a_batch_with_bad_images_succeeds_and_every_image_is_accounted_for(batch_run, s3_image_store):
+def test_a_batch_with_bad_images_succeeds_and_every_image_is_accounted_for(batch_run, s3_image_store, instance):
     assert batch_run.success, "a bad image must never fail the batch"
-    keys = {partition_key_for(n) for n in [*GOOD, *BAD]}
-    materialized = {e.partition for e in batch_run.get_asset_materialization_events()}
-    assert materialized == keys
+    [batch] = instance.get_dynamic_partitions(batches.name)
+    assert {e.partition for e in batch_run.get_asset_materialization_events()} == {batch}  # Dagster: one batch
+    assert sorted(s3_image_store.results.read_manifest(batch).images) == sorted(
+        partition_key_for(n) for n in [*GOOD, *BAD])
     for name in GOOD:
         record = s3_image_store.results.read_source_record(partition_key_for(name))
-        assert record.is_valid and record.sha256 and record.facts.phash
+        assert record.is_valid and record.sha256 and record.facts.phash and record.batch == batch
         _, normalized = s3_image_store.objects.get(record.normalized_key)
         assert Image.open(io.BytesIO(normalized)).mode == "RGB"
     for name, (_, code) in BAD.items():
@@ -74,110 +78,107 @@ def test_a_phone_photo_is_registered_upright_with_when_and_where(batch_run, s3_i
     assert round(capture.latitude, 4) == 52.3701 and round(capture.longitude, 4) == 4.8917
 
 
-def test_per_image_metadata_is_per_partition(batch_run):
-    metadata = {e.partition: e.materialization.metadata for e in batch_run.get_asset_materialization_events()}
-    good = metadata["good.jpg"]
-    assert good["status"].value == "valid" and good["dimensions"].value == "120x90"
-    assert good["format"].value == "JPEG" and len(good["sha256"].value) == 64 and good["phash"].value
-    assert metadata["actually-a-png.jpg"]["format"].value == "PNG"  # magic bytes, not the extension
-    assert metadata["truncated.jpg"]["rejection"].value == "corrupt"
-    for per_image in metadata.values():  # the batch's figures are the run's, not every image's
-        assert not any(label.startswith("batch_") for label in per_image)
+def test_the_batch_materialization_counts_its_images(batch_run):
+    [event] = batch_run.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["images"] == len(GOOD) + len(BAD) and metadata["valid"] == len(GOOD)
+    assert metadata["rejected"] == len(BAD) and metadata["superseded"] == 0
 
 
-def test_batch_check_fails_names_each_rejected_image_and_carries_the_batch_figures(batch_run):
-    [batch] = [e for e in batch_run.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
-    assert not batch.passed and batch.severity == dg.AssetCheckSeverity.ERROR
-    assert batch.description == f"{len(BAD)} of {len(GOOD) + len(BAD)} images rejected"
-    failed = batch.metadata["failed"].value
-    assert set(failed) == {partition_key_for(n) for n in BAD}
-    assert failed["zero.jpg"] == "rejected (empty): the object is empty (0 bytes)"
-    assert "truncated.jpg" in batch.metadata["failed_table"].value
-    assert batch.metadata["batch_valid"].value == len(GOOD) and batch.metadata["batch_seconds"].value > 0
-
-
-def test_per_image_check_status_is_recorded_per_partition(batch_run, instance):
-    statuses = check_status_by_partition(instance, PER_IMAGE_CHECK)
-    for name in GOOD:
-        assert statuses[partition_key_for(name)] == "SUCCEEDED"
+def test_the_batch_check_fails_and_names_each_rejected_image_with_why(batch_run):
+    evaluation = evaluation_of(batch_run)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert evaluation.description.endswith(f"{len(BAD)} of {len(GOOD) + len(BAD)} images rejected")
+    assert evaluation.metadata["failed_count"].value == len(BAD)
+    assert evaluation.metadata["passed_count"].value == len(GOOD)
+    table = evaluation.metadata["failed"].value
     for name in BAD:
-        assert statuses[partition_key_for(name)] == "FAILED"
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
-    )
-    [notes] = [h for h in history if h.partition == "notes.jpg"]
-    evaluation = notes.event.dagster_event.event_specific_data  # what the UI shows for that image
-    assert not evaluation.passed and "not an image" in evaluation.description
-    # every per-image line of the run log names its image: the UI shows the metadata, the terminal the description
-    assert evaluation.metadata["image"].value == "notes.jpg" and evaluation.description.startswith("notes.jpg: ")
-    assert evaluation.metadata["reason"].value == "not_an_image"
+        assert f"`{partition_key_for(name)}`" in table
+    assert "| `zero.jpg` | rejected (empty): the object is empty (0 bytes) |" in table
+    assert evaluation.metadata["total_rejected_corrupt"].value == 1
+    assert evaluation.metadata["run_seconds"].value > 0
 
 
-def test_the_ui_lists_every_image_as_passed_or_failed(batch_run, instance):
-    """The Checks -> Partitions view: no image "Missing", and "Failed" is exactly the rejected images."""
-    assert ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK) == {
-        "SUCCEEDED": {partition_key_for(n) for n in GOOD},
-        "FAILED": {partition_key_for(n) for n in BAD},
-    }
+def test_the_ui_shows_the_batch_as_failed(batch_run, instance):
+    """The Checks -> Partitions view counts the batch's result as current (never "Missing")."""
+    [batch] = instance.get_dynamic_partitions(batches.name)
+    assert ui_check_statuses(instance, "source_images", CHECK) == {"FAILED": {batch}}
 
 
-def test_a_rejected_file_shows_what_still_decodes(batch_run, instance):
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
-    )
-    metadata = {h.partition: h.event.dagster_event.event_specific_data.metadata for h in history}
-    for previewed in ("truncated.jpg", "tiny.png"):  # a broken JPEG shows its top; a small image is still a picture
-        assert metadata[previewed]["preview"].value.startswith("![what still decodes of")
-        assert "data:image/jpeg;base64," in metadata[previewed]["preview"].value
-    for unshown in ("zero.jpg", "notes.jpg", "bomb.png"):  # nothing to show, and a bomb is never decoded
-        assert "preview" not in metadata[unshown]
+def test_a_rejected_file_shows_what_still_decodes(batch_run):
+    pictures = evaluation_of(batch_run).metadata["pictures"].value
+    # a broken JPEG shows its top; a small image is still a picture; an empty file, notes and a bomb show nothing
+    assert pictures.count("![what still decodes of") == 2 and "data:image/jpeg;base64," in pictures
+    assert "what still decodes of truncated.jpg" in pictures and "what still decodes of tiny.png" in pictures
+    assert len(pictures) < 300_000
 
 
 def test_pictures_can_be_turned_off(models, s3_image_store, instance, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="uploads/truncated.jpg", Body=BAD["truncated.jpg"][0])
     defs = build_definitions(s3_image_store, models, review=ReviewSettings(pictures=False))
     [run] = SensorDriver(defs, instance).tick_and_run()
-    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == PER_IMAGE_CHECK]
-    assert not evaluation.passed and "preview" not in evaluation.metadata
+    evaluation = evaluation_of(run)
+    assert not evaluation.passed and "pictures" not in evaluation.metadata
     assert s3_image_store.results.read_source_record("truncated.jpg").preview_key is None
 
 
-def test_an_image_processed_again_gets_a_new_result(models, batch_run, s3_image_store, instance, s3_client, bucket):
-    """A re-upload (or a backfill) processes a partition a second time: its per-image result must be recorded
-    again, not collide with the first."""
+def test_a_reupload_goes_in_a_new_batch_and_the_older_entry_is_superseded(models, batch_run, s3_image_store,
+                                                                          instance, s3_client, bucket):
     driver = SensorDriver(build_definitions(s3_image_store, models), instance)
     assert driver.tick().run_requests == []  # a restarted sensor: everything so far is processed
+    [old_batch] = driver.batches
     s3_client.put_object(Bucket=bucket, Key="uploads/truncated.jpg", Body=GOOD["good.jpg"])  # fixed by the user
-    runs = driver.tick_and_run()
-    assert runs and all(r.success for r in runs)
-    assert check_status_by_partition(instance, PER_IMAGE_CHECK)["truncated.jpg"] == "SUCCEEDED"
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(SOURCE_IMAGES, PER_IMAGE_CHECK), limit=100
-    )
-    assert [h.status.value for h in history if h.partition == "truncated.jpg"] == ["SUCCEEDED", "FAILED"]
+    [run] = driver.tick_and_run()
+    new_batch = driver.batches[-1]
+    assert run.success and new_batch != old_batch
+    assert ui_check_statuses(instance, "source_images", CHECK) == {"FAILED": {old_batch}, "SUCCEEDED": {new_batch}}
+    record = s3_image_store.results.read_source_record("truncated.jpg")
+    assert record.is_valid and record.batch == new_batch
+    # The older batch, run again (a backfill), leaves the image to its newer batch and says so.
+    again = driver.defs.resolve_job_def("process_images").execute_in_process(
+        instance=instance, partition_key=old_batch, asset_selection=[SOURCE_IMAGES])
+    evaluation = evaluation_of(again)
+    assert evaluation.metadata["skipped"].value == {"superseded": 1}
+    assert not evaluation.passed and evaluation.metadata["failed_count"].value == len(BAD) - 1
+    assert s3_image_store.results.read_source_record("truncated.jpg").batch == new_batch
 
 
-def test_rerunning_one_image_replaces_only_its_result(models, batch_run, s3_image_store, instance):
-    """Re-running one image (a one-partition run, as the UI launches it) judges that image again; every other
-    image keeps its status in the UI."""
-    before = ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK)
+def test_reprocessing_one_image_runs_it_alone_and_the_check_still_covers_the_batch(models, batch_run,
+                                                                                   s3_image_store, instance):
+    """A run of one image (`image_selection`, as `vision-assets reprocess` and the Launchpad set it) ingests that
+    image only; its batch's result still judges every image, the others from their stored records."""
+    [batch] = instance.get_dynamic_partitions(batches.name)
+    before = {name: s3_image_store.results.read_source_record(partition_key_for(name)).processed_at
+              for name in ["good.jpg", "notes.jpg"]}
     defs = build_definitions(s3_image_store, models)
     again = defs.resolve_job_def("process_images").execute_in_process(
-        instance=instance, partition_key="truncated.jpg", asset_selection=[SOURCE_IMAGES]
-    )
+        instance=instance, partition_key=batch, asset_selection=[SOURCE_IMAGES],
+        run_config={"resources": {"image_selection": {"config": {"images": ["good.jpg"]}}}})
     assert again.success
-    [evaluation] = [e for e in again.get_asset_check_evaluations() if e.check_name == PER_IMAGE_CHECK]
-    assert evaluation.partition == "truncated.jpg" and not evaluation.passed
-    assert ui_check_statuses(instance, "source_images", PER_IMAGE_CHECK) == before
+    after = {name: s3_image_store.results.read_source_record(partition_key_for(name)).processed_at
+             for name in ["good.jpg", "notes.jpg"]}
+    assert after["good.jpg"] > before["good.jpg"] and after["notes.jpg"] == before["notes.jpg"]
+    evaluation = evaluation_of(again)
+    assert evaluation.metadata["images"].value == len(GOOD) + len(BAD)
+    assert evaluation.metadata["failed_count"].value == len(BAD)
+    assert ui_check_statuses(instance, "source_images", CHECK) == {"FAILED": {batch}}
 
 
-def test_batched_runs_attribute_every_per_image_result_to_its_partition(batch_run):
-    # The per-image check is part of the asset, not a step of its own: a step would add one result for the whole
-    # range, attributed to no partition.
-    evaluations = batch_run.get_asset_check_evaluations()
-    per_image = [e.partition for e in evaluations if e.check_name == PER_IMAGE_CHECK]
-    assert sorted(per_image) == sorted(partition_key_for(n) for n in [*GOOD, *BAD])
-    assert [e.partition for e in evaluations if e.check_name == BATCH_CHECK] == [None]
+def test_a_run_over_several_batches_judges_each_batch(models, s3_image_store, instance, s3_client, bucket):
+    """A backfill runs a range of batches in one run: one result per batch, each attributed to its batch."""
+    defs = build_definitions(s3_image_store, models, UploadPolicy(batch_size=2))
+    driver = SensorDriver(defs, instance)
+    for name in ["a.jpg", "b.jpg", "c.jpg"]:
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=GOOD["good.jpg"])
+    s3_client.put_object(Bucket=bucket, Key="uploads/d.jpg", Body=b"")
+    assert len(driver.tick().run_requests) == 2
+    run = defs.resolve_job_def("process_images").execute_in_process(
+        instance=instance, asset_selection=[SOURCE_IMAGES],
+        tags={"dagster/asset_partition_range_start": driver.batches[0],
+              "dagster/asset_partition_range_end": driver.batches[-1]})
+    judged = {e.partition: e.passed for e in run.get_asset_check_evaluations() if e.check_name == CHECK}
+    assert run.success and set(judged) == set(driver.batches) and sorted(judged.values()) == [False, True]
+    assert set().union(*ui_check_statuses(instance, "source_images", CHECK).values()) == set(driver.batches)
 
 
 def test_object_deleted_after_registration_is_rejected_not_crashed(models, s3_image_store, instance, s3_client, bucket):
@@ -191,13 +192,26 @@ def test_object_deleted_after_registration_is_rejected_not_crashed(models, s3_im
     assert s3_image_store.results.read_source_record("kept.jpg").is_valid
 
 
-def test_a_partition_added_by_hand_is_rejected_as_unregistered(models, s3_image_store, instance):
+def test_an_image_added_to_a_manifest_by_hand_is_rejected_as_unregistered(models, s3_image_store, instance):
     defs = build_definitions(s3_image_store, models)
-    instance.add_dynamic_partitions("images", ["made-up.jpg"])
-    result = defs.resolve_job_def("process_images").execute_in_process(instance=instance, partition_key="made-up.jpg")
+    s3_image_store.results.write_manifests([BatchManifest(batch="2026-01-01T00:00:00Z-0000",
+                                                          created_at="2026-01-01T00:00:00Z", images=["made-up.jpg"])])
+    instance.add_dynamic_partitions(batches.name, ["2026-01-01T00:00:00Z-0000"])
+    result = defs.resolve_job_def("process_images").execute_in_process(instance=instance,
+                                                                       partition_key="2026-01-01T00:00:00Z-0000")
     assert result.success
     assert s3_image_store.results.read_source_record("made-up.jpg").rejection.code.value == "unregistered"
-    assert check_status_by_partition(instance, PER_IMAGE_CHECK)["made-up.jpg"] == "FAILED"
+    assert not evaluation_of(result).passed
+
+
+def test_a_batch_whose_manifest_is_gone_fails_with_what_to_do(models, s3_image_store, instance):
+    instance.add_dynamic_partitions(batches.name, ["2026-01-01T00:00:00Z-0000"])
+    result = build_definitions(s3_image_store, models).resolve_job_def("process_images").execute_in_process(
+        instance=instance, partition_key="2026-01-01T00:00:00Z-0000", raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no manifest for batch(es)" in failure.event_specific_data.error.to_string()
+    # not a fault that waiting heals: Dagster's run retries leave it for a person
+    assert instance.get_run_by_id(result.run_id).tags["dagster/retry_on_asset_or_op_failure"] == "false"
 
 
 def test_unreachable_store_is_retried_then_fails_loudly_and_is_left_to_run_retries(models, instance):
@@ -206,10 +220,10 @@ def test_unreachable_store_is_retried_then_fails_loudly_and_is_left_to_run_retri
         bucket="b",
         results_prefix="results/",
     )
-    instance.add_dynamic_partitions("images", ["a.jpg"])
+    instance.add_dynamic_partitions(batches.name, ["2026-01-01T00:00:00Z-0000"])
     policy = StagePolicy(retries=2, first_retry_seconds=0)
     result = build_definitions(dead, models, stage_policy=policy).resolve_job_def("process_images").execute_in_process(
-        instance=instance, partition_key="a.jpg", raise_on_error=False
+        instance=instance, partition_key="2026-01-01T00:00:00Z-0000", raise_on_error=False
     )
     assert not result.success
     kinds = [e.event_type_value for e in result.all_events]
@@ -231,7 +245,7 @@ def test_the_whole_corpus_goes_through_one_run(models, local_image_store, instan
                                    image_extensions=[])  # every object, whatever its extension
     driver = SensorDriver(build_definitions(every_object, models, UploadPolicy(batch_size=1000)), instance)
     runs = driver.tick_and_run()
-    assert len(runs) == 1 and runs[0].success
+    assert len(runs) == 1 and runs[0].success and len(driver.batches) == 1
     assert len(driver.partitions) == len(files)
     statuses = {"valid": 0, "rejected": 0}
     for key in driver.partitions:
