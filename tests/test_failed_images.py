@@ -1,4 +1,4 @@
-"""Images a run left Failed are re-run by the pipeline itself: from the stage that failed, after waits that double,
+"""Batches a run left Failed are re-run by the pipeline itself: from the stage that failed, after waits that double,
 a bounded number of times, then named for a person. Faults injected into real in-process runs (a worker dying
 mid-stage is shown for real in test_dagster_dev.py; here the stage raises at the same point)."""
 
@@ -10,16 +10,16 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from tests.conftest import PIPELINE_VALID, SensorDriver, embedded_client, image_bytes, ui_check_statuses
+from tests.conftest import SensorDriver, embedded_client, image_bytes, ui_check_statuses
 from vision_assets.definitions import build_definitions
 from vision_assets.resources import CallbackSettings, FailedImageRetries, StagePolicy
 from vision_assets.sensors.dead_worker_sensor import dead_worker_explanation
-from vision_assets.sensors.failures import ATTEMPT_TAG, failed_images
+from vision_assets.sensors.failures import ATTEMPT_TAG, failed_batches
 from vision_assets.vision.callback import Outbox
 from vision_assets.vision.index.vector_index import VectorIndex, crop_point_id
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.records import EmbeddingsRecord
-from vision_assets.vision.retry_budget import FailedImage, RetryBudget
+from vision_assets.vision.retry_budget import FailedBatch, RetryBudget
 from vision_assets.vision.storage.results_store import EMBEDDINGS
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,12 +28,12 @@ NEW = ["n0.png", "n1.png", "n2.png", "n3.png"]
 
 def test_the_budget_waits_longer_each_time_and_stops_at_its_cap():
     budget = RetryBudget(attempts=3, first_wait_seconds=60)
-    images = [FailedImage(f"k{attempt}", "detections", "r", attempt, failed_at=1000) for attempt in range(4)]
-    plan = budget.plan(images, now=1000 + 119)
-    assert [f.partition_key for f in plan.due] == ["k0"]  # 60 s after the first failure
-    assert [(f.partition_key, when) for f, when in plan.waiting] == [("k1", 1120), ("k2", 1240)]
-    assert [f.partition_key for f in plan.exhausted] == ["k3"]
-    assert "1 image(s) still failed after 3 automatic re-run(s)" in plan.describe_exhausted(3, "fix it")
+    failed = [FailedBatch(f"k{attempt}", "detections", "r", attempt, failed_at=1000) for attempt in range(4)]
+    plan = budget.plan(failed, now=1000 + 119)
+    assert [f.batch for f in plan.due] == ["k0"]  # 60 s after the first failure
+    assert [(f.batch, when) for f, when in plan.waiting] == [("k1", 1120), ("k2", 1240)]
+    assert [f.batch for f in plan.exhausted] == ["k3"]
+    assert "1 batch(es) still failed after 3 automatic re-run(s)" in plan.describe_exhausted(3, "fix it")
 
 
 def point_ids(qdrant_path: str, collection: str) -> set[str]:
@@ -54,8 +54,8 @@ def evaluate(driver: SensorDriver, name: str, cursor: str | None = None):
 
 @pytest.fixture
 def failing_driver(pipeline, models, s3_image_store, s3_client, bucket, instance):
-    """The pipeline's first batch done; four more images uploaded; the driver's definitions re-run failed images
-    at once (no wait), at most twice, index one image per chunk, and write callbacks to the outbox (none is sent:
+    """The pipeline's first batch done; four more images uploaded (the next batch); the driver's definitions re-run
+    failed batches at once (no wait), at most twice, index one image per chunk, and write callbacks to the outbox (none is sent:
     the callback sensor is not evaluated here)."""
     defs = build_definitions(s3_image_store, models, stage_policy=StagePolicy(chunk_size=1),
                              callback=CallbackSettings(url="http://127.0.0.1:9/hook", allow_private=True),
@@ -69,7 +69,7 @@ def failing_driver(pipeline, models, s3_image_store, s3_client, bucket, instance
 
 def test_images_whose_indexing_died_half_way_are_reindexed_and_announced(failing_driver, models, monkeypatch):
     """The run dies in `qdrant_index` after writing the first image's points and the second image's image point
-    but not its crops (Dagster's retries used up): 4 Failed partitions, one with only part of its points. The
+    but not its crops (Dagster's retries used up): a Failed batch, one image with only part of its points. The
     `index_repair` sensor re-indexes them (with their callbacks, through process_images) without waiting for
     `index_complete`, and every point is there afterwards."""
     driver = failing_driver
@@ -91,8 +91,9 @@ def test_images_whose_indexing_died_half_way_are_reindexed_and_announced(failing
     results = driver.defs.resources["image_store"].results
     crops = {crop_point_id(k, i) for k in NEW for i in results.read(k, EMBEDDINGS, EmbeddingsRecord).crop_indexes}
     assert crops and not crops <= point_ids(models["qdrant"].path, "crops")  # what crop search would miss
-    failed = failed_images(driver.instance, set(driver.partitions))
-    assert {(f.partition_key, f.stage) for f in failed} == {(k, "qdrant_index") for k in NEW}
+    new_batch = driver.batches[-1]
+    failed = failed_batches(driver.instance, set(driver.batches))
+    assert {(f.batch, f.stage) for f in failed} == {(new_batch, "qdrant_index")}
     assert not evaluate(driver, "failed_image_retry").run_requests  # the index stage is index_repair's
 
     result = evaluate(driver, "index_repair")
@@ -100,18 +101,18 @@ def test_images_whose_indexing_died_half_way_are_reindexed_and_announced(failing
     assert request.job_name == "process_images" and request.asset_selection == [dg.AssetKey("qdrant_index")]
     assert request.tags[ATTEMPT_TAG] == "1"
     assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) \
-        == (NEW[0], NEW[-1])
+        == (new_batch, new_batch)
     repaired = driver.run(request)
     assert repaired.success
-    assert failed_images(driver.instance, set(driver.partitions)) == []
-    assert ui_check_statuses(driver.instance, "qdrant_index", "indexed")["SUCCEEDED"] >= {*PIPELINE_VALID, *NEW}
+    assert failed_batches(driver.instance, set(driver.batches)) == []
+    assert ui_check_statuses(driver.instance, "qdrant_index", "index_consistent")["SUCCEEDED"] == set(driver.batches)
     assert crops <= point_ids(models["qdrant"].path, "crops")  # the half-written image's too
     announced = {e.message.image_id: e.message.status for e in Outbox(results).pending()}
     assert {key: announced.get(key) for key in NEW} == {key: "indexed" for key in NEW}
 
 
 def test_images_failed_in_a_model_stage_are_rerun_from_it_then_left_for_a_person(failing_driver, monkeypatch):
-    """The detector fails for the batch (Dagster's retries used up). `failed_image_retry` re-runs the four images
+    """The detector fails for the batch (Dagster's retries used up). `failed_image_retry` re-runs the batch
     from `detections` on (attempt 1), again after that fails (attempt 2), then stops and names them; once the
     cause is gone a person's re-run (or the next attempt) indexes them."""
     driver = failing_driver
@@ -133,23 +134,23 @@ def test_images_failed_in_a_model_stage_are_rerun_from_it_then_left_for_a_person
         assert not driver.run(request).success
     gave_up = evaluate(driver, "failed_image_retry", cursor)
     assert not gave_up.run_requests
-    assert "4 image(s) still failed after 2 automatic re-run(s)" in gave_up.skip_message
-    assert "stage detections" in gave_up.skip_message and NEW[0] in gave_up.skip_message
+    assert "1 batch(es) still failed after 2 automatic re-run(s)" in gave_up.skip_message
+    assert "stage detections" in gave_up.skip_message and driver.batches[-1] in gave_up.skip_message
     assert len(json.loads(gave_up.cursor)["runs"]) == 1  # the earlier failed runs' images were planned again since
 
     monkeypatch.undo()  # the cause is fixed; no more automatic attempts: the person re-runs them
     assert not evaluate(driver, "failed_image_retry", gave_up.cursor).run_requests
     rerun = driver.defs.resolve_job_def("process_images").execute_in_process(
         instance=driver.instance, raise_on_error=False,
-        tags={"dagster/asset_partition_range_start": NEW[0], "dagster/asset_partition_range_end": NEW[-1]})
+        partition_key=driver.batches[-1])
     assert rerun.success
-    assert failed_images(driver.instance, set(driver.partitions)) == []
+    assert failed_batches(driver.instance, set(driver.batches)) == []
     settled = evaluate(driver, "failed_image_retry", gave_up.cursor)
     assert not settled.run_requests and json.loads(settled.cursor)["runs"] == []  # nothing left to look at
-    assert ui_check_statuses(driver.instance, "qdrant_index", "indexed")["SUCCEEDED"] >= set(NEW)
+    assert ui_check_statuses(driver.instance, "qdrant_index", "index_consistent")["SUCCEEDED"] == set(driver.batches)
 
 
-def test_a_failed_image_waits_for_its_back_off(failing_driver, monkeypatch):
+def test_a_failed_batch_waits_for_its_back_off(failing_driver, monkeypatch):
     driver = failing_driver
     monkeypatch.setattr(YoloDetector, "detect", lambda self, images: (_ for _ in ()).throw(RuntimeError("boom")))
     [run] = driver.tick_and_run()
@@ -158,7 +159,7 @@ def test_a_failed_image_waits_for_its_back_off(failing_driver, monkeypatch):
                              ("detector", "embedder", "specialists", "labeling", "qdrant")},
                              failed_image_retries=FailedImageRetries(attempts=2, first_wait_seconds=3600))
     waiting = evaluate(SensorDriver(slow, driver.instance), "failed_image_retry")
-    assert not waiting.run_requests and "4 failed image(s) waiting for their next attempt" in waiting.skip_message
+    assert not waiting.run_requests and "1 failed batch(es) waiting for their next attempt" in waiting.skip_message
     due = datetime.fromisoformat(waiting.skip_message.rsplit("due at ", 1)[1].rstrip(")")).timestamp()
     assert time.time() + 3500 < due <= time.time() + 3601
 
