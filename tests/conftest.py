@@ -331,3 +331,21 @@ def shared_pipeline(offline_models, s3_endpoint, tmp_path_factory) -> Iterator[S
         home.mkdir()
         with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
             yield SharedBatch(models, store, instance, *run_pipeline(models, store, instance, client, bucket))
+
+
+def latest_evaluation(instance: dg.DagsterInstance, asset: str, check: str) -> dg.AssetCheckEvaluation:
+    """The newest result of a check, whichever batch it judged (what the UI's check page shows first)."""
+    [record] = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)
+    return record.event.dagster_event.event_specific_data
+
+
+def failed_in(evaluation: dg.AssetCheckEvaluation) -> set[str]:
+    """The images a batch's check result lists as not passed (its `failed` table)."""
+    import re
+
+    return set(re.findall(r"^\| `([^`]+)` \|", evaluation.metadata["failed"].value, flags=re.MULTILINE))
+
+
+def requested(result, job_name: str) -> list[dg.RunRequest]:
+    return [r for r in (result.run_requests or []) if r.job_name == job_name]

@@ -11,10 +11,9 @@ import json
 
 import dagster as dg
 
-from tests.conftest import SensorDriver, embedded_client, ui_check_statuses
+from tests.conftest import SensorDriver, embedded_client, failed_in, latest_evaluation, requested, ui_check_statuses
 from tests.vision.review.test_review_formats import annotated
-from vision_assets.checks.agreement import committee_agreement
-from vision_assets.checks.confidence import label_confidence
+from vision_assets.assets.specialist_labels import committee_agreement, label_confidence
 from vision_assets.jobs import process_images
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
 from vision_assets.vision.records import DetectionsRecord, ImageReview, LabelsRecord, Verdict
@@ -40,9 +39,10 @@ def payload(models, collection: str, point: str) -> dict | None:
 def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, models, s3_image_store, instance,
                                                                       s3_client, bucket):
     driver, _ = pipeline
+    [batch] = driver.batches
     tasks = tasks_in(s3_client, bucket)
-    failing = ui_check_statuses(instance, "specialist_labels", label_confidence.name).get("FAILED", set()) | \
-        ui_check_statuses(instance, "specialist_labels", committee_agreement.name).get("FAILED", set())
+    failing = failed_in(latest_evaluation(instance, "specialist_labels", label_confidence.name)) | \
+        failed_in(latest_evaluation(instance, "specialist_labels", committee_agreement.name))
     assert failing and failing <= set(tasks), "every image that needs review has a task"
     task = tasks["bus.jpg"]
     assert task["data"]["image"] == f"s3://{bucket}/results/bus.jpg/~normalized.jpg"
@@ -58,9 +58,12 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
     s3_client.put_object(Bucket=bucket, Key="results/~review/annotations/18", Body=b"{oops")
 
     reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
-    [request] = reviews.tick().run_requests
-    assert request.job_name == "apply_reviews" and request.partition_key == "bus.jpg"
-    assert reviews.run(request).success
+    [request] = requested(reviews.tick(), "apply_reviews")
+    assert request.run_config["ops"]["review_decisions"]["config"]["images"] == ["bus.jpg"]
+    applied_run = reviews.run(request)
+    assert applied_run.success
+    [applied_event] = applied_run.get_asset_materialization_events()
+    assert applied_event.materialization.metadata["applied"].value == 1
     stored = s3_image_store.results.read("bus.jpg", REVIEW, ImageReview)
     verdicts = [d.verdict for d in stored.boxes]
     assert verdicts.count(Verdict.REJECTED) == len(detections.detections) - 2 and Verdict.ADDED in verdicts
@@ -76,17 +79,22 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
     image = payload(models, "images", image_point_id("bus.jpg"))
     assert image["reviewed"] is True and image["added_objects"][0]["entity"] == "cat" and "cat" in image["entity"]
 
-    # The UI's check view: bus.jpg Passed, judged against specialist_labels' latest materialization.
+    # The batch's checks judged again, against specialist_labels' latest materialization (the UI counts them as
+    # current): bus.jpg no longer among the images that need review.
     for check in (label_confidence, committee_agreement):
-        statuses = ui_check_statuses(instance, "specialist_labels", check.name)
-        assert "bus.jpg" in statuses["SUCCEEDED"], (check.name, statuses)
+        evaluation = latest_evaluation(instance, "specialist_labels", check.name)
+        assert evaluation.partition == batch and "bus.jpg" not in failed_in(evaluation), check.name
+        assert set().union(*ui_check_statuses(instance, "specialist_labels", check.name).values()) == {batch}
+    assert latest_evaluation(instance, "specialist_labels", label_confidence.name).metadata[
+        "total_reviewed"].value == 1
 
     # Processed again (a re-upload of the same bytes, or a new model). The random-weight router here answers a
     # one-image batch differently from a four-image one (letterboxing): some boxes are the reviewed ones, a little
     # shifted or reordered, some are new. The decisions follow the objects they were made on; what nobody judged
     # is open again, and only that.
     rerun = driver.defs.resolve_job_def(process_images.name).execute_in_process(
-        instance=instance, partition_key="bus.jpg", raise_on_error=False)
+        instance=instance, partition_key=batch, raise_on_error=False,
+        run_config={"resources": {"image_selection": {"config": {"images": ["bus.jpg"]}}}})
     assert rerun.success
     now = s3_image_store.results.read("bus.jpg", DETECTIONS, DetectionsRecord)
     applied = apply_review(stored, stored.sha256, now)
@@ -94,8 +102,8 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
     labels = s3_image_store.results.read("bus.jpg", LABELS, LabelsRecord)
     open_again = outstanding_review(labels, applied)
     assert all(f"crop {i} " not in " ".join(open_again) for i in applied.by_detection)
-    status = "FAILED" if open_again else "SUCCEEDED"
-    assert "bus.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)[status]
+    assert ("bus.jpg" in failed_in(latest_evaluation(instance, "specialist_labels", label_confidence.name))) == \
+        bool(open_again)
     assert ("bus.jpg" in tasks_in(s3_client, bucket)) == bool(open_again or outstanding_disagreements(labels, applied))
     for index, decision in applied.by_detection.items():
         point = payload(models, "crops", crop_point_id("bus.jpg", index))
@@ -105,8 +113,7 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
             assert point["reviewed"] is True and point["entity"] == decision.entity
 
     # The next tick: the unreadable file was named once; accuracy is measured now the review run is done.
-    [accuracy] = reviews.tick().run_requests
-    assert accuracy.job_name == "measure_accuracy"
+    [accuracy] = requested(reviews.tick(), "measure_accuracy")
     measured = reviews.run(accuracy)
     assert measured.success
     [materialization] = measured.get_asset_materialization_events()
@@ -114,7 +121,7 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
     assert metadata["reviewed_images"].value == 1 and metadata["missed_boxes"].value == 1
     assert metadata["router_precision"].value == round(2 / len(detections.detections), 4)
     assert "data:image/png;base64," in metadata["plot"].value
-    assert isinstance(reviews.tick(), dg.SkipReason) or not reviews.tick().run_requests
+    assert not requested(reviews.tick(), "measure_accuracy")
 
 
 def test_our_corrections_json_and_a_file_about_an_unknown_image(pipeline, models, s3_image_store, instance,
@@ -127,11 +134,11 @@ def test_our_corrections_json_and_a_file_about_an_unknown_image(pipeline, models
     reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
     result = reviews.tick()
     # The file's first entry names an image we have, its second one we don't: nothing from it is half-applied.
-    assert not result.run_requests
+    assert not requested(result, "apply_reviews")
     s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/batch-2.json", Body=json.dumps(
         {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "corrected", "entity": "dog"}]}
     ).encode())
-    [request] = reviews.tick().run_requests
+    [request] = requested(reviews.tick(), "apply_reviews")
     assert reviews.run(request).success
     point = payload(models, "crops", crop_point_id("zidane.jpg", 0))
     assert point["entity"] == "dog" and point["review"]["verdict"] == "corrected" and point["reviewed"] is True
@@ -144,3 +151,60 @@ def test_the_label_studio_config_names_the_models_vocabularies(models, capsys):
     config = capsys.readouterr().out
     assert '<RectangleLabels name="object" toName="image">' in config and "<Label value=\"person\"/>" in config
     assert config.count("<Choice value=") > 100  # the dog, cat, coral and wildlife vocabularies
+
+
+def test_the_review_queue_lists_what_needs_a_person_with_pictures_and_links(pipeline, instance):
+    driver, _ = pipeline
+    [batch] = driver.batches
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    [refresh] = requested(reviews.tick(), "refresh_review_queue")  # the pipeline's run changed the index
+    run = reviews.run(refresh)
+    assert run.success
+    [event] = run.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["crops_needing_review"] > 0 and metadata["images_needing_review"] > 0
+    table = metadata["top_images"]
+    assert "data:image/jpeg;base64," in table and "~review/tasks/" in table
+    assert f"(/assets/specialist_labels?view=partitions&partition={batch.replace(':', '%3A')})" in table
+    assert not requested(reviews.tick(), "refresh_review_queue")  # nothing changed since: no run
+
+
+def test_verdicts_on_many_images_apply_in_one_run_that_lets_indexing_in_between(pipeline, models, instance,
+                                                                                s3_client, bucket, monkeypatch):
+    """A tick's verdicts, however many images, are one run; between chunks it lets go of the embedded index for
+    longer than a waiting run polls, so an upload run's `qdrant_index` is not kept waiting behind a long review."""
+    import threading
+    import time
+
+    from vision_assets.assets import review_decisions as module
+
+    driver, _ = pipeline
+    entries = [{"image": key, "reviewer": "bo", "decisions": [{"box": 0, "verdict": "accepted"}]}
+               for key in ("bus.jpg", "zidane.jpg")]
+    s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/many.json", Body=json.dumps(entries).encode())
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    [request] = requested(reviews.tick(), "apply_reviews")
+    assert sorted(request.run_config["ops"]["review_decisions"]["config"]["images"]) == ["bus.jpg", "zidane.jpg"]
+
+    real_write = module.write_points
+    waited: list[float] = []
+
+    def slow_write(*args, **kwargs):  # each chunk holds the index for a second
+        time.sleep(1.0)
+        return real_write(*args, **kwargs)
+
+    def an_indexing_run_arrives():
+        time.sleep(0.3)  # while the first chunk holds the index
+        started = time.perf_counter()
+        with models["qdrant"].open(wait_seconds=1.5):
+            waited.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(module, "CHUNK_IMAGES", 1)
+    monkeypatch.setattr(module, "write_points", slow_write)
+    other = threading.Thread(target=an_indexing_run_arrives)
+    other.start()
+    assert reviews.run(request).success
+    other.join()
+    assert waited and waited[0] < 1.5  # it got its turn between the two chunks, not after the whole run
+    for key in ("bus.jpg", "zidane.jpg"):
+        assert payload(models, "crops", crop_point_id(key, 0))["reviewed"] is True

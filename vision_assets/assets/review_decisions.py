@@ -84,7 +84,7 @@ def review_decisions(context: dg.AssetExecutionContext, config: ApplyReviewsConf
     reviewers = defaultdict(int)
     for found in applied.values():
         reviewers[found.reviewer] += 1
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "applied": len(keys), "not_applied": len(skipped), "batches": len(touched), "index_problems": problems,
         "seconds": round(seconds, 3), "reviewers": dict(reviewers),
         "not_applied_examples": dg.MetadataValue.md("\n".join(
