@@ -87,13 +87,17 @@ def test_every_finished_image_is_announced_once_signed(pipeline, receiver, callb
         assert valid_signature(headers, body["_raw"])
         assert headers[IDEMPOTENCY_HEADER] == body["idempotency_key"]
     corrupt = by_image["corrupt.jpg"][1]
-    assert corrupt["status"] == "rejected" and corrupt["failed_checks"][0]["check"] == "image_valid"
+    assert corrupt["status"] == "rejected" and corrupt["failed_checks"][0]["check"] == "images_valid"
     assert corrupt["failed_checks"][0]["reason"] == "corrupt"
     bus = by_image["bus.jpg"][1]
     assert bus["status"] == "indexed" and bus["source_uri"].endswith("uploads/bus.jpg") and bus["labels"]
     assert bus["object_key"] == "uploads/bus.jpg"  # the raw key beside the percent-encoded URI
+    assert bus["batch"] == corrupt["batch"] == driver.batches[0]  # the Dagster partition it was processed in
     assert Outbox(s3_image_store.results).pending() == []
     assert {e.metadata["callback"].value for e in result.asset_events} == {"delivered"}
+    # shown on the batch in the UI, each naming its image
+    assert {e.partition for e in result.asset_events} == {driver.batches[0]}
+    assert {e.metadata["image"].value for e in result.asset_events} == {*PIPELINE_VALID, "corrupt.jpg"}
     assert isinstance(tick(driver, callback_settings), dg.SkipReason)  # nothing left to send
 
 

@@ -19,8 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SensorDriver, embedded_client, free_port, shared_batch_fixtures, ui_check_statuses
-from vision_assets.checks.confidence import label_confidence
+from tests.conftest import (
+    SensorDriver,
+    embedded_client,
+    failed_in,
+    free_port,
+    latest_evaluation,
+    requested,
+    shared_batch_fixtures,
+)
+from vision_assets.assets.specialist_labels import label_confidence
 from vision_assets.cli import main
 from vision_assets.vision.index.vector_index import crop_point_id
 from vision_assets.vision.records import ImageReview
@@ -76,10 +84,17 @@ models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 
 
 def applied(driver, instance, image: str) -> None:
-    """The review sensor's tick, and the run it asks for this image (a tick also sees the other test's files)."""
+    """The review sensor's tick, and its one run, which applies this image's verdict (and any other the tick read)."""
     reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
-    [request] = [r for r in reviews.tick().run_requests if r.partition_key == image]
+    [request] = requested(reviews.tick(), "apply_reviews")
+    assert image in request.run_config["ops"]["review_decisions"]["config"]["images"]
     assert reviews.run(request).success
+
+
+def passed_review(instance, image: str) -> bool:
+    """The image is no longer among those its batch's `labels_confident` lists as needing review."""
+    evaluation = latest_evaluation(instance, "specialist_labels", label_confidence.name)
+    return image not in failed_in(evaluation) and evaluation.metadata["total_reviewed"].value >= 1
 
 
 def storage(bucket: str, prefix: str, s3_endpoint: str, **more) -> dict:
@@ -126,14 +141,14 @@ def test_a_review_in_label_studio_comes_back_as_the_human_label(label_studio, pi
         assert not client.retrieve("crops", [crop_point_id("bus.jpg", 2)])
     finally:
         client.close()
-    assert "bus.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)["SUCCEEDED"]
+    assert passed_review(instance, "bus.jpg")
 
 
 def test_a_reviewer_submits_in_label_studios_own_page_in_chromium(label_studio, pipeline, s3_image_store, instance,
                                                                  s3_client, bucket, s3_endpoint, capsys):
     """Once in a browser (zidane.jpg), as a reviewer works: log in, open a task from the Data Manager with the committee's answer
     pre-filled from the prediction and the image loaded from the bucket, press Submit; the verdict (all accepted)
-    comes back and the image's label check turns Passed."""
+    comes back and the image leaves its batch's list of images needing review."""
     from playwright.sync_api import sync_playwright
 
     from tests.test_dagster_dev import SCREENSHOTS, chromium_path
@@ -176,7 +191,7 @@ def test_a_reviewer_submits_in_label_studios_own_page_in_chromium(label_studio, 
     applied(driver, instance, "zidane.jpg")
     stored = s3_image_store.results.read("zidane.jpg", REVIEW, ImageReview)
     assert stored.boxes and {d.verdict.value for d in stored.boxes} == {"accepted"}, stored
-    assert "zidane.jpg" in ui_check_statuses(instance, "specialist_labels", label_confidence.name)["SUCCEEDED"]
+    assert passed_review(instance, "zidane.jpg")
 
 
 def project_with_tasks(label_studio, bucket, s3_endpoint, s3_client, capsys) -> tuple[int, list[dict]]:
