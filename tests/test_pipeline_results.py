@@ -4,7 +4,7 @@ statuses, pictures. Tests that change the batch (re-runs, re-uploads, model chan
 
 import dagster as dg
 
-from tests.conftest import PIPELINE_VALID as VALID, embedded_client, shared_batch_fixtures, ui_check_statuses
+from tests.conftest import PIPELINE_VALID as VALID, embedded_client, failed_in, shared_batch_fixtures, ui_check_statuses
 from tests.test_pipeline import STAGES, batch_check, qdrant_counts
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
 from vision_assets.vision.index.vector_index import image_point_id
@@ -15,27 +15,40 @@ from vision_assets.vision.storage.results_store import DETECTIONS, EMBEDDINGS, L
 models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 
 
-def test_every_stage_runs_once_for_the_batch(pipeline):
+def test_every_stage_materializes_the_batch_once_with_its_counts(pipeline):
     driver, run = pipeline
     assert run.success
+    [batch] = driver.batches
     by_asset = {}
     for event in run.get_asset_materialization_events():
-        by_asset.setdefault(event.asset_key.path[-1], {})[event.partition] = event.materialization.metadata
-    assert set(by_asset) == set(STAGES)
-    for stage in STAGES[1:]:
-        assert by_asset[stage]["corrupt.jpg"]["status"].value == "skipped"  # a rejected image goes no further
-        for key in VALID:
-            assert by_asset[stage][key]["status"].value == "done", (stage, key)
-        for metadata in by_asset[stage].values():  # batch figures live on the batch check, not on every image
-            assert not any(label.startswith("batch_") for label in metadata), stage
+        assert event.partition == batch
+        by_asset.setdefault(event.asset_key.path[-1], []).append(event.materialization.metadata)
+    assert {asset: len(events) for asset, events in by_asset.items()} == {stage: 1 for stage in STAGES}
+    for stage in STAGES[1:]:  # a rejected image goes no further
+        [metadata] = by_asset[stage]
+        assert (metadata["images"].value, metadata["done"].value, metadata["skipped"].value) == (4, 3, 1), stage
+
+
+def test_dagster_bookkeeping_is_per_batch_not_per_image(pipeline, instance):
+    """The run's events do not grow with its images: one materialization and one check result per stage and batch."""
+    _, run = pipeline
+    events = instance.get_records_for_run(run.run_id, limit=10_000).records
+    kinds = [r.event_log_entry.dagster_event_type for r in events if r.event_log_entry.is_dagster_event]
+    assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == len(STAGES)
+    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 6  # five batch checks and index_complete
+    assert len(events) < 80
 
 
 def test_models_load_once_per_run(pipeline):
     _, run = pipeline
     # CLIP is used by two stages (the embeddings, then the coral gate and second opinions) and loaded once for both.
-    assert batch_check(run, "embeddings_valid").metadata["models_loaded"].value == {"embedder": 1}
-    loaded = batch_check(run, "all_labels_confident").metadata["models_loaded"].value
-    assert all(count <= 1 for count in loaded.values())
+    [embeddings] = [e for e in run.get_asset_materialization_events() if e.asset_key.path == ["embeddings"]]
+    assert embeddings.materialization.metadata["models_loaded"].value == {"embedder": 1}
+    [labels] = [e for e in run.get_asset_materialization_events() if e.asset_key.path == ["specialist_labels"]]
+    loaded = labels.materialization.metadata["models_loaded"].value
+    routed = labels.materialization.metadata["run_crops_per_specialist"].value
+    assert routed and all(loaded[expert] == 1 for expert in routed)  # every expert used was loaded, once
+    assert loaded["embedder"] == 1 and all(count <= 1 for count in loaded.values())
 
 
 def test_scene_tags_and_second_opinions_for_each_image(pipeline, models, s3_image_store):
@@ -94,34 +107,23 @@ def test_qdrant_holds_exactly_the_valid_images_and_their_crops(pipeline, models,
 
 
 
-def test_every_image_has_a_status_in_the_ui_for_every_check(pipeline, instance):
-    """Checks -> Partitions: judged images passed or failed, the rejected one skipped where it never arrived."""
-    assert ui_check_statuses(instance, "source_images", "image_valid") == {
-        "SUCCEEDED": set(VALID), "FAILED": {"corrupt.jpg"}}
-    for asset, check in [("embeddings", "embedding_valid"), ("qdrant_index", "indexed")]:
-        assert ui_check_statuses(instance, asset, check) == {"SUCCEEDED": set(VALID), "SKIPPED": {"corrupt.jpg"}}
+def test_the_batch_has_a_status_in_the_ui_for_every_check(pipeline, instance):
+    """Checks -> Partitions: the batch judged by every check, never "Missing"."""
+    [batch] = pipeline[0].batches
+    assert ui_check_statuses(instance, "source_images", "images_valid") == {"FAILED": {batch}}
+    for asset, check in [("embeddings", "embeddings_valid"), ("qdrant_index", "index_consistent")]:
+        assert ui_check_statuses(instance, asset, check) == {"SUCCEEDED": {batch}}
     for check in ("labels_confident", "committee_agrees"):
-        labels = ui_check_statuses(instance, "specialist_labels", check)
-        assert labels.pop("SKIPPED") == {"corrupt.jpg"}
-        assert set(labels) <= {"SUCCEEDED", "FAILED"} and set().union(*labels.values()) == set(VALID)
+        assert set().union(*ui_check_statuses(instance, "specialist_labels", check).values()) == {batch}
 
 
-def test_labels_carry_a_picture_and_review_results_show_the_crops(pipeline, s3_image_store):
+def test_the_label_check_lists_the_images_to_review_with_their_crops(pipeline):
     _, run = pipeline
-    labels = {e.partition: e.materialization.metadata for e in run.get_asset_materialization_events()
-              if e.asset_key.path == ["specialist_labels"]}
-    for key in VALID:
-        picture = labels[key]["picture"].value
-        assert picture.startswith(f"![{key}](data:image/jpeg;base64,")
-        record = s3_image_store.results.read(key, LABELS, LabelsRecord)
-        assert picture.count("\n| ") == len(record.crops) + 1  # a legend row per object, under the header
-    review = [e for e in run.get_asset_check_evaluations() if e.check_name == "labels_confident" and not e.passed]
-    assert review, "random-weight experts are never confident: some image must need review"
-    for evaluation in review:
-        assert evaluation.description.startswith(f"{evaluation.partition}: needs review, ")
-        assert evaluation.metadata["review_crops"].value.count("![crop ") >= 1
-    summary = batch_check(run, "all_labels_confident")
-    assert summary.severity == dg.AssetCheckSeverity.WARN
-    assert summary.description.startswith(f"{len(review)} of {len(VALID)} images need review")
-
-
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "labels_confident"]
+    review = failed_in(evaluation)
+    assert review and review <= set(VALID), "random-weight experts are never confident: some image must need review"
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN and not evaluation.passed
+    assert evaluation.description.endswith(f"{len(review)} of {len(VALID)} images need review; 1 skipped")
+    assert "needs review, " in evaluation.metadata["failed"].value
+    assert evaluation.metadata["pictures"].value.count("![crop ") >= len(review)
+    assert evaluation.metadata["total_crops"].value >= len(review)

@@ -34,7 +34,7 @@ def test_cli_commands_print_no_dagster_maturity_warnings(tmp_path):
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "re-indexing 0 image(s) missing from the index" in result.stdout
+    assert "re-indexing 0 batch(es) with images missing from the index" in result.stdout
     assert "Warning" not in result.stderr, result.stderr[-3000:]
 
 

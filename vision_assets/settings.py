@@ -40,7 +40,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "VISION_ASSETS_MAX_IMAGE_PIXELS": ("120000000", "Larger images are rejected before decoding "
                                        "(decompression bombs)."),
     "VISION_ASSETS_MIN_IMAGE_SIDE": ("32", "Images with a shorter side (pixels) are rejected."),
-    "VISION_ASSETS_BATCH_SIZE": ("256", "Most images in one run launched by the sensor."),
+    "VISION_ASSETS_BATCH_SIZE": ("256", "Most images in one upload batch (a partition, and the run the sensor launches for it)."),
     "VISION_ASSETS_MAX_UPLOADS_PER_TICK": ("20000", "Most objects one sensor tick registers; the rest wait for "
                                            "the next tick."),
     "VISION_ASSETS_SENSOR_INTERVAL_SECONDS": ("15", "How often the upload sensor looks at the bucket."),
