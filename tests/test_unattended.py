@@ -77,7 +77,7 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
     assert retried and {e.step_key for e in retried} <= {"detections"}
     keys = set(driver.partitions)
     assert len(keys) == 5
-    assert ui_check_statuses(instance, "qdrant_index", "indexed") == {"SUCCEEDED": keys}
+    assert ui_check_statuses(instance, "qdrant_index", "index_consistent") == {"SUCCEEDED": set(driver.batches)}
     assert indexed_images(models["qdrant"].path) == keys
     client = embedded_client(models["qdrant"].path)
     try:
@@ -107,8 +107,7 @@ def test_a_run_waits_for_a_search_holding_embedded_qdrant(pipeline, models, inst
     searcher = holding_embedded_qdrant(models["qdrant"], 3)
     started = time.monotonic()
     result = driver.defs.resolve_job_def("reindex").execute_in_process(
-        instance=instance, tags={"dagster/asset_partition_range_start": driver.partitions[0],
-                                 "dagster/asset_partition_range_end": driver.partitions[-1]})
+        instance=instance, partition_key=driver.batches[0])
     searcher.join()
     assert result.success and time.monotonic() - started >= 2
     messages = [e.message for e in instance.all_logs(result.run_id)]
@@ -153,7 +152,7 @@ def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, 
     assert later.success
     [completeness] = [e for e in later.get_asset_check_evaluations() if e.check_name == "index_complete"]
     assert not completeness.passed
-    assert completeness.description.startswith("3 of 3 images the pipeline indexed have no point")
+    assert completeness.description.startswith("3 of 3 images the pipeline indexed have no point")  # the 1st batch
     assert "vision-assets reindex" in completeness.description
     assert set(completeness.metadata["missing_examples"].value) == set(PIPELINE_VALID)
 
@@ -166,12 +165,10 @@ def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, 
                "instance_ref": instance.get_ref()}
     with dg.build_sensor_context(**context) as ctx:
         result = repair.evaluate_tick(ctx)
-    # One run: the rejected corrupt.jpg among the missing images is covered too (its re-run changes nothing).
+    # One run over the batch that lost them (later.png's batch indexed after the loss, and still has its point).
     [request] = result.run_requests
-    order = driver.partitions
     first, last = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
-    covered = order[order.index(first):order.index(last) + 1]
-    assert set(PIPELINE_VALID) <= set(covered) <= {*PIPELINE_VALID, "corrupt.jpg"}
+    assert first == last == driver.batches[0]
     repaired = driver.run(request)
     assert repaired.success
     assert indexed_images(models["qdrant"].path) == {*PIPELINE_VALID, "later.png"}
@@ -195,7 +192,7 @@ def cli_environment(monkeypatch, store: S3ImageStore) -> None:
 def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_store, s3_client, bucket, monkeypatch,
                                                   capsys):
     """The folder is damaged, then two uploads arrive: their run fails in `qdrant_index` with the folder's path and
-    the command. `reindex --rebuild` indexes every image that reached the embeddings stage, those two included
+    the command. `reindex --rebuild` indexes every batch that reached the embeddings stage, theirs included
     (announced through the pipeline's job, since they never were), and says so."""
     driver, _ = pipeline
     cli_environment(monkeypatch, s3_image_store)
@@ -211,15 +208,16 @@ def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_sto
     assert main(["reindex", "--rebuild"]) == 0
     out = capsys.readouterr().out
     assert "moved the old index folder to" in out
-    assert ("re-indexing 5 image(s) that reached the embeddings stage: 3 indexed before, 2 not (their indexing "
-            "failed or never ran: late-1.png, late-2.png)") in out
-    assert "all 5 have their point" in out
+    first, late = driver.batches
+    assert (f"re-indexing 2 batch(es) that reached the embeddings stage: 1 indexed before, 1 not (their indexing "
+            f"failed or never ran: {late})") in out
+    assert "all 5 indexed images of those batches have their point" in out
     assert indexed_images(str(folder)) == {*PIPELINE_VALID, "late-1.png", "late-2.png"}
     assert list(folder.parent.glob("qdrant.unreadable-*"))  # kept for a person to look at
     shutil.rmtree(folder)
     assert main(["reindex"]) == 0  # the default: only what is missing
-    assert "re-indexing 5 image(s) missing from the index or whose indexing failed: 5 indexed before" in \
-        capsys.readouterr().out
+    assert "re-indexing 2 batch(es) with images missing from the index or whose indexing failed: 2 indexed before" \
+        in capsys.readouterr().out
     assert indexed_images(str(folder)) == {*PIPELINE_VALID, "late-1.png", "late-2.png"}
 
 
@@ -246,9 +244,7 @@ def test_a_fault_that_waiting_cannot_heal_is_left_failed_for_a_person(pipeline, 
 
     monkeypatch.setattr(VectorIndex, "ensure_collections", mismatch)
     result = driver.defs.resolve_job_def("reindex").execute_in_process(
-        instance=instance, raise_on_error=False,
-        tags={"dagster/asset_partition_range_start": driver.partitions[0],
-              "dagster/asset_partition_range_end": driver.partitions[-1]})
+        instance=instance, raise_on_error=False, partition_key=driver.batches[0])
     assert not result.success
     kinds = [e.event_type_value for e in result.all_events]
     assert "STEP_UP_FOR_RETRY" not in kinds

@@ -269,7 +269,7 @@ def reprocess(args: argparse.Namespace) -> int:
     """Runs the pipeline again for exactly these images (from `--from` on), in their batches, in this process."""
     import dagster as dg
 
-    from .definitions import definitions_from
+    from .definitions import definitions_from, resources_outside_dagster
     from .keys import PIPELINE_STAGES
     from .partitions import batches
     from .vision.storage.batch_lookup import BatchLookup
@@ -277,9 +277,10 @@ def reprocess(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
     defs = definitions_from(settings)
-    results = defs.resources["image_store"].results
-    lookup = BatchLookup(results)
-    wanted = {image: lookup.batch_of(image, results.read_source_record(image)) for image in args.image_ids}
+    with resources_outside_dagster(image_store=defs.resources["image_store"]) as resources:
+        results = resources.image_store.results
+        lookup = BatchLookup(results)
+        wanted = {image: lookup.batch_of(image, results.read_source_record(image)) for image in args.image_ids}
     unknown = [image for image, batch in wanted.items() if batch is None]
     if unknown:
         print(f"not processed yet, or no such image: {', '.join(unknown)} (an image is re-run once its batch ran; "
@@ -312,8 +313,9 @@ def reindex(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
     defs = definitions_from(settings)
-    qdrant, results = defs.resources["qdrant"], defs.resources["image_store"].results
-    with dg.DagsterInstance.get() as instance, resources_outside_dagster(qdrant=qdrant) as resources:
+    with dg.DagsterInstance.get() as instance, resources_outside_dagster(
+            qdrant=defs.resources["qdrant"], image_store=defs.resources["image_store"]) as resources:
+        results = resources.image_store.results
         order = instance.get_dynamic_partitions(batches.name)
         ledger = index_ledger(results, order)
         # Their callbacks were never written: they are re-indexed through the pipeline's job, which writes them.
@@ -324,14 +326,18 @@ def reindex(args: argparse.Namespace) -> int:
             if aside:
                 print(f"moved the old index folder to {aside}")
         if args.all or args.rebuild:
-            todo = [batch for batch in order if batch in ledger.indexed_by_batch]
-            what = "batch(es) with indexed images"
+            reached = instance.get_materialized_partitions(dg.AssetKey("embeddings"))
+            todo = [batch for batch in order if batch in reached]
+            what = "batch(es) that reached the embeddings stage"
         else:
             with resources.qdrant.open(on_wait=print) as index:
                 missing = audit_index(index, ledger.indexed).missing
             todo = [batch for batch in order if batch in set(ledger.batches_of(missing)) | never_finished]
             what = "batch(es) with images missing from the index or whose indexing failed"
-        print(f"re-indexing {len(todo)} {what}", flush=True)
+        not_before = [batch for batch in todo if batch not in ledger.indexed_by_batch]
+        print(f"re-indexing {len(todo)} {what}: {len(todo) - len(not_before)} indexed before, {len(not_before)} "
+              f"not (their indexing failed or never ran{': ' + ', '.join(not_before[:5]) if not_before else ''}"
+              f"{' ...' if len(not_before) > 5 else ''})", flush=True)
         announced = ", their callbacks written" if defs.resources["callback"].enabled else ""
         passed = _run_over_batches(defs, instance, "reindex", [b for b in todo if b not in never_finished], order)
         if never_finished:
