@@ -111,7 +111,7 @@ def test_an_expert_too_large_to_embed_whole_is_audited_among_its_candidates(monk
     common name, and embeds each prompt once per run."""
     from types import SimpleNamespace
 
-    import vision_assets.assets.labels as labels_module
+    import vision_assets.assets.specialist_labels as labels_module
 
     monkeypatch.setattr(labels_module, "OPEN_VOCABULARY", 10)
     embedded: list[str] = []

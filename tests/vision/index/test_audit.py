@@ -31,20 +31,31 @@ def test_audit_finds_images_without_a_point(tmp_path):
         index.client.close()
 
 
-def test_a_runs_audit_reads_a_bounded_sample_of_the_catalogue(instance):
-    """`index_complete` in a run looks at most RUN_AUDIT_SAMPLE images up, whatever the catalogue's size."""
-    import dagster as dg
+def test_a_runs_audit_reads_a_bounded_sample_of_the_catalogue(tmp_path):
+    """`index_complete` in a run looks about RUN_AUDIT_SAMPLE images up, read from a few randomly chosen batches'
+    ledgers, whatever the catalogue's size; the sensor's full audit reads every batch's ledger."""
+    from vision_assets.vision.batches import BatchIndexed
+    from vision_assets.vision.index.ledger import index_ledger, sampled_indexed
+    from vision_assets.vision.storage.object_store import FolderObjectStore
+    from vision_assets.vision.storage.results_store import ResultsStore
 
-    from vision_assets.checks.indexing import index_consistency, sampled_indexed
-    from vision_assets.partitions import images
+    class Counting(FolderObjectStore):
+        gets = 0
 
-    keys = [f"{i:04d}.jpg" for i in range(60)]
-    instance.add_dynamic_partitions(images.name, keys)
-    for key in keys[:50]:  # 50 indexed, 10 never
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=index_consistency.asset, check_name=index_consistency.name, passed=True, partition=key))
-    everything, population = sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=100)
-    assert (sorted(everything), population) == (keys[1:50], None)
-    sample, population = sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=20)
-    assert population == 59 and set(sample) <= set(keys[1:50]) and 10 <= len(sample) <= 20
-    assert sampled_indexed(instance, exclude={"0000.jpg"}, seed="run-1", size=20)[0] == sample  # seeded by the run
+        def get(self, key, max_bytes=None):
+            Counting.gets += 1
+            return super().get(key, max_bytes)
+
+    results = ResultsStore(Counting(tmp_path), "results/")
+    batches = [f"b{i:03d}" for i in range(60)]
+    for batch in batches[:50]:  # 50 batches indexed 10 images each, 10 never
+        results.write_batch_indexed(BatchIndexed(batch=batch, indexed=[f"{batch}-{j}.jpg" for j in range(10)]))
+    ledger = index_ledger(results, batches)
+    assert len(ledger.indexed) == 500 and ledger.batches_of(["b007-3.jpg", "b049-0.jpg"]) == ["b007", "b049"]
+    everything, population = sampled_indexed(results, batches, exclude={"b000"}, seed="run-1", size=1000)
+    assert (len(everything), population) == (490, None)
+    Counting.gets = 0
+    sample, population = sampled_indexed(results, batches, exclude={"b000"}, seed="run-1", size=35)
+    assert population == 59 and len(sample) == 35 and not {image for image in sample if image.startswith("b000")}
+    assert Counting.gets <= 10  # a few batches read, not the catalogue
+    assert sampled_indexed(results, batches, exclude={"b000"}, seed="run-1", size=35)[0] == sample  # seeded by the run
