@@ -1,7 +1,8 @@
 """What the reviewer's two main views cost as the catalogue grows: the GraphQL queries the Dagster UI sends for a
 check's Partitions tab (`AssetCheckPartitionHealthQuery`, copied from the UI bundle of the installed
-dagster-webserver) and an asset's Partitions view (`PartitionHealthQuery`), against an instance holding N images
-each materialized with a per-image `labels_confident` result (one in five Failed), answered by Dagster's GraphQL
+dagster-webserver) and an asset's Partitions view (`PartitionHealthQuery`), against an instance holding N images as
+the pipeline leaves them: every image in the `images` registry, grouped in upload batches of 256 (the partitions),
+each batch materialized with its `labels_confident` result (one in five Failed), answered by Dagster's GraphQL
 layer over a workspace loaded from this file, as the webserver does (a new request context per request). Each
 query is timed on its first request in the process and on later ones; the baseline is the smallest catalogue.
 `--reference` also times Dagster's own check-state rebuild (what the UI cost before this project's storage answered
@@ -9,7 +10,7 @@ it) where it finishes in reasonable time. `--browser` then opens the largest cat
 Chromium (Debian's, through Playwright) served by `dagster-webserver`, times it until the status boxes show their
 counts, and leaves a screenshot in test-artifacts/ui/. Not part of the test suite.
 
-    uv run python bench/review_views_bench.py [--catalog 1000,10000,100000] [--backend sqlite|postgres] [--browser]
+    uv run python bench/review_views_bench.py [--catalog 10000,100000,1000000] [--backend sqlite|postgres] [--browser]
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # n
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from vision_assets.checks.confidence import label_confidence  # noqa: E402
-from vision_assets.partitions import images  # noqa: E402
+from vision_assets.assets.specialist_labels import label_confidence  # noqa: E402
+from vision_assets.partitions import batches, images  # noqa: E402
+from vision_assets.vision.batches import batch_key  # noqa: E402
 
 CHECK = label_confidence
 FAILED_EVERY = 5
+BATCH_SIZE = 256
 
 
-@dg.asset(key=CHECK.asset, partitions_def=images, check_specs=CHECK.specs)
+@dg.asset(key=CHECK.asset, partitions_def=batches, check_specs=[CHECK.spec])
 def stand_in_stage():
     """The stage's key, partitions and checks; the bench writes its events directly."""
 
@@ -88,11 +91,16 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 
 
 def seed(instance: dg.DagsterInstance, size: int) -> list[str]:
-    """`size` images, each with a materialization and then a per-image check result targeting it, written as
-    Dagster builds those events, a thousand per transaction."""
-    keys = [f"catalog/{i:07d}.jpg" for i in range(size)]
+    """`size` images registered, in batches of 256, each batch with a materialization and then its check result
+    targeting it, written as Dagster builds those events, a thousand per transaction."""
+    registered = [f"catalog/{i:07d}.jpg" for i in range(size)]
     for start in range(0, size, 10_000):
-        instance.add_dynamic_partitions(images.name, keys[start:start + 10_000])
+        instance.add_dynamic_partitions(images.name, registered[start:start + 10_000])
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 12, 5, 13, 5, 41, tzinfo=timezone.utc)
+    keys = [batch_key(now, number) for number in range(-(-size // BATCH_SIZE))]
+    instance.add_dynamic_partitions(batches.name, keys)
     store = instance.event_log_storage
     stored, collected = instance.handle_new_event, []
     instance.handle_new_event = lambda event, **_: collected.append(event)
@@ -136,7 +144,8 @@ def measure(instance: dg.DagsterInstance, size: int, reference: bool) -> dict:
 
     row = {"size": size}
     started = time.perf_counter()
-    seed(instance, size)
+    keys = seed(instance, size)
+    batch_count = len(keys)
     row["seeding"] = time.perf_counter() - started
     asset_key = {"path": list(CHECK.asset.path)}
     with define_out_of_process_workspace(__file__, "defs", instance) as workspace:
@@ -151,17 +160,17 @@ def measure(instance: dg.DagsterInstance, size: int, reference: bool) -> dict:
             node = data["assetNodeOrError"]
             if name == "check":
                 statuses = node["assetCheckOrError"]["partitionStatuses"]
-                assert len(statuses["failedPartitions"]) == len(range(0, size, FAILED_EVERY)), statuses
-                assert len(statuses["succeededPartitions"]) == size - len(statuses["failedPartitions"])
+                assert len(statuses["failedPartitions"]) == len(range(0, batch_count, FAILED_EVERY)), statuses
+                assert len(statuses["succeededPartitions"]) == batch_count - len(statuses["failedPartitions"])
             else:
-                assert len(node["assetPartitionStatuses"]["materializedPartitions"]) == size
+                assert len(node["assetPartitionStatuses"]["materializedPartitions"]) == batch_count
     if reference:
         from dagster._core.definitions.partitions.context import partition_loading_context
         from dagster._core.storage.asset_check_state import AssetCheckState, bulk_update_asset_check_state
 
         started = time.perf_counter()
         with partition_loading_context(dynamic_partitions_store=instance):
-            bulk_update_asset_check_state(instance, [(CHECK.key, images)], {CHECK.key: AssetCheckState.empty()})
+            bulk_update_asset_check_state(instance, [(CHECK.key, batches)], {CHECK.key: AssetCheckState.empty()})
         row["dagster_rebuild"] = time.perf_counter() - started
     return row
 
@@ -198,7 +207,7 @@ def in_chromium(home: Path, size: int) -> float:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("dagster-webserver did not start") from None
                 time.sleep(1)
-        failed = len(range(0, size, FAILED_EVERY))
+        failed = len(range(0, -(-size // BATCH_SIZE), FAILED_EVERY))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -234,9 +243,9 @@ def main() -> None:
     from vision_assets.event_storage import sqlite_storage
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--catalog", default="1000,10000,100000")
+    parser.add_argument("--catalog", default="10000,100000,1000000")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--reference", default="1000,10000",
+    parser.add_argument("--reference", default="10000,100000,1000000",
                         help="catalogue sizes at which Dagster's own rebuild is timed too")
     parser.add_argument("--browser", action="store_true", help="open the largest catalogue's view in Chromium")
     args = parser.parse_args()
@@ -260,7 +269,8 @@ def main() -> None:
             raise SystemExit("--browser opens the SQLite catalogue")
         rows[-1]["chromium"] = in_chromium(home, rows[-1]["size"])
     base = rows[0]
-    print(f"the review views over N images ({args.backend}, 2-core machine, seconds; first request / later ones)")
+    print(f"the review views over N images in batches of {BATCH_SIZE} ({args.backend}, 2-core machine, seconds; "
+          "first request / later ones)")
     for row in rows:
         rebuild = f"   Dagster's own check-state rebuild {row['dagster_rebuild']:.2f}" if "dagster_rebuild" in row else ""
         print(f"  N={row['size']:>7,}: check Partitions tab {row['check_first']:5.2f} / {row['check_later']:5.2f} "

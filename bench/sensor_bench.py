@@ -3,8 +3,8 @@ loopback, real HTTP, real boto3), on a persistent SQLite instance like the one `
 
     uv run python bench/sensor_bench.py [--objects 10000,50000] [--max-uploads-per-tick 0]
 
-For each burst size it prints: the sensor evaluation (listing, planning, registrations written, run requests built),
-then what the daemon does with the result (adding the partitions), the cursor's size, and the registration PUTs.
+For each burst size it prints: the sensor evaluation (listing, planning, manifests written, run requests built),
+then what the daemon does with the result (adding the partitions), the cursor's size, and the manifest PUTs.
 Baseline, measured in the same run: listing the bucket alone. Dagster times a sensor evaluation out at 60 s.
 `--max-uploads-per-tick 0` lifts the cap so the whole burst is one tick. Not part of the test suite.
 """
@@ -63,7 +63,7 @@ def tick(endpoint: str, bucket: str, home: Path, max_uploads: int) -> dict[str, 
     defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(max_uploads_per_tick=max_uploads))
     sensor = defs.resolve_sensor_def("upload_sensor")
     meter, puts = Meter(), Meter()
-    meter.wrap(ResultsStore, "write_registration_batches", "registrations")
+    meter.wrap(ResultsStore, "write_manifests", "manifests")
     puts.wrap(S3ObjectStore, "put", "PUT")
     figures: dict[str, float] = {}
     with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
@@ -84,7 +84,7 @@ def tick(endpoint: str, bucket: str, home: Path, max_uploads: int) -> dict[str, 
         figures["objects"] = objects
         figures["run requests"] = len(result.run_requests)
         figures["cursor bytes"] = len(result.cursor or "")
-        figures["writing registrations"] = meter.seconds["registrations"]
+        figures["writing manifests"] = meter.seconds["manifests"]
         figures["PUTs"] = puts.calls["PUT"]
     return figures
 

@@ -34,7 +34,7 @@ def parse_corrections_file(data: bytes, origin: str, written_at: datetime) -> li
 def _submission(entry: Any, origin: str, written_at: datetime) -> Submission:
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
             entry.get("decisions"), list):
-        raise SubmissionError('each entry needs "image" (the partition key) and a list of "decisions"')
+        raise SubmissionError('each entry needs "image" (the image id) and a list of "decisions"')
     return Submission(partition_key=entry["image"], reviewer=str(entry.get("reviewer") or "unnamed reviewer"),
                       reviewed_at=written_at.astimezone(timezone.utc), origin=origin,
                       items=[_decision(d) for d in entry["decisions"]])

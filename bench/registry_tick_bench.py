@@ -1,0 +1,102 @@
+"""One upload-sensor tick when the catalogue is large: N images already registered (the `images` registry in a
+SQLite instance like `vision-assets dev`'s, and their batches), 1,000 new files in the folder store. The listing is
+of the new files only (a bucket of a million objects takes a thousand LIST requests whatever the sensor does: see
+"Upload events" in the README), so what grows with N here is the sensor's own work: reading the registry, planning,
+writing the manifests, adding the partitions. Baseline in the same run: an empty catalogue. The first tick of a
+process reads the registry whole; later ticks read only what changed (vision_assets/event_storage/partition_lists.py).
+
+    uv run python bench/registry_tick_bench.py [--registered 0,100000,1000000]
+
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+import dagster as dg  # noqa: E402
+import yaml  # noqa: E402
+
+from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
+from vision_assets.event_storage import sqlite_storage  # noqa: E402
+from vision_assets.partitions import batches, images  # noqa: E402
+from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
+from vision_assets.settings import Settings  # noqa: E402
+from vision_assets.vision.batches import batch_key  # noqa: E402
+
+NEW = 1000
+JPEG_LIKE = b"\xff\xd8\xff\xe0" + b"\0" * 60  # the sensor never reads the bytes
+
+
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> tuple[float, dg.SensorResult]:
+    sensor = defs.resolve_sensor_def("upload_sensor")
+    started = time.perf_counter()
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources,
+                                 instance_ref=instance.get_ref()) as context:
+        result = sensor.evaluate_tick(context)
+    evaluated = time.perf_counter() - started
+    for request in result.dynamic_partitions_requests or []:  # what the daemon does next
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return evaluated, result
+
+
+def measure(registered: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix=f"registry-tick-{registered}-"))
+    (home / "dagster.yaml").write_text(yaml.safe_dump({**sqlite_storage(str(home)), "telemetry": {"enabled": False}}))
+    bucket = home / "bucket"
+    os.environ["VISION_ASSETS_DATA_DIR"] = str(home / "data")
+    store = LocalImageStore(root=str(bucket), results_prefix="results/", settle_seconds=0)
+    defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(batch_size=256))
+    row = {"registered": registered}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        started = time.perf_counter()
+        keys = [f"old/{i:07d}.jpg" for i in range(registered)]
+        for start in range(0, registered, 20_000):
+            instance.add_dynamic_partitions(images.name, keys[start:start + 20_000])
+        from datetime import datetime, timezone
+
+        old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        instance.add_dynamic_partitions(batches.name, [batch_key(old, n) for n in range(-(-registered // 256))])
+        row["seeding"] = time.perf_counter() - started
+        # A cursor that has seen the old images (a tick after the move to batches, or weeks of uploads).
+        cursor = '{"migration": {"started_at": "2026-01-01T00:00:00Z", "legacy_images": 0}, "watermark": ' \
+                 '"2026-01-01T00:00:00Z"}'
+        for round_number in ("first", "later"):
+            folder = bucket / round_number
+            folder.mkdir(parents=True)
+            for index in range(NEW):
+                (folder / f"new-{index:05d}.jpg").write_bytes(JPEG_LIKE)
+            row[round_number], result = tick(defs, instance, cursor)
+            cursor = result.cursor
+            assert len(result.run_requests) == -(-NEW // 256), result
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--registered", default="0,100000,1000000")
+    args = parser.parse_args()
+    rows = [measure(int(n)) for n in args.registered.split(",")]
+    base = rows[0]
+    print(f"an upload-sensor tick registering {NEW:,} new images (folder store, SQLite instance, 2-core machine)")
+    for row in rows:
+        print(f"  {row['registered']:>9,} registered: first tick of the process {row['first']:6.2f} s "
+              f"({row['first'] / base['first']:4.1f}x), a later tick {row['later']:6.2f} s "
+              f"({row['later'] / base['later']:4.1f}x)   (seeded in {row['seeding']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
