@@ -1,10 +1,10 @@
 """What a batched `process_images` run spends besides the models: Dagster's events and metadata, the results store,
 Qdrant; on the SQLite instance `vision-assets dev` uses and on a Postgres one (started here on loopback), on an
-empty catalogue and on one that already holds many registered partitions and indexed points.
+empty catalogue and on one that already holds many registered images (in batches of 256) and indexed points.
 
     uv run python bench/bookkeeping_bench.py [--images 256] [--backends sqlite,postgres] [--catalog 0,10000]
 
-Per image it prints: events stored by type, seconds in event storage, in metadata calls and in instance queries
+Per image it prints: events stored by type, bytes of event log, seconds in event storage, in metadata calls and in instance queries
 (together: Dagster's bookkeeping), in the results store (reads, writes, decoding), in Qdrant calls, in the models,
 and what is left (Dagster's step machinery and our own Python). Tiny offline models (random weights). Not part of
 the test suite."""
@@ -35,10 +35,11 @@ import yaml  # noqa: E402
 from bench.meter import Meter  # noqa: E402
 from bench.pipeline_bench import make_images, register_uploads  # noqa: E402
 from tests.postgres_server import PostgresUnavailable, create_database, postgres_server  # noqa: E402
-from vision_assets.checks.indexing import index_consistency  # noqa: E402
 from vision_assets.cli import instance_yaml as dev_instance_yaml  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
+from vision_assets.partitions import batches as batch_partitions  # noqa: E402
 from vision_assets.partitions import images as images_partitions  # noqa: E402
+from vision_assets.vision.batches import BatchIndexed, batch_key  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id  # noqa: E402
@@ -79,22 +80,20 @@ def instance_yaml(home: Path, backend: str, postgres: tuple[str, int] | None, db
 
 
 def seed_catalog(instance: dg.DagsterInstance, defs: dg.Definitions, size: int, points_per_image: int) -> float:
-    """`size` registered partitions (older than the run's), each with a passed `indexed` check (what the index
-    audit reads), and `points_per_image` points for each in Qdrant."""
+    """`size` registered images (older than the run's) in batches of 256, each batch's index ledger (what the
+    run's `index_complete` samples), and `points_per_image` points for each image in Qdrant."""
+    from datetime import datetime, timezone
+
     started = time.perf_counter()
     keys = [f"catalog/{i:07d}.jpg" for i in range(size)]
     for start in range(0, size, 10_000):
         instance.add_dynamic_partitions(images_partitions.name, keys[start:start + 10_000])
-    stored, collected = instance.handle_new_event, []
-    instance.handle_new_event = lambda event, **_: collected.append(event)  # built as Dagster builds them, kept
-    try:
-        for key in keys:
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=index_consistency.asset, check_name=index_consistency.name, passed=True, partition=key))
-    finally:
-        instance.handle_new_event = stored
-    for start in range(0, len(collected), 1000):  # written a thousand per transaction
-        instance.event_log_storage.store_event_batch(collected[start:start + 1000])
+    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    batches = [batch_key(old, n) for n in range(-(-size // 256))]
+    instance.add_dynamic_partitions(batch_partitions.name, batches)
+    results = defs.resources["image_store"].results
+    for number, batch in enumerate(batches):
+        results.write_batch_indexed(BatchIndexed(batch=batch, indexed=keys[number * 256:(number + 1) * 256]))
     if size and points_per_image:
         from qdrant_client import models
 
@@ -172,8 +171,12 @@ def one_scenario(work: Path, backend: str, catalog: int, args, postgres) -> dict
             result = job.execute_in_process(instance=instance, tags=tags)
             wall = time.perf_counter() - started
         assert result.success, f"{name}: the run failed"
+        from dagster._serdes import serialize_value  # how the event log stores each entry
+
+        stored = instance.get_records_for_run(result.run_id, limit=1_000_000).records
+        log_bytes = sum(len(serialize_value(r.event_log_entry)) for r in stored)
     return {"name": name, "images": len(keys), "wall": wall, "meter": meter, "loading": loads.seconds["model loading"],
-            "seeding": seeding}
+            "seeding": seeding, "log_bytes": log_bytes, "run_events": len(stored)}
 
 
 def report(row: dict) -> None:
@@ -186,6 +189,8 @@ def report(row: dict) -> None:
     print(f"\n{row['name']}: {n} images, wall {row['wall']:.1f} s = {ms(row['wall']):.1f} ms/img "
           f"(catalogue seeded in {row['seeding']:.0f} s; model loading {row['loading']:.1f} s, not counted below)")
     events = sum(meter.events.values())
+    print(f"  the run's event log      {row['run_events']} events, {row['log_bytes'] / 1024:.0f} KB = "
+          f"{row['run_events'] / n:.3f} events/img, {row['log_bytes'] / n:.0f} bytes/img")
     print(f"  events stored            {events / n:6.2f} /img  "
           + ", ".join(f"{kind} {count / n:.2f}" for kind, count in meter.events.most_common()))
     for label, value, calls in [
@@ -211,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--catalog", default="0,10000", help="registered partitions before the run, comma-separated")
+    parser.add_argument("--catalog", default="0,100000", help="registered images before the run, comma-separated")
     parser.add_argument("--points-per-image", type=int, default=2, help="Qdrant points seeded per catalogue image")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bookkeeping-bench-"))
@@ -235,12 +240,13 @@ def main() -> None:
         for row in measured:
             report(row)
         rows += measured
-    print("\nPer image, ms (wall | Dagster bookkeeping | models):")
+    print("\nPer image, ms (wall | Dagster bookkeeping | models) and the run's event log per image:")
     for row in rows:
         n, s = row["images"], row["meter"].seconds
         book = s["event storage"] + s["metadata calls"] + s["instance queries"]
-        print(f"  {row['name']:16s} {1000 * row['wall'] / n:8.1f} | {1000 * book / n:7.1f} | "
-              f"{1000 * (s['models'] - row['loading']) / n:7.1f}")
+        print(f"  {row['name']:16s} {1000 * row['wall'] / n:8.1f} | {1000 * book / n:7.2f} | "
+              f"{1000 * (s['models'] - row['loading']) / n:7.1f}   {row['run_events'] / n:.3f} events, "
+              f"{row['log_bytes'] / n:.0f} bytes")
 
 
 if __name__ == "__main__":

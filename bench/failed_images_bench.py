@@ -1,11 +1,11 @@
-"""What finding the Failed images costs as the catalogue grows, on an instance holding N images that every stage
-materialized plus one failed run over 100 of them: a sensor tick of `failed_image_retry` / `index_repair` (the
-registered partitions, then a `FailureWatch` look from the previous tick's cursor), the first look from no cursor
-(what `vision-assets reindex` does), Dagster's per-partition latest attempts over every stage (what the sensors read
-before the watch), and `index_ledger` (index_repair's ten-minute audit). The baseline is the smallest catalogue,
-measured in the same invocation. Not part of the test suite.
+"""What finding the Failed batches costs as the catalogue grows, on an instance holding N images in batches of 256
+that every stage materialized plus one failed run over the last batch: a sensor tick of `failed_image_retry` /
+`index_repair` (the registered batches, then a `FailureWatch` look from the previous tick's cursor), the first look
+from no cursor (what `vision-assets reindex` does), Dagster's per-partition latest attempts over every stage (what
+the sensors read before the watch), and `index_ledger` (index_repair's ten-minute audit, one small file per batch,
+folder store). The baseline is the smallest catalogue, measured in the same invocation. Not part of the test suite.
 
-    uv run python bench/failed_images_bench.py [--catalog 1000,10000,100000] [--backend sqlite]
+    uv run python bench/failed_images_bench.py [--catalog 10000,100000,1000000]
 """
 
 import argparse
@@ -21,12 +21,17 @@ warnings.filterwarnings("ignore")
 
 import dagster as dg  # noqa: E402
 
-from vision_assets.checks.indexing import index_consistency, index_ledger  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.partitions import images  # noqa: E402
-from vision_assets.sensors.failures import PIPELINE_STAGES, FailureWatch, failed_images  # noqa: E402
+from vision_assets.keys import PIPELINE_STAGES  # noqa: E402
+from vision_assets.partitions import batches as images  # noqa: E402  (the stages' partitions: upload batches)
+from vision_assets.sensors.failures import FailureWatch, failed_batches as failed_images  # noqa: E402
+from vision_assets.vision.batches import BatchIndexed, batch_key  # noqa: E402
+from vision_assets.vision.index.ledger import index_ledger  # noqa: E402
+from vision_assets.vision.storage.object_store import FolderObjectStore  # noqa: E402
+from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
 
-FAILED = 100
+FAILED = 1  # batches
+BATCH_SIZE = 256
 
 
 def stand_in_stages() -> dg.Definitions:
@@ -43,20 +48,22 @@ def stand_in_stages() -> dg.Definitions:
     return dg.Definitions(assets=assets, jobs=[dg.define_asset_job("stages", selection=PIPELINE_STAGES)])
 
 
-def seed(instance: dg.DagsterInstance, size: int) -> list[str]:
-    """`size` images, each materialized by every stage with a passed `indexed` check, written as Dagster builds
-    those events, a thousand per transaction."""
-    keys = [f"catalog/{i:07d}.jpg" for i in range(size)]
-    for start in range(0, size, 10_000):
-        instance.add_dynamic_partitions(images.name, keys[start:start + 10_000])
+def seed(instance: dg.DagsterInstance, results: ResultsStore, size: int) -> list[str]:
+    """`size` images in batches, each batch materialized by every stage with its index ledger written, the events
+    built as Dagster builds them, a thousand per transaction."""
+    from datetime import datetime, timezone
+
+    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    keys = [batch_key(old, n) for n in range(-(-size // BATCH_SIZE))]
+    instance.add_dynamic_partitions(images.name, keys)
+    for key in keys:
+        results.write_batch_indexed(BatchIndexed(batch=key, indexed=[f"{key}/{i}.jpg" for i in range(BATCH_SIZE)]))
     stored, collected = instance.handle_new_event, []
     instance.handle_new_event = lambda event, **_: collected.append(event)
     try:
         for key in keys:
             for stage in PIPELINE_STAGES:
                 instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=stage, partition=key))
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=index_consistency.asset, check_name=index_consistency.name, passed=True, partition=key))
     finally:
         instance.handle_new_event = stored
     for start in range(0, len(collected), 1000):
@@ -75,7 +82,7 @@ def timed(call, repeat: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--catalog", default="1000,10000,100000")
+    parser.add_argument("--catalog", default="10000,100000,1000000")
     args = parser.parse_args()
     defs = stand_in_stages()
     rows = []
@@ -83,7 +90,8 @@ def main() -> None:
         home = Path(tempfile.mkdtemp(prefix=f"failed-images-bench-{size}-"))
         with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
             started = time.perf_counter()
-            keys = seed(instance, size)
+            results = ResultsStore(FolderObjectStore(home / "bucket"), "results/")
+            keys = seed(instance, results, size)
             seeding = time.perf_counter() - started
             failed_range = keys[-FAILED:]
             run = defs.resolve_job_def("stages").execute_in_process(
@@ -94,7 +102,7 @@ def main() -> None:
             assert not run.success
             registered = set(instance.get_dynamic_partitions(images.name))
             found = failed_images(instance, registered)
-            assert {f.partition_key for f in found} == set(failed_range), found[:3]
+            assert {f.batch for f in found} == set(failed_range), found[:3]
             assert {f.stage for f in found} == {"source_images"}, {f.stage for f in found}
             watch = FailureWatch()
             watch.look(instance, registered)
@@ -109,9 +117,10 @@ def main() -> None:
             rows.append({"size": size, "seeding": seeding, "tick": timed(tick),
                          "first_look": timed(lambda: failed_images(instance, registered)),
                          "scan": timed(every_partitions_latest_attempt),
-                         "index_ledger": timed(lambda: index_ledger(instance))})
+                         "index_ledger": timed(lambda: index_ledger(results, keys))})
     base = rows[0]
-    print(f"finding {FAILED} failed images among N (SQLite, best of 3, 2-core machine, ms)")
+    print(f"finding {FAILED} failed batch among N images in batches of {BATCH_SIZE} (SQLite, best of 3, 2-core "
+          "machine, ms)")
     for row in rows:
         print(f"  N={row['size']:>7,}: sensor tick {row['tick'] * 1000:6.0f} ({row['tick'] / base['tick']:4.1f}x)   "
               f"first look {row['first_look'] * 1000:6.0f} ({row['first_look'] / base['first_look']:4.1f}x)   "

@@ -27,7 +27,7 @@ import dagster as dg  # noqa: E402
 
 from vision_assets.definitions import build_definitions  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.sensors.upload_sensor import RANGE_END, RANGE_START  # noqa: E402
+from bench.pipeline_bench import one_image  # noqa: E402
 from vision_assets.vision.images.validation import encode_normalized, validate_image  # noqa: E402
 from vision_assets.vision.records import Rejection  # noqa: E402
 
@@ -56,17 +56,18 @@ def pipeline(folder: Path, per_image_sample: int) -> tuple[int, float, float, in
             instance=instance, resources=defs.resources, definitions=defs
         ) as context:
             result = defs.resolve_sensor_def("upload_sensor")(context)
+            for request in result.dynamic_partitions_requests:
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
             keys = list(result.dynamic_partitions_requests[0].partition_keys)
-            instance.add_dynamic_partitions("images", keys)
+            [request] = result.run_requests
             started = time.perf_counter()
-            assert job.execute_in_process(
-                instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}
-            ).success
+            assert job.execute_in_process(instance=instance, partition_key=request.partition_key).success
             batched = time.perf_counter() - started
             sample = keys[:per_image_sample]
             started = time.perf_counter()
             for key in sample:
-                assert job.execute_in_process(instance=instance, partition_key=key).success
+                assert job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                              run_config=one_image(key)).success
             per_image = (time.perf_counter() - started) / max(1, len(sample))
         return len(keys), batched, per_image, len(sample)
     finally:

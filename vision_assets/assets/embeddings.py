@@ -19,14 +19,13 @@ from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS
 from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
-from ..vision.storage.results_store import ResultsStore
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
     load_images,
+    judged_from_record,
     run_images,
-    source_state,
     stage_asset,
     transient_faults_retried,
     valid_sources,
@@ -48,14 +47,6 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
         description="; ".join(record.problems) or f"{1 + len(record.crop_indexes)} vectors, {record.dimension}-d, unit norm",
         facts={"crops": len(record.crop_indexes)},
     )
-
-
-def stored_embeddings(results: ResultsStore):
-    def judge(image: str, batch: str) -> ImageOutcome | str:
-        why, _ = source_state(results, image, batch)
-        record = None if why else results.read(image, EMBEDDINGS_FILE, EmbeddingsRecord)
-        return why or (embedding_outcome(record) if record else "not embedded yet: materialize embeddings")
-    return judge
 
 
 def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsDefinition:
@@ -130,6 +121,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         yield metadata.materialize()
         yield from embedding_validity.report(
             context, taken, {r.partition_key: embedding_outcome(r) for r in records}, skipped,
-            stored_embeddings(results))
+            judged_from_record(results, EMBEDDINGS_FILE, EmbeddingsRecord, embedding_outcome,
+                               "not embedded yet: materialize embeddings"))
 
     return embeddings

@@ -17,13 +17,13 @@ from ..vision.index.ledger import sampled_indexed
 from ..vision.index.stored_points import write_points
 from ..vision.records import EmbeddingsRecord, IndexRecord
 from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
-from ..vision.storage.results_store import INDEX, ResultsStore
+from ..vision.storage.results_store import INDEX
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
+    judged_from_record,
     run_images,
-    source_state,
     stage_asset,
     transient_faults_retried,
     valid_sources,
@@ -58,14 +58,6 @@ def index_outcome(record: IndexRecord) -> ImageOutcome:
         description="; ".join(record.problems) or f"image point and {len(record.crop_points)} crop point(s), no strays",
         facts={"crop_points": len(record.crop_points)},
     )
-
-
-def stored_index(results: ResultsStore):
-    def judge(image: str, batch: str) -> ImageOutcome | str:
-        why, _ = source_state(results, image, batch)
-        record = None if why else results.read(image, INDEX, IndexRecord)
-        return why or (index_outcome(record) if record else "not indexed yet: materialize qdrant_index")
-    return judge
 
 
 def completeness_result(audit: IndexAudit, where: str) -> dg.AssetCheckResult:
@@ -140,7 +132,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         if outbox:
             for key, why in bad.items():
                 outbox.add(finished_message(valid[key], [], [], [why], failed_check="embeddings_valid"))
-        judge = stored_index(results)
+        judge = judged_from_record(results, INDEX, IndexRecord, index_outcome, "not indexed yet: materialize qdrant_index")
         for batch, manifest in taken.manifests.items():  # the ledger the index audit reads
             indexed = [image for image in manifest.images if image not in skipped and (
                 not records[image].problems if image in records else _indexed(judge(image, batch)))]

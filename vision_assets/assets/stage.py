@@ -122,6 +122,18 @@ def source_state(results: ResultsStore, image: str, batch: str) -> tuple[str | N
     return None, record
 
 
+def judged_from_record(results: ResultsStore, name: str, record_type: type, outcome: Callable, missing: str) -> Callable:
+    """A batch check's judge for the images a run did not take: the image's stored record of this stage, once its
+    source record says it belongs to the batch and is valid (else why not)."""
+    def judge(image: str, batch: str):
+        why, _ = source_state(results, image, batch)
+        if why:
+            return why
+        record = results.read(image, name, record_type)
+        return outcome(record) if record else missing
+    return judge
+
+
 class BatchMetadata:
     """Each batch's metadata for the stage's materializations, handed to Dagster once, with the MaterializeResult.
 
