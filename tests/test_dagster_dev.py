@@ -68,9 +68,11 @@ class DagsterDev:
             time.sleep(1)
         raise TimeoutError(Path(self.log.name).read_text()[-3000:])
 
-    def finished_runs(self) -> list[dict]:
-        data = self.query("{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }")
-        return [r for r in data["runsOrError"]["results"] if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+    def finished_runs(self, job: str = "process_images") -> list[dict]:
+        """The finished runs of a job (the review sensor's queue refreshes are runs too)."""
+        data = self.query("{ runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }")
+        return [r for r in data["runsOrError"]["results"]
+                if r["status"] in ("SUCCESS", "FAILURE", "CANCELED") and r["jobName"] == job]
 
     def wait_for_runs(self, count: int, seconds: float = 240) -> list[dict]:
         deadline = time.monotonic() + seconds
@@ -78,6 +80,17 @@ class DagsterDev:
             runs = self.finished_runs()
             if len(runs) >= count:
                 return runs
+            time.sleep(1)
+        raise TimeoutError(Path(self.log.name).read_text()[-3000:])
+
+    def wait_for_batch_of(self, image: str, seconds: float = 240) -> dict:
+        """The finished process_images run of the batch that holds this image."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for run in self.finished_runs():
+                batch = {t["key"]: t["value"] for t in run["tags"]}.get("dagster/partition")
+                if batch and image in manifest_of(self.data_dir, batch):
+                    return run
             time.sleep(1)
         raise TimeoutError(Path(self.log.name).read_text()[-3000:])
 
@@ -302,13 +315,12 @@ def test_review_in_a_real_browser(running):
     from playwright.sync_api import sync_playwright
 
     dev = running.dev
-    before = len(dev.finished_runs())
     for name, data in {"review-photo.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
                        "review-truncated.jpg": (PHOTOS / "bus.jpg").read_bytes()[:30000],
                        "review-empty.png": b"", "review-notes.png": b"shopping list: eggs, milk\n"}.items():
         running.put(name, data)
-    runs = dev.wait_for_runs(before + 1)
-    assert all(r["status"] == "SUCCESS" for r in runs)
+    for image in ("review-photo.jpg", "review-truncated.jpg", "review-empty.png", "review-notes.png"):
+        assert dev.wait_for_batch_of(image)["status"] == "SUCCESS"
     statuses = validation_statuses(dev.data_dir)
     rejected = {image for image, status in statuses.items() if status == "rejected"}
     assert {"review-truncated.jpg", "review-empty.png", "review-notes.png"} <= rejected
@@ -354,8 +366,9 @@ def test_review_in_a_real_browser(running):
         skip_onboarding(page)
         page.get_by_text("crops_needing_review").first.wait_for()
         page.get_by_text("[Show Markdown]").first.click()
-        page.locator("img[alt]").first.wait_for()
+        assert_picture_shown(page, page.locator("img[alt]").first.get_attribute("alt"))
         assert page.locator("a", has_text="task").count() >= 1
+        page.wait_for_timeout(500)  # the dialog fades in
         page.screenshot(path=SCREENSHOTS / "review-queue.png")
         page.keyboard.press("Escape")
 
@@ -413,7 +426,7 @@ RUN_STEPS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status st
 RUN_MESSAGES = """query($id: ID!) { logsForRun(runId: $id, limit: 1000) { ... on EventConnection { events {
   ... on MessageEvent { message } } } } }"""
 GPU_SLOTS = """{ instance { concurrencyLimit(concurrencyKey: "gpu") { claimedSlots { runId stepKey } } } }"""
-ALL_RUNS = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+ALL_RUNS = "{ runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }"
 MODEL_STEPS = {"detections", "specialist_labels", "embeddings"}  # the `gpu` pool
 
 
@@ -456,7 +469,8 @@ def test_a_killed_run_worker_heals_without_a_person(running):
 
     deadline, most_in_flight = time.monotonic() + 240, 0
     while True:
-        runs = [r for r in dev.query(ALL_RUNS)["runsOrError"]["results"] if r["runId"] not in known]
+        runs = [r for r in dev.query(ALL_RUNS)["runsOrError"]["results"]
+                if r["runId"] not in known and r["jobName"] == "process_images"]
         most_in_flight = max(most_in_flight, sum(r["status"] in ("STARTING", "STARTED") for r in runs))
         tags = {r["runId"]: {t["key"]: t["value"] for t in r["tags"]} for r in runs}
         retries = [r for r in runs if tags[r["runId"]].get("dagster/root_run_id") == run_id]

@@ -15,6 +15,7 @@ from ..vision.storage.results_store import LABELS, ResultsStore
 
 TOP_IMAGES = 20
 THUMBNAIL_SIDE = 200
+WHY_CHARS = 200  # the reasons shown per image; every one is in the image's payload (`review_reasons`)
 
 
 def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> str:
@@ -30,7 +31,8 @@ def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> 
             else results.store.uri(results.review_task_key(queued.image_id)))
     batch = (f"[{queued.batch}](/assets/{SPECIALIST_LABELS.to_user_string()}?view=partitions&partition="
              f"{quote(queued.batch)})" if queued.batch else "-")
-    why = "; ".join(dict.fromkeys(queued.reasons))[:300].replace("|", "/") or "needs review"
+    why = "; ".join(dict.fromkeys(queued.reasons)).replace("|", "/") or "needs review"
+    why = why if len(why) <= WHY_CHARS else why[:WHY_CHARS].rsplit(";", 1)[0] + "; ..."
     return (f"| {picture} | `{queued.image_id}` | {queued.lowest_confidence:.2f} | {why} | [task]({task}) | "
             f"{batch} |")
 

@@ -17,7 +17,7 @@ from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
 from ..vision.storage.results_store import ResultsStore
 from .batch_checks import BatchCheck, ImageOutcome
-from .stage import BatchMetadata, run_images, transient_faults_retried
+from .stage import BACKFILL_POLICY, BatchMetadata, run_images, transient_faults_retried
 
 image_validity = BatchCheck(
     asset=SOURCE_IMAGES,
@@ -53,7 +53,7 @@ def stored_validity(results: ResultsStore):
 @dg.asset(
     key=SOURCE_IMAGES,
     partitions_def=batches,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=BACKFILL_POLICY,
     check_specs=[image_validity.spec],
     group_name="ingest",
     kinds={"python"},

@@ -177,6 +177,13 @@ def load_images(results: ResultsStore, keys: list[str]) -> dict[str, Image.Image
     return {key: results.read_normalized(key).convert("RGB") for key in keys}
 
 
+# A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill
+# of a million images is ~500 runs the queue works through, each loading the models once, and a failure costs one
+# run's batches, not the whole backfill.
+BATCHES_PER_BACKFILL_RUN = 8
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(BATCHES_PER_BACKFILL_RUN)
+
+
 def stage_asset(**kwargs) -> dict:
-    """The settings every stage shares: partitioned by upload batch, one run for any range of batches."""
-    return {"partitions_def": batches, "backfill_policy": dg.BackfillPolicy.single_run(), "group_name": "models"} | kwargs
+    """The settings every stage shares: partitioned by upload batch, a few adjacent batches per backfill run."""
+    return {"partitions_def": batches, "backfill_policy": BACKFILL_POLICY, "group_name": "models"} | kwargs

@@ -1,7 +1,8 @@
 """Dagster event log storages that write a batch of events in one transaction.
 
-A batched run stores about 15 events per image (each stage's materialization, its planned materialization and its
-per-image check result). Dagster hands such events to `store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE` is set,
+A run over a range of batches (a backfill) stores a few events per batch and stage (its materialization, its planned
+materialization, its check results): thousands for a backfill of the catalogue. Dagster hands such events to
+`store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE` is set,
 but the open-source storages then store them one by one, and each event opens its own database connection: a new
 SQLite engine per shard, or a new Postgres backend process (NullPool). That cost, about 9 ms (SQLite) and 13 ms
 (Postgres) per event on a 2-core machine, was most of a run on fast models.
@@ -13,8 +14,9 @@ again one at a time (`handle_new_event`'s fallback). Configured by `vision-asset
 by `deploy/dagster.yaml` (`postgres.py`); they read and write the same tables as Dagster's own classes, so an instance can switch
 between them at any time.
 
-They also keep each process's copy of the `images` partition list, read again only where it changed
-(`partition_lists.py`): Dagster lists every key about 30 times per batched run to resolve the run's range.
+They also keep each process's copy of a dynamic partition list, read again only where it changed
+(`partition_lists.py`): Dagster lists every key of `batches` about 30 times per run to resolve the run's range,
+and the upload sensor reads the `images` registry (a million keys at a million images) every tick.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Object key -> partition key: readable, stable, and safe everywhere Dagster shows or parses it.
+"""Object key -> image id: readable, stable, and safe everywhere it is shown or parsed.
 
-The Dagster UI parses partition selections (`a, b`, `[a...b]`, `img*`), keys end up in URLs, and the results
-store uses them as path segments. So a partition key keeps the object key when it is already plain, and
+Image ids are keys of the `images` registry (a Dagster dynamic partitions definition no asset is partitioned by),
+end up in URLs and in the UI's tables, and the results store uses them as path segments. (They were partition keys
+when every image was a partition; the name of this module and of `partition_key_for` stayed.) So an image id keeps
+the object key when it is already plain, and
 otherwise becomes a readable slug plus `~` and a hash of the raw key. `~` never occurs in a plain key, so a
 slugged key can never collide with a plain one. The mapping back to the object is stored by the sensor
 (`RegisteredImage`), never reconstructed from the partition key.
