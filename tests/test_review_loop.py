@@ -9,7 +9,6 @@ tests/vision/review covers the other format and the corrections JSON."""
 
 import json
 
-import dagster as dg
 
 from tests.conftest import SensorDriver, embedded_client, failed_in, latest_evaluation, requested, ui_check_statuses
 from tests.vision.review.test_review_formats import annotated

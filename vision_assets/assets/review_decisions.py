@@ -11,7 +11,7 @@ import dagster as dg
 from ..keys import REVIEW_DECISIONS, SPECIALIST_LABELS
 from ..resources import ImageStore, QdrantResource, StagePolicy
 from ..vision.index.stored_points import write_points
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord, SourceImageRecord
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord
 from ..vision.review.decisions import apply_review
 from ..vision.storage.batch_lookup import BatchLookup
 from ..vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS, REVIEW

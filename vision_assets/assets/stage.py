@@ -13,7 +13,7 @@ from dagster._core.execution.context.metadata_logging import AssetMetadataHandle
 from PIL import Image
 
 from ..partitions import batches
-from ..resources import ImageSelection, ImageStore, StagePolicy
+from ..resources import ImageSelection, StagePolicy
 from ..vision.batches import BatchManifest, superseded_by
 from ..vision.index.connection import IndexUnavailable
 from ..vision.records import SourceImageRecord
