@@ -32,7 +32,7 @@ import dagster as dg  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from bench.meter import Meter  # noqa: E402
-from vision_assets.assets.specialist_labels import Vocabularies  # noqa: E402
+from vision_assets.vision.committee.vocabularies import Vocabularies  # noqa: E402
 from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
 from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
@@ -72,7 +72,8 @@ def baseline(models: dict, pictures: list[Image.Image]) -> float:
     scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values())))  # cached on disk
     # The text vectors of every vocabulary (the detector's classes, each expert's labels: 10,000 species) are made
     # once per model and kept on disk; made here, the run reads them as it would on any day after the first.
-    vocabularies = Vocabularies(models["embedder"], models["detector"], experts)
+    vocabularies = Vocabularies(lambda: models["embedder"].embedder, lambda: models["detector"].detector.class_names,
+                                experts)
     vocabularies.detector, vocabularies.experts(set(experts))
     started = time.perf_counter()
     found = detector.detect(pictures)

@@ -23,12 +23,9 @@ from ..resources import (
 )
 from ..vision.committee.labeling import label_batch
 from ..vision.committee.second_opinion import second_opinions
-from ..vision.committee.zero_shot import Vocabulary, label_prompt
+from ..vision.committee.vocabularies import Vocabularies
 from ..vision.images.review import ReviewPictures, review_crops_markdown
-from ..vision.models.classifier import ImageClassifier
-from ..vision.models.taxonomy import TaxonClassifier
 from ..vision.records import (
-    CropLabels,
     DetectionsRecord,
     EmbeddingsRecord,
     ImageReview,
@@ -62,8 +59,6 @@ from .stage import (
     transient_faults_retried,
     valid_sources,
 )
-
-OPEN_VOCABULARY = 20_000  # labels above which an expert is audited among its own candidates, not its vocabulary
 
 label_confidence = BatchCheck(
     asset=SPECIALIST_LABELS,
@@ -138,53 +133,6 @@ def stored_labels(results: ResultsStore):
     return confidence, agreement
 
 
-class Vocabularies:
-    """Prompt vectors for the detector's classes and each expert's labels, made on first need: a run with no
-    wildlife crop never touches the wildlife vocabulary (and the vectors are cached per model anyway). An expert
-    whose vocabulary is too large to embed whole (BioCLIP's ~450,000 taxa) is audited among its own candidates:
-    CLIP says which of the expert's top-k labels for the chunk's crops it believes, prompted by common name."""
-
-    def __init__(self, embedder: EmbedderResource, detector: DetectorResource,
-                 experts: dict[str, ImageClassifier | TaxonClassifier]):
-        self._embedder, self._detector, self._experts = embedder, detector, experts
-        self._made: dict[str, Vocabulary] = {}
-        self._sizes: dict[str, int] = {}
-        self._candidates: dict[str, np.ndarray] = {}  # prompt -> vector, for the open vocabularies
-
-    def _vocabulary(self, name: str, labels: list[str]) -> Vocabulary:
-        if name not in self._made:
-            self._made[name] = Vocabulary(labels, self._embedder.embedder.prompt_vectors([label_prompt(l) for l in labels]))
-        return self._made[name]
-
-    @property
-    def detector(self) -> Vocabulary:
-        return self._vocabulary("detector", self._detector.detector.class_names)
-
-    def experts(self, crops: list[CropLabels]) -> dict[str, Vocabulary]:
-        routed: dict[str, list[CropLabels]] = {}
-        for crop in crops:
-            if crop.specialist:
-                routed.setdefault(crop.specialist.specialist, []).append(crop)
-        vocabularies = {}
-        for name in sorted(routed):
-            if name not in self._sizes:
-                self._sizes[name] = len(self._experts[name].label_names)
-            if self._sizes[name] <= OPEN_VOCABULARY:
-                vocabularies[name] = self._vocabulary(name, self._experts[name].label_names)
-            else:
-                vocabularies[name] = self._among_candidates(routed[name])
-        return vocabularies
-
-    def _among_candidates(self, crops: list[CropLabels]) -> Vocabulary:
-        prompts = {label.name: label_prompt((label.taxonomy or {}).get("common_name") or label.name)
-                   for crop in crops for label in crop.specialist.labels}
-        missing = sorted({prompt for prompt in prompts.values() if prompt not in self._candidates})
-        if missing:
-            self._candidates.update(zip(missing, self._embedder.embedder.embed_texts(missing), strict=True))
-        names = sorted(prompts)
-        return Vocabulary(names, np.stack([self._candidates[prompts[n]] for n in names]))
-
-
 def build_specialist_labels(specialists_identity: str, embedder_identity: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
@@ -220,7 +168,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
         keys = [key for key in valid if key not in missing]
         experts = specialists.classifiers()
-        vocabularies = Vocabularies(embedder, detector, experts)
+        vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
         routed, coral_images, audited, tasks = Counter(), 0, 0, 0
         for chunk in stage_policy.chunks(keys):

@@ -111,19 +111,19 @@ def test_an_expert_too_large_to_embed_whole_is_audited_among_its_candidates(monk
     common name, and embeds each prompt once per run."""
     from types import SimpleNamespace
 
-    import vision_assets.assets.specialist_labels as labels_module
+    import vision_assets.vision.committee.vocabularies as vocabularies_module
 
-    monkeypatch.setattr(labels_module, "OPEN_VOCABULARY", 10)
+    monkeypatch.setattr(vocabularies_module, "OPEN_VOCABULARY", 10)
     embedded: list[str] = []
 
     def embed_texts(prompts):
         embedded.extend(prompts)
         return np.stack([unit(np.random.default_rng(len(p)).normal(size=8)) for p in prompts])
 
-    clip = SimpleNamespace(embedder=SimpleNamespace(embed_texts=embed_texts, prompt_vectors=embed_texts))
+    clip = SimpleNamespace(embed_texts=embed_texts, prompt_vectors=embed_texts)
     taxa = SimpleNamespace(label_names=[f"taxon {i}" for i in range(50)])
     breeds = SimpleNamespace(label_names=["beagle", "pug"])
-    vocabularies = labels_module.Vocabularies(clip, SimpleNamespace(), {"wildlife": taxa, "dog_breeds": breeds})
+    vocabularies = vocabularies_module.Vocabularies(lambda: clip, list, {"wildlife": taxa, "dog_breeds": breeds})
 
     def bear(index):
         labelled = crop(index, "bear", "Ursus arctos", specialist="wildlife")
