@@ -234,6 +234,23 @@ def test_cli_with_credentials_from_the_environment(pipeline, s3_image_store, s3_
     assert "deleted 1 image(s)" in capsys.readouterr().out
 
 
+def test_cli_reprocess_runs_exactly_the_images_named(pipeline, s3_image_store, s3_client, monkeypatch, capsys):
+    """`vision-assets reprocess ID --from STAGE`: those images' results written again, in their batch, the other
+    images' left as they were; an id that is not in the catalogue is refused with what to do."""
+    driver, _ = pipeline
+    cli_environment(monkeypatch, s3_image_store)
+    written = lambda image: s3_client.head_object(  # noqa: E731
+        Bucket=s3_image_store.bucket, Key=f"results/{image}/~embeddings.json")["LastModified"]
+    before = {image: written(image) for image in ("bus.jpg", "zidane.jpg")}
+    time.sleep(1.1)  # S3 times have one-second steps
+    assert main(["reprocess", "zidane.jpg", "--from", "embeddings"]) == 0
+    out = capsys.readouterr().out
+    assert "re-running 1 image(s) from embeddings in 1 batch(es)" in out and "done" in out
+    assert written("zidane.jpg") > before["zidane.jpg"] and written("bus.jpg") == before["bus.jpg"]
+    assert main(["reprocess", "nobody.jpg"]) == 2
+    assert "not processed yet, or no such image: nobody.jpg" in capsys.readouterr().err
+
+
 def test_a_fault_that_waiting_cannot_heal_is_left_failed_for_a_person(pipeline, instance, monkeypatch):
     """A mismatched collection (or a bug) fails the run at once, no stage retries, and tags it so that Dagster's run
     retries leave it alone: the run page shows the error to the person who must act."""
