@@ -18,7 +18,7 @@ class Deleted:
 
 
 def result_keys(results: ResultsStore, partition_key: str) -> list[str]:
-    """This partition's files only: `a/~x` belongs to `a`, `a/b/~x` to `a/b`."""
+    """This image's files only: `a/~x` belongs to `a`, `a/b/~x` to `a/b`."""
     folder = f"{results.prefix}{partition_key}/"
     return [
         obj.key for obj in results.store.list(folder)

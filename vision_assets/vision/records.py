@@ -18,10 +18,10 @@ class StoredObject(BaseModel):
 
 
 class RegisteredImage(BaseModel):
-    """The stored mapping from a partition key back to the object version it was registered for.
+    """The stored mapping from an image id (`partition_key`) back to the object version it was registered for.
 
-    The sensor writes it before it adds the partition; assets read it instead of guessing the object key
-    from the partition key (which is sanitised and may carry a hash suffix).
+    The sensor writes it (in the batch's manifest) before it adds the batch; assets read it instead of guessing the
+    object key from the image id (which is sanitised and may carry a hash suffix).
     """
 
     partition_key: str
@@ -111,7 +111,7 @@ class Detection(BaseModel):
 
 
 class DetectionsRecord(BaseModel):
-    """Per-image outcome of `detections`, persisted as `<results>/<partition>/~detections.json`."""
+    """Per-image outcome of `detections`, persisted as `<results>/<image id>/~detections.json`."""
 
     partition_key: str
     model: str
@@ -201,7 +201,7 @@ class SceneTags(BaseModel):
 
 
 class LabelsRecord(BaseModel):
-    """Per-image outcome of `specialist_labels`, persisted as `<results>/<partition>/~labels.json`."""
+    """Per-image outcome of `specialist_labels`, persisted as `<results>/<image id>/~labels.json`."""
 
     partition_key: str
     crops: list[CropLabels]
@@ -271,7 +271,7 @@ class BoxDecision(BaseModel):
 
 
 class ImageReview(BaseModel):
-    """A person's verdict on one image, persisted as `<results>/<partition>/~review.json`. It applies to the content
+    """A person's verdict on one image, persisted as `<results>/<image id>/~review.json`. It applies to the content
     it was made on (`sha256`): a re-upload of the same bytes keeps it, other bytes do not."""
 
     partition_key: str

@@ -1,7 +1,8 @@
-"""Where per-image results live: `<results prefix><partition key>/~<name>`, in the same store as the images.
+"""Where per-image results live: `<results prefix><image id>/~<name>`, in the same store as the images; and, at the
+top of the results prefix, each upload batch's manifest (`~batches/`).
 
-The `~` in file names matters: partition keys never contain a segment starting with `~`, so a file of one
-partition can never collide with the folder of another (`a/~source.json` vs `a/b/~source.json`).
+The `~` in file names matters: image ids never contain a segment starting with `~`, so a file of one image can
+never collide with the folder of another (`a/~source.json` vs `a/b/~source.json`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ INDEX = "~index.json"
 REVIEW = "~review.json"  # a person's decisions (review_sensor writes it, every later stage honours it)
 PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, REJECTED_PREVIEW, DETECTIONS, LABELS,
                              EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW})
-# At the top of the results prefix, besides the partitions' folders:
+# At the top of the results prefix, besides the images' folders:
 OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
 CATALOG_FILE = "~catalog.parquet"
@@ -49,7 +50,7 @@ TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, CATALOG_F
 
 
 def is_pipeline_file(relative: str) -> bool:
-    """Whether a key relative to the results prefix is one the pipeline writes: a partition's own files, the
+    """Whether a key relative to the results prefix is one the pipeline writes: an image's own files, the
     top-level folders and files, or a write in progress (`.tmp-`). Anything else there was put by someone else."""
     name = relative.rsplit("/", 1)[-1]
     if name.startswith(".tmp-") or relative.startswith(TOP_LEVEL):
