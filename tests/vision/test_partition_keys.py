@@ -56,3 +56,4 @@ def test_distinct_objects_get_distinct_partitions():
 def test_a_sanitised_key_never_equals_a_plain_one():
     sanitised = partition_key_for("a b.jpg")
     assert "~" in sanitised and partition_key_for(sanitised) != sanitised
+
