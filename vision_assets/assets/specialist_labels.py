@@ -3,6 +3,7 @@ second opinion on every crop, from the vectors the embeddings stage already comp
 label is kept, flagged `needs_review`): `labels_confident` (every expert at or above its threshold, or a person
 decided) and `committee_agrees` (CLIP does not contradict the detector or the expert, or a person decided)."""
 
+import functools
 import time
 from collections import Counter
 
@@ -111,7 +112,9 @@ def agreement_outcome(record: LabelsRecord, reviewed: AppliedReview | None = Non
 
 
 def stored_labels(results: ResultsStore):
-    """Judges for both checks from an image's stored labels and its review (where it still applies)."""
+    """Judges for both checks from an image's stored labels and its review (where it still applies). Both judge the
+    same images, so each image's records are read once for the two."""
+    @functools.cache
     def read(image: str, batch: str) -> tuple[LabelsRecord, AppliedReview | None] | str:
         why, source = source_state(results, image, batch)
         if why:

@@ -7,11 +7,12 @@ against the latest plan and materialization of each stage."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import dagster as dg
 
 from ..keys import PIPELINE_STAGES
+from ..vision.batches import chunked
 from ..vision.retry_budget import FailedBatch
 
 # Dagster sets it on every failed run when run retries are on (its documented tag, spelled out).
@@ -28,11 +29,6 @@ def stage_and_after(stage: str) -> list[dg.AssetKey]:
     """The stage and every stage after it: what re-running an image from that stage materializes."""
     names = [key.to_user_string() for key in PIPELINE_STAGES]
     return PIPELINE_STAGES[names.index(stage):]
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def planned_by_stage(instance: dg.DagsterInstance, run_id: str) -> dict[dg.AssetKey, list[str]]:
@@ -77,7 +73,7 @@ def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: 
     found: dict[str, FailedBatch] = {}
     for stage in [s for s in PIPELINE_STAGES if s in planned]:
         undecided = [key for key in planned[stage] if key in registered and key not in found]
-        for chunk in _chunks(undecided, PARTITION_LOOKUP_CHUNK):
+        for chunk in chunked(undecided, PARTITION_LOOKUP_CHUNK):
             plans = {key: plan_id for key, (run_id, plan_id) in latest_plans(instance, stage, chunk).items()
                      if run_id == run.run_id}
             done = instance.event_log_storage.get_latest_storage_id_by_partition(
@@ -107,7 +103,7 @@ class FailureWatch:
         every new failure now (a command); a sensor reads a bounded number each tick."""
         self._read_new_failures(instance, runs_per_look)
         records = {}
-        for chunk in _chunks(sorted(set(self.runs)), RUN_LOOKUP_CHUNK):
+        for chunk in chunked(sorted(set(self.runs)), RUN_LOOKUP_CHUNK):
             records |= {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(chunk)))}
         failed: dict[str, FailedBatch] = {}
         still = []
