@@ -28,27 +28,33 @@ logging.disable(logging.WARNING)
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-import dagster as dg  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+from datetime import UTC
 
-from bench.meter import Meter  # noqa: E402
-from bench.pipeline_bench import make_images, register_uploads  # noqa: E402
-from tests.postgres_server import PostgresUnavailable, create_database, postgres_server  # noqa: E402
-from vision_assets.cli import instance_yaml as dev_instance_yaml  # noqa: E402
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.partitions import batches as batch_partitions  # noqa: E402
-from vision_assets.partitions import images as images_partitions  # noqa: E402
-from vision_assets.vision.batches import BatchIndexed, batch_key  # noqa: E402
-from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.index.vector_index import crop_point_id, image_point_id  # noqa: E402
-from vision_assets.vision.models.base import Model  # noqa: E402
-from vision_assets.vision.models.classifier import ImageClassifier  # noqa: E402
-from vision_assets.vision.models.detector import YoloDetector  # noqa: E402
-from vision_assets.vision.models.embedder import ClipEmbedder  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
-from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
+import dagster as dg
+import numpy as np
+import yaml
+
+from bench.meter import Meter
+from bench.pipeline_bench import make_images, register_uploads
+from tests.postgres_server import PostgresUnavailable, create_database, postgres_server
+from vision_assets.bootstrap import bootstrap
+from vision_assets.cli import instance_yaml as dev_instance_yaml
+from vision_assets.partitions import batches as batch_partitions
+from vision_assets.partitions import images as images_partitions
+from vision_assets.resources import LocalImageStore, UploadPolicy
+from vision_assets.settings import Settings
+from vision_assets.vision.batches import BatchIndexed, batch_key
+from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
+from vision_assets.vision.models.base import Model
+from vision_assets.vision.models.classifier import ImageClassifier
+from vision_assets.vision.models.detector import YoloDetector
+from vision_assets.vision.models.embedder import ClipEmbedder
+from vision_assets.vision.models.offline import build_offline_models
+from vision_assets.vision.storage.results_store import ResultsStore
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
+
 
 def postgres_yaml(user: str, port: int, db: str) -> str:
     """deploy/dagster.yaml's storage, pointed at the bench's server."""
@@ -82,13 +88,13 @@ def instance_yaml(home: Path, backend: str, postgres: tuple[str, int] | None, db
 def seed_catalog(instance: dg.DagsterInstance, defs: dg.Definitions, size: int, points_per_image: int) -> float:
     """`size` registered images (older than the run's) in batches of 256, each batch's index ledger (what the
     run's `index_complete` samples), and `points_per_image` points for each image in Qdrant."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     started = time.perf_counter()
     keys = [f"catalog/{i:07d}.jpg" for i in range(size)]
     for start in range(0, size, 10_000):
         instance.add_dynamic_partitions(images_partitions.name, keys[start:start + 10_000])
-    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2026, 1, 1, tzinfo=UTC)
     batches = [batch_key(old, n) for n in range(-(-size // 256))]
     instance.add_dynamic_partitions(batch_partitions.name, batches)
     results = defs.resources["image_store"].results
@@ -181,7 +187,7 @@ def one_scenario(work: Path, backend: str, catalog: int, args, postgres) -> dict
 
 def report(row: dict) -> None:
     n, meter = row["images"], row["meter"]
-    ms = lambda seconds: 1000 * seconds / n  # noqa: E731
+    ms = lambda seconds: 1000 * seconds / n
     seconds = meter.seconds
     bookkeeping = seconds["event storage"] + seconds["metadata calls"] + seconds["instance queries"]
     models = seconds["models"] - row["loading"]

@@ -26,20 +26,20 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from vision_assets.vision.committee.second_opinion import second_opinions  # noqa: E402
-from vision_assets.vision.committee.zero_shot import Vocabulary, label_prompt  # noqa: E402
-from vision_assets.vision.models.base import identity_for  # noqa: E402
-from vision_assets.vision.models.cache import ModelCache  # noqa: E402
-from vision_assets.vision.models.classifier import ImageClassifier  # noqa: E402
-from vision_assets.vision.models.detector import YoloDetector  # noqa: E402
-from vision_assets.vision.models.embedder import ClipEmbedder  # noqa: E402
-from vision_assets.vision.models.hub import hugging_face_offline  # noqa: E402
-from vision_assets.vision.models.defaults import INAT21_WILDLIFE_MODEL  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models, read_manifest  # noqa: E402
-from vision_assets.vision.models.taxonomy import TaxonClassifier, is_taxonomic  # noqa: E402
-from vision_assets.vision.records import CropLabels, Detection, Label, SpecialistLabel  # noqa: E402
+from vision_assets.vision.committee.second_opinion import second_opinions
+from vision_assets.vision.committee.zero_shot import Vocabulary, label_prompt
+from vision_assets.vision.models.base import identity_for
+from vision_assets.vision.models.cache import ModelCache
+from vision_assets.vision.models.classifier import ImageClassifier
+from vision_assets.vision.models.defaults import INAT21_WILDLIFE_MODEL
+from vision_assets.vision.models.detector import YoloDetector
+from vision_assets.vision.models.embedder import ClipEmbedder
+from vision_assets.vision.models.offline import build_offline_models, read_manifest
+from vision_assets.vision.models.taxonomy import TaxonClassifier, is_taxonomic
+from vision_assets.vision.process import hugging_face_offline
+from vision_assets.vision.records import CropLabels, Detection, Label, SpecialistLabel
 
 # Found, not imported: importing ultralytics sets OMP_NUM_THREADS=1, which would put torch on one core here.
 PHOTOS = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets"

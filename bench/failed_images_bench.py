@@ -19,16 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-import dagster as dg  # noqa: E402
+from datetime import UTC
 
-from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.keys import PIPELINE_STAGES  # noqa: E402
-from vision_assets.partitions import batches as images  # noqa: E402  (the stages' partitions: upload batches)
-from vision_assets.sensors.failures import FailureWatch, failed_batches as failed_images  # noqa: E402
-from vision_assets.vision.batches import BatchIndexed, batch_key  # noqa: E402
-from vision_assets.vision.index.ledger import index_ledger  # noqa: E402
-from vision_assets.vision.storage.object_store import FolderObjectStore  # noqa: E402
-from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
+import dagster as dg
+
+from vision_assets.event_storage import sqlite_storage
+from vision_assets.keys import PIPELINE_STAGES
+from vision_assets.partitions import batches as images
+from vision_assets.sensors.failures import FailureWatch
+from vision_assets.sensors.failures import failed_batches as failed_images
+from vision_assets.vision.batches import BatchIndexed, batch_key
+from vision_assets.vision.index.ledger import index_ledger
+from vision_assets.vision.storage.object_store import FolderObjectStore
+from vision_assets.vision.storage.results_store import ResultsStore
 
 FAILED = 1  # batches
 BATCH_SIZE = 256
@@ -51,9 +54,9 @@ def stand_in_stages() -> dg.Definitions:
 def seed(instance: dg.DagsterInstance, results: ResultsStore, size: int) -> list[str]:
     """`size` images in batches, each batch materialized by every stage with its index ledger written, the events
     built as Dagster builds them, a thousand per transaction."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2026, 1, 1, tzinfo=UTC)
     keys = [batch_key(old, n) for n in range(-(-size // BATCH_SIZE))]
     instance.add_dynamic_partitions(images.name, keys)
     for key in keys:

@@ -23,13 +23,16 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
-import dagster as dg  # noqa: E402
+import dagster as dg
 
-from vision_assets.definitions import build_definitions  # noqa: E402
-from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from bench.pipeline_bench import one_image  # noqa: E402
-from vision_assets.vision.images.validation import encode_normalized, validate_image  # noqa: E402
-from vision_assets.vision.records import Rejection  # noqa: E402
+from bench.pipeline_bench import one_image
+from vision_assets.bootstrap import bootstrap
+from vision_assets.resources import LocalImageStore, UploadPolicy
+from vision_assets.vision.images.validation import encode_normalized, validate_image
+from vision_assets.vision.records import Rejection
+from vision_assets.wiring import build_definitions
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "pillow-test-images"
 

@@ -62,9 +62,12 @@ def measure(work: Path, models: Path, chunk: int) -> dict:
     import dagster as dg
 
     from bench.pipeline_bench import register_uploads
-    from vision_assets.definitions import build_definitions, model_resources_from
+    from vision_assets.bootstrap import bootstrap
     from vision_assets.resources import LocalImageStore, StagePolicy, UploadPolicy
     from vision_assets.settings import Settings
+    from vision_assets.wiring import build_definitions, model_resources_from
+
+    bootstrap()  # the process set up as the code location sets up its run workers
 
     settings = Settings.from_env()
     store = LocalImageStore(root=str(work / "bucket"), results_prefix="results/", settle_seconds=0)

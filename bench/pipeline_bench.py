@@ -28,21 +28,24 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
 
-import dagster as dg  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+import dagster as dg
+from PIL import Image, ImageOps
 
-from bench.meter import Meter  # noqa: E402
-from vision_assets.vision.committee.vocabularies import Vocabularies  # noqa: E402
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.committee.labeling import label_batch  # noqa: E402
-from vision_assets.vision.committee.routing import crop_box  # noqa: E402
-from vision_assets.vision.committee.scenes import scene_tags  # noqa: E402
-from vision_assets.vision.committee.zero_shot import Vocabulary  # noqa: E402
-from vision_assets.vision.models.base import Model  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
-from vision_assets.vision.records import DetectionsRecord  # noqa: E402
+from bench.meter import Meter
+from vision_assets.bootstrap import bootstrap
+from vision_assets.resources import LocalImageStore, UploadPolicy
+from vision_assets.settings import Settings
+from vision_assets.vision.committee.labeling import label_batch
+from vision_assets.vision.committee.routing import crop_box
+from vision_assets.vision.committee.scenes import scene_tags
+from vision_assets.vision.committee.vocabularies import Vocabularies
+from vision_assets.vision.committee.zero_shot import Vocabulary
+from vision_assets.vision.models.base import Model
+from vision_assets.vision.models.offline import build_offline_models
+from vision_assets.vision.records import DetectionsRecord
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 # Found, not imported: importing ultralytics sets OMP_NUM_THREADS=1, which would put torch on one core here.
 PHOTOS = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets"

@@ -28,16 +28,16 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from bench.expert_bench import PHOTOS, crops, gflop  # noqa: E402
-from vision_assets.vision.models.base import identity_for  # noqa: E402
-from vision_assets.vision.models.cache import ModelCache  # noqa: E402
-from vision_assets.vision.models.classifier import ImageClassifier  # noqa: E402
-from vision_assets.vision.models.detector import YoloDetector  # noqa: E402
-from vision_assets.vision.models.embedder import ClipEmbedder  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models, read_manifest  # noqa: E402
+from bench.expert_bench import PHOTOS, crops, gflop
+from vision_assets.vision.models.base import identity_for
+from vision_assets.vision.models.cache import ModelCache
+from vision_assets.vision.models.classifier import ImageClassifier
+from vision_assets.vision.models.detector import YoloDetector
+from vision_assets.vision.models.embedder import ClipEmbedder
+from vision_assets.vision.models.offline import build_offline_models, read_manifest
 
 PRECISIONS = ("fp32", "bf16")
 

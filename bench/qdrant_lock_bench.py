@@ -19,8 +19,8 @@ from qdrant_client import QdrantClient, models
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from vision_assets.vision.index.connection import open_embedded  # noqa: E402
-from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex  # noqa: E402
+from vision_assets.vision.index.connection import open_embedded
+from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex
 
 DIMENSION = 512
 CROPS_PER_IMAGE = 4

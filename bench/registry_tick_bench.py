@@ -27,15 +27,20 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-import dagster as dg  # noqa: E402
-import yaml  # noqa: E402
+from datetime import UTC
 
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.partitions import batches, images  # noqa: E402
-from vision_assets.resources import LocalImageStore, UploadPolicy  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.batches import batch_key  # noqa: E402
+import dagster as dg
+import yaml
+
+from vision_assets.bootstrap import bootstrap
+from vision_assets.event_storage import sqlite_storage
+from vision_assets.partitions import batches, images
+from vision_assets.resources import LocalImageStore, UploadPolicy
+from vision_assets.settings import Settings
+from vision_assets.vision.batches import batch_key
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 NEW = 1000
 JPEG_LIKE = b"\xff\xd8\xff\xe0" + b"\0" * 60  # the sensor never reads the bytes
@@ -66,9 +71,9 @@ def measure(registered: int) -> dict:
         keys = [f"old/{i:07d}.jpg" for i in range(registered)]
         for start in range(0, registered, 20_000):
             instance.add_dynamic_partitions(images.name, keys[start:start + 20_000])
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        old = datetime(2026, 1, 1, tzinfo=UTC)
         instance.add_dynamic_partitions(batches.name, [batch_key(old, n) for n in range(-(-registered // 256))])
         row["seeding"] = time.perf_counter() - started
         # A cursor that has seen the old images (a tick after the move to batches, or weeks of uploads).

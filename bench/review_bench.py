@@ -22,17 +22,20 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-ultralytics-"))
 
-import dagster as dg  # noqa: E402
-from dagster._serdes import serialize_value  # noqa: E402
+import dagster as dg
+from dagster._serdes import serialize_value
 
-from bench.pipeline_bench import PHOTOS, make_images, register_uploads  # noqa: E402
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy  # noqa: E402
-from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown  # noqa: E402
-from vision_assets.vision.records import LabelsRecord  # noqa: E402
-from vision_assets.vision.storage.results_store import LABELS  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+from bench.pipeline_bench import PHOTOS, make_images, register_uploads
+from vision_assets.bootstrap import bootstrap
+from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy
+from vision_assets.settings import Settings
+from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown
+from vision_assets.vision.models.offline import build_offline_models
+from vision_assets.vision.records import LabelsRecord
+from vision_assets.vision.storage.results_store import LABELS
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 
 def measure(work: Path, pictures: bool) -> tuple[list[str], int, float, LocalImageStore]:

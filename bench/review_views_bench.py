@@ -31,18 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime
 
-import dagster as dg  # noqa: E402
-import sqlalchemy  # noqa: E402
-import yaml  # noqa: E402
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # noqa: E402
+import dagster as dg
+import sqlalchemy
+import yaml
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from vision_assets.assets.specialist_labels import label_confidence  # noqa: E402
-from vision_assets.partitions import batches, images  # noqa: E402
-from vision_assets.vision.batches import batch_key  # noqa: E402
+from vision_assets.assets.specialist_labels import label_confidence
+from vision_assets.partitions import batches, images
+from vision_assets.vision.batches import batch_key
 
 CHECK = label_confidence
 FAILED_EVERY = 5
@@ -98,7 +98,7 @@ def seed(instance: dg.DagsterInstance, size: int) -> list[str]:
     registered = [f"catalog/{i:07d}.jpg" for i in range(size)]
     for start in range(0, size, 10_000):
         instance.add_dynamic_partitions(images.name, registered[start:start + 10_000])
-    now = datetime(2026, 12, 5, 13, 5, 41, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 5, 13, 5, 41, tzinfo=UTC)
     keys = [batch_key(now, number) for number in range(-(-size // BATCH_SIZE))]
     instance.add_dynamic_partitions(batches.name, keys)
     store = instance.event_log_storage
@@ -237,7 +237,7 @@ def in_chromium(home: Path, size: int) -> dict[str, float]:
                     ("asset overview", f"/assets/{asset}", page.get_by_text("Latest materialization").first),
                     ("asset Partitions", f"/assets/{asset}?view=partitions",
                      page.get_by_text(re.compile(r"Materialized")).first),
-                    ("lineage", f"/asset-groups/default/lineage", page.get_by_text(asset).first),
+                    ("lineage", "/asset-groups/default/lineage", page.get_by_text(asset).first),
                     ("Runs", "/runs", page.get_by_text(re.compile(r"No runs|Run ID")).first)]:
                 started = time.perf_counter()
                 page.goto(f"{base}{path}")

@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from vision_assets.vision.index.search import SearchFilters  # noqa: E402
-from vision_assets.vision.index.vector_index import VectorIndex  # noqa: E402
+from vision_assets.vision.index.search import SearchFilters
+from vision_assets.vision.index.vector_index import VectorIndex
 
 ENTITIES = ["dog", "cat", "bird", "bear", "zebra", "horse", "sheep", "cow", "elephant", "giraffe"]
 LABELS = [f"label {i}" for i in range(200)]

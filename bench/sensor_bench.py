@@ -28,19 +28,22 @@ for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "benc
                     "DAGSTER_DISABLE_TELEMETRY": "1"}.items():
     os.environ.setdefault(name, value)
 
-import boto3  # noqa: E402
-import dagster as dg  # noqa: E402
-from dagster_aws.s3 import S3Resource  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+import boto3
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from moto.server import ThreadedMotoServer
 
-from bench.meter import Meter  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.resources import S3ImageStore, UploadPolicy  # noqa: E402
-from vision_assets.vision.storage.object_store import S3ObjectStore  # noqa: E402
-from vision_assets.vision.storage.results_store import ResultsStore  # noqa: E402
+from bench.meter import Meter
+from tests.conftest import free_port
+from vision_assets.bootstrap import bootstrap
+from vision_assets.event_storage import sqlite_storage
+from vision_assets.resources import S3ImageStore, UploadPolicy
+from vision_assets.settings import Settings
+from vision_assets.vision.storage.object_store import S3ObjectStore
+from vision_assets.vision.storage.results_store import ResultsStore
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 JPEG_LIKE = b"\xff\xd8\xff\xe0" + b"\0" * 60  # the sensor never reads the bytes
 

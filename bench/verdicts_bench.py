@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,18 +30,21 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-import dagster as dg  # noqa: E402
-import ultralytics  # noqa: E402
-import yaml  # noqa: E402
+import dagster as dg
+import ultralytics
+import yaml
 
-from vision_assets.definitions import build_definitions, model_resources_from  # noqa: E402
-from vision_assets.event_storage import sqlite_storage  # noqa: E402
-from vision_assets.keys import SPECIALIST_LABELS  # noqa: E402
-from vision_assets.partitions import batches, images  # noqa: E402
-from vision_assets.resources import LocalImageStore  # noqa: E402
-from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.batches import BatchManifest, batch_key  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+from vision_assets.bootstrap import bootstrap
+from vision_assets.event_storage import sqlite_storage
+from vision_assets.keys import SPECIALIST_LABELS
+from vision_assets.partitions import batches, images
+from vision_assets.resources import LocalImageStore
+from vision_assets.settings import Settings
+from vision_assets.vision.batches import BatchManifest, batch_key
+from vision_assets.vision.models.offline import build_offline_models
+from vision_assets.wiring import build_definitions, model_resources_from
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
 PER_IMAGE = ["~source.json", "~detections.json", "~embeddings.json", "~embeddings.npz", "~labels.json", "~index.json",
@@ -77,7 +80,7 @@ def seeded(home: Path, templates: Path, names: list[str], count: int) -> tuple[d
     """`count` processed images (copies of the templates) in batches of 256, and a corrections file for all."""
     results = home / "bucket" / "results"
     ids = [f"copy/{i:06d}.jpg" for i in range(count)]
-    when = datetime(2026, 12, 5, 13, 5, 41, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 5, 13, 5, 41, tzinfo=UTC)
     keys = [batch_key(when, n) for n in range(-(-count // 256))]
     for number, image in enumerate(ids):
         template = templates / names[number % len(names)]

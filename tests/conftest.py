@@ -21,7 +21,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-settings-"))  # not the user's config
 
-from vision_assets.vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
+from vision_assets.vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "pillow-test-images"
 
@@ -44,6 +44,18 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[tuple[str, int]]:
+    """(user, port) of a throwaway PostgreSQL server on loopback, one per session; skips where none can start."""
+    from tests.postgres_server import PostgresUnavailable, postgres_server
+
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as error:
+        pytest.skip(f"no PostgreSQL server here: {error}")
 
 
 @pytest.fixture
@@ -110,12 +122,15 @@ def corpus_files() -> list[Path]:
 import dagster as dg  # noqa: E402
 from dagster_aws.s3 import S3Resource  # noqa: E402
 
-from vision_assets.definitions import model_resources_from  # noqa: E402
+from vision_assets.bootstrap import bootstrap  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.partitions import batches, images  # noqa: E402
 from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+from vision_assets.wiring import model_resources_from  # noqa: E402
+
+bootstrap()  # the process set up as the code location sets up its run workers
 
 SOURCE_IMAGES = dg.AssetKey("source_images")
 
@@ -243,7 +258,7 @@ class SensorDriver:
 
 import ultralytics  # noqa: E402
 
-from vision_assets.definitions import build_definitions  # noqa: E402
+from vision_assets.wiring import build_definitions  # noqa: E402
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
 PIPELINE_VALID = ["bus.jpg", "zidane.jpg", "plain.png"]

@@ -52,7 +52,7 @@ def postgres_server() -> Iterator[tuple[str, int]]:
         os.chown(root, owner.pw_uid, owner.pw_gid)
         as_user, user = ["runuser", "-u", "postgres", "--"], "postgres"
     data, port = root / "data", _free_port()
-    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)  # noqa: E731
+    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)
     try:
         run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", user, "--no-sync")
         run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",

@@ -6,20 +6,20 @@ The old instance is written here the way the old code left it (the registry of i
 materializations and check results under the old check names, each image's registration and source record): the old
 code itself is not importable any more."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from tests.conftest import SensorDriver, image_bytes, ui_check_statuses
-from vision_assets.definitions import build_definitions
 from vision_assets.keys import PIPELINE_STAGES, SOURCE_IMAGES
 from vision_assets.partitions import batches, images
 from vision_assets.resources import LocalImageStore, UploadPolicy
 from vision_assets.sensors import batch_migration
 from vision_assets.vision.records import SourceImageRecord
 from vision_assets.vision.storage.batch_lookup import BatchLookup
+from vision_assets.wiring import build_definitions
 
 OLD = ["a.jpg", "b.jpg", "bad.jpg", "c.jpg", "stuck.jpg"]  # registration order
 
@@ -35,7 +35,7 @@ def old_instance(instance: dg.DagsterInstance, store) -> None:
         results.write_source_record(SourceImageRecord(
             partition_key=key, object_key=obj.key, source_uri=store.objects.uri(obj.key), etag=obj.etag,
             size_bytes=obj.size, status="rejected" if key == "bad.jpg" else "valid",
-            processed_at=datetime.now(timezone.utc), seconds=0.1))
+            processed_at=datetime.now(UTC), seconds=0.1))
         for stage in PIPELINE_STAGES if key != "stuck.jpg" else [SOURCE_IMAGES]:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=stage, partition=key))
         old_checks = [("source_images", "image_valid", key != "bad.jpg")]

@@ -18,8 +18,8 @@ from vision_assets.vision.callback import (
     TIMESTAMP_HEADER,
     CallbackRefused,
     Outbox,
-    pin_destination,
     idempotency_key,
+    pin_destination,
 )
 
 SECRET = "s3cret"
@@ -34,7 +34,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), json.loads(body) | {"_raw": body.decode()}))
                 self.send_response(receiver.status)

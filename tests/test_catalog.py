@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver
-from vision_assets.definitions import build_definitions
 from vision_assets.vision.catalog import from_parquet
 from vision_assets.vision.storage.results_store import CATALOG_FILE
+from vision_assets.wiring import build_definitions
 
 
 def reencoded(name: str, quality: int = 70) -> bytes:

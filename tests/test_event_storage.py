@@ -6,6 +6,7 @@ on one job run against Dagster's SQLite event log and ours, on SQLite and (where
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -13,9 +14,7 @@ import sqlalchemy
 import yaml
 
 from tests.conftest import check_statuses, ui_check_statuses
-from tests.postgres_server import PostgresUnavailable, create_database, postgres_server
-from datetime import datetime, timezone
-
+from tests.postgres_server import create_database
 from vision_assets.assets.batch_checks import BatchCheck, ImageOutcome
 from vision_assets.assets.stage import BatchMetadata, RunImages
 from vision_assets.event_storage import sqlite_storage
@@ -31,7 +30,7 @@ toy_check = BatchCheck(asset=dg.AssetKey("toy"), name="toy_ok", severity=dg.Asse
 
 def one_image_batches(keys: list[str]) -> RunImages:
     """Batches of one image each, named after it (the storage sees partitions, whatever they hold)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return RunImages(manifests={k: BatchManifest(batch=k, created_at=now, images=[k]) for k in keys},
                      by_batch={k: [k] for k in keys})
 
@@ -72,15 +71,6 @@ toy_job = dg.define_asset_job("toy_job", selection=[toy], partitions_def=images)
 failing_job = dg.define_asset_job("failing_job", selection=[after_toy], partitions_def=images)
 doomed_job = dg.define_asset_job("doomed_job", selection=[doomed], partitions_def=images)
 DEFS = dg.Definitions(assets=[toy, after_toy, doomed], jobs=[toy_job, failing_job, doomed_job])
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        with postgres_server() as server:
-            yield server
-    except PostgresUnavailable as error:
-        pytest.skip(f"no PostgreSQL server here: {error}")
 
 
 def postgres_storage(user: str, port: int) -> dict:

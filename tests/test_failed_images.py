@@ -11,7 +11,6 @@ import dagster as dg
 import pytest
 
 from tests.conftest import SensorDriver, embedded_client, image_bytes, ui_check_statuses
-from vision_assets.definitions import build_definitions
 from vision_assets.resources import CallbackSettings, FailedImageRetries, StagePolicy
 from vision_assets.sensors.dead_worker_sensor import dead_worker_explanation
 from vision_assets.sensors.failures import ATTEMPT_TAG, failed_batches
@@ -21,6 +20,7 @@ from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.records import EmbeddingsRecord
 from vision_assets.vision.retry_budget import FailedBatch, RetryBudget
 from vision_assets.vision.storage.results_store import EMBEDDINGS
+from vision_assets.wiring import build_definitions
 
 pytestmark = pytest.mark.timeout(300)
 NEW = ["n0.png", "n1.png", "n2.png", "n3.png"]

@@ -5,15 +5,15 @@ import shutil
 
 import dagster as dg
 
-from tests.conftest import PIPELINE_VALID as VALID, embedded_client, failed_in
-from tests.conftest import ui_check_statuses
-from vision_assets.definitions import build_definitions, model_resources_from
+from tests.conftest import PIPELINE_VALID as VALID
+from tests.conftest import embedded_client, failed_in, ui_check_statuses
 from vision_assets.settings import Settings
-from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
+from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.records import EmbeddingsRecord, LabelsRecord
 from vision_assets.vision.storage.results_store import EMBEDDINGS, LABELS
+from vision_assets.wiring import build_definitions, model_resources_from
 
 STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
 

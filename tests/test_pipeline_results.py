@@ -4,13 +4,13 @@ statuses, pictures. Tests that change the batch (re-runs, re-uploads, model chan
 
 import dagster as dg
 
-from tests.conftest import PIPELINE_VALID as VALID, embedded_client, failed_in, shared_batch_fixtures, ui_check_statuses
+from tests.conftest import PIPELINE_VALID as VALID
+from tests.conftest import embedded_client, failed_in, shared_batch_fixtures, ui_check_statuses
 from tests.test_pipeline import STAGES, qdrant_counts
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
 from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.records import DetectionsRecord, EmbeddingsRecord, LabelsRecord
 from vision_assets.vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS
-
 
 models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()
 

@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from vision_assets.settings import ENVIRONMENT, Settings
+from vision_assets.settings import DEFAULTS, Settings, document, variable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,32 +39,73 @@ def test_cli_commands_print_no_dagster_maturity_warnings(tmp_path):
     assert "Warning" not in result.stderr, result.stderr[-3000:]
 
 
-def test_readme_documents_every_setting():
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.M))
-    assert documented == set(ENVIRONMENT), (
-        f"missing from README: {set(ENVIRONMENT) - documented}; not a setting: {documented - set(ENVIRONMENT)}"
-    )
+def test_the_configuration_page_shows_every_setting_as_declared():
+    """docs/configuration.md's table is generated from the declarations in settings.py."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert document(page) == page, "the settings table is stale: run `uv run python -m vision_assets.settings --write`"
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", page, flags=re.M))
+    assert documented == {variable(name) for name in Settings.model_fields}
+    assert {"VISION_ASSETS_BATCH_SIZE", "AWS_ACCESS_KEY_ID", "VISION_ASSETS_CALLBACK_SECRET"} <= documented
 
 
-def test_settings_reject_nonsense(monkeypatch):
+def test_importing_the_package_changes_nothing_about_the_process_and_the_code_location_sets_it_up(tmp_path):
+    """Helpers (wiring, the CLI, resources, settings) import without side effects; the code location's import is
+    the one place the process is set up (bootstrap)."""
+    code = """
+import os, PIL.Image
+before, opener = dict(os.environ), PIL.Image.open
+import vision_assets.wiring, vision_assets.cli, vision_assets.resources, vision_assets.settings
+changed = set(os.environ.items()) ^ set(before.items())
+assert not changed and PIL.Image.open is opener, changed
+import vision_assets.definitions
+assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "1000" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+print("ok")
+"""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_settings_reject_nonsense_naming_the_variable(monkeypatch):
     monkeypatch.setenv("VISION_ASSETS_BATCH_SIZE", "lots")
-    try:
+    with pytest.raises(ValueError, match=r"VISION_ASSETS_BATCH_SIZE: Input should be a valid integer.*'lots'"):
         Settings.from_env()
-    except ValueError as error:
-        assert "VISION_ASSETS_BATCH_SIZE" in str(error)
-    else:
-        raise AssertionError("a non-number batch size was accepted")
+    monkeypatch.setenv("VISION_ASSETS_BATCH_SIZE", "")  # empty is not "unset" for a number: it is a mistake
+    with pytest.raises(ValueError, match="VISION_ASSETS_BATCH_SIZE"):
+        Settings.from_env()
+    monkeypatch.setenv("VISION_ASSETS_BATCH_SIZE", "64")
+    monkeypatch.setenv("VISION_ASSETS_REVIEW_THRESHOLDS", "dog_breeds")
+    with pytest.raises(ValueError, match="VISION_ASSETS_REVIEW_THRESHOLDS: expected `name=number`"):
+        Settings.from_env()
+
+
+def test_settings_read_zero_and_empty_as_written(monkeypatch):
+    monkeypatch.setenv("VISION_ASSETS_DETECTOR_CONFIDENCE", "0")  # zero is a value, not "unset"
+    monkeypatch.setenv("VISION_ASSETS_CORAL_HEALTH_MODEL", "")  # empty turns the coral expert off
+    monkeypatch.setenv("VISION_ASSETS_S3_BUCKET", "")  # empty optional text: unset
+    monkeypatch.setenv("VISION_ASSETS_IMAGE_EXTENSIONS", ".JPG, .png")
+    monkeypatch.setenv("VISION_ASSETS_REVIEW_PICTURES", "0")
+    settings = Settings.from_env()
+    assert settings.detector_confidence == 0.0 and settings.s3_bucket is None and not settings.review_pictures
+    assert "coral_health" not in settings.specialist_models and settings.image_extensions == {".jpg", ".png"}
+    assert settings.batch_size == DEFAULTS.batch_size == 256
+
+
+def test_resources_take_their_defaults_from_the_settings():
+    from vision_assets.resources import IngestPolicy, LabelingSettings, ReviewSettings, UploadPolicy
+
+    assert UploadPolicy().batch_size == DEFAULTS.batch_size
+    assert IngestPolicy().max_pixels == DEFAULTS.max_image_pixels
+    assert ReviewSettings().sample_rate == DEFAULTS.review_sample_rate
+    assert LabelingSettings().scenes == DEFAULTS.scene_tags and LabelingSettings().routes == DEFAULTS.routes
 
 
 def test_a_scene_vocabulary_without_the_coral_gate_is_refused_while_there_is_a_coral_expert(monkeypatch):
-    import pytest
-
     monkeypatch.setenv("VISION_ASSETS_SCENE_TAGS", "beach, snow=a photo of snow")
     with pytest.raises(ValueError, match="VISION_ASSETS_CORAL_SCENE_TAG 'coral reef' is not in"):
         Settings.from_env()
     monkeypatch.setenv("VISION_ASSETS_CORAL_HEALTH_MODEL", "")  # no coral expert: no gate needed
-    assert Settings.from_env().scenes == {"beach": "a photo of a beach", "snow": "a photo of snow"}
+    assert Settings.from_env().scene_tags == {"beach": "a photo of a beach", "snow": "a photo of snow"}
 
 
 def test_readme_commands_are_the_ones_ci_runs():

@@ -7,9 +7,8 @@ from PIL import Image
 
 from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client, shared_batch_fixtures
 from vision_assets.cli import main
+from vision_assets.vision.index.search import Searcher, SearchError, SearchFilters
 from vision_assets.vision.index.vector_index import VectorIndex
-from vision_assets.vision.index.search import SearchError, Searcher, SearchFilters
-
 
 # Search only reads: every test of this module shares one indexed batch (and its settings, for the CLI).
 models, pipeline, s3_image_store, instance, bucket = shared_batch_fixtures()

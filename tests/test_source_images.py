@@ -5,19 +5,18 @@ import shutil
 
 import dagster as dg
 import pytest
-from PIL import Image
-
 from dagster_aws.s3 import S3Resource
+from PIL import Image
 
 from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, phone_photo_bytes, ui_check_statuses
 from tests.vision.images.test_validation import png_header_only
 from vision_assets.assets.source_images import image_validity
-from vision_assets.definitions import build_definitions
 from vision_assets.keys import SOURCE_IMAGES
 from vision_assets.partitions import batches
 from vision_assets.resources import LocalImageStore, ReviewSettings, S3ImageStore, StagePolicy, UploadPolicy
 from vision_assets.vision.batches import BatchManifest
 from vision_assets.vision.partition_keys import partition_key_for
+from vision_assets.wiring import build_definitions
 
 GOOD = {
     "good.jpg": image_bytes((120, 90), fmt="JPEG"),

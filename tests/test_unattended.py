@@ -14,11 +14,11 @@ from dagster_aws.s3 import S3Resource
 from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver, embedded_client, image_bytes, ui_check_statuses
 from tests.faults import OutageProxy
 from vision_assets.cli import main
-from vision_assets.definitions import build_definitions
 from vision_assets.resources import QdrantResource, S3ImageStore, StagePolicy
 from vision_assets.vision.index.connection import IndexUnavailable, IndexUnreadable
 from vision_assets.vision.index.vector_index import IndexMismatch, VectorIndex
 from vision_assets.vision.models.base import Model
+from vision_assets.wiring import build_definitions
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -239,7 +239,7 @@ def test_cli_reprocess_runs_exactly_the_images_named(pipeline, s3_image_store, s
     images' left as they were; an id that is not in the catalogue is refused with what to do."""
     driver, _ = pipeline
     cli_environment(monkeypatch, s3_image_store)
-    written = lambda image: s3_client.head_object(  # noqa: E731
+    written = lambda image: s3_client.head_object(
         Bucket=s3_image_store.bucket, Key=f"results/{image}/~embeddings.json")["LastModified"]
     before = {image: written(image) for image in ("bus.jpg", "zidane.jpg")}
     time.sleep(1.1)  # S3 times have one-second steps

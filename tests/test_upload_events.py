@@ -10,10 +10,10 @@ import boto3
 import pytest
 
 from tests.conftest import SensorDriver, image_bytes
-from vision_assets.definitions import build_definitions
 from vision_assets.resources import S3ImageStore
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.object_store import S3ObjectStore
+from vision_assets.wiring import build_definitions
 
 
 @pytest.fixture

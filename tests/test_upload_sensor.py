@@ -2,16 +2,16 @@
 
 import os
 import time
-from urllib.parse import unquote, urlsplit
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from tests.conftest import SensorDriver, image_bytes
-from vision_assets.definitions import build_definitions
 from vision_assets.resources import UploadPolicy
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.registrations import Registrations
+from vision_assets.wiring import build_definitions
 
 
 @pytest.fixture

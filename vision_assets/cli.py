@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
-from datetime import datetime, timezone
 
-from .event_storage import EVENT_BATCH_SIZE, sqlite_storage
+from .bootstrap import bootstrap
+from .event_storage import sqlite_storage
 from .settings import Settings
 
 REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
@@ -142,8 +143,6 @@ def dev(args: argparse.Namespace) -> int:
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
-        # Dagster hands a step's per-image events to the event log in batches of this many (one transaction each).
-        "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE)),
         # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
         "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
     }
@@ -168,7 +167,7 @@ def dev(args: argparse.Namespace) -> int:
 
 
 def upload(args: argparse.Namespace) -> int:
-    from .definitions import image_store_from, resources_outside_dagster  # imports Dagster: only when needed
+    from .wiring import image_store_from, resources_outside_dagster  # imports Dagster: only when needed
 
     settings = Settings.from_env()
     count = 0
@@ -191,9 +190,9 @@ def search(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from .definitions import model_resources_from, resources_outside_dagster
     from .vision.index.connection import IndexUnavailable, IndexUnreadable
-    from .vision.index.search import Place, SearchError, Searcher, SearchFilters
+    from .vision.index.search import Place, Searcher, SearchError, SearchFilters
+    from .wiring import model_resources_from, resources_outside_dagster
 
     settings = Settings.from_env()
     models = model_resources_from(settings)
@@ -208,7 +207,7 @@ def search(args: argparse.Namespace) -> int:
                             taken_before=args.taken_before, near=near, camera=args.camera, reviewed=args.reviewed)
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
-    tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)
     try:
         with resources_outside_dagster(embedder=models["embedder"], qdrant=models["qdrant"]) as resources, \
                 resources.qdrant.open(on_wait=tell) as index:
@@ -237,7 +236,7 @@ def delete(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from .assets.deletion import delete_run_config
-    from .definitions import definitions_from
+    from .wiring import definitions_from
 
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
@@ -269,10 +268,10 @@ def reprocess(args: argparse.Namespace) -> int:
     """Runs the pipeline again for exactly these images (from `--from` on), in their batches, in this process."""
     import dagster as dg
 
-    from .definitions import definitions_from, resources_outside_dagster
     from .keys import PIPELINE_STAGES
     from .partitions import batches
     from .vision.storage.batch_lookup import BatchLookup
+    from .wiring import definitions_from, resources_outside_dagster
 
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
@@ -303,12 +302,12 @@ def reindex(args: argparse.Namespace) -> int:
     (`--all`, `--rebuild`). Then it looks their images up and says which are still missing."""
     import dagster as dg
 
-    from .definitions import definitions_from, resources_outside_dagster
     from .partitions import batches
     from .sensors.index_repair_sensor import failed_indexing
     from .vision.index.audit import audit_index
     from .vision.index.connection import embedded_access, moved_aside
     from .vision.index.ledger import index_ledger
+    from .wiring import definitions_from, resources_outside_dagster
 
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
@@ -372,8 +371,8 @@ def quiet_dagster_maturity_warnings() -> None:
 
 
 def review_config(args: argparse.Namespace) -> int:
-    from .definitions import model_resources_from, resources_outside_dagster
     from .vision.review.label_studio import project_config
+    from .wiring import model_resources_from, resources_outside_dagster
 
     models = model_resources_from(Settings.from_env())
     with resources_outside_dagster(detector=models["detector"], specialists=models["specialists"]) as loaded:
@@ -389,10 +388,11 @@ def _when(text: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: list[str] | None = None) -> int:
+    bootstrap()  # what `dagster dev` and its run workers inherit too
     quiet_dagster_maturity_warnings()
     parser = argparse.ArgumentParser(prog="vision-assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

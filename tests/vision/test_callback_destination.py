@@ -4,7 +4,7 @@ addresses are only ever answers of a fake resolver, and connecting to them is in
 
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -30,7 +30,7 @@ def answering(*addresses):
 
 
 def message() -> OutboxEntry:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return OutboxEntry(message=CallbackMessage(image_id="a.jpg", object_key="a.jpg", source_uri="s3://b/a.jpg",
                                                status="indexed", idempotency_key="k", finished_at=now),
                        next_attempt_at=now)
@@ -52,7 +52,7 @@ class Server:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_GET = do_POST = _answer  # noqa: N815
+            do_GET = do_POST = _answer
 
             def log_message(self, *args):
                 pass

@@ -10,12 +10,10 @@ import pytest
 import ultralytics
 from PIL import Image
 
+from vision_assets.settings import DEFAULTS
 from vision_assets.vision.models.base import ModelLoadError, identity_for
 from vision_assets.vision.models.cache import ModelCache
 from vision_assets.vision.models.classifier import ImageClassifier
-from vision_assets.vision.models.detector import YoloDetector, fit_within
-from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
-from vision_assets.vision.models.hub import hugging_face_offline
 from vision_assets.vision.models.defaults import (
     CAT_MODEL,
     CORAL_MODEL,
@@ -23,9 +21,11 @@ from vision_assets.vision.models.defaults import (
     INAT21_WILDLIFE_MODEL,
     WILDLIFE_MODEL,
 )
+from vision_assets.vision.models.detector import YoloDetector, fit_within
+from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
 from vision_assets.vision.models.offline import KNOWN_TAXA, TAXA, WILDLIFE_CLASSES, read_manifest
 from vision_assets.vision.models.taxonomy import TAXA_SOURCES, TaxonClassifier
-from vision_assets.settings import ENVIRONMENT
+from vision_assets.vision.process import hugging_face_offline
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
 
@@ -47,10 +47,8 @@ def cache(manifest):
 
 
 def test_offline_manifest_names_the_defaults_hub_ids(manifest):
-    for name, setting in [("dog_breeds", "VISION_ASSETS_DOG_BREEDS_MODEL"), ("cat_breeds", "VISION_ASSETS_CAT_BREEDS_MODEL"),
-                          ("wildlife", "VISION_ASSETS_WILDLIFE_MODEL"), ("coral_health", "VISION_ASSETS_CORAL_HEALTH_MODEL")]:
-        assert manifest["specialists"][name] == ENVIRONMENT[setting][0]
-    assert manifest["detector"]["model"] == ENVIRONMENT["VISION_ASSETS_DETECTOR_MODEL"][0] == "yolov8n.pt"
+    assert manifest["specialists"] == DEFAULTS.specialist_models
+    assert manifest["detector"]["model"] == DEFAULTS.detector_model == "yolov8n.pt"
     assert manifest["detector"]["confidence"] < 0.25 and manifest["detector"]["max_detections"] <= 10
 
 

@@ -1,9 +1,9 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision import upload_tracking
+from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.records import StoredObject
 from vision_assets.vision.upload_tracking import (
     Skip,
@@ -13,7 +13,7 @@ from vision_assets.vision.upload_tracking import (
     plan_tick,
 )
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 FILTER = UploadFilter(prefix="in/", results_prefix="in/results/", extensions=frozenset({".jpg", ".png"}))
 
 

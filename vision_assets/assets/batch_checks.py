@@ -19,12 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-# Where an evaluation says which materialization it judged; Dagster exports no public name for it.
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData as JudgedMaterialization,
-)
-from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
-
+from ..dagster_internals import JudgedMaterialization, log_as_one_batch
 from ..partitions import batches
 from .stage import RunImages
 
@@ -112,7 +107,7 @@ class BatchCheck:
         for batch, manifest in taken.manifests.items():
             mine, skips = whole_batch(batch, manifest.images, outcomes, skipped, judge)
             evaluations.append(self.evaluation(batch, mine, skips, judged.get(batch), **batch_metadata))
-        log_in_batches(context, evaluations)
+        log_as_one_batch(context, evaluations)
         if self.key in context.selected_asset_check_keys:
             # The check's own output carries no result: its results are the evaluations above.
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(self.key))
@@ -167,25 +162,6 @@ def latest_materializations(instance: dg.DagsterInstance, asset: dg.AssetKey,
             judged[key] = JudgedMaterialization(storage_id=records[0].storage_id, run_id=records[0].run_id,
                                                 timestamp=records[0].timestamp)
     return judged
-
-
-def log_in_batches(context: dg.AssetExecutionContext, evaluations: Sequence[dg.AssetCheckEvaluation]) -> None:
-    """What `context.log_event` does for each evaluation, but marked as one batch, as Dagster marks a step's
-    per-partition materializations: with `DAGSTER_EVENT_BATCH_SIZE` set, the instance stores them together (one
-    transaction with vision_assets/event_storage) instead of one write, and one connection, each."""
-    if not evaluations:
-        return
-    op_context = context.op_execution_context
-    step = op_context._step_execution_context  # noqa: SLF001 - no public way to batch events
-    batch, last = generate_event_batch_id(), len(evaluations) - 1
-    for index, evaluation in enumerate(evaluations):
-        # logged (stored) here; kept, as log_event keeps them, for the step's event stream (in-process results)
-        op_context._events.append(DagsterEvent.from_step(  # noqa: SLF001
-            DagsterEventType.ASSET_CHECK_EVALUATION, step, evaluation,
-            message=f"Asset check '{evaluation.check_name}' on '{evaluation.asset_key.to_user_string()}' "
-            f"{'passed' if evaluation.passed else 'did not pass'}. Description: '{evaluation.description}'",
-            batch_metadata=DagsterEventBatchMetadata(batch, index == last),
-        ))
 
 
 def materializations_of_this_run(

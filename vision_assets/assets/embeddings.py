@@ -23,8 +23,8 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
-    load_images,
     judged_from_record,
+    load_images,
     run_images,
     stage_asset,
     transient_faults_retried,

@@ -8,8 +8,8 @@ from ..keys import IMAGE_CATALOG, QDRANT_INDEX, SOURCE_IMAGES
 from ..partitions import images
 from ..resources import CatalogSettings, ImageStore
 from ..vision.catalog import build_catalog, duplicate_groups, from_parquet, to_parquet
-from ..vision.storage.results_store import CATALOG_FILE
 from ..vision.storage.object_store import ObjectMissing
+from ..vision.storage.results_store import CATALOG_FILE
 
 CATALOG_KEY = IMAGE_CATALOG
 MAX_GROUPS_SHOWN = 50

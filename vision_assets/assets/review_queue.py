@@ -10,7 +10,8 @@ from ..keys import QDRANT_INDEX, REVIEW_DECISIONS, REVIEW_QUEUE, SPECIALIST_LABE
 from ..resources import ImageStore, QdrantResource, ReviewSettings
 from ..vision.images.review import annotated_thumbnail, markdown_image
 from ..vision.records import LabelsRecord
-from ..vision.review.queue import QueuedImage, review_queue as read_queue
+from ..vision.review.queue import QueuedImage
+from ..vision.review.queue import review_queue as read_queue
 from ..vision.storage.results_store import LABELS, ResultsStore
 
 TOP_IMAGES = 20

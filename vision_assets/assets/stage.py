@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
 from PIL import Image
 
+from ..dagster_internals import set_partition_metadata
 from ..partitions import batches
 from ..resources import ImageSelection, StagePolicy
 from ..vision.batches import BatchManifest, superseded_by
@@ -140,7 +140,7 @@ class BatchMetadata:
     A MaterializeResult of a run over several partitions gives every partition the same metadata, and
     `context.add_asset_metadata(..., partition_key=)` lists every registered partition on each call and copies all
     metadata added so far. Here the batches are checked once against the run's, and the whole set goes into the
-    step's metadata in one step (Dagster has no public way to attach metadata to one partition of a ranged step)."""
+    step's metadata in one step (see `dagster_internals.set_partition_metadata`)."""
 
     def __init__(self, context: dg.AssetExecutionContext):
         self._context = context
@@ -154,14 +154,7 @@ class BatchMetadata:
         if not_targeted:
             raise dg.DagsterInvariantViolationError(f"metadata for partitions this run does not target: "
                                                     f"{sorted(not_targeted)[:5]}")
-        step = self._context.op_execution_context._step_execution_context  # noqa: SLF001 - see the docstring
-        accumulated = step._metadata_accumulator  # noqa: SLF001
-        asset = self._context.assets_def.key
-        merged = dict(accumulated.per_output_metadata)
-        for batch, metadata in self._by_batch.items():
-            handle = AssetMetadataHandle(asset_key=asset, partition_key=batch)
-            merged[handle] = {**merged.get(handle, {}), **metadata}
-        step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)  # noqa: SLF001
+        set_partition_metadata(self._context, self._by_batch)
         return dg.MaterializeResult()
 
 

@@ -17,14 +17,13 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as db
-from dagster._core.events import DagsterEventType
-from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 
-ASSET_EVENT_KINDS = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_MATERIALIZATION_PLANNED}
-CHECK_EVALUATION = DagsterEventType.ASSET_CHECK_EVALUATION
+ASSET_EVENT_KINDS = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED}
+CHECK_EVALUATION = dg.DagsterEventType.ASSET_CHECK_EVALUATION
 
 
 class IncompleteBatch(RuntimeError):
@@ -60,7 +59,7 @@ class BatchWrites:
     def _insert_event_rows(self, rows: list[dict]) -> list[int]:
         raise NotImplementedError
 
-    def _store_events(self, events: Sequence[EventLogEntry]) -> None:
+    def _store_events(self, events: Sequence[dg.EventLogEntry]) -> None:
         # A run's planned events come as one batch, the planned materializations of each asset next to its planned
         # checks: each stretch of one kind is written on its own, in the batch's order.
         for kind, stretch in groupby(events, key=lambda event: event.dagster_event_type):
@@ -73,7 +72,7 @@ class BatchWrites:
                 for event in stretch:
                     self.store_event(event)
 
-    def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
+    def _store_asset_events(self, events: Sequence[dg.EventLogEntry]) -> None:
         ids = self._insert_event_rows([self._event_to_row(event) for event in events])
         with self.index_transaction() as conn:
             self._store_asset_event_tags(conn, events, ids)
@@ -81,7 +80,7 @@ class BatchWrites:
             for event, event_id in last_of_asset.values():
                 self._store_asset_event(conn, event, event_id)
 
-    def _store_check_evaluations(self, events: Sequence[EventLogEntry]) -> None:
+    def _store_check_evaluations(self, events: Sequence[dg.EventLogEntry]) -> None:
         rows = [self._event_to_row(event) for event in events]
         ids = self._insert_event_rows(rows)
         table = AssetCheckExecutionsTable
@@ -114,9 +113,9 @@ class BatchWrites:
             raise IncompleteBatch(f"{updated} check execution rows updated for {len(parameters)} evaluations")
 
 
-def _all_have_asset_keys(events: Sequence[EventLogEntry]) -> bool:
+def _all_have_asset_keys(events: Sequence[dg.EventLogEntry]) -> bool:
     return all(event.dagster_event.asset_key for event in events)
 
 
-def _all_partitioned_in_a_run(events: Sequence[EventLogEntry]) -> bool:
+def _all_partitioned_in_a_run(events: Sequence[dg.EventLogEntry]) -> bool:
     return all(event.run_id and event.dagster_event.event_specific_data.partition for event in events)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from dagster import AssetCheckKey, DynamicPartitionsDefinition, PartitionsDefinition
+from dagster import AssetCheckKey, DagsterRunStatus, DynamicPartitionsDefinition, PartitionsDefinition, RunsFilter
 from dagster._core.asset_graph_view.serializable_entity_subset import SerializableEntitySubset
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
@@ -25,8 +25,9 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckPartitionInfo,
 )
 from dagster._core.storage.asset_check_state import AssetCheckState
-from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
 
+# Runs that will log nothing more (Dagster's FINISHED_STATUSES, spelled out).
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 STATUS_OF_RESULT = {AssetCheckExecutionRecordStatus.SUCCEEDED: AssetCheckExecutionResolvedStatus.SUCCEEDED,
                     AssetCheckExecutionRecordStatus.FAILED: AssetCheckExecutionResolvedStatus.FAILED}
 
@@ -49,7 +50,7 @@ class OnePassCheckStates:
                   for key, partitions_def in keys}
         run_ids = {run_id for state in states.values() for run_id in state.in_progress_runs}
         finished = {run.run_id: run.status for run in self._instance.get_runs(
-            filters=RunsFilter(run_ids=sorted(run_ids), statuses=FINISHED_STATUSES))} if run_ids else {}
+            filters=RunsFilter(run_ids=sorted(run_ids), statuses=FINISHED))} if run_ids else {}
         partitions_defs = dict(keys)
         return {key: state.with_updates(key, partitions_defs[key], [], finished) for key, state in states.items()}
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from dagster._core.events.log import EventLogEntry
+import dagster as dg
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log.event_log import PostgresEventLogStorage
@@ -52,7 +52,7 @@ class BatchingPostgresEventLogStorage(
             return
         yield batch["postgres"]
 
-    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
         with ExitStack() as stack:
             connection = stack.enter_context(super()._connect())
             connection = connection.execution_options(isolation_level="READ COMMITTED")

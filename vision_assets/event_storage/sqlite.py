@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as db
-from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
@@ -54,7 +54,7 @@ class BatchingSqliteEventLogStorage(
         finally:
             engine.dispose()
 
-    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
         with self._db_lock, ExitStack() as stack:
             self._batch.connections, self._batch.stack = {}, stack
             try:

@@ -6,23 +6,24 @@ One interface (`ImageStore`), two implementations: `S3ImageStore` (through dagst
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from ..vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
+from ..settings import DEFAULTS
 from ..vision.records import RegisteredImage, StoredObject
+from ..vision.storage.object_store import FolderObjectStore, ObjectStore, S3ObjectStore
 from ..vision.storage.results_store import ResultsStore
 from ..vision.storage.s3_events import EventQueue
 from ..vision.upload_tracking import UploadFilter
 
 
 class ImageStore(dg.ConfigurableResource):
-    prefix: str = ""
-    results_prefix: str = "vision-assets-results/"
+    prefix: str = DEFAULTS.prefix
+    results_prefix: str = DEFAULTS.results_prefix
     image_extensions: list[str] = []  # lower-case with the dot; empty = every object
 
     _objects: ObjectStore | None = PrivateAttr(default=None)
@@ -67,7 +68,7 @@ class S3ImageStore(ImageStore):
     s3: S3Resource
     bucket: str
     events_queue_url: str | None = None
-    reconcile_seconds: int = 3600
+    reconcile_seconds: int = DEFAULTS.s3_reconcile_seconds
 
     def _build_object_store(self) -> ObjectStore:
         return S3ObjectStore(self.s3.get_client(), self.bucket)
@@ -89,10 +90,10 @@ class LocalImageStore(ImageStore):
     the last `settle_seconds` wait for a later tick."""
 
     root: str
-    settle_seconds: float = 2.0
+    settle_seconds: float = DEFAULTS.settle_seconds
 
     def _build_object_store(self) -> ObjectStore:
         return FolderObjectStore(self.root)
 
     def settled_before(self) -> datetime | None:
-        return datetime.now(timezone.utc) - timedelta(seconds=self.settle_seconds)
+        return datetime.now(UTC) - timedelta(seconds=self.settle_seconds)

@@ -4,27 +4,17 @@ the run shares it."""
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 from pydantic import PrivateAttr
 
+from ..settings import DEFAULTS
 from ..vision.models.base import Model, ModelIdentity, identity_for
-from ..vision.models import defaults
 from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
-from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from ..vision.models.detector import YoloDetector
-from ..vision.models.hub import hugging_face_offline
 from ..vision.models.embedder import ClipEmbedder
-
-
-def quiet_offline_libraries(offline: bool) -> None:
-    """With local models nothing may reach a hub: no weight lookups, no version checks, no settings sync."""
-    if offline:
-        hugging_face_offline()
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
+from ..vision.process import quiet_libraries
 
 
 class _ModelResource(dg.ConfigurableResource):
@@ -50,7 +40,7 @@ class _ModelResource(dg.ConfigurableResource):
     _models: dict[str, Model] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        quiet_offline_libraries(self.offline)
+        quiet_libraries(self.offline)
         self._models = self._build()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -59,7 +49,7 @@ class _ModelResource(dg.ConfigurableResource):
 
     def _ensure_built(self) -> dict[str, Model]:
         if not self._models:  # used outside a run (tests, the CLI): build on first use
-            quiet_offline_libraries(self.offline)
+            quiet_libraries(self.offline)
             self._models = self._build()
         return self._models
 
@@ -74,11 +64,11 @@ class _ModelResource(dg.ConfigurableResource):
 class DetectorResource(_ModelResource):
     """The router: an ultralytics YOLO checkpoint (hub name like `yolov8n.pt`, or a local path)."""
 
-    model: str = defaults.DETECTOR_MODEL
+    model: str = DEFAULTS.detector_model
     revision: str = ""
-    confidence: float = 0.25
-    max_detections: int = 50
-    image_size: int = 640
+    confidence: float = DEFAULTS.detector_confidence
+    max_detections: int = DEFAULTS.detector_max_detections
+    image_size: int = DEFAULTS.detector_image_size
 
     def _build(self) -> dict[str, Model]:
         return {"detector": YoloDetector(
@@ -98,9 +88,9 @@ class DetectorResource(_ModelResource):
 class EmbedderResource(_ModelResource):
     """The generalist: OpenCLIP (architecture + pretrained tag, `hf-hub:org/repo`, or `local-dir:/path`)."""
 
-    model: str = defaults.CLIP_ARCHITECTURE
-    pretrained: str = defaults.CLIP_PRETRAINED
-    batch_size: int = 64
+    model: str = DEFAULTS.clip_model
+    pretrained: str = DEFAULTS.clip_pretrained
+    batch_size: int = DEFAULTS.clip_batch_size
 
     def _build(self) -> dict[str, Model]:
         return {"embedder": ClipEmbedder(self._identity(self.model), **self._runtime(), pretrained=self.pretrained)}
@@ -120,9 +110,9 @@ class SpecialistsResource(_ModelResource):
     taxonomic OpenCLIP expert (`hf-hub:imageomics/bioclip`, see vision/models/taxonomy.py)."""
 
     models: dict[str, str] = {}
-    top_k: int = 3
-    drop_labels: list[str] = ["test"]
-    batch_size: int = 32
+    top_k: int = DEFAULTS.specialist_top_k
+    drop_labels: list[str] = sorted(DEFAULTS.drop_labels)
+    batch_size: int = DEFAULTS.specialist_batch_size
     # Experts whose `auto` precision on a CPU is not the classifiers' bf16. bench/precision_bench.py, 64 crops:
     # the wildlife expert (10,000 species) agreed with fp32 on top-1 for 92% of crops, under the 95% asked of bf16
     # (every differing crop was an exact tie in fp32, as random weights make them), so it computes in fp32 there.

@@ -8,19 +8,17 @@ from datetime import timedelta
 
 import dagster as dg
 
-from ..vision.images.formats import DEFAULT_ALLOWED_FORMATS
+from ..settings import DEFAULTS
+from ..vision.committee.labeling import LabelingPolicy
 from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
-from ..vision.committee.labeling import LabelingPolicy
-from ..vision.committee.routing import DEFAULT_ROUTES
-from ..vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES
 from ..vision.retry_budget import RetryBudget
 
 
 class UploadPolicy(dg.ConfigurableResource):
-    batch_size: int = 256
-    max_uploads_per_tick: int = 20_000
-    version_lookback_seconds: int = 900
+    batch_size: int = DEFAULTS.batch_size
+    max_uploads_per_tick: int = DEFAULTS.max_uploads_per_tick
+    version_lookback_seconds: int = DEFAULTS.version_lookback_seconds
 
     @property
     def version_lookback(self) -> timedelta:
@@ -28,12 +26,12 @@ class UploadPolicy(dg.ConfigurableResource):
 
 
 class IngestPolicy(dg.ConfigurableResource):
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 120_000_000
-    min_side: int = 32
-    allowed_formats: list[str] = sorted(DEFAULT_ALLOWED_FORMATS)
-    threads: int = 4
-    working_side: int = 4096  # long side of the normalised copy the model stages read; 0 = the original's
+    max_bytes: int = DEFAULTS.max_image_bytes
+    max_pixels: int = DEFAULTS.max_image_pixels
+    min_side: int = DEFAULTS.min_image_side
+    allowed_formats: list[str] = sorted(DEFAULTS.allowed_formats)
+    threads: int = DEFAULTS.ingest_threads
+    working_side: int = DEFAULTS.working_image_side  # long side of the normalised copy the model stages read; 0 = the original's
 
     @property
     def limits(self) -> ValidationLimits:
@@ -49,9 +47,9 @@ class StagePolicy(dg.ConfigurableResource):
     """How every stage works through its batch: a chunk of images at a time (memory follows the chunk, not the
     batch), and what it does when the store or Qdrant cannot be reached (waits, doubling, then fails the run)."""
 
-    chunk_size: int = 16
-    retries: int = 5
-    first_retry_seconds: float = 5.0
+    chunk_size: int = DEFAULTS.chunk_size
+    retries: int = DEFAULTS.store_retries
+    first_retry_seconds: float = DEFAULTS.store_retry_seconds
 
     def chunks(self, keys: list[str]) -> list[list[str]]:
         size = max(1, self.chunk_size)
@@ -65,8 +63,8 @@ class FailedImageRetries(dg.ConfigurableResource):
     """What the pipeline does with images whose run failed for good: re-run them from the failed stage, waiting
     longer each time, at most `attempts` times (see vision/retry_budget.py)."""
 
-    attempts: int = 3
-    first_wait_seconds: float = 300.0
+    attempts: int = DEFAULTS.failed_image_retries
+    first_wait_seconds: float = DEFAULTS.failed_image_retry_seconds
 
     @property
     def budget(self) -> RetryBudget:
@@ -76,15 +74,15 @@ class FailedImageRetries(dg.ConfigurableResource):
 class LabelingSettings(dg.ConfigurableResource):
     """How crops reach experts, what CLIP is asked about each image and crop, and when a label needs a human."""
 
-    routes: dict[str, str] = dict(DEFAULT_ROUTES)
-    review_thresholds: dict[str, float] = {}
-    default_review_threshold: float = 0.5
-    crop_margin: float = 0.1
-    scenes: dict[str, str] = dict(DEFAULT_SCENES)  # scene tag -> CLIP prompt
-    scene_tag_threshold: float = 0.2
-    coral_scene_tag: str = CORAL_TAG
-    coral_scene_threshold: float = 0.5
-    second_opinion_margin: float = 0.5  # CLIP's lead over the model's answer that flags a crop for review
+    routes: dict[str, str] = DEFAULTS.routes
+    review_thresholds: dict[str, float] = DEFAULTS.review_thresholds
+    default_review_threshold: float = DEFAULTS.review_threshold
+    crop_margin: float = DEFAULTS.crop_margin
+    scenes: dict[str, str] = DEFAULTS.scene_tags  # scene tag -> CLIP prompt
+    scene_tag_threshold: float = DEFAULTS.scene_tag_threshold
+    coral_scene_tag: str = DEFAULTS.coral_scene_tag
+    coral_scene_threshold: float = DEFAULTS.coral_scene_threshold
+    second_opinion_margin: float = DEFAULTS.second_opinion_margin  # CLIP's lead that flags a crop for review
 
     @property
     def scene_signature(self) -> str:
@@ -110,12 +108,12 @@ class ReviewSettings(dg.ConfigurableResource):
     deployment that never looks at them can turn them off), and the review loop: Label Studio tasks for the images
     that need a person, a confident sample besides, and the precision threshold suggestions aim for."""
 
-    pictures: bool = True
-    picture_side: int = 320  # long side of the thumbnails, pixels
-    tasks: bool = True
-    sample_rate: float = 0.02
-    target_precision: float = 0.95
-    label_studio_url: str | None = None  # the reviewers' project, linked from `review_queue`
+    pictures: bool = DEFAULTS.review_pictures
+    picture_side: int = DEFAULTS.review_picture_side  # long side of the thumbnails, pixels
+    tasks: bool = DEFAULTS.review_tasks
+    sample_rate: float = DEFAULTS.review_sample_rate
+    target_precision: float = DEFAULTS.review_target_precision
+    label_studio_url: str | None = DEFAULTS.label_studio_url  # the reviewers' project, linked from `review_queue`
 
     def sampled(self, partition_key: str) -> bool:
         """Whether a confident image goes to review anyway; a hash of its id, so the same images every time."""
@@ -129,7 +127,7 @@ class ReviewSettings(dg.ConfigurableResource):
 
 class CatalogSettings(dg.ConfigurableResource):
     # pHash bits that may differ between "near-exact copies" (re-encoded, resized); 0 = identical pHash only.
-    near_duplicate_distance: int = 2
+    near_duplicate_distance: int = DEFAULTS.near_duplicate_distance
 
 
 class CallbackSettings(dg.ConfigurableResource):
@@ -137,9 +135,9 @@ class CallbackSettings(dg.ConfigurableResource):
 
     url: str | None = None
     secret: str | None = None
-    allow_private: bool = False  # loopback / private-network receivers are refused unless this is set
+    allow_private: bool = DEFAULTS.callback_allow_private  # loopback / private-network receivers refused unless set
     timeout_seconds: float = 5.0
-    base_backoff_seconds: float = 30.0
+    base_backoff_seconds: float = DEFAULTS.callback_backoff_seconds
     max_per_tick: int = 200
 
     @property

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import dagster as dg
 
+from ..settings import DEFAULTS
 from ..vision.index.connection import embedded_access, open_embedded, server_faults
-from ..vision.index.edge import DEFAULT_HNSW_THRESHOLD
 from ..vision.index.vector_index import VectorIndex
 
 
@@ -16,10 +16,10 @@ class QdrantResource(dg.ConfigurableResource):
     url: str | None = None  # a Qdrant server; unset = embedded in `path`
     api_key: str | None = None
     path: str | None = None
-    collection_prefix: str = ""
+    collection_prefix: str = DEFAULTS.qdrant_collection_prefix
     upsert_batch_size: int = 256
-    lock_wait_seconds: float = 60.0  # embedded only: how long to wait for another process's turn
-    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD  # embedded only: build HNSW on close once this many points lack it
+    lock_wait_seconds: float = DEFAULTS.qdrant_lock_wait_seconds  # embedded only: how long to wait for another process's turn
+    hnsw_threshold: int = DEFAULTS.qdrant_hnsw_threshold  # embedded only: build HNSW on close once this many points lack it
 
     @property
     def where(self) -> str:

@@ -13,12 +13,12 @@ New uploads wait until it is done; the tick's log says how far it is."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..assets.batch_checks import latest_materializations
+from ..dagster_internals import CheckRecordStatus
 from ..keys import PIPELINE_STAGES, QDRANT_INDEX
 from ..partitions import batches, images
 from ..resources import ImageStore, UploadPolicy
@@ -47,7 +47,7 @@ def migrate_slice(context: dg.SensorEvaluationContext, image_store: ImageStore, 
     if migration is None:
         registered = instance.get_dynamic_partitions(images.name)
         legacy = len(registered) if registered and not instance.get_dynamic_partitions(batches.name) else 0
-        migration = Migration(started_at=datetime.now(timezone.utc).replace(microsecond=0), legacy_images=legacy)
+        migration = Migration(started_at=datetime.now(UTC).replace(microsecond=0), legacy_images=legacy)
         if legacy:
             context.log.warning(
                 f"this instance has {legacy:,} images registered one partition each (before upload batches): moving "
@@ -115,19 +115,19 @@ def _report_checks(instance: dg.DagsterInstance, manifests: list[BatchManifest],
     passed_index: set[str] = set()
     for (asset, old_name), new_name in OLD_CHECKS.items():
         stage = dg.AssetKey(asset)
-        statuses: dict[str, AssetCheckExecutionRecordStatus] = {}
+        statuses: dict[str, CheckRecordStatus] = {}
         for chunk in chunked(everything, LOOKUP_CHUNK):
             for info in instance.event_log_storage.get_asset_check_partition_info(
                     [dg.AssetCheckKey(stage, old_name)], partition_keys=list(chunk)):
                 statuses[info.partition_key] = info.latest_execution_status
         if stage == QDRANT_INDEX:
-            passed_index |= {i for i, s in statuses.items() if s == AssetCheckExecutionRecordStatus.SUCCEEDED}
+            passed_index |= {i for i, s in statuses.items() if s == CheckRecordStatus.SUCCEEDED}
         done = [m for m in manifests if materialized[(stage, m.batch)]]
         targets = latest_materializations(instance, stage, [m.batch for m in done])
         for manifest in done:
-            failed = [i for i in manifest.images if statuses.get(i) == AssetCheckExecutionRecordStatus.FAILED]
+            failed = [i for i in manifest.images if statuses.get(i) == CheckRecordStatus.FAILED]
             judged = [i for i in manifest.images if statuses.get(i) in (
-                AssetCheckExecutionRecordStatus.FAILED, AssetCheckExecutionRecordStatus.SUCCEEDED)]
+                CheckRecordStatus.FAILED, CheckRecordStatus.SUCCEEDED)]
             rows = [f"| `{image}` | failed before the move to batches |" for image in failed[:200]]
             instance.report_runless_asset_event(dg.AssetCheckEvaluation(
                 asset_key=stage, check_name=new_name, partition=manifest.batch, passed=not failed,

@@ -1,7 +1,7 @@
 """Delivers finished-image messages from the outbox to the configured webhook; failures are retried later and shown
 on the image's batch in the UI."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -32,7 +32,7 @@ def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore
     except CallbackRefused as refused:
         return dg.SkipReason(f"callback refused: {refused}")
     outbox = Outbox(image_store.results)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     scan = outbox.scan()
     if scan.quarantined:
         context.log.warning(scan.describe_quarantined())

@@ -6,7 +6,8 @@ tag in the Runs list."""
 import re
 
 import dagster as dg
-from dagster._core.storage.tags import WILL_RETRY_TAG
+
+from .failures import WILL_RETRY_TAG
 
 FAILED_FROM_OUTSIDE = "This run has been marked as failed from outside the execution context"
 CRASH_PREFIX = "Run execution process for"  # the code server's own event, with the exit code or signal

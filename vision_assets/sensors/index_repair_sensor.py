@@ -9,9 +9,9 @@ import json
 import time
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..assets.qdrant_index import index_completeness
+from ..dagster_internals import CheckRecordStatus
 from ..jobs import process_images, reindex
 from ..keys import QDRANT_INDEX
 from ..partitions import batches
@@ -46,7 +46,7 @@ def audit_when_due(context: dg.SensorEvaluationContext, image_store: ImageStore,
     """When due, compare Qdrant with what the ledger says is indexed: what it says, and the reindex runs it needs."""
     instance = context.instance
     [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
-    newly_failed = (latest is not None and latest.status == AssetCheckExecutionRecordStatus.FAILED
+    newly_failed = (latest is not None and latest.status == CheckRecordStatus.FAILED
                     and latest.id != state.get("handled"))
     if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
         return "index_complete has not failed since the last audit", []

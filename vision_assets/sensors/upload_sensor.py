@@ -5,7 +5,7 @@ per batch."""
 import hashlib
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -140,7 +140,7 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     new_keys = plan.new_partition_keys
     uploads = {u.partition_key: u.obj for u in plan.uploads}
     versions = {key: obj.etag for key, obj in uploads.items()}
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     first = next_number(now, context.instance.get_dynamic_partitions(batches.name))
     # The manifests are stored before the partitions exist, so no run can start without its own: one file per batch,
     # not per object. A re-upload goes in a new batch like a new image; its older batch's entry is superseded.

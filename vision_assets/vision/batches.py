@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
@@ -23,7 +23,7 @@ KEY_PATTERN = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)-(\d{4,})$")
 
 def batch_key(registered_at: datetime, number: int) -> str:
     """The key of the `number`th batch registered at `registered_at` (seconds; UTC)."""
-    return f"{registered_at.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}-{number:04d}"
+    return f"{registered_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}-{number:04d}"
 
 
 def next_number(registered_at: datetime, existing: Sequence[str]) -> int:

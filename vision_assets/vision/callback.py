@@ -16,13 +16,13 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .storage.object_store import ObjectMissing
 from .records import SourceImageRecord
+from .storage.object_store import ObjectMissing
 from .storage.results_store import OUTBOX, OUTBOX_QUARANTINE, ResultsStore
 
 SIGNATURE_HEADER = "X-Vision-Assets-Signature"
@@ -228,7 +228,7 @@ def deliver(entry: OutboxEntry, destination: Destination, secret: str, timeout: 
     """POST the message to the pinned address. None on a 2xx; otherwise why not. Redirects are never followed:
     a 3xx is a failed delivery (following one would carry the signed message wherever the receiver points)."""
     body = entry.message.model_dump_json().encode()
-    timestamp = str(int(datetime.now(timezone.utc).timestamp()))
+    timestamp = str(int(datetime.now(UTC).timestamp()))
     headers = {
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(body, secret, timestamp),
@@ -260,7 +260,7 @@ def rejected_message(record: SourceImageRecord) -> CallbackMessage:
         failed_checks=[{"check": "images_valid", "reason": record.rejection.code.value,
                         "message": record.rejection.message}],
         idempotency_key=idempotency_key(record.partition_key, record.etag or record.sha256 or "", "rejected"),
-        finished_at=datetime.now(timezone.utc),
+        finished_at=datetime.now(UTC),
     )
 
 
@@ -282,5 +282,5 @@ def finished_message(source: SourceImageRecord, labels: list[dict], review: list
         labels=labels,
         failed_checks=failed,
         idempotency_key=idempotency_key(source.partition_key, source.etag or source.sha256 or "", status),
-        finished_at=datetime.now(timezone.utc),
+        finished_at=datetime.now(UTC),
     )

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 
 from .duplicates import exact_groups, near_groups
-from .storage.object_store import ObjectMissing
 from .records import IndexRecord, LabelsRecord, SourceImageRecord
+from .storage.object_store import ObjectMissing
 from .storage.results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
+
 RECORDS = {SOURCE_RECORD: "source_etag", LABELS: "labels_etag", INDEX: "index_etag"}
 COLUMNS = [
     "partition_key", "status", "rejection", "rejection_message", "source_uri", "format", "width", "height", "bytes",

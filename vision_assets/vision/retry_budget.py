@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class RetryPlan:
     def describe_waiting(self) -> str:
         if not self.waiting:
             return ""
-        soonest = datetime.fromtimestamp(min(when for _, when in self.waiting), timezone.utc)
+        soonest = datetime.fromtimestamp(min(when for _, when in self.waiting), UTC)
         return (f"{len(self.waiting)} failed batch(es) waiting for their next attempt (the first due at "
                 f"{soonest.isoformat(timespec='seconds')})")
 

@@ -30,7 +30,6 @@ from pydantic import BaseModel, Field
 from .records import StoredObject
 from .storage.results_store import is_pipeline_file
 
-
 MAX_RECENT = 10_000  # fingerprints in the cursor: about 40 bytes each
 
 

@@ -3,8 +3,8 @@
 from PIL import Image
 
 from vision_assets.vision.committee.labeling import LabelingPolicy, label_batch
-from vision_assets.vision.records import Detection, DetectionsRecord, Label
 from vision_assets.vision.committee.routing import CORAL, DEFAULT_ROUTES, crop_box, parse_routes
+from vision_assets.vision.records import Detection, DetectionsRecord, Label
 
 
 class Expert:

@@ -1,14 +1,13 @@
 import io
-from concurrent.futures import ThreadPoolExecutor
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from datetime import datetime, timedelta, timezone
 
 from tests.conftest import corpus_files, image_bytes, phone_photo_bytes
 from vision_assets.vision.images.validation import ValidationLimits, ValidImage, validate_image
@@ -99,7 +98,7 @@ def test_capture_facts_from_a_jpeg_south_west_and_no_offset():
     data = phone_photo_bytes(fmt="JPEG", offset=None, make="Canon", model="Canon EOS R5",
                              gps=((33.0, 51.0, 54.0), "S", (151.0, 12.0, 36.0), "W"))
     capture = valid(data).facts.capture
-    assert capture.taken_at == datetime(2026, 7, 14, 9, 30, 5, tzinfo=timezone.utc)  # the camera's clock, as UTC
+    assert capture.taken_at == datetime(2026, 7, 14, 9, 30, 5, tzinfo=UTC)  # the camera's clock, as UTC
     assert (capture.latitude, capture.longitude) == (pytest.approx(-33.865), pytest.approx(-151.21))
     assert capture.camera == "Canon EOS R5"  # the model already names its maker
 
@@ -168,10 +167,14 @@ def test_garbage_after_a_real_header_is_corrupt():
     rejected(data[:40] + b"\x00" * 200, RejectionCode.CORRUPT)
 
 
-def test_decompression_bomb_is_refused_before_decoding():
-    started = time.perf_counter()
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
+    from PIL import ImageFile
+
+    def no_decoding(self):
+        raise AssertionError("a 2.5-gigapixel image was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # refused from the header, never decoded
     message = rejected(png_header_only(50_000, 50_000), RejectionCode.TOO_MANY_PIXELS).message
-    assert time.perf_counter() - started < 1.0
     assert "pixel" in message
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
+from tests.conftest import embedded_client
 from vision_assets.vision.index.audit import audit_index, repair_ranges
 from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex
-from tests.conftest import embedded_client
 
 
 def test_repair_ranges_cover_the_missing_and_only_harmless_images_between():

@@ -2,6 +2,8 @@
 booleans included (qdrant-edge-py 0.9.0 matches nothing on a boolean), HNSW built without a person, and a folder
 written by qdrant-client's local mode moved over with every point, payload index and collection metadata."""
 
+from datetime import UTC
+
 import numpy as np
 from qdrant_client import QdrantClient, models
 
@@ -65,7 +67,7 @@ def photographed(n: int = 12) -> list[ImagePoints]:
 
 
 def test_time_place_and_camera_filters_answer_as_qdrant_does(tmp_path):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from vision_assets.vision.index.search import Place
 
@@ -74,7 +76,7 @@ def test_time_place_and_camera_filters_answer_as_qdrant_does(tmp_path):
     for index in indexes:
         index.ensure_collections(DIM, "m")
         index.upsert(photographed())
-    utc = timezone.utc
+    utc = UTC
     questions = {
         SearchFilters(taken_after=datetime(2026, 7, 4, tzinfo=utc), taken_before=datetime(2026, 7, 8, tzinfo=utc)):
             {"im3.jpg", "im4.jpg", "im6.jpg"},
@@ -92,7 +94,7 @@ def test_a_collection_from_an_older_version_gains_the_new_payload_indexes(tmp_pa
     client = EdgeClient(tmp_path / EDGE_FOLDER)
     index = VectorIndex(client)
     index.ensure_collections(DIM, "m")
-    shard = client._open(index.crops).shard  # noqa: SLF001 - dropping indexes by hand, as an older version had none
+    shard = client._open(index.crops).shard
     import qdrant_edge as edge
     for name in ("taken_at", "location", "camera"):
         shard.update(edge.UpdateOperation.delete_field_index(name))

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
-from vision_assets.vision.index.vector_index import IndexMismatch, ImagePoints, VectorIndex, crop_point_id, image_point_id
 from tests.conftest import embedded_client
+from vision_assets.vision.index.vector_index import (
+    ImagePoints,
+    IndexMismatch,
+    VectorIndex,
+    crop_point_id,
+    image_point_id,
+)
 
 DIM = 8
 

@@ -2,7 +2,7 @@
 decisions matched to (possibly new) detections, and the accuracy they measure."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,7 +23,7 @@ from vision_assets.vision.review.decisions import apply_review, outstanding_revi
 from vision_assets.vision.review.label_studio import parse_annotation_file, project_config, task_for
 from vision_assets.vision.review.submissions import SubmissionError, build_review
 
-NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 SOURCE = SourceImageRecord(partition_key="park/dogs.jpg", object_key="park/dogs.jpg", source_uri="s3://b/park/dogs.jpg",
                            sha256="ab" * 32, size_bytes=1, status="valid", processed_at=NOW, seconds=0.1,
                            facts=ImageFacts(format="JPEG", width=400, height=200, original_mode="RGB", phash="0" * 16))
@@ -119,7 +119,7 @@ def test_an_annotation_becomes_decisions_with_what_the_model_said(nested):
     assert by_verdict[Verdict.REJECTED].model_entity == "cat" and by_verdict[Verdict.REJECTED].entity is None
     assert by_verdict[Verdict.ADDED].box == [0.0, 100.0, 40.0, 200.0] and by_verdict[Verdict.ADDED].entity == "cat"
     assert by_verdict[Verdict.ACCEPTED].label == "golden retriever"
-    assert review.reviewed_at == datetime(2026, 12, 4, 11, 5, tzinfo=timezone.utc)
+    assert review.reviewed_at == datetime(2026, 12, 4, 11, 5, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("data,why", [

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from vision_assets.vision.batches import BatchManifest, batch_key, batch_order, is_newer, superseded_by
 from vision_assets.vision.records import RegisteredImage
@@ -7,7 +7,7 @@ from vision_assets.vision.storage.object_store import FolderObjectStore
 from vision_assets.vision.storage.registrations import Registrations
 from vision_assets.vision.storage.results_store import ResultsStore
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def registration(key, etag="e1"):

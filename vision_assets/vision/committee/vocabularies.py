@@ -38,7 +38,7 @@ class Vocabularies:
 
     def _vocabulary(self, name: str, labels: list[str]) -> Vocabulary:
         if name not in self._made:
-            self._made[name] = Vocabulary(labels, self._embedder().prompt_vectors([label_prompt(l) for l in labels]))
+            self._made[name] = Vocabulary(labels, self._embedder().prompt_vectors([label_prompt(label) for label in labels]))
         return self._made[name]
 
     @property

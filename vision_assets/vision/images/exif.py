@@ -6,7 +6,7 @@ EXIF block costs only these facts, never the picture (the caller notes why).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from PIL import Image
@@ -52,7 +52,7 @@ def _taken_at(stamp: Any, offset: Any) -> datetime | None:
         taken = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return None  # "0000:00:00 00:00:00" and other placeholders cameras write
-    zone = timezone.utc
+    zone = UTC
     if (shift := _text(offset)) and len(shift) == 6 and shift[0] in "+-" and shift[3] == ":":
         try:
             sign = 1 if shift[0] == "+" else -1

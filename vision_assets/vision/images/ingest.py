@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
+from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..storage.registrations import Registrations
 from ..storage.results_store import ResultsStore
 from .review import salvage_preview
@@ -55,7 +55,7 @@ def ingest_image(
     record = SourceImageRecord(
         partition_key=partition_key,
         batch=batch,
-        processed_at=datetime.now(timezone.utc),
+        processed_at=datetime.now(UTC),
         seconds=round(time.perf_counter() - started, 4),
         **fields,
     )

@@ -158,6 +158,6 @@ def salvage_preview(data: bytes, side: int, max_pixels: int) -> Image.Image | No
                     return None
                 image.load()
                 return thumbnail(image, side)
-        except Exception:  # noqa: BLE001, S112 - a preview is a courtesy: a decoder failure costs the picture only
+        except Exception:  # noqa: BLE001 - a preview is a courtesy: a decoder failure costs the picture only
             continue
     return None

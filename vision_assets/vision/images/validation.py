@@ -19,9 +19,9 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from ..process import restore_pillow_open
 from ..records import CaptureFacts, ImageFacts, Rejection, RejectionCode
 from .exif import capture_facts
-from .opener import restore_pillow_open
 from .formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -167,7 +167,7 @@ def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -
         raise _Rejected(
             RejectionCode.CORRUPT, f"starts like {image_format} but its header is invalid or unsupported by the decoder"
         ) from error
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection, never a crash
+    except Exception as error:
         raise _Rejected(RejectionCode.CORRUPT, f"unreadable {image_format} header: {_describe(error)}") from error
 
     width, height = image.size
@@ -184,7 +184,7 @@ def _open_and_decode(data: bytes, image_format: str, limits: ValidationLimits) -
         image.load()
     except Image.DecompressionBombError as error:
         raise _bomb(error, limits) from error
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
     return image
 

@@ -102,7 +102,7 @@ def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int = DEFAULT_
                 raise IndexUnavailable(f"embedded Qdrant at {path} is held by a process outside vision-assets: "
                                        f"{error}") from error
             time.sleep(0.5)
-        except Exception as error:  # noqa: BLE001 - Edge raises bare Exceptions for a damaged shard
+        except Exception as error:
             client.close()
             raise IndexUnreadable(path, error) from error
 

@@ -302,7 +302,7 @@ def _condition(condition: Any) -> Any:
             return edge.FieldCondition(condition.key, range=edge.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
         if isinstance(condition.range, models.DatetimeRange) and condition.match is None:
             r = condition.range
-            stamp = lambda value: value.isoformat() if hasattr(value, "isoformat") else value  # noqa: E731
+            stamp = lambda value: value.isoformat() if hasattr(value, "isoformat") else value
             return edge.FieldCondition(condition.key, range=edge.RangeDateTime(
                 gte=stamp(r.gte), gt=stamp(r.gt), lte=stamp(r.lte), lt=stamp(r.lt)))
         if condition.geo_radius is not None and condition.match is None and condition.range is None:

@@ -115,7 +115,7 @@ class SearchHit:
 
     def describe(self) -> str:
         where = f" box {[round(v) for v in self.box]}" if self.box else ""
-        what = ", ".join(f"{l['name']} {l['confidence']:.2f}" for l in self.labels) or "no expert label"
+        what = ", ".join(f"{label['name']} {label['confidence']:.2f}" for label in self.labels) or "no expert label"
         flag = f"  [needs review: {'; '.join(self.review_reasons)}]" if self.review_reasons else (
             "  [needs review]" if self.needs_review else "")
         if self.reviewed_by:

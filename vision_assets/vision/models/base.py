@@ -113,7 +113,7 @@ def fast_bf16(device: str) -> bool:
 
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001 - torch has no public bf16 probe for the CPU
 
 
 def resolve_precision(precision: str, device: str, auto: dict[str, str]) -> str:
@@ -175,7 +175,7 @@ class Model(ABC):
                     self._loaded = self._load()
                 except ModelLoadError:
                     raise
-                except Exception as error:  # noqa: BLE001 - every loader has its own failure types
+                except Exception as error:
                     raise ModelLoadError(f"could not load {self.identity}: {type(error).__name__}: {error}. "
                                          f"{OFFLINE_HINT}") from error
                 self.load_count += 1

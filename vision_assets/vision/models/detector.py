@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from PIL import Image
 
-from ..images.opener import restore_pillow_open
 from ..images.validation import size_within
+from ..process import import_ultralytics_yolo
 from ..records import Detection
 from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path, torch_dtype
 from .hub import GITHUB, reachable
-
-
-def import_ultralytics_yolo():
-    """`ultralytics.YOLO`, without the side effects of importing it:
-    - it sets `OMP_NUM_THREADS=1` when unset (a training default), which left every CPU model of the run on one
-      core: the thread count torch had before the import is put back;
-    - it installs missing packages with pip when something asks for one (`YOLO_AUTOINSTALL`, on by default): a
-      run worker never installs anything, online or not, so that is switched off, also when ultralytics was
-      imported before (its flag is read at import);
-    - it wraps `PIL.Image.open` for the whole process (see vision/images/opener.py): Pillow's own is put back."""
-    import torch
-
-    os.environ["YOLO_AUTOINSTALL"] = "false"
-    threads = torch.get_num_threads()
-    import ultralytics.utils
-    import ultralytics.utils.checks
-    from ultralytics import YOLO
-
-    torch.set_num_threads(threads)
-    ultralytics.utils.AUTOINSTALL = ultralytics.utils.checks.AUTOINSTALL = False
-    restore_pillow_open()
-    return YOLO
 
 
 def fit_within(image: Image.Image, side: int) -> tuple[Image.Image, tuple[float, float]]:

@@ -4,9 +4,9 @@ of retries, and let cached models load offline."""
 from __future__ import annotations
 
 import functools
-import os
 import socket
-import sys
+
+from ..process import hugging_face_offline
 
 HUGGING_FACE = "huggingface.co"
 GITHUB = "github.com"  # ultralytics downloads its checkpoints from GitHub releases
@@ -19,15 +19,6 @@ def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def hugging_face_offline() -> None:
-    """Offline mode for huggingface_hub (and so transformers and open_clip). The library reads the setting once, at
-    import, so a copy imported before the environment said so is switched as well."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
 
 
 def hugging_face_offline_unless_reachable() -> None:

@@ -289,7 +289,7 @@ def _taxa(target: Path, size: str, stem: str, seed: int) -> None:
 def _build_detector(folder: Path, name: str) -> None:
     import torch
 
-    from .detector import import_ultralytics_yolo
+    from ..process import import_ultralytics_yolo
 
     YOLO = import_ultralytics_yolo()
     import ultralytics

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -80,10 +81,10 @@ class TaxonClassifier(Model):
         model = open_clip.create_model(self.identity.model_id, device=self.device, precision=self.precision_used,
                                        cache_dir=self.cache.hub_dir)
         model.eval()
-        fetch = lambda suffix: hf_hub_download(self.source.repo, f"{self.source.stem}{suffix}",  # noqa: E731
+        fetch = lambda suffix: hf_hub_download(self.source.repo, f"{self.source.stem}{suffix}",
                                                repo_type="dataset", cache_dir=self.cache.hub_dir)
         vectors = np.load(fetch(".npy"))
-        names = json.loads(open(fetch(".json"), encoding="utf-8").read())
+        names = json.loads(Path(fetch(".json")).read_text(encoding="utf-8"))
         if vectors.shape[1] != len(names):
             raise ValueError(f"{self.source.repo}: {vectors.shape[1]} taxon vectors but {len(names)} names")
         taxa = torch.from_numpy(np.array(vectors)).to(self.device, dtype)  # (dimension, taxa), read once

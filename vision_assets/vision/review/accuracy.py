@@ -129,8 +129,8 @@ def plot(models: list[ModelAccuracy], width: int = 640, height: int = 360) -> Im
     picture = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(picture), label_font(12)
     left, right, top, bottom = 48, width - 150, 16, height - 36
-    to_x = lambda t: left + t * (right - left)  # noqa: E731
-    to_y = lambda v: bottom - v * (bottom - top)  # noqa: E731
+    to_x = lambda t: left + t * (right - left)
+    to_y = lambda v: bottom - v * (bottom - top)
     draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         draw.line([to_x(tick), bottom, to_x(tick), bottom + 4], fill=(120, 120, 120))

@@ -14,7 +14,7 @@ of the normalised image (`~normalized.jpg`).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..records import Verdict
@@ -36,7 +36,7 @@ def _submission(entry: Any, origin: str, written_at: datetime) -> Submission:
             entry.get("decisions"), list):
         raise SubmissionError('each entry needs "image" (the image id) and a list of "decisions"')
     return Submission(partition_key=entry["image"], reviewer=str(entry.get("reviewer") or "unnamed reviewer"),
-                      reviewed_at=written_at.astimezone(timezone.utc), origin=origin,
+                      reviewed_at=written_at.astimezone(UTC), origin=origin,
                       items=[_decision(d) for d in entry["decisions"]])
 
 

@@ -34,7 +34,7 @@ def review_queue(index: VectorIndex, top: int) -> ReviewQueue:
     if not index.client.collection_exists(index.crops):
         return ReviewQueue({}, [])
     open_review = [_flag("needs_review", True), _flag("reviewed", False)]
-    count = lambda collection, *must: index.client.count(  # noqa: E731
+    count = lambda collection, *must: index.client.count(
         collection, count_filter=models.Filter(must=list(must)), exact=True).count
     counts = {
         "images_needing_review": count(index.images, _flag("needs_review", True)),

@@ -11,7 +11,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_from_bytes
@@ -165,7 +165,7 @@ class FolderObjectStore(ObjectStore):
             key=key,
             size=stat.st_size,
             etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
-            last_modified=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+            last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
         )
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 from ..batches import BatchIndexed, BatchManifest
 from ..records import RegisteredImage, SourceImageRecord
+from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 
 Record = TypeVar("Record", bound=BaseModel)
 

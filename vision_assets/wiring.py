@@ -1,0 +1,199 @@
+"""Settings in, resources and the `Definitions` out: assets, checks, jobs, sensors and resources. No side effects
+at import (the code location, `definitions.py`, calls `definitions_from`)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from .assets.detections import build_detections
+from .assets.embeddings import build_embeddings
+from .assets.image_catalog import image_catalog
+from .assets.qdrant_index import build_qdrant_index
+from .assets.review_accuracy import review_accuracy
+from .assets.review_decisions import review_decisions
+from .assets.review_queue import review_queue
+from .assets.source_images import source_images
+from .assets.specialist_labels import build_specialist_labels
+from .jobs import (
+    apply_reviews,
+    delete_images,
+    measure_accuracy,
+    process_images,
+    refresh_catalog,
+    refresh_review_queue,
+    reindex,
+)
+from .resources import (
+    CallbackSettings,
+    CatalogSettings,
+    DetectorResource,
+    EmbedderResource,
+    FailedImageRetries,
+    ImageSelection,
+    ImageStore,
+    IngestPolicy,
+    LabelingSettings,
+    LocalImageStore,
+    QdrantResource,
+    ReviewSettings,
+    S3ImageStore,
+    SpecialistsResource,
+    StagePolicy,
+    UploadPolicy,
+)
+from .sensors.callback_sensor import callback_sensor
+from .sensors.dead_worker_sensor import make_dead_worker_sensor
+from .sensors.failed_image_retry import make_failed_image_retry_sensor
+from .sensors.index_repair_sensor import make_index_repair_sensor
+from .sensors.review_sensor import make_review_sensor
+from .sensors.upload_sensor import make_upload_sensor
+from .settings import Settings, variable
+
+
+def _secret(settings: Settings, name: str) -> dg.EnvVar | None:
+    """A secret goes to its resource as an `EnvVar` (read when the run starts, never shown in the UI); unset, the
+    library finds its own (boto3: profile, instance role)."""
+    return dg.EnvVar(variable(name)) if getattr(settings, name) else None
+
+
+def image_store_from(settings: Settings) -> ImageStore:
+    common = {
+        "prefix": settings.prefix,
+        "results_prefix": settings.results_prefix,
+        "image_extensions": sorted(settings.image_extensions),
+    }
+    if settings.s3_bucket:
+        # Credentials go in as EnvVar (never shown in the UI); unset, boto3 finds them itself (profile, role).
+        s3 = S3Resource(
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=_secret(settings, "aws_access_key_id"),
+            aws_secret_access_key=_secret(settings, "aws_secret_access_key"),
+        )
+        return S3ImageStore(s3=s3, bucket=settings.s3_bucket, events_queue_url=settings.s3_events_queue,
+                            reconcile_seconds=settings.s3_reconcile_seconds, **common)
+    settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
+    return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)
+
+
+def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models),
+               "model_cache": settings.model_cache}
+    return {
+        "detector": DetectorResource(
+            model=settings.detector_model, confidence=settings.detector_confidence,
+            max_detections=settings.detector_max_detections, image_size=settings.detector_image_size,
+            batch_size=settings.detector_batch_size, **runtime,
+        ),
+        "embedder": EmbedderResource(
+            model=settings.clip_model, pretrained=settings.clip_pretrained, batch_size=settings.clip_batch_size,
+            **runtime,
+        ),
+        "specialists": SpecialistsResource(
+            models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=sorted(settings.drop_labels),
+            batch_size=settings.specialist_batch_size, **runtime,
+        ),
+        "labeling": LabelingSettings(
+            routes=settings.routes, review_thresholds=settings.review_thresholds,
+            default_review_threshold=settings.review_threshold, crop_margin=settings.crop_margin,
+            scenes=settings.scene_tags, scene_tag_threshold=settings.scene_tag_threshold,
+            coral_scene_tag=settings.coral_scene_tag, coral_scene_threshold=settings.coral_scene_threshold,
+            second_opinion_margin=settings.second_opinion_margin,
+        ),
+        "qdrant": QdrantResource(
+            url=settings.qdrant_url,
+            api_key=_secret(settings, "qdrant_api_key"),
+            path=None if settings.qdrant_url else str(settings.qdrant_path),
+            collection_prefix=settings.qdrant_collection_prefix,
+            lock_wait_seconds=settings.qdrant_lock_wait_seconds,
+            hnsw_threshold=settings.qdrant_hnsw_threshold,
+        ),
+    }
+
+
+@contextmanager
+def resources_outside_dagster(**resources: dg.ConfigurableResource) -> Iterator[Any]:
+    """Resources for code that runs outside a Dagster run (the CLI, a notebook): `dg.build_resources` resolves their
+    `EnvVar` settings (credentials from the environment) the way a run would. Attributes by name."""
+    with dg.build_resources(resources) as built:
+        yield built
+
+
+def build_definitions(
+    image_store: ImageStore,
+    models: dict[str, dg.ConfigurableResource],
+    upload_policy: UploadPolicy = UploadPolicy(),
+    ingest_policy: IngestPolicy = IngestPolicy(),
+    sensor_interval_seconds: int = 15,
+    catalog: CatalogSettings = CatalogSettings(),
+    callback: CallbackSettings = CallbackSettings(),
+    review: ReviewSettings = ReviewSettings(),
+    stage_policy: StagePolicy = StagePolicy(),
+    failed_image_retries: FailedImageRetries = FailedImageRetries(),
+) -> dg.Definitions:
+    detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
+    labeling = models["labeling"]
+    return dg.Definitions(
+        assets=[
+            source_images,
+            build_detections(detector.identity),
+            build_embeddings(embedder.identity, labeling.scene_signature),
+            build_specialist_labels(specialists.identity, embedder.identity),
+            build_qdrant_index(embedder.identity),
+            image_catalog,
+            review_decisions,
+            review_queue,
+            review_accuracy,
+        ],
+        jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy,
+              refresh_review_queue],
+        sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
+                 make_index_repair_sensor(sensor_interval_seconds),
+                 # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
+                 make_failed_image_retry_sensor(max(sensor_interval_seconds, 60)),
+                 make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],
+        resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
+                   "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
+                   "failed_image_retries": failed_image_retries, "image_selection": ImageSelection()} | models,
+        executor=dg.in_process_executor,
+    )
+
+
+def definitions_from(settings: Settings, image_store: ImageStore | None = None) -> dg.Definitions:
+    return build_definitions(
+        image_store=image_store or image_store_from(settings),
+        models=model_resources_from(settings),
+        upload_policy=UploadPolicy(
+            batch_size=settings.batch_size,
+            max_uploads_per_tick=settings.max_uploads_per_tick,
+            version_lookback_seconds=settings.version_lookback_seconds,
+        ),
+        ingest_policy=IngestPolicy(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+            allowed_formats=sorted(settings.allowed_formats),
+            threads=settings.ingest_threads,
+            working_side=settings.working_image_side,
+        ),
+        sensor_interval_seconds=settings.sensor_interval_seconds,
+        catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
+        callback=CallbackSettings(
+            url=settings.callback_url,
+            secret=_secret(settings, "callback_secret"),
+            allow_private=settings.callback_allow_private,
+            base_backoff_seconds=settings.callback_backoff_seconds,
+        ),
+        review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side,
+                              tasks=settings.review_tasks, sample_rate=settings.review_sample_rate,
+                              target_precision=settings.review_target_precision,
+                              label_studio_url=settings.label_studio_url),
+        stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
+                                 first_retry_seconds=settings.store_retry_seconds),
+        failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,
+                                                first_wait_seconds=settings.failed_image_retry_seconds),
+    )
+
