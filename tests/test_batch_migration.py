@@ -21,6 +21,8 @@ from vision_assets.vision.records import SourceImageRecord
 from vision_assets.vision.storage.batch_lookup import BatchLookup
 from vision_assets.wiring import build_definitions
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 OLD = ["a.jpg", "b.jpg", "bad.jpg", "c.jpg", "stuck.jpg"]  # registration order
 
 

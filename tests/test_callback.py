@@ -22,6 +22,8 @@ from vision_assets.vision.callback import (
     pin_destination,
 )
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 SECRET = "s3cret"
 
 

@@ -11,6 +11,8 @@ from vision_assets.vision.catalog import from_parquet
 from vision_assets.vision.storage.results_store import CATALOG_FILE
 from vision_assets.wiring import build_definitions
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 
 def reencoded(name: str, quality: int = 70) -> bytes:
     buffer = io.BytesIO()

@@ -1,5 +1,6 @@
 """Deleting an image: its object removed from the bucket, or the delete_images job; points and results go too."""
 
+import pytest
 from qdrant_client import models
 
 from tests.conftest import PIPELINE_VALID, embedded_client
@@ -7,6 +8,8 @@ from vision_assets.assets.deletion import delete_run_config
 from vision_assets.vision.deletion import result_keys, safe_to_delete
 from vision_assets.vision.storage.object_store import FolderObjectStore
 from vision_assets.vision.storage.results_store import ResultsStore
+
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
 
 
 def points_of(models_resources, image_id: str) -> tuple[int, int]:

@@ -5,6 +5,7 @@ on it. Only the port differs from the file: the test server listens on a free on
 import uuid
 
 import dagster as dg
+import pytest
 import yaml
 
 from tests.conftest import PHOTOS, SensorDriver, latest_evaluation
@@ -12,6 +13,8 @@ from tests.postgres_server import create_database
 from vision_assets.event_storage.postgres import BatchingPostgresEventLogStorage
 from vision_assets.keys import QDRANT_INDEX
 from vision_assets.wiring import build_definitions
+
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
 
 DEPLOY = "deploy/dagster.yaml"
 

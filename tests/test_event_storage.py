@@ -21,6 +21,8 @@ from vision_assets.event_storage import sqlite_storage
 from vision_assets.partitions import batches as images
 from vision_assets.vision.batches import BatchManifest
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 KEYS = [f"photo_{i:02d}.jpg" for i in range(10)] + ["bad_10.jpg", "bad_11.jpg", "skip_12.jpg"]
 RANGE = {"dagster/asset_partition_range_start": KEYS[0], "dagster/asset_partition_range_end": KEYS[-1]}
 

@@ -22,7 +22,7 @@ from vision_assets.vision.retry_budget import FailedBatch, RetryBudget
 from vision_assets.vision.storage.results_store import EMBEDDINGS
 from vision_assets.wiring import build_definitions
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 NEW = ["n0.png", "n1.png", "n2.png", "n3.png"]
 
 

@@ -34,6 +34,8 @@ from vision_assets.vision.index.vector_index import crop_point_id
 from vision_assets.vision.records import ImageReview
 from vision_assets.vision.storage.results_store import REVIEW
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 TOKEN = "vision-assets-test-token"
 REPO = Path(__file__).resolve().parents[1]
 

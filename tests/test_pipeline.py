@@ -4,6 +4,7 @@ weights), a real S3 endpoint, embedded Qdrant."""
 import shutil
 
 import dagster as dg
+import pytest
 
 from tests.conftest import PIPELINE_VALID as VALID
 from tests.conftest import embedded_client, failed_in, ui_check_statuses
@@ -14,6 +15,8 @@ from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.records import EmbeddingsRecord, LabelsRecord
 from vision_assets.vision.storage.results_store import EMBEDDINGS, LABELS
 from vision_assets.wiring import build_definitions, model_resources_from
+
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
 
 STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
 

@@ -9,6 +9,8 @@ tests/vision/review covers the other format and the corrections JSON."""
 
 import json
 
+import pytest
+
 from tests.conftest import SensorDriver, embedded_client, failed_in, latest_evaluation, requested, ui_check_statuses
 from tests.vision.review.test_review_formats import annotated
 from vision_assets.assets.specialist_labels import committee_agreement, label_confidence
@@ -17,6 +19,8 @@ from vision_assets.vision.index.vector_index import crop_point_id, image_point_i
 from vision_assets.vision.records import DetectionsRecord, ImageReview, LabelsRecord, Verdict
 from vision_assets.vision.review.decisions import apply_review, outstanding_disagreements, outstanding_review
 from vision_assets.vision.storage.results_store import DETECTIONS, LABELS, REVIEW
+
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
 
 
 def tasks_in(s3_client, bucket) -> dict[str, dict]:

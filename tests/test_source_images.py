@@ -18,6 +18,8 @@ from vision_assets.vision.batches import BatchManifest
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.wiring import build_definitions
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 GOOD = {
     "good.jpg": image_bytes((120, 90), fmt="JPEG"),
     "good transparent.png": image_bytes((64, 64), mode="RGBA", color=(0, 0, 0, 0)),

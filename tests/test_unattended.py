@@ -20,7 +20,7 @@ from vision_assets.vision.index.vector_index import IndexMismatch, VectorIndex
 from vision_assets.vision.models.base import Model
 from vision_assets.wiring import build_definitions
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def indexed_images(qdrant_path: str) -> set[str]:

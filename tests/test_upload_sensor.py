@@ -13,6 +13,8 @@ from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.registrations import Registrations
 from vision_assets.wiring import build_definitions
 
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
 
 @pytest.fixture
 def driver(models, s3_image_store, instance):
