@@ -111,7 +111,7 @@ def main() -> None:
             watch.look(instance, registered)
 
             def tick():
-                FailureWatch(watch.state()).look(instance, set(instance.get_dynamic_partitions(images.name)))
+                FailureWatch(watch.cursor).look(instance, set(instance.get_dynamic_partitions(images.name)))
 
             def every_partitions_latest_attempt():
                 for stage in PIPELINE_STAGES:

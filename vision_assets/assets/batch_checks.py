@@ -21,11 +21,11 @@ import dagster as dg
 
 from ..dagster_internals import JudgedMaterialization, log_as_one_batch
 from ..partitions import batches
+from ..vision.chunking import STORAGE_QUERY_KEYS, chunked
 from .stage import RunImages
 
 MAX_ROWS = 200  # images listed per result: a table the UI renders whole, a few tens of KB
 MAX_PICTURES = 12  # thumbnails per result (10-25 KB each): the event stays a few hundred KB
-LOOKUP_CHUNK = 500  # partition keys per storage query (SQLite caps bound parameters)
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,7 @@ def materializations_of_this_run(
     """batch -> this run's materialization of it, read back from the instance in a few queries per run."""
     judged: dict[str, JudgedMaterialization] = {}
     run_id = context.run.run_id
-    for start in range(0, len(partition_keys), LOOKUP_CHUNK):
-        chunk = partition_keys[start:start + LOOKUP_CHUNK]
+    for chunk in chunked(partition_keys, STORAGE_QUERY_KEYS):
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=asset, asset_partitions=chunk), limit=2 * len(chunk)
         ).records

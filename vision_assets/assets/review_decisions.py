@@ -10,6 +10,7 @@ import dagster as dg
 
 from ..keys import REVIEW_DECISIONS, SPECIALIST_LABELS
 from ..resources import ImageStore, QdrantResource, StagePolicy
+from ..vision.chunking import chunked
 from ..vision.index.stored_points import write_points
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord
 from ..vision.review.decisions import apply_review
@@ -59,11 +60,11 @@ def review_decisions(context: dg.AssetExecutionContext, config: ApplyReviewsConf
             applied[image], sources[image] = found, source
     keys = list(applied)
     problems = 0
-    for number, start in enumerate(range(0, len(keys), CHUNK_IMAGES)):
+    for number, chunk in enumerate(chunked(keys, CHUNK_IMAGES)):
         if number:
             time.sleep(YIELD_SECONDS)
         with qdrant.open(on_wait=context.log.info) as index:
-            _, _, written = write_points(index, results, sources, embedded, keys[start:start + CHUNK_IMAGES],
+            _, _, written = write_points(index, results, sources, embedded, chunk,
                                          qdrant.upsert_batch_size)
         for record in written:
             if record.problems:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import dagster as dg
 
 from ..settings import DEFAULTS
+from ..vision.chunking import chunked
 from ..vision.committee.labeling import LabelingPolicy
 from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
@@ -52,8 +53,7 @@ class StagePolicy(dg.ConfigurableResource):
     first_retry_seconds: float = DEFAULTS.store_retry_seconds
 
     def chunks(self, keys: list[str]) -> list[list[str]]:
-        size = max(1, self.chunk_size)
-        return [keys[start : start + size] for start in range(0, len(keys), size)]
+        return [list(chunk) for chunk in chunked(keys, self.chunk_size)]
 
     def wait_before_retry(self, retry_number: int) -> float:
         return self.first_retry_seconds * 2**retry_number

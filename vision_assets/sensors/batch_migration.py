@@ -22,12 +22,12 @@ from ..dagster_internals import CheckRecordStatus
 from ..keys import PIPELINE_STAGES, QDRANT_INDEX
 from ..partitions import batches, images
 from ..resources import ImageStore, UploadPolicy
-from ..vision.batches import BatchIndexed, BatchManifest, batch_key, chunked
+from ..vision.batches import BatchIndexed, BatchManifest, batch_key
+from ..vision.chunking import STORAGE_QUERY_KEYS, chunked
 from ..vision.storage.batch_lookup import record_migrated
 from ..vision.upload_tracking import Migration, UploadCursor
 
 BATCHES_PER_TICK = 100  # about 1,000 events stored per tick: well inside Dagster's 60 s sensor timeout
-LOOKUP_CHUNK = 500  # partition keys per storage query
 # The per-image checks of the old layout -> the per-batch checks judged from them.
 OLD_CHECKS = {
     ("source_images", "image_valid"): "images_valid",
@@ -83,7 +83,7 @@ def migrate_slice(context: dg.SensorEvaluationContext, image_store: ImageStore, 
 
 def _latest_by_image(instance: dg.DagsterInstance, stage: dg.AssetKey, keys: Sequence[str]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for chunk in chunked(list(keys), LOOKUP_CHUNK):
+    for chunk in chunked(list(keys), STORAGE_QUERY_KEYS):
         found |= instance.event_log_storage.get_latest_storage_id_by_partition(
             stage, dg.DagsterEventType.ASSET_MATERIALIZATION, set(chunk))
     return found
@@ -116,7 +116,7 @@ def _report_checks(instance: dg.DagsterInstance, manifests: list[BatchManifest],
     for (asset, old_name), new_name in OLD_CHECKS.items():
         stage = dg.AssetKey(asset)
         statuses: dict[str, CheckRecordStatus] = {}
-        for chunk in chunked(everything, LOOKUP_CHUNK):
+        for chunk in chunked(everything, STORAGE_QUERY_KEYS):
             for info in instance.event_log_storage.get_asset_check_partition_info(
                     [dg.AssetCheckKey(stage, old_name)], partition_keys=list(chunk)):
                 statuses[info.partition_key] = info.latest_execution_status

@@ -3,8 +3,6 @@ after that (or for a failure they do not retry) its batches stay Failed until so
 them from the stage that failed, waiting longer each time, a bounded number of times, and then names them in its
 log for a person. The index stage's failures are `index_repair`'s (it re-indexes without a model)."""
 
-import hashlib
-import json
 import time
 from itertools import groupby
 
@@ -16,7 +14,8 @@ from ..partitions import batches
 from ..resources import FailedImageRetries
 from ..vision.retry_budget import FailedBatch
 from ..vision.upload_tracking import contiguous_batches
-from .failures import ATTEMPT_TAG, RETRY_OF_TAG, FailureWatch, stage_and_after
+from .failures import ATTEMPT_TAG, RETRY_OF_TAG, FailureCursor, FailureWatch, stage_and_after
+from .run_keys import run_key
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -39,11 +38,10 @@ def retry_requests(due: list[FailedBatch], order: list[str]) -> list[dg.RunReque
             run_failures = [failures[key] for key in run]
             attempt = max(f.attempt for f in run_failures) + 1
             failed_runs = sorted({f.run_id for f in run_failures})
-            identity = "\n".join([stage, str(attempt), *failed_runs, *run])
             tags = range_tags(run[0], run[-1]) | {ATTEMPT_TAG: str(attempt), RETRY_OF_TAG: failed_runs[0]}
             requests.append(dg.RunRequest(
                 job_name=process_images.name, asset_selection=stage_and_after(stage),
-                run_key=f"failed-image-retry-{hashlib.sha256(identity.encode()).hexdigest()[:20]}", tags=tags,
+                run_key=run_key("failed-image-retry", stage, str(attempt), *failed_runs, *run), tags=tags,
             ))
     return requests
 
@@ -58,9 +56,9 @@ def make_failed_image_retry_sensor(minimum_interval_seconds: int) -> dg.SensorDe
     def failed_image_retry(context: dg.SensorEvaluationContext, failed_image_retries: FailedImageRetries):
         instance = context.instance
         order = instance.get_dynamic_partitions(batches.name)
-        watch = FailureWatch(json.loads(context.cursor or "{}"))
+        watch = FailureWatch(FailureCursor.parse(context.cursor))
         failed = [f for f in watch.look(instance, set(order)) if f.stage != QDRANT_INDEX.to_user_string()]
-        cursor = json.dumps(watch.state())
+        cursor = watch.cursor.dump()
         budget = failed_image_retries.budget
         plan = budget.plan(failed, time.time())
         if plan.exhausted:

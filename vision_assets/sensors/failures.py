@@ -7,12 +7,14 @@ against the latest plan and materialization of each stage."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 import dagster as dg
+from pydantic import Field
 
 from ..keys import PIPELINE_STAGES
-from ..vision.batches import chunked
+from ..vision.chunking import STORAGE_QUERY_KEYS, chunked
+from ..vision.cursor import Cursor
 from ..vision.retry_budget import FailedBatch
 
 # Dagster sets it on every failed run when run retries are on (its documented tag, spelled out).
@@ -20,8 +22,6 @@ WILL_RETRY_TAG = "dagster/will_retry"
 
 ATTEMPT_TAG = "vision_assets/retry_attempt"  # on runs the pipeline launched to re-run failed batches: 1, 2, ...
 RETRY_OF_TAG = "vision_assets/retry_of_run"  # the failed run they re-run
-RUN_LOOKUP_CHUNK = 500
-PARTITION_LOOKUP_CHUNK = 500  # partitions per query: well under SQLite's bound on parameters
 RUNS_PER_LOOK = 200  # new failed runs read per sensor tick; the rest on the next ticks
 
 
@@ -73,7 +73,7 @@ def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: 
     found: dict[str, FailedBatch] = {}
     for stage in [s for s in PIPELINE_STAGES if s in planned]:
         undecided = [key for key in planned[stage] if key in registered and key not in found]
-        for chunk in chunked(undecided, PARTITION_LOOKUP_CHUNK):
+        for chunk in chunked(undecided, STORAGE_QUERY_KEYS):
             plans = {key: plan_id for key, (run_id, plan_id) in latest_plans(instance, stage, chunk).items()
                      if run_id == run.run_id}
             done = instance.event_log_storage.get_latest_storage_id_by_partition(
@@ -84,16 +84,21 @@ def left_failed(instance: dg.DagsterInstance, record: dg.RunRecord, registered: 
     return list(found.values())
 
 
+class FailureCursor(Cursor):
+    after: str | None = None  # Dagster's cursor over run-failure events
+    runs: list[str] = Field(default_factory=list)  # failed runs that left batches Failed at the last look
+
+
 class FailureWatch:
     """The Failed batches of the pipeline, kept current from a cursor (a sensor's) instead of re-read whole."""
 
-    def __init__(self, state: Mapping | None = None):
-        state = state or {}
-        self.after: str | None = state.get("after")  # Dagster's cursor over run-failure events
-        self.runs: list[str] = list(state.get("runs", []))  # failed runs that left batches Failed at the last look
+    def __init__(self, cursor: FailureCursor | None = None):
+        cursor = cursor or FailureCursor()
+        self.after, self.runs = cursor.after, list(cursor.runs)
 
-    def state(self) -> dict:
-        return {"after": self.after, "runs": self.runs}
+    @property
+    def cursor(self) -> FailureCursor:
+        return FailureCursor(after=self.after, runs=self.runs)
 
     def look(self, instance: dg.DagsterInstance, registered: Collection[str],
              runs_per_look: int | None = RUNS_PER_LOOK) -> list[FailedBatch]:
@@ -103,7 +108,7 @@ class FailureWatch:
         every new failure now (a command); a sensor reads a bounded number each tick."""
         self._read_new_failures(instance, runs_per_look)
         records = {}
-        for chunk in chunked(sorted(set(self.runs)), RUN_LOOKUP_CHUNK):
+        for chunk in chunked(sorted(set(self.runs)), STORAGE_QUERY_KEYS):
             records |= {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(chunk)))}
         failed: dict[str, FailedBatch] = {}
         still = []

@@ -5,10 +5,10 @@ Batches whose index stage failed for good (a run killed or out of retries mid-wa
 written and some not) are re-indexed too, on the same budget as `failed_image_retry` (waits that double, a cap), by
 runs that also send their callbacks; those are looked for at every tick, which costs what the failures cost."""
 
-import json
 import time
 
 import dagster as dg
+from pydantic import Field
 
 from ..assets.qdrant_index import index_completeness
 from ..dagster_internals import CheckRecordStatus
@@ -16,12 +16,13 @@ from ..jobs import process_images, reindex
 from ..keys import QDRANT_INDEX
 from ..partitions import batches
 from ..resources import FailedImageRetries, ImageStore, QdrantResource
+from ..vision.cursor import Cursor
 from ..vision.index.audit import audit_index, repair_ranges
 from ..vision.index.connection import IndexUnavailable
 from ..vision.index.ledger import IndexLedger, index_ledger
 from ..vision.retry_budget import FailedBatch
 from .failed_image_retry import range_tags, retry_requests
-from .failures import FailureWatch, failed_batches
+from .failures import FailureCursor, FailureWatch, failed_batches
 
 HOW_TO_FIX = "run `vision-assets reindex` (it re-indexes them and says which still fail)"
 AUDIT_EVERY_SECONDS = 600
@@ -41,14 +42,22 @@ def repair_requests(ledger: IndexLedger, missing: list[str], audit_number: int) 
                           tags=range_tags(first, last)) for first, last in ranges]
 
 
-def audit_when_due(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource, state: dict,
+class IndexRepairCursor(Cursor):
+    failures: FailureCursor = Field(default_factory=FailureCursor)
+    audits: int = 0  # audits so far (their numbers are in the repair runs' keys)
+    audited_at: float = 0.0
+    handled: int | None = None  # the failed index_complete result the last audit answered
+
+
+def audit_when_due(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource,
+                   state: IndexRepairCursor,
                    retried: set[str]) -> tuple[str, list[dg.RunRequest]]:
     """When due, compare Qdrant with what the ledger says is indexed: what it says, and the reindex runs it needs."""
     instance = context.instance
     [latest] = instance.event_log_storage.get_asset_check_execution_history(index_completeness.key, limit=1) or [None]
     newly_failed = (latest is not None and latest.status == CheckRecordStatus.FAILED
-                    and latest.id != state.get("handled"))
-    if not newly_failed and time.time() - state.get("audited_at", 0) < AUDIT_EVERY_SECONDS:
+                    and latest.id != state.handled)
+    if not newly_failed and time.time() - state.audited_at < AUDIT_EVERY_SECONDS:
         return "index_complete has not failed since the last audit", []
     if instance.get_run_records(dg.RunsFilter(job_name=reindex.name, statuses=IN_FLIGHT), limit=1):
         return "a reindex run is in flight; auditing after it", []
@@ -58,8 +67,8 @@ def audit_when_due(context: dg.SensorEvaluationContext, image_store: ImageStore,
             found = audit_index(index, ledger.indexed)
     except IndexUnavailable as error:
         return f"{error}; auditing on the next tick", []
-    number = state.get("audits", 0) + 1
-    state.update(audits=number, audited_at=time.time(), handled=latest.id if latest else None)
+    number = state.audits + 1
+    state.audits, state.audited_at, state.handled = number, time.time(), latest.id if latest else None
     missing = [key for key in found.missing if key not in retried]
     if not missing:
         return found.describe(qdrant.where), []
@@ -76,13 +85,13 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
     def index_repair(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource,
                      failed_image_retries: FailedImageRetries):
         instance = context.instance
-        state = json.loads(context.cursor or "{}")
+        state = IndexRepairCursor.parse(context.cursor)
         order = instance.get_dynamic_partitions(batches.name)
-        watch = FailureWatch(state.get("failures"))  # every tick: it costs what the failures cost
+        watch = FailureWatch(state.failures)  # every tick: it costs what the failures cost
         budget = failed_image_retries.budget
         failed = budget.plan([f for f in watch.look(instance, set(order)) if f.stage == QDRANT_INDEX.to_user_string()],
                              time.time())
-        state["failures"] = watch.state()
+        state.failures = watch.cursor
         if failed.exhausted:
             context.log.warning(failed.describe_exhausted(budget.attempts, HOW_TO_FIX))
         requests = retry_requests(failed.due, order)
@@ -95,7 +104,7 @@ def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefiniti
         audit_note, missing_requests = audit_when_due(context, image_store, qdrant, state, retried)
         requests += missing_requests
         if not requests:
-            return dg.SensorResult(skip_reason="; ".join(filter(None, [audit_note, *notes])), cursor=json.dumps(state))
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(state))
+            return dg.SensorResult(skip_reason="; ".join(filter(None, [audit_note, *notes])), cursor=state.dump())
+        return dg.SensorResult(run_requests=requests, cursor=state.dump())
 
     return index_repair

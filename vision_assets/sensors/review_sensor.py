@@ -3,25 +3,26 @@ target storage and our corrections JSON; and the review queue kept current."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import dagster as dg
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from ..assets.review_decisions import review_decisions
 from ..jobs import apply_reviews, measure_accuracy, refresh_review_queue
 from ..keys import QDRANT_INDEX, REVIEW_DECISIONS
 from ..partitions import images
 from ..resources import ImageStore
+from ..vision.cursor import Cursor
 from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject
 from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
 from ..vision.review.submissions import Submission, SubmissionError, build_review
 from ..vision.storage.object_store import ObjectMissing
 from ..vision.storage.results_store import DETECTIONS, LABELS, REVIEW, REVIEW_ANNOTATIONS, REVIEW_CORRECTIONS
+from .run_keys import run_key
 
 FILES_PER_TICK = 1000  # read 16 at a time: a few seconds of a tick on S3
 READ_THREADS = 16
@@ -30,7 +31,7 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED]
 
 
-class ReviewCursor(BaseModel):
+class ReviewCursor(Cursor):
     """Files are taken in (LastModified, key) order: everything up to `after`, and the keys seen at `after`
     itself (S3 times have one-second steps). Label Studio rewrites an annotation's file when it is updated, which
     gives it a new LastModified: an updated verdict is read again."""
@@ -66,7 +67,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         "`review_queue` after runs that change it (at most once a minute).",
     )
     def review_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore):
-        cursor = ReviewCursor.model_validate_json(context.cursor) if context.cursor else ReviewCursor()
+        cursor = ReviewCursor.parse(context.cursor)
         results = image_store.results
         folders = {f"{results.prefix}{REVIEW_ANNOTATIONS}": "label-studio",
                    f"{results.prefix}{REVIEW_CORRECTIONS}": "corrections"}
@@ -97,11 +98,10 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         cursor = cursor.advanced(taken)
         runs = []
         if reviewed:
-            identity = "\n".join(f"{o.key}\0{o.etag}" for o in taken)
             reviewers = sorted({r.reviewer for r in reviewed.values()})
             runs.append(dg.RunRequest(
                 job_name=apply_reviews.name,
-                run_key=f"reviews-{hashlib.sha256(identity.encode()).hexdigest()[:20]}",
+                run_key=run_key("reviews", *(f"{o.key}\0{o.etag}" for o in taken)),
                 run_config={"ops": {review_decisions.op.name: {"config": {"images": sorted(reviewed)}}}},
                 tags={"vision_assets/reviewers": ", ".join(reviewers)[:200], "vision_assets/images": str(len(reviewed))}))
             context.log.info(f"{len(reviewed)} reviewed image(s) from {len(taken)} file(s), applied in one run")
@@ -113,7 +113,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         runs += _queue_refresh(context, cursor)
         if not runs and not problems and not taken:
             return dg.SkipReason("no new review files; the review queue is current")
-        return dg.SensorResult(run_requests=runs, cursor=cursor.model_dump_json())
+        return dg.SensorResult(run_requests=runs, cursor=cursor.dump())
 
     return review_sensor
 

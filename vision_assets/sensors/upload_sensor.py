@@ -2,7 +2,6 @@
 per batch."""
 
 
-import hashlib
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -14,12 +13,14 @@ from ..jobs import delete_images, process_images
 from ..keys import SOURCE_IMAGES
 from ..partitions import batches, images, partition_key_for
 from ..resources import ImageStore, S3ImageStore, UploadPolicy
-from ..vision.batches import BatchManifest, batch_key, chunked, next_number
+from ..vision.batches import BatchManifest, batch_key, next_number
+from ..vision.chunking import chunked
 from ..vision.deletion import safe_to_delete
 from ..vision.records import StoredObject
 from ..vision.storage.s3_events import EventQueue
 from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick
 from .batch_migration import migrate_slice
+from .run_keys import run_key
 
 IMAGES_TAG = "vision_assets/images"  # how many images a run's batches hold
 
@@ -27,8 +28,7 @@ IMAGES_TAG = "vision_assets/images"  # how many images a run's batches hold
 def batch_run_key(batch: list[str], versions: dict[str, str]) -> str:
     # The run key names the exact object versions, so a re-evaluated tick never launches the same batch twice
     # while a re-upload (new etag) always gets a new run.
-    identity = "\n".join(f"{key}\0{versions[key]}" for key in batch)
-    return f"upload-batch-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
+    return run_key("upload-batch", *(f"{key}\0{versions[key]}" for key in batch))
 
 
 def describe(plan: TickPlan) -> str:
@@ -174,7 +174,7 @@ def _deletions(context: dg.SensorEvaluationContext, registered: list[str], plan:
         return [], []
     request = dg.RunRequest(
         job_name=delete_images.name,
-        run_key="delete-" + hashlib.sha256("\n".join(gone).encode()).hexdigest()[:20],
+        run_key=run_key("delete", *gone),
         run_config=delete_run_config(gone, delete_objects=False),
         tags={"vision_assets/deleted": str(len(gone))},
     )

@@ -11,7 +11,7 @@ the older batch's entry is superseded (never processed again, see `supersedes`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
@@ -44,11 +44,6 @@ def batch_order(key: str) -> tuple[str, int]:
 
 def is_newer(key: str, than: str) -> bool:
     return batch_order(key) > batch_order(than)
-
-
-def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
 
 
 class BatchManifest(BaseModel):

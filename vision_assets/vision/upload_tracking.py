@@ -27,6 +27,7 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
+from .cursor import Cursor
 from .records import StoredObject
 from .storage.results_store import is_pipeline_file
 
@@ -44,7 +45,7 @@ class Migration(BaseModel):
         return self.moved >= self.legacy_images
 
 
-class UploadCursor(BaseModel):
+class UploadCursor(Cursor):
     watermark: datetime | None = None
     # fingerprint(key, etag) -> LastModified as epoch seconds, for objects modified within lookback of watermark
     recent: dict[str, float] = Field(default_factory=dict)
@@ -62,13 +63,6 @@ class UploadCursor(BaseModel):
         if self.floor is not None and obj.last_modified.timestamp() <= self.floor:
             return True
         return fingerprint(obj) in self.recent
-
-    @classmethod
-    def parse(cls, raw: str | None) -> UploadCursor:
-        return cls.model_validate_json(raw) if raw else cls()
-
-    def dump(self) -> str:
-        return self.model_dump_json()
 
 
 def fingerprint(obj: StoredObject) -> str:

@@ -155,3 +155,25 @@ def test_a_local_mode_folder_is_moved_to_edge_once_with_everything(tmp_path):
     with qdrant.open(on_wait=heard.append) as index:  # once only
         assert index.client.count(index.images).count == 12
     assert heard == []
+
+
+def test_the_server_client_and_the_embedded_one_both_give_what_the_index_code_calls(tmp_path):
+    """`IndexClient` lists every call the index code makes: both clients have each, with the keywords it passes."""
+    import inspect
+
+    from vision_assets.vision.index.client import IndexClient
+
+    server, embedded = QdrantClient(location=":memory:"), EdgeClient(tmp_path / "edge")
+    try:
+        for client in (server, embedded):
+            assert isinstance(client, IndexClient), type(client)
+            for name, wanted in inspect.getmembers(IndexClient, inspect.isfunction):
+                if name.startswith("_"):
+                    continue
+                given = inspect.signature(getattr(client, name)).parameters
+                keywords = [p.name for p in inspect.signature(wanted).parameters.values()
+                            if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"]
+                assert set(keywords) <= set(given) or "_" in given, (type(client).__name__, name, keywords, list(given))
+    finally:
+        server.close()
+        embedded.close()

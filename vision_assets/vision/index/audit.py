@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 from .vector_index import VectorIndex, image_point_id
 
-LOOKUP_BATCH = 1000
-
 
 @dataclass(frozen=True)
 class IndexAudit:
@@ -37,13 +35,8 @@ def audit_index(index: VectorIndex, indexed: Sequence[str], sampled_from: int | 
         return IndexAudit(0, [], sampled_from)
     if not index.client.collection_exists(index.images):
         return IndexAudit(len(indexed), list(indexed), sampled_from)
-    missing = []
-    for start in range(0, len(indexed), LOOKUP_BATCH):
-        chunk = indexed[start : start + LOOKUP_BATCH]
-        found = index.client.retrieve(index.images, [image_point_id(k) for k in chunk], with_payload=False,
-                                      with_vectors=False)
-        present = {str(point.id) for point in found}
-        missing += [key for key in chunk if image_point_id(key) not in present]
+    present = index.present(index.images, [image_point_id(key) for key in indexed])
+    missing = [key for key in indexed if image_point_id(key) not in present]
     return IndexAudit(len(indexed), missing, sampled_from)
 
 

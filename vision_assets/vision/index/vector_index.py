@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
+
+from ..chunking import POINT_LOOKUP, chunked
+from .client import IndexClient
 
 # Fixed forever: changing it would orphan every point ever written.
 POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
@@ -25,7 +28,6 @@ GEO_FIELDS = ("location",)
 PAYLOAD_INDEXES = ((models.PayloadSchemaType.KEYWORD, KEYWORD_FIELDS), (models.PayloadSchemaType.FLOAT, FLOAT_FIELDS),
                    (models.PayloadSchemaType.BOOL, BOOL_FIELDS), (models.PayloadSchemaType.DATETIME, DATETIME_FIELDS),
                    (models.PayloadSchemaType.GEO, GEO_FIELDS))
-LOOKUP_BATCH = 1000  # point ids per retrieve call
 
 
 def image_point_id(partition_key: str) -> str:
@@ -65,7 +67,7 @@ class ImagePoints:
 
 
 class VectorIndex:
-    def __init__(self, client: QdrantClient, collection_prefix: str = ""):
+    def __init__(self, client: IndexClient, collection_prefix: str = ""):
         self.client = client
         self.images = f"{collection_prefix}{IMAGES}"
         self.crops = f"{collection_prefix}{CROPS}"
@@ -123,8 +125,8 @@ class VectorIndex:
             for point_id, vector, payload in zip(i.crop_ids, i.crop_vectors, i.crop_payloads, strict=True)
         ]
         for collection, points in ((self.images, image_points), (self.crops, crop_points)):
-            for start in range(0, len(points), batch_size):
-                self.client.upsert(collection, points=points[start : start + batch_size], wait=True)
+            for chunk in chunked(points, batch_size):
+                self.client.upsert(collection, points=list(chunk), wait=True)
 
     def delete_points(self, partition_keys: Sequence[str], crop_ids: Sequence[str]) -> None:
         """Remove these images' points, by id: their image point and the given crop points."""
@@ -144,8 +146,8 @@ class VectorIndex:
         """Per image, why the index does not hold exactly its points (an empty list when it does): its image point,
         every crop point it wrote, and none of the crop points an earlier run may have left. Looked up by id, in
         one call per collection for all the images."""
-        image_found = self._present(self.images, [image_point_id(image.partition_key) for image in images])
-        crop_found = self._present(self.crops, [p for image in images for p in image.crop_ids + image.stale_crop_ids])
+        image_found = self.present(self.images, [image_point_id(image.partition_key) for image in images])
+        crop_found = self.present(self.crops, [p for image in images for p in image.crop_ids + image.stale_crop_ids])
         problems: dict[str, list[str]] = {}
         for image in images:
             found = []
@@ -158,11 +160,11 @@ class VectorIndex:
             problems[image.partition_key] = found
         return problems
 
-    def _present(self, collection: str, point_ids: Sequence[str]) -> set[str]:
+    def present(self, collection: str, point_ids: Sequence[str]) -> set[str]:
+        """Which of these point ids the collection holds, looked up by id (no filter over the collection)."""
         found: set[str] = set()
-        for start in range(0, len(point_ids), LOOKUP_BATCH):
-            points = self.client.retrieve(collection, list(point_ids[start:start + LOOKUP_BATCH]), with_payload=False,
-                                          with_vectors=False)
+        for chunk in chunked(point_ids, POINT_LOOKUP):
+            points = self.client.retrieve(collection, list(chunk), with_payload=False, with_vectors=False)
             found.update(str(point.id) for point in points)
         return found
 

@@ -7,14 +7,11 @@ import hashlib
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .cache import ModelCache
-
-T = TypeVar("T")
 
 OFFLINE_HINT = (
     "No network, or the model id is wrong? Build local models with "
@@ -128,11 +125,6 @@ def resolve_precision(precision: str, device: str, auto: dict[str, str]) -> str:
     if chosen == "bf16" and not fast_bf16(device):
         return "fp16" if kind == "cuda" else "fp32"
     return chosen
-
-
-def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), max(1, size)):
-        yield items[start : start + size]
 
 
 class Model(ABC):

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from ..chunking import chunked
 from ..records import Label
-from .base import Model, batches, torch_dtype
+from .base import Model, torch_dtype
 from .hub import hugging_face_offline_unless_reachable
 
 
@@ -52,7 +53,7 @@ class ImageClassifier(Model):
         processor, model, keep, labels = self.load()
         keep_index = torch.tensor(keep, device=self.device)
         out: list[list[Label]] = []
-        for batch in batches(images, self.batch_size):
+        for batch in chunked(images, self.batch_size):
             inputs = processor(images=list(batch), return_tensors="pt").to(self.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             with torch.inference_mode():

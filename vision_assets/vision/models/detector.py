@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from ..chunking import chunked
 from ..images.validation import size_within
 from ..process import import_ultralytics_yolo
 from ..records import Detection
-from .base import OFFLINE_HINT, Model, ModelLoadError, batches, local_model_path, torch_dtype
+from .base import OFFLINE_HINT, Model, ModelLoadError, local_model_path, torch_dtype
 from .hub import GITHUB, reachable
 
 
@@ -59,7 +60,7 @@ class YoloDetector(Model):
         # ultralytics has no bf16 weights: bf16 is autocast (weights fp32, convolutions and matmuls in bf16).
         computing = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
         found: list[list[Detection]] = []
-        for batch in batches(images, self.batch_size):
+        for batch in chunked(images, self.batch_size):
             inputs = [fit_within(image, self.image_size) for image in batch]
             with computing:
                 results = model.predict(

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import Model, batches, torch_dtype
+from ..chunking import chunked
+from .base import Model, torch_dtype
 from .cache import HF_HUB_PREFIX
 from .hub import hugging_face_offline_unless_reachable
 
@@ -61,7 +62,7 @@ class ClipEmbedder(Model):
         # bf16 weights need bf16 pixels (OpenCLIP keeps a few parameters, such as the logit scale, in fp32)
         dtype = next((p.dtype for p in model.visual.parameters() if p.dtype != torch.float32), torch.float32)
         vectors = []
-        for batch in batches(images, self.batch_size):
+        for batch in chunked(images, self.batch_size):
             pixels = torch.stack([preprocess(image) for image in batch]).to(self.device, dtype)
             with torch.inference_mode():
                 # Normalised in fp32: a bf16 model's vectors normalised in bf16 miss unit length by 1e-3.
@@ -73,7 +74,7 @@ class ClipEmbedder(Model):
 
         model, _, tokenizer = self.load()
         vectors = []
-        for batch in batches(texts, self.batch_size):
+        for batch in chunked(texts, self.batch_size):
             tokens = tokenizer(list(batch)).to(self.device)
             with torch.inference_mode():
                 vectors.append(_unit(_encode_text(model, tokens)))

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..chunking import chunked
 from ..records import Label
-from .base import Model, batches, torch_dtype
+from .base import Model, torch_dtype
 from .hub import hugging_face_offline_unless_reachable
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
@@ -108,7 +109,7 @@ class TaxonClassifier(Model):
 
         model, preprocess, taxa, names = self.load()
         out: list[list[Label]] = []
-        for batch in batches(images, self.batch_size):
+        for batch in chunked(images, self.batch_size):
             pixels = torch.stack([preprocess(image.convert("RGB")) for image in batch]).to(self.device, taxa.dtype)
             with torch.inference_mode():
                 features = F.normalize(model.encode_image(pixels), dim=-1)

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from ..chunking import chunked
 from ..records import StoredObject
 
 MAX_PER_RECEIVE = 10  # SQS's own limit
@@ -98,7 +99,6 @@ class EventQueue:
         return messages
 
     def delete(self, receipts: list[str]) -> None:
-        for start in range(0, len(receipts), DELETE_BATCH):
-            chunk = receipts[start:start + DELETE_BATCH]
+        for chunk in chunked(receipts, DELETE_BATCH):
             self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
                 {"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(chunk)])
