@@ -43,13 +43,13 @@ from vision_assets.partitions import batches as batch_partitions
 from vision_assets.partitions import images as images_partitions
 from vision_assets.resources import LocalImageStore, UploadPolicy
 from vision_assets.settings import Settings
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.batches import BatchIndexed, batch_key
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
 from vision_assets.vision.models.base import Model
 from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
-from vision_assets.vision.models.offline import build_offline_models
 from vision_assets.vision.storage.results_store import ResultsStore
 from vision_assets.wiring import build_definitions, model_resources_from
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.committee.second_opinion import second_opinions
 from vision_assets.vision.committee.zero_shot import Vocabulary, label_prompt
 from vision_assets.vision.models.base import identity_for
@@ -36,7 +37,7 @@ from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.defaults import INAT21_WILDLIFE_MODEL
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
-from vision_assets.vision.models.offline import build_offline_models, read_manifest
+from vision_assets.vision.models.offline_manifest import read_manifest
 from vision_assets.vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from vision_assets.vision.process import hugging_face_offline
 from vision_assets.vision.records import CropLabels, Detection, Label, SpecialistLabel

@@ -3,7 +3,7 @@
 
 Each measurement is a fresh process (peak RSS is per process): it generates N photos of about 12 MP (or
 `--megapixels`), registers them, runs the batched job in process with the offline models and reports its peak RSS. The baseline is the
-smallest batch, measured in the same invocation; the ratio is what the README quotes. Not part of the test suite.
+smallest batch, measured in the same invocation; the ratio is what bench/README.md quotes. Not part of the test suite.
 
     uv run python bench/memory_bench.py [--batches 16,256] [--size full|tiny] [--chunk 32] [--megapixels 50]
 """
@@ -131,7 +131,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.models, args.chunk)))
         return
-    from vision_assets.vision.models.offline import build_offline_models
+    from vision_assets.tools.offline_models import build_offline_models
 
     models = Path(tempfile.mkdtemp(prefix="memory-bench-models-"))
     build_offline_models(models, args.size)

@@ -35,13 +35,13 @@ from bench.meter import Meter
 from vision_assets.bootstrap import bootstrap
 from vision_assets.resources import LocalImageStore, UploadPolicy
 from vision_assets.settings import Settings
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.committee.labeling import label_batch
 from vision_assets.vision.committee.routing import crop_box
 from vision_assets.vision.committee.scenes import scene_tags
 from vision_assets.vision.committee.vocabularies import Vocabularies
 from vision_assets.vision.committee.zero_shot import Vocabulary
 from vision_assets.vision.models.base import Model
-from vision_assets.vision.models.offline import build_offline_models
 from vision_assets.vision.records import DetectionsRecord
 from vision_assets.wiring import build_definitions, model_resources_from
 

@@ -32,12 +32,13 @@ import numpy as np
 from PIL import Image
 
 from bench.expert_bench import PHOTOS, crops, gflop
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.models.base import identity_for
 from vision_assets.vision.models.cache import ModelCache
 from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
-from vision_assets.vision.models.offline import build_offline_models, read_manifest
+from vision_assets.vision.models.offline_manifest import read_manifest
 
 PRECISIONS = ("fp32", "bf16")
 

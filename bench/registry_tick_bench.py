@@ -1,7 +1,7 @@
 """One upload-sensor tick when the catalogue is large: N images already registered (the `images` registry in a
 SQLite instance like `vision-assets dev`'s, and their batches), 1,000 new files in the folder store. The listing is
 of the new files only (a bucket of a million objects takes a thousand LIST requests whatever the sensor does: see
-"Upload events" in the README), so what grows with N here is the sensor's own work: reading the registry, planning,
+"Upload events" in docs/pipeline.md), so what grows with N here is the sensor's own work: reading the registry, planning,
 writing the manifests, adding the partitions. Baseline in the same run: an empty catalogue. The first tick of a
 process reads the registry whole; later ticks read only what changed (vision_assets/event_storage/partition_lists.py).
 

@@ -29,8 +29,8 @@ from bench.pipeline_bench import PHOTOS, make_images, register_uploads
 from vision_assets.bootstrap import bootstrap
 from vision_assets.resources import LocalImageStore, ReviewSettings, UploadPolicy
 from vision_assets.settings import Settings
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.images.review import ReviewPictures, labels_markdown, review_crops_markdown
-from vision_assets.vision.models.offline import build_offline_models
 from vision_assets.vision.records import LabelsRecord
 from vision_assets.vision.storage.results_store import LABELS
 from vision_assets.wiring import build_definitions, model_resources_from

@@ -40,8 +40,8 @@ from vision_assets.keys import SPECIALIST_LABELS
 from vision_assets.partitions import batches, images
 from vision_assets.resources import LocalImageStore
 from vision_assets.settings import Settings
+from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.batches import BatchManifest, batch_key
-from vision_assets.vision.models.offline import build_offline_models
 from vision_assets.wiring import build_definitions, model_resources_from
 
 bootstrap()  # the process set up as the code location sets up its run workers

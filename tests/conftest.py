@@ -127,7 +127,7 @@ from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.partitions import batches, images  # noqa: E402
 from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
 from vision_assets.settings import Settings  # noqa: E402
-from vision_assets.vision.models.offline import build_offline_models  # noqa: E402
+from vision_assets.tools.offline_models import build_offline_models  # noqa: E402
 from vision_assets.wiring import model_resources_from  # noqa: E402
 
 bootstrap()  # the process set up as the code location sets up its run workers

@@ -1,6 +1,6 @@
 """The review loop against a real Label Studio (1.23, started here on loopback, its data in a temporary folder):
 the project made from `vision-assets review-config`, the tasks read from moto's S3 by Label Studio's own S3 source
-storage as the README configures it, a reviewer's annotation submitted through its API, written back by its S3
+storage as docs/reviewing.md configures it, a reviewer's annotation submitted through its API, written back by its S3
 target storage, and applied by `review_sensor`: the human label in Qdrant, the label check Passed.
 
 Label Studio is not a dependency of this project (a Django application with its own pins): the test finds it as
@@ -100,7 +100,7 @@ def passed_review(instance, image: str) -> bool:
 
 
 def storage(bucket: str, prefix: str, s3_endpoint: str, **more) -> dict:
-    """The S3 storage settings the README gives (here with moto's endpoint and credentials)."""
+    """The S3 storage settings docs/reviewing.md gives (here with moto's endpoint and credentials)."""
     return {"bucket": bucket, "prefix": prefix, "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
             "region_name": "us-east-1", "s3_endpoint": s3_endpoint} | more
 
@@ -198,7 +198,7 @@ def test_a_reviewer_submits_in_label_studios_own_page_in_chromium(label_studio, 
 
 def project_with_tasks(label_studio, bucket, s3_endpoint, s3_client, capsys) -> tuple[int, list[dict]]:
     """A project from `vision-assets review-config`, its tasks imported by its own S3 source storage: one task per
-    JSON file under <results>~review/tasks/ (not every object as an image), as the README configures it."""
+    JSON file under <results>~review/tasks/ (not every object as an image), as docs/reviewing.md configures it."""
     assert main(["review-config"]) == 0
     config = capsys.readouterr().out
     project = label_studio.post("/api/projects", json={"title": "vision-assets review", "label_config": config})

@@ -1,4 +1,4 @@
-"""The project's promises about itself: definitions load, the README names every setting, deploy config is valid."""
+"""The project's promises about itself: definitions load, the docs show every setting as declared, deploy config is valid."""
 
 import re
 import subprocess

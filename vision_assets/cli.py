@@ -355,7 +355,7 @@ def reindex(args: argparse.Namespace) -> int:
 
 
 def build_offline(args: argparse.Namespace) -> int:
-    from .vision.models.offline import build_offline_models
+    from .tools.offline_models import build_offline_models
 
     manifest = build_offline_models(args.folder, args.size)
     print(f"wrote {args.size} offline models to {manifest.parent}\n"

@@ -2,7 +2,7 @@
 type, default and meaning. `docs/configuration.md`'s table is generated from these declarations
 (`uv run python -m vision_assets.settings --write`; a test fails when the two differ), and the resources take their
 defaults from `DEFAULTS`, so a default is written in one place. Secrets reach resources as `dg.EnvVar` so the UI
-never shows them (see `definitions.py`)."""
+never shows them (see `wiring.py`)."""
 
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ class Settings(BaseSettings):
             raise ValueError(_explained(error)) from None
 
     def with_offline_models(self) -> Settings:
-        from .vision.models.offline import read_manifest
+        from .vision.models.offline_manifest import read_manifest
 
         manifest = read_manifest(self.offline_models)
         detector, clip = manifest.get("detector", {}), manifest.get("clip", {})

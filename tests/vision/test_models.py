@@ -11,6 +11,7 @@ import ultralytics
 from PIL import Image
 
 from vision_assets.settings import DEFAULTS
+from vision_assets.tools.offline_models import KNOWN_TAXA, TAXA, WILDLIFE_CLASSES
 from vision_assets.vision.models.base import ModelLoadError, identity_for
 from vision_assets.vision.models.cache import ModelCache
 from vision_assets.vision.models.classifier import ImageClassifier
@@ -23,7 +24,7 @@ from vision_assets.vision.models.defaults import (
 )
 from vision_assets.vision.models.detector import YoloDetector, fit_within
 from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
-from vision_assets.vision.models.offline import KNOWN_TAXA, TAXA, WILDLIFE_CLASSES, read_manifest
+from vision_assets.vision.models.offline_manifest import read_manifest
 from vision_assets.vision.models.taxonomy import TAXA_SOURCES, TaxonClassifier
 from vision_assets.vision.process import hugging_face_offline
 

@@ -8,7 +8,7 @@ how the real one would be found, so the loaders run exactly as they do for hub i
 
 `full` twins have the published architecture class, input size, preprocessing and number of classes, so benchmarks
 do the real amount of compute. `tiny` twins keep the classes, the input sizes and the loaders and shrink the
-networks, so tests are fast. What cannot be known offline (most label names) is approximated; see the README.
+networks, so tests are fast. What cannot be known offline (most label names) is approximated; see docs/models.md.
 
 `offline.json` in the folder says which ids to load and the detector settings that make random weights produce
 boxes (a low confidence threshold and a cap), so crops exist for the experts.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from ..committee.routing import CORAL, DEFAULT_ROUTES
-from .cache import HUB_CACHE, ULTRALYTICS
-from .defaults import (
+from ..vision.committee.routing import CORAL, DEFAULT_ROUTES
+from ..vision.models.cache import HUB_CACHE, ULTRALYTICS
+from ..vision.models.defaults import (
     CAT_MODEL,
     CLIP_ARCHITECTURE,
     CLIP_PRETRAINED,
@@ -37,9 +37,9 @@ from .defaults import (
     INAT21_WILDLIFE_MODEL,
     WILDLIFE_MODEL,
 )
-from .taxonomy import TAXA_SOURCES
+from ..vision.models.offline_manifest import MANIFEST
+from ..vision.models.taxonomy import TAXA_SOURCES
 
-MANIFEST = "offline.json"
 SIZES = ("tiny", "full")
 DETECTOR_SETTINGS = {"confidence": 0.05, "max_detections": 4}
 TWIN_FORMAT = 2  # part of every snapshot revision: bump when what a twin looks like changes
@@ -289,7 +289,7 @@ def _taxa(target: Path, size: str, stem: str, seed: int) -> None:
 def _build_detector(folder: Path, name: str) -> None:
     import torch
 
-    from ..process import import_ultralytics_yolo
+    from ..vision.process import import_ultralytics_yolo
 
     YOLO = import_ultralytics_yolo()
     import ultralytics
@@ -310,15 +310,3 @@ def _build_detector(folder: Path, name: str) -> None:
             final.bias.fill_(-6.0)
             final.bias[sorted(routed)] = -2.5
     model.save(str(folder / name))
-
-
-def read_manifest(folder: str | Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: build it with `vision-assets models build-offline {folder}`")
-    manifest = json.loads(path.read_text())
-    if "model_cache" not in manifest:
-        raise ValueError(f"{path} was written by an older vision-assets: rebuild it with "
-                         f"`vision-assets models build-offline {folder} --size {manifest.get('size', 'tiny')}`")
-    manifest["model_cache"] = str((Path(folder) / manifest["model_cache"]).resolve())
-    return manifest
