@@ -46,6 +46,8 @@ def test_the_configuration_page_shows_every_setting_as_declared():
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", page, flags=re.M))
     assert documented == {variable(name) for name in Settings.model_fields}
     assert {"VISION_ASSETS_BATCH_SIZE", "AWS_ACCESS_KEY_ID", "VISION_ASSETS_CALLBACK_SECRET"} <= documented
+    vocabulary = dict(re.findall(r"`([^`]+)` = \*([^*]+)\*", page))  # the default scene vocabulary, spelled out
+    assert vocabulary == DEFAULTS.scene_tags
 
 
 def test_importing_the_package_changes_nothing_about_the_process_and_the_code_location_sets_it_up(tmp_path):
@@ -108,11 +110,39 @@ def test_a_scene_vocabulary_without_the_coral_gate_is_refused_while_there_is_a_c
     assert Settings.from_env().scene_tags == {"beach": "a photo of a beach", "snow": "a photo of snow"}
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    """README, docs/ and bench/README.md link each other: every relative link names a file that exists and, with a
+    #fragment, a heading in it."""
+    pages = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not ours to check here
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)}
+                if fragment not in headings:
+                    broken.append(f"{page.relative_to(ROOT)} -> {target} (no such heading)")
+    assert not broken, broken
+    assert len(pages) >= 9
+
+
 def test_readme_commands_are_the_ones_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "uv run pytest" in readme and ci.strip().splitlines()[-1] == "uv run pytest"
     assert "uv run vision-assets dev" in readme
+    assert "uv run ruff check" in readme and "uv run ruff check" in ci
+    assert 'uv run pytest -m "not slow"' in readme
 
 
 def test_production_instance_config_matches_dagsters_schema(monkeypatch):
