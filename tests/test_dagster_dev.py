@@ -30,8 +30,9 @@ ODD_NAME = "street scene, 2.jpg"  # a key the UI's partition syntax would trip o
 
 
 class DagsterDev:
-    def __init__(self, data_dir: Path, env: dict[str, str]):
+    def __init__(self, data_dir: Path, env: dict[str, str], get: Callable[[str], bytes]):
         self.data_dir = data_dir
+        self.get = get  # an object of the watched bucket (or folder), by key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/graphql"
         self.log = open(data_dir / f"dev-{time.time_ns()}.log", "wb")  # one per start
@@ -44,6 +45,10 @@ class DagsterDev:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so stop() can end dagster dev and every process it started
         )
+
+    def manifest(self, batch: str) -> list[str]:
+        """The images of an upload batch, from its manifest in the store."""
+        return json.loads(self.get(f"vision-assets-results/~batches/{batch}.json"))["images"]
 
     def query(self, text: str, variables: dict | None = None) -> dict:
         response = requests.post(self.url, json={"query": text, "variables": variables or {}}, timeout=30)
@@ -89,7 +94,7 @@ class DagsterDev:
         while time.monotonic() < deadline:
             for run in self.finished_runs():
                 batch = {t["key"]: t["value"] for t in run["tags"]}.get("dagster/partition")
-                if batch and image in manifest_of(self.data_dir, batch):
+                if batch and image in self.manifest(batch):
                     return run
             time.sleep(1)
         raise TimeoutError(Path(self.log.name).read_text()[-3000:])
@@ -144,9 +149,11 @@ def shared_dev(request, tmp_path_factory, offline_models):
         env |= {"VISION_ASSETS_S3_BUCKET": bucket, "VISION_ASSETS_S3_ENDPOINT_URL": endpoint,
                 "VISION_ASSETS_S3_REGION": "us-east-1", "VISION_ASSETS_PREFIX": "incoming/"}
         put = lambda name, data: client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)
+        get = lambda key: client.get_object(Bucket=bucket, Key=key)["Body"].read()
     else:
         put = lambda name, data: (data_dir / "bucket" / name).write_bytes(data)
-    shared = Running(DagsterDev(data_dir, env), put, request.param, env)
+        get = lambda key: (data_dir / "bucket" / key).read_bytes()
+    shared = Running(DagsterDev(data_dir, env, get), put, request.param, env)
     try:
         shared.dev.wait_until_up()
         yield shared
@@ -158,7 +165,8 @@ def shared_dev(request, tmp_path_factory, offline_models):
 def running(shared_dev):
     """The shared dev, started again on the same data folder if a test stopped it: no test depends on the order."""
     if shared_dev.dev.process.poll() is not None:
-        shared_dev.dev = DagsterDev(shared_dev.dev.data_dir, shared_dev.env)
+        old = shared_dev.dev
+        shared_dev.dev = DagsterDev(old.data_dir, shared_dev.env, old.get)
         shared_dev.dev.wait_until_up()
     return shared_dev
 
@@ -219,9 +227,6 @@ def rerun_images(dev: DagsterDev, batch: str, images: list[str]) -> str:
     return wait_for_run(dev, launched["run"]["runId"])
 
 
-def manifest_of(data_dir: Path, batch: str) -> list[str]:
-    return json.loads((data_dir / "bucket" / "vision-assets-results" / "~batches" / f"{batch}.json").read_text())[
-        "images"]
 
 
 def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
@@ -249,7 +254,7 @@ def test_the_committee_end_to_end_with_a_backfill(running):
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["dagster/sensor_name"] == "upload_sensor" and tags["vision_assets/images"] == "3"  # one run for all
     batch = tags["dagster/partition"]
-    assert set(manifest_of(dev.data_dir, batch)) == {"bus.jpg", odd, "corrupt.jpg"}
+    assert set(dev.manifest(batch)) == {"bus.jpg", odd, "corrupt.jpg"}
 
     for stage in STAGES:
         [materialized] = dev.query(MATERIALIZATIONS, {"path": [stage], "batch": batch})["assetNodes"]
@@ -336,7 +341,7 @@ def test_review_in_a_real_browser(running):
     rejected = {image for image, status in statuses.items() if status == "rejected"}
     assert {"review-truncated.jpg", "review-empty.png", "review-notes.png"} <= rejected
     failed_batches = partition_statuses(dev, "source_images")["failed"]
-    [batch] = [b for b in failed_batches if "review-photo.jpg" in manifest_of(dev.data_dir, b)]
+    [batch] = [b for b in failed_batches if "review-photo.jpg" in dev.manifest(b)]
     deadline = time.monotonic() + 90  # review_sensor refreshes the queue after runs (at most once a minute)
     while not dev.query(REVIEW_QUEUE_MATERIALIZED)["assetNodes"][0]["assetMaterializations"]:
         assert time.monotonic() < deadline, "review_queue was never materialized"
@@ -349,9 +354,9 @@ def test_review_in_a_real_browser(running):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
 
+        assert dev.query("{ shouldShowNux }")["shouldShowNux"] is False  # no "join the community" dialog
         page.goto(f"{base}/assets/source_images?view=checks&checkDetail=images_valid")
-        skip_onboarding(page)
-        page.get_by_text("Partitions", exact=True).last.click()  # the check's own Partitions tab
+        check_partitions_tab(page).click()
         for box in STATUS_BOXES:
             checkbox = page.get_by_role("checkbox", name=re.compile(rf"^{box} \(\d+\)$"))  # "Failed (2)"
             if (box == "Failed") != checkbox.is_checked():
@@ -374,7 +379,6 @@ def test_review_in_a_real_browser(running):
 
         # Where a reviewer starts: what needs a person, with pictures, why, and links to the task and the batch.
         page.goto(f"{base}/assets/review_queue")
-        skip_onboarding(page)
         page.get_by_text("crops_needing_review").first.wait_for()
         page.get_by_text("[Show Markdown]").first.click()
         assert_picture_shown(page, page.locator("img[alt]").first.get_attribute("alt"))
@@ -385,8 +389,7 @@ def test_review_in_a_real_browser(running):
 
         # CLIP's second opinion: its own check, with a result (not "Missing") for the batch, saying what CLIP thinks
         page.goto(f"{base}/assets/specialist_labels?view=checks&checkDetail=committee_agrees")
-        skip_onboarding(page)
-        page.get_by_text("Partitions", exact=True).last.click()
+        check_partitions_tab(page).click()
         for box in STATUS_BOXES:
             checkbox = page.get_by_role("checkbox", name=re.compile(rf"^{box} \(\d+\)$"))
             if (box != "Missing") != checkbox.is_checked():  # every result, but no batch without one
@@ -411,14 +414,12 @@ def assert_picture_shown(page, alt: str) -> int:
     return picture.evaluate("img => img.naturalWidth")
 
 
-def skip_onboarding(page) -> None:
-    """Dagster's first-visit "join the community" dialog covers the page; it may take a moment to appear."""
-    skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(timeout=5_000)
-        skip.click()
-    except Exception:
-        pass
+def check_partitions_tab(page):
+    """The check's own Partitions tab, once the check's detail has rendered beside the asset's tabs (the asset's
+    Partitions tab comes first and is there at once)."""
+    tabs = page.get_by_text("Partitions", exact=True)
+    tabs.nth(1).wait_for()
+    return tabs.last
 
 
 def partition_column(page):
@@ -485,8 +486,8 @@ def test_a_killed_run_worker_heals_without_a_person(running):
         most_in_flight = max(most_in_flight, sum(r["status"] in ("STARTING", "STARTED") for r in runs))
         tags = {r["runId"]: {t["key"]: t["value"] for t in r["tags"]} for r in runs}
         retries = [r for r in runs if tags[r["runId"]].get("dagster/root_run_id") == run_id]
-        later = [r for r in runs if "dagster/partition" in tags[r["runId"]] and "after-kill.jpg" in manifest_of(
-            dev.data_dir, tags[r["runId"]]["dagster/partition"])]
+        later = [r for r in runs if "dagster/partition" in tags[r["runId"]] and "after-kill.jpg" in dev.manifest(
+            tags[r["runId"]]["dagster/partition"])]
         if retries and later and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
             break
         assert time.monotonic() < deadline, (runs, Path(dev.log.name).read_text()[-4000:])

@@ -68,6 +68,19 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_build_offline_says_what_it_did_and_nothing_else(tmp_path):
+    """A person's first command without network: its two lines, not the libraries' banners, progress bars and
+    warnings about random weights (which are the point)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([sys.executable, "-m", "vision_assets.cli", "models", "build-offline",
+                             str(tmp_path / "models")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [f"wrote tiny offline models to {tmp_path / 'models'}",
+                                          f"use them with: VISION_ASSETS_OFFLINE_MODELS={tmp_path / 'models'}"]
+    assert result.stderr == "", result.stderr[-3000:]
+
+
 def test_settings_reject_nonsense_naming_the_variable(monkeypatch):
     monkeypatch.setenv("VISION_ASSETS_BATCH_SIZE", "lots")
     with pytest.raises(ValueError, match=r"VISION_ASSETS_BATCH_SIZE: Input should be a valid integer.*'lots'"):
@@ -172,7 +185,7 @@ def test_the_instance_dev_writes_matches_dagsters_schema_and_heals(tmp_path, mon
     assert process_config(dagster_instance_config_schema(), config).success
     assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["free_slots_after_run_end_seconds"] <= 60
     assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": True}
-    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3 and config["nux"] == {"enabled": False}
     written.write_text("telemetry:\n  enabled: false\n")  # the user's own file: left alone
     prepare_instance(Settings.from_env())
     assert written.read_text() == "telemetry:\n  enabled: false\n"

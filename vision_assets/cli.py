@@ -29,6 +29,9 @@ INSTANCE_YAML = INSTANCE_MARKER + """ on every start, from the environment. Dele
 {storage}
 telemetry:
   enabled: false
+# No "Join the Dagster community" dialog over every fresh browser.
+nux:
+  enabled: false
 concurrency:
   runs:
     max_concurrent_runs: {max_runs}  # VISION_ASSETS_MAX_CONCURRENT_RUNS; the rest wait in the queue
