@@ -19,7 +19,8 @@ from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
 from .vision.models import defaults
 
 PREFIX = "VISION_ASSETS_"
-DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif,.heic,.heif"
+# `.hif`: the HEIF files Canon and Sony cameras write.
+DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff,.jp2,.j2k,.avif,.heic,.heif,.hif"
 SPECIALISTS = ("dog_breeds", "cat_breeds", "wildlife", "coral_health")  # each has a `<name>_model` setting
 
 

@@ -61,6 +61,15 @@ def test_filter():
     assert UploadFilter().accepts("anything.at.all")
 
 
+def test_the_default_extensions_take_camera_heif_files():
+    from vision_assets.settings import DEFAULTS
+
+    cameras = UploadFilter(extensions=DEFAULTS.image_extensions)
+    for name in ("IMG_0001.HIF", "DSC01234.hif", "IMG_4321.HEIC", "photo.heif", "scan.JPG"):
+        assert cameras.accepts(name), name
+    assert not cameras.accepts("clip.MP4") and not cameras.accepts("IMG_0001.CR3")  # video and raw are not images here
+
+
 def test_every_object_not_taken_is_counted_by_its_real_reason():
     undecodable = b"in/caf\xe9.jpg".decode("utf-8", "surrogateescape")  # a Latin-1 file name on a UTF-8 system
     plan = Bucket().tick([

@@ -19,7 +19,7 @@ from ..vision.cursor import Cursor
 from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject
 from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
-from ..vision.review.submissions import Submission, SubmissionError, build_review
+from ..vision.review.submissions import Submission, SubmissionError, build_review, merged
 from ..vision.storage.object_store import ObjectMissing
 from ..vision.storage.results_store import DETECTIONS, LABELS, REVIEW, REVIEW_ANNOTATIONS, REVIEW_CORRECTIONS
 from .run_keys import run_key
@@ -155,14 +155,7 @@ def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStor
     if source is None or not source.is_valid or detections is None:
         raise SubmissionError(f"{key!r} has not been processed (or was rejected): nothing to review yet")
     review = build_review(submission, source.sha256, detections, results.read(key, LABELS, LabelsRecord))
-    earlier = results.read(key, REVIEW, ImageReview)
-    if not replace and earlier is not None and earlier.sha256 == review.sha256:
-        # Keyed by the box decided (or drawn), so reading the same file twice (a tick retried) changes nothing.
-        decided = {tuple(d.model_box or d.box) for d in review.boxes}
-        kept = [d for d in earlier.boxes if tuple(d.model_box or d.box) not in decided]
-        review = review.model_copy(update={"boxes": kept + review.boxes,
-                                           "origin": f"{earlier.origin}; {review.origin}"})
-    return review
+    return review if replace else merged(results.read(key, REVIEW, ImageReview), review)
 
 
 def _in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:

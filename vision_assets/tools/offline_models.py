@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +91,34 @@ class Twin:
 def build_offline_models(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}")
+    with _random_weights_expected():
+        return _build(Path(folder), size, seed)
+
+
+@contextmanager
+def _random_weights_expected() -> Iterator[None]:
+    """The libraries warn about what a twin is on purpose (open_clip's "initialized randomly" on the root logger,
+    transformers' config checks) and draw progress bars for each file they write: noise for a person running
+    `models build-offline`, so quiet while building, as they were before afterwards."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    randomly = lambda record: "initialized randomly" not in record.getMessage()
+    logging.getLogger().addFilter(randomly)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(randomly)
+        transformers.logging.enable_progress_bar()
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _build(folder: Path, size: str, seed: int) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     experts = {
         "dog_breeds": Twin(DOG_MODEL, lambda target, s: _siglip_classifier(target, s, dog_breeds())),

@@ -32,6 +32,9 @@ def quiet_libraries(offline: bool) -> None:
     """No telemetry from the hubs ever; with local models (`offline`) nothing may reach a hub at all: no weight
     lookups, no version checks, no ultralytics settings sync."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # ultralytics logs at INFO unless told otherwise: its settings-file banner on a first import, in the CLI's
+    # output. Its errors still reach the log.
+    os.environ.setdefault("YOLO_VERBOSE", "False")
     if offline:
         hugging_face_offline()
         os.environ.setdefault("YOLO_OFFLINE", "1")

@@ -268,6 +268,7 @@ class BoxDecision(BaseModel):
     model_confidence: float | None = None  # the expert's confidence in `model_label`
     detector_confidence: float | None = None
     specialist: str | None = None  # the expert that answered ("dog_breeds")
+    reviewer: str | None = None  # who decided this box (None in reviews written before it was kept per box)
 
 
 class ImageReview(BaseModel):
@@ -276,7 +277,7 @@ class ImageReview(BaseModel):
 
     partition_key: str
     sha256: str | None
-    reviewer: str
+    reviewer: str  # everyone whose decisions it holds, "ana, bo", in the order they first decided
     reviewed_at: datetime
     origin: str  # where it came from: "label-studio annotation 17 (results/~review/annotations/17)"
     boxes: list[BoxDecision]

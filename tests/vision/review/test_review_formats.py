@@ -21,7 +21,7 @@ from vision_assets.vision.review.accuracy import measure, plot, report_markdown
 from vision_assets.vision.review.corrections import parse_corrections_file
 from vision_assets.vision.review.decisions import apply_review, outstanding_review
 from vision_assets.vision.review.label_studio import parse_annotation_file, project_config, task_for
-from vision_assets.vision.review.submissions import SubmissionError, build_review
+from vision_assets.vision.review.submissions import SubmissionError, build_review, merged
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 SOURCE = SourceImageRecord(partition_key="park/dogs.jpg", object_key="park/dogs.jpg", source_uri="s3://b/park/dogs.jpg",
@@ -154,6 +154,24 @@ def test_corrections_json_and_its_mistakes():
         {"box": 7, "verdict": "rejected"}]}).encode(), "c.json", NOW)
     with pytest.raises(SubmissionError, match="box 7 does not exist"):
         build_review(late, SOURCE.sha256, DETECTIONS, LABELS)
+
+
+def test_a_review_by_two_reviewers_names_both_and_keeps_each_ones_boxes():
+    def said(reviewer: str, decisions: list[dict]):
+        data = json.dumps({"image": "park/dogs.jpg", "reviewer": reviewer, "decisions": decisions}).encode()
+        [submission] = parse_corrections_file(data, f"corrections/{reviewer}.json", NOW)
+        return build_review(submission, SOURCE.sha256, DETECTIONS, LABELS)
+
+    ana = said("ana", [{"box": 1, "verdict": "corrected", "label": "beagle"}, {"box": 2, "verdict": "rejected"}])
+    bo = said("bo", [{"box": 2, "verdict": "accepted"}])  # bo decides box 2 again, and nothing else
+    both = merged(ana, bo)
+    assert both.reviewer == "ana, bo"
+    assert [(d.reviewer, d.verdict) for d in both.boxes] == [("ana", Verdict.CORRECTED), ("bo", Verdict.ACCEPTED)]
+    assert merged(both, bo) == merged(ana, bo).model_copy(update={"origin": merged(both, bo).origin})  # read twice
+    assert merged(ana, said("ana", [{"box": 1, "verdict": "accepted"}])).reviewer == "ana"
+    assert apply_review(both, SOURCE.sha256, DETECTIONS).summary().startswith("reviewed by ana, bo:")
+    other_content = bo.model_copy(update={"sha256": "0" * 64})
+    assert merged(ana, other_content) is other_content  # decisions on other bytes do not mix
 
 
 def test_decisions_follow_the_objects_not_the_indexes_and_only_the_same_content():

@@ -50,7 +50,8 @@ def build_review(submission: Submission, sha256: str | None, detections: Detecti
         if item.detection_index is None:
             if box is None or not item.entity:
                 raise SubmissionError("an added box needs a box and a class")
-            boxes.append(BoxDecision(verdict=Verdict.ADDED, box=box, entity=item.entity, label=item.label))
+            boxes.append(BoxDecision(verdict=Verdict.ADDED, box=box, entity=item.entity, label=item.label,
+                                     reviewer=submission.reviewer))
             continue
         if not 0 <= item.detection_index < len(detections.detections):
             raise SubmissionError(f"box {item.detection_index} does not exist: the image has "
@@ -67,9 +68,24 @@ def build_review(submission: Submission, sha256: str | None, detections: Detecti
             model_entity=detection.class_name, model_label=model_label,
             model_confidence=expert.top.confidence if expert else None,
             detector_confidence=detection.confidence, specialist=expert.specialist if expert else None,
+            reviewer=submission.reviewer,
         ))
     return ImageReview(partition_key=submission.partition_key, sha256=sha256, reviewer=submission.reviewer,
                        reviewed_at=submission.reviewed_at, origin=submission.origin, boxes=boxes)
+
+
+def merged(earlier: ImageReview | None, later: ImageReview) -> ImageReview:
+    """A later answer added to an earlier one on the same content (corrections files add to what was decided): a
+    box decided again takes the later decision, keyed by the box decided (or drawn), so reading the same file twice
+    changes nothing; the review names every reviewer whose decisions it still holds."""
+    if earlier is None or earlier.sha256 != later.sha256:
+        return later
+    decided = {tuple(d.model_box or d.box) for d in later.boxes}
+    kept = [d for d in earlier.boxes if tuple(d.model_box or d.box) not in decided]
+    boxes = kept + later.boxes
+    names = dict.fromkeys(d.reviewer or earlier.reviewer for d in boxes)  # first decision first, each name once
+    return later.model_copy(update={"boxes": boxes, "reviewer": ", ".join(names) or later.reviewer,
+                                    "origin": f"{earlier.origin}; {later.origin}"})
 
 
 def _inferred(item: Submitted, box: list[float] | None, model_box: list[float], model_entity: str,
