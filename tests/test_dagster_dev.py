@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
 import ultralytics
@@ -33,14 +31,15 @@ class DagsterDev:
     def __init__(self, data_dir: Path, env: dict[str, str], get: Callable[[str], bytes]):
         self.data_dir = data_dir
         self.get = get  # an object of the watched bucket (or folder), by key
-        self.port = free_port()
+        self.port, self.service_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}/graphql"
+        self.service = f"http://127.0.0.1:{self.service_port}/api"  # the search service dev starts beside Dagster
         self.log = open(data_dir / f"dev-{time.time_ns()}.log", "wb")  # one per start
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vision_assets.cli", "dev", "--port", str(self.port)],
             # Batches of 4, so a burst of uploads becomes more runs than the queue lets start at once (2).
             env=os.environ | env | {"VISION_ASSETS_DATA_DIR": str(data_dir), "VISION_ASSETS_SENSOR_INTERVAL_SECONDS": "1",
-                                    "VISION_ASSETS_BATCH_SIZE": "4"},
+                                    "VISION_ASSETS_BATCH_SIZE": "4", "VISION_ASSETS_SERVICE_PORT": str(self.service_port)},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so stop() can end dagster dev and every process it started
@@ -131,29 +130,20 @@ REPOSITORY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name
 class Running:
     dev: DagsterDev
     put: Callable[[str, bytes], object]
-    store: str
     env: dict[str, str]
 
 
-@pytest.fixture(scope="module", params=["folder", "s3"])
-def shared_dev(request, tmp_path_factory, offline_models):
-    """One `vision-assets dev` per store, shared by the tests of this module (each start costs half a minute)."""
-    data_dir = tmp_path_factory.mktemp(f"dev-{request.param}") / "data"
+@pytest.fixture(scope="module")
+def shared_dev(tmp_path_factory, offline_models):
+    """One `vision-assets dev` on the folder store (its default), shared by the tests of this module (a start costs
+    half a minute). The S3 store's sensor and stages are tested in process (test_upload_sensor, test_pipeline),
+    and the CLI's S3 wiring from the environment in test_unattended."""
+    data_dir = tmp_path_factory.mktemp("dev") / "data"
     (data_dir / "bucket").mkdir(parents=True)
     env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models)}
-    if request.param == "s3":
-        endpoint = request.getfixturevalue("s3_endpoint")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        bucket = f"dev-{uuid.uuid4().hex[:12]}"
-        client.create_bucket(Bucket=bucket)
-        env |= {"VISION_ASSETS_S3_BUCKET": bucket, "VISION_ASSETS_S3_ENDPOINT_URL": endpoint,
-                "VISION_ASSETS_S3_REGION": "us-east-1", "VISION_ASSETS_PREFIX": "incoming/"}
-        put = lambda name, data: client.put_object(Bucket=bucket, Key=f"incoming/{name}", Body=data)
-        get = lambda key: client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    else:
-        put = lambda name, data: (data_dir / "bucket" / name).write_bytes(data)
-        get = lambda key: (data_dir / "bucket" / key).read_bytes()
-    shared = Running(DagsterDev(data_dir, env, get), put, request.param, env)
+    put = lambda name, data: (data_dir / "bucket" / name).write_bytes(data)
+    get = lambda key: (data_dir / "bucket" / key).read_bytes()
+    shared = Running(DagsterDev(data_dir, env, get), put, env)
     try:
         shared.dev.wait_until_up()
         yield shared
@@ -230,13 +220,18 @@ def rerun_images(dev: DagsterDev, batch: str, images: list[str]) -> str:
 
 
 def qdrant_contents(data_dir: Path) -> tuple[set[str], set[str]]:
-    client = embedded_client(str(data_dir / "qdrant"))  # the runs closed theirs: the folder lock is free
-    try:
-        images = {p.payload["image_id"] for p in client.scroll("images", limit=100, with_payload=True)[0]}
-        crops = [p.payload["image_id"] for p in client.scroll("crops", limit=1000, with_payload=True)[0]]
-        return images, crops
-    finally:
-        client.close()
+    """What the embedded index holds, read as any vision-assets process reads it: after taking the folder's turn
+    (the search service holding it between queries lets go)."""
+    from vision_assets.vision.index.connection import embedded_access
+
+    with embedded_access(str(data_dir / "qdrant"), wait_seconds=30):
+        client = embedded_client(str(data_dir / "qdrant"))
+        try:
+            images = {p.payload["image_id"] for p in client.scroll("images", limit=100, with_payload=True)[0]}
+            crops = [p.payload["image_id"] for p in client.scroll("crops", limit=1000, with_payload=True)[0]]
+            return images, crops
+        finally:
+            client.close()
 
 
 def test_the_committee_end_to_end_with_a_backfill(running):
@@ -266,12 +261,14 @@ def test_the_committee_end_to_end_with_a_backfill(running):
     assert indexed["status"] == "SUCCEEDED" and indexed["evaluation"]["description"].endswith("; 1 skipped")
     assert_batch_judged(dev, batch)
 
+    # The search service dev started answers over the same index, held open between queries...
+    found = requests.get(f"{dev.service}/search", params={"text": "a bus", "limit": 50}, timeout=60)
+    assert found.status_code == 200, found.text
+    assert {"bus.jpg", odd} <= {hit["image_id"] for hit in found.json()["hits"]}
+    assert "search: http://127.0.0.1:" in Path(dev.log.name).read_text()  # said in dev's output
+    # ...and lets go of it for the runs that follow (the backfill below indexes again).
     images, crops = qdrant_contents(dev.data_dir)
     assert {"bus.jpg", odd} <= images and set(crops) <= images and "bus.jpg" in crops
-    if running.store == "s3":
-        # What depends on the store ends here (S3 uploads registered, fetched, indexed); backfills and one-image
-        # re-runs are Dagster's and the results store's business, the same for both: run once, on the folder.
-        return
 
     launched = dev.query(LAUNCH_PARTITION_BACKFILL_MUTATION, {"backfillParams": {
         "partitionNames": [batch],
@@ -325,8 +322,6 @@ def test_review_in_a_real_browser(running):
     """A reviewer in Chromium: the validity check's Partitions view with only "Failed" ticked lists the batches with
     rejected files; the batch's result names each and shows what still decodes; the review queue shows the
     pictures of what needs a person; CLIP's check has a result for the batch (not "Missing")."""
-    if running.store != "folder":
-        pytest.skip("the browser review runs once, against the folder store's dev")
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
@@ -467,8 +462,6 @@ def test_a_killed_run_worker_heals_without_a_person(running):
     run retries re-execute the batch from its failed step, and a batch uploaded afterwards is not blocked. The
     burst of 12 uploads (3 batches of 4, a run each) never has more than 2 runs in flight: the rest wait in the
     queue."""
-    if running.store != "folder":
-        pytest.skip("run once, against the folder store's dev")
     dev = running.dev
     known = {r["runId"] for r in dev.query(ALL_RUNS)["runsOrError"]["results"]}
     killed_images = {f"kill-{i}.jpg" for i in range(12)}
@@ -506,21 +499,18 @@ def test_a_killed_run_worker_heals_without_a_person(running):
 
 
 def test_one_signal_stops_dev_and_everything_it_started(running):
-    """Last in this module: it stops the shared `vision-assets dev` the way a service manager does (SIGTERM, on the
-    folder store's dev) or an impatient person does (Ctrl-C twice, SIGINT to the CLI's process group with no
-    terminal, on the S3 one: the second signal used to raise a traceback mid-stop and orphan Dagster's processes)."""
+    """It stops the shared `vision-assets dev` the way a service manager does (SIGTERM) followed by an impatient
+    person (Ctrl-C: SIGINT to the CLI's process group, with no terminal): a second signal used to raise a
+    traceback mid-stop and orphan Dagster's processes. (A later test of this module gets a dev started again.)"""
     import psutil
 
     cli = psutil.Process(running.dev.process.pid)
     family = [cli, *cli.children(recursive=True)]
-    assert len(family) >= 4  # dagster dev, webserver, daemon, code server(s)
+    assert len(family) >= 5  # dagster dev, webserver, daemon, code server(s), the search service
     started = time.monotonic()
-    if running.store == "folder":
-        cli.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(cli.pid, signal.SIGINT)
-        time.sleep(0.5)
-        os.killpg(cli.pid, signal.SIGINT)
+    cli.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    os.killpg(cli.pid, signal.SIGINT)
     gone, alive = psutil.wait_procs(family, timeout=15)
     assert not alive, [(p.pid, p.cmdline()[:4]) for p in alive]
     assert time.monotonic() - started < 15

@@ -1,5 +1,6 @@
 """Search over what the pipeline indexed: by text, by image, like an indexed image, with filters; API and CLI."""
 
+import io
 import json
 
 import pytest
@@ -132,3 +133,167 @@ def test_cli_terminal_and_json_output(pipeline, capsys):
     assert all(hit["needs_review"] for hit in json.loads(capsys.readouterr().out))
     assert main(["search", "x", "--min-confidence", "0.5"]) == 2  # images have no single confidence
     assert "crops" in capsys.readouterr().err
+
+
+# --- the search service (`vision-assets serve`): the same index over HTTP ----------------------------------------
+
+
+@pytest.fixture
+def service(pipeline, models, s3_image_store):
+    """The service's app over the shared batch, as `serve` builds it (the index held open between queries)."""
+    from fastapi.testclient import TestClient
+
+    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.vision.images.validation import ValidationLimits
+
+    embedder, index = models["embedder"], models["qdrant"].held()
+    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results,
+                          ValidationLimits(max_bytes=200_000, max_pixels=2_000_000))
+    try:
+        with TestClient(create_app(catalogue)) as client:
+            yield client
+    finally:
+        index.close()
+
+
+def test_the_service_answers_text_queries_with_pictures_and_pages(service):
+    answer = service.get("/api/search", params={"text": "a bus in a street", "limit": 10})
+    assert answer.status_code == 200, answer.text
+    hits = answer.json()["hits"]
+    assert {h["image_id"] for h in hits} == set(PIPELINE_VALID) and answer.json()["next_offset"] is None
+    for hit in hits:
+        assert hit["kind"] == "image" and hit["source_uri"].endswith(hit["image_id"]) and hit["batch"]
+        picture = service.get(hit["thumbnail_url"], params={"side": 64})
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(picture.content)).size) <= 64
+    first, second = (service.get("/api/search", params={"text": "x", "target": "crops", "limit": 1, "offset": n})
+                     .json() for n in (0, 1))
+    assert first["next_offset"] == 1 and len(first["hits"]) == len(second["hits"]) == 1
+    everything = service.get("/api/search", params={"text": "x", "target": "crops", "limit": 100}).json()["hits"]
+    # (equal scores may come in either order between queries: the scores are what a page must keep)
+    assert [h["score"] for h in everything[:2]] == [first["hits"][0]["score"], second["hits"][0]["score"]]
+    cutoff = everything[len(everything) // 2]["score"]
+    kept = service.get("/api/search", params={"text": "x", "target": "crops", "limit": 100, "min_score": cutoff})
+    assert [h["score"] for h in kept.json()["hits"]] == [h["score"] for h in everything if h["score"] >= cutoff]
+    entity = everything[0]["entity"]
+    only = service.get("/api/search", params={"text": "x", "target": "crops", "limit": 100, "entity": entity})
+    assert {h["entity"] for h in only.json()["hits"]} == {entity}
+
+
+def test_the_service_searches_by_an_uploaded_image_and_like_an_indexed_one(service):
+    photo = (PHOTOS / "bus.jpg").read_bytes()
+    assert len(photo) < 200_000
+    answer = service.post("/api/search/image", files={"image": ("bus.jpg", photo, "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["hits"][0]["image_id"] == "bus.jpg"  # its own picture is nearest
+    like = service.get("/api/like/bus.jpg", params={"limit": 10}).json()["hits"]
+    assert like and "bus.jpg" not in {h["image_id"] for h in like}
+    crops = service.get("/api/like/zidane.jpg", params={"target": "crops", "limit": 5}).json()["hits"]
+    assert crops and all(h["kind"] == "crop" and len(h["box"]) == 4 for h in crops)
+
+
+@pytest.mark.parametrize("request_, status, said", [
+    (("get", "/api/search", {"text": "x", "near": "the moon"}), 400, "LAT,LON,RADIUS"),
+    (("get", "/api/search", {"text": "x", "min_confidence": "2"}), 422, "min_confidence"),
+    (("get", "/api/search", {"text": "x", "limit": "1000"}), 422, "limit"),
+    (("get", "/api/search", {"text": "x", "taken_after": "last tuesday"}), 422, "taken_after"),
+    (("get", "/api/search", {"text": "x", "target": "crops", "coral_health": "CORAL"}), 400, "whole-image label"),
+    (("get", "/api/search", {}), 422, "text"),
+    (("get", "/api/like/nobody.jpg", {}), 404, "no indexed image"),
+    (("get", "/api/thumbnails/nobody.jpg", {}), 404, "no indexed image"),
+    (("get", "/api/thumbnails/../../../../etc/passwd", {}), 404, ""),
+    (("get", "/api/thumbnails/%2E%2E%2Fresults%2Fbus.jpg%2F~source.json", {}), 404, "no indexed image"),
+    (("post", "/api/search/image", {"image": ("notes.jpg", b"shopping list: eggs", "image/jpeg")}), 400,
+     "not a usable image"),
+    (("post", "/api/search/image", {"image": ("empty.png", b"", "image/png")}), 400, "not a usable image"),
+    (("post", "/api/search/image", {"image": ("big.jpg", b"\xff\xd8\xff" + b"0" * 300_000, "image/jpeg")}), 413,
+     "not a usable image"),
+])
+def test_bad_requests_get_a_4xx_that_says_why(service, request_, status, said):
+    method, path, data = request_
+    answer = service.post(path, files=data) if method == "post" else service.get(path, params=data)
+    assert answer.status_code == status, answer.text
+    assert said in answer.text
+
+
+def test_the_service_describes_itself_and_wants_its_key_when_it_has_one(service, models, s3_image_store):
+    from fastapi.testclient import TestClient
+
+    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.vision.images.validation import ValidationLimits
+
+    schema = service.get("/openapi.json").json()
+    assert {"/api/search", "/api/search/image", "/api/like/{image_id}", "/api/thumbnails/{image_id}"} <= set(
+        schema["paths"])
+    embedder, index = models["embedder"], models["qdrant"].held()
+    try:
+        locked = TestClient(create_app(Catalogue(embedder.embedder, embedder.identity, index.use,
+                                                 s3_image_store.results, ValidationLimits()), api_key="s3cret"))
+        assert locked.get("/api/search", params={"text": "x"}).status_code == 401
+        assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
+    finally:
+        index.close()
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_key(capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "VISION_ASSETS_SERVICE_API_KEY" in capsys.readouterr().err
+
+
+def test_the_cli_asks_a_running_service_and_answers_the_same(pipeline, models, s3_image_store, capsys, monkeypatch):
+    import threading
+
+    import uvicorn
+
+    from tests.conftest import free_port
+    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.vision.images.validation import ValidationLimits
+
+    query = ["search", "a dog", "--crops", "--json", "--limit", "5"]
+    assert main(query) == 0
+    here = json.loads(capsys.readouterr().out)
+    embedder, index, port = models["embedder"], models["qdrant"].held(), free_port()
+    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results,
+                          ValidationLimits(), where=models["qdrant"].where)
+    server = uvicorn.Server(uvicorn.Config(create_app(catalogue), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+        monkeypatch.setenv("VISION_ASSETS_SERVICE_PORT", str(port))
+        assert main(query) == 0
+        answered = capsys.readouterr()
+        assert f"answered by the search service at http://127.0.0.1:{port}/api" in answered.err
+        there = json.loads(answered.out)
+        assert [(h["image_id"], h["score"]) for h in there] == [(h["image_id"], h["score"]) for h in here]
+        assert main(["search", "x", "--near", "52,4,5km", "--crops", "--coral-health", "CORAL"]) == 2
+        assert "whole-image label" in capsys.readouterr().err  # the service's refusal, said as the CLI says it
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        index.close()
+
+
+def test_the_review_list_pages_through_what_needs_a_person(service, searcher):
+    doubted = {h.image_id for h in searcher.by_text("x", limit=100, filters=SearchFilters(needs_review=True))}
+    listed, after = [], None
+    while True:
+        page = service.get("/api/review", params={"limit": 1} | ({"after": after} if after else {})).json()
+        listed += page["hits"]
+        after = page["next"]
+        if after is None:
+            break
+    assert {h["image_id"] for h in listed} == doubted and len(listed) == len(doubted)
+    assert all(h["needs_review"] and h["links"]["task"].endswith(".json") for h in listed)
+
+
+def test_thumbnails_draw_the_objects_and_mark_a_crop_hits_box(service):
+    plain = Image.open(io.BytesIO(service.get("/api/thumbnails/zidane.jpg", params={"boxes": "false"}).content))
+    drawn = Image.open(io.BytesIO(service.get("/api/thumbnails/zidane.jpg").content))
+    assert plain.size == drawn.size and plain.tobytes() != drawn.tobytes()  # the boxes are on it
+    [crop] = service.get("/api/like/zidane.jpg", params={"target": "crops", "limit": 1}).json()["hits"]
+    assert "?box=" in crop["thumbnail_url"] and service.get(crop["thumbnail_url"]).status_code == 200
+    assert service.get("/api/thumbnails/zidane.jpg", params={"box": "left"}).status_code == 400
+    assert service.get("/api/duplicates").json() == {"groups": [], "total": 0, "next_offset": None}  # no catalogue yet

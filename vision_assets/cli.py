@@ -146,6 +146,7 @@ def dev(args: argparse.Namespace) -> int:
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
+        "VISION_ASSETS_DAGSTER_URL": f"http://{args.host}:{args.port}",  # the search page links batches there
         # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
         "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
     }
@@ -153,19 +154,24 @@ def dev(args: argparse.Namespace) -> int:
         env["VISION_ASSETS_OFFLINE_MODELS"] = str(settings.offline_models)
     target = ["-w", str(REPO_WORKSPACE)] if REPO_WORKSPACE.exists() else ["-m", "vision_assets.definitions"]
     where = f"s3://{settings.s3_bucket}/{settings.prefix}" if settings.s3_bucket else str(settings.local_bucket_dir)
-    print(f"vision-assets: watching {where}\n  data: {settings.data_dir}\n  UI:   http://{args.host}:{args.port}",
+    print(f"vision-assets: watching {where}\n  data:   {settings.data_dir}\n  UI:     http://{args.host}:{args.port}\n"
+          f"  search: http://127.0.0.1:{settings.service_port} (the search page; its API under /api)",
           flush=True)
     command = [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
     # Its own process group, so one signal reaches everything it starts (Ctrl-C in a terminal only reaches ours).
     signals = StopSignals()
     signals.install()
     process = subprocess.Popen(command, env=env, start_new_session=True)
+    # The search service, in a group of its own too (a process cannot join a group of another session), stopped
+    # with Dagster's.
+    service = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "serve"], env=env, start_new_session=True)
     try:
         return process.wait()
     except Stop:
         print("vision-assets: stopping dagster dev and everything it started", file=sys.stderr, flush=True)
         return 0
     finally:
+        stop_process_group(service, grace_seconds=3.0, signals=signals)
         stop_process_group(process, signals=signals)
 
 
@@ -188,14 +194,68 @@ def upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def search_here(models: dict, args: argparse.Namespace, target: str, options: dict, tell) -> list:
+    from PIL import Image
+
+    from .vision.index.search import Searcher
+    from .wiring import resources_outside_dagster
+
+    with resources_outside_dagster(embedder=models["embedder"], qdrant=models["qdrant"]) as resources, \
+            resources.qdrant.open(on_wait=tell) as index:
+        embedder = resources.embedder
+        searcher = Searcher(index, embedder.embedder, embedder.identity)
+        if args.like:
+            return searcher.like(args.like, target, **options)
+        if args.image:
+            return searcher.by_image(Image.open(args.image), target, **options)
+        return searcher.by_text(args.text, target, **options)
+
+
+def ask_the_service(settings: Settings, index: str, args: argparse.Namespace, target: str, tell) -> list | None:
+    """The answer of a search service running here over the same index (its model is loaded: milliseconds, not the
+    seconds a model load takes), or None when there is none."""
+    from urllib.parse import quote
+
+    import httpx
+
+    from .vision.index.search import SearchError, SearchHit
+
+    base = f"http://127.0.0.1:{settings.service_port}/api"
+    headers = {"X-API-Key": settings.service_api_key} if settings.service_api_key else {}
+    try:
+        health = httpx.get(f"{base}/health", headers=headers, timeout=0.5)
+    except httpx.HTTPError:
+        return None
+    if health.status_code != 200 or health.json().get("index") != index:
+        return None
+    params = {"target": target, "limit": args.limit, "offset": args.offset, "entity": args.entity,
+              "label": args.label, "coral_health": args.coral_health, "min_confidence": args.min_confidence,
+              "needs_review": args.needs_review, "scene": args.scene, "clip_disagrees": args.clip_disagrees,
+              "taken_after": args.taken_after and args.taken_after.isoformat(),
+              "taken_before": args.taken_before and args.taken_before.isoformat(), "near": args.near,
+              "camera": args.camera, "reviewed": args.reviewed}
+    params = {name: value for name, value in params.items() if value is not None}
+    ask = {"headers": headers, "params": params, "timeout": 60}
+    if args.like:
+        answer = httpx.get(f"{base}/like/{quote(args.like)}", **ask)
+    elif args.image:
+        answer = httpx.post(f"{base}/search/image", files={"image": (args.image.name, args.image.read_bytes())},
+                            **ask)
+    else:
+        answer = httpx.get(f"{base}/search", **ask | {"params": params | {"text": args.text}})
+    if answer.status_code >= 400:
+        raise SearchError(f"the search service at {base} says: {answer.json().get('detail', answer.text)}")
+    tell(f"answered by the search service at {base}")
+    fields = SearchHit.__dataclass_fields__
+    return [SearchHit(**{name: value for name, value in hit.items() if name in fields}) for hit in answer.json()["hits"]]
+
+
 def search(args: argparse.Namespace) -> int:
     import json
 
-    from PIL import Image
-
     from .vision.index.connection import IndexUnavailable, IndexUnreadable
-    from .vision.index.search import Place, Searcher, SearchError, SearchFilters
-    from .wiring import model_resources_from, resources_outside_dagster
+    from .vision.index.search import Place, SearchError, SearchFilters
+    from .wiring import model_resources_from
 
     settings = Settings.from_env()
     models = model_resources_from(settings)
@@ -211,19 +271,13 @@ def search(args: argparse.Namespace) -> int:
     options = {"filters": filters, "limit": args.limit, "offset": args.offset}
     target = "crops" if args.crops else "images"
     tell = lambda message: print(f"vision-assets search: {message}", file=sys.stderr, flush=True)
+    if not (args.like or args.image or args.text):
+        print("vision-assets search: give a text query, --image FILE or --like IMAGE_ID", file=sys.stderr)
+        return 2
     try:
-        with resources_outside_dagster(embedder=models["embedder"], qdrant=models["qdrant"]) as resources, \
-                resources.qdrant.open(on_wait=tell) as index:
-            embedder = resources.embedder
-            searcher = Searcher(index, embedder.embedder, embedder.identity)
-            if args.like:
-                hits = searcher.like(args.like, target, **options)
-            elif args.image:
-                hits = searcher.by_image(Image.open(args.image), target, **options)
-            elif args.text:
-                hits = searcher.by_text(args.text, target, **options)
-            else:
-                raise SearchError("give a text query, --image FILE or --like IMAGE_ID")
+        hits = ask_the_service(settings, models["qdrant"].where, args, target, tell)
+        if hits is None:  # no service running over this index: load the model here
+            hits = search_here(models, args, target, options, tell)
     except (SearchError, IndexUnavailable, IndexUnreadable) as error:
         print(f"vision-assets search: {error}", file=sys.stderr)
         return 2
@@ -366,6 +420,47 @@ def build_offline(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The search service: the generalist loaded once, the index held open between queries (let go whenever a run
+    waits for the embedded folder), an HTTP API for applications."""
+    import uvicorn
+
+    from .service.app import Catalogue, create_app
+    from .vision.images.validation import ValidationLimits
+    from .wiring import image_store_from, model_resources_from, resources_outside_dagster
+
+    settings = Settings.from_env()
+    port = args.port or settings.service_port
+    if args.host not in LOOPBACK and not settings.service_api_key:
+        print(f"vision-assets serve: refusing to listen on {args.host} without an API key: set "
+              "VISION_ASSETS_SERVICE_API_KEY (clients send it in X-API-Key), or listen on 127.0.0.1", file=sys.stderr)
+        return 2
+    models = model_resources_from(settings)
+    with resources_outside_dagster(embedder=models["embedder"], qdrant=models["qdrant"],
+                                   image_store=image_store_from(settings)) as resources:
+        embedder = resources.embedder
+        embedder.embedder.embed_texts(["warm up"])  # loaded once, now, so the first query is as fast as the rest
+        index = resources.qdrant.held()
+        limits = ValidationLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                  min_side=settings.min_image_side, allowed_formats=settings.allowed_formats)
+        catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, resources.image_store.results, limits,
+                              where=resources.qdrant.where, dagster_url=settings.dagster_url,
+                              label_studio_url=settings.label_studio_url)
+        print(f"vision-assets serve: http://{args.host}:{port} (the page; the API under /api, its schema at "
+              "/openapi.json)", flush=True)
+        try:
+            uvicorn.run(create_app(catalogue, settings.service_api_key), host=args.host, port=port,
+                        log_level="warning")
+        except KeyboardInterrupt:  # a second Ctrl-C while uvicorn shuts down: stopping anyway
+            pass
+        finally:
+            index.close()
+    return 0
+
+
 def quiet_dagster_maturity_warnings() -> None:
     """Dagster warns at every load of the definitions that partitioned checks are in preview and backfill policies
     in beta: a screenful before every answer of the CLI, about choices this project made knowingly. Only those are
@@ -407,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     upload_parser.add_argument("paths", nargs="+")
     upload_parser.add_argument("--to", default="", help="key prefix under the watched prefix, e.g. 'cam1/'")
     upload_parser.set_defaults(handler=upload)
+    serve_parser = commands.add_parser("serve", help="the search service: an HTTP API over the catalogue")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="beyond loopback only with an API key")
+    serve_parser.add_argument("--port", type=int, default=0, help="default VISION_ASSETS_SERVICE_PORT (3001)")
+    serve_parser.set_defaults(handler=serve)
     search_parser = commands.add_parser("search", help="search the index by text, by image, or like an indexed image")
     search_parser.add_argument("text", nargs="?", help='e.g. "dogs running on a beach"')
     search_parser.add_argument("--image", type=Path, help="a local image file as the query")

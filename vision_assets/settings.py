@@ -225,6 +225,15 @@ class Settings(BaseSettings):
                                            "default).")
     callback_backoff_seconds: float = setting(30, "First retry delay; doubles per failed attempt, at most an hour.")
 
+    # The search service
+    service_port: int = setting(3001, "`vision-assets serve` (and the one `vision-assets dev` starts) listens on "
+                                "this port, on loopback unless `serve --host` says otherwise.")
+    dagster_url: str = setting("http://127.0.0.1:3000", "Where people open the Dagster UI: the search page links each "
+                               "image to its batch there (`vision-assets dev` sets it to the UI it starts).")
+    service_api_key: OptionalText = secret("The search service's API key, required in the `X-API-Key` header of "
+                                           "every request when set; `serve` refuses to listen beyond loopback "
+                                           "without one.")
+
     @field_validator("data_dir", "offline_models")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:

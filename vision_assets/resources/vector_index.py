@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from ..settings import DEFAULTS
-from ..vision.index.connection import embedded_access, open_embedded, server_faults
+from ..vision.index.connection import HeldEmbedded, embedded_access, open_embedded, server_faults
 from ..vision.index.vector_index import VectorIndex
 
 
@@ -24,6 +24,10 @@ class QdrantResource(dg.ConfigurableResource):
     @property
     def where(self) -> str:
         return self.url or f"embedded at {self.path}"
+
+    def held(self) -> HeldIndex:
+        """For a long-lived reader (the search service): the index kept open between uses; see `HeldIndex`."""
+        return HeldIndex(self)
 
     @contextmanager
     def open(
@@ -51,3 +55,30 @@ class QdrantResource(dg.ConfigurableResource):
                     client.close()
         else:
             raise ValueError("set a Qdrant url or an embedded path")
+
+
+class HeldIndex:
+    """The index for a long-lived reader: a server's client kept (queries run concurrently), or the embedded folder
+    kept open between queries and let go whenever a run or another search waits for it (`HeldEmbedded`)."""
+
+    def __init__(self, resource: QdrantResource):
+        from qdrant_client import QdrantClient
+
+        self._resource = resource
+        self._server = QdrantClient(url=resource.url, api_key=resource.api_key) if resource.url else None
+        self.embedded = None if resource.url else HeldEmbedded(str(resource.path), resource.lock_wait_seconds)
+
+    @contextmanager
+    def use(self, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[VectorIndex]:
+        if self._server is not None:
+            with server_faults(str(self._resource.url)):
+                yield VectorIndex(self._server, self._resource.collection_prefix)
+        else:
+            with self.embedded.use(on_wait) as client:
+                yield VectorIndex(client, self._resource.collection_prefix)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        else:
+            self.embedded.close()

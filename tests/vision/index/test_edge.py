@@ -177,3 +177,27 @@ def test_the_server_client_and_the_embedded_one_both_give_what_the_index_code_ca
     finally:
         server.close()
         embedded.close()
+
+
+def test_a_held_index_lets_a_waiting_run_in_and_opens_again_after(tmp_path):
+    """The search service keeps the embedded index open between queries; a run that waits for the folder gets it
+    (without this it would wait its whole 10 s and fail), and the next query opens it again."""
+    from vision_assets.vision.index.connection import HeldEmbedded, embedded_access
+
+    path = str(tmp_path / "qdrant")
+    with QdrantResource(path=path).open() as index:
+        index.ensure_collections(4, "test-model")
+    held = HeldEmbedded(path, wait_seconds=10)
+    try:
+        with held.use() as client:
+            assert client.collection_exists("images")
+        assert held.holding
+        with embedded_access(path, wait_seconds=10):  # a run indexing
+            assert not held.holding
+        with held.use() as client:
+            assert client.collection_exists("images")
+        assert held.opened == 2
+    finally:
+        held.close()
+    with embedded_access(path, wait_seconds=0.5):  # closed: nothing left holding the folder
+        pass

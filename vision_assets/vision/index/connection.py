@@ -19,10 +19,13 @@ import os
 import pickle
 import shutil
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 from qdrant_client import QdrantClient, models
@@ -31,6 +34,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from .edge import DEFAULT_HNSW_THRESHOLD, EDGE_FOLDER, EdgeBusy, EdgeClient
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
+WANTED = "vision-assets.wanted"  # touched by whoever waits for the folder: a long-lived holder lets go
 BUSY = "already accessed by another instance"
 REBUILD_COMMAND = "vision-assets reindex --rebuild"
 LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")  # what qdrant-client's local mode writes in its folder
@@ -60,29 +64,111 @@ class IndexUnreadable(RuntimeError):
 @contextmanager
 def embedded_access(path: str, wait_seconds: float, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[None]:
     """Hold the folder's access lock for the block, waiting up to `wait_seconds` for whoever holds it now."""
+    handle = _take_folder(path, wait_seconds, on_wait)
+    try:
+        yield
+    finally:
+        _give_folder(handle)
+
+
+def _take_folder(path: str, wait_seconds: float, on_wait: Callable[[str], None]) -> IO:
+    """The folder's access lock, taken; while waiting for it, WANTED is touched, so that a long-lived holder (the
+    search service, `HeldEmbedded`) lets go."""
     Path(path).mkdir(parents=True, exist_ok=True)
-    with open(Path(path) / ACCESS_LOCK, "a+") as handle:
-        deadline = time.monotonic() + wait_seconds
-        told = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise IndexUnavailable(
-                        f"embedded Qdrant at {path} stayed busy for {wait_seconds:.0f}s (another process is using "
-                        "it: a run indexing, a search, or a client left open)"
-                    ) from None
-                if not told:
-                    on_wait(f"embedded Qdrant at {path} is in use by another process (a run indexing, or a search); "
-                            f"waiting up to {wait_seconds:.0f}s")
-                    told = True
-                time.sleep(0.1)
+    handle = open(Path(path) / ACCESS_LOCK, "a+")
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise IndexUnavailable(
+                    f"embedded Qdrant at {path} stayed busy for {wait_seconds:.0f}s (another process is using "
+                    "it: a run indexing, a search, or a client left open)"
+                ) from None
+            (Path(path) / WANTED).touch()
+            if not told:
+                on_wait(f"embedded Qdrant at {path} is in use by another process (a run indexing, or a search); "
+                        f"waiting up to {wait_seconds:.0f}s")
+                told = True
+            time.sleep(0.1)
+
+
+def _give_folder(handle: IO) -> None:
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+class HeldEmbedded:
+    """The embedded index kept open between uses by a long-lived reader (the search service: opening costs most
+    of a second at 100,000 points, a query milliseconds), and let go the moment another process waits for the
+    folder (it touches WANTED while it waits, and a watcher here looks five times a second), to be opened again
+    on the next use. Uses within this process take turns. Nothing is built on closing: a reader never pays for
+    HNSW (runs and `reindex` do)."""
+
+    def __init__(self, path: str, wait_seconds: float, look_every_seconds: float = 0.2):
+        self.path, self.wait_seconds = path, wait_seconds
+        self._turn = threading.Lock()
+        self._handle: IO | None = None
+        self._client: EdgeClient | None = None
+        self._opened_at = 0.0
+        self.opened = 0  # how many times it was opened (a measure of how often it let go)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, args=(look_every_seconds,), daemon=True)
+        self._watcher.start()
+
+    @contextmanager
+    def use(self, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[EdgeClient]:
+        with self._turn:
+            if self._client is not None and self._wanted():
+                self._let_go()
+            if self._client is None:
+                self._handle = _take_folder(self.path, self.wait_seconds, on_wait)
+                self._opened_at = time.time()
+                try:
+                    self._client = open_embedded(self.path, self.wait_seconds, hnsw_threshold=sys.maxsize,
+                                                 tell=on_wait)
+                except BaseException:
+                    _give_folder(self._handle)
+                    self._handle = None
+                    raise
+                self.opened += 1
+            yield self._client
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._turn:
+            self._let_go()
+
+    @property
+    def holding(self) -> bool:
+        return self._client is not None
+
+    def _wanted(self) -> bool:
+        try:
+            return (Path(self.path) / WANTED).stat().st_mtime >= self._opened_at
+        except FileNotFoundError:
+            return False
+
+    def _let_go(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._handle is not None:
+            _give_folder(self._handle)
+            self._handle = None
+
+    def _watch(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if self._client is not None and self._wanted() and self._turn.acquire(blocking=False):
+                try:
+                    if self._wanted():
+                        self._let_go()
+                finally:
+                    self._turn.release()
 
 
 def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,

@@ -109,6 +109,7 @@ class SearchHit:
     taken_at: str | None = None
     location: dict[str, float] | None = None
     reviewed_by: str | None = None  # the person whose answer this is
+    batch: str | None = None  # the upload batch (Dagster partition) the image came in
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,20 +185,21 @@ class Searcher:
             self._collection(target), query=vector.tolist(), query_filter=query_filter, limit=limit, offset=offset,
             with_payload=True,
         ).points
-        return [_hit(point, target) for point in points]
+        return [hit_from_point(point, target) for point in points]
 
 
 def _match(key: str, value: str | bool) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
-def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
+def hit_from_point(point: Any, target: Target) -> SearchHit:
+    """A point of the index (scored by a query, or scrolled: score 0) as a search hit."""
     payload = point.payload or {}
     labels = payload.get("top_k" if target == "crops" else "top_labels", [])
     return SearchHit(
         image_id=payload.get("image_id", ""),
         source_uri=payload.get("source_uri", ""),
-        score=round(float(point.score), 6),
+        score=round(float(getattr(point, "score", None) or 0.0), 6),
         kind="crop" if target == "crops" else "image",
         entity=payload.get("entity"),
         box=payload.get("box") if target == "crops" else None,
@@ -208,4 +210,5 @@ def _hit(point: models.ScoredPoint, target: Target) -> SearchHit:
         taken_at=payload.get("taken_at"),
         location=payload.get("location"),
         reviewed_by=(payload.get("review") or {}).get("reviewer") if payload.get("reviewed") else None,
+        batch=payload.get("batch"),
     )

@@ -1,0 +1,115 @@
+"""The search page, as a person uses it in Chromium (Playwright driving Debian's chromium): a query, a filter,
+"more like this", a duplicate group and the review list, over a batch the pipeline processed (a photo uploaded
+twice under two names, so the catalogue has a group), served by the search service over HTTP. Screenshots go to
+test-artifacts/search/."""
+
+import threading
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from tests.conftest import PHOTOS, SensorDriver, free_port, image_bytes
+from tests.test_dagster_dev import chromium_path
+from vision_assets.service.app import Catalogue, create_app
+from vision_assets.vision.images.validation import ValidationLimits
+from vision_assets.wiring import build_definitions
+
+pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "search"
+
+
+@pytest.fixture
+def page_url(models, s3_image_store, instance, s3_client, bucket):
+    for name, data in {"bus.jpg": (PHOTOS / "bus.jpg").read_bytes(), "bus-copy.jpg": (PHOTOS / "bus.jpg").read_bytes(),
+                       "zidane.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
+                       "plain.png": image_bytes((96, 64))}.items():
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=data)
+    defs = build_definitions(s3_image_store, models)
+    driver = SensorDriver(defs, instance, whole_pipeline=True)
+    assert all(run.success for run in driver.tick_and_run())
+    assert defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance).success
+    embedder, index, port = models["embedder"], models["qdrant"].held(), free_port()
+    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results, ValidationLimits(),
+                          where=models["qdrant"].where, dagster_url="http://dagster.example")
+    server = uvicorn.Server(uvicorn.Config(create_app(catalogue), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        index.close()
+
+
+def shown_images(page) -> list[str]:
+    return page.locator("#results .card").evaluate_all("cards => cards.map(c => c.dataset.image)")
+
+
+def test_a_person_searches_filters_follows_more_like_this_and_reviews(page_url):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(page_url)
+
+        page.get_by_label("query").fill("a bus in a street")
+        page.locator("#query button[type=submit]").click()
+        page.locator("#results .card").first.wait_for()
+        assert set(shown_images(page)) == {"bus.jpg", "bus-copy.jpg", "zidane.jpg", "plain.png"}
+        first = page.locator("#results .card img").first
+        first.evaluate("img => img.decode()")
+        assert first.evaluate("img => img.naturalWidth") > 0  # a real thumbnail, boxes drawn on it
+        assert page.locator("#results .card a", has_text="batch").first.get_attribute("href").startswith(
+            "http://dagster.example/assets/source_images?view=partitions&partition=")
+        page.screenshot(path=str(SCREENSHOTS / "search.png"), full_page=True)
+
+        # A filter: objects only, of the entity the first object found is.
+        page.get_by_label("what").select_option("crops")
+        page.locator("#query button[type=submit]").click()
+        page.wait_for_selector("#results[data-query*='target=crops']", state="attached")
+        entity = page.locator("#results .card .meta").first.inner_text().split(" · ")[-1]
+        page.locator("summary", has_text="Filters").click()
+        page.locator("input[name=entity]").fill(entity)
+        page.locator("#query button[type=submit]").click()
+        page.wait_for_selector(f"#results[data-query*='entity={entity}']", state="attached")
+        metas = page.locator("#results .card .meta").filter(has_text="score").all_inner_texts()
+        assert metas and all(meta.endswith(entity) for meta in metas), metas
+        page.screenshot(path=str(SCREENSHOTS / "filtered.png"), full_page=True)
+
+        # More like this, from an image result.
+        page.locator("input[name=entity]").fill("")
+        page.get_by_label("what").select_option("images")
+        page.locator("#query button[type=submit]").click()
+        page.wait_for_selector("#results[data-query*='target=images']", state="attached")
+        page.locator("#results .card[data-image='zidane.jpg'] a.like").click()
+        page.wait_for_function("() => document.querySelector('#said').textContent === 'more like zidane.jpg'")
+        liked = shown_images(page)
+        assert liked and "zidane.jpg" not in liked and set(liked) <= {"bus.jpg", "bus-copy.jpg", "plain.png"}
+        page.screenshot(path=str(SCREENSHOTS / "more-like.png"), full_page=True)
+
+        # The duplicate group: the same photo under two names.
+        page.get_by_role("button", name="Duplicates").click()
+        group = page.locator("#groups .group").first
+        group.wait_for()
+        assert page.locator("#groups .group").count() == 1  # the near-duplicate group is the same pair: not repeated
+        assert "exact duplicates · 2 images" in group.inner_text()
+        assert set(group.locator("img").evaluate_all("imgs => imgs.map(i => i.alt)")) == {"bus.jpg", "bus-copy.jpg"}
+        page.screenshot(path=str(SCREENSHOTS / "duplicates.png"), full_page=True)
+
+        # The review list: what the committee doubts, each with its task.
+        page.get_by_role("button", name="Needs review").click()
+        page.wait_for_function("() => document.querySelector('#review-list').children.length > 0")
+        cards = page.locator("#review-list .card")
+        for n in range(cards.count()):
+            assert cards.nth(n).locator(".badge", has_text="needs review").count() == 1
+            assert cards.nth(n).locator("a", has_text="task").count() == 1
+        page.screenshot(path=str(SCREENSHOTS / "review.png"), full_page=True)
+        browser.close()

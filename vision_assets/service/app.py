@@ -1,0 +1,294 @@
+"""The HTTP API: text, image and "more like" queries over images or crops, every filter the CLI has, paging, a
+score cutoff, and thumbnails of what the catalogue holds. FastAPI serves its OpenAPI schema at `/openapi.json`.
+
+Every bad request is a 4xx that says what is wrong (a filter that does not parse, a file that is not an image or is
+too large, an image the index does not hold); a busy or unreachable index is a 503 that says so, never a 500."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageDraw
+from pydantic import BaseModel
+
+from ..vision.catalog import duplicate_groups, from_parquet
+from ..vision.images.validation import ValidationLimits, validate_image
+from ..vision.index.connection import IndexUnavailable, IndexUnreadable
+from ..vision.index.search import Embeds, Place, Searcher, SearchError, SearchFilters, SearchHit, hit_from_point
+from ..vision.index.vector_index import VectorIndex, image_point_id
+from ..vision.records import Rejection
+from ..vision.storage.object_store import ObjectMissing
+from ..vision.storage.results_store import CATALOG_FILE, ResultsStore
+
+UseIndex = Callable[[], AbstractContextManager[VectorIndex]]
+MAX_LIMIT = 100
+PAGE = Path(__file__).parent / "page"  # the web page: plain HTML, CSS and JavaScript, no build step
+THUMBNAIL_SIDES = (64, 1024)
+
+
+class Hit(BaseModel):
+    """One result: an image, or a crop (an object in an image, with its box)."""
+
+    image_id: str
+    kind: Literal["image", "crop"]
+    score: float
+    source_uri: str
+    thumbnail_url: str
+    links: dict[str, str] = {}  # `task`: its Label Studio task; `batch`: its batch's checks in Dagster
+    batch: str | None = None
+    entity: str | list[str] | None = None
+    box: list[float] | None = None
+    labels: list[dict[str, Any]] = []
+    needs_review: bool = False
+    review_reasons: list[str] = []
+    reviewed_by: str | None = None
+    scene_tags: list[str] = []
+    taken_at: str | None = None
+    location: dict[str, float] | None = None
+
+
+class DuplicateGroup(BaseModel):
+    kind: Literal["exact", "near"]  # the same bytes, or the same picture re-encoded or resized (pHash)
+    images: list[str]
+
+
+class Duplicates(BaseModel):
+    groups: list[DuplicateGroup]
+    total: int
+    next_offset: int | None
+
+
+class Results(BaseModel):
+    hits: list[Hit]
+    limit: int
+    offset: int
+    next_offset: int | None  # where the next page starts; None when this page was the last
+
+
+class ReviewList(BaseModel):
+    hits: list[Hit]
+    next: str | None  # pass as `after` for the next page; None at the end
+
+
+class Catalogue:
+    """What the service holds: the generalist (loaded on the first query, then kept), the index (held open between
+    queries, `HeldIndex`), and the results store the thumbnails come from."""
+
+    def __init__(self, embedder: Embeds, embedding_model: str, use_index: UseIndex, results: ResultsStore,
+                 limits: ValidationLimits, where: str = "", dagster_url: str = "", label_studio_url: str | None = None):
+        self.embedder, self.embedding_model, self.use_index = embedder, embedding_model, use_index
+        self.results, self.limits = results, limits
+        self.where = where  # the index it answers from (a URL, or the embedded folder): the CLI asks only its own
+        self.dagster_url, self.label_studio_url = dagster_url.rstrip("/"), label_studio_url
+        self._catalogue: tuple[str, list[DuplicateGroup]] | None = None  # (etag, groups) of ~catalog.parquet
+
+    def links(self, image_id: str, batch: str | None) -> dict[str, str]:
+        """Where a person goes next: the image's Label Studio task, and its batch's checks in Dagster."""
+        task = (f"{self.label_studio_url.rstrip('/')}/data?search={quote(image_id)}" if self.label_studio_url
+                else self.results.store.uri(self.results.review_task_key(image_id)))
+        found = {"task": task}
+        if batch and self.dagster_url:
+            found["batch"] = f"{self.dagster_url}/assets/source_images?view=partitions&partition={quote(batch)}"
+        return found
+
+    def duplicate_groups(self) -> list[DuplicateGroup]:
+        """The catalogue's duplicate groups (`image_catalog`'s `~catalog.parquet`), read again only when its etag
+        changed (a HEAD per request otherwise)."""
+        key = f"{self.results.prefix}{CATALOG_FILE}"
+        try:
+            etag = self.results.store.head(key).etag
+            if self._catalogue is None or self._catalogue[0] != etag:
+                found, data = self.results.store.get(key)
+                frame = from_parquet(data)
+                groups = [DuplicateGroup(kind="exact", images=g)
+                          for g in duplicate_groups(frame, "exact_duplicate_group")]
+                exact = {frozenset(group.images) for group in groups}
+                groups += [DuplicateGroup(kind="near", images=g)  # a near group that is an exact one says nothing new
+                           for g in duplicate_groups(frame, "near_duplicate_group") if frozenset(g) not in exact]
+                self._catalogue = (found.etag, groups)
+        except ObjectMissing:
+            return []
+        return self._catalogue[1]
+
+
+def filters(
+    entity: Annotated[str | None, Query(description="detector class, e.g. dog")] = None,
+    label: Annotated[str | None, Query(description='expert label, e.g. "golden retriever"')] = None,
+    coral_health: Annotated[str | None, Query(description="images only, e.g. CORAL_BL")] = None,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1, description="crops only: the expert's confidence")] = None,
+    needs_review: bool | None = None,
+    reviewed: bool | None = None,
+    scene: Annotated[str | None, Query(description="images only: a scene tag, e.g. beach")] = None,
+    clip_disagrees: bool | None = None,
+    taken_after: datetime | None = None,
+    taken_before: datetime | None = None,
+    near: Annotated[str | None, Query(description="LAT,LON,RADIUS, e.g. 52.37,4.89,5km")] = None,
+    camera: str | None = None,
+) -> SearchFilters:
+    try:
+        place = Place.parse(near) if near else None
+    except SearchError as error:
+        raise HTTPException(400, str(error)) from None
+    return SearchFilters(entity=entity, label=label, coral_health=coral_health, min_confidence=min_confidence,
+                         needs_review=needs_review, reviewed=reviewed, scene=scene, clip_disagrees=clip_disagrees,
+                         taken_after=taken_after, taken_before=taken_before, near=place, camera=camera)
+
+
+class Page(BaseModel):
+    target: Literal["images", "crops"] = "images"
+    limit: int = 10
+    offset: int = 0
+    min_score: float | None = None
+
+
+def page(target: Literal["images", "crops"] = "images",
+         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 10,
+         offset: Annotated[int, Query(ge=0)] = 0,
+         min_score: Annotated[float | None, Query(ge=-1, le=1, description="leave out hits scoring under this")] = None,
+         ) -> Page:
+    return Page(target=target, limit=limit, offset=offset, min_score=min_score)
+
+
+def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
+    def authorised(request: Request) -> None:
+        given = request.headers.get("x-api-key") or unquote(request.cookies.get("vision_assets_key", ""))
+        if api_key and not secrets.compare_digest(given, api_key):
+            raise HTTPException(401, "this service wants its API key in the X-API-Key header")
+
+    app = FastAPI(title="vision-assets", version="1", dependencies=[Depends(authorised)],
+                  description="Search the catalogue by text, by image, or like an indexed image.")
+
+    @app.exception_handler(IndexUnavailable)
+    def busy(_: Request, error: IndexUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"the index is busy or out of reach: {error}; try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(IndexUnreadable)
+    def damaged(_: Request, error: IndexUnreadable) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503)
+
+    def answer(ask: Callable[[Searcher], list[SearchHit]], shown: Page) -> Results:
+        with catalogue.use_index() as index:
+            try:
+                hits = ask(Searcher(index, catalogue.embedder, catalogue.embedding_model))
+            except SearchError as error:
+                status = 404 if "no indexed image" in str(error) else 409 if "nothing has been indexed" in str(
+                    error) or "is empty" in str(error) else 400
+                raise HTTPException(status, str(error)) from None
+        full = len(hits) == shown.limit
+        if shown.min_score is not None:
+            hits = [hit for hit in hits if hit.score >= shown.min_score]
+        return Results(hits=[_hit(hit, catalogue) for hit in hits], limit=shown.limit, offset=shown.offset,
+                       next_offset=shown.offset + shown.limit if full and len(hits) == shown.limit else None)
+
+    def options(shown: Page, chosen: SearchFilters) -> dict[str, Any]:
+        return {"filters": chosen, "limit": shown.limit, "offset": shown.offset}
+
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "embedding_model": catalogue.embedding_model, "index": catalogue.where}
+
+    @app.get("/api/search", response_model=Results)
+    def search_text(text: Annotated[str, Query(min_length=1, max_length=1000)], shown: Page = Depends(page),
+                    chosen: SearchFilters = Depends(filters)) -> Results:
+        """Images (or crops) that match a sentence, e.g. `dogs running on a beach`."""
+        return answer(lambda searcher: searcher.by_text(text, shown.target, **options(shown, chosen)), shown)
+
+    @app.post("/api/search/image", response_model=Results)
+    def search_image(image: Annotated[UploadFile, File(description="an image file, bounded like an upload")],
+                     shown: Page = Depends(page), chosen: SearchFilters = Depends(filters)) -> Results:
+        """Images (or crops) that look like an uploaded picture."""
+        data = image.file.read(catalogue.limits.max_bytes + 1)
+        checked = validate_image(data, catalogue.limits)
+        if isinstance(checked, Rejection):
+            status = 413 if checked.code.value in ("too_large", "too_many_pixels") else 400
+            raise HTTPException(status, f"not a usable image: {checked.message}")
+        return answer(lambda searcher: searcher.by_image(checked.rgb, shown.target, **options(shown, chosen)), shown)
+
+    @app.get("/api/like/{image_id:path}", response_model=Results)
+    def more_like(image_id: str, shown: Page = Depends(page), chosen: SearchFilters = Depends(filters)) -> Results:
+        """More like an indexed image (its own vector is the query; the image itself is left out)."""
+        return answer(lambda searcher: searcher.like(image_id, shown.target, **options(shown, chosen)), shown)
+
+    @app.get("/api/thumbnails/{image_id:path}", responses={200: {"content": {"image/jpeg": {}}}})
+    def thumbnail(image_id: str, side: Annotated[int, Query(ge=THUMBNAIL_SIDES[0], le=THUMBNAIL_SIDES[1])] = 320,
+                  boxes: Annotated[bool, Query(description="draw the objects' boxes and labels")] = True,
+                  box: Annotated[str | None, Query(description="x1,y1,x2,y2: the box to mark (a crop hit's)")] = None,
+                  ) -> Response:
+        """A JPEG of an image the catalogue holds (its normalised copy, scaled down), with its objects' boxes and
+        labels drawn: nothing else is read."""
+        try:
+            chosen = [float(v) for v in box.split(",")] if box else None
+        except ValueError:
+            raise HTTPException(400, f"box is x1,y1,x2,y2 in pixels, not {box!r}") from None
+        with catalogue.use_index() as index:
+            if not index.present(index.images, [image_point_id(image_id)]):
+                raise HTTPException(404, f"no indexed image {image_id!r}")
+            objects = index.crops_of(image_id) if boxes else []
+        picture = catalogue.results.read_normalized(image_id)
+        drawn = [(crop["box"], _label(crop)) for crop in objects if crop.get("box")]
+        picture = _drawn(picture, drawn, chosen) if drawn else picture.convert("RGB")
+        picture.thumbnail((side, side))
+        out = io.BytesIO()
+        picture.save(out, "JPEG", quality=85)
+        return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/api/review", response_model=ReviewList)
+    def review_list(after: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 24) -> ReviewList:
+        """What needs a person: the images whose labels the committee doubts (the index's `needs_review`), in
+        pages; each links to its Label Studio task and its batch. Costs a page, whatever the catalogue's size."""
+        with catalogue.use_index() as index:
+            if not index.client.collection_exists(index.images):
+                return ReviewList(hits=[], next=None)
+            points, following = index.client.scroll(
+                index.images, limit=limit, offset=after, with_payload=True,
+                scroll_filter=SearchFilters(needs_review=True).to_qdrant("images"))
+        hits = [_hit(hit_from_point(point, "images"), catalogue) for point in points]
+        return ReviewList(hits=hits, next=str(following) if following is not None else None)
+
+    @app.get("/api/duplicates", response_model=Duplicates)
+    def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20) -> Duplicates:
+        """Groups of images that are the same picture (from the catalogue `image_catalog` last wrote)."""
+        groups = catalogue.duplicate_groups()
+        page = groups[offset:offset + limit]
+        return Duplicates(groups=page, total=len(groups),
+                          next_offset=offset + limit if offset + limit < len(groups) else None)
+
+    app.mount("/", StaticFiles(directory=PAGE, html=True), name="page")
+    return app
+
+
+def _hit(hit: SearchHit, catalogue: Catalogue) -> Hit:
+    picture = f"/api/thumbnails/{quote(hit.image_id)}"
+    if hit.box:
+        picture += "?box=" + ",".join(f"{v:.0f}" for v in hit.box)
+    return Hit(**hit.as_dict(), thumbnail_url=picture, links=catalogue.links(hit.image_id, hit.batch))
+
+
+def _drawn(picture: Image.Image, boxes: list[tuple[list[float], str]], chosen: list[float] | None) -> Image.Image:
+    """The image with its objects' boxes and labels drawn (the chosen one, a crop hit's, in another colour)."""
+    picture = picture.convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(max(picture.size) / 300))
+    for box, label in boxes:
+        colour = "#ff3b30" if chosen and all(abs(a - b) < 1 for a, b in zip(box, chosen)) else "#ffd60a"
+        draw.rectangle(box, outline=colour, width=width)
+        draw.text((box[0] + width, box[1] + width), label, fill=colour)
+    return picture
+
+
+def _label(crop: dict) -> str:
+    labels = crop.get("top_k") or []
+    named = f"{labels[0]['name']} {labels[0]['confidence']:.2f}" if labels else ""
+    return " ".join(filter(None, [crop.get("entity"), named]))
