@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,17 +31,15 @@ logging.disable(logging.WARNING)
 
 import httpx
 import numpy as np
-import uvicorn
 from qdrant_client import models as qm
 
-from tests.conftest import free_port
+from tests.conftest import free_port, search_service, serving
 from vision_assets.bootstrap import bootstrap
 from vision_assets.resources import LocalImageStore
-from vision_assets.service.app import Catalogue, create_app
+from vision_assets.service.app import create_app
 from vision_assets.settings import Settings
 from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.chunking import chunked
-from vision_assets.vision.images.validation import ValidationLimits
 from vision_assets.vision.index.connection import embedded_access
 from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.wiring import model_resources_from
@@ -104,8 +101,7 @@ def main() -> None:
     print(f"{args.points:,} points written in {time.perf_counter() - started:.1f} s (HNSW on close: "
           f"{close_seconds:.1f} s)", flush=True)
 
-    port = free_port()
-    env = os.environ | {"VISION_ASSETS_SERVICE_PORT": str(port + 1)}  # the command must not find the service
+    env = os.environ | {"VISION_ASSETS_SERVICE_PORT": str(free_port())}  # the command must not find a service
     command = [sys.executable, "-m", "vision_assets.cli", "search", TEXTS[0], "--limit", "10"]
     baseline = []
     for _ in range(3):
@@ -115,15 +111,9 @@ def main() -> None:
 
     began = time.perf_counter()
     embedder.embedder.embed_texts(["warm up"])
-    index = qdrant.held()
     store = LocalImageStore(root=str(work / "data" / "bucket"))
-    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, store.results, ValidationLimits(),
-                          where=qdrant.where)
-    server = uvicorn.Server(uvicorn.Config(create_app(catalogue), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with search_service(models, store.results) as catalogue, serving(create_app(catalogue)) as port, \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         cold = timed(client, "/api/search", {"limit": 10}, 1)[0]
         startup = time.perf_counter() - began
         timed(client, "/api/search", {"limit": 10}, 10)  # warm
@@ -140,8 +130,6 @@ def main() -> None:
             began_waiting = time.perf_counter()
             with embedded_access(str(qdrant.path), wait_seconds=60):
                 waits.append(time.perf_counter() - began_waiting)
-    server.should_exit = True
-    index.close()
 
     command_p50 = statistics.median(baseline)
     print(f"\nsearch over {args.points:,} image points, {args.queries} warm text queries each, 2-core CPU, tiny CLIP")

@@ -8,6 +8,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -364,3 +365,40 @@ def failed_in(evaluation: dg.AssetCheckEvaluation) -> set[str]:
 
 def requested(result, job_name: str) -> list[dg.RunRequest]:
     return [r for r in (result.run_requests or []) if r.job_name == job_name]
+
+
+# --- the search service -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def search_service(models: dict, results, **catalogue_options) -> Iterator:
+    """The search service's catalogue over these models and results, as `serve` builds it (the index held open
+    between queries); the index let go after the block."""
+    from vision_assets.service.app import Catalogue
+    from vision_assets.vision.images.validation import ValidationLimits
+
+    embedder, index = models["embedder"], models["qdrant"].held()
+    options = {"limits": ValidationLimits(), "where": models["qdrant"].where} | catalogue_options
+    try:
+        yield Catalogue(embedder.embedder, embedder.identity, index.use, results, **options)
+    finally:
+        index.close()
+
+
+@contextmanager
+def serving(app) -> Iterator[int]:
+    """The app over real HTTP on a free loopback port (yielded), in a thread, for as long as the block."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+        yield server.config.port
+    finally:
+        server.should_exit = True
+        thread.join(10)

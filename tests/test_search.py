@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client, shared_batch_fixtures
+from tests.conftest import PHOTOS, PIPELINE_VALID, embedded_client, search_service, serving, shared_batch_fixtures
 from vision_assets.cli import main
 from vision_assets.vision.index.search import Searcher, SearchError, SearchFilters
 from vision_assets.vision.index.vector_index import VectorIndex
@@ -143,17 +143,13 @@ def service(pipeline, models, s3_image_store):
     """The service's app over the shared batch, as `serve` builds it (the index held open between queries)."""
     from fastapi.testclient import TestClient
 
-    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.service.app import create_app
     from vision_assets.vision.images.validation import ValidationLimits
 
-    embedder, index = models["embedder"], models["qdrant"].held()
-    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results,
-                          ValidationLimits(max_bytes=200_000, max_pixels=2_000_000))
-    try:
-        with TestClient(create_app(catalogue)) as client:
-            yield client
-    finally:
-        index.close()
+    limits = ValidationLimits(max_bytes=200_000, max_pixels=2_000_000)
+    with search_service(models, s3_image_store.results, limits=limits) as catalogue, \
+            TestClient(create_app(catalogue)) as client:
+        yield client
 
 
 def test_the_service_answers_text_queries_with_pictures_and_pages(service):
@@ -219,21 +215,16 @@ def test_bad_requests_get_a_4xx_that_says_why(service, request_, status, said):
 def test_the_service_describes_itself_and_wants_its_key_when_it_has_one(service, models, s3_image_store):
     from fastapi.testclient import TestClient
 
-    from vision_assets.service.app import Catalogue, create_app
-    from vision_assets.vision.images.validation import ValidationLimits
+    from vision_assets.service.app import create_app
 
     schema = service.get("/openapi.json").json()
     assert {"/api/search", "/api/search/image", "/api/like/{image_id}", "/api/thumbnails/{image_id}"} <= set(
         schema["paths"])
-    embedder, index = models["embedder"], models["qdrant"].held()
-    try:
-        locked = TestClient(create_app(Catalogue(embedder.embedder, embedder.identity, index.use,
-                                                 s3_image_store.results, ValidationLimits()), api_key="s3cret"))
+    with search_service(models, s3_image_store.results) as catalogue:
+        locked = TestClient(create_app(catalogue, api_key="s3cret"))
         assert locked.get("/api/search", params={"text": "x"}).status_code == 401
         assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
         assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
-    finally:
-        index.close()
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_a_key(capsys):
@@ -242,26 +233,12 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_key(capsys):
 
 
 def test_the_cli_asks_a_running_service_and_answers_the_same(pipeline, models, s3_image_store, capsys, monkeypatch):
-    import threading
-
-    import uvicorn
-
-    from tests.conftest import free_port
-    from vision_assets.service.app import Catalogue, create_app
-    from vision_assets.vision.images.validation import ValidationLimits
+    from vision_assets.service.app import create_app
 
     query = ["search", "a dog", "--crops", "--json", "--limit", "5"]
     assert main(query) == 0
     here = json.loads(capsys.readouterr().out)
-    embedder, index, port = models["embedder"], models["qdrant"].held(), free_port()
-    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results,
-                          ValidationLimits(), where=models["qdrant"].where)
-    server = uvicorn.Server(uvicorn.Config(create_app(catalogue), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            thread.join(0.05)
+    with search_service(models, s3_image_store.results) as catalogue, serving(create_app(catalogue)) as port:
         monkeypatch.setenv("VISION_ASSETS_SERVICE_PORT", str(port))
         assert main(query) == 0
         answered = capsys.readouterr()
@@ -270,10 +247,6 @@ def test_the_cli_asks_a_running_service_and_answers_the_same(pipeline, models, s
         assert [(h["image_id"], h["score"]) for h in there] == [(h["image_id"], h["score"]) for h in here]
         assert main(["search", "x", "--near", "52,4,5km", "--crops", "--coral-health", "CORAL"]) == 2
         assert "whole-image label" in capsys.readouterr().err  # the service's refusal, said as the CLI says it
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        index.close()
 
 
 def test_the_review_list_pages_through_what_needs_a_person(service):
@@ -291,7 +264,9 @@ def test_the_review_list_pages_through_what_needs_a_person(service):
 
 
 def test_thumbnails_draw_the_objects_and_mark_a_crop_hits_box(service):
-    plain = Image.open(io.BytesIO(service.get("/api/thumbnails/zidane.jpg", params={"boxes": "false"}).content))
+    answer = service.get("/api/thumbnails/zidane.jpg", params={"boxes": "false"})
+    assert answer.status_code == 200, answer.text
+    plain = Image.open(io.BytesIO(answer.content))
     drawn = Image.open(io.BytesIO(service.get("/api/thumbnails/zidane.jpg").content))
     assert plain.size == drawn.size and plain.tobytes() != drawn.tobytes()  # the boxes are on it
     [crop] = service.get("/api/like/zidane.jpg", params={"target": "crops", "limit": 1}).json()["hits"]

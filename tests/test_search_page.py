@@ -3,16 +3,13 @@
 twice under two names, so the catalogue has a group), served by the search service over HTTP. Screenshots go to
 test-artifacts/search/."""
 
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from tests.conftest import PHOTOS, SensorDriver, free_port, image_bytes
+from tests.conftest import PHOTOS, SensorDriver, image_bytes, search_service, serving
 from tests.test_dagster_dev import chromium_path
-from vision_assets.service.app import Catalogue, create_app
-from vision_assets.vision.images.validation import ValidationLimits
+from vision_assets.service.app import create_app
 from vision_assets.wiring import build_definitions
 
 pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
@@ -30,20 +27,9 @@ def page_url(models, s3_image_store, instance, s3_client, bucket):
     driver = SensorDriver(defs, instance, whole_pipeline=True)
     assert all(run.success for run in driver.tick_and_run())
     assert defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance).success
-    embedder, index, port = models["embedder"], models["qdrant"].held(), free_port()
-    catalogue = Catalogue(embedder.embedder, embedder.identity, index.use, s3_image_store.results, ValidationLimits(),
-                          where=models["qdrant"].where, dagster_url="http://dagster.example")
-    server = uvicorn.Server(uvicorn.Config(create_app(catalogue), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    try:
+    with search_service(models, s3_image_store.results, dagster_url="http://dagster.example") as catalogue, \
+            serving(create_app(catalogue)) as port:
         yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        index.close()
 
 
 def shown_images(page) -> list[str]:

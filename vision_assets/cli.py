@@ -5,6 +5,7 @@ local files into the configured bucket or folder; `search`, `reprocess`, `delete
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import mimetypes
 import os
@@ -211,14 +212,15 @@ def search_here(models: dict, args: argparse.Namespace, target: str, options: di
         return searcher.by_text(args.text, target, **options)
 
 
-def ask_the_service(settings: Settings, index: str, args: argparse.Namespace, target: str, tell) -> list | None:
+def ask_the_service(settings: Settings, index: str, args: argparse.Namespace, target: str, options: dict,
+                    tell) -> list | None:
     """The answer of a search service running here over the same index (its model is loaded: milliseconds, not the
     seconds a model load takes), or None when there is none."""
     from urllib.parse import quote
 
     import httpx
 
-    from .vision.index.search import SearchError, SearchHit
+    from .vision.index.search import Place, SearchError, SearchHit
 
     base = f"http://127.0.0.1:{settings.service_port}/api"
     headers = {"X-API-Key": settings.service_api_key} if settings.service_api_key else {}
@@ -228,12 +230,14 @@ def ask_the_service(settings: Settings, index: str, args: argparse.Namespace, ta
         return None
     if health.status_code != 200 or health.json().get("index") != index:
         return None
-    params = {"target": target, "limit": args.limit, "offset": args.offset, "entity": args.entity,
-              "label": args.label, "coral_health": args.coral_health, "min_confidence": args.min_confidence,
-              "needs_review": args.needs_review, "scene": args.scene, "clip_disagrees": args.clip_disagrees,
-              "taken_after": args.taken_after and args.taken_after.isoformat(),
-              "taken_before": args.taken_before and args.taken_before.isoformat(), "near": args.near,
-              "camera": args.camera, "reviewed": args.reviewed}
+    def written(value):  # a filter as a query parameter
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return f"{value.latitude},{value.longitude},{value.radius_m}m" if isinstance(value, Place) else value
+
+    chosen = options["filters"]
+    params = {"target": target, "limit": options["limit"], "offset": options["offset"]} | {
+        field.name: written(getattr(chosen, field.name)) for field in dataclasses.fields(chosen)}
     params = {name: value for name, value in params.items() if value is not None}
     ask = {"headers": headers, "params": params, "timeout": 60}
     if args.like:
@@ -275,7 +279,7 @@ def search(args: argparse.Namespace) -> int:
         print("vision-assets search: give a text query, --image FILE or --like IMAGE_ID", file=sys.stderr)
         return 2
     try:
-        hits = ask_the_service(settings, models["qdrant"].where, args, target, tell)
+        hits = ask_the_service(settings, models["qdrant"].where, args, target, options, tell)
         if hits is None:  # no service running over this index: load the model here
             hits = search_here(models, args, target, options, tell)
     except (SearchError, IndexUnavailable, IndexUnreadable) as error:

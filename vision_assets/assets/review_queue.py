@@ -10,6 +10,7 @@ from ..keys import QDRANT_INDEX, REVIEW_DECISIONS, REVIEW_QUEUE, SPECIALIST_LABE
 from ..resources import ImageStore, QdrantResource, ReviewSettings
 from ..vision.images.review import annotated_thumbnail, markdown_image
 from ..vision.records import LabelsRecord
+from ..vision.review.label_studio import task_link
 from ..vision.review.queue import QueuedImage
 from ..vision.review.queue import review_queue as read_queue
 from ..vision.storage.results_store import LABELS, ResultsStore
@@ -28,8 +29,7 @@ def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> 
         image = None
     if image is not None and labels is not None and review.pictures:
         picture = markdown_image(queued.image_id, annotated_thumbnail(image, labels, THUMBNAIL_SIDE), 55)
-    task = (f"{review.label_studio_url.rstrip('/')}/data?search={quote(queued.image_id)}" if review.label_studio_url
-            else results.store.uri(results.review_task_key(queued.image_id)))
+    task = task_link(queued.image_id, review.label_studio_url, results)
     batch = (f"[{queued.batch}](/assets/{SPECIALIST_LABELS.to_user_string()}?view=partitions&partition="
              f"{quote(queued.batch)})" if queued.batch else "-")
     why = "; ".join(dict.fromkeys(queued.reasons)).replace("|", "/") or "needs review"

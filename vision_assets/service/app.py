@@ -18,17 +18,28 @@ from urllib.parse import quote, unquote
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
 from ..vision.catalog import duplicate_groups, from_parquet
+from ..vision.images.review import annotated_thumbnail, thumbnail
 from ..vision.images.validation import ValidationLimits, validate_image
 from ..vision.index.connection import IndexUnavailable, IndexUnreadable
-from ..vision.index.search import Embeds, Place, Searcher, SearchError, SearchFilters, SearchHit, hit_from_point
+from ..vision.index.search import (
+    Embeds,
+    NothingIndexed,
+    Place,
+    Searcher,
+    SearchError,
+    SearchFilters,
+    SearchHit,
+    UnknownImage,
+    hit_from_point,
+)
 from ..vision.index.vector_index import VectorIndex, image_point_id
-from ..vision.records import Rejection
+from ..vision.records import LabelsRecord, Rejection
+from ..vision.review.label_studio import task_link
 from ..vision.storage.object_store import ObjectMissing
-from ..vision.storage.results_store import CATALOG_FILE, ResultsStore
+from ..vision.storage.results_store import CATALOG_FILE, LABELS, ResultsStore
 
 UseIndex = Callable[[], AbstractContextManager[VectorIndex]]
 MAX_LIMIT = 100
@@ -94,9 +105,7 @@ class Catalogue:
 
     def links(self, image_id: str, batch: str | None) -> dict[str, str]:
         """Where a person goes next: the image's Label Studio task, and its batch's checks in Dagster."""
-        task = (f"{self.label_studio_url.rstrip('/')}/data?search={quote(image_id)}" if self.label_studio_url
-                else self.results.store.uri(self.results.review_task_key(image_id)))
-        found = {"task": task}
+        found = {"task": task_link(image_id, self.label_studio_url, self.results)}
         if batch and self.dagster_url:
             found["batch"] = f"{self.dagster_url}/assets/source_images?view=partitions&partition={quote(batch)}"
         return found
@@ -182,8 +191,7 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
             try:
                 hits = ask(Searcher(index, catalogue.embedder, catalogue.embedding_model))
             except SearchError as error:
-                status = 404 if "no indexed image" in str(error) else 409 if "nothing has been indexed" in str(
-                    error) or "is empty" in str(error) else 400
+                status = 404 if isinstance(error, UnknownImage) else 409 if isinstance(error, NothingIndexed) else 400
                 raise HTTPException(status, str(error)) from None
         full = len(hits) == shown.limit
         if shown.min_score is not None:
@@ -221,24 +229,24 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
         return answer(lambda searcher: searcher.like(image_id, shown.target, **options(shown, chosen)), shown)
 
     @app.get("/api/thumbnails/{image_id:path}", responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(image_id: str, side: Annotated[int, Query(ge=THUMBNAIL_SIDES[0], le=THUMBNAIL_SIDES[1])] = 320,
-                  boxes: Annotated[bool, Query(description="draw the objects' boxes and labels")] = True,
-                  box: Annotated[str | None, Query(description="x1,y1,x2,y2: the box to mark (a crop hit's)")] = None,
-                  ) -> Response:
+    def image_thumbnail(image_id: str, side: Annotated[int, Query(ge=THUMBNAIL_SIDES[0], le=THUMBNAIL_SIDES[1])] = 320,
+                        boxes: Annotated[bool, Query(description="draw the objects' boxes and labels")] = True,
+                        box: Annotated[str | None, Query(description="x1,y1,x2,y2: the box to mark (a crop hit's)")] = None,
+                        ) -> Response:
         """A JPEG of an image the catalogue holds (its normalised copy, scaled down), with its objects' boxes and
         labels drawn: nothing else is read."""
         try:
             chosen = [float(v) for v in box.split(",")] if box else None
+            if chosen is not None and len(chosen) != 4:
+                raise ValueError(box)
         except ValueError:
             raise HTTPException(400, f"box is x1,y1,x2,y2 in pixels, not {box!r}") from None
         with catalogue.use_index() as index:
             if not index.present(index.images, [image_point_id(image_id)]):
                 raise HTTPException(404, f"no indexed image {image_id!r}")
-            objects = index.crops_of(image_id) if boxes else []
-        picture = catalogue.results.read_normalized(image_id)
-        drawn = [(crop["box"], _label(crop)) for crop in objects if crop.get("box")]
-        picture = _drawn(picture, drawn, chosen) if drawn else picture.convert("RGB")
-        picture.thumbnail((side, side))
+        picture = catalogue.results.read_normalized(image_id).convert("RGB")
+        labels = catalogue.results.read(image_id, LABELS, LabelsRecord) if boxes else None
+        picture = annotated_thumbnail(picture, labels, side, chosen) if labels else thumbnail(picture, side)
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)
         return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
@@ -274,21 +282,3 @@ def _hit(hit: SearchHit, catalogue: Catalogue) -> Hit:
     if hit.box:
         picture += "?box=" + ",".join(f"{v:.0f}" for v in hit.box)
     return Hit(**hit.as_dict(), thumbnail_url=picture, links=catalogue.links(hit.image_id, hit.batch))
-
-
-def _drawn(picture: Image.Image, boxes: list[tuple[list[float], str]], chosen: list[float] | None) -> Image.Image:
-    """The image with its objects' boxes and labels drawn (the chosen one, a crop hit's, in another colour)."""
-    picture = picture.convert("RGB")
-    draw = ImageDraw.Draw(picture)
-    width = max(2, round(max(picture.size) / 300))
-    for box, label in boxes:
-        colour = "#ff3b30" if chosen and all(abs(a - b) < 1 for a, b in zip(box, chosen)) else "#ffd60a"
-        draw.rectangle(box, outline=colour, width=width)
-        draw.text((box[0] + width, box[1] + width), label, fill=colour)
-    return picture
-
-
-def _label(crop: dict) -> str:
-    labels = crop.get("top_k") or []
-    named = f"{labels[0]['name']} {labels[0]['confidence']:.2f}" if labels else ""
-    return " ".join(filter(None, [crop.get("entity"), named]))

@@ -75,9 +75,11 @@ def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int) -> Image.Image:
+def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int,
+                        marked: list[float] | None = None) -> Image.Image:
     """The image at `side` pixels with every detection's box and caption: green where the expert is confident,
-    orange where its label needs review, blue where no expert covers the class."""
+    orange where its label needs review, blue where no expert covers the class; the `marked` box (a search hit's
+    crop) outlined in red besides."""
     small = thumbnail(picture, side)
     scale = small.width / picture.width
     draw = ImageDraw.Draw(small)
@@ -92,6 +94,8 @@ def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int) -
         tag_x = min(max(0.0, x1), max(0.0, small.width - (right - left) - 4))
         draw.rectangle((tag_x, tag_y, tag_x + (right - left) + 4, tag_y + (bottom - top) + 4), fill=colour)
         draw.text((tag_x + 2 - left, tag_y + 2 - top), caption, fill=(0, 0, 0), font=font)
+    if marked:
+        draw.rectangle([v * scale for v in marked], outline=(255, 59, 48), width=3)
     return small
 
 

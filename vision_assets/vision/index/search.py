@@ -22,6 +22,14 @@ class SearchError(RuntimeError):
     """A query that cannot be answered honestly; the message says why and what to do."""
 
 
+class UnknownImage(SearchError):
+    """"More like" an image the index does not hold."""
+
+
+class NothingIndexed(SearchError):
+    """The collection is missing or empty: nothing has been indexed yet."""
+
+
 @dataclass(frozen=True)
 class Place:
     """A circle on the map: photos whose EXIF position lies within `radius_m` metres of the centre."""
@@ -156,7 +164,7 @@ class Searcher:
         self._ready("images")
         found = self.index.client.retrieve(self.index.images, [image_point_id(image_id)], with_vectors=True)
         if not found:
-            raise SearchError(f"no indexed image {image_id!r}: is it processed, and is the id its partition key?")
+            raise UnknownImage(f"no indexed image {image_id!r}: is it processed, and is the id its partition key?")
         exclude = models.HasIdCondition(has_id=[image_point_id(image_id)]) if target == "images" else None
         return self._query(np.asarray(found[0].vector, np.float32), target, exclude=exclude, **options)
 
@@ -166,14 +174,14 @@ class Searcher:
     def _ready(self, target: Target) -> None:
         name = self._collection(target)
         if not self.index.client.collection_exists(name):
-            raise SearchError(f"collection {name!r} does not exist: nothing has been indexed yet (run the pipeline)")
+            raise NothingIndexed(f"collection {name!r} does not exist: nothing has been indexed yet (run the pipeline)")
         info = self.index.client.get_collection(name)
         built_with = (info.config.metadata or {}).get("embedding_model")
         if built_with and built_with != self.embedding_model:
             raise SearchError(f"collection {name!r} was built with {built_with}, but queries would be embedded with "
                               f"{self.embedding_model}: set the same CLIP model as the index, or re-index")
         if not info.points_count:
-            raise SearchError(f"collection {name!r} is empty: nothing has been indexed yet")
+            raise NothingIndexed(f"collection {name!r} is empty: nothing has been indexed yet")
 
     def _query(self, vector: np.ndarray, target: Target, filters: SearchFilters = SearchFilters(), limit: int = 10,
                offset: int = 0, exclude: models.Condition | None = None) -> list[SearchHit]:

@@ -160,14 +160,6 @@ class VectorIndex:
             problems[image.partition_key] = found
         return problems
 
-    def crops_of(self, partition_key: str, most: int = 200) -> list[dict[str, Any]]:
-        """The payloads of an image's crop points (its objects: box, entity, labels), by filter on its id."""
-        if not self.client.collection_exists(self.crops):
-            return []
-        points, _ = self.client.scroll(self.crops, limit=most, with_payload=True,
-                                       scroll_filter=models.Filter(must=[_is(partition_key)]))
-        return [point.payload or {} for point in points]
-
     def present(self, collection: str, point_ids: Sequence[str]) -> set[str]:
         """Which of these point ids the collection holds, looked up by id (no filter over the collection)."""
         found: set[str] = set()

@@ -15,14 +15,24 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from ..records import DetectionsRecord, LabelsRecord, SourceImageRecord
+from ..storage.results_store import ResultsStore
 from .submissions import Submission, SubmissionError, Submitted
 
 OBJECT, LABEL, IMAGE = "object", "label", "image"  # the control and object tag names of the config
 OTHER_LABEL = "other_label"  # free text per region, for labels of vocabularies too large to list
 LISTED_VOCABULARY = 20_000  # labels a drop-down lists at most: BioCLIP's Tree of Life has ~450,000
+
+
+def task_link(image_id: str, label_studio_url: str | None, results: ResultsStore) -> str:
+    """Where a reviewer opens an image's task: its Label Studio project searched for the image, or (no project
+    named) the task file the pipeline wrote."""
+    if label_studio_url:
+        return f"{label_studio_url.rstrip('/')}/data?search={quote(image_id)}"
+    return results.store.uri(results.review_task_key(image_id))
 
 
 def region_id(detection_index: int) -> str:
