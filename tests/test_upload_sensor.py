@@ -1,5 +1,6 @@
 """The upload sensor against a real S3 endpoint: never misses an object, never registers one twice."""
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -198,3 +199,59 @@ def test_hostile_keys_register_with_uris_that_name_them_exactly(driver, s3_clien
         assert (parts.netloc, unquote(parts.path.removeprefix("/"))) == (bucket, registration.object_key)
     assert {found.find(p).object_key for p in driver.partitions} == {
         f"uploads/{name}" for name in names}
+
+
+def test_a_bucket_bigger_than_a_slice_is_listed_over_several_ticks(models, s3_image_store, instance, s3_client,
+                                                                   bucket, monkeypatch):
+    """A tick lists at most `list_keys_per_tick` keys (shrunk to 4 here; 20,000 by default) and the next tick
+    resumes after the last; a pass's progress is in the cursor and the tick's message; deletions are judged per
+    slice for plain ids and at the pass's end for slugged ones."""
+    defs = build_definitions(s3_image_store, models, UploadPolicy(list_keys_per_tick=4))
+    driver = SensorDriver(defs, instance)
+    plain = [f"p{i:02d}.jpg" for i in range(9)]
+    odd = ["my photo 1.jpg", "my photo 2.jpg"]  # slugged ids: `my_photo_1.jpg~<hash>`
+    upload(s3_client, bucket, *plain, *odd)
+    s3_client.put_object(Bucket=bucket, Key="uploads/notes.md", Body=b"x")  # listed, not an image
+    listed: list[int] = []
+    real = type(s3_image_store.objects).list_slice
+
+    def spy(self, prefix, start_after, max_objects):
+        page = real(self, prefix, start_after, max_objects)
+        listed.append(len(page.objects))
+        return page
+    monkeypatch.setattr(type(s3_image_store.objects), "list_slice", spy)
+
+    def a_pass() -> list:
+        ticks = [driver.tick()]
+        while json.loads(driver.cursor)["listing"] is not None:
+            ticks.append(driver.tick())
+        return ticks
+
+    first = a_pass()  # 12 keys ("my photo ..." < "notes.md" < "p00.jpg") in slices of 4
+    assert listed == [4, 4, 4] and len(first) == 3
+    assert sorted(driver.partitions) == sorted(plain + [partition_key_for(k) for k in odd])
+    assert all(len(r.run_requests) == 1 for r in first[:3])  # each slice's new images: a batch of their own
+    assert json.loads(driver.cursor)["last_pass_keys"] == 12
+
+    s3_client.delete_object(Bucket=bucket, Key="uploads/p03.jpg")
+    s3_client.delete_object(Bucket=bucket, Key="uploads/my photo 2.jpg")
+    upload(s3_client, bucket, "a-late.jpg")  # sorts first: registered by the first slice of the next pass
+    listed.clear()
+    second = a_pass()
+    assert listed == [4, 4, 3]
+    requests = [(i, r) for i, tick in enumerate(second) for r in tick.run_requests]
+    deleted = {i: r.run_config["ops"] for i, r in requests if r.job_name == "delete_images"}
+    # p03.jpg is in the second slice's range (p00.jpg, p05.jpg]; my photo 2.jpg is judged when the pass ends
+    assert sorted(deleted) == [1, 2]
+    assert "p03.jpg" in json.dumps(deleted[1]) and partition_key_for("my photo 2.jpg") in json.dumps(deleted[2])
+    assert "p03.jpg" not in driver.partitions and partition_key_for("my photo 2.jpg") not in driver.partitions
+    assert "a-late.jpg" in driver.partitions
+    quiet = a_pass()  # nothing changed: each tick says how far the pass is
+    assert [t.run_requests for t in quiet] == [[], [], []]
+    assert "listing pass 3: 4 of about 11 keys listed in 1 slice(s)" in quiet[0].skip_message
+    assert "listing pass 3: 11 keys listed in 3 slice(s): complete" in quiet[2].skip_message
+    # Only the last pass's notes on slugged ids are kept (they name the objects of ids the next pass misses).
+    notes = list(s3_image_store.objects.list(f"{s3_image_store.results_prefix}~listing/"))
+    assert [n.key.split("/")[2].split("-")[0] for n in notes] == ["000003"]
+    assert json.loads(s3_image_store.objects.get(notes[0].key)[1]) == {
+        partition_key_for("my photo 1.jpg"): "uploads/my photo 1.jpg"}

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
                               "for it).")
     max_uploads_per_tick: int = setting(20_000, "Most objects one sensor tick registers; the rest wait for the next "
                                         "tick.")
+    list_keys_per_tick: int = setting(20_000, "Most keys one upload-sensor tick lists: a bigger bucket is listed in "
+                                      "slices over several ticks (a pass), resumed where the last slice ended.")
     sensor_interval_seconds: int = setting(15, "How often the upload sensor looks at the bucket.")
     version_lookback_seconds: int = setting(900, "Re-uploads are detected when their LastModified is within this "
                                             "window of the newest processed upload.")

@@ -169,6 +169,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
         upload_policy=UploadPolicy(
             batch_size=settings.batch_size,
             max_uploads_per_tick=settings.max_uploads_per_tick,
+            list_keys_per_tick=settings.list_keys_per_tick,
             version_lookback_seconds=settings.version_lookback_seconds,
         ),
         ingest_policy=IngestPolicy(

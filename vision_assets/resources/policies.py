@@ -19,6 +19,7 @@ from ..vision.retry_budget import RetryBudget
 class UploadPolicy(dg.ConfigurableResource):
     batch_size: int = DEFAULTS.batch_size
     max_uploads_per_tick: int = DEFAULTS.max_uploads_per_tick
+    list_keys_per_tick: int = DEFAULTS.list_keys_per_tick  # one slice of a listing pass (vision/listing_pass.py)
     version_lookback_seconds: int = DEFAULTS.version_lookback_seconds
 
     @property

@@ -4,6 +4,7 @@ per batch."""
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -16,13 +17,35 @@ from ..resources import ImageStore, S3ImageStore, UploadPolicy
 from ..vision.batches import BatchManifest, batch_key, next_number
 from ..vision.chunking import chunked
 from ..vision.deletion import safe_to_delete
+from ..vision.listing_pass import (
+    ListingPass,
+    SluggedPresence,
+    confirmed_gone,
+    in_key_range,
+    new_pass,
+    resume_after,
+    slugged,
+)
 from ..vision.records import StoredObject
-from ..vision.storage.s3_events import EventQueue
-from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick
+from ..vision.storage.object_store import ListedSlice
+from ..vision.storage.s3_events import QueueMessage
+from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick, shown
 from .batch_migration import migrate_slice
 from .run_keys import run_key
 
 IMAGES_TAG = "vision_assets/images"  # how many images a run's batches hold
+
+
+@dataclass
+class DeletionJudgement:
+    """Registered images a listing shows gone, out of how many it could have shown gone."""
+
+    gone: list[str]
+    judged: int
+
+    def add(self, gone: list[str], judged: int) -> None:
+        self.gone += gone
+        self.judged += judged
 
 
 def batch_run_key(batch: list[str], versions: dict[str, str]) -> str:
@@ -58,36 +81,60 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             return moving
         cursor = moving
         queue = image_store.event_queue() if isinstance(image_store, S3ImageStore) else None
-        if queue is None:
-            return _listing_tick(context, image_store, upload_policy, cursor)
-        if cursor.acknowledge:
-            # The previous tick's messages: its cursor was stored, so its partitions and run requests are applied.
-            queue.delete(cursor.acknowledge)
-            cursor = cursor.model_copy(update={"acknowledge": []})
-        now = time.time()
-        if cursor.listed_at is None or now - cursor.listed_at >= image_store.reconcile_seconds:
-            context.log.info("listing the bucket to reconcile with the upload events (missed or lost events, "
-                             "deleted objects)")
-            return _listing_tick(context, image_store, upload_policy, cursor.model_copy(update={"listed_at": now}))
-        return _event_tick(context, image_store, upload_policy, cursor, queue)
+        messages = []
+        if queue is not None:
+            if cursor.acknowledge:
+                # The previous tick's messages: its cursor was stored, so its partitions and run requests are applied.
+                queue.delete(cursor.acknowledge)
+                cursor = cursor.model_copy(update={"acknowledge": []})
+            messages = queue.receive(upload_policy.max_uploads_per_tick)
+        listing = _listing_due(context, image_store, cursor, queue is not None)
+        if listing is None and not messages:
+            return dg.SensorResult(skip_reason="no upload events in the queue", cursor=cursor.dump())
+        return _tick(context, image_store, upload_policy, cursor, messages, listing)
 
     return upload_sensor
 
 
-def _listing_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-                  cursor: UploadCursor) -> dg.SensorResult:
+def _listing_due(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: UploadCursor,
+                 events: bool) -> ListingPass | None:
+    """The listing pass this tick lists a slice of: the one in progress, or a new one (always without an events
+    queue; with one, every `reconcile_seconds`)."""
+    if cursor.listing is not None:
+        return cursor.listing
+    if events and cursor.listed_at is not None and time.time() - cursor.listed_at < image_store.reconcile_seconds:
+        return None
+    if events:
+        context.log.info("listing the bucket to reconcile with the upload events (missed or lost events, "
+                         "deleted objects)")
+    return new_pass(cursor.passes + 1, fresh=cursor.watermark is None)
+
+
+def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
+          cursor: UploadCursor, messages: list[QueueMessage], listing: ListingPass | None) -> dg.SensorResult:
+    announced = _announced(context, image_store, messages)
+    listed = None
+    if listing is not None:
+        listed = image_store.objects.list_slice(image_store.prefix, listing.after, upload_policy.list_keys_per_tick)
+    newest: dict[str, StoredObject] = {obj.key: obj for obj in (listed.objects if listed else [])}
+    for obj in announced:  # an event and a listing may name one object: its newest version counts
+        if obj.key not in newest or obj.last_modified >= newest[obj.key].last_modified:
+            newest[obj.key] = obj
     registered = context.instance.get_dynamic_partitions(images.name)  # registration order
-    plan = _plan(context, image_store, upload_policy, image_store.objects.list(image_store.prefix), registered, cursor)
-    deletions, delete_requests = _deletions(context, registered, plan)
-    return _result(context, image_store, upload_policy, plan, plan.cursor, deletions, delete_requests)
+    plan = _plan(context, image_store, upload_policy, newest.values(), registered, cursor,
+                 fresh=listing.fresh if listing else None)
+    after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
+    deletions, delete_requests, note = [], [], ""
+    if listing is not None and listed is not None:
+        after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registered)
+        deletions, delete_requests = _deletions(context, gone)
+    return _result(context, image_store, upload_policy, plan, after, deletions, delete_requests, note)
 
 
-def _event_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-                cursor: UploadCursor, queue: EventQueue) -> dg.SensorResult:
-    messages = queue.receive(upload_policy.max_uploads_per_tick)
-    if not messages:
-        return dg.SensorResult(skip_reason="no upload events in the queue", cursor=cursor.dump())
-    latest: dict[str, StoredObject] = {}  # per key, the newest version announced
+def _announced(context: dg.SensorEvaluationContext, image_store: ImageStore,
+               messages: list[QueueMessage]) -> list[StoredObject]:
+    """The newest version of each object the queue's messages announce."""
+    latest: dict[str, StoredObject] = {}
     removed = 0
     for event in (event for message in messages for event in message.events):
         if not event.created:
@@ -100,14 +147,61 @@ def _event_tick(context: dg.SensorEvaluationContext, image_store: ImageStore, up
     if removed:
         context.log.info(f"{removed} removal event(s): deletions are confirmed by the next listing of the bucket "
                          f"(every {image_store.reconcile_seconds} s)")
-    registered = context.instance.get_dynamic_partitions(images.name)
-    plan = _plan(context, image_store, upload_policy, latest.values(), registered, cursor)
-    after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
-    return _result(context, image_store, upload_policy, plan, after, [], [])
+    return list(latest.values())
+
+
+def _listing_progress(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: UploadCursor,
+                      listing: ListingPass, listed: ListedSlice, plan: TickPlan,
+                      registered: list[str]) -> tuple[UploadCursor, DeletionJudgement, str]:
+    """The cursor after this slice, what it shows gone, and a line on the pass's progress."""
+    end = listed.last_key if listed.truncated else None
+    in_range = in_key_range(registered, image_store.prefix, listing.after, end)
+    judgement = DeletionJudgement([image for image in in_range if image not in plan.present], len(in_range))
+    resume, complete = resume_after(listed, listing.after, plan.waiting)
+    if listing.slices == 0 and complete:  # the whole bucket in one slice: what it listed is all there is
+        slugged_registered = slugged(registered)
+        judgement.add(sorted(set(slugged_registered) - plan.present), len(slugged_registered))
+        return cursor.model_copy(update={"listing": None, "passes": listing.number, "listed_at": listing.started_at,
+                                         "last_pass_keys": len(listed.objects)}), judgement, ""
+    presence = SluggedPresence(image_store.results)
+    presence.record(listing, _slugged_keys(image_store, listed))
+    done_so_far = listing.model_copy(update={"after": resume, "listed": listing.listed + len(listed.objects),
+                                             "slices": listing.slices + 1})
+    if not complete:
+        note = f"{done_so_far.progress(cursor.last_pass_keys)}; the next slice starts after {shown(resume)}"
+        context.log.info(note)
+        return cursor.model_copy(update={"listing": done_so_far, "listed_at": listing.started_at}), judgement, note
+    judgement.add(*_slugged_gone(image_store, presence, listing, plan, registered))
+    presence.forget_all_but(listing)
+    note = f"{done_so_far.progress(None)}: complete in {time.time() - listing.started_at:.0f} s"
+    context.log.info(note)
+    return cursor.model_copy(update={"listing": None, "passes": listing.number, "listed_at": listing.started_at,
+                                     "last_pass_keys": done_so_far.listed}), judgement, note
+
+
+def _slugged_keys(image_store: ImageStore, listed: ListedSlice) -> dict[str, str]:
+    """The uploads of the slice whose id is slugged: id -> object key."""
+    ids = {obj.key: partition_key_for(image_store.upload_filter.relative(obj.key))
+           for obj in listed.objects if image_store.upload_filter.accepts(obj.key)}
+    return {image: key for key, image in ids.items() if "~" in image}
+
+
+def _slugged_gone(image_store: ImageStore, presence: SluggedPresence, listing: ListingPass, plan: TickPlan,
+                  registered: list[str]) -> tuple[list[str], int]:
+    """At the end of a pass of several slices: the registered slugged ids that no slice listed and whose object is
+    missing (named by the previous pass's notes, or by the image's registration), out of how many slugged ids."""
+    notes = presence.passes()
+    this_pass = notes.pop(presence.folder(listing), {})
+    known = {image: key for earlier in notes.values() for image, key in earlier.items()}
+    slugged_registered = slugged(registered)
+    candidates = {image: known.get(image) for image in slugged_registered
+                  if image not in this_pass and image not in plan.present}
+    gone = confirmed_gone(candidates, image_store.results.read_registration, image_store.objects.head)
+    return gone, len(slugged_registered)
 
 
 def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-          objects: Iterable[StoredObject], registered: list[str], cursor: UploadCursor) -> TickPlan:
+          objects: Iterable[StoredObject], registered: list[str], cursor: UploadCursor, fresh: bool | None) -> TickPlan:
     return plan_tick(
         objects,
         set(registered),
@@ -118,6 +212,7 @@ def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
         lookback=upload_policy.version_lookback,
         max_uploads=upload_policy.max_uploads_per_tick,
         settled_before=image_store.settled_before(),
+        fresh=fresh,
     )
 
 
@@ -129,10 +224,12 @@ def _ingested_images(context: dg.SensorEvaluationContext, image_store: ImageStor
 
 
 def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-            plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list) -> dg.SensorResult:
+            plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list,
+            note: str = "") -> dg.SensorResult:
     summary = describe(plan)
     if not plan.uploads and not delete_requests:
-        return dg.SensorResult(skip_reason=f"nothing to process ({summary})", cursor=cursor.dump())
+        return dg.SensorResult(skip_reason=f"nothing to process ({summary})" + (f"; {note}" if note else ""),
+                               cursor=cursor.dump())
     if not plan.uploads:
         return dg.SensorResult(dynamic_partitions_requests=deletions, run_requests=delete_requests,
                                cursor=cursor.dump())
@@ -162,14 +259,14 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     )
 
 
-def _deletions(context: dg.SensorEvaluationContext, registered: list[str], plan: TickPlan):
+def _deletions(context: dg.SensorEvaluationContext, judgement: DeletionJudgement):
     """Registered images whose object is no longer in the bucket: their partitions go, and a delete_images run
     removes their points and results."""
-    gone = sorted(set(registered) - plan.present)
+    gone = sorted(judgement.gone)
     if not gone:
         return [], []
-    if not safe_to_delete(len(gone), len(registered)):
-        context.log.warning(f"{len(gone)} of {len(registered)} images look deleted from the bucket: not deleting "
+    if not safe_to_delete(len(gone), judgement.judged):
+        context.log.warning(f"{len(gone)} of {judgement.judged} images look deleted from the bucket: not deleting "
                             "anything (wrong prefix? partial listing?). Run delete_images to confirm.")
         return [], []
     request = dg.RunRequest(

@@ -28,6 +28,7 @@ from enum import Enum
 from pydantic import BaseModel, Field
 
 from .cursor import Cursor
+from .listing_pass import ListingPass
 from .records import StoredObject
 from .storage.results_store import is_pipeline_file
 
@@ -53,7 +54,12 @@ class UploadCursor(Cursor):
     # Event mode (vision/storage/s3_events.py): the queue messages this tick took, deleted by the next tick (once
     # this cursor is stored, its partitions and runs are), and when the bucket was last listed in full.
     acknowledge: list[str] = Field(default_factory=list)
-    listed_at: float | None = None
+    listed_at: float | None = None  # when the latest listing pass began
+    # The listing pass in progress (vision/listing_pass.py): one slice of the bucket per tick. With an events
+    # queue, a pass begins every `reconcile_seconds`; without one, as soon as the last one ends.
+    listing: ListingPass | None = None
+    passes: int = 0  # listing passes begun
+    last_pass_keys: int | None = None  # keys the last complete pass listed: the next one's progress is out of it
     # The move from one partition per image to upload batches (sensors/batch_migration.py): None until the first
     # tick has looked; then how many of the images registered before it have been put in batches, of how many.
     migration: Migration | None = None
@@ -152,6 +158,7 @@ class TickPlan:
     skipped_examples: dict[Skip, list[str]] = field(default_factory=dict)  # a few keys per reason, as `shown`
     conflicts: list[str] = field(default_factory=list)
     present: set[str] = field(default_factory=set)  # partition keys of every upload listed, processed or not
+    waiting: list[str] = field(default_factory=list)  # object keys left for a later tick (unsettled, over the cap)
 
     @property
     def new_partition_keys(self) -> list[str]:
@@ -175,14 +182,17 @@ def plan_tick(
     lookback: timedelta,
     max_uploads: int,
     settled_before: datetime | None = None,
+    fresh: bool | None = None,
 ) -> TickPlan:
     """Choose this tick's uploads, oldest first, at most `max_uploads`; the rest wait for the next tick.
 
     `materialized`: the partitions already materialized; only asked for when the cursor is fresh.
     `settled_before`: objects modified after it are left for a later tick (a local folder has no atomic upload,
     so a file still being copied must not be read).
+    `fresh`: treat the cursor as fresh (default: when it has no watermark yet); a listing pass that began with a
+    fresh cursor stays fresh to its end, since each of its slices sees a different part of the bucket.
     """
-    fresh_cursor = cursor.watermark is None
+    fresh_cursor = cursor.watermark is None if fresh is None else fresh
     done = materialized() if fresh_cursor else set()
     window_start = cursor.watermark - lookback if cursor.watermark else None
     candidates: list[Upload] = []
@@ -201,6 +211,7 @@ def plan_tick(
         plan.present.add(partition_key)
         if settled_before is not None and obj.last_modified > settled_before:
             plan.skip(Skip.UNSETTLED, obj.key)
+            plan.waiting.append(obj.key)
             continue
         if partition_key in claimed:  # only on a hash collision; reported, never fatal to the tick
             plan.conflicts.append(obj.key)
@@ -213,11 +224,12 @@ def plan_tick(
                 already_processed.append(obj)
             else:
                 candidates.append(Upload(partition_key, obj, is_new=False))
-        elif obj.last_modified >= window_start and not cursor.seen(obj):
+        elif window_start is None or (obj.last_modified >= window_start and not cursor.seen(obj)):
             candidates.append(Upload(partition_key, obj, is_new=False))
 
     candidates.sort(key=lambda u: (u.obj.last_modified, u.obj.key))
     plan.uploads = candidates[:max_uploads]
+    plan.waiting += [u.obj.key for u in candidates[max_uploads:]]
     plan.cursor = _advance(cursor, [u.obj for u in plan.uploads] + already_processed, lookback)
     return plan
 

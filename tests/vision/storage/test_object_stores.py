@@ -56,6 +56,27 @@ def test_listing_follows_pagination_past_1000(object_store):
     assert sorted(listed) == keys
 
 
+def test_slices_resume_in_key_order_whatever_the_folders(object_store):
+    # Folders and files interleave in key order: `a.jpg` < `a/x.jpg` < `a0.jpg` ('.' < '/' < '0'), which a
+    # folder-by-folder walk does not give; each slice starts just after the last key of the one before.
+    keys = ["a.jpg", "a/x.jpg", "a/y/z.jpg", "a0.jpg", "b b.jpg", "b/1.jpg", "ü.jpg"] + [f"m/{i:04d}.jpg" for i in range(1100)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: object_store.put(f"up/{k}", b"x"), keys))
+    object_store.put("upper.jpg", b"x")  # outside the prefix `up/`
+    listed, after, slices = [], "", 0
+    while True:
+        page = object_store.list_slice("up/", after, 400)
+        assert len(page.objects) <= 400
+        listed += [o.key for o in page.objects]
+        slices += 1
+        if not page.truncated:
+            break
+        after = page.last_key
+    assert listed == sorted(f"up/{k}" for k in keys) and slices == 3
+    assert [o.key for o in object_store.list_slice("up/", "up/a/x.jpg", 2).objects] == ["up/a/y/z.jpg", "up/a0.jpg"]
+    assert object_store.list_slice("up/", "up/ü.jpg", 10) == type(page)([], False)
+
+
 def test_odd_keys_roundtrip(object_store):
     for key in ["sp ace/ü.jpg", "comma,key.jpg", "dots...jpg", "a+b=c(1).jpg"]:
         object_store.put(key, key.encode())

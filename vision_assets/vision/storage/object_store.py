@@ -11,7 +11,9 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_from_bytes
@@ -38,10 +40,28 @@ class ObjectTooLarge(ValueError):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class ListedSlice:
+    """Up to `max_objects` objects in key order, from just after a key: one slice of a listing resumed across calls
+    (a sensor tick lists a bounded slice and keeps the last key in its cursor)."""
+
+    objects: list[StoredObject]
+    truncated: bool  # more objects follow the last one listed
+
+    @property
+    def last_key(self) -> str | None:
+        return self.objects[-1].key if self.objects else None
+
+
 class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         """Every object under `prefix`, following pagination to the end. Order is unspecified."""
+
+    @abstractmethod
+    def list_slice(self, prefix: str, start_after: str, max_objects: int) -> ListedSlice:
+        """At most `max_objects` objects under `prefix` whose keys sort after `start_after` (S3's order: by UTF-8
+        bytes, which is Python's order of the keys as strings), in that order."""
 
     @abstractmethod
     def head(self, key: str) -> StoredObject:
@@ -93,12 +113,24 @@ class S3ObjectStore(ObjectStore):
         with _s3_errors(f"listing s3://{self.bucket}/{prefix}"):
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield StoredObject(
-                        key=item["Key"],
-                        size=item["Size"],
-                        etag=_strip_etag(item["ETag"]),
-                        last_modified=item["LastModified"],
-                    )
+                    yield self._listed(item)
+
+    def list_slice(self, prefix: str, start_after: str, max_objects: int) -> ListedSlice:
+        objects: list[StoredObject] = []
+        request = {"Bucket": self.bucket, "Prefix": prefix, **({"StartAfter": start_after} if start_after else {})}
+        with _s3_errors(f"listing s3://{self.bucket}/{prefix} after {start_after!r}"):
+            while True:
+                page = self.client.list_objects_v2(**request, MaxKeys=min(LIST_PAGE_SIZE, max_objects - len(objects)))
+                objects += [self._listed(item) for item in page.get("Contents", [])]
+                truncated = bool(page.get("IsTruncated"))
+                if not truncated or len(objects) >= max_objects:
+                    return ListedSlice(objects, truncated)
+                request["ContinuationToken"] = page["NextContinuationToken"]
+
+    @staticmethod
+    def _listed(item: dict) -> StoredObject:
+        return StoredObject(key=item["Key"], size=item["Size"], etag=_strip_etag(item["ETag"]),
+                            last_modified=item["LastModified"])
 
     def head(self, key: str) -> StoredObject:
         with _s3_errors(self.uri(key)):
@@ -185,6 +217,33 @@ class FolderObjectStore(ObjectStore):
                 except FileNotFoundError:  # removed while we walked
                     continue
                 yield self._describe(key, stat)
+
+    def list_slice(self, prefix: str, start_after: str, max_objects: int) -> ListedSlice:
+        found = list(islice(self._in_key_order(self.root, "", prefix, start_after), max_objects + 1))
+        return ListedSlice(found[:max_objects], truncated=len(found) > max_objects)
+
+    def _in_key_order(self, directory: Path, folder_key: str, prefix: str, start_after: str) -> Iterator[StoredObject]:
+        """The files below `directory` (whose keys start with `folder_key`) in key order, skipping whole folders
+        that sort before `start_after` or outside `prefix`. A folder's keys all start with `name/`, so a folder
+        sorts among its siblings as `name/`."""
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Like `list` (os.walk), folders reached through a symbolic link are not walked.
+        children = sorted((folder_key + entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""), entry)
+                          for entry in entries if entry.is_dir(follow_symlinks=False) or not entry.is_dir())
+        for key, entry in children:
+            if key.endswith("/"):
+                before_start = key <= start_after and not start_after.startswith(key)
+                if before_start or not (key.startswith(prefix) or prefix.startswith(key)):
+                    continue
+                yield from self._in_key_order(Path(entry.path), key, prefix, start_after)
+            elif key > start_after and key.startswith(prefix):
+                try:
+                    yield self._describe(key, entry.stat(follow_symlinks=True))
+                except FileNotFoundError:  # removed while we walked
+                    continue
 
     def head(self, key: str) -> StoredObject:
         try:

@@ -46,7 +46,8 @@ REVIEW_TASKS = "~review/tasks/"
 REVIEW_ANNOTATIONS = "~review/annotations/"
 REVIEW_CORRECTIONS = "~review/corrections/"
 REVIEW_FOLDER = "~review/"
-TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER)
+LISTING = "~listing/"  # the upload sensor's notes on a listing pass in progress (vision/listing_pass.py)
+TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER, LISTING)
 
 
 def is_pipeline_file(relative: str) -> bool:
