@@ -15,6 +15,7 @@ from tests.conftest import SensorDriver, embedded_client, failed_in, latest_eval
 from tests.vision.review.test_review_formats import annotated
 from vision_assets.assets.specialist_labels import committee_agreement, label_confidence
 from vision_assets.jobs import process_images
+from vision_assets.sensors import review_sensor as review_sensor_module
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
 from vision_assets.vision.records import DetectionsRecord, ImageReview, LabelsRecord, Verdict
 from vision_assets.vision.review.decisions import apply_review, outstanding_disagreements, outstanding_review
@@ -127,7 +128,7 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
 
 
 def test_our_corrections_json_and_a_file_about_an_unknown_image(pipeline, models, s3_image_store, instance,
-                                                               s3_client, bucket):
+                                                               s3_client, bucket, monkeypatch):
     driver, _ = pipeline
     s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/batch-1.json", Body=json.dumps([
         {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "corrected", "entity": "dog"}]},
@@ -144,6 +145,27 @@ def test_our_corrections_json_and_a_file_about_an_unknown_image(pipeline, models
     assert reviews.run(request).success
     point = payload(models, "crops", crop_point_id("zidane.jpg", 0))
     assert point["entity"] == "dog" and point["review"]["verdict"] == "corrected" and point["reviewed"] is True
+
+    # The folders are inboxes: the tick after the one that read a file moves it out (refused or applied), so a
+    # tick lists only what is new; a file rewritten in between stays and is read again.
+    def keys(prefix: str) -> list[str]:
+        listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"results/~review/{prefix}").get("Contents", [])
+        return [o["Key"].removeprefix(f"results/~review/{prefix}") for o in listed]
+
+    assert keys("refused/") == ["corrections/batch-1.json"] and keys("corrections/") == ["batch-2.json"]
+    s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/batch-2.json", Body=json.dumps(
+        {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "corrected", "entity": "cat"}]}
+    ).encode())
+    [again] = requested(reviews.tick(), "apply_reviews")  # the rewritten file, read again
+    assert keys("corrections/") == ["batch-2.json"] and keys("applied/") == []
+    assert not requested(reviews.tick(), "apply_reviews")  # moved out now: nothing new
+    assert keys("corrections/") == [] and keys("applied/") == ["corrections/batch-2.json"]
+    monkeypatch.setattr(review_sensor_module, "FILES_PER_TICK", 1)
+    for name in ("c.json", "d.json"):
+        s3_client.put_object(Bucket=bucket, Key=f"results/~review/corrections/{name}", Body=json.dumps(
+            {"image": "zidane.jpg", "reviewer": "bo", "decisions": [{"box": 0, "verdict": "accepted"}]}).encode())
+    assert [len(requested(reviews.tick(), "apply_reviews")) for _ in range(3)] == [1, 1, 0]
+    assert keys("applied/") == ["corrections/batch-2.json", "corrections/c.json", "corrections/d.json"]
 
 
 def test_the_label_studio_config_names_the_models_vocabularies(models, capsys):

@@ -1,5 +1,11 @@
 """Reviewers' answers in, applied in bulk (one `apply_reviews` run per tick that read any), from Label Studio's
-target storage and our corrections JSON; and the review queue kept current."""
+target storage and our corrections JSON; and the review queue kept current.
+
+The two folders are inboxes: a file read (applied, or refused with its reason) is moved out, to
+`~review/applied/` or `~review/refused/`, by the tick after the one that read it (once that tick's run request is
+stored, as the upload sensor acknowledges queue messages). So a tick lists only what is new, at most
+`FILES_PER_TICK` keys, however many verdicts came before: listing a folder of a million files took 1,000 requests
+every tick."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ..assets.review_decisions import review_decisions
 from ..jobs import apply_reviews, measure_accuracy, refresh_review_queue
@@ -21,7 +27,17 @@ from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
 from ..vision.review.submissions import Submission, SubmissionError, build_review, merged
 from ..vision.storage.object_store import ObjectMissing
-from ..vision.storage.results_store import DETECTIONS, LABELS, REVIEW, REVIEW_ANNOTATIONS, REVIEW_CORRECTIONS
+from ..vision.storage.results_store import (
+    DETECTIONS,
+    LABELS,
+    REVIEW,
+    REVIEW_ANNOTATIONS,
+    REVIEW_APPLIED,
+    REVIEW_CORRECTIONS,
+    REVIEW_FOLDER,
+    REVIEW_REFUSED,
+    ResultsStore,
+)
 from .run_keys import run_key
 
 FILES_PER_TICK = 1000  # read 16 at a time: a few seconds of a tick on S3
@@ -31,11 +47,19 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED]
 
 
-class ReviewCursor(Cursor):
-    """Files are taken in (LastModified, key) order: everything up to `after`, and the keys seen at `after`
-    itself (S3 times have one-second steps). Label Studio rewrites an annotation's file when it is updated, which
-    gives it a new LastModified: an updated verdict is read again."""
+class Taken(BaseModel):
+    """A file a tick read, to be moved out of its inbox by the next tick."""
 
+    key: str
+    etag: str
+    to: str  # where it goes
+
+
+class ReviewCursor(Cursor):
+    """The files the last tick read (moved out by this one), and, from versions that left files in place, how far
+    they had read: files up to `after` (and the keys seen at `after` itself) were applied, and are moved out unread."""
+
+    take_out: list[Taken] = Field(default_factory=list)
     after: datetime | None = None
     at: list[str] = Field(default_factory=list)
     accuracy_due: bool = False
@@ -46,12 +70,6 @@ class ReviewCursor(Cursor):
         return self.after is None or obj.last_modified > self.after or (
             obj.last_modified == self.after and obj.key not in self.at)
 
-    def advanced(self, taken: list[StoredObject]) -> ReviewCursor:
-        if not taken:
-            return self
-        last = taken[-1].last_modified
-        same = [o.key for o in taken if o.last_modified == last]
-        return self.model_copy(update={"after": last, "at": same + (self.at if last == self.after else [])})
 
 
 def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
@@ -69,11 +87,15 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     def review_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore):
         cursor = ReviewCursor.parse(context.cursor)
         results = image_store.results
+        moved = _take_out(image_store, cursor.take_out)
+        cursor.take_out = []
         folders = {f"{results.prefix}{REVIEW_ANNOTATIONS}": "label-studio",
                    f"{results.prefix}{REVIEW_CORRECTIONS}": "corrections"}
-        found = sorted((o for folder in folders for o in image_store.objects.list(folder) if cursor.is_new(o)),
-                       key=lambda o: (o.last_modified, o.key))
-        taken = found[:FILES_PER_TICK]
+        listed = [o for folder in folders for o in image_store.objects.list_slice(folder, "", FILES_PER_TICK).objects]
+        read_before = [o for o in listed if not cursor.is_new(o)]  # by a version that left files in place
+        # In time order within the tick (a later file's review of an image wins); a burst of more than
+        # FILES_PER_TICK files is taken in key order across ticks.
+        taken = sorted((o for o in listed if cursor.is_new(o)), key=lambda o: (o.last_modified, o.key))[:FILES_PER_TICK]
 
         def prepare(obj: StoredObject) -> list[ImageReview] | str:
             kind = next(kind for folder, kind in folders.items() if obj.key.startswith(folder))
@@ -95,7 +117,12 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
         for problem in problems:
             context.log.warning(f"review file not applied (fix it and upload it again): {problem}")
-        cursor = cursor.advanced(taken)
+        cursor.take_out = [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_APPLIED))
+                           for o, outcome in zip(taken, prepared) if not isinstance(outcome, str)]
+        cursor.take_out += [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_REFUSED))
+                            for o, outcome in zip(taken, prepared) if isinstance(outcome, str)]
+        cursor.take_out += [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_APPLIED))
+                            for o in read_before]
         runs = []
         if reviewed:
             reviewers = sorted({r.reviewer for r in reviewed.values()})
@@ -108,14 +135,42 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             cursor.accuracy_due = True
         elif cursor.accuracy_due and not _in_flight(context, apply_reviews.name):
             cursor.accuracy_due = False
-            runs.append(dg.RunRequest(job_name=measure_accuracy.name,
-                                      run_key=f"accuracy-{cursor.after.isoformat() if cursor.after else 'none'}"))
+            runs.append(dg.RunRequest(job_name=measure_accuracy.name, run_key=f"accuracy-{time.time():.0f}"))
         runs += _queue_refresh(context, cursor)
-        if not runs and not problems and not taken:
+        if not runs and not problems and not taken and not cursor.take_out and not moved:
             return dg.SkipReason("no new review files; the review queue is current")
+        if moved:
+            context.log.info(f"{moved} review file(s) read by the last tick moved out of the inbox "
+                             f"(to {results.prefix}{REVIEW_APPLIED} or {results.prefix}{REVIEW_REFUSED})")
         return dg.SensorResult(run_requests=runs, cursor=cursor.dump())
 
     return review_sensor
+
+
+def _destination(results: ResultsStore, key: str, outcome: str) -> str:
+    """`<results>~review/annotations/17` -> `<results>~review/applied/annotations/17`."""
+    return f"{results.prefix}{outcome}{key[len(results.prefix) + len(REVIEW_FOLDER):]}"
+
+
+def _take_out(image_store: ImageStore, files: list[Taken]) -> int:
+    """Move the files the last tick read out of their inbox; a file rewritten since (Label Studio updating an
+    annotation) stays, to be read again. Returns how many were moved."""
+    store = image_store.objects
+
+    def move(taken: Taken) -> bool:
+        try:
+            found, data = store.get(taken.key)
+        except ObjectMissing:
+            return False
+        if found.etag != taken.etag:
+            return False
+        store.put(taken.to, data, "application/json")
+        if store.head(taken.key).etag == taken.etag:
+            store.delete(taken.key)
+        return True
+
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        return sum(pool.map(move, files))
 
 
 def _queue_refresh(context: dg.SensorEvaluationContext, cursor: ReviewCursor) -> list[dg.RunRequest]:
