@@ -15,6 +15,7 @@ from tests.conftest import PHOTOS, PIPELINE_VALID, SensorDriver, embedded_client
 from tests.faults import OutageProxy
 from vision_assets.cli import main
 from vision_assets.resources import QdrantResource, S3ImageStore, StagePolicy
+from vision_assets.sensors import index_repair_sensor
 from vision_assets.vision.index.connection import IndexUnavailable, IndexUnreadable
 from vision_assets.vision.index.vector_index import IndexMismatch, VectorIndex
 from vision_assets.vision.models.base import Model
@@ -160,6 +161,7 @@ def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, 
         raise AssertionError(f"reindex loaded {self.identity}")
 
     monkeypatch.setattr(Model, "load", no_model)
+    monkeypatch.setattr(index_repair_sensor, "AUDIT_BATCHES_PER_TICK", 1)  # an audit of one batch per tick
     repair = driver.defs.resolve_sensor_def("index_repair")
     context = {"instance": instance, "definitions": driver.defs, "resources": driver.defs.resources,
                "instance_ref": instance.get_ref()}
@@ -175,7 +177,11 @@ def test_a_lost_index_is_noticed_and_put_back_without_a_model(pipeline, models, 
     [complete] = [e for e in repaired.get_asset_check_evaluations() if e.check_name == "index_complete"]
     assert complete.passed
     with dg.build_sensor_context(**context, cursor=result.cursor) as ctx:
-        assert not repair.evaluate_tick(ctx).run_requests  # nothing left to repair
+        second = repair.evaluate_tick(ctx)  # the audit goes on with the next batch: nothing left to repair
+    assert not second.run_requests
+    assert "audit 1: 2 of 2 batches" in second.skip_message and "4 images looked up: complete" in second.skip_message
+    with dg.build_sensor_context(**context, cursor=second.cursor) as ctx:
+        assert "has not failed since the last audit" in repair.evaluate_tick(ctx).skip_message
 
 
 def cli_environment(monkeypatch, store: S3ImageStore) -> None:
