@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .assets.deletion import delete_images_op
+from .assets.index_graph import build_index_graph_op
 from .assets.qdrant_index import REINDEX_TAG
 from .keys import IMAGE_CATALOG, QDRANT_INDEX, REVIEW_ACCURACY, REVIEW_DECISIONS, REVIEW_QUEUE, SOURCE_IMAGES
 
@@ -58,3 +59,9 @@ refresh_catalog = dg.define_asset_job(
         "`vision-assets delete KEY ...`. Deleting an object from the bucket does the same by itself.")
 def delete_images():
     delete_images_op()
+
+
+@dg.job(description="Builds the embedded index's HNSW graph for the points runs left outside it, holding the index "
+        "only for those. Launched by the `index_graph` sensor.")
+def build_index_graph():
+    build_index_graph_op()

@@ -19,6 +19,7 @@ from .assets.source_images import source_images
 from .assets.specialist_labels import build_specialist_labels
 from .jobs import (
     apply_reviews,
+    build_index_graph,
     delete_images,
     measure_accuracy,
     process_images,
@@ -47,6 +48,7 @@ from .resources import (
 from .sensors.callback_sensor import callback_sensor
 from .sensors.dead_worker_sensor import make_dead_worker_sensor
 from .sensors.failed_image_retry import make_failed_image_retry_sensor
+from .sensors.index_graph_sensor import make_index_graph_sensor
 from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.review_sensor import make_review_sensor
 from .sensors.upload_sensor import make_upload_sensor
@@ -149,9 +151,9 @@ def build_definitions(
             review_accuracy,
         ],
         jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy,
-              refresh_review_queue],
+              refresh_review_queue, build_index_graph],
         sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
-                 make_index_repair_sensor(sensor_interval_seconds),
+                 make_index_repair_sensor(sensor_interval_seconds), make_index_graph_sensor(sensor_interval_seconds),
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
                  make_failed_image_retry_sensor(max(sensor_interval_seconds, 60)),
                  make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],

@@ -29,6 +29,7 @@ from .stage import (
     valid_sources,
 )
 
+UNINDEXED_POINTS = "unindexed_points"  # embedded index: points not in an HNSW graph yet, after the run
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
 
 index_consistency = BatchCheck(
@@ -110,10 +111,13 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         earlier, sampled_from = sampled_indexed(results, all_batches, set(taken.by_batch), seed=context.run.run_id)
         started = time.perf_counter()
         records, crop_count = {}, 0
+        reindexing = context.run.tags.get(REINDEX_TAG) == "true"
         with qdrant.open(on_wait=context.log.info) as index:
             for chunk in stage_policy.chunks([key for key in valid if key not in bad]):
                 points, labels_of, written = write_points(index, results, valid, embedded, chunk,
                                                           qdrant.upsert_batch_size)
+                if reindexing:  # a rebuild writes the whole catalogue: its graph is built as it goes, flat per chunk
+                    index.build_graph(at_least=qdrant.hnsw_threshold, tell=context.log.info)
                 for image, record in zip(points, written, strict=True):
                     key = image.partition_key
                     records[key] = record
@@ -128,6 +132,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             recorded = [results.read(key, INDEX, IndexRecord) for key in gone]
             index.delete_points(gone, [p for record in recorded if record for p in record.crop_points])
             audit = audit_index(index, earlier, sampled_from)
+            unindexed = sum(index.unindexed().values())  # what `index_graph` builds, outside this run
         seconds = time.perf_counter() - started
         if outbox:
             for key, why in bad.items():
@@ -138,7 +143,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 not records[image].problems if image in records else _indexed(judge(image, batch)))]
             results.write_batch_indexed(BatchIndexed(batch=batch, indexed=indexed))
         metadata = BatchMetadata(context)
-        run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where}
+        run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where,
+                       UNINDEXED_POINTS: unindexed}
         for batch, counts in batch_counts(taken, set(records), skipped).items():
             metadata.add(batch, counts | run_figures)
         yield metadata.materialize()

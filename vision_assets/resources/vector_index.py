@@ -19,7 +19,9 @@ class QdrantResource(dg.ConfigurableResource):
     collection_prefix: str = DEFAULTS.qdrant_collection_prefix
     upsert_batch_size: int = 256
     lock_wait_seconds: float = DEFAULTS.qdrant_lock_wait_seconds  # embedded only: how long to wait for another process's turn
-    hnsw_threshold: int = DEFAULTS.qdrant_hnsw_threshold  # embedded only: build HNSW on close once this many points lack it
+    # Embedded only: the `build_index_graph` job is launched (and a `reindex` run builds as it goes) once this many
+    # points are not in an HNSW graph; no pipeline run or search builds one.
+    hnsw_threshold: int = DEFAULTS.qdrant_hnsw_threshold
 
     @property
     def where(self) -> str:
@@ -35,7 +37,7 @@ class QdrantResource(dg.ConfigurableResource):
     ) -> Iterator[VectorIndex]:
         """The client lives only as long as the block: embedded Qdrant admits one process at a time, so holding it
         for a whole run would lock out every other run and every search. `on_wait` hears once if we must wait, and
-        what the embedded index does meanwhile that takes time (moving a local-mode folder over, building HNSW)."""
+        what the embedded index does meanwhile that takes time (moving a local-mode folder over)."""
         from qdrant_client import QdrantClient
 
         wait = self.lock_wait_seconds if wait_seconds is None else wait_seconds
@@ -48,7 +50,7 @@ class QdrantResource(dg.ConfigurableResource):
                     client.close()
         elif self.path:
             with embedded_access(self.path, wait, on_wait):
-                client = open_embedded(self.path, wait, self.hnsw_threshold, on_wait)
+                client = open_embedded(self.path, wait, tell=on_wait)
                 try:
                     yield VectorIndex(client, self.collection_prefix)
                 finally:

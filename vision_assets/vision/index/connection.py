@@ -19,7 +19,6 @@ import os
 import pickle
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from .edge import DEFAULT_HNSW_THRESHOLD, EDGE_FOLDER, EdgeBusy, EdgeClient
+from .edge import EDGE_FOLDER, EdgeBusy, EdgeClient
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
 WANTED = "vision-assets.wanted"  # touched by whoever waits for the folder: a long-lived holder lets go
@@ -106,8 +105,8 @@ class HeldEmbedded:
     """The embedded index kept open between uses by a long-lived reader (the search service: opening costs most
     of a second at 100,000 points, a query milliseconds), and let go the moment another process waits for the
     folder (it touches WANTED while it waits, and a watcher here looks five times a second), to be opened again
-    on the next use. Uses within this process take turns. Nothing is built on closing: a reader never pays for
-    HNSW (runs and `reindex` do)."""
+    on the next use. Uses within this process take turns. Nothing is built on closing: HNSW is the
+    `build_index_graph` job's."""
 
     def __init__(self, path: str, wait_seconds: float, look_every_seconds: float = 0.2):
         self.path, self.wait_seconds = path, wait_seconds
@@ -129,8 +128,7 @@ class HeldEmbedded:
                 self._handle = _take_folder(self.path, self.wait_seconds, on_wait)
                 self._opened_at = time.time()
                 try:
-                    self._client = open_embedded(self.path, self.wait_seconds, hnsw_threshold=sys.maxsize,
-                                                 tell=on_wait)
+                    self._client = open_embedded(self.path, self.wait_seconds, tell=on_wait)
                 except BaseException:
                     _give_folder(self._handle)
                     self._handle = None
@@ -171,7 +169,7 @@ class HeldEmbedded:
                     self._turn.release()
 
 
-def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int | None = None,
                   tell: Callable[[str], None] = lambda _: None) -> EdgeClient:
     """The embedded index (Qdrant Edge, `edge.py`), once the folder is ours (callers hold `embedded_access`); a
     folder that qdrant-client's local mode wrote is moved over first. A shard held by a process that does not take

@@ -5,7 +5,7 @@ what this image should have?"."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from qdrant_client import models
 
 from ..chunking import POINT_LOOKUP, chunked
 from .client import IndexClient
+from .edge import EdgeClient
 
 # Fixed forever: changing it would orphan every point ever written.
 POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
@@ -159,6 +160,24 @@ class VectorIndex:
                 found.append(f"{len(stray)} stray crop point(s) carry this image id")
             problems[image.partition_key] = found
         return problems
+
+    def unindexed(self) -> dict[str, int]:
+        """Embedded (Qdrant Edge) only: per collection, the points not in an HNSW graph yet. A server builds its
+        graphs itself, in the background: {}."""
+        if not isinstance(self.client, EdgeClient):
+            return {}
+        return {name: self.client.unindexed(name) for name in (self.images, self.crops)
+                if self.client.collection_exists(name)}
+
+    def build_graph(self, at_least: int = 1, tell: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+        """Embedded only: put every collection's points that are not in an HNSW graph yet into one (a segment of
+        their own, see edge.py), where at least `at_least` wait; seconds taken per collection built."""
+        built = {}
+        for name, waiting in self.unindexed().items():
+            if waiting >= at_least:
+                built[name] = self.client.build_hnsw(name)
+                tell(f"{name}: {waiting:,} points put into its HNSW graph in {built[name]:.1f} s")
+        return built
 
     def present(self, collection: str, point_ids: Sequence[str]) -> set[str]:
         """Which of these point ids the collection holds, looked up by id (no filter over the collection)."""
