@@ -47,8 +47,7 @@ from vision_assets.wiring import build_definitions, model_resources_from
 bootstrap()  # the process set up as the code location sets up its run workers
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
-PER_IMAGE = ["~source.json", "~detections.json", "~embeddings.json", "~embeddings.npz", "~labels.json", "~index.json",
-             "~registration.json"]
+PER_IMAGE = ["~source.json", "~detections.json", "~embeddings.json", "~embeddings.npz", "~labels.json", "~index.json"]
 
 
 def processed_templates(home: Path) -> tuple[Path, list[str]]:

@@ -6,6 +6,7 @@ import dagster as dg
 
 from ..partitions import images
 from ..resources import ImageStore, QdrantResource
+from ..vision.batches import BatchManifest
 from ..vision.deletion import delete_image
 from ..vision.storage.batch_lookup import BatchLookup
 from ..vision.storage.registrations import Registrations
@@ -23,11 +24,17 @@ def delete_images_op(context: dg.OpExecutionContext, config: DeleteImagesConfig,
                      qdrant: QdrantResource) -> None:
     results = image_store.results
     existing = set(context.instance.get_dynamic_partitions(images.name))
-    registrations, lookup = Registrations(results), BatchLookup(results)
+    lookup = BatchLookup(results)
+    manifests: dict[str, BatchManifest | None] = {}
     from_batch: dict[str, set[str]] = defaultdict(set)
     with qdrant.open() as index:
         for key in config.image_ids:
             batch = lookup.batch_of(key, results.read_source_record(key))
+            if batch and batch not in manifests:
+                manifests[batch] = results.read_manifest(batch)
+            # The object is named by the batch's manifest (or, for a batch made from an older instance, by the
+            # image's own registration file).
+            registrations = Registrations(results, [manifests[batch]] if batch and manifests[batch] else [])
             deleted = delete_image(key, results, index, image_store.objects, config.delete_objects, registrations)
             if batch:
                 from_batch[batch].add(key)
@@ -36,7 +43,7 @@ def delete_images_op(context: dg.OpExecutionContext, config: DeleteImagesConfig,
             context.log.info(f"deleted {key}: points, {deleted.result_files} result files"
                              + (", the object" if deleted.object_deleted else "") + (f"; out of {batch}" if batch else ""))
     for batch, gone in from_batch.items():
-        if manifest := results.read_manifest(batch):
+        if manifest := manifests.get(batch) or results.read_manifest(batch):
             results.write_manifests([manifest.without(gone)])
 
 

@@ -196,8 +196,17 @@ def _slugged_gone(image_store: ImageStore, presence: SluggedPresence, listing: L
     slugged_registered = slugged(registered)
     candidates = {image: known.get(image) for image in slugged_registered
                   if image not in this_pass and image not in plan.present}
-    gone = confirmed_gone(candidates, image_store.results.read_registration, image_store.objects.head)
+    gone = confirmed_gone(candidates, lambda image: _object_key_of(image_store, image), image_store.objects.head)
     return gone, len(slugged_registered)
+
+
+def _object_key_of(image_store: ImageStore, image: str) -> str | None:
+    """The object an image was read from: its source record says (an image not ingested yet: None)."""
+    record = image_store.results.read_source_record(image)
+    if record is not None and record.object_key:
+        return record.object_key
+    registration = image_store.results.read_registration(image)  # a batch made from an older instance
+    return registration.object_key if registration else None
 
 
 def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,

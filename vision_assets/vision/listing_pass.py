@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
-from .records import RegisteredImage, StoredObject
+from .records import StoredObject
 from .storage.object_store import ListedSlice, ObjectMissing
 from .storage.results_store import LISTING, ResultsStore
 
@@ -94,17 +94,14 @@ class SluggedPresence:
                 self._results.store.delete(obj.key)
 
 
-def confirmed_gone(candidates: dict[str, str | None], find: Callable[[str], RegisteredImage | None],
+def confirmed_gone(candidates: dict[str, str | None], object_key_of: Callable[[str], str | None],
                    head: Callable[[str], StoredObject], threads: int = 16) -> list[str]:
-    """Of these image ids (-> their object key where known, else their registration is read), the ones whose object
+    """Of these image ids (-> their object key where known, else `object_key_of` is asked), the ones whose object
     is missing. An id whose object is not known (never listed, not ingested yet) is not judged."""
     def gone(image: str) -> bool:
-        key = candidates[image]
+        key = candidates[image] or object_key_of(image)
         if key is None:
-            registration = find(image)
-            if registration is None:
-                return False
-            key = registration.object_key
+            return False
         try:
             head(key)
         except ObjectMissing:

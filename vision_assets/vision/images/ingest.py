@@ -43,9 +43,9 @@ def ingest_image(
     normalised copy the model stages read (0: the image's own). `batch`: the upload batch this version was
     registered in (kept on the record: an older batch's run then knows it is superseded)."""
     started = time.perf_counter()
+    # No per-image copy of the registration is written: the batch's manifest holds it (a million images were a
+    # million more files), and the source record names the object.
     registration = (registrations or Registrations(results)).find(partition_key)
-    if registration is not None:
-        results.write_registration(registration)  # the image's own copy, for deletion and later runs
     if registration is None:
         fields = {"object_key": "", "source_uri": "", "size_bytes": 0}
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)

@@ -1,7 +1,7 @@
 """Where a run finds the object behind each image: its batch's manifest (the upload sensor writes one per batch,
 not one file per object: ten thousand new objects cost forty PUTs instead of ten thousand), or, for an image whose
 batch was made from an older instance (`BatchManifest.migrated`), the image's own copy (`~registration.json`),
-which ingest writes for every image it reads, so deletion and later runs find it with one read.
+which ingest wrote for every image it read before batches held the registrations (it writes none now).
 """
 
 from __future__ import annotations
