@@ -52,7 +52,7 @@ TEXTS = ["dogs running on a beach", "a cat on a sofa", "a red car", "birds over 
 
 
 def fill(qdrant, dimension: int, model: str, points: int) -> float:
-    """N image points; returns the seconds the close took (HNSW built over them, as a run's close builds it)."""
+    """N image points; returns the seconds their HNSW graph took (as `build_index_graph` builds it)."""
     rng = np.random.default_rng(0)
     with qdrant.open() as index:
         index.ensure_collections(dimension, model)
@@ -66,8 +66,7 @@ def fill(qdrant, dimension: int, model: str, points: int) -> float:
                     "labels": [ENTITIES[n % 6]], "needs_review": n % 7 == 0,
                     "scene_tags": ["beach"] if n % 3 == 0 else [], "embedding_model": model})
                 for n, vector in zip(chunk, vectors, strict=True)])
-        started = time.perf_counter()
-    return time.perf_counter() - started
+        return sum(index.build_graph().values())
 
 
 def timed(client: httpx.Client, path: str, params: dict, count: int) -> list[float]:
@@ -98,7 +97,7 @@ def main() -> None:
     embedder, qdrant = models["embedder"], models["qdrant"]
     started = time.perf_counter()
     close_seconds = fill(qdrant, embedder.embedder.dimension, embedder.identity, args.points)
-    print(f"{args.points:,} points written in {time.perf_counter() - started:.1f} s (HNSW on close: "
+    print(f"{args.points:,} points written in {time.perf_counter() - started:.1f} s (HNSW: "
           f"{close_seconds:.1f} s)", flush=True)
 
     env = os.environ | {"VISION_ASSETS_SERVICE_PORT": str(free_port())}  # the command must not find a service
