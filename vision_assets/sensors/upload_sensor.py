@@ -71,8 +71,10 @@ def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers every new or re-uploaded image in an upload batch (a partition of `batches`, its "
         "manifest in the results store) and launches one `process_images` run per batch; images whose object is "
-        "gone are deleted (`delete_images`). Lists the bucket every tick, or, with an S3 events queue, reads the "
-        "queue and lists only to reconcile. Moves an instance that had one partition per image to batches first.",
+        "gone are deleted (`delete_images`). Lists the bucket a slice per tick (at most "
+        "VISION_ASSETS_LIST_KEYS_PER_TICK keys, resumed where the last slice ended; the log says how far the pass is), "
+        "or, with an S3 events queue, reads the queue and lists only to reconcile. Moves an instance that had one "
+        "partition per image to batches first.",
     )
     def upload_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy):
         cursor = UploadCursor.parse(context.cursor)
