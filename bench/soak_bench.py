@@ -51,7 +51,7 @@ import ultralytics
 import yaml
 from qdrant_client import models as qm
 
-from tests.conftest import search_service, serving
+from tests.conftest import SensorDriver, search_service, serving
 from vision_assets.bootstrap import bootstrap
 from vision_assets.event_storage import sqlite_storage
 from vision_assets.keys import PIPELINE_STAGES
@@ -71,6 +71,7 @@ bootstrap()
 
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
 BATCH = 256
+LINKS_PER_FILE = 50_000
 ENTITIES = ["dog", "cat", "person", "bird", "car", "boat"]
 TEXTS = ["dogs running on a beach", "a cat on a sofa", "a red car", "birds over the sea", "people at a market"]
 SEEDED_AT = datetime(2026, 11, 1, 0, 0, 0, tzinfo=UTC)
@@ -85,23 +86,18 @@ class Day:
 
     def __init__(self, home: Path, instance: dg.DagsterInstance, defs: dg.Definitions, store: LocalImageStore):
         self.home, self.instance, self.defs, self.store = home, instance, defs, store
-        self.cursors: dict[str, str | None] = {}
+        self.sensors: dict[str, SensorDriver] = {}
         self.report: list[tuple[str, str]] = []
 
+    def sensor(self, name: str) -> SensorDriver:
+        """The sensor evaluated as the daemon does (its partition requests applied, its cursor kept)."""
+        if name not in self.sensors:
+            self.sensors[name] = SensorDriver(self.defs, self.instance, whole_pipeline=True, sensor=name)
+        return self.sensors[name]
+
     def tick(self, sensor: str) -> tuple[float, dg.SensorResult]:
-        """One evaluation as the daemon runs it (its partition requests applied, its cursor kept)."""
-        definition = self.defs.resolve_sensor_def(sensor)
         started = time.perf_counter()
-        with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor), definitions=self.defs,
-                                     resources=self.defs.resources, instance_ref=self.instance.get_ref()) as context:
-            result = definition.evaluate_tick(context)
-        for request in result.dynamic_partitions_requests or []:
-            if isinstance(request, dg.DeleteDynamicPartitionsRequest):
-                for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
-            else:
-                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        self.cursors[sensor] = result.cursor or self.cursors.get(sensor)
+        result = self.sensor(sensor).tick()
         return time.perf_counter() - started, result
 
     def run(self, request: dg.RunRequest, job: str | None = None) -> float:
@@ -121,13 +117,18 @@ class Day:
 
 def seed(day: Day, count: int, dimension: int, model: str) -> None:
     started = time.perf_counter()
-    bucket, photo = Path(day.store.root), day.home / "seed.jpg"
-    shutil.copy(PHOTOS / "bus.jpg", photo)
+    bucket, etags = Path(day.store.root), {}
     for n in range(count):
         path = bucket / catalog_key(n)
         if n % 1000 == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-        os.link(photo, path)
+        source = day.home / f"seed-{n // LINKS_PER_FILE}.jpg"  # ext4 allows 65,000 links to a file
+        if n % LINKS_PER_FILE == 0:
+            shutil.copy(PHOTOS / "bus.jpg", source)
+            os.utime(source, (SEEDED_AT.timestamp(), SEEDED_AT.timestamp()))  # long before the day: not new
+            stat = os.stat(source)
+            etags[n // LINKS_PER_FILE] = (f"{stat.st_size:x}-{stat.st_mtime_ns:x}", stat.st_size)
+        os.link(source, path)
     day.say("seed: objects in the bucket (hard links)", f"{count:,} in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
@@ -147,17 +148,17 @@ def seed(day: Day, count: int, dimension: int, model: str) -> None:
             collected.clear()
     finally:
         day.instance.handle_new_event = stored
-    stat = os.stat(photo)
     results = day.store.results
     for number, key in enumerate(keys):
         group = ids[number * BATCH:(number + 1) * BATCH]
         registrations = [RegisteredImage(partition_key=i, object_key=i, source_uri=day.store.objects.uri(i),
-                                         etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}", size=stat.st_size,
-                                         last_modified=SEEDED_AT) for i in group]
+                                         etag=etags[n // LINKS_PER_FILE][0], size=etags[n // LINKS_PER_FILE][1],
+                                         last_modified=SEEDED_AT)
+                         for n, i in enumerate(group, start=number * BATCH)]
         results.write_manifests([BatchManifest(batch=key, created_at=SEEDED_AT, images=group,
                                                registrations=registrations)], threads=1)
         results.write_batch_indexed(BatchIndexed(batch=key, indexed=group))
-    day.cursors["upload_sensor"] = UploadCursor(watermark=datetime.now(UTC), passes=1, listed_at=time.time(),
+    day.sensor("upload_sensor").cursor = UploadCursor(watermark=datetime.now(UTC), passes=1, listed_at=time.time(),
                                                 last_pass_keys=count).dump()
     day.say("seed: registry, batches, a materialization per stage and batch, manifests and ledger",
             f"{count:,} images in {len(keys):,} batches in {time.perf_counter() - started:.0f} s")
@@ -223,7 +224,7 @@ def pass_ticks(day: Day) -> tuple[list[float], list[dg.RunRequest]]:
         took, result = day.tick("upload_sensor")
         ticks.append(took)
         requests += result.run_requests or []
-        if json.loads(day.cursors["upload_sensor"]).get("listing") is None:
+        if json.loads(day.sensor("upload_sensor").cursor).get("listing") is None:
             return ticks, requests
 
 
