@@ -17,7 +17,7 @@ What the adapter adds to Edge, and why:
 - Segments: every build makes a segment of its own instead of merging the new points into the existing graph, which
   rebuilds all of it (measured: 20,000 new points took 12.6 s into an empty collection, 34 s next to 20,000 indexed
   ones, 53 s next to 40,000; with a segment each, 4.9-5.9 s per 10,000 whatever was indexed before). Up to
-  `SEGMENTS` segments; past that Edge merges the smallest, into segments of at most `MAX_SEGMENT_KB`.
+  `SEGMENTS` segments; past that Edge merges the smallest, into segments of at most `MAX_SEGMENT_POINTS` points.
 Only the filters this project builds are translated (match a value, a range, has id); anything else is refused
 loudly rather than answered wrongly.
 """
@@ -40,7 +40,7 @@ EDGE_FOLDER = "edge"
 BOOLEAN_SUFFIX = "__keyword"
 DEFAULT_HNSW_THRESHOLD = 10_000
 SEGMENTS = 128  # a million points in 10,000-point builds is 100 segments
-MAX_SEGMENT_KB = 100_000  # a merge past SEGMENTS rebuilds at most ~50,000 CLIP vectors (512 floats: 2 KB each)
+MAX_SEGMENT_POINTS = 50_000  # a merge past SEGMENTS rebuilds at most this many points (Edge counts it in KB)
 SCHEMA_TYPES = {
     models.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
     models.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
@@ -136,6 +136,7 @@ class EdgeClient:
         # what searches touch. payload_m=0: no extra graph links per payload-index value (Qdrant's default builds
         # them for every indexed field: 91 s instead of 32 s at 50,000 points with this project's payload indexes,
         # and filtered searches measured the same, 1-4 ms p95; bench/scale_bench.py). Otherwise Qdrant's defaults.
+        segment_kb = max(1, MAX_SEGMENT_POINTS * vectors_config.size * 4 // 1024)  # float32 vectors
         config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=vectors_config.size,
                                                                distance=DISTANCES[vectors_config.distance],
                                                                memory=edge.Memory.Cold),
@@ -143,7 +144,7 @@ class EdgeClient:
                                                                   payload_m=0),
                                  optimizers=edge.EdgeOptimizersConfig(indexing_threshold=1,
                                                                       default_segment_number=SEGMENTS,
-                                                                      max_segment_size=MAX_SEGMENT_KB))
+                                                                      max_segment_size=segment_kb))
         shard = edge.EdgeShard.create(str(folder), config)
         meta = {"size": vectors_config.size, "distance": str(vectors_config.distance.value), "metadata": metadata or {}}
         self._shards[name] = Shard(shard, meta)
