@@ -14,10 +14,10 @@ What the adapter adds to Edge, and why:
 - HNSW: Edge builds it only when asked (`optimize()`): `build_hnsw`, called by the `build_index_graph` job (outside
   pipeline runs, see `sensors/index_graph_sensor.py`) and by `reindex` runs; a client can also build on close past
   `hnsw_threshold` (off by default). The points not in a graph yet are searched exactly (a few ms per 10,000).
-- Segments: every build makes a segment of its own instead of merging the new points into the existing graph, which
-  rebuilds all of it (measured: 20,000 new points took 12.6 s into an empty collection, 34 s next to 20,000 indexed
-  ones, 53 s next to 40,000; with a segment each, 4.9-5.9 s per 10,000 whatever was indexed before). Up to
-  `SEGMENTS` segments; past that Edge merges the smallest, into segments of at most `MAX_SEGMENT_POINTS` points.
+- Segments: a build makes a segment of its own instead of merging the new points into one graph, which rebuilds
+  all of it (measured: 20,000 new points took 12.6 s into an empty collection, 34 s next to 20,000 indexed ones,
+  53 s next to 40,000; with a segment each, 4.9-5.9 s per 10,000 whatever was indexed before). Past `SEGMENTS`
+  segments Edge merges the smallest, into segments of at most `MAX_SEGMENT_POINTS` points.
 Only the filters this project builds are translated (match a value, a range, has id); anything else is refused
 loudly rather than answered wrongly.
 """
@@ -39,7 +39,10 @@ from qdrant_client import models
 EDGE_FOLDER = "edge"
 BOOLEAN_SUFFIX = "__keyword"
 DEFAULT_HNSW_THRESHOLD = 10_000
-SEGMENTS = 128  # a million points in 10,000-point builds is 100 segments
+# Segments cost a fresh process ~40 ms each to open (mostly the payload indexes: 17 per segment), and a merge
+# holds the index while it rebuilds: past SEGMENTS, Edge merges the smallest segments, into at most
+# MAX_SEGMENT_POINTS points, so a million points stay about 20 segments and no merge rebuilds more than that.
+SEGMENTS = 24
 MAX_SEGMENT_POINTS = 50_000  # a merge past SEGMENTS rebuilds at most this many points (Edge counts it in KB)
 SCHEMA_TYPES = {
     models.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
