@@ -5,7 +5,8 @@ threshold, holding the index (and every other run and search) for as long as the
 catalogue (a full rebuild each time: 24 minutes at a million points on two cores). Now a run only writes; the
 `index_graph` sensor launches this op once runs report enough points outside the graph, and each build makes a
 segment of just those points (edge.py), so the index is held for as long as the new points take (about 5 s per
-10,000 on two cores), whatever the catalogue's size. In the `qdrant` pool, like every other writer."""
+10,000 on two cores), plus, past 24 segments, a merge of the smallest (17-25 s in all at a million points). In the
+`qdrant` pool, like every other writer."""
 
 import time
 
