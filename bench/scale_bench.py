@@ -162,7 +162,7 @@ def main() -> None:
     from vision_assets.vision.index.connection import open_embedded
 
     print(f"Qdrant Edge, {args.points:,} points", flush=True)
-    client = open_embedded(str(home / "edge"), 60)  # no build on close: builds are timed on their own
+    client = open_embedded(str(home / "edge"), 60)
     index = VectorIndex(client)
     write, builds = fill(index, args.points, args.dim, args.build_every)
     builds.append(sum(index.build_graph().values()))  # whatever is left

@@ -106,23 +106,26 @@ def test_a_collection_from_an_older_version_gains_the_new_payload_indexes(tmp_pa
     client.close()
 
 
-def test_hnsw_is_built_when_a_writer_closes_past_the_threshold(tmp_path):
+def test_the_graph_is_built_once_enough_points_wait_for_it(tmp_path):
     messages: list[str] = []
-    client = EdgeClient(tmp_path / EDGE_FOLDER, hnsw_threshold=200, on_notice=messages.append)
+    client = EdgeClient(tmp_path / EDGE_FOLDER)
     index = VectorIndex(client)
     index.ensure_collections(DIM, "m")
     index.upsert(catalogue(150))
+    assert index.build_graph(at_least=200, tell=messages.append) == {}
     client.close()
     assert messages == []  # 150 images, 150 crops: under the threshold, nothing built
     client = embedded_client(tmp_path)
     assert client.get_collection(index.images).indexed_vectors_count == 0
     client.close()
-    client = EdgeClient(tmp_path / EDGE_FOLDER, hnsw_threshold=200, on_notice=messages.append).open_existing()
-    VectorIndex(client).upsert(catalogue(300)[150:])
+    client = EdgeClient(tmp_path / EDGE_FOLDER).open_existing()
+    index = VectorIndex(client)
+    index.upsert(catalogue(300)[150:])
+    assert sorted(index.build_graph(at_least=200, tell=messages.append)) == ["crops", "images"]
     client.close()
-    assert sorted(m for m in messages if m.startswith("building the HNSW index")) == [
-        "building the HNSW index of 'crops': 300 points are not in it yet",
-        "building the HNSW index of 'images': 300 points are not in it yet"]
+    assert sorted(m.rsplit(" in ", 1)[0] for m in messages) == [
+        "crops: 300 points put into its HNSW graph",
+        "images: 300 points put into its HNSW graph"]
     client = embedded_client(tmp_path)
     assert client.get_collection(index.images).indexed_vectors_count == 300
     assert crops_matching(VectorIndex(client), SearchFilters(needs_review=True)) >= {"im0.jpg", "im296.jpg"}

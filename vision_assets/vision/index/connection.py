@@ -169,15 +169,14 @@ class HeldEmbedded:
                     self._turn.release()
 
 
-def open_embedded(path: str, wait_seconds: float, hnsw_threshold: int | None = None,
-                  tell: Callable[[str], None] = lambda _: None) -> EdgeClient:
+def open_embedded(path: str, wait_seconds: float, tell: Callable[[str], None] = lambda _: None) -> EdgeClient:
     """The embedded index (Qdrant Edge, `edge.py`), once the folder is ours (callers hold `embedded_access`); a
     folder that qdrant-client's local mode wrote is moved over first. A shard held by a process that does not take
     our lock is waited out."""
     migrate_local_mode(path, wait_seconds, tell)
     deadline = time.monotonic() + wait_seconds
     while True:
-        client = EdgeClient(Path(path) / EDGE_FOLDER, hnsw_threshold, tell)
+        client = EdgeClient(Path(path) / EDGE_FOLDER)
         try:
             return client.open_existing()
         except EdgeBusy as error:

@@ -12,8 +12,8 @@ What the adapter adds to Edge, and why:
   boolean payload value is also stored as a keyword ("true"/"false") under `<key>__keyword`, filters on a boolean
   are answered from it, and it is stripped from every payload handed back;
 - HNSW: Edge builds it only when asked (`optimize()`): `build_hnsw`, called by the `build_index_graph` job (outside
-  pipeline runs, see `sensors/index_graph_sensor.py`) and by `reindex` runs; a client can also build on close past
-  `hnsw_threshold` (off by default). The points not in a graph yet are searched exactly (a few ms per 10,000).
+  pipeline runs, see `sensors/index_graph_sensor.py`) and by `reindex` runs, never on close. The points not in a
+  graph yet are searched exactly (a few ms per 10,000).
 - Segments: a build makes a segment of its own instead of merging the new points into one graph, which rebuilds
   all of it (measured: 20,000 new points took 12.6 s into an empty collection, 34 s next to 20,000 indexed ones,
   53 s next to 40,000; with a segment each, 4.9-5.9 s per 10,000 whatever was indexed before). Past `SEGMENTS`
@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from qdrant_client import models
 
 EDGE_FOLDER = "edge"
 BOOLEAN_SUFFIX = "__keyword"
-DEFAULT_HNSW_THRESHOLD = 10_000
 # Segments cost a fresh process ~40 ms each to open (mostly the payload indexes: 17 per segment), and a merge
 # holds the index while it rebuilds: past SEGMENTS, Edge merges the smallest segments, into at most
 # MAX_SEGMENT_POINTS points, so a million points stay about 20 segments and no merge rebuilds more than that.
@@ -116,12 +115,9 @@ class EdgeClient:
     """Collections as Edge shards in `root` (`<embedded folder>/edge`). One process at a time (callers hold
     `embedded_access`); `open_existing` opens every collection now, so a busy or damaged shard shows at once."""
 
-    def __init__(self, root: str | os.PathLike, hnsw_threshold: int | None = None,
-                 on_notice: Callable[[str], None] = lambda _: None):
+    def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.hnsw_threshold = hnsw_threshold
-        self.on_notice = on_notice
         self._shards: dict[str, Shard] = {}
 
     # collections
@@ -236,13 +232,9 @@ class EdgeClient:
         return info.points_count - info.indexed_vectors_count
 
     def close(self) -> None:
-        for name, shard in list(self._shards.items()):
+        for shard in self._shards.values():
             try:
-                if shard.written and self.hnsw_threshold is not None:
-                    waiting = self.unindexed(name)
-                    if waiting >= self.hnsw_threshold:
-                        self.on_notice(f"building the HNSW index of {name!r}: {waiting:,} points are not in it yet")
-                        self.on_notice(f"built in {self.build_hnsw(name):.1f} s")
+                if shard.written:
                     shard.shard.flush()
             finally:
                 shard.shard.close()
