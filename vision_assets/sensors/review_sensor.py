@@ -71,7 +71,6 @@ class ReviewCursor(Cursor):
             obj.last_modified == self.after and obj.key not in self.at)
 
 
-
 def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="review_sensor",
@@ -117,12 +116,9 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
         for problem in problems:
             context.log.warning(f"review file not applied (fix it and upload it again): {problem}")
-        cursor.take_out = [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_APPLIED))
-                           for o, outcome in zip(taken, prepared) if not isinstance(outcome, str)]
-        cursor.take_out += [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_REFUSED))
-                            for o, outcome in zip(taken, prepared) if isinstance(outcome, str)]
-        cursor.take_out += [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, REVIEW_APPLIED))
-                            for o in read_before]
+        outcomes = [(o, REVIEW_REFUSED if isinstance(p, str) else REVIEW_APPLIED) for o, p in zip(taken, prepared)]
+        cursor.take_out = [Taken(key=o.key, etag=o.etag, to=_destination(results, o.key, outcome))
+                           for o, outcome in outcomes + [(o, REVIEW_APPLIED) for o in read_before]]
         runs = []
         if reviewed:
             reviewers = sorted({r.reviewer for r in reviewed.values()})

@@ -163,8 +163,7 @@ def _listing_progress(context: dg.SensorEvaluationContext, image_store: ImageSto
     if listing.slices == 0 and complete:  # the whole bucket in one slice: what it listed is all there is
         slugged_registered = slugged(registered)
         judgement.add(sorted(set(slugged_registered) - plan.present), len(slugged_registered))
-        return cursor.model_copy(update={"listing": None, "passes": listing.number, "listed_at": listing.started_at,
-                                         "last_pass_keys": len(listed.objects)}), judgement, ""
+        return _pass_complete(cursor, listing, len(listed.objects)), judgement, ""
     presence = SluggedPresence(image_store.results)
     presence.record(listing, _slugged_keys(image_store, listed))
     done_so_far = listing.model_copy(update={"after": resume, "listed": listing.listed + len(listed.objects),
@@ -177,8 +176,12 @@ def _listing_progress(context: dg.SensorEvaluationContext, image_store: ImageSto
     presence.forget_all_but(listing)
     note = f"{done_so_far.progress(None)}: complete in {time.time() - listing.started_at:.0f} s"
     context.log.info(note)
+    return _pass_complete(cursor, listing, done_so_far.listed), judgement, note
+
+
+def _pass_complete(cursor: UploadCursor, listing: ListingPass, keys: int) -> UploadCursor:
     return cursor.model_copy(update={"listing": None, "passes": listing.number, "listed_at": listing.started_at,
-                                     "last_pass_keys": done_so_far.listed}), judgement, note
+                                     "last_pass_keys": keys})
 
 
 def _slugged_keys(image_store: ImageStore, listed: ListedSlice) -> dict[str, str]:

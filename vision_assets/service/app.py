@@ -193,11 +193,11 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
             except SearchError as error:
                 status = 404 if isinstance(error, UnknownImage) else 409 if isinstance(error, NothingIndexed) else 400
                 raise HTTPException(status, str(error)) from None
-        full = len(hits) == shown.limit
         if shown.min_score is not None:
             hits = [hit for hit in hits if hit.score >= shown.min_score]
+        # A full page (after the cutoff: scores only fall from here) may have a next one.
         return Results(hits=[_hit(hit, catalogue) for hit in hits], limit=shown.limit, offset=shown.offset,
-                       next_offset=shown.offset + shown.limit if full and len(hits) == shown.limit else None)
+                       next_offset=shown.offset + shown.limit if len(hits) == shown.limit else None)
 
     def options(shown: Page, chosen: SearchFilters) -> dict[str, Any]:
         return {"filters": chosen, "limit": shown.limit, "offset": shown.offset}
