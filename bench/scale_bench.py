@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +63,11 @@ def crop_points(start: int, count: int, dim: int, rng: np.random.Generator) -> l
     return points
 
 
-def fill(index: VectorIndex, points: int, dim: int, build_every: int = 0) -> tuple[float, list[float]]:
+def fill(index: VectorIndex, points: int, dim: int, build_every: int = 0,
+         after_build: Callable[[VectorIndex], VectorIndex] | None = None) -> tuple[float, list[float]]:
     """Write `points` crop points, building the graph every `build_every` points as `build_index_graph` does (0:
-    never); seconds taken writing, and each build's seconds (each one a wait for a run or a search)."""
+    never), then `after_build` (the job's compaction); seconds taken writing, and each build's seconds (each one a
+    wait for a run or a search)."""
     rng = np.random.default_rng(0)
     index.ensure_collections(dim, "open_clip:ViT-B-32")
     written, builds = 0.0, []
@@ -74,6 +77,8 @@ def fill(index: VectorIndex, points: int, dim: int, build_every: int = 0) -> tup
         written += time.perf_counter() - started
         if build_every and (start + WRITE_BATCH) % build_every == 0:
             builds.append(sum(index.build_graph().values()))
+            if after_build:
+                index = after_build(index)
         if start and start % 100_000 == 0:
             print(f"    {start:,} points written ({written:.0f} s writing, {sum(builds):.0f} s in "
                   f"{len(builds)} builds, longest {max(builds, default=0):.1f} s)", flush=True)
@@ -159,16 +164,38 @@ def main() -> None:
         rows["local"] = {"points": args.baseline, "write_s": write, "hnsw_s": None,
                          **measure("local", str(home / "local"), args.dim, min(args.queries, 50))}
 
-    from vision_assets.vision.index.connection import open_embedded
+    from vision_assets.vision.index.connection import compact_embedded, open_embedded
 
     print(f"Qdrant Edge, {args.points:,} points", flush=True)
-    client = open_embedded(str(home / "edge"), 60)
+    edge_path = str(home / "edge")
+    merges, current = [], []
+
+    def compact_when_sealed(index: VectorIndex) -> VectorIndex:
+        """What `compact_index_op` does after a build that sealed the live shard (here in turn, there beside runs)."""
+        if len(index.client._open(index.crops).meta["sealed"]) == sum(m.swapped for m in merges):
+            return index
+        index.client.close()
+        merges.extend(m for m in compact_embedded(edge_path, 60) if m.collection == index.crops)
+        print(f"    merged a sealed shard of {merges[-1].points:,} points in {merges[-1].merge_seconds:.1f} s; the "
+              f"folder held {merges[-1].held_seconds:.2f} s", flush=True)
+        current[:] = [VectorIndex(open_embedded(edge_path, 60))]
+        return current[0]
+
+    current.append(VectorIndex(open_embedded(edge_path, 60)))
+    write, builds = fill(current[0], args.points, args.dim, args.build_every,
+                         compact_when_sealed if args.build_every else None)
+    current[0].client.close()
+    client = open_embedded(edge_path, 60)
     index = VectorIndex(client)
-    write, builds = fill(index, args.points, args.dim, args.build_every)
     builds.append(sum(index.build_graph().values()))  # whatever is left
     client.close()
+    merges.extend(m for m in compact_embedded(edge_path, 60) if m.collection == index.crops)
+    holds = [m.held_seconds for m in merges]
     rows["edge"] = {"points": args.points, "write_s": write, "hnsw_s": sum(builds), "builds": len(builds),
-                    "longest_build_s": max(builds), **measure("edge", str(home / "edge"), args.dim, args.queries)}
+                    "longest_build_s": max(builds), "merges": len(merges),
+                    "merge_s": sum(m.merge_seconds for m in merges), "longest_merge_s": max(
+                        (m.merge_seconds for m in merges), default=0), "longest_hold_s": max(holds, default=0),
+                    **measure("edge", edge_path, args.dim, args.queries)}
     # what a run pays when its writes cross the threshold on a large index: the default threshold's worth of new
     # points, then the HNSW build that a run's close would do
     client = open_embedded(str(home / "edge"), 60)
@@ -179,7 +206,7 @@ def main() -> None:
                                                      args.dim, rng), wait=True)
     rows["edge"]["extend_s"] = sum(index.build_graph().values())
     info = client.get_collection(index.crops)
-    rows["edge"]["segments"] = info.segments_count
+    rows["edge"]["segments"], rows["edge"]["shards"] = info.segments_count, info.shards_count
     client.close()
     disk = sum(f.stat().st_size for f in (home / "edge").rglob("*") if f.is_file())
 
@@ -191,6 +218,10 @@ def main() -> None:
               f"({row['points'] / row['write_s']:,.0f} points/s)"
               + (f", HNSW built in {row['hnsw_s']:.0f} s in {row['builds']} builds, the longest (a run's or a "
                  f"search's longest wait) {row['longest_build_s']:.1f} s" if row["hnsw_s"] is not None else ""))
+        if row.get("merges"):
+            print(f"    {row['merges']} sealed shards merged on copies in {row['merge_s']:.0f} s (the longest "
+                  f"{row['longest_merge_s']:.0f} s, outside the lock); the longest the folder was held for one: "
+                  f"{row['longest_hold_s']:.2f} s")
         ratio = f" ({row['open_s'] / base['open_s']:.2f}x the baseline)" if base and kind != "local" else ""
         print(f"    a fresh process opens it in {row['open_s']:.2f} s{ratio}, +{row['rss_open'] / 2**20:,.0f} MiB "
               f"resident (+{row['rss_after'] / 2**20:,.0f} MiB after the searches)")
@@ -203,7 +234,7 @@ def main() -> None:
                   f"; cold ({cold}) p50 {cold_p50 * 1000:7.1f} ms   p95 {cold_p95 * 1000:7.1f} ms")
     edge = rows["edge"]
     print(f"  then {args.extend:,} more points and HNSW again (one build_index_graph at the threshold; runs and "
-          f"searches wait for it): {edge['extend_s']:.1f} s; {edge['segments']} segment(s)")
+          f"searches wait for it): {edge['extend_s']:.1f} s; {edge['segments']} segment(s) in {edge['shards']} shard(s)")
     print(f"  Qdrant Edge folder on disk: {disk / 2**30:.2f} GiB")
 
 

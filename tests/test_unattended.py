@@ -282,10 +282,11 @@ def test_a_fault_that_waiting_cannot_heal_is_left_failed_for_a_person(pipeline, 
     assert instance.get_run_by_id(result.run_id).tags["dagster/retry_on_asset_or_op_failure"] == "false"
 
 
-def test_the_index_graph_is_built_outside_runs(models, s3_image_store, instance, s3_client, bucket):
+def test_the_index_graph_is_built_outside_runs(models, s3_image_store, instance, s3_client, bucket, monkeypatch):
     """A pipeline run only writes its points; it reports how many are outside the HNSW graph, and once that reaches
     the threshold the `index_graph` sensor launches `build_index_graph`, which puts them in the graph."""
     from vision_assets.resources import QdrantResource
+    from vision_assets.vision.index import edge_shards
 
     qdrant = QdrantResource(path=models["qdrant"].path, hnsw_threshold=5)
     driver, run = run_pipeline({**models, "qdrant": qdrant}, s3_image_store, instance, s3_client, bucket)
@@ -303,14 +304,23 @@ def test_the_index_graph_is_built_outside_runs(models, s3_image_store, instance,
         result = sensor.evaluate_tick(ctx)
     [request] = result.run_requests
     assert request.job_name in (None, "build_index_graph")
+    monkeypatch.setattr(edge_shards, "SEAL_POINTS", 1)  # the build seals the live shards it built
     built = driver.defs.resolve_job_def("build_index_graph").execute_in_process(instance=instance)
     assert built.success
-    [output] = [e for e in built.all_events if e.event_type_value == "STEP_OUTPUT"]
-    figures = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    outputs = {e.step_key: {k: v.value for k, v in e.event_specific_data.metadata.items()}
+               for e in built.all_events if e.event_type_value == "STEP_OUTPUT"}
+    figures = outputs["build_index_graph_op"]
     assert figures["built_points"] == sum(points.values()) and figures["held_seconds"] >= figures["build_seconds"]
+    assert outputs["compact_index_op"]["merged_shards"] == 2  # the sealed images and crops shards, on copies
     client = embedded_client(qdrant.path)
     # (Edge leaves a segment under 1 KB of vectors unindexed: the three tiny image vectors here.)
     assert client.get_collection("crops").indexed_vectors_count == points["crops"]
+    assert client.get_collection("crops").shards_count == 2  # sealed, and a new live shard
     client.close()
     with dg.build_sensor_context(**context, cursor=result.cursor) as ctx:
         assert "no index writes since the last look" in sensor.evaluate_tick(ctx).skip_message
+    # A reindex builds as it goes, but leaves sealed shards to merge: that launches the job too.
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "qdrant_index", partition=indexed.partition, metadata={"unindexed_points": 0, "unmerged_shards": 2}))
+    with dg.build_sensor_context(**context, cursor=result.cursor) as ctx:
+        assert len(sensor.evaluate_tick(ctx).run_requests) == 1

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from .assets.deletion import delete_images_op
-from .assets.index_graph import build_index_graph_op
+from .assets.index_graph import build_index_graph_op, compact_index_op
 from .assets.qdrant_index import REINDEX_TAG
 from .keys import IMAGE_CATALOG, QDRANT_INDEX, REVIEW_ACCURACY, REVIEW_DECISIONS, REVIEW_QUEUE, SOURCE_IMAGES
 
@@ -62,6 +62,6 @@ def delete_images():
 
 
 @dg.job(description="Builds the embedded index's HNSW graph for the points runs left outside it, holding the index "
-        "only for those. Launched by the `index_graph` sensor.")
+        "only for those, then merges sealed shards on a copy. Launched by the `index_graph` sensor.")
 def build_index_graph():
-    build_index_graph_op()
+    compact_index_op(build_index_graph_op())

@@ -30,6 +30,7 @@ from .stage import (
 )
 
 UNINDEXED_POINTS = "unindexed_points"  # embedded index: points not in an HNSW graph yet, after the run
+UNMERGED_SHARDS = "unmerged_shards"  # embedded index: sealed shards waiting for compact_index_op, after the run
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
 
 index_consistency = BatchCheck(
@@ -133,6 +134,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             index.delete_points(gone, [p for record in recorded if record for p in record.crop_points])
             audit = audit_index(index, earlier, sampled_from)
             unindexed = sum(index.unindexed().values())  # what `index_graph` builds, outside this run
+            unmerged = index.unmerged()  # and what it merges (a reindex seals shards as it goes)
         seconds = time.perf_counter() - started
         if outbox:
             for key, why in bad.items():
@@ -144,7 +146,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             results.write_batch_indexed(BatchIndexed(batch=batch, indexed=indexed))
         metadata = BatchMetadata(context)
         run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where,
-                       UNINDEXED_POINTS: unindexed}
+                       UNINDEXED_POINTS: unindexed, UNMERGED_SHARDS: unmerged}
         for batch, counts in batch_counts(taken, set(records), skipped).items():
             metadata.add(batch, counts | run_figures)
         yield metadata.materialize()

@@ -1,10 +1,11 @@
-"""Launches `build_index_graph` when the embedded index has enough points outside its HNSW graph: each
-`qdrant_index` run reports how many it left (`unindexed_points` in its metadata), so the sensor reads one event
-record a tick and never opens the index (which would take it from the search service)."""
+"""Launches `build_index_graph` when the embedded index has enough points outside its HNSW graph, or sealed shards
+waiting to be merged: each `qdrant_index` run reports both (`unindexed_points`, `unmerged_shards` in its metadata),
+so the sensor reads one event record a tick and never opens the index (which would take it from the search
+service)."""
 
 import dagster as dg
 
-from ..assets.qdrant_index import UNINDEXED_POINTS
+from ..assets.qdrant_index import UNINDEXED_POINTS, UNMERGED_SHARDS
 from ..jobs import build_index_graph
 from ..keys import QDRANT_INDEX
 from ..resources import QdrantResource
@@ -18,32 +19,34 @@ class IndexGraphCursor(Cursor):
     seen: int = 0  # the newest qdrant_index materialization looked at
 
 
-def unindexed_after(instance: dg.DagsterInstance, after: int) -> tuple[int, int] | None:
-    """(storage id, unindexed points) of the newest qdrant_index materialization after `after`; None if none."""
+def upkeep_after(instance: dg.DagsterInstance, after: int) -> tuple[int, int, int] | None:
+    """(storage id, unindexed points, unmerged shards) of the newest qdrant_index materialization after `after`;
+    None if none."""
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=QDRANT_INDEX,
                                                                     after_storage_id=after or None),
                                               limit=1, ascending=False).records
     if not records:
         return None
-    value = records[0].asset_materialization.metadata.get(UNINDEXED_POINTS)
-    return records[0].storage_id, int(value.value) if value is not None else 0
+    metadata = records[0].asset_materialization.metadata
+    figures = [metadata.get(UNINDEXED_POINTS), metadata.get(UNMERGED_SHARDS)]
+    return records[0].storage_id, *(int(value.value) if value is not None else 0 for value in figures)
 
 
 def make_index_graph_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(name="index_graph", jobs=[build_index_graph], minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Launches `build_index_graph` once runs have left at least VISION_ASSETS_QDRANT_HNSW_"
-               "THRESHOLD points of the embedded index outside its HNSW graph, so that no pipeline run or search "
-               "waits for a build.")
+               "THRESHOLD points of the embedded index outside its HNSW graph, or sealed shards to merge, so that no "
+               "pipeline run or search waits for a build.")
     def index_graph(context: dg.SensorEvaluationContext, qdrant: QdrantResource):
         if qdrant.url:
             return dg.SkipReason(f"Qdrant at {qdrant.url} builds its own graphs")
         cursor = IndexGraphCursor.parse(context.cursor)
-        newest = unindexed_after(context.instance, cursor.seen)
+        newest = upkeep_after(context.instance, cursor.seen)
         if newest is None:
             return dg.SkipReason("no index writes since the last look")
-        storage_id, unindexed = newest
-        if unindexed < qdrant.hnsw_threshold:
+        storage_id, unindexed, unmerged = newest
+        if unindexed < qdrant.hnsw_threshold and not unmerged:
             return dg.SensorResult(skip_reason=f"{unindexed:,} points outside the graph (a build starts at "
                                    f"{qdrant.hnsw_threshold:,})", cursor=IndexGraphCursor(seen=storage_id).dump())
         if context.instance.get_run_records(dg.RunsFilter(job_name=build_index_graph.name, statuses=IN_FLIGHT),

@@ -94,7 +94,7 @@ def test_a_collection_from_an_older_version_gains_the_new_payload_indexes(tmp_pa
     client = EdgeClient(tmp_path / EDGE_FOLDER)
     index = VectorIndex(client)
     index.ensure_collections(DIM, "m")
-    shard = client._open(index.crops).shard
+    shard = client._open(index.crops).live.shard
     import qdrant_edge as edge
     for name in ("taken_at", "location", "camera"):
         shard.update(edge.UpdateOperation.delete_field_index(name))

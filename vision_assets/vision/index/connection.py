@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +32,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from .edge import EDGE_FOLDER, EdgeBusy, EdgeClient
+from .edge_shards import compact_copy
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
 WANTED = "vision-assets.wanted"  # touched by whoever waits for the folder: a long-lived holder lets go
@@ -188,6 +190,48 @@ def open_embedded(path: str, wait_seconds: float, tell: Callable[[str], None] = 
         except Exception as error:
             client.close()
             raise IndexUnreadable(path, error) from error
+
+
+@dataclass(frozen=True)
+class Merged:
+    """One sealed shard merged by `compact_embedded`."""
+
+    collection: str
+    shard: str
+    points: int
+    merge_seconds: float  # outside the lock
+    held_seconds: float  # the folder held: copying the shard, then swapping the merged copy in
+    swapped: bool  # False if a compactor taking over a dead one's record discarded this merge meanwhile
+
+
+def compact_embedded(path: str, wait_seconds: float, tell: Callable[[str], None] = lambda _: None) -> list[Merged]:
+    """Merge every sealed shard that needs it (edge_shards.py), holding the folder only to copy a shard and to swap
+    the merged copy in, never while merging."""
+    merged = []
+    while True:
+        started = time.perf_counter()
+        with embedded_access(path, wait_seconds, tell):
+            client = EdgeClient(Path(path) / EDGE_FOLDER)
+            try:
+                record = client.begin_compaction()
+            finally:
+                client.close()
+        copied = time.perf_counter() - started
+        if record is None:
+            return merged
+        merging = compact_copy(record)
+        started = time.perf_counter()
+        with embedded_access(path, wait_seconds, tell):
+            client = EdgeClient(Path(path) / EDGE_FOLDER)
+            try:
+                swapped = client.finish_compaction(record)
+            finally:
+                client.close()
+        merged.append(Merged(record.collection, record.shard, record.points, merging,
+                             copied + time.perf_counter() - started, swapped))
+        tell(f"{record.collection}: sealed shard {record.shard or '(the first)'} ({record.points:,} points) merged "
+             f"into one segment in {merging:.1f} s outside the lock; the folder was held {merged[-1].held_seconds:.1f} s"
+             + ("" if swapped else " (but its record was taken over meanwhile: the merge was dropped)"))
 
 
 def migrate_local_mode(path: str, wait_seconds: float, tell: Callable[[str], None]) -> None:

@@ -169,6 +169,13 @@ class VectorIndex:
         return {name: self.client.unindexed(name) for name in (self.images, self.crops)
                 if self.client.collection_exists(name)}
 
+    def unmerged(self) -> int:
+        """Embedded only: sealed shards waiting to be merged (edge_shards.py), in all collections."""
+        if not isinstance(self.client, EdgeClient):
+            return 0
+        return sum(self.client.unmerged(name) for name in (self.images, self.crops)
+                   if self.client.collection_exists(name))
+
     def build_graph(self, at_least: int = 1, tell: Callable[[str], None] = lambda _: None) -> dict[str, float]:
         """Embedded only: put every collection's points that are not in an HNSW graph yet into one (a segment of
         their own, see edge.py), where at least `at_least` wait; seconds taken per collection built."""
