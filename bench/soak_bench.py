@@ -62,6 +62,7 @@ from vision_assets.settings import Settings
 from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.vision.batches import BatchIndexed, BatchManifest, batch_key
 from vision_assets.vision.chunking import chunked
+from vision_assets.vision.index.connection import compact_embedded
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
 from vision_assets.vision.records import RegisteredImage
 from vision_assets.vision.upload_tracking import UploadCursor
@@ -187,6 +188,11 @@ def seed(day: Day, count: int, dimension: int, model: str) -> None:
     day.say("seed: the embedded index (image and crop points, graph built every 10,000 points)",
             f"{2 * count:,} points in {time.perf_counter() - started:.0f} s; {len(builds)} builds, longest "
             f"{max(builds):.1f} s (a run's or a search's longest wait for one)")
+    qdrant = day.defs.resources["qdrant"]
+    merged = compact_embedded(qdrant.path, qdrant.lock_wait_seconds)  # what compact_index_op does after the builds
+    day.say("seed: the sealed shards merged on copies (compact_index_op)",
+            f"{len(merged)} shards in {sum(m.merge_seconds for m in merged):.0f} s, the folder held at most "
+            f"{max((m.held_seconds for m in merged), default=0):.1f} s for one")
 
 
 def uploads(day: Day, count: int, process_batches: int) -> list[str]:
