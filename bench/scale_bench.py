@@ -92,8 +92,8 @@ sys.path.insert(0, sys.argv[1])
 from bench.scale_bench import FILTERS
 from vision_assets.vision.index.vector_index import VectorIndex
 kind, path, dim, queries = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-def rss():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+def rss(kind="VmRSS"):  # RssAnon: the process's own memory; RssFile: mapped files' pages, the page cache's to drop
+    return int(next(l for l in open("/proc/self/status") if l.startswith(kind + ":")).split()[1]) * 1024
 from qdrant_client import QdrantClient
 from vision_assets.vision.index.connection import open_embedded
 before = rss()
@@ -116,6 +116,7 @@ for when in ("cold", "search"):  # the first queries of the process (the page ca
             times.append(time.perf_counter() - t)
         result[when][name] = [float(np.percentile(times, 50)), float(np.percentile(times, 95))]
 result["rss_after"] = rss() - before
+result["rss_anon_after"], result["rss_file_after"] = rss("RssAnon"), rss("RssFile")
 client.close()
 print(json.dumps(result))
 """
@@ -131,9 +132,10 @@ def drop_page_cache() -> bool:
         return False
 
 
-def measure(kind: str, path: str, dim: int, queries: int) -> dict:
-    """Open the folder in a fresh process (as a run or a search does), then search; what it cost."""
-    dropped = drop_page_cache()
+def measure(kind: str, path: str, dim: int, queries: int, cold: bool = True) -> dict:
+    """Open the folder in a fresh process (as a run or a search does), then search; what it cost. `cold`: the page
+    cache emptied first (a machine just started), else as the previous process left it (the usual case)."""
+    dropped = drop_page_cache() if cold else False
     done = subprocess.run([sys.executable, "-c", MEASURE, str(ROOT), kind, path, str(dim), str(queries)],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -172,12 +174,13 @@ def main() -> None:
 
     def compact_when_sealed(index: VectorIndex) -> VectorIndex:
         """What `compact_index_op` does after a build that sealed the live shard (here in turn, there beside runs)."""
-        if len(index.client._open(index.crops).meta["sealed"]) == sum(m.swapped for m in merges):
+        if index.client.get_collection(index.crops).shards_count - 1 == sum(m.swapped for m in merges):
             return index
         index.client.close()
         merges.extend(m for m in compact_embedded(edge_path, 60) if m.collection == index.crops)
-        print(f"    merged a sealed shard of {merges[-1].points:,} points in {merges[-1].merge_seconds:.1f} s; the "
-              f"folder held {merges[-1].held_seconds:.2f} s", flush=True)
+        print(f"    merged a sealed shard of {merges[-1].points:,} points: copied in {merges[-1].copy_seconds:.1f} s and "
+              f"merged in {merges[-1].merge_seconds:.1f} s outside the lock; the folder held "
+              f"{merges[-1].held_seconds:.2f} s", flush=True)
         current[:] = [VectorIndex(open_embedded(edge_path, 60))]
         return current[0]
 
@@ -196,6 +199,7 @@ def main() -> None:
                     "merge_s": sum(m.merge_seconds for m in merges), "longest_merge_s": max(
                         (m.merge_seconds for m in merges), default=0), "longest_hold_s": max(holds, default=0),
                     **measure("edge", edge_path, args.dim, args.queries)}
+    rows["edge"]["warm_open_s"] = measure("edge", edge_path, args.dim, 20, cold=False)["open_s"]
     # what a run pays when its writes cross the threshold on a large index: the default threshold's worth of new
     # points, then the HNSW build that a run's close would do
     client = open_embedded(str(home / "edge"), 60)
@@ -223,8 +227,12 @@ def main() -> None:
                   f"{row['longest_merge_s']:.0f} s, outside the lock); the longest the folder was held for one: "
                   f"{row['longest_hold_s']:.2f} s")
         ratio = f" ({row['open_s'] / base['open_s']:.2f}x the baseline)" if base and kind != "local" else ""
-        print(f"    a fresh process opens it in {row['open_s']:.2f} s{ratio}, +{row['rss_open'] / 2**20:,.0f} MiB "
-              f"resident (+{row['rss_after'] / 2**20:,.0f} MiB after the searches)")
+        warm = f"; {row['warm_open_s']:.2f} s with the page cache as a previous process left it" \
+            if "warm_open_s" in row else ""
+        print(f"    a fresh process opens it in {row['open_s']:.2f} s{ratio}{warm}, +{row['rss_open'] / 2**20:,.0f} "
+              f"MiB resident (+{row['rss_after'] / 2**20:,.0f} MiB after the searches: "
+              f"{row['rss_anon_after'] / 2**20:,.0f} MiB the process's own, {row['rss_file_after'] / 2**20:,.0f} MiB "
+              "pages of mapped files)")
         cold = "page cache emptied first" if row["page_cache_dropped"] else "page cache NOT emptied (not root)"
         for filter_name, (p50, p95) in row["search"].items():
             ratio = (f" ({p95 / base['search'][filter_name][1]:.2f}x the baseline's p95)" if base and kind != "local"

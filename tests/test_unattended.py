@@ -1,6 +1,7 @@
 """Faults a pipeline left alone for weeks meets, injected into real runs: the store out of reach mid-run, embedded
 Qdrant held by a search, the index folder deleted or damaged, the CLI with credentials from the environment."""
 
+import json
 import shutil
 import threading
 import time
@@ -144,7 +145,8 @@ def test_lock_waits_are_bounded_and_a_foreign_client_is_waited_out(tmp_path, mod
     import qdrant_edge
 
     # a user's own Edge shard, opened without our lock: Edge holds its write-ahead log until it is closed
-    foreign = qdrant_edge.EdgeShard.load(str(tmp_path / "q" / "edge" / "images"))
+    live = json.loads((tmp_path / "q" / "edge" / "images.json").read_text())["live"]
+    foreign = qdrant_edge.EdgeShard.load(str(tmp_path / "q" / "edge" / "images.shards" / live))
     threading.Timer(0.5, foreign.close).start()
     with qdrant.open(wait_seconds=10) as index:
         assert index.client.collection_exists(index.images)
@@ -211,7 +213,8 @@ def test_cli_reindex_after_the_folder_was_damaged(pipeline, models, s3_image_sto
     driver, _ = pipeline
     cli_environment(monkeypatch, s3_image_store)
     folder = Path(models["qdrant"].path)
-    (folder / "edge" / "images" / "edge_config.json").write_text("{not json")  # Qdrant Edge's own shard config
+    live = json.loads((folder / "edge" / "images.json").read_text())["live"]
+    (folder / "edge" / "images.shards" / live / "edge_config.json").write_text("{not json")  # Edge's own config
     with pytest.raises(IndexUnreadable, match=f"{folder}.*vision-assets reindex --rebuild.*runs that failed"):
         with models["qdrant"].open():
             pass

@@ -34,7 +34,7 @@ def build_index_graph_op(context: dg.OpExecutionContext, qdrant: QdrantResource)
 
 
 @dg.op(description="Merges the embedded index's sealed shards into one segment each, on a copy: the index is held "
-       "only to copy a shard and to swap the merged copy in, so runs and searches go on meanwhile. Outside the "
+       "only to record the merge and to swap the merged copy in, so runs and searches go on meanwhile. Outside the "
        "`qdrant` pool for that reason.", ins={"built": dg.In(dg.Nothing)})
 def compact_index_op(context: dg.OpExecutionContext, qdrant: QdrantResource) -> dg.Output[None]:
     if qdrant.url:
@@ -44,5 +44,6 @@ def compact_index_op(context: dg.OpExecutionContext, qdrant: QdrantResource) -> 
         context.log.info("no sealed shard needs merging")
     return dg.Output(None, metadata={
         "merged_shards": len(merged), "merged_points": sum(m.points for m in merged),
+        "copy_seconds": round(sum(m.copy_seconds for m in merged), 2),
         "merge_seconds": round(sum(m.merge_seconds for m in merged), 2),
         "longest_hold_seconds": round(max((m.held_seconds for m in merged), default=0.0), 2)})

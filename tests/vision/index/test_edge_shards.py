@@ -3,19 +3,19 @@ merged on a copy outside the folder's lock. The same answers as one Qdrant colle
 one is the reference), nothing lost to a write or a deletion made during a merge, a compactor that died started
 over, a swap that was cut short finished, and the folder free while a merge runs."""
 
+import dataclasses
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client import QdrantClient
 
 from vision_assets.vision.index import connection, edge_shards
 from vision_assets.vision.index.connection import compact_embedded, embedded_access
 from vision_assets.vision.index.edge import EDGE_FOLDER, EdgeClient
-from vision_assets.vision.index.edge_shards import compact_copy
+from vision_assets.vision.index.edge_shards import compact_copy, copy_outside_lock
 from vision_assets.vision.index.search import SearchFilters
 from vision_assets.vision.index.vector_index import ImagePoints, VectorIndex, crop_point_id, image_point_id
 
@@ -99,11 +99,12 @@ def test_a_sharded_collection_answers_as_one_collection_does(tmp_path):
 
 def test_a_merge_on_a_copy_keeps_what_was_deleted_meanwhile(tmp_path):
     client, index = filled(tmp_path)
-    record = client.begin_compaction()  # under the lock in life: copies the first sealed shard
+    record = client.begin_compaction()  # under the lock in life: records the first sealed shard's compaction
     assert record is not None and record.collection == "crops" and record.points == 20
     assert client.begin_compaction().collection == "images"  # the other collection's may go on beside it
     assert client.begin_compaction() is None  # one compaction per collection at a time
     client.close()
+    assert copy_outside_lock(record) == 1  # nothing changed the shard during the copy
 
     # Meanwhile a run writes one of the copied points again and deletes another.
     client = EdgeClient(tmp_path / EDGE_FOLDER).open_existing()
@@ -113,10 +114,11 @@ def test_a_merge_on_a_copy_keeps_what_was_deleted_meanwhile(tmp_path):
     client.close()
     assert len(Path(record.journal).read_text().split()) == 2
 
-    assert compact_copy(record) > 0
+    merged = compact_copy(record)
+    assert merged.points == 20 and "label" in merged.fields
     client = EdgeClient(tmp_path / EDGE_FOLDER).open_existing()
     index = VectorIndex(client)
-    assert client.finish_compaction(record)
+    assert client.finish_compaction(record, merged)
     shard = client._open("crops").shard(record.shard).shard
     assert shard.info().segments_count <= 2 and shard.info().points_count == 18
     assert client.count("crops").count == 49
@@ -134,6 +136,61 @@ def test_a_merge_on_a_copy_keeps_what_was_deleted_meanwhile(tmp_path):
     assert client.begin_compaction().shard != record.shard  # the next one's turn; the empty one dropped
     assert record.shard not in shards.meta["sealed"] and not shards.path(record.shard).exists()
     assert client.count("crops").count == 31
+    client.close()
+
+
+def test_a_copy_during_which_the_shard_changed_is_taken_again(tmp_path, monkeypatch):
+    """The copy is taken outside the lock: a deletion from the shard while it is copied (the deletion journalled,
+    but the copy perhaps caught between two of the shard's files) sends it back for another copy; a shard that
+    changes during every copy is left for the next run, its record dropped."""
+    client, index = filled(tmp_path)
+    record = client.begin_compaction()
+    real_copy = edge_shards.shutil.copytree
+    copies: list[str] = []
+
+    def copy_while_a_run_deletes(source, destination, *args, **kwargs):
+        real_copy(source, destination, *args, **kwargs)
+        if str(source) != record.source:
+            return  # copytree's own calls for the folders inside
+        copies.append(destination)
+        if len(copies) == 1:  # a run, mid-copy, deletes a point the copied shard holds
+            index.delete_points(["im3.jpg"], [crop_point_id("im3.jpg", 0)])
+            client._open("crops").shard(record.shard).shard.flush()
+
+    monkeypatch.setattr(edge_shards.shutil, "copytree", copy_while_a_run_deletes)
+    assert copy_outside_lock(record) == 2
+    merged = compact_copy(record)
+    assert merged.points == 19  # the second copy already lacks it; the journal says it again, harmlessly
+    assert client.finish_compaction(record, merged)
+    assert client.count("crops").count == 49 and client.retrieve("crops", [crop_point_id("im3.jpg", 0)]) == []
+
+    # Deletions during every copy: given up, the shard still to merge, nothing lost.
+    index.delete_points([f"im{i}.jpg" for i in range(20, 26)], [crop_point_id(f"im{i}.jpg", 0) for i in range(20, 26)])
+    again = client.begin_compaction()
+    assert again.collection == "crops"
+    deleting = iter(range(26, 40))
+
+    def copy_while_deleting(source, destination, *args, **kwargs):
+        real_copy(source, destination, *args, **kwargs)
+        if str(source) != again.source:
+            return
+        i = next(deleting)
+        index.delete_points([f"im{i}.jpg"], [crop_point_id(f"im{i}.jpg", 0)])
+
+    monkeypatch.setattr(edge_shards.shutil, "copytree", copy_while_deleting)
+    assert copy_outside_lock(again) == 0 and not Path(again.copy).exists()
+    client.abandon_compaction(again)
+    assert client._open("crops").compacting is None and again.shard in client._open("crops").unmerged()
+    assert client.count("crops").count == 40
+
+    # A copy that does not hold what the shard holds (a file caught mid-write by a reader) is not swapped in.
+    monkeypatch.setattr(edge_shards.shutil, "copytree", real_copy)
+    third = client.begin_compaction()
+    assert copy_outside_lock(third) == 1
+    merged = compact_copy(third)
+    assert not client.finish_compaction(third, dataclasses.replace(merged, points=merged.points - 1))
+    assert not Path(third.copy).exists() and third.shard in client._open("crops").unmerged()
+    assert client.count("crops").count == 40
     client.close()
 
 
@@ -179,6 +236,7 @@ def test_a_compactor_that_died_is_started_over_and_a_cut_swap_finished(tmp_path)
     client.close()
 
     # The merge done, the swap cut short after the old shard went aside: the next opening finishes it.
+    assert copy_outside_lock(again) == 1
     compact_copy(again)
     place = tmp_path / EDGE_FOLDER / "crops.shards" / again.shard
     meta = json.loads(meta_file.read_text())

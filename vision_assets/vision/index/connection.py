@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from .edge import EDGE_FOLDER, EdgeBusy, EdgeClient
-from .edge_shards import compact_copy
+from .edge_shards import compact_copy, copy_outside_lock
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
 WANTED = "vision-assets.wanted"  # touched by whoever waits for the folder: a long-lived holder lets go
@@ -199,39 +199,52 @@ class Merged:
     collection: str
     shard: str
     points: int
+    copy_seconds: float  # outside the lock
     merge_seconds: float  # outside the lock
-    held_seconds: float  # the folder held: copying the shard, then swapping the merged copy in
-    swapped: bool  # False if a compactor taking over a dead one's record discarded this merge meanwhile
+    held_seconds: float  # the folder held: recording the compaction, then swapping the merged copy in
+    swapped: bool  # False if the merge was dropped (see `ShardSet.finish_compaction`); the next run merges it
 
 
 def compact_embedded(path: str, wait_seconds: float, tell: Callable[[str], None] = lambda _: None) -> list[Merged]:
-    """Merge every sealed shard that needs it (edge_shards.py), holding the folder only to copy a shard and to swap
-    the merged copy in, never while merging."""
+    """Merge every sealed shard that needs it (edge_shards.py), holding the folder only to record a compaction and
+    to swap the merged copy in, never while copying or merging. Stops early, saying so, when a shard kept changing
+    during every copy (a large deletion or re-index going on): the next run takes it up again."""
+    def holding(step: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """`step(client, *args)` with the folder held; what it returned, and the seconds held."""
+        started = time.perf_counter()
+        with embedded_access(path, wait_seconds, tell):
+            client = EdgeClient(Path(path) / EDGE_FOLDER)
+            try:
+                return step(client, *args), time.perf_counter() - started
+            finally:
+                client.close()
+
     merged = []
     while True:
-        started = time.perf_counter()
-        with embedded_access(path, wait_seconds, tell):
-            client = EdgeClient(Path(path) / EDGE_FOLDER)
-            try:
-                record = client.begin_compaction()
-            finally:
-                client.close()
-        copied = time.perf_counter() - started
+        record, began = holding(EdgeClient.begin_compaction)
         if record is None:
             return merged
-        merging = compact_copy(record)
-        started = time.perf_counter()
-        with embedded_access(path, wait_seconds, tell):
-            client = EdgeClient(Path(path) / EDGE_FOLDER)
-            try:
-                swapped = client.finish_compaction(record)
-            finally:
-                client.close()
-        merged.append(Merged(record.collection, record.shard, record.points, merging,
-                             copied + time.perf_counter() - started, swapped))
-        tell(f"{record.collection}: sealed shard {record.shard or '(the first)'} ({record.points:,} points) merged "
-             f"into one segment in {merging:.1f} s outside the lock; the folder was held {merged[-1].held_seconds:.1f} s"
-             + ("" if swapped else " (but its record was taken over meanwhile: the merge was dropped)"))
+        try:
+            started = time.perf_counter()
+            copies = copy_outside_lock(record)
+            copied = time.perf_counter() - started
+            if not copies:
+                holding(EdgeClient.abandon_compaction, record)
+                tell(f"{record.collection}: sealed shard {record.shard or '(the first)'} changed during each of its "
+                     "copies (deletions going on); left to merge at the next run")
+                return merged
+            merge = compact_copy(record)
+        except BaseException:
+            holding(EdgeClient.abandon_compaction, record)
+            raise
+        swapped, finished = holding(EdgeClient.finish_compaction, record, merge)
+        merged.append(Merged(record.collection, record.shard, record.points, copied, merge.seconds,
+                             began + finished, swapped))
+        tell(f"{record.collection}: sealed shard {record.shard or '(the first)'} ({record.points:,} points) copied in "
+             f"{copied:.1f} s ({copies} cop{'y' if copies == 1 else 'ies'}) and merged into one segment in "
+             f"{merge.seconds:.1f} s, outside the lock; the folder was held {began + finished:.2f} s"
+             + ("" if swapped else " (but the merge was dropped: its record was taken over meanwhile, or the copy "
+                                   "did not hold what the shard holds; the next run merges it again)"))
 
 
 def migrate_local_mode(path: str, wait_seconds: float, tell: Callable[[str], None]) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import qdrant_edge as edge
 from qdrant_client import models
 
-from .edge_shards import DISTANCES, Compaction, EdgeBusy, ShardSet
+from .edge_shards import DISTANCES, Compaction, EdgeBusy, MergedCopy, ShardSet
 
 __all__ = ["EDGE_FOLDER", "DISTANCES", "Compaction", "EdgeBusy", "EdgeClient"]
 
@@ -218,14 +218,20 @@ class EdgeClient:
         return len(self._open(name).unmerged())
 
     def begin_compaction(self) -> Compaction | None:
-        """The first collection's sealed shard that needs merging, copied and recorded (see edge_shards.py)."""
+        """The first collection's sealed shard that needs merging, recorded (see edge_shards.py)."""
         for meta_file in sorted(self.root.glob("*.json")):
             if (record := self._open(meta_file.stem).begin_compaction()) is not None:
                 return record
         return None
 
-    def finish_compaction(self, record: Compaction) -> bool:
-        return self._open(record.collection).finish_compaction(record)
+    def finish_compaction(self, record: Compaction, merged: MergedCopy) -> bool:
+        return self._open(record.collection).finish_compaction(record, merged)
+
+    def abandon_compaction(self, record: Compaction) -> None:
+        """A compaction that failed or could not copy its shard at rest, given up (the next run tries again)."""
+        shards = self._open(record.collection)
+        if shards.compacting == record:
+            shards.discard(record)
 
     # lifetime
     def open_existing(self) -> EdgeClient:

@@ -7,10 +7,13 @@ measured). So a collection is:
   (a segment per step, 2-3 s per 10,000 points), until it holds `SEAL_POINTS`; then it is **sealed** and a new
   live shard begins (a metadata write);
 - **sealed** shards, which only lose points (a point written again goes to the live shard and leaves its sealed
-  one). A sealed shard's segments are merged into one by **compaction, on a copy**: the copy is taken under the
-  lock (a file copy), merged outside it (half a minute per 100,000 points) while runs and searches go on, and
-  swapped in under the lock again, after the deletions made meanwhile (journalled beside the shard) are applied
-  to it.
+  one). A sealed shard's segments are merged into one by **compaction, on a copy**, in three steps: recorded under
+  the lock (from then on deletions from it are journalled beside it); copied and merged outside the lock (about
+  two minutes per 250,000 512-d points on two cores) while runs and searches go on; swapped in under the lock
+  again, after the journalled deletions are applied to the copy. The copy is taken outside the lock because a
+  sealed shard is at rest but for deletions, and each deletion first counts itself in the metadata (`changes`):
+  a copy during which the count stayed put is a copy of a shard at rest (copying 1 GB under the lock had held
+  it 17-21 s while the disk was busy).
 Where things are: `<root>/<collection>.json` (metadata, which shards), a shard per folder in
 `<root>/<collection>.shards/<name>/`; a collection written before shards were split is one shard at
 `<root>/<collection>/`, read as the live shard (name "") and sealed like any other.
@@ -113,6 +116,9 @@ class Compaction:
     points: int
     size: int  # the collection's vectors, for the copy's configuration
     distance: str
+    source: str = ""  # the shard's folder
+    meta_file: str = ""  # the collection's metadata, where deletions count themselves (`changes`)
+    changes: int = 0  # the shard's deletions counted when this was recorded
 
     @property
     def owner_gone(self) -> bool:
@@ -145,6 +151,7 @@ class ShardSet:
         meta.setdefault("next", 1)
         meta.setdefault("compacted", {})
         meta.setdefault("points", {})
+        meta.setdefault("changes", {})
         return cls(root, name, meta)
 
     @classmethod
@@ -152,7 +159,7 @@ class ShardSet:
         for leftover in (root / name, root / f"{name}.shards"):  # a creation that died before its metadata
             shutil.rmtree(leftover, ignore_errors=True)
         shards = cls(root, name, meta | {"live": "000001", "sealed": [], "next": 2, "compacted": {},
-                                                "points": {}})
+                                                "points": {}, "changes": {}})
         path = shards.path("000001")
         path.parent.mkdir(parents=True, exist_ok=True)
         shards.opened["000001"] = Shard(edge.EdgeShard.create(str(path), shards.config(LIVE_SEGMENTS)))
@@ -226,6 +233,8 @@ class ShardSet:
     def _remove(self, name: str, sealed: Shard, ids: list[str]) -> int:
         if not ids:
             return 0
+        self.meta["changes"][name] = self.meta["changes"].get(name, 0) + 1  # before the shard changes: see
+        self.write_meta()  # `copy_outside_lock`
         compaction = self.compacting
         if compaction and compaction.shard == name:
             with open(compaction.journal, "a") as journal:
@@ -270,10 +279,10 @@ class ShardSet:
         self.write_meta()
         return sealed
 
-    # compaction, in three steps (the middle one outside the lock: `compact_copy`)
+    # compaction, in three steps (the middle one outside the lock: `copy_outside_lock`, `compact_copy`)
     def begin_compaction(self) -> Compaction | None:
-        """Drop sealed shards left empty, then copy the first sealed shard that needs merging (`unmerged`) and
-        record it; None if none needs it or another compactor is at work."""
+        """Drop sealed shards left empty, then record the first sealed shard that needs merging (`unmerged`); None
+        if none needs it or another compactor is at work."""
         if (record := self.compacting) is not None:
             if not record.owner_gone:
                 return None
@@ -282,7 +291,7 @@ class ShardSet:
             if self.points(name) == 0:
                 self.drop(name)
         for name in self.unmerged():
-            return self._copy_for_compaction(name, self.points(name))
+            return self._record_compaction(name)
         return None
 
     def unmerged(self) -> list[str]:
@@ -292,39 +301,42 @@ class ShardSet:
         return [name for name in self.meta["sealed"]
                 if name not in self.meta["compacted"] or self.points(name) < 0.75 * self.meta["compacted"][name]]
 
-    def _copy_for_compaction(self, name: str, points: int) -> Compaction:
-        shard = self.shard(name)
-        shard.shard.flush()
+    def _record_compaction(self, name: str) -> Compaction:
+        if name in self.opened and self.opened[name].written:
+            self.opened[name].shard.flush()  # the copy is taken from the files
         copy = self.root / f"{self.name}.shards" / f"{name or 'legacy'}.compacting"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(self.path(name), copy)
         journal = copy.with_suffix(".deleted")
         journal.write_text("")
-        record = Compaction(self.name, name, str(copy), str(journal), f"{socket.gethostname()}:{os.getpid()}", points,
-                            self.meta["size"], self.meta["distance"])
+        record = Compaction(self.name, name, str(copy), str(journal), f"{socket.gethostname()}:{os.getpid()}",
+                            self.points(name), self.meta["size"], self.meta["distance"], str(self.path(name)),
+                            str(self.root / f"{self.name}.json"), self.meta["changes"].get(name, 0))
         self.meta["compacting"] = asdict(record)
         self.write_meta()
         return record
 
-    def finish_compaction(self, record: Compaction) -> bool:
-        """Apply the journalled deletions to the merged copy and put it in the shard's place; False if the record
-        is no longer this compaction's (it was discarded as dead)."""
+    def finish_compaction(self, record: Compaction, merged: MergedCopy) -> bool:
+        """Apply the journalled deletions to the merged copy and put it in the shard's place; False (the copy
+        discarded) if the record is no longer this compaction's (it was discarded as dead), or if the copy does not
+        hold what the shard holds (a file caught mid-write: the next compaction copies it again)."""
         if self.compacting != record:
             return False
-        merged = Shard(load_shard(Path(record.copy)))
-        try:
-            deleted = [line for line in Path(record.journal).read_text().splitlines() if line]
-            if deleted:
-                merged.shard.update(edge.UpdateOperation.delete_points(deleted))
-                merged.written = True
-            have = merged.shard.info().payload_schema
-            for field_name, index in self.live.shard.info().payload_schema.items():
-                if field_name not in have:  # created meanwhile (a new version's `ensure_collections`)
-                    merged.shard.update(field_index(field_name, index.data_type))
-                    merged.written = True
-            points = merged.shard.info().points_count
-        finally:
-            merged.close()
+        deleted = [line for line in Path(record.journal).read_text().splitlines() if line]
+        missing = {field_name: index for field_name, index in self.live.shard.info().payload_schema.items()
+                   if field_name not in merged.fields}  # created meanwhile (a new version's `ensure_collections`)
+        points = merged.points
+        if deleted or missing:
+            copy = Shard(load_shard(Path(record.copy)), written=True)
+            try:
+                if deleted:
+                    copy.shard.update(edge.UpdateOperation.delete_points(deleted))
+                for field_name, index in missing.items():
+                    copy.shard.update(field_index(field_name, index.data_type))
+                points = copy.shard.info().points_count
+            finally:
+                copy.close()
+        if points != self.points(record.shard) and points != self.shard(record.shard).shard.info().points_count:
+            self.discard(record)
+            return False
         if (old := self.opened.pop(record.shard, None)) is not None:
             old.close()
         self.meta["compacting"] = asdict(record) | {"swapping": True}
@@ -381,16 +393,40 @@ class ShardSet:
         os.replace(temporary, self.root / f"{self.name}.json")
 
 
-def compact_copy(record: Compaction) -> float:
-    """Merge the copy's segments into one (outside the lock: nobody else opens the copy); seconds taken."""
+@dataclass(frozen=True)
+class MergedCopy:
+    seconds: float  # merging, outside the lock
+    points: int
+    fields: frozenset[str]  # its payload indexes
+
+
+def copy_outside_lock(record: Compaction, tries: int = 3) -> int:
+    """Copy the sealed shard while runs and searches go on; how many copies it took, 0 if deletions kept coming
+    during every one of `tries`. Nothing writes a sealed shard but deletions (under the lock), and each one counts
+    itself in the metadata before it touches the shard (`_remove`): if the count is the same after the copy as
+    when the compaction was recorded, the copy is of the shard at rest; deletions after the copy are journalled."""
+    changes = record.changes
+    for copies in range(1, tries + 1):
+        shutil.rmtree(record.copy, ignore_errors=True)
+        shutil.copytree(record.source, record.copy)
+        now = json.loads(Path(record.meta_file).read_text())["changes"].get(record.shard, 0)
+        if now == changes:
+            return copies
+        changes = now
+    shutil.rmtree(record.copy, ignore_errors=True)
+    return 0
+
+
+def compact_copy(record: Compaction) -> MergedCopy:
+    """Merge the copy's segments into one (outside the lock: nobody else opens the copy)."""
     started = time.perf_counter()
-    copy = Shard(load_shard(Path(record.copy), shard_config(record.size, record.distance, segments=1)))
+    copy = Shard(load_shard(Path(record.copy), shard_config(record.size, record.distance, segments=1)), written=True)
     try:
         copy.shard.optimize()
-        copy.written = True
+        info = copy.shard.info()
     finally:
         copy.close()
-    return time.perf_counter() - started
+    return MergedCopy(time.perf_counter() - started, info.points_count, frozenset(info.payload_schema))
 
 
 def _ids_matching(shard: Any, query_filter: edge.Filter) -> list[str]:
