@@ -4,9 +4,10 @@ Qdrant Edge builds a graph only when asked, holding the index (and, through the 
 search) while it builds. Builds used to happen in whichever run closed the index past the threshold, for as long as
 the whole catalogue took (24 minutes at a million points on two cores). Now a run only writes; the `index_graph`
 sensor launches this job once runs report enough points outside the graph; the build op puts just those into the
-live shard's graph (a segment of their own, 2-3 s per 10,000 points on two cores) and seals the live shard when
-full, in the `qdrant` pool like every other writer; the compaction op then merges sealed shards on a copy, holding
-the index only to copy and to swap (edge_shards.py), and outside the pool, so runs go on while it merges."""
+live shard's graph (a segment of their own, 3-7 s per 10,000 points on two cores) and seals the live shard when
+full, in the `qdrant` pool like every other writer; the compaction op then copies sealed shards and merges the
+copies, holding the index only to record the merge and to swap the copy in (edge_shards.py), and outside the pool,
+so runs go on while it copies and merges."""
 
 import time
 

@@ -14,7 +14,7 @@ What the adapter adds to Edge, and why:
   are answered from it, and it is stripped from every payload handed back;
 - HNSW: Edge builds it only when asked (`optimize()`): `build_hnsw`, called by the `build_index_graph` job (outside
   pipeline runs, see `sensors/index_graph_sensor.py`) and by `reindex` runs, never on close. It builds the live
-  shard's waiting points as a segment of their own (2-3 s per 10,000 points, whatever was indexed before); the
+  shard's waiting points as a segment of their own (3-7 s per 10,000 points, whatever was indexed before); the
   points not in a graph yet are searched exactly (a few ms per 10,000).
 Only the filters this project builds are translated (match a value, a range, has id); anything else is refused
 loudly rather than answered wrongly.

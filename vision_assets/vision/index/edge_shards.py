@@ -4,7 +4,7 @@ Edge builds HNSW only inside its one shard, holding it (and, through our one-pro
 for as long as the build takes; merging segments rebuilds them whole (17-25 s at a million points on two cores,
 measured). So a collection is:
 - one **live** shard, which takes every write and whose graph is built in steps of the points that wait
-  (a segment per step, 2-3 s per 10,000 points), until it holds `SEAL_POINTS`; then it is **sealed** and a new
+  (a segment per step, 3-7 s per 10,000 points), until it holds `SEAL_POINTS`; then it is **sealed** and a new
   live shard begins (a metadata write);
 - **sealed** shards, which only lose points (a point written again goes to the live shard and leaves its sealed
   one). A sealed shard's segments are merged into one by **compaction, on a copy**, in three steps: recorded under
@@ -233,8 +233,9 @@ class ShardSet:
     def _remove(self, name: str, sealed: Shard, ids: list[str]) -> int:
         if not ids:
             return 0
-        self.meta["changes"][name] = self.meta["changes"].get(name, 0) + 1  # before the shard changes: see
-        self.write_meta()  # `copy_outside_lock`
+        # counted before the shard changes, so that a copy taken meanwhile outside the lock knows (`copy_outside_lock`)
+        self.meta["changes"][name] = self.meta["changes"].get(name, 0) + 1
+        self.write_meta()
         compaction = self.compacting
         if compaction and compaction.shard == name:
             with open(compaction.journal, "a") as journal:
