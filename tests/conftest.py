@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,6 +147,52 @@ def offline_models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("offline-models")
     build_offline_models(folder, "tiny")
     return folder
+
+
+@dataclass
+class ModelService:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def model_service(offline_models, tmp_path_factory) -> Iterator[ModelService]:
+    """One `vision-assets models serve` for the whole session, on the tiny twins with two CPU workers (the plumbing
+    of a two-GPU box): the models load once for every test that asks it, `vision-assets dev`'s included."""
+    import requests
+
+    log = tmp_path_factory.mktemp("model-service") / "service.log"
+    port = free_port()
+    env = os.environ | {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models), "VISION_ASSETS_MODEL_DEVICES": "cpu",
+                        "VISION_ASSETS_MODEL_WORKERS_PER_DEVICE": "2",
+                        # long enough for a test's concurrent requests to meet in one batch on the tiny twins
+                        "VISION_ASSETS_MODEL_MAX_WAIT_MS": "50"}
+    env.pop("VISION_ASSETS_MODEL_SERVICE_URL", None)
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
+                                   env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if requests.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(log.read_text()[-3000:])
+            time.sleep(0.5)
+        yield ModelService(url, process, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -134,13 +134,14 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def shared_dev(tmp_path_factory, offline_models):
+def shared_dev(tmp_path_factory, offline_models, model_service):
     """One `vision-assets dev` on the folder store (its default), shared by the tests of this module (a start costs
     half a minute). The S3 store's sensor and stages are tested in process (test_upload_sensor, test_pipeline),
     and the CLI's S3 wiring from the environment in test_unattended."""
     data_dir = tmp_path_factory.mktemp("dev") / "data"
     (data_dir / "bucket").mkdir(parents=True)
-    env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models)}
+    # The suite's one model service: dev uses it instead of starting its own (the models load once per suite).
+    env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models), "VISION_ASSETS_MODEL_SERVICE_URL": model_service.url}
     put = lambda name, data: (data_dir / "bucket" / name).write_bytes(data)
     get = lambda key: (data_dir / "bucket" / key).read_bytes()
     shared = Running(DagsterDev(data_dir, env, get), put, env)

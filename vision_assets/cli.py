@@ -1,6 +1,7 @@
 """`vision-assets`: the command line. `dev` starts Dagster's UI and daemon on embedded defaults; `upload` puts
 local files into the configured bucket or folder; `search`, `reprocess`, `delete`, `reindex` work on what the pipeline made;
-`models build-offline` writes random-weight models that the real loaders read, for machines without a model hub."""
+`models serve` holds the committee loaded for every run; `models build-offline` writes random-weight models that the
+real loaders read, for machines without a model hub."""
 
 from __future__ import annotations
 
@@ -144,36 +145,81 @@ def dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     home = prepare_instance(settings)
     fail_runs_left_in_flight(home)
+    model_service_url = settings.model_service_url or f"http://127.0.0.1:{settings.model_service_port}"
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "VISION_ASSETS_DATA_DIR": str(settings.data_dir),
         "VISION_ASSETS_DAGSTER_URL": f"http://{args.host}:{args.port}",  # the search page links batches there
         # ultralytics writes a settings file; keep it with the rest of our data, not in the user's config.
         "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(settings.data_dir / "ultralytics")),
+        # Every run and the search service ask the model service; none of them loads a model.
+        "VISION_ASSETS_MODEL_SERVICE_URL": model_service_url,
     }
     if settings.offline_models:  # absolute, so every process dagster dev starts finds it whatever its directory
         env["VISION_ASSETS_OFFLINE_MODELS"] = str(settings.offline_models)
     target = ["-w", str(REPO_WORKSPACE)] if REPO_WORKSPACE.exists() else ["-m", "vision_assets.definitions"]
     where = f"s3://{settings.s3_bucket}/{settings.prefix}" if settings.s3_bucket else str(settings.local_bucket_dir)
     print(f"vision-assets: watching {where}\n  data:   {settings.data_dir}\n  UI:     http://{args.host}:{args.port}\n"
-          f"  search: http://127.0.0.1:{settings.service_port} (the search page; its API under /api)",
+          f"  search: http://127.0.0.1:{settings.service_port} (the search page; its API under /api)\n"
+          f"  models: {model_service_url} (the model service{'' if settings.model_service_url else ', started here'})",
           flush=True)
     command = [sys.executable, "-m", "dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
     # Its own process group, so one signal reaches everything it starts (Ctrl-C in a terminal only reaches ours).
     signals = StopSignals()
     signals.install()
+    # The model service and the search service, each in a group of its own too (a process cannot join a group of
+    # another session), started again whenever they exit, and stopped with Dagster's. A model service named by
+    # VISION_ASSETS_MODEL_SERVICE_URL is someone else's: used, not started.
+    helpers = [Supervised("search service", [sys.executable, "-m", "vision_assets.cli", "serve"], env)]
+    if not settings.model_service_url:
+        helpers.insert(0, Supervised("model service", [sys.executable, "-m", "vision_assets.cli", "models", "serve"],
+                                     env))
+    for helper in helpers:
+        helper.start()
     process = subprocess.Popen(command, env=env, start_new_session=True)
-    # The search service, in a group of its own too (a process cannot join a group of another session), stopped
-    # with Dagster's.
-    service = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "serve"], env=env, start_new_session=True)
     try:
-        return process.wait()
+        while process.poll() is None:
+            for helper in helpers:
+                helper.keep_running()
+            time.sleep(1.0)
+        return process.returncode
     except Stop:
         print("vision-assets: stopping dagster dev and everything it started", file=sys.stderr, flush=True)
         return 0
     finally:
-        stop_process_group(service, grace_seconds=3.0, signals=signals)
+        for helper in helpers:
+            helper.stop(signals)
         stop_process_group(process, signals=signals)
+
+
+class Supervised:
+    """A process `dev` keeps running beside Dagster: started again (a few seconds later) whenever it exits."""
+
+    RESTART_PAUSE_SECONDS = 2.0
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]):
+        self.name, self.command, self.env = name, command, env
+        self.process: subprocess.Popen | None = None
+        self.exited_at: float | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.exited_at = None
+
+    def keep_running(self) -> None:
+        if self.process is None or self.process.poll() is None:
+            return
+        if self.exited_at is None:
+            self.exited_at = time.monotonic()
+            print(f"vision-assets: the {self.name} exited (code {self.process.returncode}); starting it again",
+                  file=sys.stderr, flush=True)
+        elif time.monotonic() - self.exited_at >= self.RESTART_PAUSE_SECONDS:
+            stop_process_group(self.process, grace_seconds=1.0)  # whatever it left behind in its group
+            self.start()
+
+    def stop(self, signals: StopSignals) -> None:
+        if self.process is not None:
+            stop_process_group(self.process, grace_seconds=3.0, signals=signals)
 
 
 def upload(args: argparse.Namespace) -> int:
@@ -465,6 +511,26 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_models(args: argparse.Namespace) -> int:
+    """The model service: the committee loaded once per device, batched inference over HTTP for every run."""
+    from .model_service.server import ServiceOptions, serve
+
+    settings = Settings.from_env()
+    port = args.port or settings.model_service_port
+    if args.host not in LOOPBACK:
+        print(f"vision-assets models serve: listening on {args.host}: the service has no authentication of its own; "
+              "keep it on a private network (a Kubernetes Service, not an ingress)", file=sys.stderr, flush=True)
+    options = ServiceOptions(devices=settings.model_devices, workers_per_device=settings.model_workers_per_device,
+                             max_batch_size=settings.model_max_batch, max_wait_seconds=settings.model_max_wait_ms / 1000)
+    print(f"vision-assets models serve: http://{args.host}:{port} (predict at /v1/predict, /ready, /metrics; devices "
+          f"{settings.model_devices}, {settings.model_workers_per_device} worker(s) each)", flush=True)
+    try:
+        serve(args.host, port, options)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def quiet_dagster_maturity_warnings() -> None:
     """Dagster warns at every load of the definitions that partitioned checks are in preview and backfill policies
     in beta: a screenful before every answer of the CLI, about choices this project made knowingly. Only those are
@@ -567,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
                                 help="tiny: same classes and loaders, toy widths, for tests; full: the published architectures, "
                                 "for benchmarks")
     offline_parser.set_defaults(handler=build_offline)
+    models_serve_parser = model_commands.add_parser(
+        "serve", help="the model service: the committee loaded once per device, batched inference over HTTP")
+    models_serve_parser.add_argument("--host", default="127.0.0.1", help="loopback unless told (no authentication)")
+    models_serve_parser.add_argument("--port", type=int, default=0, help="default VISION_ASSETS_MODEL_SERVICE_PORT (3002)")
+    models_serve_parser.set_defaults(handler=serve_models)
     args = parser.parse_args(argv)
     return args.handler(args)
 

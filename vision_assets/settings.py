@@ -174,6 +174,23 @@ class Settings(BaseSettings):
                                   f"`{defaults.INAT21_WILDLIFE_MODEL}` (non-commercial).")
     coral_health_model: str = setting(defaults.CORAL_MODEL, "Coral health expert (whole images gated by the CLIP reef "
                                       "score). Empty = no coral stage.")
+    model_service_url: OptionalText = setting(None, "The model service (`vision-assets models serve`) the pipeline's "
+                                              "runs and the search service ask for every model answer, e.g. "
+                                              "`http://127.0.0.1:3002`: runs then import no model library and load "
+                                              "nothing. `vision-assets dev` starts one and sets this, unless it is "
+                                              "set. Unset elsewhere: each run loads the models in its own process.")
+    model_service_port: int = setting(3002, "`vision-assets models serve` (and the one `dev` starts) listens on this "
+                                      "port, on loopback unless `--host` says otherwise.")
+    model_devices: str = setting("auto", "The model service's devices, one inference worker each: `auto` (every "
+                                 "visible GPU, else the CPU), `cpu`, or `cuda:0,cuda:1`.")
+    model_workers_per_device: int = setting(1, "Inference workers per device (each holds its own copy of the "
+                                            "models it is asked for).")
+    model_max_batch: int = setting(8, "The model service batches up to this many requests (each up to 16 pictures) "
+                                   "from concurrent runs into one model call.")
+    model_max_wait_ms: float = setting(10, "How long the model service waits for more requests to fill a batch.")
+    model_service_patience_seconds: float = setting(120, "How long a run waits out an unreachable model service "
+                                                    "(restarting, a worker that died) before its step fails and is "
+                                                    "retried like a store outage.")
     specialist_batch_size: int = setting(32, "Crops per expert forward pass.")
     specialist_top_k: int = setting(3, "Labels kept per crop, best first.")
     drop_labels: CommaSeparated = setting("test", "Comma-separated junk classes never reported (some published "

@@ -30,8 +30,6 @@ from .jobs import (
 from .resources import (
     CallbackSettings,
     CatalogSettings,
-    DetectorResource,
-    EmbedderResource,
     FailedImageRetries,
     ImageSelection,
     ImageStore,
@@ -41,10 +39,10 @@ from .resources import (
     QdrantResource,
     ReviewSettings,
     S3ImageStore,
-    SpecialistsResource,
     StagePolicy,
     UploadPolicy,
 )
+from .resources.models import committee_resources
 from .sensors.callback_sensor import callback_sensor
 from .sensors.dead_worker_sensor import make_dead_worker_sensor
 from .sensors.failed_image_retry import make_failed_image_retry_sensor
@@ -82,22 +80,7 @@ def image_store_from(settings: Settings) -> ImageStore:
 
 
 def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models),
-               "model_cache": settings.model_cache}
-    return {
-        "detector": DetectorResource(
-            model=settings.detector_model, confidence=settings.detector_confidence,
-            max_detections=settings.detector_max_detections, image_size=settings.detector_image_size,
-            batch_size=settings.detector_batch_size, **runtime,
-        ),
-        "embedder": EmbedderResource(
-            model=settings.clip_model, pretrained=settings.clip_pretrained, batch_size=settings.clip_batch_size,
-            **runtime,
-        ),
-        "specialists": SpecialistsResource(
-            models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=sorted(settings.drop_labels),
-            batch_size=settings.specialist_batch_size, **runtime,
-        ),
+    return committee_resources(settings) | {
         "labeling": LabelingSettings(
             routes=settings.routes, review_thresholds=settings.review_thresholds,
             default_review_threshold=settings.review_threshold, crop_margin=settings.crop_margin,

@@ -22,8 +22,9 @@ from vision_assets.vision.models.defaults import (
     INAT21_WILDLIFE_MODEL,
     WILDLIFE_MODEL,
 )
-from vision_assets.vision.models.detector import YoloDetector, fit_within
+from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder, _encode_text
+from vision_assets.vision.models.inputs import fit_within
 from vision_assets.vision.models.offline_manifest import read_manifest
 from vision_assets.vision.models.taxonomy import TAXA_SOURCES, TaxonClassifier
 from vision_assets.vision.process import hugging_face_offline

@@ -1,19 +1,26 @@
-"""Model resources: settings in, one loaded model per run out. A model loads on first use in a run (a run with no
-dogs never loads the dog expert) and is unloaded when the run ends; with the in-process executor every step of
-the run shares it."""
+"""Model resources: settings in, the committee's models out, behind one interface either way:
+- with `service_url` (the default under `vision-assets dev` and in deploy/), thin clients of the model service, which
+  holds the models loaded across runs: the run imports no model library and loads nothing;
+- without it, the models in the run's own process (tests, one-shot CLI use): each loads on first use (a run with no
+  dogs never loads the dog expert) and is unloaded when the run ends; with the in-process executor every step of
+  the run shares it.
+The model ids and revisions stay here either way, so code versions (and staleness) do not depend on where the
+models run. The model service builds its models through `local_models`, so both paths build them in one place."""
 
 from __future__ import annotations
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..settings import DEFAULTS
+from ..settings import DEFAULTS, Settings
 from ..vision.models.base import Model, ModelIdentity, identity_for
 from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
 from ..vision.models.embedder import ClipEmbedder
+from ..vision.models.remote import ModelServiceClient, model_ref, remote_model
 from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
+from ..vision.models.wire import ModelRef
 from ..vision.process import quiet_libraries
 
 
@@ -23,6 +30,8 @@ class _ModelResource(dg.ConfigurableResource):
     batch_size: int = 16
     offline: bool = False
     model_cache: str = ""  # a folder laid out as the libraries' caches (see vision/models/cache.py); "" = theirs
+    service_url: str = ""  # the model service (vision-assets models serve); "" = the models in this process
+    service_patience_seconds: float = 120.0  # how long a call waits out an unreachable service before failing
 
     @property
     def cache(self) -> ModelCache:
@@ -34,8 +43,28 @@ class _ModelResource(dg.ConfigurableResource):
     def _runtime(self) -> dict:
         return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size, "cache": self.cache}
 
-    def _build(self) -> dict[str, Model]:
+    def _build_local(self, runtime: dict) -> dict[str, Model]:
         raise NotImplementedError
+
+    def identities(self) -> dict[str, ModelIdentity]:
+        """Role -> what each model is (id and revision)."""
+        raise NotImplementedError
+
+    def refs(self) -> dict[str, ModelRef]:
+        """Role -> the identity a request to the model service names (and the service holds)."""
+        pretrained = getattr(self, "pretrained", "")
+        return {role: model_ref(role, identity, pretrained) for role, identity in self.identities().items()}
+
+    def local_models(self, device: str | None = None) -> dict[str, Model]:
+        """The models in this process (on `device`, default the setting's), none loaded yet."""
+        return self._build_local(self._runtime() | ({"device": device} if device else {}))
+
+    def _build(self) -> dict[str, Model]:
+        if not self.service_url:
+            return self.local_models()
+        client = ModelServiceClient(self.service_url, patience_seconds=self.service_patience_seconds)
+        identities = self.identities()
+        return {role: remote_model(client, ref, identities[role]) for role, ref in self.refs().items()}
 
     _models: dict[str, Model] = PrivateAttr(default_factory=dict)
 
@@ -70,9 +99,12 @@ class DetectorResource(_ModelResource):
     max_detections: int = DEFAULTS.detector_max_detections
     image_size: int = DEFAULTS.detector_image_size
 
-    def _build(self) -> dict[str, Model]:
+    def identities(self) -> dict[str, ModelIdentity]:
+        return {"detector": self._identity(self.model, self.revision)}
+
+    def _build_local(self, runtime: dict) -> dict[str, Model]:
         return {"detector": YoloDetector(
-            self._identity(self.model, self.revision), **self._runtime(),
+            self._identity(self.model, self.revision), **runtime,
             confidence=self.confidence, max_detections=self.max_detections, image_size=self.image_size,
         )}
 
@@ -92,8 +124,11 @@ class EmbedderResource(_ModelResource):
     pretrained: str = DEFAULTS.clip_pretrained
     batch_size: int = DEFAULTS.clip_batch_size
 
-    def _build(self) -> dict[str, Model]:
-        return {"embedder": ClipEmbedder(self._identity(self.model), **self._runtime(), pretrained=self.pretrained)}
+    def identities(self) -> dict[str, ModelIdentity]:
+        return {"embedder": self._identity(self.model)}
+
+    def _build_local(self, runtime: dict) -> dict[str, Model]:
+        return {"embedder": ClipEmbedder(self._identity(self.model), **runtime, pretrained=self.pretrained)}
 
     @property
     def embedder(self) -> ClipEmbedder:
@@ -118,15 +153,18 @@ class SpecialistsResource(_ModelResource):
     # (every differing crop was an exact tie in fp32, as random weights make them), so it computes in fp32 there.
     cpu_precision: dict[str, str] = {"wildlife": "fp32"}
 
-    def _build(self) -> dict[str, Model]:
+    def identities(self) -> dict[str, ModelIdentity]:
+        return {name: self._identity(model_id) for name, model_id in self.models.items()}
+
+    def _build_local(self, runtime: dict) -> dict[str, Model]:
         measured = {name: {"cpu": precision} for name, precision in self.cpu_precision.items()}
         built: dict[str, Model] = {}
         for name, model_id in self.models.items():
             if is_taxonomic(model_id):  # BioCLIP: OpenCLIP against the Tree of Life's taxon embeddings
-                built[name] = TaxonClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
+                built[name] = TaxonClassifier(self._identity(model_id), **runtime, top_k=self.top_k,
                                               auto_precision=measured.get(name))
             else:
-                built[name] = ImageClassifier(self._identity(model_id), **self._runtime(), top_k=self.top_k,
+                built[name] = ImageClassifier(self._identity(model_id), **runtime, top_k=self.top_k,
                                               drop_labels=self.drop_labels, auto_precision=measured.get(name))
         return built
 
@@ -136,3 +174,26 @@ class SpecialistsResource(_ModelResource):
     @property
     def identity(self) -> str:
         return ",".join(f"{name}={self._identity(model_id)}" for name, model_id in sorted(self.models.items()))
+
+
+def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
+    """The detector, embedder and specialists resources the settings describe (for runs, the search service and the
+    model service alike)."""
+    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models),
+               "model_cache": settings.model_cache, "service_url": settings.model_service_url or "",
+               "service_patience_seconds": settings.model_service_patience_seconds}
+    return {
+        "detector": DetectorResource(
+            model=settings.detector_model, confidence=settings.detector_confidence,
+            max_detections=settings.detector_max_detections, image_size=settings.detector_image_size,
+            batch_size=settings.detector_batch_size, **runtime,
+        ),
+        "embedder": EmbedderResource(
+            model=settings.clip_model, pretrained=settings.clip_pretrained, batch_size=settings.clip_batch_size,
+            **runtime,
+        ),
+        "specialists": SpecialistsResource(
+            models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=sorted(settings.drop_labels),
+            batch_size=settings.specialist_batch_size, **runtime,
+        ),
+    }

@@ -7,11 +7,15 @@ import hashlib
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .cache import ModelCache
+from .inputs import shrink_to_cover
 
 OFFLINE_HINT = (
     "No network, or the model id is wrong? Build local models with "
@@ -180,6 +184,17 @@ class Model(ABC):
             import torch
 
             torch.cuda.empty_cache()
+
+    @property
+    def input_side(self) -> int:
+        """The side (pixels) the model reads its pictures at (0: it takes them as they come)."""
+        return 0
+
+    def model_inputs(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The pictures shrunk to what the model reads (see inputs.py): what a local model computes on, and what a
+        client of the model service sends."""
+        side = self.input_side
+        return [shrink_to_cover(image, side) for image in images]
 
     @property
     def revision_kwargs(self) -> dict[str, str]:

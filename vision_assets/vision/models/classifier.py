@@ -47,10 +47,20 @@ class ImageClassifier(Model):
         _, _, keep, labels = self.load()
         return [str(labels[index]) for index in keep]
 
+    @property
+    def input_side(self) -> int:
+        size = getattr(self.load()[0], "size", None) or 0  # an int, a dict, or transformers' SizeDict
+        if isinstance(size, int):
+            return size
+        sides = [size.get(n) if isinstance(size, dict) else getattr(size, n, None) for n in ("height", "width",
+                                                                                              "shortest_edge")]
+        return max((int(side) for side in sides if side), default=0)
+
     def classify(self, images: Sequence[Image.Image]) -> list[list[Label]]:
         import torch
 
         processor, model, keep, labels = self.load()
+        images = self.model_inputs(images)
         keep_index = torch.tensor(keep, device=self.device)
         out: list[list[Label]] = []
         for batch in chunked(images, self.batch_size):

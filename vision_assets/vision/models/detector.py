@@ -7,23 +7,11 @@ from collections.abc import Sequence
 from PIL import Image
 
 from ..chunking import chunked
-from ..images.validation import size_within
 from ..process import import_ultralytics_yolo
 from ..records import Detection
 from .base import OFFLINE_HINT, Model, ModelLoadError, local_model_path, torch_dtype
 from .hub import GITHUB, reachable
-
-
-def fit_within(image: Image.Image, side: int) -> tuple[Image.Image, tuple[float, float]]:
-    """The image scaled down so its longer side is `side` (YOLO letterboxes to that anyway), and the factors that
-    take a box back to the image's own pixels. ultralytics keeps a full-size BGR copy of every input, in its results
-    and in the predictor until the next call: given a chunk of 12 MP working copies, that doubled the stage's
-    memory (bench/memory_bench.py); given 640 px ones it is nothing, and the resize is Pillow's (antialiased)."""
-    width, height = image.size
-    if max(width, height) <= side:
-        return image, (1.0, 1.0)
-    shrunk = image.resize(size_within(image.size, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return shrunk, (width / shrunk.width, height / shrunk.height)
+from .inputs import fit_within, scaled_box
 
 
 class YoloDetector(Model):
@@ -76,13 +64,12 @@ class YoloDetector(Model):
                 boxes = result.boxes
                 found.append([
                     Detection(
-                        box=[round(x1 * x_scale, 2), round(y1 * y_scale, 2), round(x2 * x_scale, 2),
-                             round(y2 * y_scale, 2)],
+                        box=scaled_box(xyxy, x_scale, y_scale),
                         class_id=int(class_id),
                         class_name=result.names[int(class_id)],
                         confidence=round(float(confidence), 6),
                     )
-                    for (x1, y1, x2, y2), class_id, confidence in zip(
+                    for xyxy, class_id, confidence in zip(
                         boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
                     )
                 ])

@@ -14,6 +14,7 @@ from ..chunking import chunked
 from .base import Model, torch_dtype
 from .cache import HF_HUB_PREFIX
 from .hub import hugging_face_offline_unless_reachable
+from .inputs import visual_side
 
 PROMPT_CACHE = "clip-prompts"  # text vectors, per model and prompt list, under the model cache
 
@@ -55,10 +56,15 @@ class ClipEmbedder(Model):
         return int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
                    else model.visual.output_dim)
 
+    @property
+    def input_side(self) -> int:
+        return visual_side(self.load()[0])
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch
 
         model, preprocess, _ = self.load()
+        images = self.model_inputs(images)
         # bf16 weights need bf16 pixels (OpenCLIP keeps a few parameters, such as the logit scale, in fp32)
         dtype = next((p.dtype for p in model.visual.parameters() if p.dtype != torch.float32), torch.float32)
         vectors = []

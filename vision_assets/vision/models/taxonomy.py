@@ -25,6 +25,7 @@ from ..chunking import chunked
 from ..records import Label
 from .base import Model, torch_dtype
 from .hub import hugging_face_offline_unless_reachable
+from .inputs import visual_side
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
@@ -103,11 +104,16 @@ class TaxonClassifier(Model):
         _, _, _, names = self.load()
         return [taxon_label(entry, 0.0).name for entry in names]
 
+    @property
+    def input_side(self) -> int:
+        return visual_side(self.load()[0])
+
     def classify(self, images: Sequence[Image.Image]) -> list[list[Label]]:
         import torch
         import torch.nn.functional as F
 
         model, preprocess, taxa, names = self.load()
+        images = self.model_inputs(images)
         out: list[list[Label]] = []
         for batch in chunked(images, self.batch_size):
             pixels = torch.stack([preprocess(image.convert("RGB")) for image in batch]).to(self.device, taxa.dtype)

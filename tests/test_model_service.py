@@ -1,0 +1,223 @@
+"""The model service (`vision-assets models serve`, LitServe): the suite's one service on the tiny twins with two CPU
+workers (tests/conftest.py `model_service`), asked through the resources' thin clients as a run asks it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from vision_assets.cli import Supervised
+from vision_assets.model_service.committee import run_items
+from vision_assets.resources.models import committee_resources
+from vision_assets.settings import Settings
+from vision_assets.vision.models.remote import (
+    ModelServiceClient,
+    ModelServiceRefused,
+    ModelServiceUnavailable,
+)
+from vision_assets.vision.models.wire import ModelRef
+
+from .conftest import PHOTOS, free_port
+
+
+def pictures(count: int, size=(640, 480), seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def committees(offline_models, model_service, tmp_path_factory):
+    """(in-process, through the service) resources, from the same settings."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISION_ASSETS_OFFLINE_MODELS", str(offline_models))
+        patch.setenv("VISION_ASSETS_DATA_DIR", str(tmp_path_factory.mktemp("committee")))
+        settings = Settings.from_env()
+        local = committee_resources(settings)
+        remote = committee_resources(settings.model_copy(update={"model_service_url": model_service.url}))
+    return local, remote
+
+
+@pytest.mark.slow
+def test_the_service_answers_as_the_models_in_process_do(committees):
+    """One code path computes the committee: the same pictures give the same boxes, vectors and labels."""
+    local, remote = committees
+    photos = [Image.open(PHOTOS / name).convert("RGB") for name in ("bus.jpg", "zidane.jpg")] + pictures(18)
+    assert remote["detector"].detector.detect(photos) == local["detector"].detector.detect(photos)
+    assert remote["detector"].detector.class_names == local["detector"].detector.class_names
+    clip_here, clip_there = local["embedder"].embedder, remote["embedder"].embedder
+    assert np.array_equal(clip_there.embed_images(photos), clip_here.embed_images(photos))
+    assert np.array_equal(clip_there.embed_texts(["a dog", "a bus"]), clip_here.embed_texts(["a dog", "a bus"]))
+    assert np.array_equal(clip_there.prompt_vectors(["a cat"]), clip_here.prompt_vectors(["a cat"]))
+    assert clip_there.dimension == clip_here.dimension
+    experts_here, experts_there = local["specialists"].classifiers(), remote["specialists"].classifiers()
+    assert set(experts_there) == set(experts_here)
+    for name, expert in experts_there.items():
+        assert expert.classify(photos[:4]) == experts_here[name].classify(photos[:4]), name
+        assert expert.label_names == experts_here[name].label_names, name
+    assert remote["embedder"].identity == local["embedder"].identity  # code versions do not depend on where
+    assert "model service" in remote["detector"].detector.device
+
+
+@pytest.mark.slow
+def test_a_model_the_service_does_not_hold_is_refused_with_what_it_holds(model_service):
+    client = ModelServiceClient(model_service.url, patience_seconds=5)
+    wrong = ModelRef(role="detector", model_id="yolov8x.pt")
+    with pytest.raises(ModelServiceRefused, match="holds yolov8n.pt@local-.* as detector, not yolov8x.pt"):
+        client.items("detect", wrong, images=pictures(1))
+    response = requests.post(model_service.url + "/v1/predict", data=json.dumps({}),
+                             headers={"X-Model-Role": "llama", "X-Model-Id": "x"}, timeout=10)
+    assert response.status_code == 404 and "holds no 'llama' model" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_requests_of_concurrent_runs_are_batched_and_measured(committees, model_service):
+    """Two runs at once (two threads, four requests in flight each): the service merges their requests into model
+    calls of several requests, on both workers, and says so in /metrics; /ready names what is loaded."""
+    _, remote = committees
+    clip = remote["embedder"].embedder
+    clip.embed_images(pictures(1))  # loaded
+    before = batch_requests(model_service.url)
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda seed: clip.embed_images(pictures(64, (320, 240), seed)), (1, 2)))
+    assert [len(vectors) for vectors in done] == [64, 64]
+    after = batch_requests(model_service.url)
+    calls, merged = after[0] - before[0], after[1] - before[1]
+    assert merged == 8 and calls < merged  # 8 requests of 16 pictures, in fewer model calls
+    ready = requests.get(model_service.url + "/ready", timeout=10).json()
+    assert ready["ready"] and set(ready["workers"]) == {"predict_0", "predict_1"}
+    assert "embedder" in ready["loaded"]["cpu"] and set(ready["held"]) >= {"detector", "embedder", "dog_breeds"}
+    text = requests.get(model_service.url + "/metrics", timeout=10).text
+    for metric in ("requests_total", "items_total", "batch_items_bucket", "queue_wait_seconds_bucket",
+                   "images_per_second", "device_memory_bytes"):
+        assert f"vision_assets_model_{metric}" in text, metric
+
+
+def batch_requests(url: str) -> tuple[float, float]:
+    """(embedder model calls, requests in them) so far, from /metrics."""
+    values = {}
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        for name in ("count", "sum"):
+            if line.startswith(f'vision_assets_model_batch_requests_{name}{{role="embedder"}}'):
+                values[name] = float(line.split()[-1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+def test_an_unreachable_service_is_waited_out_then_reported_as_unavailable():
+    client = ModelServiceClient(f"http://127.0.0.1:{free_port()}", patience_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(ModelServiceUnavailable, match="unreachable for 2s .*models serve"):
+        client.ask("describe", ModelRef(role="detector", model_id="yolov8n.pt"))
+    assert 1.0 < time.monotonic() - started < 5
+
+
+def test_a_service_that_comes_back_within_the_patience_answers(model_service):
+    """A call made while the service is down (restarting) succeeds once it is back: here a proxy port that starts
+    forwarding to the service two seconds after the call."""
+    import socket
+
+    port = free_port()
+
+    def forward_later():
+        time.sleep(2)
+        with socket.create_server(("127.0.0.1", port)) as listener:
+            listener.settimeout(20)
+            connection, _ = listener.accept()
+            target = socket.create_connection(("127.0.0.1", int(model_service.url.rsplit(":", 1)[1])))
+            for source, sink in ((connection, target), (target, connection)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
+            time.sleep(10)
+
+    threading.Thread(target=forward_later, daemon=True).start()
+    started = time.monotonic()
+    held = ModelServiceClient(f"http://127.0.0.1:{port}", patience_seconds=30).held()
+    assert "detector" in held["held"] and time.monotonic() - started >= 2
+
+
+def pipe(source, sink) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sink.close()
+
+
+def test_an_item_that_makes_the_model_raise_fails_alone():
+    def model(items):
+        if "bad" in items:
+            raise ValueError("cannot read this one")
+        return [item.upper() for item in items]
+
+    answers = run_items(model, ["a", "bad", "c", "d"])
+    assert [a.value for a in answers] == ["A", None, "C", "D"]
+    assert answers[1].error == "ValueError: cannot read this one"
+
+
+def test_out_of_device_memory_halves_the_batch_before_failing_items():
+    class OutOfMemoryError(RuntimeError):  # what torch.cuda raises, by name
+        pass
+
+    calls = []
+
+    def model(items):
+        calls.append(len(items))
+        if len(items) > 2 or "huge" in items:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(items)
+
+    answers = run_items(model, ["a", "b", "c", "d", "e", "huge", "g", "h"])
+    assert calls[:3] == [8, 4, 2]  # halved, not item by item
+    assert [a.value for a in answers] == ["a", "b", "c", "d", "e", None, "g", "h"]
+    assert answers[5].error.startswith("out of device memory even alone")
+
+
+def test_dev_starts_a_service_again_when_it_exits(capsys):
+    """`vision-assets dev` keeps the model service (and the search service) running: a helper that exits is
+    started again after a short pause."""
+    helper = Supervised("model service", [sys.executable, "-c", "import time; time.sleep(0.2)"], {})
+    helper.RESTART_PAUSE_SECONDS = 0.2
+    helper.start()
+    first = helper.process.pid
+    deadline = time.monotonic() + 10
+    while helper.process.pid == first and time.monotonic() < deadline:
+        helper.keep_running()
+        time.sleep(0.1)
+    assert helper.process.pid != first
+    assert "the model service exited (code 0); starting it again" in capsys.readouterr().err
+    helper.process.wait()
+
+
+@pytest.mark.slow
+def test_a_run_through_the_service_imports_no_model_library(model_service, offline_models, tmp_path):
+    """The resources as a run builds them, asked for every model, in a fresh process: torch, transformers,
+    open_clip and ultralytics stay out of it."""
+    script = (
+        "import sys\n"
+        "from vision_assets.settings import Settings\n"
+        "from vision_assets.wiring import model_resources_from\n"
+        "from PIL import Image\n"
+        "models = model_resources_from(Settings.from_env())\n"
+        "picture = Image.new('RGB', (320, 240), (40, 120, 200))\n"
+        "models['detector'].detector.detect([picture])\n"
+        "models['embedder'].embedder.embed_images([picture])\n"
+        "[expert.classify([picture]) for expert in models['specialists'].classifiers().values()]\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'open_clip', 'ultralytics') if m in sys.modules))\n"
+    )
+    env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models), "VISION_ASSETS_MODEL_SERVICE_URL": model_service.url,
+           "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], env=os.environ | env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert time.monotonic() - started < 60

@@ -1,0 +1,64 @@
+"""What travels between a run and the model service, in JSON: pictures as raw RGB bytes (already shrunk to what
+the model reads, so a 640 px picture is 1.2 MB of base64 and costs no encoding or decoding), vectors as float32
+bytes, and each item's answer or its error. Both sides import this module and nothing heavier."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+# What a client can ask of a model. Item tasks take a list (images or texts) and answer per item, so the service
+# batches the items of concurrent requests together; the others answer about the model as a whole.
+Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names"]
+ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify"})
+
+
+class ModelRef(BaseModel):
+    """Which model a request is for: its role in the committee (`detector`, `embedder`, or an expert's name) and the
+    identity the client's settings name, which the service must hold."""
+
+    role: str
+    model_id: str
+    revision: str = ""
+
+
+class ModelRequest(BaseModel):
+    task: Task
+    model: ModelRef
+    images: list[dict[str, Any]] = []  # encode_picture(...) each
+    texts: list[str] = []
+    sent_at: float = 0.0  # the client's clock when sent: the service's queue-wait metric
+
+
+class ItemAnswer(BaseModel):
+    """One item's answer, or why the model failed on that item alone."""
+
+    value: Any = None
+    error: str | None = None
+
+
+def encode_picture(image: Image.Image) -> dict[str, Any]:
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return {"width": rgb.width, "height": rgb.height, "rgb": base64.b64encode(rgb.tobytes()).decode("ascii")}
+
+
+def decode_picture(picture: dict[str, Any]) -> Image.Image:
+    size = (int(picture["width"]), int(picture["height"]))
+    data = base64.b64decode(picture["rgb"])
+    if len(data) != size[0] * size[1] * 3:
+        raise ValueError(f"a {size[0]}x{size[1]} RGB picture needs {size[0] * size[1] * 3} bytes, got {len(data)}")
+    return Image.frombytes("RGB", size, data)
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, np.float32).tobytes()).decode("ascii")
+
+
+def decode_vectors(encoded: list[str], dimension: int) -> np.ndarray:
+    if not encoded:
+        return np.zeros((0, dimension), np.float32)
+    return np.stack([np.frombuffer(base64.b64decode(text), np.float32) for text in encoded])
