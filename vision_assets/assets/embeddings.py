@@ -12,9 +12,10 @@ import numpy as np
 from ..keys import DETECTIONS, EMBEDDINGS
 from ..resources import EmbedderResource, ImageSelection, ImageStore, LabelingSettings, StagePolicy
 from ..vision.committee.embedding_checks import embedding_problems
-from ..vision.committee.routing import crop_box
+from ..vision.committee.routing import box_size, crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
+from ..vision.images.working import scale_for_short_sides
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS
@@ -24,7 +25,7 @@ from .stage import (
     BatchMetadata,
     batch_counts,
     judged_from_record,
-    load_images,
+    load_pictures,
     run_images,
     stage_asset,
     transient_faults_retried,
@@ -77,18 +78,20 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         valid, skipped = valid_sources(results, taken)
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
+        side = clip.input_side if valid else 0
         for chunk in stage_policy.chunks(list(valid)):
             detections = {key: results.read(key, DETECTIONS_FILE, DetectionsRecord) for key in chunk}
-            pictures = load_images(results, chunk)
-            crops = []  # (image, detection index, box, pixels), every crop of the chunk
-            for key in chunk:
-                picture = pictures[key]
-                for index, detection in enumerate(detections[key].detections):
-                    box = crop_box(detection.box, picture.width, picture.height, labeling.crop_margin)
-                    crops.append((key, index, box, picture.crop(tuple(box))))
+            boxes = {key: [crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections]
+                     for key, found in detections.items()}
+            # Each picture decoded only as large as CLIP needs it for the whole image and for its smallest crop.
+            pictures = load_pictures(results, {key: scale_for_short_sides(
+                [((found.width, found.height), side)] + [(box_size(box), side) for box in boxes[key]])
+                for key, found in detections.items()})
+            crops = [(key, index, box, pictures[key].crop(box))  # (image, detection index, box, pixels)
+                     for key in chunk for index, box in enumerate(boxes[key])]
             started = time.perf_counter()
             # One batched pass over the chunk's whole images and one over all their crops.
-            image_vectors = clip.embed_images([pictures[k] for k in chunk])
+            image_vectors = clip.embed_images([pictures[k].image for k in chunk])
             crop_vectors = clip.embed_images([pixels for *_, pixels in crops]) if crops else None
             tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
             seconds += time.perf_counter() - started

@@ -9,7 +9,6 @@ from collections import Counter
 
 import dagster as dg
 import numpy as np
-from PIL import Image
 
 from ..keys import EMBEDDINGS, SPECIALIST_LABELS
 from ..resources import (
@@ -22,10 +21,12 @@ from ..resources import (
     SpecialistsResource,
     StagePolicy,
 )
-from ..vision.committee.labeling import label_batch
+from ..vision.committee.labeling import LabelingPolicy, label_batch
+from ..vision.committee.routing import CORAL, box_size
 from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.vocabularies import Vocabularies
 from ..vision.images.review import ReviewPictures, review_crops_markdown
+from ..vision.images.working import WorkingPicture, scale_for_long_side, scale_for_short_sides
 from ..vision.records import (
     DetectionsRecord,
     EmbeddingsRecord,
@@ -53,7 +54,7 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
-    load_images,
+    load_pictures,
     run_images,
     source_state,
     stage_asset,
@@ -82,7 +83,7 @@ committee_agreement = BatchCheck(
 )
 
 
-def labels_outcome(record: LabelsRecord, picture: Image.Image | None, look: ReviewPictures | None,
+def labels_outcome(record: LabelsRecord, picture: WorkingPicture | None, look: ReviewPictures | None,
                    reviewed: AppliedReview | None = None) -> ImageOutcome:
     """Passed when every label is confident or a person has decided it ("reviewed by ...")."""
     review = outstanding_review(record, reviewed)
@@ -174,13 +175,15 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
         routed, coral_images, audited, tasks = Counter(), 0, 0, 0
+        sides = ExpertSides(experts)
         for chunk in stage_policy.chunks(keys):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
-            pictures = load_images(results, chunk)
             boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
             coral_scores = {key: embedded[key].scene.scores.get(labeling.coral_scene_tag, 0.0)
                             for key in chunk if embedded[key].scene}
+            pictures = load_pictures(results, {key: sides.scale(detections[key], boxes[key], coral_scores.get(key),
+                                                                labeling.policy, look) for key in chunk})
             started = time.perf_counter()
             labelled = label_batch(pictures, detections, boxes, experts, coral_scores, labeling.policy)
             seconds += time.perf_counter() - started
@@ -214,6 +217,29 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                                               margin=labeling.second_opinion_margin)
 
     return specialist_labels
+
+
+class ExpertSides:
+    """The scale each working copy is decoded at for the experts: every crop routed to an expert (and a whole image
+    past the coral gate) gets at least that expert's input side, and the review pictures their thumbnail side."""
+
+    def __init__(self, experts: dict):
+        self.experts = experts
+        self._sides: dict[str, int] = {}
+
+    def side(self, expert: str) -> int:
+        if expert not in self._sides:
+            self._sides[expert] = self.experts[expert].input_side
+        return self._sides[expert]
+
+    def scale(self, detections: DetectionsRecord, boxes: dict[int, list[int]], coral_score: float | None,
+              policy: LabelingPolicy, look: ReviewPictures | None) -> float:
+        size = (detections.width, detections.height)
+        needs = [(box_size(boxes[index]), self.side(expert)) for index, detection in enumerate(detections.detections)
+                 if (expert := policy.routes.get(detection.class_name)) in self.experts and index in boxes]
+        if CORAL in self.experts and coral_score is not None and coral_score >= policy.coral_scene_threshold:
+            needs.append((size, self.side(CORAL)))
+        return max(scale_for_short_sides(needs), scale_for_long_side(size, look.side) if look else 0.0)
 
 
 def export_review_task(results: ResultsStore, source: SourceImageRecord, detections: DetectionsRecord,

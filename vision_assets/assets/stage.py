@@ -5,23 +5,28 @@ why), how it reads them (a chunk at a time), and how per-batch facts reach each 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dagster as dg
-from PIL import Image
 
 from ..dagster_internals import set_partition_metadata
 from ..partitions import batches
 from ..resources import ImageSelection, StagePolicy
 from ..vision.batches import BatchManifest, superseded_by
+from ..vision.images.working import WorkingPicture
 from ..vision.index.connection import IndexUnavailable
+from ..vision.models.remote import ModelServiceUnavailable
 from ..vision.records import SourceImageRecord
 from ..vision.storage.object_store import StoreUnavailable
 from ..vision.storage.registrations import Registrations
 from ..vision.storage.results_store import ResultsStore
 
-TRANSIENT = (StoreUnavailable, IndexUnavailable)
+# The model service unreachable (restarting, a worker that died) is waited out like the store.
+TRANSIENT = (StoreUnavailable, IndexUnavailable, ModelServiceUnavailable)
+DECODE_THREADS = max(2, os.cpu_count() or 1)
 # Dagster's run-retry tag (public as a string in its docs): "false" keeps Dagster's run retries off this run.
 RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 
@@ -165,9 +170,12 @@ def batch_counts(taken: RunImages, done: set[str], skipped: dict[str, str]) -> d
             for batch, images in taken.by_batch.items()}
 
 
-def load_images(results: ResultsStore, keys: list[str]) -> dict[str, Image.Image]:
-    """Decoded pixels of a chunk of the run (never the whole run: memory follows the chunk size)."""
-    return {key: results.read_normalized(key).convert("RGB") for key in keys}
+def load_pictures(results: ResultsStore, scales: dict[str, float]) -> dict[str, WorkingPicture]:
+    """A chunk of the run's working copies (never the whole run: memory follows the chunk size), each decoded at the
+    scale its stage's models need, several at once (fetching waits on the store, and Pillow decodes without the
+    GIL)."""
+    with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, max(1, len(scales)))) as pool:
+        return dict(zip(scales, pool.map(lambda key: results.read_working(key, scales[key]), scales), strict=True))
 
 
 # A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill

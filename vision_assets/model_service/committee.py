@@ -133,7 +133,7 @@ def describe(model: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {"identity": str(model.identity), "device": model.device, "precision": model.precision_used,
                              "input_side": model.input_side}
     if hasattr(model, "class_names"):
-        facts |= {"class_names": model.class_names, "input_side": model.image_size}
+        facts["class_names"] = model.class_names
     if hasattr(model, "dimension"):
         facts["dimension"] = model.dimension
     if hasattr(model, "label_names"):

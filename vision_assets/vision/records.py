@@ -97,6 +97,12 @@ class SourceImageRecord(BaseModel):
     seconds: float
 
     @property
+    def working_size(self) -> tuple[int, int] | None:
+        """The working copy's size (None in records made before it was kept)."""
+        return (self.normalized_width, self.normalized_height) if self.normalized_width and self.normalized_height \
+            else None
+
+    @property
     def is_valid(self) -> bool:
         return self.status == "valid"
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from ..images.working import WorkingPicture, as_working
 from ..records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
 from .routing import CORAL, crop_box
 
@@ -45,26 +46,28 @@ def _specialist_label(specialist: str, model: Classifies, labels: list[Label], p
 
 
 def label_batch(
-    images: Mapping[str, Image.Image],
+    images: Mapping[str, Image.Image | WorkingPicture],
     detections: Mapping[str, DetectionsRecord],
     crop_boxes: Mapping[str, Mapping[int, list[int]]],
     specialists: Mapping[str, Classifies],
     coral_scores: Mapping[str, float],
     policy: LabelingPolicy,
 ) -> dict[str, LabelsRecord]:
-    """`crop_boxes`: image -> detection index -> the crop already cut for it (a detection without one is cut here
+    """`images`: the pictures, or the working copies as decoded at a reduced scale (boxes stay in the working copy's
+    pixels). `crop_boxes`: image -> detection index -> the crop already cut for it (a detection without one is cut here
     with the policy's margin)."""
     records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
+    pictures = {key: as_working(image) for key, image in images.items()}
     queued: dict[str, list[tuple[CropLabels, Image.Image]]] = defaultdict(list)
-    for key, image in images.items():
+    for key, picture in pictures.items():
         for index, detection in enumerate(detections[key].detections):
-            box = crop_boxes.get(key, {}).get(index) or crop_box(detection.box, image.width, image.height,
+            box = crop_boxes.get(key, {}).get(index) or crop_box(detection.box, picture.width, picture.height,
                                                                   policy.crop_margin)
             crop = CropLabels(detection_index=index, detection=detection, crop_box=box)
             records[key].crops.append(crop)
             specialist = policy.routes.get(detection.class_name)
             if specialist in specialists:
-                queued[specialist].append((crop, image.crop(tuple(box))))
+                queued[specialist].append((crop, picture.crop(box)))
 
     for specialist, work in queued.items():  # one call per expert for the whole batch
         model = specialists[specialist]
@@ -74,6 +77,6 @@ def label_batch(
     coral = specialists.get(CORAL)
     reef_keys = [key for key, score in coral_scores.items() if score >= policy.coral_scene_threshold]
     if coral is not None and reef_keys:
-        for key, labels in zip(reef_keys, coral.classify([images[k] for k in reef_keys]), strict=True):
+        for key, labels in zip(reef_keys, coral.classify([pictures[k].image for k in reef_keys]), strict=True):
             records[key].scene.append(_specialist_label(CORAL, coral, labels, policy))
     return records

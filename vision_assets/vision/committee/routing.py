@@ -36,3 +36,8 @@ def crop_box(box: list[float], width: int, height: int, margin: float) -> list[i
     right = max(right, min(width, left + 1))
     bottom = max(bottom, min(height, top + 1))
     return [left, top, right, bottom]
+
+
+def box_size(box: list[float]) -> tuple[int, int]:
+    x1, y1, x2, y2 = box
+    return max(1, round(x2 - x1)), max(1, round(y2 - y1))

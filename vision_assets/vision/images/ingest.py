@@ -83,7 +83,7 @@ def _fetch_and_validate(
         )
 
     fetched = {"etag": version.etag, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    outcome = validate_image(data, limits)
+    outcome = validate_image(data, limits, working_side)
     if isinstance(outcome, Rejection):
         rejected = fetched | {"status": "rejected", "rejection": outcome}
         if preview_side and outcome.code in PREVIEWABLE:
@@ -93,15 +93,20 @@ def _fetch_and_validate(
                 rejected["preview_key"] = results.write_preview(registration.partition_key, jpeg)
         return rejected
     facts, notes = outcome.facts, outcome.warnings
-    working = working_copy(outcome.rgb, working_side)
-    del outcome, data  # the full-size pixels and bytes go now, before the copy is encoded
-    normalized_key = results.write_normalized(registration.partition_key, encode_normalized(working))
+    if outcome.original_serves:  # the file itself is the working copy: no full decode, no encoding
+        del outcome
+        normalized_key, size = results.write_normalized(registration.partition_key, data), (facts.width, facts.height)
+    else:
+        working = working_copy(outcome.rgb, working_side)
+        del outcome, data  # the full-size pixels and bytes go now, before the copy is encoded
+        normalized_key = results.write_normalized(registration.partition_key, encode_normalized(working))
+        size = working.size
     return fetched | {
         "status": "valid",
         "facts": facts,
         "normalized_key": normalized_key,
-        "normalized_width": working.width,
-        "normalized_height": working.height,
+        "normalized_width": size[0],
+        "normalized_height": size[1],
         "warnings": notes,
     }
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont
 
 from ..records import CropLabels, Label, LabelsRecord
+from .working import WorkingPicture, as_working
 
 CONFIDENT = (46, 204, 64)
 NEEDS_REVIEW = (255, 133, 27)
@@ -75,12 +76,13 @@ def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def annotated_thumbnail(picture: Image.Image, labels: LabelsRecord, side: int,
+def annotated_thumbnail(picture: Image.Image | WorkingPicture, labels: LabelsRecord, side: int,
                         marked: list[float] | None = None) -> Image.Image:
     """The image at `side` pixels with every detection's box and caption: green where the expert is confident,
     orange where its label needs review, blue where no expert covers the class; the `marked` box (a search hit's
-    crop) outlined in red besides."""
-    small = thumbnail(picture, side)
+    crop) outlined in red besides. (A working copy decoded at a reduced scale: boxes in its own pixels.)"""
+    picture = as_working(picture)
+    small = thumbnail(picture.image, side)
     scale = small.width / picture.width
     draw = ImageDraw.Draw(small)
     font = label_font(max(9, side // 30))
@@ -107,7 +109,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
-def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsRecord, look: ReviewPictures) -> str:
+def labels_markdown(partition_key: str, picture: Image.Image | WorkingPicture, labels: LabelsRecord, look: ReviewPictures) -> str:
     """The annotated thumbnail, then one table row per object: what the router saw, which expert, its top labels."""
     lines = [markdown_image(partition_key, annotated_thumbnail(picture, labels, look.side), look.quality), ""]
     if labels.crops:
@@ -128,20 +130,21 @@ def labels_markdown(partition_key: str, picture: Image.Image, labels: LabelsReco
     return "\n".join(lines)
 
 
-def review_crops_markdown(picture: Image.Image, labels: LabelsRecord, look: ReviewPictures) -> str:
+def review_crops_markdown(picture: Image.Image | WorkingPicture, labels: LabelsRecord, look: ReviewPictures) -> str:
     """The crops whose label needs review, each with the expert's top labels and its threshold."""
+    picture = as_working(picture)
     rows = ["| crop | router | expert says | threshold |", "|---|---|---|---|"]
     for number, crop in enumerate(labels.crops, start=1):
         expert = crop.specialist
         if not (expert and expert.needs_review):
             continue
-        image = markdown_image(f"crop {number}", thumbnail(picture.crop(tuple(crop.crop_box)), CROP_SIDE), look.quality)
+        image = markdown_image(f"crop {number}", thumbnail(picture.crop(crop.crop_box), CROP_SIDE), look.quality)
         top = _top_k(expert.labels)
         rows.append(f"| {image} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
                     f"{expert.specialist}: {_cell(top)} | {expert.threshold} |")
     for scene in labels.scene:
         if scene.needs_review:
-            image = markdown_image("whole image", thumbnail(picture, CROP_SIDE), look.quality)
+            image = markdown_image("whole image", thumbnail(picture.image, CROP_SIDE), look.quality)
             top = _top_k(scene.labels)
             rows.append(f"| {image} | (whole image) | {scene.specialist}: {_cell(top)} | {scene.threshold} |")
     return "\n".join(rows)

@@ -26,6 +26,10 @@ class YoloDetector(Model):
         self.max_detections = max_detections
         self.image_size = image_size
 
+    @property
+    def input_side(self) -> int:
+        return self.image_size
+
     def _load(self):
         # A bare name (`yolov8n.pt`) is looked up in the model cache first; ultralytics then looks in the working
         # directory and its weights folder before it downloads from GitHub.

@@ -17,6 +17,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..batches import BatchIndexed, BatchManifest
+from ..images.working import WorkingPicture, decode_working
 from ..records import RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 
@@ -139,6 +140,11 @@ class ResultsStore:
     def read_normalized(self, partition_key: str) -> Image.Image:
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
         return _decoded(data)
+
+    def read_working(self, partition_key: str, scale: float = 1.0) -> WorkingPicture:
+        """The working copy decoded at `scale` of its size or a little more (see vision/images/working.py)."""
+        _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
+        return decode_working(data, scale)
 
     def read_image(self, key: str) -> Image.Image | None:
         try:
