@@ -24,7 +24,7 @@ class CommitteeAPI(ls.LitAPI):
         settings = Settings.from_env()  # the workers are spawned with the server's environment
         settings = settings.model_copy(update={"model_service_url": None})  # this process holds the models
         quiet_libraries(bool(settings.offline_models))
-        if device == "cpu":  # the CPU's cores shared between its workers, not each worker using all of them
+        if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the cores shared between the CPU's workers
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.model_workers_per_device)))

@@ -1,0 +1,264 @@
+"""Feeding the models: 12 MP photos through the pipeline as Dagster runs them, against the same models alone.
+
+  1. baseline: the committee's models alone, loaded in this process, on the same device, over the same photos: each
+     photo decoded once in full, the detector, CLIP on the photo and its crops, each expert on the crops routed to it.
+  2. pipeline: a model service (`vision-assets models serve`, one worker per device), the upload sensor registering
+     the photos in batches, and each batch's `process_images` run launched as Dagster's default run launcher does, a
+     process of its own (`dagster job execute`), two in flight. Runs ask the service for every model answer.
+
+Reported: end-to-end images/s of each and their ratio; non-model CPU per image (the run processes' CPU, which holds
+no model work, plus the service's CPU outside its model calls); each run's fixed cost from launch to the start of its
+first model stage, against what a run paid before (a fresh process importing the model libraries and loading the
+models). Both sides run torch on one thread, so CPU outside the models is CPU time minus the time in model calls.
+
+    uv run python bench/model_service_bench.py [--photos 32] [--batch 8] [--in-flight 2] [--size tiny|full]
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread everywhere: model CPU time equals model wall time
+
+import requests
+
+from bench.memory_bench import make_photos
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU of every live process in a process group (the service and its LitServe workers)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def model_seconds(url: str) -> float:
+    text = requests.get(url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("vision_assets_model_seconds_total{"))
+
+
+def baseline(photos: list[Path], env: dict[str, str]) -> dict:
+    """In a child process (its own imports and loads): the models alone over the photos."""
+    script = f"""
+import json, os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+os.environ.update({json.dumps(env)})
+started = time.process_time()
+from PIL import Image
+from vision_assets.settings import Settings
+from vision_assets.resources.models import committee_resources
+from vision_assets.vision.committee.routing import DEFAULT_ROUTES, crop_box
+models = committee_resources(Settings.from_env())
+detector, clip = models["detector"].detector, models["embedder"].embedder
+experts = models["specialists"].classifiers()
+picture = Image.new("RGB", (640, 480))
+detector.detect([picture]); clip.embed_images([picture])
+[expert.classify([picture]) for expert in experts.values()]
+fixed = time.process_time() - started
+inside = 0.0
+def timed(call, *args):
+    global inside
+    began = time.perf_counter(); out = call(*args); inside += time.perf_counter() - began
+    return out
+wall, cpu = time.perf_counter(), time.process_time()
+for path in {[str(p) for p in photos]!r}:
+    image = Image.open(path).convert("RGB")
+    [found] = timed(detector.detect, [image])
+    crops = [image.crop(tuple(crop_box(d.box, image.width, image.height, 0.1))) for d in found]
+    timed(clip.embed_images, [image] + crops)
+    for name, expert in experts.items():
+        mine = [c for c, d in zip(crops, found) if DEFAULT_ROUTES.get(d.class_name) == name]
+        if mine:
+            timed(expert.classify, mine)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({{"wall": wall, "cpu": cpu, "inside": inside, "fixed_cpu": fixed}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def register_batches(env: dict[str, str]) -> list[dict[str, str]]:
+    """The upload sensor's tick, as the daemon runs it: the batches added, their runs' tags returned."""
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+os.environ.update({json.dumps(env)})
+import dagster as dg
+from vision_assets.definitions import defs
+instance = dg.DagsterInstance.get()
+sensor = defs.resolve_sensor_def("upload_sensor")
+with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,
+                             instance_ref=instance.get_ref()) as context:
+    result = sensor.evaluate_tick(context)
+for request in result.dynamic_partitions_requests or []:
+    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+print(json.dumps([dict(r.tags) for r in result.run_requests or []]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def first_model_stage_delays(home: Path, launched: dict[str, float]) -> list[float]:
+    """Per run: seconds from its launch to the start of its `detections` step (imports, resources, ingest done)."""
+    import dagster as dg
+
+    delays = []
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+        for run in instance.get_run_records():
+            records = instance.get_records_for_run(run.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START).records
+            starts = [r.event_log_entry.timestamp for r in records if r.event_log_entry.step_key == "detections"]
+            tag = run.dagster_run.tags.get("dagster/asset_partition_range_start")
+            if starts and tag in launched:
+                delays.append(starts[0] - launched[tag])
+    return delays
+
+
+def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service_env = os.environ | env | {"VISION_ASSETS_MODEL_DEVICES": os.environ.get("BENCH_DEVICES", "auto")}
+    service_log = open(work / "service.log", "wb")
+    service = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
+                               env=service_env, stdout=service_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise SystemExit((work / "service.log").read_text()[-3000:])
+            time.sleep(0.5)
+        run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
+        bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
+        bucket.mkdir(parents=True, exist_ok=True)
+        for photo in photos:
+            os.link(photo, bucket / photo.name)
+        tags = register_batches(run_env)
+        service_cpu, service_model = group_cpu_seconds(service.pid), model_seconds(url)
+        children_before = os.times()
+        started, launched, running, waiting = time.perf_counter(), {}, [], list(tags)
+        while waiting or running:
+            running = [r for r in running if r.poll() is None]
+            while waiting and len(running) < in_flight:
+                run_tags = waiting.pop(0)
+                launched[run_tags["dagster/asset_partition_range_start"]] = time.time()
+                running.append(subprocess.Popen(
+                    [sys.executable, "-m", "dagster", "job", "execute", "-m", "vision_assets.definitions", "-j",
+                     "process_images", "--tags", json.dumps(run_tags)], env=os.environ | run_env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        children = os.times()
+        run_cpu = (children.children_user - children_before.children_user
+                   + children.children_system - children_before.children_system)
+        service_cpu = group_cpu_seconds(service.pid) - service_cpu
+        service_model = model_seconds(url) - service_model
+        delays = first_model_stage_delays(Path(run_env["DAGSTER_HOME"]), launched)
+        return {"wall": wall, "runs": len(tags), "run_cpu": run_cpu, "service_cpu": service_cpu,
+                "service_model": service_model, "delays": delays}
+    finally:
+        os.killpg(service.pid, signal.SIGTERM)
+        service.wait(timeout=30)
+
+
+def fresh_run_cost(env: dict[str, str]) -> float:
+    """What a run paid before the service: a fresh process importing the model libraries and loading the models."""
+    script = f"""
+import json, os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+os.environ.update({json.dumps(env)})
+started = time.perf_counter()
+import torch, transformers, open_clip, ultralytics
+from PIL import Image
+from vision_assets.settings import Settings
+from vision_assets.resources.models import committee_resources
+models = committee_resources(Settings.from_env())
+picture = Image.new("RGB", (640, 480))
+models["detector"].detector.detect([picture]); models["embedder"].embedder.embed_images([picture])
+print(time.perf_counter() - started)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--in-flight", type=int, default=2)
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--models", type=Path, help="an offline-models folder (default: built here)")
+    parser.add_argument("--megapixels", type=float, default=12)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="model-service-bench-"))
+    models = args.models
+    if models is None:
+        from vision_assets.tools.offline_models import build_offline_models
+
+        models = work / "models"
+        build_offline_models(models, args.size)
+    (work / "photos").mkdir()
+    make_photos(work / "photos", args.photos, args.megapixels)
+    photos = sorted((work / "photos").glob("*.jpg"))
+    home = work / "dagster-home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {"VISION_ASSETS_OFFLINE_MODELS": str(models), "VISION_ASSETS_DATA_DIR": str(work / "data"),
+           "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
+           "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}
+
+    alone = baseline(photos, env)
+    fed = pipeline(work, photos, env, args.in_flight)
+    before = fresh_run_cost(env)
+    n = len(photos)
+    alone_rate, fed_rate = n / alone["wall"], n / fed["wall"]
+    alone_outside = (alone["cpu"] - alone["inside"]) / n
+    fed_outside = (fed["run_cpu"] + fed["service_cpu"] - fed["service_model"]) / n
+    print(f"{n} photos of {args.megapixels:g} MP, {args.size} models, batches of {args.batch}, "
+          f"{args.in_flight} runs in flight, one torch thread")
+    print(f"  models alone (baseline):   {alone_rate:6.2f} images/s   non-model CPU {1000 * alone_outside:6.0f} ms/image "
+          f"(one full decode, the crops)")
+    print(f"  pipeline + model service:  {fed_rate:6.2f} images/s   non-model CPU {1000 * fed_outside:6.0f} ms/image "
+          f"(runs {1000 * fed['run_cpu'] / n:.0f}, service {1000 * (fed['service_cpu'] - fed['service_model']) / n:.0f})")
+    print(f"  ratio pipeline / models alone: {fed_rate / alone_rate:.2f}")
+    delays = sorted(fed["delays"])
+    if delays:
+        print(f"  a run's launch to its first model stage: median {delays[len(delays) // 2]:.1f} s, max {delays[-1]:.1f} s "
+              f"({fed['runs']} runs; includes ingesting its {args.batch} photos)")
+    print(f"  before the service, a fresh run's model imports and loads alone: {before:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
