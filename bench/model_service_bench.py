@@ -104,6 +104,64 @@ print(json.dumps({{"wall": wall, "cpu": cpu, "inside": inside, "fixed_cpu": fixe
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# The upload sensor's tick as the daemon runs it (in a child process's script): the batches added to the instance.
+SENSOR_TICK = """instance = dg.DagsterInstance.get()
+sensor = defs.resolve_sensor_def("upload_sensor")
+with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,
+                             instance_ref=instance.get_ref()) as context:
+    result = sensor.evaluate_tick(context)
+for request in result.dynamic_partitions_requests or []:
+    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+"""
+
+
+def in_process_run(photos: list[Path], env: dict[str, str], work: Path) -> dict:
+    """One `process_images` run over the photos in a child process, models in the run (no service): its CPU
+    outside the models (process CPU time minus the time inside the models' calls and loads), as issue #38 measured
+    the pipeline before (583 ms per 12 MP photo)."""
+    data = work / "in-process"
+    (data / "bucket").mkdir(parents=True)
+    for photo in photos:
+        os.link(photo, data / "bucket" / photo.name)
+    home = work / "in-process-home"
+    home.mkdir()
+    child_env = env | {"VISION_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(home),
+                       "VISION_ASSETS_BATCH_SIZE": str(len(photos))}
+    script = f"""
+import json, os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+os.environ.update({json.dumps(child_env)})
+import dagster as dg
+from vision_assets.definitions import defs
+from vision_assets.vision.models import base, classifier, detector, embedder, taxonomy
+inside = 0.0
+def timed(owner, name):
+    original = getattr(owner, name)
+    def call(*args, **kwargs):
+        global inside
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            inside += time.perf_counter() - began
+    setattr(owner, name, call)
+for owner, name in [(detector.YoloDetector, "detect"), (embedder.ClipEmbedder, "embed_images"),
+                    (embedder.ClipEmbedder, "embed_texts"), (classifier.ImageClassifier, "classify"),
+                    (taxonomy.TaxonClassifier, "classify"), (base.Model, "load")]:
+    timed(owner, name)
+{SENSOR_TICK}[request] = [r for r in result.run_requests if r.partition_key]
+cpu = time.process_time()
+run = defs.resolve_job_def("process_images").execute_in_process(instance=instance, partition_key=request.partition_key,
+                                                                 tags=request.tags)
+assert run.success
+print(json.dumps({{"cpu": time.process_time() - cpu, "inside": inside}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def register_batches(env: dict[str, str]) -> list[dict[str, str]]:
     """The upload sensor's tick, as the daemon runs it: the batches added, their runs' tags returned."""
     script = f"""
@@ -112,14 +170,8 @@ sys.path.insert(0, {str(ROOT)!r})
 os.environ.update({json.dumps(env)})
 import dagster as dg
 from vision_assets.definitions import defs
-instance = dg.DagsterInstance.get()
-sensor = defs.resolve_sensor_def("upload_sensor")
-with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,
-                             instance_ref=instance.get_ref()) as context:
-    result = sensor.evaluate_tick(context)
-for request in result.dynamic_partitions_requests or []:
-    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-print(json.dumps([dict(r.tags) for r in result.run_requests or []]))
+{SENSOR_TICK}print(json.dumps([dict(r.tags) | {{"dagster/partition": r.partition_key}} for r in result.run_requests or []
+                  if r.partition_key]))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     if result.returncode:
@@ -132,11 +184,16 @@ def first_model_stage_delays(home: Path, launched: dict[str, float]) -> list[flo
     import dagster as dg
 
     delays = []
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        failed = [r.dagster_run.run_id for r in instance.get_run_records()
+                  if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+        if failed:
+            raise SystemExit(f"{len(failed)} run(s) did not succeed: {failed}")
         for run in instance.get_run_records():
             records = instance.get_records_for_run(run.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START).records
             starts = [r.event_log_entry.timestamp for r in records if r.event_log_entry.step_key == "detections"]
-            tag = run.dagster_run.tags.get("dagster/asset_partition_range_start")
+            tag = run.dagster_run.tags.get("dagster/partition")
             if starts and tag in launched:
                 delays.append(starts[0] - launched[tag])
     return delays
@@ -160,6 +217,13 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
             if time.monotonic() > deadline or service.poll() is not None:
                 raise SystemExit((work / "service.log").read_text()[-3000:])
             time.sleep(0.5)
+        # Warm: every model loaded once, as a service that has been up a while holds them (loads are not per run).
+        from vision_assets.vision.models.remote import ModelServiceClient
+        from vision_assets.vision.models.wire import ModelRef
+
+        client = ModelServiceClient(url)
+        for ref in client.held()["held"].values():
+            client.ask("describe", ModelRef(**ref))
         run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
         bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
         bucket.mkdir(parents=True, exist_ok=True)
@@ -173,7 +237,7 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
             running = [r for r in running if r.poll() is None]
             while waiting and len(running) < in_flight:
                 run_tags = waiting.pop(0)
-                launched[run_tags["dagster/asset_partition_range_start"]] = time.time()
+                launched[run_tags["dagster/partition"]] = time.time()
                 running.append(subprocess.Popen(
                     [sys.executable, "-m", "dagster", "job", "execute", "-m", "vision_assets.definitions", "-j",
                      "process_images", "--tags", json.dumps(run_tags)], env=os.environ | run_env,
@@ -213,6 +277,15 @@ print(time.perf_counter() - started)
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def code_location_start_cpu(env: dict[str, str]) -> float:
+    """The CPU a run process spends importing the code location, before any image: each run's fixed start-up."""
+    before = os.times()
+    subprocess.run([sys.executable, "-c", "import vision_assets.definitions"], env=os.environ | env, check=True,
+                   capture_output=True, timeout=300)
+    after = os.times()
+    return after.children_user - before.children_user + after.children_system - before.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=32)
@@ -221,6 +294,8 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", type=Path, help="an offline-models folder (default: built here)")
     parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="only the process_images run with models in the run (also runs on older commits)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="model-service-bench-"))
     models = args.models
@@ -239,9 +314,16 @@ def main() -> None:
            "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
            "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}
 
+    one_run = in_process_run(photos[:16], env, work)
+    print(f"one process_images run over 16 photos of {args.megapixels:g} MP, {args.size} models in the run: non-model "
+          f"CPU {1000 * (one_run['cpu'] - one_run['inside']) / 16:.0f} ms/image (model calls and loads "
+          f"{1000 * one_run['inside'] / 16:.0f} ms/image)")
+    if args.in_process_only:
+        return
     alone = baseline(photos, env)
     fed = pipeline(work, photos, env, args.in_flight)
     before = fresh_run_cost(env)
+    start_cpu = code_location_start_cpu(env)
     n = len(photos)
     alone_rate, fed_rate = n / alone["wall"], n / fed["wall"]
     alone_outside = (alone["cpu"] - alone["inside"]) / n
@@ -252,7 +334,12 @@ def main() -> None:
           f"(one full decode, the crops)")
     print(f"  pipeline + model service:  {fed_rate:6.2f} images/s   non-model CPU {1000 * fed_outside:6.0f} ms/image "
           f"(runs {1000 * fed['run_cpu'] / n:.0f}, service {1000 * (fed['service_cpu'] - fed['service_model']) / n:.0f})")
+    per_image_runs = (fed["run_cpu"] - fed["runs"] * start_cpu) / n
+    print(f"  of which each run's start-up (importing the code location: {start_cpu:.1f} s of CPU per run) "
+          f"{1000 * fed['runs'] * start_cpu / n:.0f} ms/image; the rest, per image: "
+          f"{1000 * (per_image_runs + (fed['service_cpu'] - fed['service_model']) / n):.0f} ms")
     print(f"  ratio pipeline / models alone: {fed_rate / alone_rate:.2f}")
+
     delays = sorted(fed["delays"])
     if delays:
         print(f"  a run's launch to its first model stage: median {delays[len(delays) // 2]:.1f} s, max {delays[-1]:.1f} s "

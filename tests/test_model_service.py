@@ -28,6 +28,7 @@ from vision_assets.vision.models.remote import (
 from vision_assets.vision.models.wire import ModelRef
 
 from .conftest import PHOTOS, free_port
+from .faults import OutageProxy
 
 
 def pictures(count: int, size=(640, 480), seed: int = 0) -> list[Image.Image]:
@@ -121,36 +122,17 @@ def test_an_unreachable_service_is_waited_out_then_reported_as_unavailable():
 
 
 def test_a_service_that_comes_back_within_the_patience_answers(model_service):
-    """A call made while the service is down (restarting) succeeds once it is back: here a proxy port that starts
-    forwarding to the service two seconds after the call."""
-    import socket
-
-    port = free_port()
-
-    def forward_later():
-        time.sleep(2)
-        with socket.create_server(("127.0.0.1", port)) as listener:
-            listener.settimeout(20)
-            connection, _ = listener.accept()
-            target = socket.create_connection(("127.0.0.1", int(model_service.url.rsplit(":", 1)[1])))
-            for source, sink in ((connection, target), (target, connection)):
-                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
-            time.sleep(10)
-
-    threading.Thread(target=forward_later, daemon=True).start()
+    """A call made while the service is out of reach (restarting) succeeds once it is back: here through a proxy
+    that refuses connections for the call's first two seconds."""
+    proxy = OutageProxy("127.0.0.1", int(model_service.url.rsplit(":", 1)[1]))
+    proxy.outage()
+    threading.Timer(2.0, proxy.restore).start()
     started = time.monotonic()
-    held = ModelServiceClient(f"http://127.0.0.1:{port}", patience_seconds=30).held()
-    assert "detector" in held["held"] and time.monotonic() - started >= 2
-
-
-def pipe(source, sink) -> None:
     try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
+        held = ModelServiceClient(proxy.url, patience_seconds=30).held()
     finally:
-        sink.close()
+        proxy.close()
+    assert "detector" in held["held"] and time.monotonic() - started >= 2
 
 
 def test_an_item_that_makes_the_model_raise_fails_alone():

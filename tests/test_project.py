@@ -191,11 +191,11 @@ def test_the_instance_dev_writes_matches_dagsters_schema_and_heals(tmp_path, mon
     assert written.read_text() == "telemetry:\n  enabled: false\n"
 
 
-def test_dev_fails_runs_the_last_dev_left_in_flight_so_they_are_retried(tmp_path, monkeypatch):
+def test_dev_fails_runs_the_last_dev_left_in_flight_so_they_are_retried_and_opens_the_gpu_pool(tmp_path, monkeypatch):
     import dagster as dg
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from vision_assets.cli import fail_runs_left_in_flight, prepare_instance
+    from vision_assets.cli import prepare_instance, prepare_runs
     from vision_assets.settings import Settings
 
     monkeypatch.setenv("VISION_ASSETS_DATA_DIR", str(tmp_path))
@@ -204,7 +204,9 @@ def test_dev_fails_runs_the_last_dev_left_in_flight_so_they_are_retried(tmp_path
     with dg.DagsterInstance.get() as instance:
         orphan = instance.add_run(DagsterRun(job_name="process_images", run_id="orphan",
                                              status=dg.DagsterRunStatus.STARTED))
-    fail_runs_left_in_flight(home)
+    prepare_runs(home, gpu_slots=2)
     with dg.DagsterInstance.get() as instance:
         orphan = instance.get_run_by_id(orphan.run_id)
         assert orphan.status == dg.DagsterRunStatus.FAILURE and orphan.tags["dagster/will_retry"] == "true"
+        # both runs in flight reach the model service at once (the qdrant pool keeps the instance's default of 1)
+        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 2

@@ -23,6 +23,7 @@ from .event_storage import sqlite_storage
 from .settings import Settings
 
 REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+GPU_POOL = "gpu"  # the model stages' pool
 
 INSTANCE_MARKER = "# Written by `vision-assets dev`"
 INSTANCE_YAML = INSTANCE_MARKER + """ on every start, from the environment. Delete this first line to keep your own
@@ -37,7 +38,8 @@ nux:
 concurrency:
   runs:
     max_concurrent_runs: {max_runs}  # VISION_ASSETS_MAX_CONCURRENT_RUNS; the rest wait in the queue
-  # Steps in a pool run one at a time across runs: `gpu` (the model stages share one device) and `qdrant`.
+  # Steps in a pool run one at a time across runs (`qdrant`), except the model stages' `gpu` pool: dev gives it a slot
+  # per run in flight, since they all reach the model service, which batches them together.
   pools:
     default_limit: 1
 # A run whose process died (OOM killer, a reboot) is marked failed and its pool slots are freed, so later runs
@@ -72,9 +74,11 @@ def prepare_instance(settings: Settings) -> Path:
     return home
 
 
-def fail_runs_left_in_flight(home: Path) -> None:
-    """Runs still marked in flight when `dev` starts died with the last `dev` (they were its children): say so, which
-    lets Dagster's run retries re-execute them and run monitoring free their pool slots."""
+def prepare_runs(home: Path, gpu_slots: int) -> None:
+    """Before the daemon starts: runs still marked in flight died with the last `dev` (they were its children), so
+    say so, which lets Dagster's run retries re-execute them and run monitoring free their pool slots; and give the
+    `gpu` pool its slots: the model stages of every run in flight reach the model service together, and it batches
+    them."""
     import dagster as dg
 
     os.environ["DAGSTER_HOME"] = str(home)
@@ -84,6 +88,8 @@ def fail_runs_left_in_flight(home: Path) -> None:
             instance.report_run_failed(run, "vision-assets dev stopped while this run was in flight")
             print(f"  run {run.run_id} was in flight when dev last stopped: marked failed (it will be retried)",
                   flush=True)
+        # What `dagster instance concurrency set gpu N` does.
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_slots)
 
 
 class Stop(Exception):
@@ -144,7 +150,7 @@ def process_group_alive(group: int) -> bool:
 def dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     home = prepare_instance(settings)
-    fail_runs_left_in_flight(home)
+    prepare_runs(home, gpu_slots=settings.max_concurrent_runs)
     model_service_url = settings.model_service_url or f"http://127.0.0.1:{settings.model_service_port}"
     env = os.environ | {
         "DAGSTER_HOME": str(home),

@@ -131,7 +131,8 @@ class Settings(BaseSettings):
     failed_image_retry_seconds: float = setting(300, "Wait after such a failure before the first of those re-runs; "
                                                 "it doubles for each further one.")
     max_concurrent_runs: int = setting(2, "`vision-assets dev`: runs in flight at once; the rest wait in Dagster's "
-                                       "queue. Model stages still take turns on the `gpu` pool.")
+                                       "queue. The `gpu` pool gets as many slots: their model stages reach the model "
+                                       "service together, which batches them.")
     chunk_size: int = setting(16, "Images a stage holds decoded at once: a run's memory follows this, not the batch "
                               "size.")
 

@@ -24,7 +24,7 @@ def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> 
     picture = ""
     labels = results.read(queued.image_id, LABELS, LabelsRecord)
     try:
-        image = results.read_normalized(queued.image_id).convert("RGB")
+        image = results.read_thumbnail_source(queued.image_id, THUMBNAIL_SIDE)
     except Exception:  # noqa: BLE001 - a picture that cannot be read leaves the row without one, not the queue
         image = None
     if image is not None and labels is not None and review.pictures:

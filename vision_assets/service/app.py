@@ -244,9 +244,9 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
         with catalogue.use_index() as index:
             if not index.present(index.images, [image_point_id(image_id)]):
                 raise HTTPException(404, f"no indexed image {image_id!r}")
-        picture = catalogue.results.read_normalized(image_id).convert("RGB")
+        picture = catalogue.results.read_thumbnail_source(image_id, side)
         labels = catalogue.results.read(image_id, LABELS, LabelsRecord) if boxes else None
-        picture = annotated_thumbnail(picture, labels, side, chosen) if labels else thumbnail(picture, side)
+        picture = annotated_thumbnail(picture, labels, side, chosen) if labels else thumbnail(picture.image, side)
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)
         return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})

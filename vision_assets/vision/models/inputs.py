@@ -30,7 +30,8 @@ def shrink_to_cover(image: Image.Image, side: int) -> Image.Image:
         return image
     scale = side / min(width, height)
     size = (max(side, round(width * scale)), max(side, round(height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    # Box-reduced, then bilinear: antialiased, and half the CPU of bicubic; the model's own resize (bicubic) follows.
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def scaled_box(box: list[float], x_scale: float, y_scale: float) -> list[float]:

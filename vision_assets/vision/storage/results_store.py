@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..batches import BatchIndexed, BatchManifest
-from ..images.working import WorkingPicture, decode_working
+from ..images.working import WorkingPicture, decode_working, scale_for_long_side
 from ..records import RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 
@@ -144,6 +144,13 @@ class ResultsStore:
     def read_working(self, partition_key: str, scale: float = 1.0) -> WorkingPicture:
         """The working copy decoded at `scale` of its size or a little more (see vision/images/working.py)."""
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
+        return decode_working(data, scale)
+
+    def read_thumbnail_source(self, partition_key: str, side: int) -> WorkingPicture:
+        """The working copy decoded just large enough for a thumbnail of `side` pixels (a 12 MP photo at 1/8)."""
+        _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
+        with Image.open(io.BytesIO(data)) as header:
+            scale = scale_for_long_side(header.size, side)
         return decode_working(data, scale)
 
     def read_image(self, key: str) -> Image.Image | None:
