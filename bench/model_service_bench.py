@@ -115,15 +115,16 @@ for request in result.dynamic_partitions_requests or []:
 """
 
 
-def in_process_run(photos: list[Path], env: dict[str, str], work: Path) -> dict:
-    """One `process_images` run over the photos in a child process, models in the run (no service): its CPU
-    outside the models (process CPU time minus the time inside the models' calls and loads), as issue #38 measured
-    the pipeline before (583 ms per 12 MP photo)."""
-    data = work / "in-process"
+def in_process_run(photos: list[Path], env: dict[str, str], work: Path, name: str = "in-process") -> dict:
+    """One `process_images` run over the photos, executed in a child process that is already started and has
+    imported the code location: its CPU outside the models (process CPU time minus the time inside the models' calls
+    and loads, none where the env names a model service), as issue #38 measured the pipeline before (583 ms per
+    12 MP photo)."""
+    data = work / name
     (data / "bucket").mkdir(parents=True)
     for photo in photos:
         os.link(photo, data / "bucket" / photo.name)
-    home = work / "in-process-home"
+    home = work / f"{name}-home"
     home.mkdir()
     child_env = env | {"VISION_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(home),
                        "VISION_ASSETS_BATCH_SIZE": str(len(photos))}
@@ -225,6 +226,11 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         for ref in client.held()["held"].values():
             client.ask("describe", ModelRef(**ref))
         run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
+        # One run through the service, its process started beforehand: the per-image CPU outside the models, in the
+        # run and in the service.
+        service_cpu, service_model = group_cpu_seconds(service.pid), model_seconds(url)
+        one_run = in_process_run(photos[:16], run_env, work, "through-service")
+        one_run["service"] = (group_cpu_seconds(service.pid) - service_cpu) - (model_seconds(url) - service_model)
         bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
         bucket.mkdir(parents=True, exist_ok=True)
         for photo in photos:
@@ -251,7 +257,7 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         service_model = model_seconds(url) - service_model
         delays = first_model_stage_delays(Path(run_env["DAGSTER_HOME"]), launched)
         return {"wall": wall, "runs": len(tags), "run_cpu": run_cpu, "service_cpu": service_cpu,
-                "service_model": service_model, "delays": delays}
+                "service_model": service_model, "delays": delays, "one_run": one_run}
     finally:
         os.killpg(service.pid, signal.SIGTERM)
         service.wait(timeout=30)
@@ -339,6 +345,10 @@ def main() -> None:
           f"{1000 * fed['runs'] * start_cpu / n:.0f} ms/image; the rest, per image: "
           f"{1000 * (per_image_runs + (fed['service_cpu'] - fed['service_model']) / n):.0f} ms")
     print(f"  ratio pipeline / models alone: {fed_rate / alone_rate:.2f}")
+    through = fed["one_run"]
+    print(f"  one process_images run over 16 photos through the service: non-model CPU "
+          f"{1000 * (through['cpu'] + through['service']) / 16:.0f} ms/image (run {1000 * through['cpu'] / 16:.0f}, "
+          f"service outside its models {1000 * through['service'] / 16:.0f})")
 
     delays = sorted(fed["delays"])
     if delays:

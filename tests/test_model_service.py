@@ -20,6 +20,7 @@ from vision_assets.cli import Supervised
 from vision_assets.model_service.committee import run_items
 from vision_assets.resources.models import committee_resources
 from vision_assets.settings import Settings
+from vision_assets.vision.models.failures import answer_each
 from vision_assets.vision.models.remote import (
     ModelServiceClient,
     ModelServiceRefused,
@@ -162,6 +163,14 @@ def test_out_of_device_memory_halves_the_batch_before_failing_items():
     assert calls[:3] == [8, 4, 2]  # halved, not item by item
     assert [a.value for a in answers] == ["a", "b", "c", "d", "e", None, "g", "h"]
     assert answers[5].error.startswith("out of device memory even alone")
+
+
+def test_a_service_out_of_reach_or_a_model_that_cannot_load_is_not_blamed_on_an_item():
+    def unreachable(items):
+        raise ModelServiceUnavailable("model service at http://127.0.0.1:1 unreachable for 120s")
+
+    with pytest.raises(ModelServiceUnavailable):
+        answer_each(unreachable, ["a", "b"])
 
 
 def test_dev_starts_a_service_again_when_it_exits(capsys):

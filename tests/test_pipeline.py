@@ -11,6 +11,7 @@ from tests.conftest import embedded_client, failed_in, ui_check_statuses
 from vision_assets.settings import Settings
 from vision_assets.vision.committee.scenes import DEFAULT_SCENES
 from vision_assets.vision.index.vector_index import image_point_id
+from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.records import EmbeddingsRecord, LabelsRecord
 from vision_assets.vision.storage.results_store import EMBEDDINGS, LABELS
@@ -125,3 +126,25 @@ def test_changing_a_model_changes_the_code_versions_that_depend_on_it(
     assert new["embeddings"] == old["embeddings"] and new["source_images"] == old["source_images"]
     latest = driver.instance.get_latest_materialization_event(dg.AssetKey("detections"))
     assert latest.dagster_event.step_materialization_data.materialization.tags["dagster/code_version"] == old["detections"]
+
+
+def test_an_image_the_detector_raises_on_fails_alone_and_its_check_says_why(request, monkeypatch):
+    """The router raising on one picture (as a model that cannot take it does): the run succeeds, the rest of the
+    batch is indexed, and `embeddings_valid` lists that image with the detector's error; it is not indexed."""
+    original = YoloDetector.detect
+
+    def refusing_small(self, images):
+        if any(image.width < 100 for image in images):  # plain.png, 96 x 64
+            raise ValueError("cannot take this picture")
+        return original(self, images)
+
+    monkeypatch.setattr(YoloDetector, "detect", refusing_small)
+    _, run = request.getfixturevalue("pipeline")
+    models, results = request.getfixturevalue("models"), request.getfixturevalue("s3_image_store").results
+    assert run.success
+    valid = batch_check(run, "embeddings_valid")
+    assert not valid.passed and failed_in(valid) == {"plain.png"}
+    assert "the detector failed on this image: ValueError: cannot take this picture" in valid.metadata["failed"].value
+    assert results.read("plain.png", EMBEDDINGS, EmbeddingsRecord).problems
+    images, _, client = qdrant_counts(models)
+    assert images == len(VALID) - 1  # the two photos indexed, the failed picture not

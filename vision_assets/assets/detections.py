@@ -8,6 +8,7 @@ import dagster as dg
 from ..keys import DETECTIONS, SOURCE_IMAGES
 from ..resources import DetectorResource, ImageSelection, ImageStore, StagePolicy
 from ..vision.images.working import scale_for_long_side
+from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.records import DetectionsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from .stage import (
@@ -39,27 +40,35 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         results = image_store.results
         taken = run_images(context, results, image_selection)
         valid, skipped = valid_sources(results, taken)
-        keys, model, seconds, classes = list(valid), detector.identity, 0.0, Counter()
+        keys, model, seconds, classes, failed = list(valid), detector.identity, 0.0, Counter(), {}
         side = detector.detector.input_side if keys else 0
         for chunk in stage_policy.chunks(keys):
             # Decoded only as large as the detector's letterbox: a 4,000 px working copy at 1/4 of its size.
             pictures = load_pictures(results, {k: scale_for_long_side(valid[k].working_size, side) for k in chunk})
             started = time.perf_counter()
-            found = detector.detector.detect([pictures[k].image for k in chunk])
+            found = answer_each(detector.detector.detect, [pictures[k].image for k in chunk])
             seconds += time.perf_counter() - started
             for key, boxes in zip(chunk, found, strict=True):
                 picture = pictures[key]
+                if isinstance(boxes, ModelFailure):  # this image alone: `embeddings_valid` shows it with the error
+                    failed[key] = boxes.error
+                    boxes = []
                 for box in boxes:
                     box.box = picture.to_working(box.box)
                 results.write(key, DETECTIONS_FILE, DetectionsRecord(
-                    partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes))
+                    partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes,
+                    error=failed.get(key)))
                 classes.update(b.class_name for b in boxes)
+        if failed:
+            context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "
+                                f"{dict(list(failed.items())[:5])}")
         rate = f"{len(keys) / seconds:.1f} images/s" if seconds else "no images"
         context.log.info(f"detected {sum(classes.values())} objects in {len(keys)} images in {seconds:.2f}s ({rate}) "
                          f"on {detector.detector.device}; {len(skipped)} skipped")
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_objects": sum(classes.values()), "run_classes": dict(classes.most_common(20)),
-                       "run_images_per_second": round(len(keys) / seconds, 2) if seconds else 0.0}
+                       "run_images_per_second": round(len(keys) / seconds, 2) if seconds else 0.0,
+                       "run_images_failed": len(failed)}
         for batch, counts in batch_counts(taken, set(keys), skipped).items():
             metadata.add(batch, counts | run_figures)
         yield metadata.materialize()

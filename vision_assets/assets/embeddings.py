@@ -16,6 +16,7 @@ from ..vision.committee.routing import box_size, crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
 from ..vision.images.working import scale_for_short_sides
+from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS
@@ -48,6 +49,12 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
         description="; ".join(record.problems) or f"{1 + len(record.crop_indexes)} vectors, {record.dimension}-d, unit norm",
         facts={"crops": len(record.crop_indexes)},
     )
+
+
+def rows_or_zeros(answers: list, dimension: int) -> np.ndarray:
+    """The vectors of `answer_each`'s answers, a zero row where the model failed (the record says so)."""
+    rows = [np.zeros(dimension, np.float32) if isinstance(a, ModelFailure) else a for a in answers]
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, dimension), np.float32)
 
 
 def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsDefinition:
@@ -90,25 +97,35 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
             crops = [(key, index, box, pictures[key].crop(box))  # (image, detection index, box, pixels)
                      for key in chunk for index, box in enumerate(boxes[key])]
             started = time.perf_counter()
-            # One batched pass over the chunk's whole images and one over all their crops.
-            image_vectors = clip.embed_images([pictures[k].image for k in chunk])
-            crop_vectors = clip.embed_images([pixels for *_, pixels in crops]) if crops else None
+            # One batched pass over the chunk's whole images and one over all their crops; a picture CLIP raises on
+            # fails alone (its image is not indexed, and `embeddings_valid` says why).
+            image_answers = answer_each(clip.embed_images, [pictures[k].image for k in chunk])
+            crop_answers = answer_each(clip.embed_images, [pixels for *_, pixels in crops])
+            dimension = clip.dimension
+            image_vectors, crop_vectors = rows_or_zeros(image_answers, dimension), rows_or_zeros(crop_answers, dimension)
             tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
             seconds += time.perf_counter() - started
             crop_count += len(crops)
-            dimension = clip.dimension
+            failures = {key: [f"the detector failed on this image: {detections[key].error}"]
+                        if detections[key].error else [] for key in chunk}
+            for key, answer in zip(chunk, image_answers, strict=True):
+                if isinstance(answer, ModelFailure):
+                    failures[key].append(f"CLIP failed on the image: {answer.error}")
+            for (key, index, *_), answer in zip(crops, crop_answers, strict=True):
+                if isinstance(answer, ModelFailure):
+                    failures[key].append(f"CLIP failed on crop {index}: {answer.error}")
             rows_of: dict[str, list[int]] = {key: [] for key in chunk}
             for row, (owner, *_) in enumerate(crops):
                 rows_of[owner].append(row)
             for row, key in enumerate(chunk):
                 mine = rows_of[key]
-                vectors = crop_vectors[mine] if mine else np.zeros((0, dimension), np.float32)
+                vectors = crop_vectors[mine]
                 record = EmbeddingsRecord(
                     partition_key=key, model=model, dimension=dimension,
                     crop_indexes=[crops[i][1] for i in mine], crop_boxes=[crops[i][2] for i in mine],
                     scene=tags[row],
-                    problems=embedding_problems(image_vectors[row], dimension, "image")
-                    + embedding_problems(vectors, dimension, "crops"),
+                    problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
+                                               + embedding_problems(vectors, dimension, "crops")),
                 )
                 results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
                 results.write(key, EMBEDDINGS_FILE, record)

@@ -7,13 +7,13 @@ alone, and a model that cannot load fails its requests with the loader's message
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..vision.models.base import Model, ModelLoadError
+from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.models.wire import (
     ITEM_TASKS,
     ItemAnswer,
@@ -22,8 +22,6 @@ from ..vision.models.wire import (
     decode_picture,
     encode_vector,
 )
-
-log = logging.getLogger(__name__)
 
 
 def refusal(held: dict[str, ModelRef], asked: ModelRef) -> str | None:
@@ -39,15 +37,6 @@ def refusal(held: dict[str, ModelRef], asked: ModelRef) -> str | None:
         return (f"this model service holds {held_as} as {asked.role}, not {asked_as}: start it with the same model "
                 "settings as the pipeline (VISION_ASSETS_*_MODEL), or point the pipeline at the service that holds it")
     return None
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    # torch.cuda.OutOfMemoryError, matched by name so a CPU-only process never imports torch.cuda for it.
-    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
-
-
-def _described(error: BaseException) -> str:
-    return f"{type(error).__name__}: {str(error).strip() or 'no details'}"
 
 
 @dataclass
@@ -154,29 +143,7 @@ def _item_call(task: str, model: Any) -> Callable[[list[Any]], list[Any]]:
 
 
 def run_items(call: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[ItemAnswer]:
-    """`call` over the items in one batch; on CUDA out-of-memory, over each half (down to single items, then the
-    item fails); on any other error, over each item alone, so only the items that make the model raise fail."""
-    if not items:
-        return []
-    try:
-        return [ItemAnswer(value=value) for value in call(items)]
-    except Exception as error:  # noqa: BLE001 - a model's failure on some input is that input's answer
-        if is_out_of_memory(error):
-            _free_device_memory()
-            if len(items) == 1:
-                return [ItemAnswer(error=f"out of device memory even alone: {_described(error)}")]
-            half = len(items) // 2
-            log.warning("out of device memory on %d items: trying %d and %d", len(items), half, len(items) - half)
-            return run_items(call, items[:half]) + run_items(call, items[half:])
-        if len(items) == 1:
-            return [ItemAnswer(error=_described(error))]
-        log.warning("a batch of %d items failed (%s): each item alone", len(items), _described(error))
-        return [answer for item in items for answer in run_items(call, [item])]
-
-
-def _free_device_memory() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    """`call` over the items, each item's answer or its error (see `answer_each`: out-of-memory halves the batch, any
+    other error is the failing items' alone)."""
+    return [ItemAnswer(error=a.error) if isinstance(a, ModelFailure) else ItemAnswer(value=a)
+            for a in answer_each(call, items)]

@@ -124,6 +124,7 @@ class DetectionsRecord(BaseModel):
     width: int
     height: int
     detections: list[Detection]
+    error: str | None = None  # the detector raised on this image (no detections; the image goes no further)
 
 
 class Label(BaseModel):
@@ -213,13 +214,16 @@ class LabelsRecord(BaseModel):
     crops: list[CropLabels]
     scene: list[SpecialistLabel] = Field(default_factory=list)  # whole-image specialists (coral health)
     coral_scene_score: float | None = None
+    # An expert that raised on a crop or the whole image, each with its error ("crop 2 (dog): dog_breeds failed:
+    # ValueError: ..."): the crop has no label, and the image needs a person.
+    model_errors: list[str] = Field(default_factory=list)
 
     @property
     def needing_review(self) -> list[str]:
         crops = [f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.under_threshold}"
                  for c in self.crops if c.specialist and c.specialist.needs_review]
         scene = [f"scene ({s.specialist}): {s.under_threshold}" for s in self.scene if s.needs_review]
-        return crops + scene
+        return self.model_errors + crops + scene
 
     @property
     def disagreements(self) -> list[str]:

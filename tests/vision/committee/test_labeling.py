@@ -76,3 +76,29 @@ def test_experts_see_the_crops_the_embeddings_stage_cut():
     records = label_batch(images, detections, {"a": {0: [0, 0, 120, 80]}}, {"dog_breeds": dogs}, {},
                           LabelingPolicy(routes=DEFAULT_ROUTES, thresholds={}, crop_margin=0.1))
     assert records["a"].crops[0].crop_box == [0, 0, 120, 80] and dogs.calls == [[(120, 80)]]
+
+
+class FailsOnWide(Expert):
+    """Raises on any batch holding a crop wider than 150 px, as a model that cannot take a picture does."""
+
+    def classify(self, images):
+        if any(image.width > 150 for image in images):
+            raise ValueError("cannot take this crop")
+        return super().classify(images)
+
+
+def test_an_expert_that_raises_on_a_crop_fails_that_crop_alone():
+    images = {"a": Image.new("RGB", (400, 100)), "b": Image.new("RGB", (100, 100))}
+    detections = {
+        "a": DetectionsRecord(partition_key="a", model="yolo", width=400, height=100, detections=[
+            detection("dog", [0, 0, 300, 100]), detection("dog", [310, 0, 400, 100])]),
+        "b": DetectionsRecord(partition_key="b", model="yolo", width=100, height=100, detections=[
+            detection("dog", [0, 0, 90, 90])]),
+    }
+    policy = LabelingPolicy(routes=DEFAULT_ROUTES, thresholds={}, crop_margin=0.0)
+    records = label_batch(images, detections, {}, {"dog_breeds": FailsOnWide("dog", 0.9)}, {}, policy)
+    wide, narrow = records["a"].crops
+    assert wide.specialist is None and narrow.specialist.top.name == "dog-label"
+    assert records["b"].crops[0].specialist.top.name == "dog-label"
+    assert records["a"].model_errors == ["crop 0 (dog): dog_breeds failed: ValueError: cannot take this crop"]
+    assert records["a"].needing_review[0].startswith("crop 0 (dog): dog_breeds failed") and not records["b"].model_errors

@@ -12,6 +12,7 @@ from typing import Protocol
 from PIL import Image
 
 from ..images.working import WorkingPicture, as_working
+from ..models.failures import ModelFailure, answer_each
 from ..records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
 from .routing import CORAL, crop_box
 
@@ -58,7 +59,7 @@ def label_batch(
     with the policy's margin)."""
     records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
     pictures = {key: as_working(image) for key, image in images.items()}
-    queued: dict[str, list[tuple[CropLabels, Image.Image]]] = defaultdict(list)
+    queued: dict[str, list[tuple[str, CropLabels, Image.Image]]] = defaultdict(list)  # expert -> (image, crop, pixels)
     for key, picture in pictures.items():
         for index, detection in enumerate(detections[key].detections):
             box = crop_boxes.get(key, {}).get(index) or crop_box(detection.box, picture.width, picture.height,
@@ -67,16 +68,25 @@ def label_batch(
             records[key].crops.append(crop)
             specialist = policy.routes.get(detection.class_name)
             if specialist in specialists:
-                queued[specialist].append((crop, picture.crop(box)))
+                queued[specialist].append((key, crop, picture.crop(box)))
 
     for specialist, work in queued.items():  # one call per expert for the whole batch
         model = specialists[specialist]
-        for (crop, _), labels in zip(work, model.classify([image for _, image in work]), strict=True):
-            crop.specialist = _specialist_label(specialist, model, labels, policy)
+        for (key, crop, _), labels in zip(work, answer_each(model.classify, [pixels for *_, pixels in work]),
+                                          strict=True):
+            if isinstance(labels, ModelFailure):  # this crop alone: the rest of the batch has its labels
+                records[key].model_errors.append(f"crop {crop.detection_index} ({crop.detection.class_name}): "
+                                                 f"{specialist} failed: {labels.error}")
+            else:
+                crop.specialist = _specialist_label(specialist, model, labels, policy)
 
     coral = specialists.get(CORAL)
     reef_keys = [key for key, score in coral_scores.items() if score >= policy.coral_scene_threshold]
     if coral is not None and reef_keys:
-        for key, labels in zip(reef_keys, coral.classify([pictures[k].image for k in reef_keys]), strict=True):
+        for key, labels in zip(reef_keys, answer_each(coral.classify, [pictures[k].image for k in reef_keys]),
+                               strict=True):
+            if isinstance(labels, ModelFailure):
+                records[key].model_errors.append(f"scene ({CORAL}): {CORAL} failed: {labels.error}")
+                continue
             records[key].scene.append(_specialist_label(CORAL, coral, labels, policy))
     return records

@@ -86,7 +86,7 @@ def outstanding_review(record: LabelsRecord, applied: AppliedReview | None) -> l
              for c in record.crops
              if c.specialist and c.specialist.needs_review and applied.decision(c.detection_index) is None]
     scene = [f"scene ({s.specialist}): {s.under_threshold}" for s in record.scene if s.needs_review]
-    return crops + scene
+    return record.model_errors + crops + scene
 
 
 def outstanding_disagreements(record: LabelsRecord, applied: AppliedReview | None) -> list[str]:
