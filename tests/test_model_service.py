@@ -165,12 +165,22 @@ def test_out_of_device_memory_halves_the_batch_before_failing_items():
     assert answers[5].error.startswith("out of device memory even alone")
 
 
-def test_a_service_out_of_reach_or_a_model_that_cannot_load_is_not_blamed_on_an_item():
+def test_a_failure_that_is_no_items_is_raised_for_the_stage_to_retry():
+    """The service out of reach, a CUDA fault that is not memory, or a model failing on every picture: the stage
+    fails as a whole (and is retried) rather than blaming each picture."""
     def unreachable(items):
         raise ModelServiceUnavailable("model service at http://127.0.0.1:1 unreachable for 120s")
 
-    with pytest.raises(ModelServiceUnavailable):
-        answer_each(unreachable, ["a", "b"])
+    def device_lost(items):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def fails_always(items):
+        raise ValueError("weights corrupt")
+
+    for call, error in ((unreachable, ModelServiceUnavailable), (device_lost, RuntimeError), (fails_always, ValueError)):
+        with pytest.raises(error):
+            answer_each(call, ["a", "b"])
+    assert [a.error for a in run_items(fails_always, ["a", "b"])] == ["ValueError: weights corrupt"] * 2  # service
 
 
 def test_dev_starts_a_service_again_when_it_exits(capsys):

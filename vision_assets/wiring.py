@@ -164,6 +164,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             allowed_formats=sorted(settings.allowed_formats),
             threads=settings.ingest_threads,
             working_side=settings.working_image_side,
+            model_input_side=settings.detector_image_size,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
         catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),

@@ -44,7 +44,8 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         side = detector.detector.input_side if keys else 0
         for chunk in stage_policy.chunks(keys):
             # Decoded only as large as the detector's letterbox: a 4,000 px working copy at 1/4 of its size.
-            pictures = load_pictures(results, {k: scale_for_long_side(valid[k].working_size, side) for k in chunk})
+            pictures = load_pictures(results, {k: scale_for_long_side(valid[k].working_size, side) for k in chunk},
+                                     valid)
             started = time.perf_counter()
             found = answer_each(detector.detector.detect, [pictures[k].image for k in chunk])
             seconds += time.perf_counter() - started

@@ -10,13 +10,23 @@ import dagster as dg
 import numpy as np
 
 from ..keys import DETECTIONS, EMBEDDINGS
-from ..resources import EmbedderResource, ImageSelection, ImageStore, LabelingSettings, StagePolicy
+from ..resources import (
+    EmbedderResource,
+    ImageSelection,
+    ImageStore,
+    LabelingSettings,
+    SpecialistsResource,
+    StagePolicy,
+)
 from ..vision.committee.embedding_checks import embedding_problems
+from ..vision.committee.expert_sides import ExpertSides
 from ..vision.committee.routing import box_size, crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
+from ..vision.images.crops import pack_crops
 from ..vision.images.working import scale_for_short_sides
 from ..vision.models.failures import ModelFailure, answer_each
+from ..vision.models.inputs import shrink_to_cover
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS
@@ -76,6 +86,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         context: dg.AssetExecutionContext,
         image_store: ImageStore,
         embedder: EmbedderResource,
+        specialists: SpecialistsResource,
         labeling: LabelingSettings,
         stage_policy: StagePolicy,
         image_selection: ImageSelection,
@@ -86,16 +97,21 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         side = clip.input_side if valid else 0
+        experts = ExpertSides(specialists.classifiers(), labeling.routes)
         for chunk in stage_policy.chunks(list(valid)):
             detections = {key: results.read(key, DETECTIONS_FILE, DetectionsRecord) for key in chunk}
             boxes = {key: [crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections]
                      for key, found in detections.items()}
-            # Each picture decoded only as large as CLIP needs it for the whole image and for its smallest crop.
+            # Each crop is cut at the side CLIP or its expert reads, whichever is larger (the experts get these very
+            # pixels), and each picture decoded only as large as that needs (the model input ingest wrote, if enough).
+            crop_sides = {key: [max(side, experts.for_class(d.class_name)) for d in found.detections]
+                          for key, found in detections.items()}
             pictures = load_pictures(results, {key: scale_for_short_sides(
-                [((found.width, found.height), side)] + [(box_size(box), side) for box in boxes[key]])
-                for key, found in detections.items()})
-            crops = [(key, index, box, pictures[key].crop(box))  # (image, detection index, box, pixels)
-                     for key in chunk for index, box in enumerate(boxes[key])]
+                [((found.width, found.height), side)] + [(box_size(box), crop_side) for box, crop_side in
+                                                         zip(boxes[key], crop_sides[key], strict=True)])
+                for key, found in detections.items()}, valid)
+            crops = [(key, index, box, shrink_to_cover(pictures[key].crop(box), crop_sides[key][index]))
+                     for key in chunk for index, box in enumerate(boxes[key])]  # (image, detection index, box, pixels)
             started = time.perf_counter()
             # One batched pass over the chunk's whole images and one over all their crops; a picture CLIP raises on
             # fails alone (its image is not indexed, and `embeddings_valid` says why).
@@ -127,7 +143,8 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                     problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
                                                + embedding_problems(vectors, dimension, "crops")),
                 )
-                results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors)
+                results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors,
+                                     **pack_crops([crops[i][3] for i in mine]))
                 results.write(key, EMBEDDINGS_FILE, record)
                 records.append(record)
                 tag_counts.update(record.scene.tags)

@@ -84,7 +84,7 @@ def source_images(
         if earlier is not None and (newer := superseded_by(earlier.batch, batch_of[image])):
             return f"superseded: re-uploaded in batch {newer}"
         return ingest_image(image, objects, results, limits, preview_side, registrations, ingest_policy.working_side,
-                            batch=batch_of[image])
+                            batch=batch_of[image], model_side=ingest_policy.model_input_side)
 
     started = time.perf_counter()
     # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both; each thread holds one

@@ -9,6 +9,7 @@ from collections import Counter
 
 import dagster as dg
 import numpy as np
+from PIL import Image
 
 from ..keys import EMBEDDINGS, SPECIALIST_LABELS
 from ..resources import (
@@ -21,10 +22,12 @@ from ..resources import (
     SpecialistsResource,
     StagePolicy,
 )
+from ..vision.committee.expert_sides import ExpertSides
 from ..vision.committee.labeling import LabelingPolicy, label_batch
 from ..vision.committee.routing import CORAL, box_size
 from ..vision.committee.second_opinion import second_opinions
 from ..vision.committee.vocabularies import Vocabularies
+from ..vision.images.crops import unpack_crops
 from ..vision.images.review import ReviewPictures, review_crops_markdown
 from ..vision.images.working import WorkingPicture, scale_for_long_side, scale_for_short_sides
 from ..vision.records import (
@@ -84,7 +87,7 @@ committee_agreement = BatchCheck(
 
 
 def labels_outcome(record: LabelsRecord, picture: WorkingPicture | None, look: ReviewPictures | None,
-                   reviewed: AppliedReview | None = None) -> ImageOutcome:
+                   reviewed: AppliedReview | None = None, crops: dict[int, Image.Image] | None = None) -> ImageOutcome:
     """Passed when every label is confident or a person has decided it ("reviewed by ...")."""
     review = outstanding_review(record, reviewed)
     facts = {"crops": len(record.crops), "reviewed": int(reviewed is not None)}
@@ -93,7 +96,7 @@ def labels_outcome(record: LabelsRecord, picture: WorkingPicture | None, look: R
         said = f"{reviewed.summary()} ({flagged} label(s) had been under threshold)" if reviewed and flagged else (
             "all labels confident")
         return ImageOutcome(record.partition_key, True, said, facts=facts)
-    shown = review_crops_markdown(picture, record, look) if picture is not None and look is not None else None
+    shown = review_crops_markdown(picture, record, look, crops) if picture is not None and look is not None else None
     description = f"needs review, {len(review)} label(s) under threshold: " + "; ".join(review)
     return ImageOutcome(record.partition_key, False, description, picture=shown, facts=facts)
 
@@ -175,17 +178,21 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
         routed, coral_images, audited, tasks = Counter(), 0, 0, 0
-        sides = ExpertSides(experts)
+        sides = ExpertSides(experts, labeling.routes)
         for chunk in stage_policy.chunks(keys):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
             boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
+            # The crops the embeddings stage cut, at the experts' sides: the pixels CLIP embedded, not decoded again.
+            handed = {key: dict(zip(embedded[key].crop_indexes, crops, strict=True))
+                      for key in chunk if (crops := unpack_crops(vectors[key])) is not None}
             coral_scores = {key: embedded[key].scene.scores.get(labeling.coral_scene_tag, 0.0)
                             for key in chunk if embedded[key].scene}
-            pictures = load_pictures(results, {key: sides.scale(detections[key], boxes[key], coral_scores.get(key),
-                                                                labeling.policy, look) for key in chunk})
+            pictures = load_pictures(results, {key: decode_scale(
+                sides, detections[key], boxes[key], set(handed.get(key, {})), coral_scores.get(key), labeling.policy,
+                look) for key in chunk}, valid)
             started = time.perf_counter()
-            labelled = label_batch(pictures, detections, boxes, experts, coral_scores, labeling.policy)
+            labelled = label_batch(pictures, detections, boxes, experts, coral_scores, labeling.policy, handed)
             seconds += time.perf_counter() - started
             crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
                                                    labeling.second_opinion_margin)
@@ -195,7 +202,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                 results.write(key, LABELS, record)
                 # A person's earlier decisions, where they still apply (same content, same objects).
                 reviewed = apply_review(results.read(key, REVIEW, ImageReview), valid[key].sha256, detections[key])
-                outcomes[key] = labels_outcome(record, pictures[key], look, reviewed)
+                outcomes[key] = labels_outcome(record, pictures[key], look, reviewed, handed.get(key))
                 agreements[key] = agreement_outcome(record, reviewed)
                 if review.tasks:
                     tasks += export_review_task(results, valid[key], detections[key], record, reviewed,
@@ -219,27 +226,17 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
     return specialist_labels
 
 
-class ExpertSides:
-    """The scale each working copy is decoded at for the experts: every crop routed to an expert (and a whole image
-    past the coral gate) gets at least that expert's input side, and the review pictures their thumbnail side."""
-
-    def __init__(self, experts: dict):
-        self.experts = experts
-        self._sides: dict[str, int] = {}
-
-    def side(self, expert: str) -> int:
-        if expert not in self._sides:
-            self._sides[expert] = self.experts[expert].input_side
-        return self._sides[expert]
-
-    def scale(self, detections: DetectionsRecord, boxes: dict[int, list[int]], coral_score: float | None,
-              policy: LabelingPolicy, look: ReviewPictures | None) -> float:
-        size = (detections.width, detections.height)
-        needs = [(box_size(boxes[index]), self.side(expert)) for index, detection in enumerate(detections.detections)
-                 if (expert := policy.routes.get(detection.class_name)) in self.experts and index in boxes]
-        if CORAL in self.experts and coral_score is not None and coral_score >= policy.coral_scene_threshold:
-            needs.append((size, self.side(CORAL)))
-        return max(scale_for_short_sides(needs), scale_for_long_side(size, look.side) if look else 0.0)
+def decode_scale(sides: ExpertSides, detections: DetectionsRecord, boxes: dict[int, list[int]], handed: set[int],
+                 coral_score: float | None, policy: LabelingPolicy, look: ReviewPictures | None) -> float:
+    """The scale an image is decoded at for this stage: each crop routed to an expert and not handed over by the
+    embeddings stage gets that expert's side, a whole image past the coral gate the coral expert's, and the review
+    pictures their thumbnail side (the model input ingest wrote serves those two)."""
+    size = (detections.width, detections.height)
+    needs = [(box_size(boxes[index]), side) for index, detection in enumerate(detections.detections)
+             if index in boxes and index not in handed and (side := sides.for_class(detection.class_name))]
+    if CORAL in sides.experts and coral_score is not None and coral_score >= policy.coral_scene_threshold:
+        needs.append((size, sides.side(CORAL)))
+    return max(scale_for_short_sides(needs), scale_for_long_side(size, look.side) if look else 0.0)
 
 
 def export_review_task(results: ResultsStore, source: SourceImageRecord, detections: DetectionsRecord,

@@ -170,12 +170,16 @@ def batch_counts(taken: RunImages, done: set[str], skipped: dict[str, str]) -> d
             for batch, images in taken.by_batch.items()}
 
 
-def load_pictures(results: ResultsStore, scales: dict[str, float]) -> dict[str, WorkingPicture]:
-    """A chunk of the run's working copies (never the whole run: memory follows the chunk size), each decoded at the
-    scale its stage's models need, several at once (fetching waits on the store, and Pillow decodes without the
-    GIL)."""
+def load_pictures(results: ResultsStore, scales: dict[str, float],
+                  sources: dict[str, SourceImageRecord]) -> dict[str, WorkingPicture]:
+    """A chunk of the run's pictures (never the whole run: memory follows the chunk size), each at the scale its
+    stage's models need: the model input ingest wrote where it is large enough, else the working copy decoded at that
+    scale; several at once (fetching waits on the store, and Pillow decodes without the GIL)."""
+    def read(key: str) -> WorkingPicture:
+        return results.read_working(key, scales[key], sources.get(key))
+
     with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, max(1, len(scales)))) as pool:
-        return dict(zip(scales, pool.map(lambda key: results.read_working(key, scales[key]), scales), strict=True))
+        return dict(zip(scales, pool.map(read, scales), strict=True))
 
 
 # A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill

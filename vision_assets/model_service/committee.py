@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..vision.models.base import Model, ModelLoadError
-from ..vision.models.failures import ModelFailure, answer_each
+from ..vision.models.failures import ModelFailure, answers_per_item
 from ..vision.models.wire import (
     ITEM_TASKS,
     ItemAnswer,
@@ -143,7 +143,7 @@ def _item_call(task: str, model: Any) -> Callable[[list[Any]], list[Any]]:
 
 
 def run_items(call: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[ItemAnswer]:
-    """`call` over the items, each item's answer or its error (see `answer_each`: out-of-memory halves the batch, any
-    other error is the failing items' alone)."""
+    """`call` over the items, each item's answer or its error (see `answers_per_item`: out-of-memory halves the batch,
+    any other error is the failing items' alone)."""
     return [ItemAnswer(error=a.error) if isinstance(a, ModelFailure) else ItemAnswer(value=a)
-            for a in answer_each(call, items)]
+            for a in answers_per_item(call, items)]

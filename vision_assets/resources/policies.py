@@ -34,6 +34,7 @@ class IngestPolicy(dg.ConfigurableResource):
     allowed_formats: list[str] = sorted(DEFAULTS.allowed_formats)
     threads: int = DEFAULTS.ingest_threads
     working_side: int = DEFAULTS.working_image_side  # long side of the normalised copy the model stages read; 0 = the original's
+    model_input_side: int = DEFAULTS.detector_image_size  # long side of the model input written beside it; 0 = none
 
     @property
     def limits(self) -> ValidationLimits:

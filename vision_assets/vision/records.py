@@ -91,6 +91,9 @@ class SourceImageRecord(BaseModel):
     # than the working side (VISION_ASSETS_WORKING_IMAGE_SIDE). None in records written before it was kept.
     normalized_width: int | None = None
     normalized_height: int | None = None
+    # The long side of `~model-input.jpg`, the picture at the detector's side that the model stages read where it is
+    # large enough (None: not written; records before it read the working copy).
+    model_input_side: int | None = None
     preview_key: str | None = None  # rejected files only: a thumbnail of what still decoded
     warnings: list[str] = Field(default_factory=list)
     processed_at: datetime

@@ -34,3 +34,39 @@ def test_a_photo_within_the_working_side_is_kept_as_it_is(tmp_path):
     assert normalized.size == (800, 600) == (record.facts.width, record.facts.height)
     record, normalized = ingested(tmp_path / "full", (3000, 2000), working_side=0)
     assert normalized.size == (3000, 2000)
+
+
+def ingest_bytes(tmp_path, data: bytes, working_side=4096, model_side=640):
+    store = FolderObjectStore(tmp_path)
+    results = ResultsStore(store, "results/")
+    store.put("in/photo.jpg", data)
+    described = store.head("in/photo.jpg")
+    results.write_registration(RegisteredImage(partition_key="photo.jpg", object_key="in/photo.jpg",
+                                               source_uri=store.uri("in/photo.jpg"), etag=described.etag,
+                                               size=described.size, last_modified=described.last_modified))
+    record = ingest_image("photo.jpg", store, results, ValidationLimits(), working_side=working_side,
+                          model_side=model_side)
+    return record, results, store
+
+
+def test_an_upright_jpeg_is_its_own_working_copy_and_the_models_read_a_small_input(tmp_path):
+    """Pixels paid once: the file itself serves as the working copy (no full decode, no encoding at ingest), and the
+    picture at the detector's side is written beside it, from the one reduced decode, for the model stages."""
+    data = image_bytes((2000, 1500), fmt="JPEG", color=(30, 120, 200), quality=90)
+    record, results, store = ingest_bytes(tmp_path, data)
+    assert record.is_valid and (record.normalized_width, record.normalized_height) == (2000, 1500)
+    assert store.get(record.normalized_key)[1] == data and record.model_input_side == 640
+    detector_view = results.read_working("photo.jpg", 640 / 2000, record)
+    assert detector_view.image.size == (640, 480) and detector_view.size == (2000, 1500)
+    assert detector_view.to_working([64.0, 48.0, 640.0, 480.0]) == [200.0, 150.0, 2000.0, 1500.0]
+    crops_view = results.read_working("photo.jpg", 0.5, record)  # more than the model input has: the working copy
+    assert crops_view.image.size == (1000, 750) and crops_view.crop([0, 0, 400, 200]).size == (200, 100)
+
+
+def test_a_turned_jpeg_is_made_upright_once_and_its_model_input_is_upright_too(tmp_path):
+    from tests.conftest import phone_photo_bytes
+
+    record, results, _ = ingest_bytes(tmp_path, phone_photo_bytes((1200, 800), fmt="JPEG", orientation=6))
+    assert record.is_valid and (record.normalized_width, record.normalized_height) == (800, 1200)
+    assert results.read_working("photo.jpg", 0.5, record).image.size == (427, 640)  # the model input, upright
+    assert results.read_normalized("photo.jpg").size == (800, 1200)  # re-encoded: the file itself is turned

@@ -53,10 +53,12 @@ def label_batch(
     specialists: Mapping[str, Classifies],
     coral_scores: Mapping[str, float],
     policy: LabelingPolicy,
+    crops: Mapping[str, Mapping[int, Image.Image]] | None = None,
 ) -> dict[str, LabelsRecord]:
     """`images`: the pictures, or the working copies as decoded at a reduced scale (boxes stay in the working copy's
     pixels). `crop_boxes`: image -> detection index -> the crop already cut for it (a detection without one is cut here
-    with the policy's margin)."""
+    with the policy's margin). `crops`: image -> detection index -> the crop's pixels, already cut (at the expert's
+    side) by the embeddings stage; the others are cut from the pictures here."""
     records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
     pictures = {key: as_working(image) for key, image in images.items()}
     queued: dict[str, list[tuple[str, CropLabels, Image.Image]]] = defaultdict(list)  # expert -> (image, crop, pixels)
@@ -68,7 +70,8 @@ def label_batch(
             records[key].crops.append(crop)
             specialist = policy.routes.get(detection.class_name)
             if specialist in specialists:
-                queued[specialist].append((key, crop, picture.crop(box)))
+                handed = (crops or {}).get(key, {}).get(index)
+                queued[specialist].append((key, crop, handed if handed is not None else picture.crop(box)))
 
     for specialist, work in queued.items():  # one call per expert for the whole batch
         model = specialists[specialist]

@@ -11,12 +11,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from ..models.inputs import fit_within
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
 from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
 from ..storage.registrations import Registrations
 from ..storage.results_store import ResultsStore
 from .review import salvage_preview
-from .validation import ValidationLimits, encode_normalized, validate_image, working_copy
+from .validation import REDUCED_DECODE_SIDE, ValidationLimits, encode_normalized, validate_image, working_copy
 
 # Rejections whose file may still show something: the decoder failed part-way, or the picture is just small.
 # (Never for too many pixels: a bomb is not decoded, not even for a preview.)
@@ -36,12 +37,15 @@ def ingest_image(
     registrations: Registrations | None = None,
     working_side: int = 0,
     batch: str | None = None,
+    model_side: int = 0,
 ) -> SourceImageRecord:
     """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
     the record (`~preview.jpg`), for the reviewer. None: no previews. `registrations`: the run's (default: none
     tagged, so the image's own copy or a search of the sensor's batch files). `working_side`: the long side of the
     normalised copy the model stages read (0: the image's own). `batch`: the upload batch this version was
-    registered in (kept on the record: an older batch's run then knows it is superseded)."""
+    registered in (kept on the record: an older batch's run then knows it is superseded). `model_side`: the long side of
+    the model input written beside the working copy (`~model-input.jpg`, what the model stages read where it is large
+    enough: the detector's side); 0: none."""
     started = time.perf_counter()
     # No per-image copy of the registration is written: the batch's manifest holds it (a million images were a
     # million more files), and the source record names the object.
@@ -51,7 +55,7 @@ def ingest_image(
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
     else:
         fields = {"object_key": registration.object_key, "source_uri": registration.source_uri}
-        fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side)
+        fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side, model_side)
     record = SourceImageRecord(
         partition_key=partition_key,
         batch=batch,
@@ -70,6 +74,7 @@ def _fetch_and_validate(
     limits: ValidationLimits,
     preview_side: int | None,
     working_side: int,
+    model_side: int,
 ) -> dict[str, Any]:
     seen = {"etag": registration.etag, "size_bytes": registration.size}
     try:
@@ -83,7 +88,7 @@ def _fetch_and_validate(
         )
 
     fetched = {"etag": version.etag, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    outcome = validate_image(data, limits, working_side)
+    outcome = validate_image(data, limits, working_side, reduced_side=max(model_side, REDUCED_DECODE_SIDE))
     if isinstance(outcome, Rejection):
         rejected = fetched | {"status": "rejected", "rejection": outcome}
         if preview_side and outcome.code in PREVIEWABLE:
@@ -94,19 +99,25 @@ def _fetch_and_validate(
         return rejected
     facts, notes = outcome.facts, outcome.warnings
     if outcome.original_serves:  # the file itself is the working copy: no full decode, no encoding
-        del outcome
         normalized_key, size = results.write_normalized(registration.partition_key, data), (facts.width, facts.height)
+        picture = outcome.rgb  # the reduced decode
     else:
-        working = working_copy(outcome.rgb, working_side)
-        del outcome, data  # the full-size pixels and bytes go now, before the copy is encoded
-        normalized_key = results.write_normalized(registration.partition_key, encode_normalized(working))
-        size = working.size
+        picture = working_copy(outcome.rgb, working_side)
+        del data  # the bytes go now, before the copy is encoded
+        normalized_key, size = results.write_normalized(registration.partition_key, encode_normalized(picture)), \
+            picture.size
+    del outcome
+    model_input = None
+    if model_side:  # from the one decode: the picture the detector reads, and CLIP and the review pictures too
+        model_input, _ = fit_within(picture, model_side)
+        results.write_model_input(registration.partition_key, encode_normalized(model_input, quality=90))
     return fetched | {
         "status": "valid",
         "facts": facts,
         "normalized_key": normalized_key,
         "normalized_width": size[0],
         "normalized_height": size[1],
+        "model_input_side": max(model_input.size) if model_input is not None else None,
         "warnings": notes,
     }
 

@@ -130,15 +130,19 @@ def labels_markdown(partition_key: str, picture: Image.Image | WorkingPicture, l
     return "\n".join(lines)
 
 
-def review_crops_markdown(picture: Image.Image | WorkingPicture, labels: LabelsRecord, look: ReviewPictures) -> str:
-    """The crops whose label needs review, each with the expert's top labels and its threshold."""
-    picture = as_working(picture)
+def review_crops_markdown(picture: Image.Image | WorkingPicture, labels: LabelsRecord, look: ReviewPictures,
+                          crops: dict[int, Image.Image] | None = None) -> str:
+    """The crops whose label needs review, each with the expert's top labels and its threshold (`crops`: the crops
+    already cut, by detection index; the others are cut from the picture)."""
+    picture, crops = as_working(picture), crops or {}
     rows = ["| crop | router | expert says | threshold |", "|---|---|---|---|"]
     for number, crop in enumerate(labels.crops, start=1):
         expert = crop.specialist
         if not (expert and expert.needs_review):
             continue
-        image = markdown_image(f"crop {number}", thumbnail(picture.crop(crop.crop_box), CROP_SIDE), look.quality)
+        pixels = crops.get(crop.detection_index)
+        pixels = picture.crop(crop.crop_box) if pixels is None else pixels
+        image = markdown_image(f"crop {number}", thumbnail(pixels, CROP_SIDE), look.quality)
         top = _top_k(expert.labels)
         rows.append(f"| {image} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | "
                     f"{expert.specialist}: {_cell(top)} | {expert.threshold} |")

@@ -51,7 +51,8 @@ class ValidImage:
     original_serves: bool = False
 
 
-# The side of the reduced decode when the original serves: enough for the pHash (32 x 32 from it) and the checks.
+# The long side of the reduced decode when the original serves, unless the caller needs more (the model input): enough
+# for the pHash (32 x 32 from it) and the checks.
 REDUCED_DECODE_SIDE = 256
 PHASH_SOURCE_SIDE = 512  # the pHash of a picture is taken from a copy at most this big (it reads 32 x 32)
 
@@ -62,17 +63,19 @@ class _Rejected(Exception):
         self.rejection = Rejection(code=code, message=message)
 
 
-def validate_image(data: bytes, limits: ValidationLimits = ValidationLimits(),
-                   working_side: int | None = None) -> ValidImage | Rejection:
+def validate_image(data: bytes, limits: ValidationLimits = ValidationLimits(), working_side: int | None = None,
+                   reduced_side: int = REDUCED_DECODE_SIDE) -> ValidImage | Rejection:
     """`working_side`: the long side of the working copy the caller keeps (0: full size). Given, a file that can
-    serve as its own working copy (`original_serves`) is decoded reduced; None: always in full."""
+    serve as its own working copy (`original_serves`) is decoded reduced, to a long side of at least `reduced_side`;
+    None: always in full."""
     try:
-        return _validate(data, limits, working_side)
+        return _validate(data, limits, working_side, reduced_side)
     except _Rejected as rejected:
         return rejected.rejection
 
 
-def _validate(data: bytes, limits: ValidationLimits, working_side: int | None = None) -> ValidImage:
+def _validate(data: bytes, limits: ValidationLimits, working_side: int | None = None,
+              reduced_side: int = REDUCED_DECODE_SIDE) -> ValidImage:
     if not data:
         raise _Rejected(RejectionCode.EMPTY, "the object is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -90,7 +93,7 @@ def _validate(data: bytes, limits: ValidationLimits, working_side: int | None = 
         image = _open(data, image_format, limits)
         serves = working_side is not None and original_serves(image, image_format, working_side)
         full_size = image.size
-        _decode(image, image_format, limits, reduced_to=REDUCED_DECODE_SIDE if serves else 0)
+        _decode(image, image_format, limits, reduced_to=reduced_side if serves else 0)
         facts_before_orientation = (image.mode, getattr(image, "n_frames", 1))
         capture = _capture_facts(image, notes)
         orientation, image = _apply_exif_orientation(image, notes)
@@ -233,7 +236,7 @@ def _open(data: bytes, image_format: str, limits: ValidationLimits) -> Image.Ima
 
 
 def _decode(image: Image.Image, image_format: str, limits: ValidationLimits, reduced_to: int = 0) -> None:
-    """Decode the opened image (its first frame); a JPEG at the smallest DCT scale whose sides are at least
+    """Decode the opened image (its first frame); a JPEG at the smallest DCT scale whose long side is at least
     `reduced_to` (0: full size)."""
     try:
         image.seek(0)  # animated images: the first frame stands for the image
@@ -246,10 +249,10 @@ def _decode(image: Image.Image, image_format: str, limits: ValidationLimits, red
         raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
 
 
-def reduced_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
-    """The smallest size of `size`'s shape whose short side is at least `short_side` (what Pillow's `draft` takes:
+def reduced_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """The smallest size of `size`'s shape whose long side is at least `long_side` (what Pillow's `draft` takes:
     it decodes at the smallest DCT scale, 1/1 to 1/8, at least this big)."""
-    scale = min(1.0, short_side / max(1, min(size)))
+    scale = min(1.0, long_side / max(1, max(size)))
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 

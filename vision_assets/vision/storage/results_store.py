@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..batches import BatchIndexed, BatchManifest
-from ..images.working import WorkingPicture, decode_working, scale_for_long_side
+from ..images.working import SIDE_SLACK, WorkingPicture, decode_working, scale_for_long_side
 from ..records import RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 
@@ -28,6 +28,7 @@ BATCHES = "~batches/"  # at the top of the results prefix: each upload batch's m
 LEGACY_REGISTRATIONS = "~registrations/"  # one file per run, written by versions before batches were partitions
 SOURCE_RECORD = "~source.json"
 NORMALIZED_IMAGE = "~normalized.jpg"
+MODEL_INPUT = "~model-input.jpg"  # the picture at the detector's side, written at ingest for the model stages
 REJECTED_PREVIEW = "~preview.jpg"  # what still decoded of a rejected file, thumbnail size
 DETECTIONS = "~detections.json"
 LABELS = "~labels.json"
@@ -35,8 +36,8 @@ EMBEDDINGS = "~embeddings.json"
 EMBEDDING_VECTORS = "~embeddings.npz"
 INDEX = "~index.json"
 REVIEW = "~review.json"  # a person's decisions (review_sensor writes it, every later stage honours it)
-PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, REJECTED_PREVIEW, DETECTIONS, LABELS,
-                             EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW})
+PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, MODEL_INPUT, REJECTED_PREVIEW, DETECTIONS,
+                             LABELS, EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW})
 # At the top of the results prefix, besides the images' folders:
 OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
@@ -141,8 +142,18 @@ class ResultsStore:
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
         return _decoded(data)
 
-    def read_working(self, partition_key: str, scale: float = 1.0) -> WorkingPicture:
-        """The working copy decoded at `scale` of its size or a little more (see vision/images/working.py)."""
+    def write_model_input(self, partition_key: str, jpeg: bytes) -> str:
+        return self._write_jpeg(partition_key, MODEL_INPUT, jpeg)
+
+    def read_working(self, partition_key: str, scale: float = 1.0,
+                     source: SourceImageRecord | None = None) -> WorkingPicture:
+        """The working copy at `scale` of its size or a little more (see vision/images/working.py): the small model
+        input ingest wrote where it is large enough (its record says), else the working copy, decoded reduced."""
+        size, side = (source.working_size, source.model_input_side) if source else (None, None)
+        if size and side and side / max(size) >= scale * SIDE_SLACK:
+            _, data = self.store.get(self.key(partition_key, MODEL_INPUT))
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            return WorkingPicture(image, *size)
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
         return decode_working(data, scale)
 
