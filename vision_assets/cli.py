@@ -23,7 +23,6 @@ from .event_storage import sqlite_storage
 from .settings import Settings
 
 REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
-GPU_POOL = "gpu"  # the model stages' pool
 
 INSTANCE_MARKER = "# Written by `vision-assets dev`"
 INSTANCE_YAML = INSTANCE_MARKER + """ on every start, from the environment. Delete this first line to keep your own
@@ -80,6 +79,8 @@ def prepare_runs(home: Path, gpu_slots: int) -> None:
     `gpu` pool its slots: the model stages of every run in flight reach the model service together, and it batches
     them."""
     import dagster as dg
+
+    from .keys import GPU_POOL
 
     os.environ["DAGSTER_HOME"] = str(home)
     with dg.DagsterInstance.get() as instance:  # queued runs are left queued: the new daemon launches them

@@ -12,5 +12,8 @@ REVIEW_DECISIONS = dg.AssetKey("review_decisions")
 REVIEW_QUEUE = dg.AssetKey("review_queue")
 REVIEW_ACCURACY = dg.AssetKey("review_accuracy")
 
+# The pool the model stages share (`vision-assets dev` gives it a slot per run in flight).
+GPU_POOL = "gpu"
+
 # The per-batch stages, in pipeline order.
 PIPELINE_STAGES = [SOURCE_IMAGES, DETECTIONS, EMBEDDINGS, SPECIALIST_LABELS, QDRANT_INDEX]

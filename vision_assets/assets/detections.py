@@ -5,7 +5,7 @@ from collections import Counter
 
 import dagster as dg
 
-from ..keys import DETECTIONS, SOURCE_IMAGES
+from ..keys import DETECTIONS, GPU_POOL, SOURCE_IMAGES
 from ..resources import DetectorResource, ImageSelection, ImageStore, StagePolicy
 from ..vision.images.working import scale_for_long_side
 from ..vision.models.failures import ModelFailure, answer_each
@@ -27,7 +27,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         **stage_asset(
             key=DETECTIONS,
             deps=[SOURCE_IMAGES],
-            pool="gpu",
+            pool=GPU_POOL,
             kinds={"pytorch"},
             code_version=f"1|{detector_identity}",
             description=f"Objects and boxes found by the router ({detector_identity}), per valid image of the batch. "

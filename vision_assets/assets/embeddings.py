@@ -9,7 +9,7 @@ from collections import Counter
 import dagster as dg
 import numpy as np
 
-from ..keys import DETECTIONS, EMBEDDINGS
+from ..keys import DETECTIONS, EMBEDDINGS, GPU_POOL
 from ..resources import (
     EmbedderResource,
     ImageSelection,
@@ -72,7 +72,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         **stage_asset(
             key=EMBEDDINGS,
             deps=[DETECTIONS],
-            pool="gpu",
+            pool=GPU_POOL,
             kinds={"pytorch"},
             code_version=f"2|{embedder_identity}|{scene_signature}",
             check_specs=[embedding_validity.spec],

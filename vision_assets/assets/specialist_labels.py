@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
-from ..keys import EMBEDDINGS, SPECIALIST_LABELS
+from ..keys import EMBEDDINGS, GPU_POOL, SPECIALIST_LABELS
 from ..resources import (
     DetectorResource,
     EmbedderResource,
@@ -145,7 +145,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         **stage_asset(
             key=SPECIALIST_LABELS,
             deps=[EMBEDDINGS],
-            pool="gpu",
+            pool=GPU_POOL,
             kinds={"pytorch"},
             code_version=f"2|{specialists_identity}|{embedder_identity}",
             check_specs=[label_confidence.spec, committee_agreement.spec],

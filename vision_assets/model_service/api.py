@@ -28,11 +28,10 @@ class CommitteeAPI(ls.LitAPI):
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.model_workers_per_device)))
-        resources = committee_resources(settings)
         models, held = {}, {}
-        for name in ("detector", "embedder", "specialists"):
-            models |= resources[name].local_models(device)
-            held |= resources[name].refs()
+        for resource in committee_resources(settings).values():
+            models |= resource.local_models(device)
+            held |= resource.refs()
         self.committee = HeldCommittee(models=models, held=held, device=device)
         self.metrics = metrics
         metrics.record_device(device)

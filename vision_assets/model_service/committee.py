@@ -16,6 +16,7 @@ from ..vision.models.base import Model, ModelLoadError
 from ..vision.models.failures import ModelFailure, answers_per_item
 from ..vision.models.wire import (
     ITEM_TASKS,
+    TEXT_TASKS,
     ItemAnswer,
     ModelRef,
     ModelRequest,
@@ -93,7 +94,7 @@ class HeldCommittee:
             return [{"value": self._whole(task, model, request)} for request in requests]
         items: list[Any] = []
         for request in requests:
-            items.extend(request.texts if task in ("embed_texts",) else [decode_picture(p) for p in request.images])
+            items.extend(request.texts if task in TEXT_TASKS else [decode_picture(p) for p in request.images])
         answers = run_items(_item_call(task, model), items)
         out, start = [], 0
         for request in requests:
@@ -113,7 +114,7 @@ class HeldCommittee:
 
 
 def _size(request: ModelRequest) -> int:
-    return len(request.texts) if request.task in ("embed_texts", "prompt_vectors") else len(request.images)
+    return len(request.texts) if request.task in TEXT_TASKS else len(request.images)
 
 
 def describe(model: Any) -> dict[str, Any]:

@@ -71,8 +71,8 @@ def held_models() -> dict[str, ModelRef]:
     from ..resources.models import committee_resources
     from ..settings import Settings
 
-    resources = committee_resources(Settings.from_env())
-    return {role: ref for name in ("detector", "embedder", "specialists") for role, ref in resources[name].refs().items()}
+    return {role: ref for resource in committee_resources(Settings.from_env()).values()
+            for role, ref in resource.refs().items()}
 
 
 def build_server(options: ServiceOptions):

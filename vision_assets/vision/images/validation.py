@@ -8,7 +8,6 @@ can act on; no exception from a decoder escapes.
 from __future__ import annotations
 
 import io
-import math
 import re
 import threading
 import warnings
@@ -24,6 +23,7 @@ from ..process import restore_pillow_open
 from ..records import CaptureFacts, ImageFacts, Rejection, RejectionCode
 from .exif import capture_facts
 from .formats import DEFAULT_ALLOWED_FORMATS, SNIFF_BYTES, describe_non_image, sniff_image_format
+from .working import draft_size
 
 EXIF_ORIENTATION_TAG = 0x0112
 _SRGB = ImageCms.createProfile("sRGB")
@@ -241,19 +241,12 @@ def _decode(image: Image.Image, image_format: str, limits: ValidationLimits, red
     try:
         image.seek(0)  # animated images: the first frame stands for the image
         if reduced_to and image_format == "JPEG":
-            image.draft(image.mode, reduced_size(image.size, reduced_to))
+            image.draft(image.mode, draft_size(image.size, reduced_to / max(1, max(image.size))))
         image.load()
     except Image.DecompressionBombError as error:
         raise _bomb(error, limits) from error
     except Exception as error:
         raise _Rejected(RejectionCode.CORRUPT, f"{image_format} data does not decode: {_describe(error)}") from error
-
-
-def reduced_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """The smallest size of `size`'s shape whose long side is at least `long_side` (what Pillow's `draft` takes:
-    it decodes at the smallest DCT scale, 1/1 to 1/8, at least this big)."""
-    scale = min(1.0, long_side / max(1, max(size)))
-    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def _capture_facts(image: Image.Image, notes: list[str]) -> CaptureFacts | None:

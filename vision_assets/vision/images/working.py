@@ -60,10 +60,16 @@ def decode_working(data: bytes, scale: float = 1.0) -> WorkingPicture:
     full)."""
     image = Image.open(io.BytesIO(data))
     size = image.size
-    wanted = scale * SIDE_SLACK
-    if wanted < 1 and image.format == "JPEG":
-        image.draft("RGB", (max(1, math.ceil(size[0] * wanted)), max(1, math.ceil(size[1] * wanted))))
+    if scale * SIDE_SLACK < 1 and image.format == "JPEG":
+        image.draft("RGB", draft_size(size, scale * SIDE_SLACK))
     return WorkingPicture(image.convert("RGB"), *size)
+
+
+def draft_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """`size` at `scale` (at most 1), rounded up: what Pillow's `draft` takes (it decodes at the smallest DCT scale,
+    1/1 to 1/8, at least this big)."""
+    scale = min(1.0, scale)
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def scale_for_long_side(size: tuple[int, int] | None, side: int) -> float:

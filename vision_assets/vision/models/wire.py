@@ -15,6 +15,7 @@ from pydantic import BaseModel
 # batches the items of concurrent requests together; the others answer about the model as a whole.
 Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names"]
 ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify"})
+TEXT_TASKS = frozenset({"embed_texts", "prompt_vectors"})  # those that take texts, not pictures
 
 
 class ModelRef(BaseModel):
