@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .vision.committee.routing import DEFAULT_ROUTES, format_routes, parse_routes
 from .vision.committee.scenes import CORAL_TAG, DEFAULT_SCENES, format_scenes, parse_scenes
 from .vision.images.formats import DEFAULT_ALLOWED_FORMATS
+from .vision.index.server_layout import ServerLayout
 from .vision.models import defaults
 
 PREFIX = "VISION_ASSETS_"
@@ -237,6 +238,20 @@ class Settings(BaseSettings):
     qdrant_api_key: OptionalText = secret("API key for the Qdrant server.")
     qdrant_collection_prefix: str = setting("", "Prefix for the `images` and `crops` collections (a new prefix per "
                                             "embedding model keeps vector spaces apart).")
+    # A Qdrant server's layout, sent when a collection is created (embedded Qdrant ignores these and says so once).
+    qdrant_shards: Annotated[int | None, BeforeValidator(_unset_when_empty)] = setting(
+        None, "Server only: shards per collection, fixed when it is created; unset = the server's default (one per "
+        "node). Two per node leaves room to add nodes.")
+    qdrant_replication_factor: int = setting(2, "Server only: copies of each shard, so a cluster survives losing a "
+                                             "node (a single server keeps one).")
+    qdrant_write_consistency_factor: int = setting(1, "Server only: replicas that must confirm a write before it "
+                                                   "counts.")
+    qdrant_on_disk: bool = setting(True, "Server only: vectors and payloads on disk (the HNSW graph and the int8 "
+                                   "copies stay in RAM).")
+    qdrant_quantization: str = setting("int8", "Server only: `int8` keeps a scalar-quantized copy of every vector in "
+                                       "RAM for queries (4x smaller, rescored from disk); `none` keeps none.")
+    qdrant_read_consistency: str = setting("majority", "Server only: replicas a search's answer must agree between: "
+                                           "`majority`, `quorum`, `all` or a number.")
     near_duplicate_distance: int = setting(2, "pHash bits two images may differ by and still be near-exact copies in "
                                            "the catalogue (0 = identical pHash only).")
     callback_url: OptionalText = setting(None, "Webhook that receives a signed JSON message for every finished image "
@@ -279,6 +294,18 @@ class Settings(BaseSettings):
             raise ValueError(f"VISION_ASSETS_CORAL_SCENE_TAG {gate!r} is not in VISION_ASSETS_SCENE_TAGS "
                              f"({', '.join(self.scene_tags)}): add it, e.g. `{gate}=an underwater photo of a coral reef`")
         return self
+
+    @model_validator(mode="after")
+    def _qdrant_layout_possible(self) -> Settings:
+        self.qdrant_layout  # a layout no server could take (more write confirmations than replicas) fails at start
+        return self
+
+    @property
+    def qdrant_layout(self) -> ServerLayout:
+        return ServerLayout(shards=self.qdrant_shards, replication_factor=self.qdrant_replication_factor,
+                            write_consistency_factor=self.qdrant_write_consistency_factor, on_disk=self.qdrant_on_disk,
+                            quantization=self.qdrant_quantization,  # type: ignore[arg-type]
+                            read_consistency=self.qdrant_read_consistency)
 
     @property
     def qdrant_path(self) -> Path:

@@ -9,7 +9,10 @@ import dagster as dg
 
 from ..settings import DEFAULTS
 from ..vision.index.connection import HeldEmbedded, embedded_access, open_embedded, server_faults
+from ..vision.index.server_layout import ServerLayout
 from ..vision.index.vector_index import VectorIndex
+
+_told_layout_ignored = False  # once per process: every run would otherwise repeat it
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -22,6 +25,19 @@ class QdrantResource(dg.ConfigurableResource):
     # Embedded only: the `build_index_graph` job is launched (and a `reindex` run builds as it goes) once this many
     # points are not in an HNSW graph; no pipeline run or search builds one.
     hnsw_threshold: int = DEFAULTS.qdrant_hnsw_threshold
+    # A server's layout of the collections it creates, and its read consistency (server_layout.py).
+    shards: int | None = DEFAULTS.qdrant_shards
+    replication_factor: int = DEFAULTS.qdrant_replication_factor
+    write_consistency_factor: int = DEFAULTS.qdrant_write_consistency_factor
+    on_disk: bool = DEFAULTS.qdrant_on_disk
+    quantization: str = DEFAULTS.qdrant_quantization
+    read_consistency: str = DEFAULTS.qdrant_read_consistency
+
+    @property
+    def layout(self) -> ServerLayout:
+        return ServerLayout(shards=self.shards, replication_factor=self.replication_factor,
+                            write_consistency_factor=self.write_consistency_factor, on_disk=self.on_disk,
+                            quantization=self.quantization, read_consistency=self.read_consistency)  # type: ignore[arg-type]
 
     @property
     def where(self) -> str:
@@ -45,10 +61,11 @@ class QdrantResource(dg.ConfigurableResource):
             with server_faults(self.url):
                 client = QdrantClient(url=self.url, api_key=self.api_key)
                 try:
-                    yield VectorIndex(client, self.collection_prefix)
+                    yield VectorIndex(client, self.collection_prefix, self.layout)
                 finally:
                     client.close()
         elif self.path:
+            self._say_layout_ignored(on_wait)
             with embedded_access(self.path, wait, on_wait):
                 client = open_embedded(self.path, wait, tell=on_wait)
                 try:
@@ -57,6 +74,14 @@ class QdrantResource(dg.ConfigurableResource):
                     client.close()
         else:
             raise ValueError("set a Qdrant url or an embedded path")
+
+    def _say_layout_ignored(self, tell: Callable[[str], None]) -> None:
+        global _told_layout_ignored
+        if _told_layout_ignored or not (given := self.layout.differs_from_default()):
+            return
+        _told_layout_ignored = True
+        tell(f"{', '.join(given)}: for a Qdrant server (VISION_ASSETS_QDRANT_URL); the embedded index is one shard "
+             "in one folder on this machine and ignores them")
 
 
 class HeldIndex:
@@ -74,7 +99,7 @@ class HeldIndex:
     def use(self, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[VectorIndex]:
         if self._server is not None:
             with server_faults(str(self._resource.url)):
-                yield VectorIndex(self._server, self._resource.collection_prefix)
+                yield VectorIndex(self._server, self._resource.collection_prefix, self._resource.layout)
         else:
             with self.embedded.use(on_wait) as client:
                 yield VectorIndex(client, self._resource.collection_prefix)

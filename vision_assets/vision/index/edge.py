@@ -111,6 +111,8 @@ class EdgeClient:
 
     def create_collection(self, name: str, vectors_config: models.VectorParams,
                           metadata: dict[str, Any] | None = None) -> bool:
+        """One set of shards in this folder: a server's layout (shards, replicas, on-disk, quantization) has no
+        meaning here and is not taken."""
         meta = {"size": vectors_config.size, "distance": str(vectors_config.distance.value), "metadata": metadata or {}}
         self._sets[name] = ShardSet.create(self.root, name, meta)
         return True
@@ -156,8 +158,8 @@ class EdgeClient:
 
     def query_points(self, collection_name: str, query: Sequence[float], query_filter: models.Filter | None = None,
                      limit: int = 10, offset: int = 0, with_payload: bool = True,
-                     with_vectors: bool = False) -> QueryResponse:
-        """Each shard's best `offset + limit`, merged by score."""
+                     with_vectors: bool = False, consistency: None = None) -> QueryResponse:
+        """Each shard's best `offset + limit`, merged by score (one copy of each: no `consistency` to ask)."""
         shards = self._open(collection_name)
         request = edge.QueryRequest(limit=limit + (offset or 0), query=edge.Query.Nearest(list(query)),
                                     filter=_filter(query_filter), params=RESCORED,

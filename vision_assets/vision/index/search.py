@@ -191,7 +191,7 @@ class Searcher:
             query_filter.must_not = [exclude]
         points = self.index.client.query_points(
             self._collection(target), query=vector.tolist(), query_filter=query_filter, limit=limit, offset=offset,
-            with_payload=True,
+            with_payload=True, consistency=self.index.read_consistency,
         ).points
         return [hit_from_point(point, target) for point in points]
 

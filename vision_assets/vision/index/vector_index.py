@@ -15,6 +15,7 @@ from qdrant_client import models
 from ..chunking import POINT_LOOKUP, chunked
 from .client import IndexClient
 from .edge import EdgeClient
+from .server_layout import ServerLayout
 
 # Fixed forever: changing it would orphan every point ever written.
 POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
@@ -68,10 +69,20 @@ class ImagePoints:
 
 
 class VectorIndex:
-    def __init__(self, client: IndexClient, collection_prefix: str = ""):
+    def __init__(self, client: IndexClient, collection_prefix: str = "", layout: ServerLayout = ServerLayout()):
         self.client = client
         self.images = f"{collection_prefix}{IMAGES}"
         self.crops = f"{collection_prefix}{CROPS}"
+        self.layout = layout  # a server's: embedded Qdrant (Edge) is one shard in one folder and takes none of it
+
+    @property
+    def embedded(self) -> bool:
+        return isinstance(self.client, EdgeClient)
+
+    @property
+    def read_consistency(self) -> int | models.ReadConsistencyType | None:
+        """What a search asks of a server's replicas; None for the embedded index (one copy)."""
+        return None if self.embedded else self.layout.consistency()
 
     def ensure_collections(self, dimension: int, embedding_model: str) -> None:
         for name in (self.images, self.crops):
@@ -79,11 +90,13 @@ class VectorIndex:
                 self._verify(name, dimension, embedding_model)
                 self._add_missing_indexes(name)
                 continue
-            self.client.create_collection(
-                name,
-                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
-                metadata={"embedding_model": embedding_model, "dimension": dimension},
-            )
+            metadata = {"embedding_model": embedding_model, "dimension": dimension}
+            if self.embedded:
+                self.client.create_collection(
+                    name, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                    metadata=metadata)
+            else:
+                self.client.create_collection(name, metadata=metadata, **self.layout.collection_settings(dimension))
             self._add_missing_indexes(name)
 
     def _add_missing_indexes(self, name: str) -> None:
@@ -164,14 +177,14 @@ class VectorIndex:
     def unindexed(self) -> dict[str, int]:
         """Embedded (Qdrant Edge) only: per collection, the points not in an HNSW graph yet. A server builds its
         graphs itself, in the background: {}."""
-        if not isinstance(self.client, EdgeClient):
+        if not self.embedded:
             return {}
         return {name: self.client.unindexed(name) for name in (self.images, self.crops)
                 if self.client.collection_exists(name)}
 
     def unmerged(self) -> int:
         """Embedded only: sealed shards waiting to be merged (edge_shards.py), in all collections."""
-        if not isinstance(self.client, EdgeClient):
+        if not self.embedded:
             return 0
         return sum(self.client.unmerged(name) for name in (self.images, self.crops)
                    if self.client.collection_exists(name))
