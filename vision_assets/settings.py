@@ -297,7 +297,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _qdrant_layout_possible(self) -> Settings:
-        self.qdrant_layout  # a layout no server could take (more write confirmations than replicas) fails at start
+        _ = self.qdrant_layout  # a layout no server could take (more write confirmations than replicas) fails at start
         return self
 
     @property
