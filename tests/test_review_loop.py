@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import SensorDriver, embedded_client, failed_in, latest_evaluation, requested, ui_check_statuses
 from tests.vision.review.test_review_formats import annotated
 from vision_assets.assets.specialist_labels import committee_agreement, label_confidence
-from vision_assets.jobs import process_images
+from vision_assets.jobs import PROCESS_IMAGES
 from vision_assets.sensors import review_sensor as review_sensor_module
 from vision_assets.vision.index.vector_index import crop_point_id, image_point_id
 from vision_assets.vision.records import DetectionsRecord, ImageReview, LabelsRecord, Verdict
@@ -95,7 +95,7 @@ def test_a_verdict_from_label_studio_reaches_the_index_and_the_checks(pipeline, 
     # one-image batch differently from a four-image one (letterboxing): some boxes are the reviewed ones, a little
     # shifted or reordered, some are new. The decisions follow the objects they were made on; what nobody judged
     # is open again, and only that.
-    rerun = driver.defs.resolve_job_def(process_images.name).execute_in_process(
+    rerun = driver.defs.resolve_job_def(PROCESS_IMAGES).execute_in_process(
         instance=instance, partition_key=batch, raise_on_error=False,
         run_config={"resources": {"image_selection": {"config": {"images": ["bus.jpg"]}}}})
     assert rerun.success

@@ -225,6 +225,9 @@ def test_the_service_describes_itself_and_wants_its_key_when_it_has_one(service,
         assert locked.get("/api/search", params={"text": "x"}).status_code == 401
         assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
         assert locked.get("/api/search", params={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        # Kubernetes' probes have no key: the liveness path answers them, and says nothing about the catalogue.
+        assert locked.get("/healthz").json() == {"status": "ok"}
+        assert locked.get("/api/health").status_code == 401
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_a_key(capsys):

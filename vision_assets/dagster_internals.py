@@ -6,6 +6,7 @@ Dagster fails a test here instead of a user's run."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -13,6 +14,11 @@ import dagster as dg
 # Dagster exports no public name for it.
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData as JudgedMaterialization,
+)
+
+# What `define_asset_job` returns (`jobs.pipeline_job`, handed to the sensors): Dagster exports no name for the type.
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition as PipelineJob,
 )
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
@@ -22,7 +28,8 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus as CheckRecordStatus,
 )
 
-__all__ = ["CheckRecordStatus", "JudgedMaterialization", "log_as_one_batch", "set_partition_metadata"]
+__all__ = ["CheckRecordStatus", "JudgedMaterialization", "PipelineJob", "log_as_one_batch", "processed_class_config",
+           "read_instance_file", "set_partition_metadata"]
 
 
 def log_as_one_batch(context: dg.AssetExecutionContext, evaluations: Sequence[dg.AssetCheckEvaluation]) -> None:
@@ -57,3 +64,23 @@ def set_partition_metadata(context: dg.AssetExecutionContext, by_partition: Mapp
         handle = AssetMetadataHandle(asset_key=asset, partition_key=partition)
         merged[handle] = {**merged.get(handle, {}), **metadata}
     step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)  # noqa: SLF001
+
+
+def read_instance_file(folder: str, filename: str) -> Mapping[str, Any]:
+    """An instance file read, its schema and rules checked, as `DagsterInstance.from_config` reads it
+    (`dagster_instance_config`): no public API checks an instance file without constructing the instance, which for
+    a team's instance connects to Postgres. Raises `DagsterInvalidConfigError`."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(folder, filename)
+    return config
+
+
+def processed_class_config(klass: type, config: Mapping[str, Any] | None) -> Any:
+    """A configurable class's config (a storage's, the run launcher's) processed by the class's own `config_type`,
+    as `ConfigurableClassData.rehydrate` does before constructing the class; Dagster has no public way to check it
+    without constructing the class, which connects to Postgres or Kubernetes. The result's `success`, `value` and
+    `errors` say how it went."""
+    from dagster._config import process_config, resolve_to_config_type
+
+    return process_config(resolve_to_config_type(klass.config_type()), config or {})

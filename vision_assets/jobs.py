@@ -1,5 +1,10 @@
 """Every job. The pipeline's run in one process, so models (where any) load once per run."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from .assets.deletion import delete_images_op
@@ -7,17 +12,27 @@ from .assets.index_graph import build_index_graph_op, compact_index_op
 from .assets.qdrant_index import REINDEX_TAG
 from .keys import IMAGE_CATALOG, QDRANT_INDEX, REVIEW_ACCURACY, REVIEW_DECISIONS, REVIEW_QUEUE, SOURCE_IMAGES
 
-process_images = dg.define_asset_job(
-    "process_images",
+if TYPE_CHECKING:
+    from .dagster_internals import PipelineJob
+
+PROCESS_IMAGES = "process_images"
+
+
+def pipeline_job(run_tags: Mapping[str, object] | None = None) -> PipelineJob:
+    """`process_images`, with tags every run of it carries (on Kubernetes with models in the runs: the pod's GPU,
+    `run_placement.py`). Built once, in `wiring.py`, and handed to the sensors that launch it."""
+    return dg.define_asset_job(
+        PROCESS_IMAGES,
     # Every stage with its checks, except the unpartitioned assets: the whole-bucket table, the review queue and
     # the review loop have jobs of their own.
-    selection=dg.AssetSelection.assets(SOURCE_IMAGES).downstream()
-    - dg.AssetSelection.assets(IMAGE_CATALOG, REVIEW_DECISIONS, REVIEW_QUEUE, REVIEW_ACCURACY),
-    executor_def=dg.in_process_executor,
-    description="Everything that happens to an upload batch. Launched by `upload_sensor`, one run per batch; a "
-    "backfill runs any range of batches in one run. To re-run a few images: `vision-assets reprocess KEY ...`, or "
-    "launch it on their batches with `resources: {image_selection: {config: {images: [...]}}}`.",
-)
+        selection=dg.AssetSelection.assets(SOURCE_IMAGES).downstream()
+        - dg.AssetSelection.assets(IMAGE_CATALOG, REVIEW_DECISIONS, REVIEW_QUEUE, REVIEW_ACCURACY),
+        executor_def=dg.in_process_executor,
+        tags=dict(run_tags or {}),
+        description="Everything that happens to an upload batch. Launched by `upload_sensor`, one run per batch; a "
+        "backfill runs any range of batches in one run. To re-run a few images: `vision-assets reprocess KEY ...`, or "
+        "launch it on their batches with `resources: {image_selection: {config: {images: [...]}}}`.",
+    )
 
 reindex = dg.define_asset_job(
     "reindex",

@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     model_max_batch: int = setting(8, "The model service batches up to this many requests (each up to 16 pictures) "
                                    "from concurrent runs into one model call.")
     model_max_wait_ms: float = setting(10, "How long the model service waits for more requests to fill a batch.")
+    run_gpus: int = setting(0, "Kubernetes with the models in the runs (no model service): GPUs each `process_images` "
+                            "run pod asks for, on a GPU node (the `dagster-k8s/config` run tag). 0 = none: with the "
+                            "model service, run pods need no GPU.")
     model_service_patience_seconds: float = setting(120, "How long a run waits out an unreachable model service "
                                                     "(restarting, a worker that died) before its step fails and is "
                                                     "retried like a store outage.")
@@ -293,6 +296,13 @@ class Settings(BaseSettings):
             gate = self.coral_scene_tag
             raise ValueError(f"VISION_ASSETS_CORAL_SCENE_TAG {gate!r} is not in VISION_ASSETS_SCENE_TAGS "
                              f"({', '.join(self.scene_tags)}): add it, e.g. `{gate}=an underwater photo of a coral reef`")
+        return self
+
+    @model_validator(mode="after")
+    def _run_gpus_only_without_a_service(self) -> Settings:
+        if self.run_gpus and self.model_service_url:
+            raise ValueError(f"VISION_ASSETS_RUN_GPUS={self.run_gpus} asks a GPU for every run pod, but the model "
+                             f"service at {self.model_service_url} serves the models: run pods need none; set it to 0")
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from .jobs import (
     build_index_graph,
     delete_images,
     measure_accuracy,
-    process_images,
+    pipeline_job,
     refresh_catalog,
     refresh_review_queue,
     reindex,
@@ -43,6 +43,7 @@ from .resources import (
     UploadPolicy,
 )
 from .resources.models import committee_resources
+from .run_placement import gpu_run_tags
 from .sensors.callback_sensor import callback_sensor
 from .sensors.dead_worker_sensor import make_dead_worker_sensor
 from .sensors.failed_image_retry import make_failed_image_retry_sensor
@@ -121,9 +122,11 @@ def build_definitions(
     review: ReviewSettings = ReviewSettings(),
     stage_policy: StagePolicy = StagePolicy(),
     failed_image_retries: FailedImageRetries = FailedImageRetries(),
+    pipeline_run_tags: dict[str, object] | None = None,
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
     labeling = models["labeling"]
+    process_images = pipeline_job(pipeline_run_tags)
     return dg.Definitions(
         assets=[
             source_images,
@@ -138,10 +141,10 @@ def build_definitions(
         ],
         jobs=[process_images, reindex, refresh_catalog, delete_images, apply_reviews, measure_accuracy,
               refresh_review_queue, build_index_graph],
-        sensors=[make_upload_sensor(sensor_interval_seconds), callback_sensor,
-                 make_index_repair_sensor(sensor_interval_seconds), make_index_graph_sensor(sensor_interval_seconds),
+        sensors=[make_upload_sensor(process_images, sensor_interval_seconds), callback_sensor,
+                 make_index_repair_sensor(process_images, sensor_interval_seconds), make_index_graph_sensor(sensor_interval_seconds),
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
-                 make_failed_image_retry_sensor(max(sensor_interval_seconds, 60)),
+                 make_failed_image_retry_sensor(process_images, max(sensor_interval_seconds, 60)),
                  make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
@@ -185,5 +188,6 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
                                  first_retry_seconds=settings.store_retry_seconds),
         failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,
                                                 first_wait_seconds=settings.failed_image_retry_seconds),
+        pipeline_run_tags=gpu_run_tags(settings.run_gpus),
     )
 

@@ -5,10 +5,11 @@ log for a person. The index stage's failures are `index_repair`'s (it re-indexes
 
 import time
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ..jobs import process_images
+from ..jobs import PROCESS_IMAGES
 from ..keys import QDRANT_INDEX
 from ..partitions import batches
 from ..resources import FailedImageRetries
@@ -16,6 +17,9 @@ from ..vision.retry_budget import FailedBatch
 from ..vision.upload_tracking import contiguous_batches
 from .failures import ATTEMPT_TAG, RETRY_OF_TAG, FailureCursor, FailureWatch, stage_and_after
 from .run_keys import run_key
+
+if TYPE_CHECKING:
+    from ..dagster_internals import PipelineJob
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -40,14 +44,15 @@ def retry_requests(due: list[FailedBatch], order: list[str]) -> list[dg.RunReque
             failed_runs = sorted({f.run_id for f in run_failures})
             tags = range_tags(run[0], run[-1]) | {ATTEMPT_TAG: str(attempt), RETRY_OF_TAG: failed_runs[0]}
             requests.append(dg.RunRequest(
-                job_name=process_images.name, asset_selection=stage_and_after(stage),
+                job_name=PROCESS_IMAGES, asset_selection=stage_and_after(stage),
                 run_key=run_key("failed-image-retry", stage, str(attempt), *failed_runs, *run), tags=tags,
             ))
     return requests
 
 
-def make_failed_image_retry_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
-    @dg.sensor(name="failed_image_retry", job=process_images, minimum_interval_seconds=minimum_interval_seconds,
+def make_failed_image_retry_sensor(pipeline: "PipelineJob",
+                                   minimum_interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(name="failed_image_retry", job=pipeline, minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Re-runs batches left Failed by a run that Dagster will not retry (its run retries used "
                "up, or a failure they do not retry), from the stage that failed, after a wait that doubles each time "

@@ -7,13 +7,14 @@ written and some not) are re-indexed too, on the same budget as `failed_image_re
 runs that also send their callbacks; those are looked for at every tick, which costs what the failures cost."""
 
 import time
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from ..assets.qdrant_index import index_completeness
 from ..dagster_internals import CheckRecordStatus
-from ..jobs import process_images, reindex
+from ..jobs import reindex
 from ..keys import QDRANT_INDEX
 from ..partitions import batches
 from ..resources import FailedImageRetries, ImageStore, QdrantResource
@@ -25,6 +26,9 @@ from ..vision.index.ledger import IndexLedger, index_ledger
 from ..vision.retry_budget import FailedBatch
 from .failed_image_retry import range_tags, retry_requests
 from .failures import FailureCursor, FailureWatch, failed_batches
+
+if TYPE_CHECKING:
+    from ..dagster_internals import PipelineJob
 
 HOW_TO_FIX = "run `vision-assets reindex` (it re-indexes them and says which still fail)"
 AUDIT_EVERY_SECONDS = 600  # from the end of one audit to the start of the next
@@ -106,8 +110,9 @@ def next_slice(order: list[str], after: str, size: int) -> tuple[list[str], int]
     return order[start:start + size], max(0, len(order) - start - size)
 
 
-def make_index_repair_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
-    @dg.sensor(name="index_repair", jobs=[reindex, process_images], minimum_interval_seconds=minimum_interval_seconds,
+def make_index_repair_sensor(pipeline: "PipelineJob",
+                             minimum_interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(name="index_repair", jobs=[reindex, pipeline], minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Re-indexes the batches of images that the pipeline indexed but Qdrant no longer holds "
                "(after `index_complete` fails, and every ten minutes), through the `reindex` job; and batches whose "

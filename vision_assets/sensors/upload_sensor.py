@@ -6,11 +6,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from ..assets.deletion import delete_run_config
-from ..jobs import delete_images, process_images
+from ..jobs import PROCESS_IMAGES, delete_images
 from ..keys import SOURCE_IMAGES
 from ..partitions import batches, images, partition_key_for
 from ..resources import ImageStore, S3ImageStore, UploadPolicy
@@ -32,6 +33,9 @@ from ..vision.storage.s3_events import QueueMessage
 from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick, shown
 from .batch_migration import migrate_slice
 from .run_keys import run_key
+
+if TYPE_CHECKING:
+    from ..dagster_internals import PipelineJob
 
 IMAGES_TAG = "vision_assets/images"  # how many images a run's batches hold
 
@@ -63,10 +67,10 @@ def describe(plan: TickPlan) -> str:
     return ", ".join(parts)
 
 
-def make_upload_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+def make_upload_sensor(pipeline: "PipelineJob", minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="upload_sensor",
-        jobs=[process_images, delete_images],
+        jobs=[pipeline, delete_images],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers every new or re-uploaded image in an upload batch (a partition of `batches`, its "
@@ -262,7 +266,7 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     ]
     image_store.results.write_manifests(manifests)
     context.log.info(f"{summary}: {len(manifests)} batch(es), one run each")
-    requests = [dg.RunRequest(job_name=process_images.name, partition_key=manifest.batch,
+    requests = [dg.RunRequest(job_name=PROCESS_IMAGES, partition_key=manifest.batch,
                               run_key=batch_run_key(manifest.images, versions),
                               tags={IMAGES_TAG: str(len(manifest.images))}) for manifest in manifests]
     return dg.SensorResult(

@@ -168,8 +168,13 @@ def page(target: Literal["images", "crops"] = "images",
     return Page(target=target, limit=limit, offset=offset, min_score=min_score)
 
 
+LIVENESS_PATH = "/healthz"
+
+
 def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
     def authorised(request: Request) -> None:
+        if request.url.path == LIVENESS_PATH:  # what Kubernetes' probes ask, without a key; it says nothing else
+            return
         given = request.headers.get("x-api-key") or unquote(request.cookies.get("vision_assets_key", ""))
         if api_key and not secrets.compare_digest(given, api_key):
             raise HTTPException(401, "this service wants its API key in the X-API-Key header")
@@ -201,6 +206,10 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
 
     def options(shown: Page, chosen: SearchFilters) -> dict[str, Any]:
         return {"filters": chosen, "limit": shown.limit, "offset": shown.offset}
+
+    @app.get(LIVENESS_PATH, include_in_schema=False)
+    def alive() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
