@@ -3,6 +3,7 @@ at import (the code location, `definitions.py`, calls `definitions_from`)."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
@@ -96,9 +97,7 @@ def model_resources_from(settings: Settings) -> dict[str, dg.ConfigurableResourc
             collection_prefix=settings.qdrant_collection_prefix,
             lock_wait_seconds=settings.qdrant_lock_wait_seconds,
             hnsw_threshold=settings.qdrant_hnsw_threshold,
-            shards=settings.qdrant_shards, replication_factor=settings.qdrant_replication_factor,
-            write_consistency_factor=settings.qdrant_write_consistency_factor, on_disk=settings.qdrant_on_disk,
-            quantization=settings.qdrant_quantization, read_consistency=settings.qdrant_read_consistency,
+            **asdict(settings.qdrant_layout),
         ),
     }
 

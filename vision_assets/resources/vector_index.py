@@ -25,7 +25,7 @@ class QdrantResource(dg.ConfigurableResource):
     # Embedded only: the `build_index_graph` job is launched (and a `reindex` run builds as it goes) once this many
     # points are not in an HNSW graph; no pipeline run or search builds one.
     hnsw_threshold: int = DEFAULTS.qdrant_hnsw_threshold
-    # A server's layout of the collections it creates, and its read consistency (server_layout.py).
+    # A server's layout of the collections it creates, and its read consistency: `ServerLayout`'s fields.
     shards: int | None = DEFAULTS.qdrant_shards
     replication_factor: int = DEFAULTS.qdrant_replication_factor
     write_consistency_factor: int = DEFAULTS.qdrant_write_consistency_factor

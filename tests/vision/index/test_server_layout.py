@@ -138,4 +138,8 @@ def test_a_layout_no_server_could_take_fails_at_start(monkeypatch, variables, co
 def test_settings_reach_the_layout(monkeypatch):
     monkeypatch.setenv("VISION_ASSETS_QDRANT_SHARDS", "6")
     monkeypatch.setenv("VISION_ASSETS_QDRANT_READ_CONSISTENCY", "all")
-    assert Settings.from_env().qdrant_layout == ServerLayout(shards=6, read_consistency="all")
+    settings = Settings.from_env()
+    assert settings.qdrant_layout == ServerLayout(shards=6, read_consistency="all")
+    from vision_assets.wiring import model_resources_from
+
+    assert model_resources_from(settings)["qdrant"].layout == settings.qdrant_layout  # what the runs' index gets
