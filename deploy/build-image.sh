@@ -50,7 +50,7 @@ fi
 
 echo "== buildah bud -f deploy/Dockerfile (BASE_IMAGE=localhost/debian-bookworm:base)"
 started=$(date +%s)
-buildah bud --network host --layers --build-arg BASE_IMAGE=localhost/debian-bookworm:base \
+buildah bud --format docker --network host --layers --build-arg BASE_IMAGE=localhost/debian-bookworm:base \
   -f deploy/Dockerfile -t "$TAG" .
 echo "built in $(( $(date +%s) - started )) s"
 buildah images "$TAG"
@@ -61,4 +61,6 @@ trap 'buildah rm "$container" >/dev/null' EXIT
 buildah run --env VISION_ASSETS_DATA_DIR=/tmp/vision-assets "$container" -- \
   python -c "import vision_assets.definitions as d; print('definitions loaded:', len(list(d.defs.resolve_all_job_defs())), 'jobs')"
 buildah run "$container" -- dagster --version
+buildah run "$container" -- python -c "import dagster_k8s, dagster_postgres; print('dagster-k8s and dagster-postgres: ok')"
+buildah run "$container" -- sh -c 'echo "runs as uid $(id -u); DAGSTER_HOME=$DAGSTER_HOME"; touch "$DAGSTER_HOME/.w" && echo "DAGSTER_HOME writable"'
 buildah run "$container" -- vision-assets --help >/dev/null && echo "vision-assets CLI: ok"
