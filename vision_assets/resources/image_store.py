@@ -32,6 +32,15 @@ class ImageStore(dg.ConfigurableResource):
         raise NotImplementedError
 
     @property
+    def kind(self) -> str:
+        """What the store is, for a person: "S3", "the bucket folder"."""
+        raise NotImplementedError
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError
+
+    @property
     def objects(self) -> ObjectStore:
         if self._objects is None:
             self._objects = self._build_object_store()
@@ -73,6 +82,14 @@ class S3ImageStore(ImageStore):
     def _build_object_store(self) -> ObjectStore:
         return S3ObjectStore(self.s3.get_client(), self.bucket)
 
+    @property
+    def kind(self) -> str:
+        return "S3"
+
+    @property
+    def where(self) -> str:
+        return f"{self.s3.endpoint_url or 'AWS'} (bucket {self.bucket})"
+
     def event_queue(self) -> EventQueue | None:
         if not self.events_queue_url:
             return None
@@ -94,6 +111,14 @@ class LocalImageStore(ImageStore):
 
     def _build_object_store(self) -> ObjectStore:
         return FolderObjectStore(self.root)
+
+    @property
+    def kind(self) -> str:
+        return "the bucket folder"
+
+    @property
+    def where(self) -> str:
+        return self.root
 
     def settled_before(self) -> datetime | None:
         return datetime.now(UTC) - timedelta(seconds=self.settle_seconds)

@@ -8,6 +8,7 @@ import dagster as dg
 from ..keys import SOURCE_IMAGES
 from ..resources import CallbackSettings, ImageStore
 from ..vision.callback import CallbackRefused, Outbox, deliver, pin_destination
+from .outages import outages_skip_the_tick
 
 FAILURES_BEFORE_GIVING_UP_THE_TICK = 3  # a receiver that is down should not hold the sensor for every message
 
@@ -24,6 +25,7 @@ def _observation(entry, outcome: str, **extra) -> dg.AssetObservation:
 @dg.sensor(name="callback_sensor", minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="POSTs a signed JSON message to VISION_ASSETS_CALLBACK_URL for every finished image, at least "
            "once; undelivered messages stay in the outbox and are retried with exponential backoff.")
+@outages_skip_the_tick
 def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, callback: CallbackSettings):
     if not callback.enabled:
         return dg.SkipReason("no VISION_ASSETS_CALLBACK_URL configured")

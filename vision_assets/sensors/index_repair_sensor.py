@@ -26,6 +26,7 @@ from ..vision.index.ledger import IndexLedger, index_ledger
 from ..vision.retry_budget import FailedBatch
 from .failed_image_retry import range_tags, retry_requests
 from .failures import FailureCursor, FailureWatch, failed_batches
+from .outages import outages_skip_the_tick
 
 if TYPE_CHECKING:
     from ..dagster_internals import PipelineJob
@@ -117,6 +118,7 @@ def make_index_repair_sensor(pipeline: "PipelineJob",
                description="Re-indexes the batches of images that the pipeline indexed but Qdrant no longer holds "
                "(after `index_complete` fails, and every ten minutes), through the `reindex` job; and batches whose "
                "`qdrant_index` failed for good, with the budget of `failed_image_retry`.")
+    @outages_skip_the_tick
     def index_repair(context: dg.SensorEvaluationContext, image_store: ImageStore, qdrant: QdrantResource,
                      failed_image_retries: FailedImageRetries):
         instance = context.instance

@@ -38,6 +38,7 @@ from ..vision.storage.results_store import (
     REVIEW_REFUSED,
     ResultsStore,
 )
+from .outages import outages_skip_the_tick
 from .run_keys import run_key
 
 FILES_PER_TICK = 1000  # read 16 at a time: a few seconds of a tick on S3
@@ -83,6 +84,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         "A file it cannot use is named in the tick's log with the reason, and left where it is. Refreshes "
         "`review_queue` after runs that change it (at most once a minute).",
     )
+    @outages_skip_the_tick
     def review_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore):
         cursor = ReviewCursor.parse(context.cursor)
         results = image_store.results

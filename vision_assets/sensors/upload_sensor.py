@@ -32,6 +32,7 @@ from ..vision.storage.object_store import ListedSlice
 from ..vision.storage.s3_events import QueueMessage
 from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick, shown
 from .batch_migration import migrate_slice
+from .outages import outages_skip_the_tick
 from .run_keys import run_key
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def make_upload_sensor(pipeline: "PipelineJob", minimum_interval_seconds: int) -
         "or, with an S3 events queue, reads the queue and lists only to reconcile. Moves an instance that had one "
         "partition per image to batches first.",
     )
+    @outages_skip_the_tick
     def upload_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy):
         cursor = UploadCursor.parse(context.cursor)
         moving = migrate_slice(context, image_store, upload_policy, cursor)

@@ -90,7 +90,7 @@ _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 @contextmanager
-def _s3_errors(where: str):
+def s3_errors(where: str):
     """boto3's many failure types -> ObjectMissing (a fact about an object) or StoreUnavailable (retry later)."""
     try:
         yield
@@ -110,7 +110,7 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
-        with _s3_errors(f"listing s3://{self.bucket}/{prefix}"):
+        with s3_errors(f"listing s3://{self.bucket}/{prefix}"):
             for page in pages:
                 for item in page.get("Contents", []):
                     yield self._listed(item)
@@ -118,7 +118,7 @@ class S3ObjectStore(ObjectStore):
     def list_slice(self, prefix: str, start_after: str, max_objects: int) -> ListedSlice:
         objects: list[StoredObject] = []
         request = {"Bucket": self.bucket, "Prefix": prefix, **({"StartAfter": start_after} if start_after else {})}
-        with _s3_errors(f"listing s3://{self.bucket}/{prefix} after {start_after!r}"):
+        with s3_errors(f"listing s3://{self.bucket}/{prefix} after {start_after!r}"):
             while True:
                 page = self.client.list_objects_v2(**request, MaxKeys=min(LIST_PAGE_SIZE, max_objects - len(objects)))
                 objects += [self._listed(item) for item in page.get("Contents", [])]
@@ -133,11 +133,11 @@ class S3ObjectStore(ObjectStore):
                             last_modified=item["LastModified"])
 
     def head(self, key: str) -> StoredObject:
-        with _s3_errors(self.uri(key)):
+        with s3_errors(self.uri(key)):
             return self._described(key, self.client.head_object(Bucket=self.bucket, Key=key))
 
     def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
-        with _s3_errors(self.uri(key)):
+        with s3_errors(self.uri(key)):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             described = self._described(key, response)
             body = response["Body"]
@@ -158,11 +158,11 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        with _s3_errors(self.uri(key)):
+        with s3_errors(self.uri(key)):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def delete(self, key: str) -> None:
-        with _s3_errors(self.uri(key)):
+        with s3_errors(self.uri(key)):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def uri(self, key: str) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import unquote_plus
 
 from ..chunking import chunked
 from ..records import StoredObject
+from .object_store import s3_errors
 
 MAX_PER_RECEIVE = 10  # SQS's own limit
 DELETE_BATCH = 10  # likewise
@@ -84,8 +85,9 @@ class EventQueue:
         messages: list[QueueMessage] = []
         events = 0
         while events < max_events:
-            answer = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=MAX_PER_RECEIVE,
-                                              VisibilityTimeout=self.visibility_timeout, WaitTimeSeconds=0)
+            with s3_errors(f"receiving from the events queue {self.queue_url}"):
+                answer = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=MAX_PER_RECEIVE,
+                                                  VisibilityTimeout=self.visibility_timeout, WaitTimeSeconds=0)
             received = answer.get("Messages", [])
             if not received:
                 break
@@ -100,5 +102,6 @@ class EventQueue:
 
     def delete(self, receipts: list[str]) -> None:
         for chunk in chunked(receipts, DELETE_BATCH):
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(chunk)])
+            with s3_errors(f"acknowledging messages of the events queue {self.queue_url}"):
+                self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": receipt} for i, receipt in enumerate(chunk)])
