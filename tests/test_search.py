@@ -276,3 +276,52 @@ def test_thumbnails_draw_the_objects_and_mark_a_crop_hits_box(service):
     assert "?box=" in crop["thumbnail_url"] and service.get(crop["thumbnail_url"]).status_code == 200
     assert service.get("/api/thumbnails/zidane.jpg", params={"box": "left"}).status_code == 400
     assert service.get("/api/duplicates").json() == {"groups": [], "total": 0, "next_offset": None}  # no catalogue yet
+
+
+@pytest.mark.parametrize("fault", ["busy", "unreadable", "no model service"])
+def test_every_503_says_when_to_come_back(tmp_path, fault):
+    """The index busy with a run's write, the embedded folder damaged, or the model service out of reach: each a
+    503 with Retry-After, so a client backs off instead of hammering (and never a 500)."""
+    from contextlib import contextmanager
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.vision.images.validation import ValidationLimits
+    from vision_assets.vision.index.connection import IndexUnavailable, IndexUnreadable
+    from vision_assets.vision.models.remote import ModelServiceUnavailable
+    from vision_assets.vision.storage.object_store import FolderObjectStore
+    from vision_assets.vision.storage.results_store import ResultsStore
+
+    class Embedder:
+        def embed_texts(self, texts):
+            if fault == "no model service":
+                raise ModelServiceUnavailable("the model service at http://127.0.0.1:1 did not answer for 120s")
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+        embed_images = embed_texts
+
+    from vision_assets.resources import QdrantResource
+    from vision_assets.vision.index.vector_index import ImagePoints
+
+    qdrant = QdrantResource(path=str(tmp_path / "q"))
+    with qdrant.open() as index:  # one image indexed, so that a query gets as far as its vector
+        index.ensure_collections(4, "m")
+        index.upsert([ImagePoints("a.jpg", np.ones(4, dtype=np.float32), {"image_id": "a.jpg"},
+                                  np.zeros((0, 4), dtype=np.float32))])
+
+    @contextmanager
+    def use_index():
+        if fault == "busy":
+            raise IndexUnavailable("a run is writing embedded Qdrant at /q; searches wait for it")
+        if fault == "unreadable":
+            raise IndexUnreadable("/q", ValueError("bad shard"))
+        with qdrant.open() as index:
+            yield index
+
+    catalogue = Catalogue(Embedder(), "m", use_index, ResultsStore(FolderObjectStore(str(tmp_path)), "r/"),
+                          ValidationLimits())
+    answer = TestClient(create_app(catalogue)).get("/api/search", params={"text": "a dog"})
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["Retry-After"]) > 0

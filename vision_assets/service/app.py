@@ -36,6 +36,7 @@ from ..vision.index.search import (
     hit_from_point,
 )
 from ..vision.index.vector_index import VectorIndex, image_point_id
+from ..vision.models.remote import ModelServiceUnavailable
 from ..vision.records import LabelsRecord, Rejection
 from ..vision.review.label_studio import task_link
 from ..vision.storage.object_store import ObjectMissing
@@ -187,9 +188,15 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
         return JSONResponse({"detail": f"the index is busy or out of reach: {error}; try again"}, status_code=503,
                             headers={"Retry-After": "5"})
 
+    @app.exception_handler(ModelServiceUnavailable)
+    def no_vectors(_: Request, error: ModelServiceUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"the model service (the query's vector) is out of reach: {error}; try again"},
+                            status_code=503, headers={"Retry-After": "10"})
+
     @app.exception_handler(IndexUnreadable)
     def damaged(_: Request, error: IndexUnreadable) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=503)
+        # Retry-After as for every 503: the index is back once someone rebuilds it (the message says how).
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "300"})
 
     def answer(ask: Callable[[Searcher], list[SearchHit]], shown: Page) -> Results:
         with catalogue.use_index() as index:

@@ -35,7 +35,9 @@ from .edge import EDGE_FOLDER, EdgeBusy, EdgeClient
 from .edge_shards import compact_copy, copy_outside_lock
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
-WANTED = "vision-assets.wanted"  # touched by whoever waits for the folder: a long-lived holder lets go
+WANTED = "vision-assets.wanted"  # touched by a writer waiting for the folder: a long-lived reader lets go
+WRITER_FRESH_SECONDS = 0.5  # a waiting writer touches WANTED every 0.1 s: touched more recently, one is waiting
+QUERY_WAIT_SECONDS = 1.0  # how long a search waits for the folder before it answers "busy, try again"
 BUSY = "already accessed by another instance"
 REBUILD_COMMAND = "vision-assets reindex --rebuild"
 LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")  # what qdrant-client's local mode writes in its folder
@@ -72,30 +74,47 @@ def embedded_access(path: str, wait_seconds: float, on_wait: Callable[[str], Non
         _give_folder(handle)
 
 
-def _take_folder(path: str, wait_seconds: float, on_wait: Callable[[str], None]) -> IO:
-    """The folder's access lock, taken; while waiting for it, WANTED is touched, so that a long-lived holder (the
-    search service, `HeldEmbedded`) lets go."""
+def _take_folder(path: str, wait_seconds: float, on_wait: Callable[[str], None], reader: bool = False) -> IO:
+    """The folder's access lock, taken.
+
+    Writers first: a writer (a run's index step, the CLI) touches WANTED while it waits, so that a long-lived reader
+    holding the folder (the search service, `HeldEmbedded`) lets go; and a reader does not take the folder while a
+    writer waits for it, nor touch WANTED itself. Without this the two took turns, and a run indexing under steady
+    queries waited most of its lock wait."""
     Path(path).mkdir(parents=True, exist_ok=True)
     handle = open(Path(path) / ACCESS_LOCK, "a+")
     deadline = time.monotonic() + wait_seconds
     told = False
     while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise IndexUnavailable(
-                    f"embedded Qdrant at {path} stayed busy for {wait_seconds:.0f}s (another process is using "
-                    "it: a run indexing, a search, or a client left open)"
-                ) from None
+        if not (reader and writer_waiting(path)):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                pass
+        if time.monotonic() >= deadline:
+            handle.close()
+            if reader:
+                raise IndexUnavailable(f"a run is writing embedded Qdrant at {path}; searches wait for it: try "
+                                       "again in a few seconds")
+            raise IndexUnavailable(
+                f"embedded Qdrant at {path} stayed busy for {wait_seconds:.0f}s (another process is using "
+                "it: a run indexing, a search, or a client left open)"
+            )
+        if not reader:
             (Path(path) / WANTED).touch()
-            if not told:
-                on_wait(f"embedded Qdrant at {path} is in use by another process (a run indexing, or a search); "
-                        f"waiting up to {wait_seconds:.0f}s")
-                told = True
-            time.sleep(0.1)
+        if not told:
+            on_wait(f"embedded Qdrant at {path} is in use by another process (a run indexing, or a search); "
+                    f"waiting up to {wait_seconds:.0f}s")
+            told = True
+        time.sleep(0.1 if not reader else 0.05)
+
+
+def writer_waiting(path: str) -> bool:
+    try:
+        return time.time() - (Path(path) / WANTED).stat().st_mtime < WRITER_FRESH_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def _give_folder(handle: IO) -> None:
@@ -105,13 +124,15 @@ def _give_folder(handle: IO) -> None:
 
 class HeldEmbedded:
     """The embedded index kept open between uses by a long-lived reader (the search service: opening costs most
-    of a second at 100,000 points, a query milliseconds), and let go the moment another process waits for the
-    folder (it touches WANTED while it waits, and a watcher here looks five times a second), to be opened again
-    on the next use. Uses within this process take turns. Nothing is built on closing: HNSW is the
-    `build_index_graph` job's."""
+    of a second at 100,000 points, a query milliseconds), and let go the moment a writer waits for the folder (it
+    touches WANTED while it waits, and a watcher here looks five times a second), to be opened again on the next
+    use once the writer is done. A use that finds the folder written waits at most `query_wait_seconds`, then
+    raises `IndexUnavailable` (the service's 503 with Retry-After). Uses within this process take turns. Nothing is
+    built on closing: HNSW is the `build_index_graph` job's."""
 
-    def __init__(self, path: str, wait_seconds: float, look_every_seconds: float = 0.2):
-        self.path, self.wait_seconds = path, wait_seconds
+    def __init__(self, path: str, wait_seconds: float, look_every_seconds: float = 0.2,
+                 query_wait_seconds: float = QUERY_WAIT_SECONDS):
+        self.path, self.wait_seconds, self.query_wait_seconds = path, wait_seconds, query_wait_seconds
         self._turn = threading.Lock()
         self._handle: IO | None = None
         self._client: EdgeClient | None = None
@@ -123,11 +144,17 @@ class HeldEmbedded:
 
     @contextmanager
     def use(self, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[EdgeClient]:
-        with self._turn:
+        # One deadline for the turn in this process and the folder: queries queued behind one that waits for a
+        # writer do not add up their waits.
+        deadline = time.monotonic() + self.query_wait_seconds
+        if not self._turn.acquire(timeout=self.query_wait_seconds):
+            raise IndexUnavailable(f"a run is writing embedded Qdrant at {self.path}; searches wait for it: try "
+                                   "again in a few seconds")
+        try:
             if self._client is not None and self._wanted():
                 self._let_go()
             if self._client is None:
-                self._handle = _take_folder(self.path, self.wait_seconds, on_wait)
+                self._handle = _take_folder(self.path, max(0.0, deadline - time.monotonic()), on_wait, reader=True)
                 self._opened_at = time.time()
                 try:
                     self._client = open_embedded(self.path, self.wait_seconds, tell=on_wait)
@@ -137,6 +164,8 @@ class HeldEmbedded:
                     raise
                 self.opened += 1
             yield self._client
+        finally:
+            self._turn.release()
 
     def close(self) -> None:
         self._stop.set()
