@@ -12,6 +12,7 @@ from tests.conftest import SensorDriver, image_bytes
 from vision_assets.resources import UploadPolicy
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.registrations import Registrations
+from vision_assets.vision.upload_tracking import UploadCursor
 from vision_assets.wiring import build_definitions
 
 pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
@@ -140,6 +141,47 @@ def test_a_tick_retried_after_a_crash_requests_the_same_runs(driver, s3_client, 
     again = driver.tick()
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
     assert len(first.run_requests) == 1 and driver.partitions.count("a.jpg") == 1
+    # The same batch, not a second one: no partition is left that no run will ever take.
+    assert [r.partition_key for r in again.run_requests] == [r.partition_key for r in first.run_requests]
+    assert len(driver.batches) == earlier_ticks + 1, driver.batches
+
+
+def test_a_stored_tick_forgets_its_decided_keys(driver, s3_client, bucket, s3_image_store):
+    from vision_assets.vision.storage.tick_ledger import TICKS
+
+    upload(s3_client, bucket, "a.jpg")
+    driver.tick()
+    decided = [o.key for o in s3_image_store.objects.list(f"{s3_image_store.results_prefix}{TICKS}")]
+    assert len(decided) == 1
+    driver.tick()  # the cursor it stored proves the first tick was stored
+    assert list(s3_image_store.objects.list(f"{s3_image_store.results_prefix}{TICKS}")) == []
+
+
+def test_empty_batches_left_by_earlier_versions_are_removed(driver, s3_client, bucket, s3_image_store, instance):
+    """An earlier version, evaluated again after a crash, registered a tick's images in a second set of batches; the
+    first set never ran and stayed Missing. Those (and a batch without a manifest) go; a batch that ran stays."""
+    from datetime import UTC, datetime, timedelta
+
+    from vision_assets.vision.batches import BatchManifest, batch_key
+
+    upload(s3_client, bucket, "a.jpg", "b.jpg")
+    [run] = driver.tick_and_run()  # the second set: registered, ingested
+    assert run.success
+    [kept] = driver.batches
+    manifest = s3_image_store.results.read_manifest(kept)
+    two_hours_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    orphan, no_manifest = batch_key(two_hours_ago, 0), batch_key(two_hours_ago, 1)
+    s3_image_store.results.write_manifests([BatchManifest(batch=orphan, created_at=two_hours_ago,
+                                                          images=manifest.images,
+                                                          registrations=manifest.registrations)])
+    instance.add_dynamic_partitions("batches", [orphan, no_manifest])
+    recent = batch_key(datetime.now(UTC).replace(microsecond=0), 99)  # too young to judge
+    instance.add_dynamic_partitions("batches", [recent])
+
+    cursor = UploadCursor.parse(driver.cursor)
+    driver.cursor = cursor.model_copy(update={"swept_at": None}).dump()  # the ten minutes are up
+    driver.tick()
+    assert sorted(driver.batches) == sorted([kept, recent])
 
 
 def test_results_are_never_mistaken_for_uploads(driver, s3_client, bucket):

@@ -28,10 +28,12 @@ from ..vision.listing_pass import (
     slugged,
 )
 from ..vision.records import StoredObject
+from ..vision.storage import tick_ledger
 from ..vision.storage.object_store import ListedSlice
 from ..vision.storage.s3_events import QueueMessage
 from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick, shown
 from .batch_migration import migrate_slice
+from .empty_batches import empty_batches, sweep_due
 from .outages import outages_skip_the_tick
 from .run_keys import run_key
 
@@ -84,6 +86,9 @@ def make_upload_sensor(pipeline: "PipelineJob", minimum_interval_seconds: int) -
     @outages_skip_the_tick
     def upload_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy):
         cursor = UploadCursor.parse(context.cursor)
+        if cursor.decided_tick:  # that tick's cursor is this one: it was stored, its decision file is done with
+            tick_ledger.forget(image_store.results, cursor.decided_tick)
+            cursor = cursor.model_copy(update={"decided_tick": None})
         moving = migrate_slice(context, image_store, upload_policy, cursor)
         if isinstance(moving, dg.SensorResult):
             return moving
@@ -97,11 +102,27 @@ def make_upload_sensor(pipeline: "PipelineJob", minimum_interval_seconds: int) -
                 cursor = cursor.model_copy(update={"acknowledge": []})
             messages = queue.receive(upload_policy.max_uploads_per_tick)
         listing = _listing_due(context, image_store, cursor, queue is not None)
-        if listing is None and not messages:
+        empty, cursor = _empty_batches_due(context, image_store, cursor)
+        if listing is None and not messages and not empty:
             return dg.SensorResult(skip_reason="no upload events in the queue", cursor=cursor.dump())
-        return _tick(context, image_store, upload_policy, cursor, messages, listing)
+        return _tick(context, image_store, upload_policy, cursor, messages, listing, empty)
 
     return upload_sensor
+
+
+def _empty_batches_due(context: dg.SensorEvaluationContext, image_store: ImageStore,
+                       cursor: UploadCursor) -> tuple[list, UploadCursor]:
+    """Every ten minutes: the delete request for batch partitions that will never run (sensors/empty_batches.py)."""
+    now = time.time()
+    if not sweep_due(cursor.swept_at, now):
+        return [], cursor
+    cursor = cursor.model_copy(update={"swept_at": now})
+    empty = empty_batches(context.instance, image_store, now)
+    if not empty:
+        return [], cursor
+    context.log.info(f"removing {len(empty)} batch partition(s) that will never run: "
+                     + "; ".join(f"{batch} ({why})" for batch, why in list(empty.items())[:10]))
+    return [batches.build_delete_request(sorted(empty))], cursor
 
 
 def _listing_due(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: UploadCursor,
@@ -119,7 +140,8 @@ def _listing_due(context: dg.SensorEvaluationContext, image_store: ImageStore, c
 
 
 def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-          cursor: UploadCursor, messages: list[QueueMessage], listing: ListingPass | None) -> dg.SensorResult:
+          cursor: UploadCursor, messages: list[QueueMessage], listing: ListingPass | None,
+          empty: list) -> dg.SensorResult:
     announced = _announced(context, image_store, messages)
     listed = None
     if listing is not None:
@@ -136,6 +158,7 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     if listing is not None and listed is not None:
         after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registered)
         deletions, delete_requests = _deletions(context, gone)
+    deletions += empty
     return _result(context, image_store, upload_policy, plan, after, deletions, delete_requests, note)
 
 
@@ -247,7 +270,7 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
             plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list,
             note: str = "") -> dg.SensorResult:
     summary = describe(plan)
-    if not plan.uploads and not delete_requests:
+    if not plan.uploads and not delete_requests and not deletions:
         return dg.SensorResult(skip_reason=f"nothing to process ({summary})" + (f"; {note}" if note else ""),
                                cursor=cursor.dump())
     if not plan.uploads:
@@ -257,8 +280,18 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     new_keys = plan.new_partition_keys
     uploads = {u.partition_key: u.obj for u in plan.uploads}
     versions = {key: obj.etag for key, obj in uploads.items()}
-    now = datetime.now(UTC).replace(microsecond=0)
-    first = next_number(now, context.instance.get_dynamic_partitions(batches.name))
+    # The same keys when this tick is evaluated again from the same cursor (a daemon that died before storing it).
+    tick = tick_ledger.tick_id(context.cursor)
+    earlier = tick_ledger.decided(image_store.results, tick)
+    if earlier is not None:
+        now, first = earlier.registered_at, earlier.first
+        context.log.info(f"this tick was evaluated before (from the same cursor) and not stored: its batches keep "
+                         f"the keys it gave them ({batch_key(now, first)} on)")
+    else:
+        now = datetime.now(UTC).replace(microsecond=0)
+        first = next_number(now, context.instance.get_dynamic_partitions(batches.name))
+        tick_ledger.decide(image_store.results, tick, tick_ledger.TickBatches(registered_at=now, first=first))
+    cursor = cursor.model_copy(update={"decided_tick": tick})
     # The manifests are stored before the partitions exist, so no run can start without its own: one file per batch,
     # not per object. A re-upload goes in a new batch like a new image; its older batch's entry is superseded.
     manifests = [

@@ -63,6 +63,10 @@ class UploadCursor(Cursor):
     # The move from one partition per image to upload batches (sensors/batch_migration.py): None until the first
     # tick has looked; then how many of the images registered before it have been put in batches, of how many.
     migration: Migration | None = None
+    # The tick that stored this cursor wrote down its batch keys first (vision/storage/tick_ledger.py): the next
+    # tick, seeing this cursor, knows that tick was stored and removes the file.
+    decided_tick: str | None = None
+    swept_at: float | None = None  # when the last look for empty batches left by earlier versions was
 
     def seen(self, obj: StoredObject) -> bool:
         """Processed already (the cursor is not fresh, and the object's key is registered)."""
