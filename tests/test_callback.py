@@ -162,3 +162,54 @@ def test_idempotency_key_names_the_image_version_and_outcome():
     assert idempotency_key("a.jpg", "etag1", "indexed") == idempotency_key("a.jpg", "etag1", "indexed")
     assert idempotency_key("a.jpg", "etag2", "indexed") != idempotency_key("a.jpg", "etag1", "indexed")
     assert idempotency_key("a.jpg", "etag1", "rejected") != idempotency_key("a.jpg", "etag1", "indexed")
+
+
+def test_a_receiver_down_for_good_leaves_dead_letters_a_person_sees_and_resends(pipeline, receiver, s3_image_store,
+                                                                               monkeypatch, capsys):
+    """Callbacks to a dead endpoint used to be retried hourly for ever. After VISION_ASSETS_CALLBACK_MAX_ATTEMPTS
+    they leave the outbox for the dead letters: said in the UI and the tick's log, listed by the review queue, the
+    search service and the CLI, and sent again by `vision-assets callbacks resend`."""
+    from fastapi.testclient import TestClient
+
+    from tests.test_unattended import cli_environment
+    from vision_assets.assets.review_queue import dead_letters_shown
+    from vision_assets.cli import main
+    from vision_assets.service.app import Catalogue, create_app
+    from vision_assets.vision.images.validation import ValidationLimits
+
+    driver, _ = pipeline
+    results = s3_image_store.results
+    giving_up = CallbackSettings(url=receiver.url, secret=SECRET, allow_private=True, base_backoff_seconds=0,
+                                 max_attempts=2)
+    receiver.status = 503
+    outcomes = []
+    for _ in range(6):  # 4 messages, 3 failures a tick, 2 attempts each: then nothing is due any more
+        result = tick(driver, giving_up)
+        if isinstance(result, dg.SkipReason):
+            break
+        outcomes += [e.metadata["callback"].value for e in result.asset_events]
+    assert outcomes.count("given up: a dead letter") == 4, outcomes
+    outbox = Outbox(results)
+    assert outbox.pending() == []
+    dead, more = outbox.dead_letters()
+    assert len(dead) == 4 and not more and all(e.attempts == 2 and e.last_error for e in dead)
+
+    shown = dead_letters_shown(results)  # the review queue's metadata
+    assert shown["undelivered_callbacks"].value == "4" and "callbacks resend --all" in shown["dead_letters"].value
+    service = TestClient(create_app(Catalogue(None, "m", None, results, ValidationLimits())))
+    page = service.get("/api/callbacks/dead", params={"limit": 3}).json()
+    assert len(page["letters"]) == 3 and page["next"] and page["resend"] == "vision-assets callbacks resend --all"
+    rest = service.get("/api/callbacks/dead", params={"after": page["next"]}).json()
+    assert len(rest["letters"]) == 1 and rest["next"] is None
+
+    cli_environment(monkeypatch, s3_image_store)
+    assert main(["callbacks", "dead"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {entry["image_id"] for entry in listed} == {e.message.image_id for e in dead}
+    assert main(["callbacks", "resend", listed[0]["idempotency_key"]]) == 0
+    assert len(outbox.pending()) == 1 and outbox.pending()[0].attempts == 0
+    assert main(["callbacks", "resend", "--all"]) == 0
+    receiver.status = 200
+    tick(driver, giving_up)
+    assert outbox.pending() == [] and outbox.dead_letters()[0] == []
+    assert {body["image_id"] for _, body in receiver.received[-4:]} == {e.message.image_id for e in dead}

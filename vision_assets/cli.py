@@ -364,6 +364,33 @@ def delete(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def callbacks(args: argparse.Namespace) -> int:
+    """The callback messages given up on (the dead letters): listed, or put back in the outbox to be sent again."""
+    from datetime import UTC, datetime
+
+    from .vision.callback import Outbox
+    from .wiring import image_store_from, resources_outside_dagster
+
+    settings = Settings.from_env()
+    with resources_outside_dagster(image_store=image_store_from(settings)) as resources:
+        outbox = Outbox(resources.image_store.results)
+        if args.callbacks_command == "dead":
+            page, more = outbox.dead_letters(args.after or "", args.limit)
+            for entry in page:
+                print(json.dumps({"idempotency_key": entry.message.idempotency_key, "image_id": entry.message.image_id,
+                                  "status": entry.message.status, "attempts": entry.attempts,
+                                  "last_error": entry.last_error}))
+            print(f"{len(page)} dead letter(s)" + (f"; more after {page[-1].message.idempotency_key}" if more else ""),
+                  file=sys.stderr)
+            return 0
+        if not args.all and not args.keys:
+            print("name the idempotency keys to resend, or --all", file=sys.stderr)
+            return 2
+        sent = outbox.resend(None if args.all else set(args.keys), datetime.now(UTC))
+    print(f"{sent} message(s) back in the outbox: callback_sensor sends them on its next tick", file=sys.stderr)
+    return 0 if sent or args.all else 1
+
+
 def _run_over_batches(defs, instance, job_name: str, batch_keys: list[str], order: list[str], **options) -> bool:
     """`job_name` over these batches, in this process: one run per range of adjacent batches; True if all passed."""
     from .sensors.failed_image_retry import range_tags
@@ -630,6 +657,16 @@ def main(argv: list[str] | None = None) -> int:
     config_parser = commands.add_parser("review-config", help="print the Label Studio labelling config for the review "
                                         "tasks: boxes with the detector's classes, labels from the experts' vocabularies")
     config_parser.set_defaults(handler=review_config)
+    callbacks_parser = commands.add_parser("callbacks", help="the callback messages given up on (dead letters)")
+    callback_commands = callbacks_parser.add_subparsers(dest="callbacks_command", required=True)
+    dead_parser = callback_commands.add_parser("dead", help="list the dead letters, a page at a time (JSON lines)")
+    dead_parser.add_argument("--after", help="the idempotency key the previous page ended with")
+    dead_parser.add_argument("--limit", type=int, default=100)
+    dead_parser.set_defaults(handler=callbacks)
+    resend_parser = callback_commands.add_parser("resend", help="put dead letters back in the outbox, due now")
+    resend_parser.add_argument("keys", nargs="*", help="idempotency keys (from `callbacks dead`)")
+    resend_parser.add_argument("--all", action="store_true", help="every dead letter")
+    resend_parser.set_defaults(handler=callbacks)
     models_parser = commands.add_parser("models", help="model utilities")
     model_commands = models_parser.add_subparsers(dest="models_command", required=True)
     offline_parser = model_commands.add_parser(

@@ -263,6 +263,10 @@ class Settings(BaseSettings):
     callback_allow_private: bool = setting(False, "`1` allows receivers on loopback or private addresses (refused by "
                                            "default).")
     callback_backoff_seconds: float = setting(30, "First retry delay; doubles per failed attempt, at most an hour.")
+    callback_max_attempts: int = setting(12, "Attempts before a message is given up on (about 5 hours with the "
+                                         "default backoff): it goes to the dead letters, which the review queue "
+                                         "and the search service show; `vision-assets callbacks resend` sends them "
+                                         "again.")
 
     # The search service
     service_port: int = setting(3001, "`vision-assets serve` (and the one `vision-assets dev` starts) listens on "

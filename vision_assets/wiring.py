@@ -178,6 +178,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             secret=_secret(settings, "callback_secret"),
             allow_private=settings.callback_allow_private,
             base_backoff_seconds=settings.callback_backoff_seconds,
+            max_attempts=settings.callback_max_attempts,
         ),
         review=ReviewSettings(pictures=settings.review_pictures, picture_side=settings.review_picture_side,
                               tasks=settings.review_tasks, sample_rate=settings.review_sample_rate,

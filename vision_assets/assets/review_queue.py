@@ -8,6 +8,7 @@ import dagster as dg
 
 from ..keys import QDRANT_INDEX, REVIEW_DECISIONS, REVIEW_QUEUE, SPECIALIST_LABELS
 from ..resources import ImageStore, QdrantResource, ReviewSettings
+from ..vision.callback import RESEND_COMMAND, Outbox
 from ..vision.images.review import annotated_thumbnail, markdown_image
 from ..vision.records import LabelsRecord
 from ..vision.review.label_studio import task_link
@@ -16,6 +17,7 @@ from ..vision.review.queue import review_queue as read_queue
 from ..vision.storage.results_store import LABELS, ResultsStore
 
 TOP_IMAGES = 20
+DEAD_LETTERS_SHOWN = 10
 THUMBNAIL_SIDE = 200
 WHY_CHARS = 200  # the reasons shown per image; every one is in the image's payload (`review_reasons`)
 
@@ -38,6 +40,23 @@ def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> 
             f"{batch} |")
 
 
+def dead_letters_shown(results: ResultsStore) -> dict[str, dg.MetadataValue]:
+    """The callbacks given up on, for a person: how many (counted up to a page) and the first few, with the command
+    that sends them again. Nothing when there are none."""
+    page, more = Outbox(results).dead_letters(limit=DEAD_LETTERS_SHOWN)
+    if not page:
+        return {}
+    rows = [f"| `{e.message.image_id}` | {e.message.status} | {e.attempts} | {(e.last_error or '')[:120]} | "
+            f"`{e.message.idempotency_key}` |" for e in page]
+    return {
+        "undelivered_callbacks": dg.MetadataValue.text(f"{len(page)}{'+' if more else ''}"),
+        "dead_letters": dg.MetadataValue.md("\n".join([
+            f"Callbacks given up on after their last attempt. Resend: `{RESEND_COMMAND} --all` (or name the keys); "
+            "list them all: `vision-assets callbacks dead`.", "",
+            "| image | status | attempts | last error | idempotency key |", "|---|---|---|---|---|", *rows])),
+    }
+
+
 @dg.asset(
     key=REVIEW_QUEUE,
     deps=[QDRANT_INDEX, REVIEW_DECISIONS],
@@ -56,8 +75,10 @@ def review_queue(context: dg.AssetExecutionContext, image_store: ImageStore, qdr
     table = "\n".join(["| picture | image | lowest confidence | why | Label Studio | batch |",
                        "|---|---|---|---|---|---|", *rows])
     counts = {name: dg.MetadataValue.int(value) for name, value in queue.counts.items()}
+    dead = dead_letters_shown(results)
     return dg.MaterializeResult(metadata={
         **counts,
+        **dead,
         "top_images": dg.MetadataValue.md(table if rows else "nothing needs review"),
         "how": dg.MetadataValue.md(
             "Review in Label Studio (tasks under `~review/tasks/`), or write corrections JSON to "

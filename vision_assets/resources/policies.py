@@ -140,6 +140,7 @@ class CallbackSettings(dg.ConfigurableResource):
     allow_private: bool = DEFAULTS.callback_allow_private  # loopback / private-network receivers refused unless set
     timeout_seconds: float = 5.0
     base_backoff_seconds: float = DEFAULTS.callback_backoff_seconds
+    max_attempts: int = DEFAULTS.callback_max_attempts  # then the message is a dead letter, for a person to resend
     max_per_tick: int = 200
 
     @property

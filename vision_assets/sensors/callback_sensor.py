@@ -7,7 +7,7 @@ import dagster as dg
 
 from ..keys import SOURCE_IMAGES
 from ..resources import CallbackSettings, ImageStore
-from ..vision.callback import CallbackRefused, Outbox, deliver, pin_destination
+from ..vision.callback import RESEND_COMMAND, CallbackRefused, Outbox, deliver, pin_destination
 from .outages import outages_skip_the_tick
 
 FAILURES_BEFORE_GIVING_UP_THE_TICK = 3  # a receiver that is down should not hold the sensor for every message
@@ -24,7 +24,8 @@ def _observation(entry, outcome: str, **extra) -> dg.AssetObservation:
 
 @dg.sensor(name="callback_sensor", minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="POSTs a signed JSON message to VISION_ASSETS_CALLBACK_URL for every finished image, at least "
-           "once; undelivered messages stay in the outbox and are retried with exponential backoff.")
+           "once; undelivered messages stay in the outbox and are retried with exponential backoff, up to "
+           "VISION_ASSETS_CALLBACK_MAX_ATTEMPTS, then wait in the dead letters for `vision-assets callbacks resend`.")
 @outages_skip_the_tick
 def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore, callback: CallbackSettings):
     if not callback.enabled:
@@ -47,9 +48,16 @@ def callback_sensor(context: dg.SensorEvaluationContext, image_store: ImageStore
             events.append(_observation(entry, "delivered"))
             sent += 1
             continue
-        retry = outbox.failed(entry, error, now, timedelta(seconds=callback.base_backoff_seconds))
-        events.append(_observation(retry, "failed, will retry", error=error,
-                                   next_attempt_at=retry.next_attempt_at.isoformat()))
+        retry, given_up = outbox.failed(entry, error, now, timedelta(seconds=callback.base_backoff_seconds),
+                                        callback.max_attempts)
+        if given_up:
+            events.append(_observation(retry, "given up: a dead letter", error=error, resend=RESEND_COMMAND))
+            context.log.warning(f"callback for {entry.message.image_id} given up after {retry.attempts} attempts "
+                                f"({error}); it waits in the dead letters: `{RESEND_COMMAND} "
+                                f"{entry.message.idempotency_key}` (or `--all`) sends it again")
+        else:
+            events.append(_observation(retry, "failed, will retry", error=error,
+                                       next_attempt_at=retry.next_attempt_at.isoformat()))
         failures += 1
         if failures >= FAILURES_BEFORE_GIVING_UP_THE_TICK:
             break

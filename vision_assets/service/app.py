@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from ..vision.callback import RESEND_COMMAND, Outbox
 from ..vision.catalog import duplicate_groups, from_parquet
 from ..vision.images.review import annotated_thumbnail, thumbnail
 from ..vision.images.validation import ValidationLimits, validate_image
@@ -85,6 +86,20 @@ class Results(BaseModel):
     limit: int
     offset: int
     next_offset: int | None  # where the next page starts; None when this page was the last
+
+
+class DeadLetter(BaseModel):
+    idempotency_key: str
+    image_id: str
+    status: str
+    attempts: int
+    last_error: str
+
+
+class DeadLetters(BaseModel):
+    letters: list[DeadLetter]
+    next: str | None  # `after` for the next page
+    resend: str  # the command that sends them all again
 
 
 class ReviewList(BaseModel):
@@ -279,6 +294,18 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
                 scroll_filter=SearchFilters(needs_review=True).to_qdrant("images"))
         hits = [_hit(hit_from_point(point, "images"), catalogue) for point in points]
         return ReviewList(hits=hits, next=str(following) if following is not None else None)
+
+    @app.get("/api/callbacks/dead", response_model=DeadLetters)
+    def dead_letters(after: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 24) -> DeadLetters:
+        """The callback messages given up on after their last attempt (the dead letters), in pages, with the
+        command that sends them again. Costs a page, however many there are."""
+        page, more = Outbox(catalogue.results).dead_letters(after or "", limit)
+        return DeadLetters(
+            letters=[DeadLetter(idempotency_key=e.message.idempotency_key, image_id=e.message.image_id,
+                                status=e.message.status, attempts=e.attempts, last_error=e.last_error or "")
+                     for e in page],
+            next=page[-1].message.idempotency_key if more and page else None,
+            resend=f"{RESEND_COMMAND} --all")
 
     @app.get("/api/duplicates", response_model=Duplicates)
     def duplicates(offset: Annotated[int, Query(ge=0)] = 0,

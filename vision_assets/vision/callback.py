@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .records import SourceImageRecord
 from .storage.object_store import ObjectMissing
-from .storage.results_store import OUTBOX, OUTBOX_QUARANTINE, ResultsStore
+from .storage.results_store import OUTBOX, OUTBOX_DEAD, OUTBOX_QUARANTINE, ResultsStore
 
 SIGNATURE_HEADER = "X-Vision-Assets-Signature"
 TIMESTAMP_HEADER = "X-Vision-Assets-Timestamp"
@@ -167,11 +167,19 @@ class OutboxScan:
                 "look at what wrote these files, then delete them")
 
 
+RESEND_COMMAND = "vision-assets callbacks resend"
+
+
 class Outbox:
+    """Messages waiting for delivery (`~outbox/`), and those given up on (`~outbox-dead/`, the dead letters): a
+    message whose last attempt failed leaves the outbox, so the outbox holds only what is still being tried, and a
+    person sees the rest (the review queue, the search service's `/api/callbacks/dead`) and resends it."""
+
     def __init__(self, results: ResultsStore):
         self.results = results
         self.prefix = f"{results.prefix}{OUTBOX}"
         self.quarantine_prefix = f"{results.prefix}{OUTBOX_QUARANTINE}"
+        self.dead_prefix = f"{results.prefix}{OUTBOX_DEAD}"
 
     def _key(self, entry: OutboxEntry) -> str:
         return f"{self.prefix}{entry.message.idempotency_key}.json"
@@ -210,12 +218,43 @@ class Outbox:
     def delivered(self, entry: OutboxEntry) -> None:
         self.results.store.delete(self._key(entry))
 
-    def failed(self, entry: OutboxEntry, error: str, now: datetime, base_backoff: timedelta) -> OutboxEntry:
+    def failed(self, entry: OutboxEntry, error: str, now: datetime, base_backoff: timedelta,
+               max_attempts: int) -> tuple[OutboxEntry, bool]:
+        """The entry after this failed attempt, and whether it was the last: then it is a dead letter."""
         delay = min(base_backoff * (2**entry.attempts), MAX_BACKOFF)
         updated = entry.model_copy(update={"attempts": entry.attempts + 1, "next_attempt_at": now + delay,
                                            "last_error": error})
-        self._save(updated)
-        return updated
+        if updated.attempts < max_attempts:
+            self._save(updated)
+            return updated, False
+        self.results.store.put(f"{self.dead_prefix}{updated.message.idempotency_key}.json",
+                               updated.model_dump_json().encode(), "application/json")
+        self.results.store.delete(self._key(entry))
+        return updated, True
+
+    def dead_letters(self, after: str = "", limit: int = 100) -> tuple[list[OutboxEntry], bool]:
+        """A page of the messages given up on, in key order from just after `after` (an idempotency key), and
+        whether more follow."""
+        listed = self.results.store.list_slice(self.dead_prefix, f"{self.dead_prefix}{after}.json" if after else "",
+                                               limit)
+        entries = [OutboxEntry.model_validate_json(self.results.store.get(obj.key)[1]) for obj in listed.objects]
+        return entries, listed.truncated
+
+    def resend(self, keys: list[str] | None, now: datetime) -> int:
+        """Dead letters back into the outbox, due now with their attempts counted afresh: these idempotency keys,
+        or every one (None). How many went back."""
+        sent = 0
+        after = ""
+        while True:
+            page, more = self.dead_letters(after, 1000)
+            for entry in page:
+                if keys is None or entry.message.idempotency_key in keys:
+                    self._save(entry.model_copy(update={"attempts": 0, "next_attempt_at": now}))
+                    self.results.store.delete(f"{self.dead_prefix}{entry.message.idempotency_key}.json")
+                    sent += 1
+            if not more or not page:
+                return sent
+            after = page[-1].message.idempotency_key
 
 
 def _first_error(error: ValidationError) -> str:

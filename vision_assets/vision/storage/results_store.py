@@ -41,6 +41,7 @@ PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, MODE
 # At the top of the results prefix, besides the images' folders:
 OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
+OUTBOX_DEAD = "~outbox-dead/"  # messages given up on after their last attempt: resent by a person's command
 CATALOG_FILE = "~catalog.parquet"
 # The review loop: Label Studio tasks (its source storage reads them), what its target storage writes back, and
 # corrections in our own JSON for people without Label Studio (vision/review/).
@@ -51,7 +52,8 @@ REVIEW_APPLIED = "~review/applied/"  # verdict files read and applied (moved out
 REVIEW_REFUSED = "~review/refused/"  # verdict files that could not be used (the tick's log says why)
 REVIEW_FOLDER = "~review/"
 LISTING = "~listing/"  # the upload sensor's notes on a listing pass in progress (vision/listing_pass.py)
-TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, CATALOG_FILE, REVIEW_FOLDER, LISTING)
+TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, OUTBOX_DEAD, CATALOG_FILE, REVIEW_FOLDER,
+             LISTING)
 
 
 def is_pipeline_file(relative: str) -> bool:
