@@ -234,3 +234,39 @@ def test_verdicts_on_many_images_apply_in_one_run_that_lets_indexing_in_between(
     assert events == ["chunk", "indexing run", "chunk"]
     for key in ("bus.jpg", "zidane.jpg"):
         assert payload(models, "crops", crop_point_id(key, 0))["reviewed"] is True
+
+
+def test_a_big_corrections_file_is_applied_a_slice_a_tick_and_no_entry_twice(pipeline, instance, s3_client, bucket,
+                                                                             monkeypatch, capfd):
+    """A corrections file of 100,000 entries used to be one tick past Dagster's 60 s sensor timeout. It is applied
+    ENTRIES_PER_TICK entries a tick (here 2 of 5), each slice one run, its progress in the cursor and the tick's log;
+    the tick that applied a slice, evaluated again (the daemon died before storing it), asks for the same run, and
+    the file leaves the inbox after its last slice."""
+    monkeypatch.setattr(review_sensor_module, "ENTRIES_PER_TICK", 2)
+    driver, _ = pipeline
+    keys = ["bus.jpg", "zidane.jpg"]
+    entries = [{"image": keys[n % 2], "reviewer": f"r{n}", "decisions": [{"box": 0, "verdict": "accepted"}]}
+               for n in range(5)]
+    s3_client.put_object(Bucket=bucket, Key="results/~review/corrections/big.json", Body=json.dumps(entries).encode())
+    reviews = SensorDriver(driver.defs, instance, sensor="review_sensor")
+    capfd.readouterr()
+    assert not requested(reviews.tick(), "apply_reviews")  # found; applied from the next tick on
+    slices, logs = [], []
+    for _ in range(3):
+        before = reviews.cursor
+        [request] = requested(reviews.tick(), "apply_reviews")
+        again = SensorDriver(driver.defs, instance, sensor="review_sensor")
+        again.cursor = before
+        [same] = requested(again.tick(), "apply_reviews")
+        assert same.run_key == request.run_key  # evaluated again: the same slice, one run
+        slices.append(request)
+        logs.append(capfd.readouterr())
+    images = [sorted(r.run_config["ops"]["review_decisions"]["config"]["images"]) for r in slices]
+    assert images == [keys, keys, ["bus.jpg"]]
+    assert len({r.run_key for r in slices}) == 3
+    said = "".join(log.out + log.err for log in logs)
+    for progress in ("entries 1-2 of 5 applied (40%)", "entries 3-4 of 5 applied (80%)", "entries 5-5 of 5 applied"):
+        assert progress in said, said
+    reviews.tick()  # moves the finished file out of the inbox
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/~review/").get("Contents", [])
+    assert [o["Key"] for o in listed if "big.json" in o["Key"]] == ["results/~review/applied/corrections/big.json"]

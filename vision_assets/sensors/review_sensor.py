@@ -42,6 +42,9 @@ from .outages import outages_skip_the_tick
 from .run_keys import run_key
 
 FILES_PER_TICK = 1000  # read 16 at a time: a few seconds of a tick on S3
+# A file with more entries than this is applied a slice a tick (each entry costs a few store reads and a write:
+# 10,000 took 21 s in one tick, and 30,000 would pass Dagster's 60 s sensor timeout).
+ENTRIES_PER_TICK = 5000
 READ_THREADS = 16
 QUEUE_REFRESH_SECONDS = 60  # the review queue is refreshed at most this often, after runs that change it
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -56,6 +59,16 @@ class Taken(BaseModel):
     to: str  # where it goes
 
 
+class BigFile(BaseModel):
+    """A review file with more entries than a tick applies, applied a slice a tick: how far it has got."""
+
+    key: str
+    etag: str
+    kind: str
+    done: int  # entries applied
+    total: int
+
+
 class ReviewCursor(Cursor):
     """The files the last tick read (moved out by this one), and, from versions that left files in place, how far
     they had read: files up to `after` (and the keys seen at `after` itself) were applied, and are moved out unread."""
@@ -66,6 +79,7 @@ class ReviewCursor(Cursor):
     accuracy_due: bool = False
     queue_seen: int = 0  # the newest storage id of qdrant_index / review_decisions the review queue reflects
     queue_at: float = 0.0  # when the last refresh was requested
+    big_file: BigFile | None = None  # being applied a slice a tick; the inbox waits until it is done
 
     def is_new(self, obj: StoredObject) -> bool:
         return self.after is None or obj.last_modified > self.after or (
@@ -92,23 +106,54 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         cursor.take_out = []
         folders = {f"{results.prefix}{REVIEW_ANNOTATIONS}": "label-studio",
                    f"{results.prefix}{REVIEW_CORRECTIONS}": "corrections"}
+        if cursor.big_file is not None:
+            return _big_file_slice(context, image_store, cursor, moved)
         listed = [o for folder in folders for o in image_store.objects.list_slice(folder, "", FILES_PER_TICK).objects]
         read_before = [o for o in listed if not cursor.is_new(o)]  # by a version that left files in place
         # In time order within the tick (a later file's review of an image wins); a burst of more than
         # FILES_PER_TICK files is taken in key order across ticks.
         taken = sorted((o for o in listed if cursor.is_new(o)), key=lambda o: (o.last_modified, o.key))[:FILES_PER_TICK]
 
-        def prepare(obj: StoredObject) -> list[ImageReview] | str:
-            kind = next(kind for folder, kind in folders.items() if obj.key.startswith(folder))
+        def read(obj: StoredObject) -> list[Submission] | str:
             try:
-                # Every entry of a file is checked before any is stored: a file applies whole or not at all.
-                return [_prepared_review(context, image_store, submission, replace=kind == "label-studio")
-                        for submission in _read(image_store, obj, kind)]
+                return _read(image_store, obj, _kind(folders, obj.key))
             except SubmissionError as error:
                 return f"{obj.key}: {error}"
 
         with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            prepared = list(pool.map(prepare, taken))
+            submissions = list(pool.map(read, taken))
+        big = next(((obj, len(s)) for obj, s in zip(taken, submissions, strict=True)
+                    if not isinstance(s, str) and len(s) > ENTRIES_PER_TICK), None)
+        if big is not None:  # applied from the next tick on, a slice a tick; the files after it wait for it
+            obj, total = big
+            cut = taken.index(obj)
+            taken, submissions = taken[:cut], submissions[:cut]
+            cursor.big_file = BigFile(key=obj.key, etag=obj.etag, kind=_kind(folders, obj.key), done=0, total=total)
+            context.log.info(f"{obj.key}: {total:,} entries, applied {ENTRIES_PER_TICK:,} a tick from the next tick on")
+
+        # Every entry of a file is checked before any is stored: a file applies whole or not at all. All the
+        # tick's entries are prepared in one pool, however they are spread over files.
+        entries = [(n, submission) for n, read_ in enumerate(submissions) if not isinstance(read_, str)
+                   for submission in read_]
+
+        def prepare(entry: tuple[int, Submission]) -> ImageReview | SubmissionError:
+            n, submission = entry
+            try:
+                return _prepared_review(context, image_store, submission,
+                                        replace=_kind(folders, taken[n].key) == "label-studio")
+            except SubmissionError as error:
+                return error
+
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            outcomes_of = list(pool.map(prepare, entries))
+        prepared: list[list[ImageReview] | str] = [read_ if isinstance(read_, str) else [] for read_ in submissions]
+        for (n, _), outcome in zip(entries, outcomes_of, strict=True):
+            if isinstance(prepared[n], str):
+                continue
+            if isinstance(outcome, SubmissionError):
+                prepared[n] = f"{taken[n].key}: {outcome}"
+            else:
+                prepared[n].append(outcome)
         reviewed: dict[str, ImageReview] = {}
         problems = [p for p in prepared if isinstance(p, str)]
         for reviews in (p for p in prepared if not isinstance(p, str)):
@@ -135,7 +180,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             cursor.accuracy_due = False
             runs.append(dg.RunRequest(job_name=measure_accuracy.name, run_key=f"accuracy-{time.time():.0f}"))
         runs += _queue_refresh(context, cursor)
-        if not runs and not problems and not taken and not cursor.take_out and not moved:
+        if not runs and not problems and not taken and not cursor.take_out and not moved and not cursor.big_file:
             return dg.SkipReason("no new review files; the review queue is current")
         if moved:
             context.log.info(f"{moved} review file(s) read by the last tick moved out of the inbox "
@@ -143,6 +188,65 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         return dg.SensorResult(run_requests=runs, cursor=cursor.dump())
 
     return review_sensor
+
+
+def _kind(folders: dict[str, str], key: str) -> str:
+    return next(kind for folder, kind in folders.items() if key.startswith(folder))
+
+
+def _prepared_reviews(context: dg.SensorEvaluationContext, image_store: ImageStore, submissions: list[Submission],
+                      kind: str) -> list[ImageReview]:
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        return list(pool.map(lambda s: _prepared_review(context, image_store, s, replace=kind == "label-studio"),
+                             submissions))
+
+
+def _big_file_slice(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: ReviewCursor,
+                    moved: int) -> dg.SensorResult:
+    """The next slice of a big review file: applied whole or not at all, in one `apply_reviews` run; the file leaves
+    the inbox after its last slice. Its progress is in the cursor (stored with the tick, so a tick evaluated again
+    applies the same slice, and none twice) and in the tick's log. A file changed meanwhile starts again."""
+    big, results = cursor.big_file, image_store.results
+    if moved:
+        context.log.info(f"{moved} review file(s) read by the last tick moved out of the inbox")
+    try:
+        found = image_store.objects.head(big.key)
+    except ObjectMissing:
+        context.log.warning(f"{big.key}: removed after {big.done:,} of its {big.total:,} entries were applied")
+        cursor.big_file = None
+        return dg.SensorResult(cursor=cursor.dump())
+    submissions = _read(image_store, StoredObject(key=big.key, etag=found.etag, size=found.size,
+                                                  last_modified=found.last_modified), big.kind)
+    if found.etag != big.etag:
+        context.log.warning(f"{big.key}: changed after {big.done:,} of its entries were applied; applying it again "
+                            "from the start")
+        big = cursor.big_file = big.model_copy(update={"etag": found.etag, "done": 0, "total": len(submissions)})
+    end = min(big.done + ENTRIES_PER_TICK, big.total)
+    try:
+        reviews = _prepared_reviews(context, image_store, submissions[big.done:end], big.kind)
+    except SubmissionError as error:
+        context.log.warning(f"review file not applied from entry {big.done + 1:,} on (entries before it were; fix "
+                            f"the file and upload the rest again): {big.key}: {error}")
+        cursor.take_out = [Taken(key=big.key, etag=big.etag, to=_destination(results, big.key, REVIEW_REFUSED))]
+        cursor.big_file = None
+        return dg.SensorResult(cursor=cursor.dump())
+    reviewed = {review.partition_key: review for review in reviews}  # a later entry of an image wins
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
+    context.log.info(f"{big.key}: entries {big.done + 1:,}-{end:,} of {big.total:,} applied "
+                     f"({100 * end / big.total:.0f}%): {len(reviewed):,} image(s) in one run")
+    if end >= big.total:
+        cursor.take_out = [Taken(key=big.key, etag=big.etag, to=_destination(results, big.key, REVIEW_APPLIED))]
+        cursor.big_file = None
+    else:
+        cursor.big_file = big.model_copy(update={"done": end})
+    cursor.accuracy_due = True
+    run = dg.RunRequest(
+        job_name=apply_reviews.name, run_key=run_key("reviews", big.key, big.etag, str(big.done)),
+        run_config={"ops": {review_decisions.op.name: {"config": {"images": sorted(reviewed)}}}},
+        tags={"vision_assets/images": str(len(reviewed)),
+              "vision_assets/review_file": f"{big.key} {big.done + 1}-{end} of {big.total}"[:200]})
+    return dg.SensorResult(run_requests=[run], cursor=cursor.dump())
 
 
 def _destination(results: ResultsStore, key: str, outcome: str) -> str:
