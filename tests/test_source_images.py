@@ -222,7 +222,7 @@ def test_unreachable_store_is_retried_then_fails_loudly_and_is_left_to_run_retri
         results_prefix="results/",
     )
     instance.add_dynamic_partitions(batches.name, ["2026-01-01T00:00:00Z-0000"])
-    policy = StagePolicy(retries=2, first_retry_seconds=0)
+    policy = StagePolicy(patience_seconds=0.35, first_retry_seconds=0.1)  # waits of 0.1 and 0.2 s: 2 retries
     result = build_definitions(dead, models, stage_policy=policy).resolve_job_def("process_images").execute_in_process(
         instance=instance, partition_key="2026-01-01T00:00:00Z-0000", raise_on_error=False
     )

@@ -66,7 +66,7 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
     for shade in range(3):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/plain-{shade}.png",
                              Body=image_bytes((96, 64), color=(40 * shade, 90, 200)))
-    policy = StagePolicy(chunk_size=2, retries=5, first_retry_seconds=1)  # chunks of 2: three per stage
+    policy = StagePolicy(chunk_size=2, patience_seconds=31, first_retry_seconds=1)  # 1+2+4+8+16 s; chunks of 2
     driver = SensorDriver(build_definitions(store, models, stage_policy=policy), instance, whole_pipeline=True)
     [request] = driver.tick().run_requests
     runs = []
@@ -327,3 +327,56 @@ def test_the_index_graph_is_built_outside_runs(models, s3_image_store, instance,
         "qdrant_index", partition=indexed.partition, metadata={"unindexed_points": 0, "unmerged_shards": 2}))
     with dg.build_sensor_context(**context, cursor=result.cursor) as ctx:
         assert len(sensor.evaluate_tick(ctx).run_requests) == 1
+
+
+def test_a_step_retry_resumes_after_the_chunks_it_finished(models, s3_image_store, instance, s3_client, bucket,
+                                                            monkeypatch):
+    """The store fails once mid-step, in `source_images` and again in `detections` (on the third of six images,
+    chunks of two): each step is retried and resumes, so the images of its first chunk are fetched and detected
+    once, not again with the rest; the run succeeds and every image is indexed."""
+    from collections import Counter
+
+    from vision_assets.assets import source_images as ingest_module
+    from vision_assets.vision.models.detector import YoloDetector
+    from vision_assets.vision.storage.object_store import StoreUnavailable
+    from vision_assets.vision.storage.results_store import DETECTIONS, SOURCE_RECORD, ResultsStore
+
+    names = [f"photo-{n}.png" for n in range(6)]
+    for n, name in enumerate(names):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=image_bytes((96, 64), color=(40 * n, 90, 200)))
+    ingested, detected, faults = Counter(), Counter(), {SOURCE_RECORD: names[2], DETECTIONS: names[2]}
+    real_ingest, real_detect, real_write = ingest_module.ingest_image, YoloDetector.detect, ResultsStore.write
+
+    def counting_ingest(image, *args, **kwargs):
+        ingested[image] += 1
+        return real_ingest(image, *args, **kwargs)
+
+    def counting_detect(self, images):
+        detected[len(images)] += 1
+        return real_detect(self, images)
+
+    def failing_once(self, key, name, record):
+        if faults.get(name) == key:
+            del faults[name]
+            raise StoreUnavailable(f"S3 store unreachable (writing {name} of {key}): injected")
+        return real_write(self, key, name, record)
+
+    monkeypatch.setattr(ingest_module, "ingest_image", counting_ingest)
+    monkeypatch.setattr(YoloDetector, "detect", counting_detect)
+    monkeypatch.setattr(ResultsStore, "write", failing_once)
+    policy = StagePolicy(chunk_size=2, patience_seconds=1, first_retry_seconds=0.1)
+    driver = SensorDriver(build_definitions(s3_image_store, models, stage_policy=policy), instance,
+                          whole_pipeline=True)
+    [run] = driver.tick_and_run()
+    assert run.success and not faults  # both faults happened
+    retried = [e.step_key for e in run.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert sorted(retried) == ["detections", "source_images"]
+    first_chunk = names[:2]
+    assert all(ingested[name] == 1 for name in first_chunk), ingested  # not fetched again by the retry
+    assert sum(ingested.values()) <= len(names) + 2  # at most the failed chunk again
+    assert sum(size * calls for size, calls in detected.items()) <= len(names) + 2, detected
+    assert ui_check_statuses(instance, "qdrant_index", "index_consistent") == {"SUCCEEDED": set(driver.batches)}
+    assert indexed_images(models["qdrant"].path) == set(driver.partitions)
+    assert len(driver.partitions) == len(names)
+    leftover = list(s3_image_store.objects.list(f"{s3_image_store.results_prefix}~runs/"))
+    assert leftover == []  # each step's progress removed once it finished

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     s3_bucket: OptionalText = setting(None, "Watch this S3 bucket instead of the local folder `<data dir>/bucket`.")
     s3_endpoint_url: OptionalText = setting(None, "S3-compatible endpoint (MinIO, R2, a test server). Unset = AWS.")
     s3_region: OptionalText = setting(None, "Region of the bucket.")
+    s3_attempts: int = setting(5, "Attempts per S3 or SQS request (botocore's adaptive retry mode: a slow-down or "
+                               "5xx answer backs off and slows the client down) before the stage sees a fault.")
+    s3_timeout_seconds: float = setting(3, "Connect and read timeout of an S3 or SQS request: a request that stalls "
+                                        "longer is retried (the time between bytes, not the whole transfer).")
     s3_events_queue: OptionalText = setting(None, "URL of an SQS queue that receives the bucket's S3 event notifications "
                                         "(`s3:ObjectCreated:*`): the upload sensor reads it instead of listing the "
                                         "bucket every tick. For buckets past about 10,000 objects.")
@@ -119,10 +123,12 @@ class Settings(BaseSettings):
     working_image_side: int = setting(4096, "Long side (pixels) of the normalised copy every model stage reads and "
                                       "every box is measured in; larger images are scaled down once, at ingest (the "
                                       "original stays in the bucket). 0 = full resolution.")
-    store_retries: int = setting(5, "Times a stage retries when the store or Qdrant cannot be reached, before its run "
-                                 "fails and is re-run (see `VISION_ASSETS_RUN_RETRIES`).")
-    store_retry_seconds: float = setting(5, "Wait before the first of those retries; it doubles each time (5 retries "
-                                         "from 5 s ride out about 2.5 minutes).")
+    store_patience_seconds: float = setting(600, "How long a stage waits out a store, Qdrant or model-service "
+                                            "outage, retrying, before its run fails and is re-run (see "
+                                            "`VISION_ASSETS_RUN_RETRIES`). A retry resumes: images the step already "
+                                            "finished are not done again.")
+    store_retry_seconds: float = setting(5, "Wait before a stage's first retry; it doubles each time, up to a "
+                                         "minute.")
     run_retries: int = setting(2, "`vision-assets dev`: times Dagster re-executes a failed run from its failed step (a "
                                "killed run worker, a store outage longer than the stage retries). A bad image never "
                                "fails a run; a bug or a broken index fails it without retries.")

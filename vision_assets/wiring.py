@@ -74,8 +74,10 @@ def image_store_from(settings: Settings) -> ImageStore:
             region_name=settings.s3_region,
             aws_access_key_id=_secret(settings, "aws_access_key_id"),
             aws_secret_access_key=_secret(settings, "aws_secret_access_key"),
+            max_attempts=settings.s3_attempts,
         )
         return S3ImageStore(s3=s3, bucket=settings.s3_bucket, events_queue_url=settings.s3_events_queue,
+                            timeout_seconds=settings.s3_timeout_seconds,
                             reconcile_seconds=settings.s3_reconcile_seconds, **common)
     settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)
@@ -184,7 +186,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
                               tasks=settings.review_tasks, sample_rate=settings.review_sample_rate,
                               target_precision=settings.review_target_precision,
                               label_studio_url=settings.label_studio_url),
-        stage_policy=StagePolicy(chunk_size=settings.chunk_size, retries=settings.store_retries,
+        stage_policy=StagePolicy(chunk_size=settings.chunk_size, patience_seconds=settings.store_patience_seconds,
                                  first_retry_seconds=settings.store_retry_seconds),
         failed_image_retries=FailedImageRetries(attempts=settings.failed_image_retries,
                                                 first_wait_seconds=settings.failed_image_retry_seconds),

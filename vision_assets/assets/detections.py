@@ -17,6 +17,7 @@ from .stage import (
     load_pictures,
     run_images,
     stage_asset,
+    step_progress,
     transient_faults_retried,
     valid_sources,
 )
@@ -41,8 +42,11 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         taken = run_images(context, results, image_selection)
         valid, skipped = valid_sources(results, taken)
         keys, model, seconds, classes, failed = list(valid), detector.identity, 0.0, Counter(), {}
-        side = detector.detector.input_side if keys else 0
-        for chunk in stage_policy.chunks(keys):
+        progress = step_progress(context, results, "detections")
+        resumed = progress.finished() & set(keys)
+        todo = [key for key in keys if key not in resumed]
+        side = detector.detector.input_side if todo else 0
+        for chunk in stage_policy.chunks(todo):
             # Decoded only as large as the detector's letterbox: a 4,000 px working copy at 1/4 of its size.
             pictures = load_pictures(results, {k: scale_for_long_side(valid[k].working_size, side) for k in chunk},
                                      valid)
@@ -60,18 +64,21 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                     partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes,
                     error=failed.get(key)))
                 classes.update(b.class_name for b in boxes)
+            progress.record(chunk)
         if failed:
             context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "
                                 f"{dict(list(failed.items())[:5])}")
-        rate = f"{len(keys) / seconds:.1f} images/s" if seconds else "no images"
-        context.log.info(f"detected {sum(classes.values())} objects in {len(keys)} images in {seconds:.2f}s ({rate}) "
-                         f"on {detector.detector.device}; {len(skipped)} skipped")
+        rate = f"{len(todo) / seconds:.1f} images/s" if seconds else "no images"
+        context.log.info(f"detected {sum(classes.values())} objects in {len(todo)} images in {seconds:.2f}s ({rate}) "
+                         f"on {detector.detector.device if todo else 'no device'}; {len(skipped)} skipped"
+                         + (f"; {len(resumed)} finished by an earlier attempt of this step" if resumed else ""))
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_objects": sum(classes.values()), "run_classes": dict(classes.most_common(20)),
-                       "run_images_per_second": round(len(keys) / seconds, 2) if seconds else 0.0,
-                       "run_images_failed": len(failed)}
+                       "run_images_per_second": round(len(todo) / seconds, 2) if seconds else 0.0,
+                       "run_images_failed": len(failed), "run_images_resumed": len(resumed)}
         for batch, counts in batch_counts(taken, set(keys), skipped).items():
             metadata.add(batch, counts | run_figures)
+        progress.clear()
         yield metadata.materialize()
 
     return detections

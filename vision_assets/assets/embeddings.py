@@ -39,6 +39,7 @@ from .stage import (
     load_pictures,
     run_images,
     stage_asset,
+    step_progress,
     transient_faults_retried,
     valid_sources,
 )
@@ -96,9 +97,12 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         valid, skipped = valid_sources(results, taken)
         scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
-        side = clip.input_side if valid else 0
+        progress = step_progress(context, results, "embeddings")
+        resumed = progress.finished() & set(valid)
+        todo = [key for key in valid if key not in resumed]
+        side = clip.input_side if todo else 0
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
-        for chunk in stage_policy.chunks(list(valid)):
+        for chunk in stage_policy.chunks(todo):
             detections = {key: results.read(key, DETECTIONS_FILE, DetectionsRecord) for key in chunk}
             boxes = {key: [crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections]
                      for key, found in detections.items()}
@@ -148,13 +152,15 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 results.write(key, EMBEDDINGS_FILE, record)
                 records.append(record)
                 tag_counts.update(record.scene.tags)
+            progress.record(chunk)
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),
                        "run_model_seconds": round(seconds, 3),
                        "run_vectors_per_second": round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
-                       "models_loaded": embedder.load_counts}
+                       "models_loaded": embedder.load_counts, "run_images_resumed": len(resumed)}
         for batch, counts in batch_counts(taken, set(valid), skipped).items():
             metadata.add(batch, counts | run_figures)
+        progress.clear()
         yield metadata.materialize()
         yield from embedding_validity.report(
             context, taken, {r.partition_key: embedding_outcome(r) for r in records}, skipped,

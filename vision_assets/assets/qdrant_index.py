@@ -25,6 +25,7 @@ from .stage import (
     judged_from_record,
     run_images,
     stage_asset,
+    step_progress,
     transient_faults_retried,
     valid_sources,
 )
@@ -113,8 +114,10 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         started = time.perf_counter()
         records, crop_count = {}, 0
         reindexing = context.run.tags.get(REINDEX_TAG) == "true"
+        progress = step_progress(context, results, "qdrant_index")
+        resumed = progress.finished()
         with qdrant.open(on_wait=context.log.info) as index:
-            for chunk in stage_policy.chunks([key for key in valid if key not in bad]):
+            for chunk in stage_policy.chunks([key for key in valid if key not in bad and key not in resumed]):
                 points, labels_of, written = write_points(index, results, valid, embedded, chunk,
                                                           qdrant.upsert_batch_size)
                 if reindexing:  # a rebuild writes the whole catalogue: its graph is built as it goes, flat per chunk
@@ -127,6 +130,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                                                     labels_of[key].needing_review, record.problems,
                                                     disagreements=labels_of[key].disagreements))
                 crop_count += sum(len(p.crop_indexes) for p in points)
+                progress.record(chunk)
             # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
             # ids its last indexing recorded. (A superseded entry's image belongs to its newer batch: left alone.)
             gone = [key for key, why in skipped.items() if not why.startswith("superseded")]
@@ -146,9 +150,10 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             results.write_batch_indexed(BatchIndexed(batch=batch, indexed=indexed))
         metadata = BatchMetadata(context)
         run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where,
-                       UNINDEXED_POINTS: unindexed, UNMERGED_SHARDS: unmerged}
-        for batch, counts in batch_counts(taken, set(records), skipped).items():
+                       UNINDEXED_POINTS: unindexed, UNMERGED_SHARDS: unmerged, "run_images_resumed": len(resumed)}
+        for batch, counts in batch_counts(taken, set(records) | (resumed & set(valid)), skipped).items():
             metadata.add(batch, counts | run_figures)
+        progress.clear()
         yield metadata.materialize()
         yield from index_consistency.report(context, taken, {k: index_outcome(r) for k, r in records.items()},
                                             skipped, judge)

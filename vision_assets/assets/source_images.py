@@ -17,7 +17,7 @@ from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
 from ..vision.storage.results_store import ResultsStore
 from .batch_checks import BatchCheck, ImageOutcome
-from .stage import BACKFILL_POLICY, BatchMetadata, run_images, transient_faults_retried
+from .stage import BACKFILL_POLICY, BatchMetadata, run_images, step_progress, transient_faults_retried
 
 image_validity = BatchCheck(
     asset=SOURCE_IMAGES,
@@ -87,29 +87,45 @@ def source_images(
                             batch=batch_of[image], model_side=ingest_policy.model_input_side)
 
     started = time.perf_counter()
+    progress = step_progress(context, results, "source_images")
+    resumed = progress.finished()
+    outbox = Outbox(results) if callback.enabled else None
+    ingested: dict[str, SourceImageRecord | str] = {}
     # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both; each thread holds one
-    # image decoded at a time, so memory follows the thread count. The store failing (not an image) retries the step.
+    # image decoded at a time, so memory follows the thread count. The store failing (not an image) retries the
+    # step, which resumes after the chunks already finished.
     with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-        ingested = dict(zip(taken.images, pool.map(ingest, taken.images)))
+        for chunk in stage_policy.chunks([image for image in taken.images if image not in resumed]):
+            done = dict(zip(chunk, pool.map(ingest, chunk)))
+            if outbox:  # a rejected image is finished here; the callback sensor announces it
+                for record in done.values():
+                    if isinstance(record, SourceImageRecord) and not record.is_valid:
+                        outbox.add(rejected_message(record))
+            ingested |= done
+            progress.record(chunk)
     seconds = time.perf_counter() - started
     records = [r for r in ingested.values() if isinstance(r, SourceImageRecord)]
     skipped = {image: why for image, why in ingested.items() if isinstance(why, str)}
+    # What earlier attempts of this step finished: their records, for the batch's counts (the check reads them too).
+    for image in (image for image in taken.images if image in resumed):
+        if (record := results.read_source_record(image)) is not None:
+            newer = superseded_by(record.batch, batch_of[image])
+            ingested[image] = f"superseded: re-uploaded in batch {newer}" if newer else record
+            if newer:
+                skipped[image] = ingested[image]
 
-    if callback.enabled:  # a rejected image is finished here; the callback sensor announces it
-        outbox = Outbox(results)
-        for record in records:
-            if not record.is_valid:
-                outbox.add(rejected_message(record))
     rejected = Counter(r.rejection.code.value for r in records if r.rejection)
     context.log.info(f"{len(records)} images in {seconds:.1f}s: {len(records) - sum(rejected.values())} valid, "
-                     f"rejected {dict(rejected) or 'none'}" + (f", {len(skipped)} superseded" if skipped else ""))
+                     f"rejected {dict(rejected) or 'none'}" + (f", {len(skipped)} superseded" if skipped else "")
+                     + (f"; {len(resumed)} finished by an earlier attempt of this step" if resumed else ""))
     metadata = BatchMetadata(context)
     for batch, images in taken.by_batch.items():
-        mine = [ingested[i] for i in images if isinstance(ingested[i], SourceImageRecord)]
+        mine = [ingested[i] for i in images if isinstance(ingested.get(i), SourceImageRecord)]
         metadata.add(batch, {"images": len(images), "valid": sum(r.is_valid for r in mine),
                              "rejected": sum(not r.is_valid for r in mine),
                              "superseded": sum(i in skipped for i in images),
                              "bytes": sum(r.size_bytes for r in mine)})
+    progress.clear()
     yield metadata.materialize()
     outcomes = {record.partition_key: validation_outcome(record, rejected_preview(results, record, look))
                 for record in records}

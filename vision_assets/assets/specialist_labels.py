@@ -61,6 +61,7 @@ from .stage import (
     run_images,
     source_state,
     stage_asset,
+    step_progress,
     transient_faults_retried,
     valid_sources,
 )
@@ -179,7 +180,9 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
         routed, coral_images, audited, tasks = Counter(), 0, 0, 0
         sides = ExpertSides(experts, labeling.routes)
-        for chunk in stage_policy.chunks(keys):
+        progress = step_progress(context, results, "specialist_labels")
+        resumed = progress.finished() & set(keys)
+        for chunk in stage_policy.chunks([key for key in keys if key not in resumed]):
             detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
             vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
             boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
@@ -209,14 +212,17 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                                                 review.sampled(key))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
+            progress.record(chunk)
         metadata = BatchMetadata(context)
         run_figures = {"run_crops_per_specialist": dict(routed), "run_model_seconds": round(seconds, 3),
                        "run_coral_images": coral_images, "run_review_tasks": tasks,
                        "run_crops_audited": audited, "run_second_opinion_seconds": round(audit_seconds, 3),
                        "run_ms_per_crop": round(1000 * audit_seconds / audited, 3) if audited else 0.0,
-                       "models_loaded": specialists.load_counts | embedder.load_counts}
+                       "models_loaded": specialists.load_counts | embedder.load_counts,
+                       "run_images_resumed": len(resumed)}
         for batch, counts in batch_counts(taken, set(keys), skipped).items():
             metadata.add(batch, counts | run_figures)
+        progress.clear()
         yield metadata.materialize()
         confidence, agreement = stored_labels(results)
         yield from label_confidence.report(context, taken, outcomes, skipped, confidence)

@@ -23,12 +23,18 @@ from ..vision.records import SourceImageRecord
 from ..vision.storage.object_store import StoreUnavailable
 from ..vision.storage.registrations import Registrations
 from ..vision.storage.results_store import ResultsStore
+from ..vision.storage.step_progress import StepProgress
 
 # The model service unreachable (restarting, a worker that died) is waited out like the store.
 TRANSIENT = (StoreUnavailable, IndexUnavailable, ModelServiceUnavailable)
 DECODE_THREADS = max(2, os.cpu_count() or 1)
 # Dagster's run-retry tag (public as a string in its docs): "false" keeps Dagster's run retries off this run.
 RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+
+
+def step_progress(context: dg.AssetExecutionContext, results: ResultsStore, stage: str) -> StepProgress:
+    """What this run's step finished in its earlier attempts: a retry resumes after it (step_progress.py)."""
+    return StepProgress(results, context.run.run_id, stage, context.retry_number)
 
 
 def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., Iterator]:

@@ -7,9 +7,11 @@ One interface (`ImageStore`), two implementations: `S3ImageStore` (through dagst
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import boto3
 import dagster as dg
+from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
@@ -78,9 +80,26 @@ class S3ImageStore(ImageStore):
     bucket: str
     events_queue_url: str | None = None
     reconcile_seconds: int = DEFAULTS.s3_reconcile_seconds
+    timeout_seconds: float = DEFAULTS.s3_timeout_seconds
 
     def _build_object_store(self) -> ObjectStore:
-        return S3ObjectStore(self.s3.get_client(), self.bucket)
+        return S3ObjectStore(self._client("s3"), self.bucket)
+
+    def _client(self, service: str) -> Any:
+        """A boto3 client with the S3 resource's endpoint, region and credentials (one place to configure both S3
+        and SQS), in botocore's adaptive retry mode: 5xx and slow-down answers, resets and stalls are retried with
+        backoff, and the client slows its own rate while they last, at most `s3.max_attempts` attempts. Built here
+        because dagster-aws's clients use the standard mode and botocore's default timeouts (60 s: a stalled
+        request would hold a thread that long)."""
+        session = boto3.session.Session(profile_name=self.s3.profile_name,
+                                        aws_access_key_id=self.s3.aws_access_key_id,
+                                        aws_secret_access_key=self.s3.aws_secret_access_key,
+                                        aws_session_token=self.s3.aws_session_token)
+        config = Config(retries={"mode": "adaptive", "max_attempts": self.s3.max_attempts},
+                        connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
+                        max_pool_connections=32)
+        return session.client(service, endpoint_url=self.s3.endpoint_url, region_name=self.s3.region_name,
+                              use_ssl=self.s3.use_ssl, verify=self.s3.verify, config=config)
 
     @property
     def kind(self) -> str:
@@ -93,13 +112,7 @@ class S3ImageStore(ImageStore):
     def event_queue(self) -> EventQueue | None:
         if not self.events_queue_url:
             return None
-        # the S3 resource's endpoint, region and credentials: one place to configure both
-        session = boto3.session.Session(profile_name=self.s3.profile_name,
-                                        aws_access_key_id=self.s3.aws_access_key_id,
-                                        aws_secret_access_key=self.s3.aws_secret_access_key,
-                                        aws_session_token=self.s3.aws_session_token)
-        sqs = session.client("sqs", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region_name)
-        return EventQueue(sqs, self.events_queue_url, self.bucket)
+        return EventQueue(self._client("sqs"), self.events_queue_url, self.bucket)
 
 
 class LocalImageStore(ImageStore):

@@ -46,19 +46,34 @@ class IngestPolicy(dg.ConfigurableResource):
         )
 
 
+MAX_RETRY_WAIT_SECONDS = 60.0
+MAX_RETRIES = 1000  # a patience with no wait between retries (tests) still ends
+
+
 class StagePolicy(dg.ConfigurableResource):
     """How every stage works through its batch: a chunk of images at a time (memory follows the chunk, not the
-    batch), and what it does when the store or Qdrant cannot be reached (waits, doubling, then fails the run)."""
+    batch), and what it does when the store or Qdrant cannot be reached (retries, waiting longer each time, for up
+    to `patience_seconds`, then fails the run)."""
 
     chunk_size: int = DEFAULTS.chunk_size
-    retries: int = DEFAULTS.store_retries
+    patience_seconds: float = DEFAULTS.store_patience_seconds
     first_retry_seconds: float = DEFAULTS.store_retry_seconds
 
     def chunks(self, keys: list[str]) -> list[list[str]]:
         return [list(chunk) for chunk in chunked(keys, self.chunk_size)]
 
     def wait_before_retry(self, retry_number: int) -> float:
-        return self.first_retry_seconds * 2**retry_number
+        return min(self.first_retry_seconds * 2**retry_number, MAX_RETRY_WAIT_SECONDS)
+
+    @property
+    def retries(self) -> int:
+        """As many retries as their waits fit in `patience_seconds`: the budget is time waited, so attempts that fail
+        at once cannot use it up in seconds (5 s doubling to a minute: 12 retries in 10 minutes)."""
+        waited, retries = 0.0, 0
+        while retries < MAX_RETRIES and waited + self.wait_before_retry(retries) <= self.patience_seconds:
+            waited += self.wait_before_retry(retries)
+            retries += 1
+        return retries
 
 
 class FailedImageRetries(dg.ConfigurableResource):
