@@ -103,3 +103,95 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class FlakyStoreProxy:
+    """An HTTP proxy in front of an S3 endpoint (moto's server) that answers a share of the requests the way a flaky
+    store does: a 5xx (`errors`), a connection reset with no answer (`resets`), or an answer held back for
+    `delay_seconds` (`delays`); the rest are forwarded. Seeded, so a run meets the same faults each time."""
+
+    def __init__(self, target: str, errors: float = 0.2, resets: float = 0.05, delays: float = 0.1,
+                 delay_seconds: float = 5.0, seed: int = 0):
+        import random
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.target = urlsplit(target)
+        self.errors, self.resets, self.delays, self.delay_seconds = errors, resets, delays, delay_seconds
+        self._dice = random.Random(seed)
+        self._lock = threading.Lock()
+        self.faults = {"error": 0, "reset": 0, "delay": 0, "forwarded": 0}
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._roll()
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault == "error":
+                    payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+                               b"<Message>injected by the test proxy</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault == "delay":
+                    time.sleep(proxy.delay_seconds)
+                proxy._forward(self, body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _roll(self) -> str:
+        with self._lock:
+            roll = self._dice.random()
+            fault = ("error" if roll < self.errors else "reset" if roll < self.errors + self.resets
+                     else "delay" if roll < self.errors + self.resets + self.delays else "forwarded")
+            self.faults[fault] += 1
+            return fault
+
+    def _forward(self, handler, body: bytes) -> None:
+        import http.client
+
+        upstream = http.client.HTTPConnection(self.target.hostname, self.target.port, timeout=60)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            upstream.request(handler.command, handler.path, body=body or None, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        handler.send_response(answer.status)
+        head = handler.command == "HEAD"  # its Content-Length is the object's, with no body
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "date", "server") and (
+                    head or name.lower() != "content-length"):
+                handler.send_header(name, value)
+        if not head:
+            handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -380,3 +380,32 @@ def test_a_step_retry_resumes_after_the_chunks_it_finished(models, s3_image_stor
     assert len(driver.partitions) == len(names)
     leftover = list(s3_image_store.objects.list(f"{s3_image_store.results_prefix}~runs/"))
     assert leftover == []  # each step's progress removed once it finished
+
+
+def test_a_flaky_store_slows_a_batch_down_but_loses_and_repeats_nothing(models, s3_endpoint, bucket, s3_client,
+                                                                         instance):
+    """S3 answering 20% of requests with a 503, resetting 5% of connections and holding 10% back for 2 s (the
+    client gives up on a request after 0.5 s here, 3 s by default, and asks again): the batch is processed, every
+    image indexed once, with no run failure. bench/flaky_store_bench.py measures it on 60 photos."""
+    from tests.faults import FlakyStoreProxy
+
+    proxy = FlakyStoreProxy(s3_endpoint, errors=0.2, resets=0.05, delays=0.1, delay_seconds=2, seed=7)
+    store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
+                         prefix="uploads/", results_prefix="results/", timeout_seconds=0.5)
+    for n in range(3):
+        s3_client.put_object(Bucket=bucket, Key=f"uploads/photo-{n}.png",
+                             Body=image_bytes((96, 64), color=(50 * n, 90, 200)))
+    policy = StagePolicy(chunk_size=2, patience_seconds=60, first_retry_seconds=1)
+    try:
+        driver = SensorDriver(build_definitions(store, models, stage_policy=policy), instance, whole_pipeline=True)
+        [run] = driver.tick_and_run()
+    finally:
+        proxy.close()
+    assert run.success
+    assert proxy.faults["error"] and proxy.faults["reset"] and proxy.faults["delay"], proxy.faults
+    assert indexed_images(models["qdrant"].path) == set(driver.partitions) and len(driver.partitions) == 3
+    client = embedded_client(models["qdrant"].path)
+    try:
+        assert client.count("images").count == 3  # once each
+    finally:
+        client.close()

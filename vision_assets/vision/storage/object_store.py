@@ -7,15 +7,17 @@ zero-setup default. Keys are always '/'-separated and relative to the store's ro
 from __future__ import annotations
 
 import os
+import random
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_from_bytes
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..records import StoredObject
 
 LIST_PAGE_SIZE = 1000  # S3's own maximum for ListObjectsV2
+T = TypeVar("T")
 
 
 class ObjectMissing(KeyError):
@@ -102,10 +105,30 @@ def s3_errors(where: str):
         raise StoreUnavailable(f"S3 store unreachable ({where}): {error}") from error
 
 
+# Retries of our own, after botocore's: its retry quota, a circuit breaker, stops retrying for a client once a
+# sustained error rate has used it up (a few dozen failed attempts), and it never retries a body cut off mid-read.
+# Past these, the stage retries and resumes (assets/stage.py).
+OWN_RETRIES = 4
+OWN_RETRY_BASE_SECONDS, OWN_RETRY_CAP_SECONDS = 0.2, 3.0
+
+
 class S3ObjectStore(ObjectStore):
     def __init__(self, client: Any, bucket: str):
         self.client = client
         self.bucket = bucket
+
+    def _retried(self, where: str, action: Callable[[], T]) -> T:
+        """The action, its faults sorted by `s3_errors`, a store fault tried again after a jittered wait that
+        doubles (full jitter: concurrent requests do not come back together)."""
+        for attempt in range(OWN_RETRIES + 1):
+            try:
+                with s3_errors(where):
+                    return action()
+            except StoreUnavailable:
+                if attempt == OWN_RETRIES:
+                    raise
+                time.sleep(random.uniform(0, min(OWN_RETRY_CAP_SECONDS, OWN_RETRY_BASE_SECONDS * 2**attempt)))
+        raise AssertionError("unreachable")
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -118,14 +141,15 @@ class S3ObjectStore(ObjectStore):
     def list_slice(self, prefix: str, start_after: str, max_objects: int) -> ListedSlice:
         objects: list[StoredObject] = []
         request = {"Bucket": self.bucket, "Prefix": prefix, **({"StartAfter": start_after} if start_after else {})}
-        with s3_errors(f"listing s3://{self.bucket}/{prefix} after {start_after!r}"):
-            while True:
-                page = self.client.list_objects_v2(**request, MaxKeys=min(LIST_PAGE_SIZE, max_objects - len(objects)))
-                objects += [self._listed(item) for item in page.get("Contents", [])]
-                truncated = bool(page.get("IsTruncated"))
-                if not truncated or len(objects) >= max_objects:
-                    return ListedSlice(objects, truncated)
-                request["ContinuationToken"] = page["NextContinuationToken"]
+        where = f"listing s3://{self.bucket}/{prefix} after {start_after!r}"
+        while True:
+            asked = {**request, "MaxKeys": min(LIST_PAGE_SIZE, max_objects - len(objects))}
+            page = self._retried(where, lambda asked=asked: self.client.list_objects_v2(**asked))
+            objects += [self._listed(item) for item in page.get("Contents", [])]
+            truncated = bool(page.get("IsTruncated"))
+            if not truncated or len(objects) >= max_objects:
+                return ListedSlice(objects, truncated)
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     @staticmethod
     def _listed(item: dict) -> StoredObject:
@@ -133,11 +157,11 @@ class S3ObjectStore(ObjectStore):
                             last_modified=item["LastModified"])
 
     def head(self, key: str) -> StoredObject:
-        with s3_errors(self.uri(key)):
-            return self._described(key, self.client.head_object(Bucket=self.bucket, Key=key))
+        return self._retried(self.uri(key), lambda: self._described(
+            key, self.client.head_object(Bucket=self.bucket, Key=key)))
 
     def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
-        with s3_errors(self.uri(key)):
+        def read() -> tuple[StoredObject, bytes]:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             described = self._described(key, response)
             body = response["Body"]
@@ -147,6 +171,8 @@ class S3ObjectStore(ObjectStore):
                 return described, body.read()
             finally:
                 body.close()
+
+        return self._retried(self.uri(key), read)
 
     @staticmethod
     def _described(key: str, response: dict) -> StoredObject:
@@ -158,12 +184,11 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        with s3_errors(self.uri(key)):
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self._retried(self.uri(key), lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                                                    ContentType=content_type))
 
     def delete(self, key: str) -> None:
-        with s3_errors(self.uri(key)):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+        self._retried(self.uri(key), lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
 
     def uri(self, key: str) -> str:
         # Percent-encoded, so `#`, `?`, `%` and spaces in a key survive any URI parser (S3 keys are UTF-8).
