@@ -72,6 +72,7 @@ def one_run(endpoint: str, bucket: str, photos: int, home: Path, label: str, out
     store = S3ImageStore(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"), bucket=bucket,
                          prefix=f"{label}/", results_prefix=f"results-{label}/")
     defs = build_definitions(store, models)
+    (home / f"{label}-instance").mkdir()
     with dg.instance_for_test(temp_dir=str(home / f"{label}-instance")) as instance:
         sensor = defs.resolve_sensor_def("upload_sensor")
         with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,

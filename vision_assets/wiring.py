@@ -51,6 +51,7 @@ from .sensors.failed_image_retry import make_failed_image_retry_sensor
 from .sensors.index_graph_sensor import make_index_graph_sensor
 from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.review_sensor import make_review_sensor
+from .sensors.stranded_steps import make_stranded_step_sensor
 from .sensors.upload_sensor import make_upload_sensor
 from .settings import Settings, variable
 
@@ -146,7 +147,8 @@ def build_definitions(
                  make_index_repair_sensor(process_images, sensor_interval_seconds), make_index_graph_sensor(sensor_interval_seconds),
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
                  make_failed_image_retry_sensor(process_images, max(sensor_interval_seconds, 60)),
-                 make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds)],
+                 make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds),
+                 make_stranded_step_sensor(sensor_interval_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
                    "failed_image_retries": failed_image_retries, "image_selection": ImageSelection()} | models,
