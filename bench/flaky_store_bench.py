@@ -57,9 +57,11 @@ def photo(seed: int) -> bytes:
     return out.getvalue()
 
 
-def one_run(endpoint: str, bucket: str, photos: int, home: Path, label: str, outage_seconds: float = 0) -> dict:
-    """Upload the photos under a prefix of their own, one sensor tick, the run: seconds, success, images indexed."""
-    client = boto3.client("s3", endpoint_url=endpoint)
+def one_run(moto: str, endpoint: str, bucket: str, photos: int, home: Path, label: str,
+            outage_seconds: float = 0) -> dict:
+    """Upload the photos (straight to moto) under a prefix of their own, then one sensor tick and the run through
+    `endpoint`: seconds, success, images indexed."""
+    client = boto3.client("s3", endpoint_url=moto)
     for n in range(photos):
         client.put_object(Bucket=bucket, Key=f"{label}/photo-{n:03d}.jpg", Body=photo(n))
     os.environ["VISION_ASSETS_DATA_DIR"] = str(home / label)
@@ -120,9 +122,10 @@ def main() -> None:
     sound = FlakyStoreProxy(moto, errors=0, resets=0, delays=0)  # the same proxy hop, no faults: the baseline
     flaky = FlakyStoreProxy(moto, errors=0.2, resets=0.05, delays=0.1, delay_seconds=5.0, seed=1)
     try:
-        clean = one_run(sound.url, bucket, args.photos, home, "clean")
-        faulty = one_run(flaky.url, bucket, args.photos, home, "flaky")
-        out = one_run(moto, bucket, args.photos, home, "outage", args.outage_seconds) if args.outage_seconds else None
+        clean = one_run(moto, sound.url, bucket, args.photos, home, "clean")
+        faulty = one_run(moto, flaky.url, bucket, args.photos, home, "flaky")
+        out = (one_run(moto, moto, bucket, args.photos, home, "outage", args.outage_seconds) if args.outage_seconds
+               else None)
     finally:
         sound.close()
         flaky.close()

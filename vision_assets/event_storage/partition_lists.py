@@ -24,6 +24,7 @@ import sqlalchemy as db
 from dagster._core.storage.event_log.schema import DynamicPartitionsTable
 
 TABLE = DynamicPartitionsTable
+LOOKUP_CHUNK = 500  # keys per IN (...): under every database's bound on a statement's parameters
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,41 @@ class CachedPartitionLists:
 
     def _partition_lists(self) -> tuple[dict[str, PartitionList], threading.Lock]:
         return self.__dict__.setdefault("_partition_list_state", ({}, threading.Lock()))
+
+    # Lookups whose cost follows what is asked, not the definition's size: the upload sensor asks them of the
+    # `images` registry (ten million keys would take 40 s to list), through the (name, key) index.
+
+    def dynamic_partitions_among(self, partitions_def_name: str, keys: Sequence[str]) -> set[str]:
+        """Which of these keys the definition holds."""
+        self._check_partitions_table()
+        found: set[str] = set()
+        with self.index_connection() as conn:
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                found.update(conn.execute(db.select(TABLE.c.partition).where(
+                    TABLE.c.partitions_def_name == partitions_def_name,
+                    TABLE.c.partition.in_(keys[start:start + LOOKUP_CHUNK]))).scalars())
+        return found
+
+    def dynamic_partitions_between(self, partitions_def_name: str, low: str, high: str | None) -> list[str]:
+        """The keys from `low` to `high` inclusive (no upper bound: None), in code-point order (byte order of their
+        UTF-8, which is Python's order of the strings; Postgres compares in the "C" collation for that)."""
+        self._check_partitions_table()
+        column = TABLE.c.partition
+        with self.index_connection() as conn:
+            if conn.dialect.name == "postgresql":
+                column = column.collate("C")
+            conditions = [TABLE.c.partitions_def_name == partitions_def_name, column >= low]
+            if high is not None:
+                conditions.append(column <= high)
+            return list(conn.execute(db.select(TABLE.c.partition).where(*conditions)).scalars())
+
+    def dynamic_partitions_containing(self, partitions_def_name: str, text: str) -> list[str]:
+        """The keys that contain `text` (a scan of the definition's keys, in the database)."""
+        self._check_partitions_table()
+        with self.index_connection() as conn:
+            return list(conn.execute(db.select(TABLE.c.partition).where(
+                TABLE.c.partitions_def_name == partitions_def_name,
+                TABLE.c.partition.contains(text, autoescape=True))).scalars())
 
 
 def _newest(conn, partitions_def_name: str) -> Newest | None:

@@ -22,10 +22,8 @@ from ..vision.listing_pass import (
     ListingPass,
     SluggedPresence,
     confirmed_gone,
-    in_key_range,
     new_pass,
     resume_after,
-    slugged,
 )
 from ..vision.records import StoredObject
 from ..vision.storage import tick_ledger
@@ -34,6 +32,7 @@ from ..vision.storage.s3_events import QueueMessage
 from ..vision.upload_tracking import TickPlan, UploadCursor, plan_tick, shown
 from .batch_migration import migrate_slice
 from .empty_batches import empty_batches, sweep_due
+from .image_registry import ImageRegistry
 from .outages import outages_skip_the_tick
 from .run_keys import run_key
 
@@ -150,13 +149,15 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     for obj in announced:  # an event and a listing may name one object: its newest version counts
         if obj.key not in newest or obj.last_modified >= newest[obj.key].last_modified:
             newest[obj.key] = obj
-    registered = context.instance.get_dynamic_partitions(images.name)  # registration order
-    plan = _plan(context, image_store, upload_policy, newest.values(), registered, cursor,
+    registry = ImageRegistry(context.instance)
+    candidates = [partition_key_for(image_store.upload_filter.relative(obj.key)) for obj in newest.values()
+                  if image_store.upload_filter.accepts(obj.key)]
+    plan = _plan(context, image_store, upload_policy, newest.values(), registry.among(candidates), cursor,
                  fresh=listing.fresh if listing else None)
     after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
     deletions, delete_requests, note = [], [], ""
     if listing is not None and listed is not None:
-        after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registered)
+        after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registry)
         deletions, delete_requests = _deletions(context, gone)
     deletions += empty
     return _result(context, image_store, upload_policy, plan, after, deletions, delete_requests, note)
@@ -183,14 +184,14 @@ def _announced(context: dg.SensorEvaluationContext, image_store: ImageStore,
 
 def _listing_progress(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: UploadCursor,
                       listing: ListingPass, listed: ListedSlice, plan: TickPlan,
-                      registered: list[str]) -> tuple[UploadCursor, DeletionJudgement, str]:
+                      registry: ImageRegistry) -> tuple[UploadCursor, DeletionJudgement, str]:
     """The cursor after this slice, what it shows gone, and a line on the pass's progress."""
     end = listed.last_key if listed.truncated else None
-    in_range = in_key_range(registered, image_store.prefix, listing.after, end)
+    in_range = registry.in_key_range(image_store.prefix, listing.after, end)
     judgement = DeletionJudgement([image for image in in_range if image not in plan.present], len(in_range))
     resume, complete = resume_after(listed, listing.after, plan.waiting)
     if listing.slices == 0 and complete:  # the whole bucket in one slice: what it listed is all there is
-        slugged_registered = slugged(registered)
+        slugged_registered = registry.slugged()
         judgement.add(sorted(set(slugged_registered) - plan.present), len(slugged_registered))
         return _pass_complete(cursor, listing, len(listed.objects)), judgement, ""
     presence = SluggedPresence(image_store.results)
@@ -201,7 +202,7 @@ def _listing_progress(context: dg.SensorEvaluationContext, image_store: ImageSto
         note = f"{done_so_far.progress(cursor.last_pass_keys)}; the next slice starts after {shown(resume)}"
         context.log.info(note)
         return cursor.model_copy(update={"listing": done_so_far, "listed_at": listing.started_at}), judgement, note
-    judgement.add(*_slugged_gone(image_store, presence, listing, plan, registered))
+    judgement.add(*_slugged_gone(image_store, presence, listing, plan, registry))
     presence.forget_all_but(listing)
     note = f"{done_so_far.progress(None)}: complete in {time.time() - listing.started_at:.0f} s"
     context.log.info(note)
@@ -221,13 +222,13 @@ def _slugged_keys(image_store: ImageStore, listed: ListedSlice) -> dict[str, str
 
 
 def _slugged_gone(image_store: ImageStore, presence: SluggedPresence, listing: ListingPass, plan: TickPlan,
-                  registered: list[str]) -> tuple[list[str], int]:
+                  registry: ImageRegistry) -> tuple[list[str], int]:
     """At the end of a pass of several slices: the registered slugged ids that no slice listed and whose object is
     missing (named by the previous pass's notes, or by the image's registration), out of how many slugged ids."""
     notes = presence.passes()
     this_pass = notes.pop(presence.folder(listing), {})
     known = {image: key for earlier in notes.values() for image, key in earlier.items()}
-    slugged_registered = slugged(registered)
+    slugged_registered = registry.slugged()
     candidates = {image: known.get(image) for image in slugged_registered
                   if image not in this_pass and image not in plan.present}
     gone = confirmed_gone(candidates, lambda image: _object_key_of(image_store, image), image_store.objects.head)
@@ -244,10 +245,10 @@ def _object_key_of(image_store: ImageStore, image: str) -> str | None:
 
 
 def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-          objects: Iterable[StoredObject], registered: list[str], cursor: UploadCursor, fresh: bool | None) -> TickPlan:
+          objects: Iterable[StoredObject], registered: set[str], cursor: UploadCursor, fresh: bool | None) -> TickPlan:
     return plan_tick(
         objects,
-        set(registered),
+        registered,
         cursor,
         materialized=lambda: _ingested_images(context, image_store),
         upload_filter=image_store.upload_filter,

@@ -43,6 +43,7 @@ OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
 OUTBOX_DEAD = "~outbox-dead/"  # messages given up on after their last attempt: resent by a person's command
 RUNS = "~runs/"  # what a run's step has finished, for a retry of the step to resume from (step_progress.py)
+TICKS = "~ticks/"  # the batch keys an upload-sensor tick decided, until the tick is stored (tick_ledger.py)
 CATALOG_FILE = "~catalog.parquet"
 # The review loop: Label Studio tasks (its source storage reads them), what its target storage writes back, and
 # corrections in our own JSON for people without Label Studio (vision/review/).
@@ -53,7 +54,7 @@ REVIEW_APPLIED = "~review/applied/"  # verdict files read and applied (moved out
 REVIEW_REFUSED = "~review/refused/"  # verdict files that could not be used (the tick's log says why)
 REVIEW_FOLDER = "~review/"
 LISTING = "~listing/"  # the upload sensor's notes on a listing pass in progress (vision/listing_pass.py)
-TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, OUTBOX_DEAD, RUNS, CATALOG_FILE,
+TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, OUTBOX_DEAD, RUNS, TICKS, CATALOG_FILE,
              REVIEW_FOLDER, LISTING)
 
 

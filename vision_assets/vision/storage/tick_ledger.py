@@ -5,7 +5,7 @@ Dagster stores a tick's partitions, then launches its runs, then stores its curs
 first and the last evaluates the same tick again from the same cursor; keys made from the clock would then be new
 ones, and the first evaluation's batches would stay in the UI as Missing for ever, their images registered again in
 the second's. So a tick that makes batches first writes down the time and first number its keys use, under a name
-made from the cursor it started from (`<results prefix>~batches/ticks/<id>.json`); evaluated again from that cursor,
+made from the cursor it started from (`<results prefix>~ticks/<id>.json`); evaluated again from that cursor,
 it reads them back and makes the same keys, and adding the partitions again changes nothing. The next tick, whose
 cursor proves the tick was stored, removes the file.
 """
@@ -18,9 +18,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from .object_store import ObjectMissing
-from .results_store import BATCHES, ResultsStore
-
-TICKS = f"{BATCHES}ticks/"
+from .results_store import TICKS, ResultsStore
 
 
 class TickBatches(BaseModel):
