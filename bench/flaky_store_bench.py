@@ -37,7 +37,7 @@ from dagster_aws.s3 import S3Resource
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import SensorDriver, free_port
 from tests.faults import FlakyStoreProxy, OutageProxy
 from vision_assets.bootstrap import bootstrap
 from vision_assets.resources import S3ImageStore
@@ -73,24 +73,17 @@ def one_run(moto: str, endpoint: str, bucket: str, photos: int, home: Path, labe
         endpoint = outage.url
     store = S3ImageStore(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"), bucket=bucket,
                          prefix=f"{label}/", results_prefix=f"results-{label}/")
-    defs = build_definitions(store, models)
     (home / f"{label}-instance").mkdir()
     with dg.instance_for_test(temp_dir=str(home / f"{label}-instance")) as instance:
-        sensor = defs.resolve_sensor_def("upload_sensor")
-        with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources,
-                                     instance_ref=instance.get_ref()) as context:
-            result = sensor.evaluate_tick(context)
-        for request in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        [request] = result.run_requests
+        driver = SensorDriver(build_definitions(store, models), instance, whole_pipeline=True)
+        [request] = driver.tick().run_requests  # as the daemon does: the tick, its partitions added
         if outage:  # out of reach from a few seconds into the run
             timer = threading.Timer(5.0, outage.outage)
             back = threading.Timer(5.0 + outage_seconds, outage.restore)
             timer.start()
             back.start()
         started = time.perf_counter()
-        run = defs.resolve_job_def("process_images").execute_in_process(
-            instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False)
+        run = driver.run(request)
         seconds = time.perf_counter() - started
         retries = sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in run.all_events)
     from vision_assets.vision.index.connection import open_embedded

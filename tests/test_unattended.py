@@ -55,8 +55,9 @@ def wait_for_step(instance: dg.DagsterInstance, step: str, seconds: float = 120)
 
 
 def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpoint, bucket, s3_client):
-    """S3 refuses every connection for 6 s while the run is in `detections`: the stage waits (1, 2, 4 s ...) and
-    goes on; every image ends indexed exactly once, and nobody re-ran anything."""
+    """S3 refuses every connection for 6 s while the run is in `detections`: its requests are retried (by botocore,
+    then by the store, then by the stage, waiting 1, 2, 4 s ...) and the run goes on; every image ends indexed exactly
+    once, and nobody re-ran anything."""
     endpoint = urlparse(s3_endpoint)
     proxy = OutageProxy(endpoint.hostname, endpoint.port)
     store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
@@ -84,7 +85,8 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
     assert run.success
     retried = [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type_value ==
                "STEP_UP_FOR_RETRY"]
-    assert retried and {e.step_key for e in retried} <= {"detections"}
+    # Waited out by the store's own retries of each request, or past them by the stage's: in `detections` only.
+    assert {e.step_key for e in retried} <= {"detections"}
     keys = set(driver.partitions)
     assert len(keys) == 5
     assert ui_check_statuses(instance, "qdrant_index", "index_consistent") == {"SUCCEEDED": set(driver.batches)}

@@ -14,6 +14,7 @@ from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from .stage import (
     BatchMetadata,
     batch_counts,
+    each_image,
     load_pictures,
     run_images,
     stage_asset,
@@ -53,6 +54,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
             started = time.perf_counter()
             found = answer_each(detector.detector.detect, [pictures[k].image for k in chunk])
             seconds += time.perf_counter() - started
+            records = []
             for key, boxes in zip(chunk, found, strict=True):
                 picture = pictures[key]
                 if isinstance(boxes, ModelFailure):  # this image alone: `embeddings_valid` shows it with the error
@@ -60,10 +62,10 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                     boxes = []
                 for box in boxes:
                     box.box = picture.to_working(box.box)
-                results.write(key, DETECTIONS_FILE, DetectionsRecord(
-                    partition_key=key, model=model, width=picture.width, height=picture.height, detections=boxes,
-                    error=failed.get(key)))
+                records.append(DetectionsRecord(partition_key=key, model=model, width=picture.width,
+                                                height=picture.height, detections=boxes, error=failed.get(key)))
                 classes.update(b.class_name for b in boxes)
+            each_image(lambda record: results.write(record.partition_key, DETECTIONS_FILE, record), records)
             progress.record(chunk)
         if failed:
             context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "

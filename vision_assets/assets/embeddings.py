@@ -29,12 +29,13 @@ from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.models.inputs import shrink_to_cover
 from ..vision.records import DetectionsRecord, EmbeddingsRecord
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
-from ..vision.storage.results_store import EMBEDDING_VECTORS
+from ..vision.storage.results_store import EMBEDDING_VECTORS, ResultsStore
 from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
+    each_image,
     judged_from_record,
     load_pictures,
     run_images,
@@ -60,6 +61,11 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
         description="; ".join(record.problems) or f"{1 + len(record.crop_indexes)} vectors, {record.dimension}-d, unit norm",
         facts={"crops": len(record.crop_indexes)},
     )
+
+
+def write_embeddings(results: ResultsStore, record: EmbeddingsRecord, arrays: dict) -> None:
+    results.write_arrays(record.partition_key, EMBEDDING_VECTORS, **arrays)
+    results.write(record.partition_key, EMBEDDINGS_FILE, record)
 
 
 def rows_or_zeros(answers: list, dimension: int) -> np.ndarray:
@@ -103,7 +109,8 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         side = clip.input_side if todo else 0
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
         for chunk in stage_policy.chunks(todo):
-            detections = {key: results.read(key, DETECTIONS_FILE, DetectionsRecord) for key in chunk}
+            detections = dict(zip(chunk, each_image(lambda key: results.read(key, DETECTIONS_FILE, DetectionsRecord),
+                                                    chunk), strict=True))
             boxes = {key: [crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections]
                      for key, found in detections.items()}
             # Each crop is cut at the side CLIP or its expert reads, whichever is larger (the experts get these very
@@ -137,6 +144,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
             rows_of: dict[str, list[int]] = {key: [] for key in chunk}
             for row, (owner, *_) in enumerate(crops):
                 rows_of[owner].append(row)
+            written = []
             for row, key in enumerate(chunk):
                 mine = rows_of[key]
                 vectors = crop_vectors[mine]
@@ -147,11 +155,11 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                     problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
                                                + embedding_problems(vectors, dimension, "crops")),
                 )
-                results.write_arrays(key, EMBEDDING_VECTORS, image=image_vectors[row], crops=vectors,
-                                     **pack_crops([crops[i][3] for i in mine]))
-                results.write(key, EMBEDDINGS_FILE, record)
+                written.append((record, {"image": image_vectors[row], "crops": vectors,
+                                         **pack_crops([crops[i][3] for i in mine])}))
                 records.append(record)
                 tag_counts.update(record.scene.tags)
+            each_image(lambda item: write_embeddings(results, *item), written)
             progress.record(chunk)
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),

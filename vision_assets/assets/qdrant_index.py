@@ -22,6 +22,7 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
+    each_image,
     judged_from_record,
     run_images,
     stage_asset,
@@ -103,7 +104,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         results = image_store.results
         taken = run_images(context, results, image_selection)
         valid, skipped = valid_sources(results, taken)
-        embedded = {key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord) for key in valid}
+        embedded = dict(zip(valid, each_image(lambda key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord),
+                                              list(valid)), strict=True))
         bad = {key: "; ".join(r.problems) if r else "no embeddings record"
                for key, r in embedded.items() if r is None or r.problems}
         skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
@@ -134,7 +136,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
             # ids its last indexing recorded. (A superseded entry's image belongs to its newer batch: left alone.)
             gone = [key for key, why in skipped.items() if not why.startswith("superseded")]
-            recorded = [results.read(key, INDEX, IndexRecord) for key in gone]
+            recorded = each_image(lambda key: results.read(key, INDEX, IndexRecord), gone)
             index.delete_points(gone, [p for record in recorded if record for p in record.crop_points])
             audit = audit_index(index, earlier, sampled_from)
             unindexed = sum(index.unindexed().values())  # what `index_graph` builds, outside this run

@@ -57,6 +57,7 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
+    each_image,
     load_pictures,
     run_images,
     source_state,
@@ -171,7 +172,8 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
         valid, skipped = valid_sources(results, taken)
-        embedded = {key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord) for key in valid}
+        embedded = dict(zip(valid, each_image(lambda key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord),
+                                              list(valid)), strict=True))
         missing = [key for key, record in embedded.items() if record is None]
         skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
         keys = [key for key in valid if key not in missing]
@@ -183,8 +185,10 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         progress = step_progress(context, results, "specialist_labels")
         resumed = progress.finished() & set(keys)
         for chunk in stage_policy.chunks([key for key in keys if key not in resumed]):
-            detections = {key: results.read(key, DETECTIONS, DetectionsRecord) for key in chunk}
-            vectors = {key: results.read_arrays(key, EMBEDDING_VECTORS) for key in chunk}
+            detections = dict(zip(chunk, each_image(lambda key: results.read(key, DETECTIONS, DetectionsRecord), chunk),
+                                  strict=True))
+            vectors = dict(zip(chunk, each_image(lambda key: results.read_arrays(key, EMBEDDING_VECTORS), chunk),
+                               strict=True))
             boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
             # The crops the embeddings stage cut, at the experts' sides: the pixels CLIP embedded, not decoded again.
             handed = {key: dict(zip(embedded[key].crop_indexes, crops, strict=True))
@@ -200,16 +204,17 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
                                                    labeling.second_opinion_margin)
             audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
-            for key in chunk:
+            earlier_reviews = each_image(lambda key: results.read(key, REVIEW, ImageReview), chunk)
+            finished = []
+            for key, earlier_review in zip(chunk, earlier_reviews, strict=True):
                 record = labelled[key]
-                results.write(key, LABELS, record)
                 # A person's earlier decisions, where they still apply (same content, same objects).
-                reviewed = apply_review(results.read(key, REVIEW, ImageReview), valid[key].sha256, detections[key])
+                reviewed = apply_review(earlier_review, valid[key].sha256, detections[key])
                 outcomes[key] = labels_outcome(record, pictures[key], look, reviewed, handed.get(key))
                 agreements[key] = agreement_outcome(record, reviewed)
-                if review.tasks:
-                    tasks += export_review_task(results, valid[key], detections[key], record, reviewed,
-                                                review.sampled(key))
+                finished.append((valid[key], detections[key], record, reviewed,
+                                 review.sampled(key) if review.tasks else None))
+            tasks += sum(each_image(lambda item: write_labels(results, *item), finished))
             routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
             coral_images += sum(bool(r.scene) for r in labelled.values())
             progress.record(chunk)
@@ -230,6 +235,14 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                                               margin=labeling.second_opinion_margin)
 
     return specialist_labels
+
+
+def write_labels(results: ResultsStore, source: SourceImageRecord, detections: DetectionsRecord, record: LabelsRecord,
+                 reviewed: AppliedReview | None, sampled: bool | None) -> bool:
+    """The image's labels written, and its review task written or removed (`sampled` None: no review tasks);
+    whether it has a task."""
+    results.write(source.partition_key, LABELS, record)
+    return sampled is not None and export_review_task(results, source, detections, record, reviewed, sampled)
 
 
 def decode_scale(sides: ExpertSides, detections: DetectionsRecord, boxes: dict[int, list[int]], handed: set[int],

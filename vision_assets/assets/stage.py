@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dagster as dg
 
@@ -27,7 +28,12 @@ from ..vision.storage.step_progress import StepProgress
 
 # The model service unreachable (restarting, a worker that died) is waited out like the store.
 TRANSIENT = (StoreUnavailable, IndexUnavailable, ModelServiceUnavailable)
+T = TypeVar("T")
+K = TypeVar("K")
 DECODE_THREADS = max(2, os.cpu_count() or 1)
+# Reads and writes of the results store, per image, at once: on S3 each is a round trip (tens of ms, seconds when
+# the store stalls), and one after another they were most of a stage's time on a flaky store.
+STORE_THREADS = 16
 # Dagster's run-retry tag (public as a string in its docs): "false" keeps Dagster's run retries off this run.
 RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 
@@ -106,16 +112,25 @@ def run_images(context: dg.AssetExecutionContext, results: ResultsStore, selecti
     return RunImages(manifests=manifests, by_batch=by_batch)
 
 
+def each_image(work: Callable[[K], T], items: list[K]) -> list[T]:
+    """`work` on every item (an image, or an image of a batch), `STORE_THREADS` at a time so that store round trips
+    overlap, results in the items' order; the first failure (a store fault) is raised."""
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(STORE_THREADS, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
 def valid_sources(results: ResultsStore, taken: RunImages) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
     """(image -> source record for the valid images, image -> why it is skipped)."""
+    entries = [(batch, image) for batch, images in taken.by_batch.items() for image in images]
+    states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
     valid, skipped = {}, {}
-    for batch, images in taken.by_batch.items():
-        for image in images:
-            why, record = source_state(results, image, batch)
-            if why:
-                skipped[image] = why
-            else:
-                valid[image] = record
+    for (_, image), (why, record) in zip(entries, states, strict=True):
+        if why:
+            skipped[image] = why
+        else:
+            valid[image] = record
     return valid, skipped
 
 

@@ -3,6 +3,8 @@ and `review_decisions` write. No model: the index can always be rebuilt from the
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ..records import (
     DetectionsRecord,
     EmbeddingsRecord,
@@ -15,6 +17,8 @@ from ..review.decisions import apply_review
 from ..storage.results_store import DETECTIONS, EMBEDDING_VECTORS, INDEX, LABELS, REVIEW, ResultsStore
 from .payloads import crop_payload, image_payload
 from .vector_index import ImagePoints, VectorIndex, crop_point_id, image_point_id
+
+READ_THREADS = 16  # an image's stored results are a few reads: many images' round trips at once
 
 
 def stored_points(results: ResultsStore, source: SourceImageRecord, embedded: EmbeddingsRecord) -> tuple[ImagePoints, LabelsRecord]:
@@ -47,18 +51,15 @@ def write_points(index: VectorIndex, results: ResultsStore, sources: dict[str, S
                  ) -> tuple[list[ImagePoints], dict[str, LabelsRecord], list[IndexRecord]]:
     """Write these images' points from their stored results, check the index holds exactly them, and record what
     was written (`~index.json`): per image, its points and the problems found."""
-    points, labels_of = [], {}
-    for key in keys:
-        image, labels_of[key] = stored_points(results, sources[key], embedded[key])
-        points.append(image)
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # a few store reads each: their round trips overlap
+        read = list(pool.map(lambda key: stored_points(results, sources[key], embedded[key]), keys))
+    points = [image for image, _ in read]
+    labels_of = {image.partition_key: labels for image, labels in read}
     index.ensure_collections(int(points[0].image_vector.shape[0]), points[0].image_payload["embedding_model"])
     index.upsert(points, batch_size=batch_size)
     problems = index.consistency_problems(points)
-    records = []
-    for image in points:
-        key = image.partition_key
-        record = IndexRecord(partition_key=key, image_point=image_point_id(key), crop_points=image.crop_ids,
-                             problems=problems[key])
-        results.write(key, INDEX, record)
-        records.append(record)
+    records = [IndexRecord(partition_key=image.partition_key, image_point=image_point_id(image.partition_key),
+                           crop_points=image.crop_ids, problems=problems[image.partition_key]) for image in points]
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        list(pool.map(lambda record: results.write(record.partition_key, INDEX, record), records))
     return points, labels_of, records
