@@ -387,7 +387,7 @@ def test_a_step_retry_resumes_after_the_chunks_it_finished(models, s3_image_stor
 def test_a_flaky_store_slows_a_batch_down_but_loses_and_repeats_nothing(models, s3_endpoint, bucket, s3_client,
                                                                          instance):
     """S3 answering 20% of requests with a 503, resetting 5% of connections and holding 10% back for 2 s (the
-    client gives up on a request after 0.5 s here, 3 s by default, and asks again): the batch is processed, every
+    client gives up on a request after 0.5 s here, 2 s by default, and asks again): the batch is processed, every
     image indexed once, with no run failure. bench/flaky_store_bench.py measures it on 60 photos."""
     from tests.faults import FlakyStoreProxy
 

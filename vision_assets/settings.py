@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     s3_region: OptionalText = setting(None, "Region of the bucket.")
     s3_attempts: int = setting(5, "Attempts per S3 or SQS request (botocore's adaptive retry mode: a slow-down or "
                                "5xx answer backs off and slows the client down) before the stage sees a fault.")
-    s3_timeout_seconds: float = setting(3, "Connect and read timeout of an S3 or SQS request: a request that stalls "
+    s3_timeout_seconds: float = setting(2, "Connect and read timeout of an S3 or SQS request: a request that stalls "
                                         "longer is retried (the time between bytes, not the whole transfer).")
     s3_events_queue: OptionalText = setting(None, "URL of an SQS queue that receives the bucket's S3 event notifications "
                                         "(`s3:ObjectCreated:*`): the upload sensor reads it instead of listing the "
@@ -119,7 +119,8 @@ class Settings(BaseSettings):
                                             "window of the newest processed upload.")
     settle_seconds: int = setting(2, "Local folder only: files modified more recently wait for the next tick (they "
                                   "may still be being copied).")
-    ingest_threads: int = setting(4, "Images fetched and decoded concurrently within a run.")
+    ingest_threads: int = setting(8, "Images fetched and decoded concurrently within a run (each holds one image "
+                                  "decoded: about 50 MB for 12 MP).")
     working_image_side: int = setting(4096, "Long side (pixels) of the normalised copy every model stage reads and "
                                       "every box is measured in; larger images are scaled down once, at ingest (the "
                                       "original stays in the bucket). 0 = full resolution.")

@@ -5,7 +5,6 @@ why), how it reads them (a chunk at a time), and how per-batch facts reach each 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from ..vision.storage.step_progress import StepProgress
 TRANSIENT = (StoreUnavailable, IndexUnavailable, ModelServiceUnavailable)
 T = TypeVar("T")
 K = TypeVar("K")
-DECODE_THREADS = max(2, os.cpu_count() or 1)
 # Reads and writes of the results store, per image, at once: on S3 each is a round trip (tens of ms, seconds when
 # the store stalls), and one after another they were most of a stage's time on a flaky store.
 STORE_THREADS = 16
@@ -195,12 +193,11 @@ def load_pictures(results: ResultsStore, scales: dict[str, float],
                   sources: dict[str, SourceImageRecord]) -> dict[str, WorkingPicture]:
     """A chunk of the run's pictures (never the whole run: memory follows the chunk size), each at the scale its
     stage's models need: the model input ingest wrote where it is large enough, else the working copy decoded at that
-    scale; several at once (fetching waits on the store, and Pillow decodes without the GIL)."""
-    def read(key: str) -> WorkingPicture:
-        return results.read_working(key, scales[key], sources.get(key))
-
-    with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, max(1, len(scales)))) as pool:
-        return dict(zip(scales, pool.map(read, scales), strict=True))
+    scale; the whole chunk at once (fetching waits on the store, and Pillow decodes without the GIL; the chunk is held
+    decoded anyway, so this costs no memory)."""
+    keys = list(scales)
+    return dict(zip(keys, each_image(lambda key: results.read_working(key, scales[key], sources.get(key)), keys),
+                    strict=True))
 
 
 # A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill
