@@ -14,6 +14,7 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -90,9 +91,11 @@ def measure(registered: int) -> dict:
         old = datetime(2026, 1, 1, tzinfo=UTC)
         instance.add_dynamic_partitions(batches.name, [batch_key(old, n) for n in range(-(-registered // 256))])
         row["seeding"] = time.perf_counter() - started
-        # A cursor that has seen the old images (a tick after the move to batches, or weeks of uploads).
-        cursor = '{"migration": {"started_at": "2026-01-01T00:00:00Z", "legacy_images": 0}, "watermark": ' \
-                 '"2026-01-01T00:00:00Z"}'
+        # A cursor that has seen the old images (a tick after the move to batches, or weeks of uploads), that keeps
+        # the slugged ids apart already and whose ten-minute look for empty batches is not due (the seeded batches
+        # have no manifests: that look would remove them).
+        cursor = json.dumps({"migration": {"started_at": "2026-01-01T00:00:00Z", "legacy_images": 0},
+                             "watermark": "2026-01-01T00:00:00Z", "slugged_kept": True, "swept_at": time.time()})
         for round_number in ("first", "later"):
             folder = bucket / round_number
             folder.mkdir(parents=True)

@@ -9,7 +9,10 @@ from .vision.partition_keys import partition_key_for
 
 batches = dg.DynamicPartitionsDefinition(name="batches")
 images = dg.DynamicPartitionsDefinition(name="images")
+# The few image ids that are not their object's key (odd keys get a slug and a hash, `~` in the id), kept apart so
+# that finding them costs what they are, not a scan of every id (sensors/image_registry.py).
+slugged_images = dg.DynamicPartitionsDefinition(name="slugged_images")
 
 image_id_for = partition_key_for
 
-__all__ = ["batches", "images", "image_id_for", "partition_key_for"]
+__all__ = ["batches", "images", "image_id_for", "partition_key_for", "slugged_images"]

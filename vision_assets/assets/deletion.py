@@ -4,7 +4,7 @@ from collections import defaultdict
 
 import dagster as dg
 
-from ..partitions import images
+from ..partitions import images, slugged_images
 from ..resources import ImageStore, QdrantResource
 from ..vision.batches import BatchManifest
 from ..vision.deletion import delete_image
@@ -23,7 +23,6 @@ class DeleteImagesConfig(dg.Config):
 def delete_images_op(context: dg.OpExecutionContext, config: DeleteImagesConfig, image_store: ImageStore,
                      qdrant: QdrantResource) -> None:
     results = image_store.results
-    existing = set(context.instance.get_dynamic_partitions(images.name))
     lookup = BatchLookup(results)
     manifests: dict[str, BatchManifest | None] = {}
     from_batch: dict[str, set[str]] = defaultdict(set)
@@ -38,8 +37,10 @@ def delete_images_op(context: dg.OpExecutionContext, config: DeleteImagesConfig,
             deleted = delete_image(key, results, index, image_store.objects, config.delete_objects, registrations)
             if batch:
                 from_batch[batch].add(key)
-            if key in existing:
-                context.instance.delete_dynamic_partition(images.name, key)
+            # Looked up one by one: the registry can hold millions of ids.
+            for registry in (images, slugged_images) if "~" in key else (images,):
+                if context.instance.has_dynamic_partition(registry.name, key):
+                    context.instance.delete_dynamic_partition(registry.name, key)
             context.log.info(f"deleted {key}: points, {deleted.result_files} result files"
                              + (", the object" if deleted.object_deleted else "") + (f"; out of {batch}" if batch else ""))
     for batch, gone in from_batch.items():

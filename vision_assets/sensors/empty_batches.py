@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import islice
 
 import dagster as dg
 
@@ -34,12 +35,14 @@ def sweep_due(swept_at: float | None, now: float) -> bool:
 def empty_batches(instance: dg.DagsterInstance, image_store: ImageStore, now: float) -> dict[str, str]:
     """Batch -> why it will never run."""
     done = set(instance.get_materialized_partitions(SOURCE_IMAGES))
-    candidates = [batch for batch in instance.get_dynamic_partitions(batches.name)
-                  if batch not in done and _registered_at(batch) < now - OLDER_THAN_SECONDS
-                  and not instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)]
+    old = (batch for batch in instance.get_dynamic_partitions(batches.name)
+           if batch not in done and _registered_at(batch) < now - OLDER_THAN_SECONDS)
+    # A run query each, for at most PER_SWEEP of them (batches that failed have runs: they are not ours to remove).
+    candidates = list(islice((batch for batch in old if not instance.get_run_records(
+        dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)), PER_SWEEP))
     found: dict[str, str] = {}
     results = image_store.results
-    for batch, manifest in results.read_manifests(candidates[:PER_SWEEP]).items():
+    for batch, manifest in results.read_manifests(candidates).items():
         if manifest is None:
             found[batch] = "it has no manifest"
             continue

@@ -12,13 +12,16 @@ from collections.abc import Iterable
 import dagster as dg
 
 from ..event_storage.partition_lists import CachedPartitionLists
-from ..partitions import images
+from ..partitions import images, slugged_images
 from ..vision.listing_pass import in_key_range, slugged
 
 
 class ImageRegistry:
-    def __init__(self, instance: dg.DagsterInstance):
-        self._instance = instance
+    """`slugged_kept`: the slugged ids are kept in `slugged_images` as they are registered (the upload cursor says
+    since when); until then they are found by a scan of the registry, once."""
+
+    def __init__(self, instance: dg.DagsterInstance, slugged_kept: bool = True):
+        self._instance, self.slugged_kept = instance, slugged_kept
         storage = instance.event_log_storage
         self._storage = storage if isinstance(storage, CachedPartitionLists) else None
         self._whole: list[str] | None = None
@@ -48,4 +51,6 @@ class ImageRegistry:
         """The ids that are not their object's key (they carry `~` and a hash)."""
         if self._storage is None:
             return slugged(self._all())
+        if self.slugged_kept:
+            return sorted(self._instance.get_dynamic_partitions(slugged_images.name))
         return slugged(self._storage.dynamic_partitions_containing(images.name, "~"))

@@ -13,7 +13,7 @@ import dagster as dg
 from ..assets.deletion import delete_run_config
 from ..jobs import PROCESS_IMAGES, delete_images
 from ..keys import SOURCE_IMAGES
-from ..partitions import batches, images, partition_key_for
+from ..partitions import batches, images, partition_key_for, slugged_images
 from ..resources import ImageStore, S3ImageStore, UploadPolicy
 from ..vision.batches import BatchManifest, batch_key, next_number
 from ..vision.chunking import chunked
@@ -149,7 +149,7 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     for obj in announced:  # an event and a listing may name one object: its newest version counts
         if obj.key not in newest or obj.last_modified >= newest[obj.key].last_modified:
             newest[obj.key] = obj
-    registry = ImageRegistry(context.instance)
+    registry = ImageRegistry(context.instance, slugged_kept=cursor.slugged_kept)
     candidates = [partition_key_for(image_store.upload_filter.relative(obj.key)) for obj in newest.values()
                   if image_store.upload_filter.accepts(obj.key)]
     plan = _plan(context, image_store, upload_policy, newest.values(), registry.among(candidates), cursor,
@@ -160,6 +160,10 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
         after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registry)
         deletions, delete_requests = _deletions(context, gone)
     deletions += empty
+    if not cursor.slugged_kept:  # once: the slugged ids registered so far, kept apart from now on
+        if earlier_slugged := registry.slugged():
+            deletions.append(slugged_images.build_add_request(earlier_slugged))
+        after = after.model_copy(update={"slugged_kept": True})
     return _result(context, image_store, upload_policy, plan, after, deletions, delete_requests, note)
 
 
@@ -305,8 +309,10 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     requests = [dg.RunRequest(job_name=PROCESS_IMAGES, partition_key=manifest.batch,
                               run_key=batch_run_key(manifest.images, versions),
                               tags={IMAGES_TAG: str(len(manifest.images))}) for manifest in manifests]
+    new_slugged = [key for key in new_keys if "~" in key]
     return dg.SensorResult(
         dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else [])
+        + ([slugged_images.build_add_request(new_slugged)] if new_slugged else [])
         + [batches.build_add_request([manifest.batch for manifest in manifests])] + deletions,
         run_requests=requests + delete_requests,
         cursor=cursor.dump(),
@@ -330,4 +336,6 @@ def _deletions(context: dg.SensorEvaluationContext, judgement: DeletionJudgement
         tags={"vision_assets/deleted": str(len(gone))},
     )
     context.log.info(f"{len(gone)} image(s) removed from the bucket: deleting {gone[:5]}")
-    return [images.build_delete_request(gone)], [request]
+    slugged_gone = [image for image in gone if "~" in image]
+    return ([images.build_delete_request(gone)]
+            + ([slugged_images.build_delete_request(slugged_gone)] if slugged_gone else [])), [request]

@@ -67,6 +67,7 @@ class UploadCursor(Cursor):
     # tick, seeing this cursor, knows that tick was stored and removes the file.
     decided_tick: str | None = None
     swept_at: float | None = None  # when the last look for empty batches left by earlier versions was
+    slugged_kept: bool = False  # the slugged ids are in `slugged_images` (sensors/image_registry.py)
 
     def seen(self, obj: StoredObject) -> bool:
         """Processed already (the cursor is not fresh, and the object's key is registered)."""
