@@ -47,9 +47,11 @@ def write_batch(path: str, batch: int, seed: int, timings) -> None:
 
 def timed_write(path: str, batch: int, seed: int) -> tuple[float, float]:
     """(seconds waiting for the folder, seconds for the whole step), measured in a process of its own."""
-    with multiprocessing.Manager() as manager:
+    # Spawned, not forked: a forked child would inherit the held index's open shard files, and their locks.
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager:
         timings = manager.list()
-        writer = multiprocessing.Process(target=write_batch, args=(path, batch, seed, timings))
+        writer = spawn.Process(target=write_batch, args=(path, batch, seed, timings))
         writer.start()
         writer.join()
         return timings[0], timings[1]
