@@ -155,16 +155,16 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     plan = _plan(context, image_store, upload_policy, newest.values(), registry.among(candidates), cursor,
                  fresh=listing.fresh if listing else None)
     after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
-    deletions, delete_requests, note = [], [], ""
+    partition_requests, delete_requests, note = [], [], ""
     if listing is not None and listed is not None:
         after, gone, note = _listing_progress(context, image_store, after, listing, listed, plan, registry)
-        deletions, delete_requests = _deletions(context, gone)
-    deletions += empty
+        partition_requests, delete_requests = _deletions(context, gone)
+    partition_requests += empty
     if not cursor.slugged_kept:  # once: the slugged ids registered so far, kept apart from now on
         if earlier_slugged := registry.slugged():
-            deletions.append(slugged_images.build_add_request(earlier_slugged))
+            partition_requests.append(slugged_images.build_add_request(earlier_slugged))
         after = after.model_copy(update={"slugged_kept": True})
-    return _result(context, image_store, upload_policy, plan, after, deletions, delete_requests, note)
+    return _result(context, image_store, upload_policy, plan, after, partition_requests, delete_requests, note)
 
 
 def _announced(context: dg.SensorEvaluationContext, image_store: ImageStore,
@@ -272,14 +272,14 @@ def _ingested_images(context: dg.SensorEvaluationContext, image_store: ImageStor
 
 
 def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-            plan: TickPlan, cursor: UploadCursor, deletions: list, delete_requests: list,
+            plan: TickPlan, cursor: UploadCursor, partition_requests: list, delete_requests: list,
             note: str = "") -> dg.SensorResult:
     summary = describe(plan)
-    if not plan.uploads and not delete_requests and not deletions:
+    if not plan.uploads and not delete_requests and not partition_requests:
         return dg.SensorResult(skip_reason=f"nothing to process ({summary})" + (f"; {note}" if note else ""),
                                cursor=cursor.dump())
     if not plan.uploads:
-        return dg.SensorResult(dynamic_partitions_requests=deletions, run_requests=delete_requests,
+        return dg.SensorResult(dynamic_partitions_requests=partition_requests, run_requests=delete_requests,
                                cursor=cursor.dump())
 
     new_keys = plan.new_partition_keys
@@ -313,7 +313,7 @@ def _result(context: dg.SensorEvaluationContext, image_store: ImageStore, upload
     return dg.SensorResult(
         dynamic_partitions_requests=([images.build_add_request(new_keys)] if new_keys else [])
         + ([slugged_images.build_add_request(new_slugged)] if new_slugged else [])
-        + [batches.build_add_request([manifest.batch for manifest in manifests])] + deletions,
+        + [batches.build_add_request([manifest.batch for manifest in manifests])] + partition_requests,
         run_requests=requests + delete_requests,
         cursor=cursor.dump(),
     )
