@@ -1,5 +1,6 @@
 """`detections`: the router (YOLO) on every valid image of the batch."""
 
+import functools
 import time
 from collections import Counter
 
@@ -7,15 +8,16 @@ import dagster as dg
 
 from ..keys import DETECTIONS, GPU_POOL, SOURCE_IMAGES
 from ..resources import DetectorResource, ImageSelection, ImageStore, StagePolicy
-from ..vision.images.working import scale_for_long_side
+from ..vision.images.working import WorkingPicture, scale_for_long_side
 from ..vision.models.failures import ModelFailure, answer_each
-from ..vision.records import DetectionsRecord
+from ..vision.records import DetectionsRecord, SourceImageRecord
+from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from .stage import (
     BatchMetadata,
     batch_counts,
-    each_image,
-    load_pictures,
+    earlier_entries,
+    read_ahead,
     run_images,
     stage_asset,
     step_progress,
@@ -41,44 +43,56 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                    stage_policy: StagePolicy, image_selection: ImageSelection):
         results = image_store.results
         taken = run_images(context, results, image_selection)
-        valid, skipped = valid_sources(results, taken)
-        keys, model, seconds, classes, failed = list(valid), detector.identity, 0.0, Counter(), {}
+        model, seconds, classes, failed, detected = detector.identity, 0.0, Counter(), {}, 0
         progress = step_progress(context, results, "detections")
-        resumed = progress.finished() & set(keys)
-        todo = [key for key in keys if key not in resumed]
+        resumed = progress.finished()
+        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
+        done = set(valid)
+        skipped |= earlier_entries(results, taken, set(taken.images))
+        todo = [image for image in taken.images if image not in resumed]
         side = detector.detector.input_side if todo else 0
-        for chunk in stage_policy.chunks(todo):
+
+        def read_picture(image: str, source: SourceImageRecord, _) -> WorkingPicture:
             # Decoded only as large as the detector's letterbox: a 4,000 px working copy at 1/4 of its size.
-            pictures = load_pictures(results, {k: scale_for_long_side(valid[k].working_size, side) for k in chunk},
-                                     valid)
-            started = time.perf_counter()
-            found = answer_each(detector.detector.detect, [pictures[k].image for k in chunk])
-            seconds += time.perf_counter() - started
-            records = []
-            for key, boxes in zip(chunk, found, strict=True):
-                picture = pictures[key]
-                if isinstance(boxes, ModelFailure):  # this image alone: `embeddings_valid` shows it with the error
-                    failed[key] = boxes.error
-                    boxes = []
-                for box in boxes:
-                    box.box = picture.to_working(box.box)
-                records.append(DetectionsRecord(partition_key=key, model=model, width=picture.width,
-                                                height=picture.height, detections=boxes, error=failed.get(key)))
-                classes.update(b.class_name for b in boxes)
-            each_image(lambda record: results.write(record.partition_key, DETECTIONS_FILE, record), records)
-            progress.record(chunk)
+            return results.read_working(image, scale_for_long_side(source.working_size, side), source)
+
+        with BackgroundWrites() as writes:
+            for chunk in read_ahead(results, taken, todo, stage_policy.chunk_size, read_picture):
+                skipped |= chunk.skipped
+                keys, pictures = list(chunk.inputs), chunk.inputs
+                if not keys:  # none of these goes further
+                    writes.submit([], then=lambda _, finished=list(chunk.skipped): progress.record(finished))
+                    continue
+                started = time.perf_counter()
+                found = answer_each(detector.detector.detect, [pictures[k].image for k in keys])
+                seconds += time.perf_counter() - started
+                records = []
+                for key, boxes in zip(keys, found, strict=True):
+                    picture = pictures[key]
+                    if isinstance(boxes, ModelFailure):  # this image alone: `embeddings_valid` shows it with the error
+                        failed[key] = boxes.error
+                        boxes = []
+                    for box in boxes:
+                        box.box = picture.to_working(box.box)
+                    records.append(DetectionsRecord(partition_key=key, model=model, width=picture.width,
+                                                    height=picture.height, detections=boxes, error=failed.get(key)))
+                    classes.update(b.class_name for b in boxes)
+                done |= set(keys)
+                detected += len(keys)
+                writes.submit([functools.partial(results.write, r.partition_key, DETECTIONS_FILE, r) for r in records],
+                              then=lambda _, finished=[*keys, *chunk.skipped]: progress.record(finished))
         if failed:
             context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "
                                 f"{dict(list(failed.items())[:5])}")
-        rate = f"{len(todo) / seconds:.1f} images/s" if seconds else "no images"
-        context.log.info(f"detected {sum(classes.values())} objects in {len(todo)} images in {seconds:.2f}s ({rate}) "
-                         f"on {detector.detector.device if todo else 'no device'}; {len(skipped)} skipped"
+        rate = f"{detected / seconds:.1f} images/s" if seconds else "no images"
+        context.log.info(f"detected {sum(classes.values())} objects in {detected} images in {seconds:.2f}s ({rate}) "
+                         f"on {detector.detector.device if detected else 'no device'}; {len(skipped)} skipped"
                          + (f"; {len(resumed)} finished by an earlier attempt of this step" if resumed else ""))
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_objects": sum(classes.values()), "run_classes": dict(classes.most_common(20)),
-                       "run_images_per_second": round(len(todo) / seconds, 2) if seconds else 0.0,
+                       "run_images_per_second": round(detected / seconds, 2) if seconds else 0.0,
                        "run_images_failed": len(failed), "run_images_resumed": len(resumed)}
-        for batch, counts in batch_counts(taken, set(keys), skipped).items():
+        for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | run_figures)
         progress.clear()
         yield metadata.materialize()

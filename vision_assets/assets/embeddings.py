@@ -3,8 +3,10 @@ router found, and each image's scene tags (zero-shot over the scene vocabulary, 
 experts come after it, so the coral gate and the second opinions reuse these vectors instead of embedding again.
 Its check, `embeddings_valid` (ERROR): an image with bad vectors is not indexed."""
 
+import functools
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
@@ -24,10 +26,11 @@ from ..vision.committee.routing import box_size, crop_box
 from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
 from ..vision.images.crops import pack_crops
-from ..vision.images.working import scale_for_short_sides
+from ..vision.images.working import WorkingPicture, scale_for_short_sides
 from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.models.inputs import shrink_to_cover
-from ..vision.records import DetectionsRecord, EmbeddingsRecord
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, SourceImageRecord
+from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS, ResultsStore
 from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
@@ -35,9 +38,9 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
-    each_image,
+    earlier_entries,
     judged_from_record,
-    load_pictures,
+    read_ahead,
     run_images,
     stage_asset,
     step_progress,
@@ -63,9 +66,10 @@ def embedding_outcome(record: EmbeddingsRecord) -> ImageOutcome:
     )
 
 
-def write_embeddings(results: ResultsStore, record: EmbeddingsRecord, arrays: dict) -> None:
-    results.write_arrays(record.partition_key, EMBEDDING_VECTORS, **arrays)
-    results.write(record.partition_key, EMBEDDINGS_FILE, record)
+def embeddings_writes(results: ResultsStore, record: EmbeddingsRecord, arrays: dict) -> list[Callable[[], None]]:
+    """An image's two files, written at once (the chunk is finished, and recorded so, once both are)."""
+    return [functools.partial(results.write_arrays, record.partition_key, EMBEDDING_VECTORS, **arrays),
+            functools.partial(results.write, record.partition_key, EMBEDDINGS_FILE, record)]
 
 
 def rows_or_zeros(answers: list, dimension: int) -> np.ndarray:
@@ -100,73 +104,91 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
     ):
         results, clip, model = image_store.results, embedder.embedder, embedder.identity
         taken = run_images(context, results, image_selection)
-        valid, skipped = valid_sources(results, taken)
-        scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values()))) if valid else None
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         progress = step_progress(context, results, "embeddings")
-        resumed = progress.finished() & set(valid)
-        todo = [key for key in valid if key not in resumed]
+        resumed = progress.finished()
+        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
+        done = set(valid)
+        skipped |= earlier_entries(results, taken, set(taken.images))
+        todo = [image for image in taken.images if image not in resumed]
         side = clip.input_side if todo else 0
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
-        for chunk in stage_policy.chunks(todo):
-            detections = dict(zip(chunk, each_image(lambda key: results.read(key, DETECTIONS_FILE, DetectionsRecord),
-                                                    chunk), strict=True))
-            boxes = {key: [crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections]
-                     for key, found in detections.items()}
-            # Each crop is cut at the side CLIP or its expert reads, whichever is larger (the experts get these very
-            # pixels), and each picture decoded only as large as that needs (the model input ingest wrote, if enough).
-            crop_sides = {key: [max(side, experts.for_class(d.class_name)) for d in found.detections]
-                          for key, found in detections.items()}
-            pictures = load_pictures(results, {key: scale_for_short_sides(
-                [((found.width, found.height), side)] + [(box_size(box), crop_side) for box, crop_side in
-                                                         zip(boxes[key], crop_sides[key], strict=True)])
-                for key, found in detections.items()}, valid)
-            crops = [(key, index, box, shrink_to_cover(pictures[key].crop(box), crop_sides[key][index]))
-                     for key in chunk for index, box in enumerate(boxes[key])]  # (image, detection index, box, pixels)
-            started = time.perf_counter()
-            # One batched pass over the chunk's whole images and one over all their crops; a picture CLIP raises on
-            # fails alone (its image is not indexed, and `embeddings_valid` says why).
-            image_answers = answer_each(clip.embed_images, [pictures[k].image for k in chunk])
-            crop_answers = answer_each(clip.embed_images, [pixels for *_, pixels in crops])
-            dimension = clip.dimension
-            image_vectors, crop_vectors = rows_or_zeros(image_answers, dimension), rows_or_zeros(crop_answers, dimension)
-            tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
-            seconds += time.perf_counter() - started
-            crop_count += len(crops)
-            failures = {key: [f"the detector failed on this image: {detections[key].error}"]
-                        if detections[key].error else [] for key in chunk}
-            for key, answer in zip(chunk, image_answers, strict=True):
-                if isinstance(answer, ModelFailure):
-                    failures[key].append(f"CLIP failed on the image: {answer.error}")
-            for (key, index, *_), answer in zip(crops, crop_answers, strict=True):
-                if isinstance(answer, ModelFailure):
-                    failures[key].append(f"CLIP failed on crop {index}: {answer.error}")
-            rows_of: dict[str, list[int]] = {key: [] for key in chunk}
-            for row, (owner, *_) in enumerate(crops):
-                rows_of[owner].append(row)
-            written = []
-            for row, key in enumerate(chunk):
-                mine = rows_of[key]
-                vectors = crop_vectors[mine]
-                record = EmbeddingsRecord(
-                    partition_key=key, model=model, dimension=dimension,
-                    crop_indexes=[crops[i][1] for i in mine], crop_boxes=[crops[i][2] for i in mine],
-                    scene=tags[row],
-                    problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
-                                               + embedding_problems(vectors, dimension, "crops")),
-                )
-                written.append((record, {"image": image_vectors[row], "crops": vectors,
-                                         **pack_crops([crops[i][3] for i in mine])}))
-                records.append(record)
-                tag_counts.update(record.scene.tags)
-            each_image(lambda item: write_embeddings(results, *item), written)
-            progress.record(chunk)
+        scenes: Vocabulary | None = None  # the scene prompts' vectors, once there is an image to tag
+
+        def crops_of(found: DetectionsRecord) -> tuple[list[list[int]], list[int]]:
+            """Each detection's crop box, and the side it is cut at: CLIP's or its expert's, whichever is larger
+            (the experts get these very pixels)."""
+            return ([crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections],
+                    [max(side, experts.for_class(d.class_name)) for d in found.detections])
+
+        def read_inputs(image: str, source: SourceImageRecord, found: DetectionsRecord,
+                        ) -> tuple[DetectionsRecord, WorkingPicture]:
+            # Each picture decoded only as large as its crops need (the model input ingest wrote, if enough).
+            boxes, crop_sides = crops_of(found)
+            scale = scale_for_short_sides([((found.width, found.height), side)] + [
+                (box_size(box), crop_side) for box, crop_side in zip(boxes, crop_sides, strict=True)])
+            return found, results.read_working(image, scale, source)
+
+        with BackgroundWrites() as writes:
+            for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs,
+                                   alongside=lambda image: results.read(image, DETECTIONS_FILE, DetectionsRecord)):
+                skipped |= read.skipped
+                chunk = list(read.inputs)
+                if not chunk:  # none of these goes further
+                    writes.submit([], then=lambda _, finished=list(read.skipped): progress.record(finished))
+                    continue
+                if scenes is None:
+                    scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values())))
+                detections = {key: found for key, (found, _) in read.inputs.items()}
+                pictures = {key: picture for key, (_, picture) in read.inputs.items()}
+                cut = {key: crops_of(found) for key, found in detections.items()}
+                crops = [(key, index, box, shrink_to_cover(pictures[key].crop(box), cut[key][1][index]))
+                         for key in chunk for index, box in enumerate(cut[key][0])]  # (image, detection, box, pixels)
+                started = time.perf_counter()
+                # One batched pass over the chunk's whole images and one over all their crops; a picture CLIP raises on
+                # fails alone (its image is not indexed, and `embeddings_valid` says why).
+                image_answers = answer_each(clip.embed_images, [pictures[k].image for k in chunk])
+                crop_answers = answer_each(clip.embed_images, [pixels for *_, pixels in crops])
+                dimension = clip.dimension
+                image_vectors, crop_vectors = rows_or_zeros(image_answers, dimension), rows_or_zeros(crop_answers, dimension)
+                tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
+                seconds += time.perf_counter() - started
+                crop_count += len(crops)
+                failures = {key: [f"the detector failed on this image: {detections[key].error}"]
+                            if detections[key].error else [] for key in chunk}
+                for key, answer in zip(chunk, image_answers, strict=True):
+                    if isinstance(answer, ModelFailure):
+                        failures[key].append(f"CLIP failed on the image: {answer.error}")
+                for (key, index, *_), answer in zip(crops, crop_answers, strict=True):
+                    if isinstance(answer, ModelFailure):
+                        failures[key].append(f"CLIP failed on crop {index}: {answer.error}")
+                rows_of: dict[str, list[int]] = {key: [] for key in chunk}
+                for row, (owner, *_) in enumerate(crops):
+                    rows_of[owner].append(row)
+                written = []
+                for row, key in enumerate(chunk):
+                    mine = rows_of[key]
+                    vectors = crop_vectors[mine]
+                    record = EmbeddingsRecord(
+                        partition_key=key, model=model, dimension=dimension,
+                        crop_indexes=[crops[i][1] for i in mine], crop_boxes=[crops[i][2] for i in mine],
+                        scene=tags[row],
+                        problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
+                                                   + embedding_problems(vectors, dimension, "crops")),
+                    )
+                    written.append((record, {"image": image_vectors[row], "crops": vectors,
+                                             **pack_crops([crops[i][3] for i in mine])}))
+                    records.append(record)
+                    tag_counts.update(record.scene.tags)
+                done |= set(chunk)
+                writes.submit([write for item in written for write in embeddings_writes(results, *item)],
+                              then=lambda _, finished=[*chunk, *read.skipped]: progress.record(finished))
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),
                        "run_model_seconds": round(seconds, 3),
                        "run_vectors_per_second": round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
                        "models_loaded": embedder.load_counts, "run_images_resumed": len(resumed)}
-        for batch, counts in batch_counts(taken, set(valid), skipped).items():
+        for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | run_figures)
         progress.clear()
         yield metadata.materialize()

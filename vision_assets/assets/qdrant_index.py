@@ -3,7 +3,9 @@ removed; and the index audited against what the pipeline indexed before. It read
 never a model, which is why the `reindex` job is this asset alone. Its checks: `index_consistent` (per batch: each
 image has exactly its points) and `index_complete` (the index still holds what earlier batches indexed)."""
 
+import functools
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -14,16 +16,19 @@ from ..vision.batches import BatchIndexed
 from ..vision.callback import Outbox, finished_message
 from ..vision.index.audit import IndexAudit, audit_index
 from ..vision.index.ledger import sampled_indexed
-from ..vision.index.stored_points import write_points
-from ..vision.records import EmbeddingsRecord, IndexRecord
-from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
+from ..vision.index.stored_points import StoredResults, index_points, read_stored, stored_points
+from ..vision.index.vector_index import ImagePoints
+from ..vision.records import IndexRecord, LabelsRecord, SourceImageRecord
+from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import INDEX
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
     each_image,
+    earlier_entries,
     judged_from_record,
+    read_ahead,
     run_images,
     stage_asset,
     step_progress,
@@ -34,6 +39,13 @@ from .stage import (
 UNINDEXED_POINTS = "unindexed_points"  # embedded index: points not in an HNSW graph yet, after the run
 UNMERGED_SHARDS = "unmerged_shards"  # embedded index: sealed shards waiting for compact_index_op, after the run
 REINDEX_TAG = "vision_assets/reindex"  # runs that only rebuild the index: nothing new to announce
+
+@dataclass(frozen=True)
+class FailedEmbeddings:
+    """An image whose embeddings cannot be indexed (none stored, or they failed their check), and why."""
+
+    why: str
+
 
 index_consistency = BatchCheck(
     asset=QDRANT_INDEX,
@@ -103,12 +115,12 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
     ):
         results = image_store.results
         taken = run_images(context, results, image_selection)
-        valid, skipped = valid_sources(results, taken)
-        embedded = dict(zip(valid, each_image(lambda key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord),
-                                              list(valid)), strict=True))
-        bad = {key: "; ".join(r.problems) if r else "no embeddings record"
-               for key, r in embedded.items() if r is None or r.problems}
-        skipped |= {key: f"embeddings failed their check: {why}" for key, why in bad.items()}
+        progress = step_progress(context, results, "qdrant_index")
+        resumed = progress.finished()
+        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
+        done = set(valid)
+        skipped |= earlier_entries(results, taken, set(taken.images))
+        bad: dict[str, str] = {}  # image -> why its embeddings cannot be indexed
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
         # What the pipeline indexed before, in other batches, sampled: the index must still hold it.
         all_batches = context.instance.get_dynamic_partitions(batches.name)
@@ -116,23 +128,40 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         started = time.perf_counter()
         records, crop_count = {}, 0
         reindexing = context.run.tags.get(REINDEX_TAG) == "true"
-        progress = step_progress(context, results, "qdrant_index")
-        resumed = progress.finished()
-        with qdrant.open(on_wait=context.log.info) as index:
-            for chunk in stage_policy.chunks([key for key in valid if key not in bad and key not in resumed]):
-                points, labels_of, written = write_points(index, results, valid, embedded, chunk,
-                                                          qdrant.upsert_batch_size)
+
+        def read_points(image: str, source: SourceImageRecord, stored: StoredResults,
+                        ) -> tuple[ImagePoints, LabelsRecord] | FailedEmbeddings:
+            embedded = stored.embedded
+            if embedded is None or embedded.problems:
+                return FailedEmbeddings("; ".join(embedded.problems) if embedded else "no embeddings record")
+            return stored_points(source, stored), stored.labels
+
+        todo = [image for image in taken.images if image not in resumed]
+        with qdrant.open(on_wait=context.log.info) as index, BackgroundWrites() as writes:
+            for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_points,
+                                   alongside=lambda image: read_stored(results, image)):
+                skipped |= read.skipped
+                failed = {key: read.inputs.pop(key).why for key in list(read.inputs)
+                          if isinstance(read.inputs[key], FailedEmbeddings)}
+                bad |= failed
+                skipped |= {key: f"embeddings failed their check: {why}" for key, why in failed.items()}
+                valid |= read.sources
+                points = [image for image, _ in read.inputs.values()]
+                written = index_points(index, points, qdrant.upsert_batch_size) if points else []
                 if reindexing:  # a rebuild writes the whole catalogue: its graph is built as it goes, flat per chunk
                     index.build_graph(at_least=qdrant.hnsw_threshold, tell=context.log.info)
                 for image, record in zip(points, written, strict=True):
                     key = image.partition_key
                     records[key] = record
                     if outbox:  # finished: the callback sensor announces it
+                        labels = read.inputs[key][1]
                         outbox.add(finished_message(valid[key], image.image_payload["top_labels"],
-                                                    labels_of[key].needing_review, record.problems,
-                                                    disagreements=labels_of[key].disagreements))
+                                                    labels.needing_review, record.problems,
+                                                    disagreements=labels.disagreements))
                 crop_count += sum(len(p.crop_indexes) for p in points)
-                progress.record(chunk)
+                done |= set(read.inputs)
+                writes.submit([functools.partial(results.write, r.partition_key, INDEX, r) for r in written],
+                              then=lambda _, finished=[*read.inputs, *failed, *read.skipped]: progress.record(finished))
             # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
             # ids its last indexing recorded. (A superseded entry's image belongs to its newer batch: left alone.)
             gone = [key for key, why in skipped.items() if not why.startswith("superseded")]
@@ -153,7 +182,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         metadata = BatchMetadata(context)
         run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where,
                        UNINDEXED_POINTS: unindexed, UNMERGED_SHARDS: unmerged, "run_images_resumed": len(resumed)}
-        for batch, counts in batch_counts(taken, set(records) | (resumed & set(valid)), skipped).items():
+        for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | run_figures)
         progress.clear()
         yield metadata.materialize()

@@ -15,6 +15,7 @@ from ..vision.index.stored_points import write_points
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord
 from ..vision.review.decisions import apply_review
 from ..vision.storage.batch_lookup import BatchLookup
+from ..vision.storage.overlap import each_image, together
 from ..vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS, REVIEW
 from .specialist_labels import committee_agreement, label_confidence, stored_labels
 from .stage import transient_faults_retried
@@ -43,16 +44,17 @@ def review_decisions(context: dg.AssetExecutionContext, config: ApplyReviewsConf
                      qdrant: QdrantResource, stage_policy: StagePolicy):
     results = image_store.results
     started = time.perf_counter()
-    applied, sources, embedded, skipped = {}, {}, {}, {}
-    for image in dict.fromkeys(config.images):
-        source = results.read_source_record(image)
-        review = results.read(image, REVIEW, ImageReview)
-        detections = results.read(image, DETECTIONS, DetectionsRecord)
-        embedded[image] = results.read(image, EMBEDDINGS, EmbeddingsRecord)
+    applied, sources, skipped = {}, {}, {}
+    images = list(dict.fromkeys(config.images))
+    read = each_image(lambda image: together(
+        lambda: results.read_source_record(image), lambda: results.read(image, REVIEW, ImageReview),
+        lambda: results.read(image, DETECTIONS, DetectionsRecord),
+        lambda: results.read(image, EMBEDDINGS, EmbeddingsRecord), lambda: results.read(image, LABELS, LabelsRecord)),
+        images)
+    for image, (source, review, detections, embedded, labels) in zip(images, read, strict=True):
         if review is None:
             skipped[image] = "no review for this image"
-        elif source is None or not source.is_valid or detections is None or embedded[image] is None \
-                or results.read(image, LABELS, LabelsRecord) is None:
+        elif source is None or not source.is_valid or detections is None or embedded is None or labels is None:
             skipped[image] = "not processed (or rejected): no labels to review"
         elif (found := apply_review(review, source.sha256, detections)) is None:
             skipped[image] = f"the review by {review.reviewer} was made on other content (sha256 {review.sha256[:12]})"
@@ -64,8 +66,7 @@ def review_decisions(context: dg.AssetExecutionContext, config: ApplyReviewsConf
         if number:
             time.sleep(YIELD_SECONDS)
         with qdrant.open(on_wait=context.log.info) as index:
-            _, _, written = write_points(index, results, sources, embedded, chunk,
-                                         qdrant.upsert_batch_size)
+            written = write_points(index, results, sources, chunk, qdrant.upsert_batch_size)
         for record in written:
             if record.problems:
                 problems += 1

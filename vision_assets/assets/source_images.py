@@ -1,9 +1,9 @@
 """`source_images`: every uploaded object of the batch fetched, validated, normalised to RGB and hashed; and its
 check, `images_valid` (ERROR: a rejected image goes no further, the rest of the batch does)."""
 
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
@@ -15,6 +15,7 @@ from ..vision.callback import Outbox, rejected_message
 from ..vision.images.ingest import ingest_image
 from ..vision.images.review import ReviewPictures, markdown_image
 from ..vision.records import SourceImageRecord
+from ..vision.storage.overlap import BackgroundWrites, as_they_finish, each_image
 from ..vision.storage.results_store import ResultsStore
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import BACKFILL_POLICY, BatchMetadata, run_images, step_progress, transient_faults_retried
@@ -84,31 +85,37 @@ def source_images(
         if earlier is not None and (newer := superseded_by(earlier.batch, batch_of[image])):
             return f"superseded: re-uploaded in batch {newer}"
         return ingest_image(image, objects, results, limits, preview_side, registrations, ingest_policy.working_side,
-                            batch=batch_of[image], model_side=ingest_policy.model_input_side)
+                            batch=batch_of[image], model_side=ingest_policy.model_input_side,
+                            decode_slot=decode_slots)
 
+    decode_slots = threading.BoundedSemaphore(max(1, ingest_policy.threads))
     started = time.perf_counter()
     progress = step_progress(context, results, "source_images")
     resumed = progress.finished()
     outbox = Outbox(results) if callback.enabled else None
     ingested: dict[str, SourceImageRecord | str] = {}
-    # Fetching is I/O and Pillow releases the GIL while decoding, so threads overlap both; each thread holds one
-    # image decoded at a time, so memory follows the thread count. The store failing (not an image) retries the
-    # step, which resumes after the chunks already finished.
-    with ThreadPoolExecutor(max_workers=max(1, ingest_policy.threads)) as pool:
-        for chunk in stage_policy.chunks([image for image in taken.images if image not in resumed]):
-            done = dict(zip(chunk, pool.map(ingest, chunk)))
+    # Fetching and writing are round trips, and Pillow releases the GIL while decoding, so threads overlap all
+    # three. Many images are fetched and written at once, `ingest_policy.threads` of them decoded at once (a decoded
+    # photo is large: memory follows those slots). A chunk is recorded as it finishes, in the order images finish (a
+    # stalled fetch holds up its own image only). The store failing (not an image) retries the step, which resumes
+    # after the chunks already recorded.
+    todo = [image for image in dict.fromkeys(taken.images) if image not in resumed]
+    with BackgroundWrites() as recording:
+        for chunk in as_they_finish(ingest, todo, stage_policy.chunk_size):
+            done = dict(chunk)
             if outbox:  # a rejected image is finished here; the callback sensor announces it
                 for record in done.values():
                     if isinstance(record, SourceImageRecord) and not record.is_valid:
                         outbox.add(rejected_message(record))
             ingested |= done
-            progress.record(chunk)
+            recording.submit([], then=lambda _, finished=list(done): progress.record(finished))
     seconds = time.perf_counter() - started
     records = [r for r in ingested.values() if isinstance(r, SourceImageRecord)]
     skipped = {image: why for image, why in ingested.items() if isinstance(why, str)}
     # What earlier attempts of this step finished: their records, for the batch's counts (the check reads them too).
-    for image in (image for image in taken.images if image in resumed):
-        if (record := results.read_source_record(image)) is not None:
+    finished_earlier = [image for image in dict.fromkeys(taken.images) if image in resumed]
+    for image, record in zip(finished_earlier, each_image(results.read_source_record, finished_earlier), strict=True):
+        if record is not None:
             newer = superseded_by(record.batch, batch_of[image])
             ingested[image] = f"superseded: re-uploaded in batch {newer}" if newer else record
             if newer:

@@ -6,6 +6,7 @@ decided) and `committee_agrees` (CLIP does not contradict the detector or the ex
 import functools
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -44,6 +45,7 @@ from ..vision.review.decisions import (
     outstanding_review,
 )
 from ..vision.review.label_studio import task_for
+from ..vision.storage.overlap import BackgroundWrites, together
 from ..vision.storage.results_store import (
     DETECTIONS,
     EMBEDDING_VECTORS,
@@ -56,9 +58,10 @@ from ..vision.storage.results_store import EMBEDDINGS as EMBEDDINGS_FILE
 from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
+    Skip,
     batch_counts,
-    each_image,
-    load_pictures,
+    earlier_entries,
+    read_ahead,
     run_images,
     source_state,
     stage_asset,
@@ -66,6 +69,21 @@ from .stage import (
     transient_faults_retried,
     valid_sources,
 )
+
+
+@dataclass(frozen=True)
+class LabelInputs:
+    """What the stage reads of an image besides its source record."""
+
+    embedded: EmbeddingsRecord
+    detections: DetectionsRecord
+    vectors: dict[str, np.ndarray] | None
+    boxes: dict[int, list[int]]  # detection index -> the crop box the embeddings stage cut
+    handed: dict[int, Image.Image] | None  # detection index -> those crops' pixels, where the record kept them
+    coral_score: float | None
+    picture: WorkingPicture
+    earlier_review: ImageReview | None
+
 
 label_confidence = BatchCheck(
     asset=SPECIALIST_LABELS,
@@ -171,61 +189,84 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
     ):
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
-        valid, skipped = valid_sources(results, taken)
-        embedded = dict(zip(valid, each_image(lambda key: results.read(key, EMBEDDINGS_FILE, EmbeddingsRecord),
-                                              list(valid)), strict=True))
-        missing = [key for key, record in embedded.items() if record is None]
-        skipped |= {key: "no embeddings: materialize embeddings first" for key in missing}
-        keys = [key for key in valid if key not in missing]
+        progress = step_progress(context, results, "specialist_labels")
+        resumed = progress.finished()
+        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
+        done = set(valid)
+        skipped |= earlier_entries(results, taken, set(taken.images))
         experts = specialists.classifiers()
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
-        routed, coral_images, audited, tasks = Counter(), 0, 0, 0
+        routed, coral_images, audited, tasks = Counter(), 0, 0, []
         sides = ExpertSides(experts, labeling.routes)
-        progress = step_progress(context, results, "specialist_labels")
-        resumed = progress.finished() & set(keys)
-        for chunk in stage_policy.chunks([key for key in keys if key not in resumed]):
-            detections = dict(zip(chunk, each_image(lambda key: results.read(key, DETECTIONS, DetectionsRecord), chunk),
-                                  strict=True))
-            vectors = dict(zip(chunk, each_image(lambda key: results.read_arrays(key, EMBEDDING_VECTORS), chunk),
-                               strict=True))
-            boxes = {key: dict(zip(embedded[key].crop_indexes, embedded[key].crop_boxes, strict=True)) for key in chunk}
+
+        def stored(image: str) -> tuple:
+            return together(lambda: results.read(image, EMBEDDINGS_FILE, EmbeddingsRecord),
+                            lambda: results.read(image, DETECTIONS, DetectionsRecord),
+                            lambda: results.read_arrays(image, EMBEDDING_VECTORS),
+                            lambda: results.read(image, REVIEW, ImageReview))
+
+        def read_inputs(image: str, source: SourceImageRecord, earlier: tuple) -> LabelInputs | Skip:
+            embedded, found, vectors, earlier_review = earlier
+            if embedded is None:
+                return Skip("no embeddings: materialize embeddings first")
+            boxes = dict(zip(embedded.crop_indexes, embedded.crop_boxes, strict=True))
             # The crops the embeddings stage cut, at the experts' sides: the pixels CLIP embedded, not decoded again.
-            handed = {key: dict(zip(embedded[key].crop_indexes, crops, strict=True))
-                      for key in chunk if (crops := unpack_crops(vectors[key])) is not None}
-            coral_scores = {key: embedded[key].scene.scores.get(labeling.coral_scene_tag, 0.0)
-                            for key in chunk if embedded[key].scene}
-            pictures = load_pictures(results, {key: decode_scale(
-                sides, detections[key], boxes[key], set(handed.get(key, {})), coral_scores.get(key), labeling.policy,
-                look) for key in chunk}, valid)
-            started = time.perf_counter()
-            labelled = label_batch(pictures, detections, boxes, experts, coral_scores, labeling.policy, handed)
-            seconds += time.perf_counter() - started
-            crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
-                                                   labeling.second_opinion_margin)
-            audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
-            earlier_reviews = each_image(lambda key: results.read(key, REVIEW, ImageReview), chunk)
-            finished = []
-            for key, earlier_review in zip(chunk, earlier_reviews, strict=True):
-                record = labelled[key]
-                # A person's earlier decisions, where they still apply (same content, same objects).
-                reviewed = apply_review(earlier_review, valid[key].sha256, detections[key])
-                outcomes[key] = labels_outcome(record, pictures[key], look, reviewed, handed.get(key))
-                agreements[key] = agreement_outcome(record, reviewed)
-                finished.append((valid[key], detections[key], record, reviewed,
-                                 review.sampled(key) if review.tasks else None))
-            tasks += sum(each_image(lambda item: write_labels(results, *item), finished))
-            routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
-            coral_images += sum(bool(r.scene) for r in labelled.values())
-            progress.record(chunk)
+            crops = unpack_crops(vectors)
+            handed = dict(zip(embedded.crop_indexes, crops, strict=True)) if crops is not None else None
+            coral = embedded.scene.scores.get(labeling.coral_scene_tag, 0.0) if embedded.scene else None
+            scale = decode_scale(sides, found, boxes, set(handed or {}), coral, labeling.policy, look)
+            return LabelInputs(embedded, found, vectors, boxes, handed, coral, results.read_working(image, scale, source),
+                               earlier_review)
+
+        todo = [image for image in taken.images if image not in resumed]
+        with BackgroundWrites() as writes:
+            for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs, alongside=stored):
+                skipped |= read.skipped
+                chunk, inputs = list(read.inputs), read.inputs
+                finished_in_chunk = [*chunk, *read.skipped]
+                if not chunk:
+                    writes.submit([], then=lambda _, finished=finished_in_chunk: progress.record(finished))
+                    continue
+                detections = {key: inputs[key].detections for key in chunk}
+                embedded = {key: inputs[key].embedded for key in chunk}
+                vectors = {key: inputs[key].vectors for key in chunk}
+                handed = {key: inputs[key].handed for key in chunk if inputs[key].handed is not None}
+                pictures = {key: inputs[key].picture for key in chunk}
+                started = time.perf_counter()
+                labelled = label_batch(pictures, detections, {key: inputs[key].boxes for key in chunk}, experts,
+                                       {key: inputs[key].coral_score for key in chunk
+                                        if inputs[key].coral_score is not None}, labeling.policy, handed)
+                seconds += time.perf_counter() - started
+                crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
+                                                       labeling.second_opinion_margin)
+                audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
+                finished = []
+                for key in chunk:
+                    record, source = labelled[key], read.sources[key]
+                    # A person's earlier decisions, where they still apply (same content, same objects).
+                    reviewed = apply_review(inputs[key].earlier_review, source.sha256, detections[key])
+                    outcomes[key] = labels_outcome(record, pictures[key], look, reviewed, handed.get(key))
+                    agreements[key] = agreement_outcome(record, reviewed)
+                    finished.append((source, detections[key], record, reviewed,
+                                     review.sampled(key) if review.tasks else None))
+                routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
+                coral_images += sum(bool(r.scene) for r in labelled.values())
+                done |= set(chunk)
+
+                def recorded(with_task: list[bool], finished: list[str] = finished_in_chunk) -> None:
+                    tasks.append(sum(with_task))
+                    progress.record(finished)
+
+                writes.submit([functools.partial(write_labels, results, *item) for item in finished], then=recorded)
         metadata = BatchMetadata(context)
         run_figures = {"run_crops_per_specialist": dict(routed), "run_model_seconds": round(seconds, 3),
-                       "run_coral_images": coral_images, "run_review_tasks": tasks,
+                       "run_coral_images": coral_images, "run_review_tasks": sum(tasks),
                        "run_crops_audited": audited, "run_second_opinion_seconds": round(audit_seconds, 3),
                        "run_ms_per_crop": round(1000 * audit_seconds / audited, 3) if audited else 0.0,
                        "models_loaded": specialists.load_counts | embedder.load_counts,
                        "run_images_resumed": len(resumed)}
-        for batch, counts in batch_counts(taken, set(keys), skipped).items():
+        for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | run_figures)
         progress.clear()
         yield metadata.materialize()

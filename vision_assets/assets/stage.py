@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import dagster as dg
 
@@ -16,11 +15,11 @@ from ..dagster_internals import set_partition_metadata
 from ..partitions import batches
 from ..resources import ImageSelection, StagePolicy
 from ..vision.batches import BatchManifest, superseded_by
-from ..vision.images.working import WorkingPicture
 from ..vision.index.connection import IndexUnavailable
 from ..vision.models.remote import ModelServiceUnavailable
 from ..vision.records import SourceImageRecord
 from ..vision.storage.object_store import StoreUnavailable
+from ..vision.storage.overlap import as_they_finish, each_image, together
 from ..vision.storage.registrations import Registrations
 from ..vision.storage.results_store import ResultsStore
 from ..vision.storage.step_progress import StepProgress
@@ -28,10 +27,7 @@ from ..vision.storage.step_progress import StepProgress
 # The model service unreachable (restarting, a worker that died) is waited out like the store.
 TRANSIENT = (StoreUnavailable, IndexUnavailable, ModelServiceUnavailable)
 T = TypeVar("T")
-K = TypeVar("K")
-# Reads and writes of the results store, per image, at once: on S3 each is a round trip (tens of ms, seconds when
-# the store stalls), and one after another they were most of a stage's time on a flaky store.
-STORE_THREADS = 16
+A = TypeVar("A")
 # Dagster's run-retry tag (public as a string in its docs): "false" keeps Dagster's run retries off this run.
 RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 
@@ -110,18 +106,12 @@ def run_images(context: dg.AssetExecutionContext, results: ResultsStore, selecti
     return RunImages(manifests=manifests, by_batch=by_batch)
 
 
-def each_image(work: Callable[[K], T], items: list[K]) -> list[T]:
-    """`work` on every item (an image, or an image of a batch), `STORE_THREADS` at a time so that store round trips
-    overlap, results in the items' order; the first failure (a store fault) is raised."""
-    if len(items) <= 1:
-        return [work(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(STORE_THREADS, len(items))) as pool:
-        return list(pool.map(work, items))
-
-
-def valid_sources(results: ResultsStore, taken: RunImages) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
-    """(image -> source record for the valid images, image -> why it is skipped)."""
-    entries = [(batch, image) for batch, images in taken.by_batch.items() for image in images]
+def valid_sources(results: ResultsStore, taken: RunImages, only: set[str] | None = None,
+                  ) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
+    """(image -> source record for the valid images, image -> why it is skipped), for all the run's images or `only`
+    these (a retried step: the images its earlier attempts finished)."""
+    entries = [(batch, image) for batch, images in taken.by_batch.items() for image in images
+               if only is None or image in only]
     states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
     valid, skipped = {}, {}
     for (_, image), (why, record) in zip(entries, states, strict=True):
@@ -132,18 +122,76 @@ def valid_sources(results: ResultsStore, taken: RunImages) -> tuple[dict[str, So
     return valid, skipped
 
 
+@dataclass(frozen=True)
+class Skip:
+    """What a stage's read of an image says when the image goes no further in this stage, and why."""
+
+    why: str
+
+
+@dataclass
+class ChunkRead(Generic[T]):
+    """A chunk of a stage's images, read: the valid ones (their source records and what the stage read for them)
+    and the ones that go no further (why)."""
+
+    sources: dict[str, SourceImageRecord] = field(default_factory=dict)
+    inputs: dict[str, T] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def read_ahead(results: ResultsStore, taken: RunImages, images: list[str], chunk_size: int,
+               read: Callable[[str, SourceImageRecord, A], T | Skip],
+               alongside: Callable[[str], A] = lambda image: None) -> Iterator[ChunkRead[T]]:
+    """The stage's images read ahead of it and handed over a chunk at a time as their reads end
+    (vision/storage/overlap.py: a stalled read holds up its own image only). Per image: its source record and
+    `alongside(image)` at once (what the stage reads whatever the record says: one round trip's wait, not two), then
+    `read(image, record, what alongside read)` for a valid image (what depends on the record: its picture, at the
+    scale it gives). An image the run takes in two batches is read once, for the newest; the other entry is judged
+    as it stands (superseded, as a rule)."""
+    batch_of = taken.batch_of
+
+    def read_one(image: str) -> tuple[T | Skip, SourceImageRecord | None]:
+        record, first = together(lambda: results.read_source_record(image), lambda: alongside(image))
+        why = source_judged(record, batch_of[image])
+        return (Skip(why) if why else read(image, record, first)), record
+
+    for chunk in as_they_finish(read_one, list(dict.fromkeys(images)), chunk_size):
+        out: ChunkRead[T] = ChunkRead()
+        for image, (answer, record) in chunk:
+            if isinstance(answer, Skip):
+                out.skipped[image] = answer.why
+            else:
+                out.sources[image], out.inputs[image] = record, answer
+        yield out
+
+
+def earlier_entries(results: ResultsStore, taken: RunImages, images: set[str]) -> dict[str, str]:
+    """Why the entries of `images` in a run's older batches go no further, where the run takes an image in two
+    batches (`read_ahead` reads the newest)."""
+    batch_of = taken.batch_of
+    entries = [(batch, image) for batch, mine in taken.by_batch.items() for image in mine
+               if image in images and batch != batch_of[image]]
+    states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
+    return {image: why for (_, image), (why, _) in zip(entries, states, strict=True) if why}
+
+
 def source_state(results: ResultsStore, image: str, batch: str) -> tuple[str | None, SourceImageRecord | None]:
     """(why this batch's entry for the image goes no further, or None; its source record)."""
     record = results.read_source_record(image)
+    return source_judged(record, batch), record
+
+
+def source_judged(record: SourceImageRecord | None, batch: str) -> str | None:
+    """Why a batch's entry for an image with this source record goes no further, or None."""
     if record is None:
-        return "not ingested: materialize source_images first", None
+        return "not ingested: materialize source_images first"
     if newer := superseded_by(record.batch, batch):
-        return f"superseded: re-uploaded in batch {newer}", record
+        return f"superseded: re-uploaded in batch {newer}"
     if record.batch is not None and record.batch != batch:
-        return f"not ingested for this batch yet (last read for {record.batch}): materialize source_images", record
+        return f"not ingested for this batch yet (last read for {record.batch}): materialize source_images"
     if not record.is_valid:
-        return f"rejected at validation ({record.rejection.code.value}): {record.rejection.message}", record
-    return None, record
+        return f"rejected at validation ({record.rejection.code.value}): {record.rejection.message}"
+    return None
 
 
 def judged_from_record(results: ResultsStore, name: str, record_type: type, outcome: Callable, missing: str) -> Callable:
@@ -187,17 +235,6 @@ def batch_counts(taken: RunImages, done: set[str], skipped: dict[str, str]) -> d
     return {batch: {"images": len(images), "done": sum(i in done for i in images),
                     "skipped": sum(i in skipped for i in images)}
             for batch, images in taken.by_batch.items()}
-
-
-def load_pictures(results: ResultsStore, scales: dict[str, float],
-                  sources: dict[str, SourceImageRecord]) -> dict[str, WorkingPicture]:
-    """A chunk of the run's pictures (never the whole run: memory follows the chunk size), each at the scale its
-    stage's models need: the model input ingest wrote where it is large enough, else the working copy decoded at that
-    scale; the whole chunk at once (fetching waits on the store, and Pillow decodes without the GIL; the chunk is held
-    decoded anyway, so this costs no memory)."""
-    keys = list(scales)
-    return dict(zip(keys, each_image(lambda key: results.read_working(key, scales[key], sources.get(key)), keys),
-                    strict=True))
 
 
 # A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill

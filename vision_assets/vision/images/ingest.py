@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
 from ..models.inputs import fit_within
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
 from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
+from ..storage.overlap import each_image
 from ..storage.registrations import Registrations
 from ..storage.results_store import ResultsStore
 from .review import salvage_preview
@@ -38,6 +40,7 @@ def ingest_image(
     working_side: int = 0,
     batch: str | None = None,
     model_side: int = 0,
+    decode_slot: AbstractContextManager | None = None,
 ) -> SourceImageRecord:
     """`preview_side`: for a rejected file that still partly decodes, write a thumbnail of that long side next to
     the record (`~preview.jpg`), for the reviewer. None: no previews. `registrations`: the run's (default: none
@@ -45,7 +48,8 @@ def ingest_image(
     normalised copy the model stages read (0: the image's own). `batch`: the upload batch this version was
     registered in (kept on the record: an older batch's run then knows it is superseded). `model_side`: the long side of
     the model input written beside the working copy (`~model-input.jpg`, what the model stages read where it is large
-    enough: the detector's side); 0: none."""
+    enough: the detector's side); 0: none. `decode_slot`: held while the image is decoded and encoded (a semaphore
+    shared by a run's ingest threads: more images are fetched and written at once than are held decoded)."""
     started = time.perf_counter()
     # No per-image copy of the registration is written: the batch's manifest holds it (a million images were a
     # million more files), and the source record names the object.
@@ -55,7 +59,8 @@ def ingest_image(
         fields |= _rejection(RejectionCode.UNREGISTERED, UNREGISTERED_MESSAGE)
     else:
         fields = {"object_key": registration.object_key, "source_uri": registration.source_uri}
-        fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side, model_side)
+        fields |= _fetch_and_validate(registration, images, results, limits, preview_side, working_side, model_side,
+                                      decode_slot)
     record = SourceImageRecord(
         partition_key=partition_key,
         batch=batch,
@@ -75,6 +80,7 @@ def _fetch_and_validate(
     preview_side: int | None,
     working_side: int,
     model_side: int,
+    decode_slot: AbstractContextManager | None,
 ) -> dict[str, Any]:
     seen = {"etag": registration.etag, "size_bytes": registration.size}
     try:
@@ -88,29 +94,36 @@ def _fetch_and_validate(
         )
 
     fetched = {"etag": version.etag, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    outcome = validate_image(data, limits, working_side, reduced_side=max(model_side, REDUCED_DECODE_SIDE))
-    if isinstance(outcome, Rejection):
-        rejected = fetched | {"status": "rejected", "rejection": outcome}
-        if preview_side and outcome.code in PREVIEWABLE:
-            preview = salvage_preview(data, preview_side, limits.max_pixels)
-            if preview is not None:
-                jpeg = encode_normalized(preview, quality=80)
-                rejected["preview_key"] = results.write_preview(registration.partition_key, jpeg)
+    key = registration.partition_key
+    rejected: dict[str, Any] | None = None
+    with decode_slot or nullcontext():  # the decoded picture is held only in here: memory follows the slots
+        outcome = validate_image(data, limits, working_side, reduced_side=max(model_side, REDUCED_DECODE_SIDE))
+        if isinstance(outcome, Rejection):
+            rejected = fetched | {"status": "rejected", "rejection": outcome}
+            preview = (salvage_preview(data, preview_side, limits.max_pixels)
+                       if preview_side and outcome.code in PREVIEWABLE else None)
+            preview_jpeg = encode_normalized(preview, quality=80) if preview is not None else None
+        else:
+            facts, notes = outcome.facts, outcome.warnings
+            if outcome.original_serves:  # the file itself is the working copy: no full decode, no encoding
+                normalized, size, picture = data, (facts.width, facts.height), outcome.rgb  # the reduced decode
+            else:
+                picture = working_copy(outcome.rgb, working_side)
+                normalized, size = encode_normalized(picture), picture.size
+            del data, outcome  # the bytes and the decode go now
+            # From the one decode: the picture the detector reads, and CLIP and the review pictures too.
+            model_input = fit_within(picture, model_side)[0] if model_side else None
+            del picture
+            model_jpeg = encode_normalized(model_input, quality=90) if model_input is not None else None
+    if rejected is not None:
+        if preview_jpeg is not None:
+            rejected["preview_key"] = results.write_preview(key, preview_jpeg)
         return rejected
-    facts, notes = outcome.facts, outcome.warnings
-    if outcome.original_serves:  # the file itself is the working copy: no full decode, no encoding
-        normalized_key, size = results.write_normalized(registration.partition_key, data), (facts.width, facts.height)
-        picture = outcome.rgb  # the reduced decode
-    else:
-        picture = working_copy(outcome.rgb, working_side)
-        del data  # the bytes go now, before the copy is encoded
-        normalized_key, size = results.write_normalized(registration.partition_key, encode_normalized(picture)), \
-            picture.size
-    del outcome
-    model_input = None
-    if model_side:  # from the one decode: the picture the detector reads, and CLIP and the review pictures too
-        model_input, _ = fit_within(picture, model_side)
-        results.write_model_input(registration.partition_key, encode_normalized(model_input, quality=90))
+    # The two pictures at once (each a round trip); the source record, written after them, says they exist.
+    writes = [lambda: results.write_normalized(key, normalized)]
+    if model_jpeg is not None:
+        writes.append(lambda: results.write_model_input(key, model_jpeg))
+    normalized_key = each_image(lambda write: write(), writes)[0]
     return fetched | {
         "status": "valid",
         "facts": facts,

@@ -11,8 +11,10 @@ a retry; removed when the step finishes.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 
+from .overlap import each_image
 from .results_store import RUNS, ResultsStore
 
 
@@ -20,23 +22,30 @@ class StepProgress:
     def __init__(self, results: ResultsStore, run_id: str, stage: str, attempt: int):
         self.results, self.attempt = results, attempt
         self.prefix = f"{results.prefix}{RUNS}{run_id}/{stage}/"
-        self._chunks = 0
+        self._keys: list[str] = []  # the files this step wrote or read: what `clear` removes, without a listing
+        self._lock = threading.Lock()
 
     def finished(self) -> set[str]:
         """The images earlier attempts of this step finished (none on a first attempt: nothing is read)."""
         if self.attempt == 0:
             return set()
         store = self.results.store
-        return {image for obj in store.list(self.prefix) for image in json.loads(store.get(obj.key)[1])}
+        keys = [obj.key for obj in store.list(self.prefix)]
+        with self._lock:
+            self._keys += keys
+        return {image for chunk in each_image(lambda key: json.loads(store.get(key)[1]), keys) for image in chunk}
 
     def record(self, images: Iterable[str]) -> None:
-        """These images are finished: everything the step writes for them is written."""
-        self._chunks += 1
-        self.results.store.put(f"{self.prefix}{self.attempt}-{self._chunks}.json", json.dumps(list(images)).encode(),
-                               "application/json")
+        """These images are finished: everything the step writes for them is written. Safe from several threads
+        (chunks are recorded as their writes end, in the background: vision/storage/overlap.py)."""
+        with self._lock:
+            key = f"{self.prefix}{self.attempt}-{len(self._keys) + 1}.json"
+            self._keys.append(key)
+        self.results.store.put(key, json.dumps(list(images)).encode(), "application/json")
 
     def clear(self) -> None:
-        """The step is done: its progress is no longer needed."""
-        store = self.results.store
-        for obj in list(store.list(self.prefix)):
-            store.delete(obj.key)
+        """The step is done: its progress is no longer needed. (Deleting a file that is not there is no error, in
+        either store.)"""
+        with self._lock:
+            keys, self._keys = self._keys, []
+        each_image(self.results.store.delete, keys)
