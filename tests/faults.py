@@ -108,10 +108,12 @@ def _free_port() -> int:
 class FlakyStoreProxy:
     """An HTTP proxy in front of an S3 endpoint (moto's server) that answers a share of the requests the way a flaky
     store does: a 5xx (`errors`), a connection reset with no answer (`resets`), or an answer held back for
-    `delay_seconds` (`delays`); the rest are forwarded. Seeded, so a run meets the same faults each time."""
+    `delay_seconds` (`delays`); the rest are forwarded. Seeded, so a run meets the same faults each time.
+    `delay_first_asks`: instead of dice, the first request for each method and path is held back, and asking again
+    is answered at once (a stall, deterministic)."""
 
     def __init__(self, target: str, errors: float = 0.2, resets: float = 0.05, delays: float = 0.1,
-                 delay_seconds: float = 5.0, seed: int = 0):
+                 delay_seconds: float = 5.0, seed: int = 0, delay_first_asks: bool = False):
         import random
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import urlsplit
@@ -119,6 +121,7 @@ class FlakyStoreProxy:
         self.target = urlsplit(target)
         self.errors, self.resets, self.delays, self.delay_seconds = errors, resets, delays, delay_seconds
         self._dice = random.Random(seed)
+        self._asked: set[tuple[str, str]] | None = set() if delay_first_asks else None
         self._lock = threading.Lock()
         self.faults = {"error": 0, "reset": 0, "delay": 0, "forwarded": 0}
         proxy = self
@@ -132,7 +135,7 @@ class FlakyStoreProxy:
             def _any(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._roll()
+                fault = proxy._roll(self.command, self.path)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.close_connection = True
@@ -166,8 +169,13 @@ class FlakyStoreProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def _roll(self) -> str:
+    def _roll(self, method: str, path: str) -> str:
         with self._lock:
+            if self._asked is not None:
+                fault = "forwarded" if (method, path) in self._asked else "delay"
+                self._asked.add((method, path))
+                self.faults[fault] += 1
+                return fault
             roll = self._dice.random()
             fault = ("error" if roll < self.errors else "reset" if roll < self.errors + self.resets
                      else "delay" if roll < self.errors + self.resets + self.delays else "forwarded")

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
                                "5xx answer backs off and slows the client down) before the stage sees a fault.")
     s3_timeout_seconds: float = setting(2, "Connect and read timeout of an S3 or SQS request: a request that stalls "
                                         "longer is retried (the time between bytes, not the whole transfer).")
+    s3_hedge_seconds: float = setting(0.5, "A small S3 request (a record, a HEAD, a DELETE, a GET up to its first "
+                                      "byte) unanswered after this long is sent again alongside, and the first answer "
+                                      "taken: one slow request no longer holds up a stage. 0 = off.")
     s3_events_queue: OptionalText = setting(None, "URL of an SQS queue that receives the bucket's S3 event notifications "
                                         "(`s3:ObjectCreated:*`): the upload sensor reads it instead of listing the "
                                         "bucket every tick. For buckets past about 10,000 objects.")
@@ -119,8 +122,9 @@ class Settings(BaseSettings):
                                             "window of the newest processed upload.")
     settle_seconds: int = setting(2, "Local folder only: files modified more recently wait for the next tick (they "
                                   "may still be being copied).")
-    ingest_threads: int = setting(8, "Images fetched and decoded concurrently within a run (each holds one image "
-                                  "decoded: about 50 MB for 12 MP).")
+    ingest_threads: int = setting(8, "Images decoded concurrently within a run (each holds one image decoded: about "
+                                  "50 MB for 12 MP); more are fetched and written at once, their round trips "
+                                  "overlapping.")
     working_image_side: int = setting(4096, "Long side (pixels) of the normalised copy every model stage reads and "
                                       "every box is measured in; larger images are scaled down once, at ingest (the "
                                       "original stays in the bucket). 0 = full resolution.")
@@ -141,8 +145,9 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = setting(2, "`vision-assets dev`: runs in flight at once; the rest wait in Dagster's "
                                        "queue. The `gpu` pool gets as many slots: their model stages reach the model "
                                        "service together, which batches them.")
-    chunk_size: int = setting(16, "Images a stage holds decoded at once: a run's memory follows this, not the batch "
-                              "size.")
+    chunk_size: int = setting(16, "Images a stage hands its models at once. It reads up to two more chunks ahead "
+                              "(each picture decoded at the scale its models need), so at most three chunks are held "
+                              "decoded: a run's memory follows this, not the batch size.")
 
     # The embedded index
     qdrant_lock_wait_seconds: float = setting(60, "Embedded Qdrant admits one process at a time: how long a run or a "

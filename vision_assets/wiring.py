@@ -78,7 +78,7 @@ def image_store_from(settings: Settings) -> ImageStore:
             max_attempts=settings.s3_attempts,
         )
         return S3ImageStore(s3=s3, bucket=settings.s3_bucket, events_queue_url=settings.s3_events_queue,
-                            timeout_seconds=settings.s3_timeout_seconds,
+                            timeout_seconds=settings.s3_timeout_seconds, hedge_seconds=settings.s3_hedge_seconds,
                             reconcile_seconds=settings.s3_reconcile_seconds, **common)
     settings.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     return LocalImageStore(root=str(settings.local_bucket_dir), settle_seconds=settings.settle_seconds, **common)

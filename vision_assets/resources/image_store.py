@@ -81,9 +81,10 @@ class S3ImageStore(ImageStore):
     events_queue_url: str | None = None
     reconcile_seconds: int = DEFAULTS.s3_reconcile_seconds
     timeout_seconds: float = DEFAULTS.s3_timeout_seconds
+    hedge_seconds: float = DEFAULTS.s3_hedge_seconds
 
     def _build_object_store(self) -> ObjectStore:
-        return S3ObjectStore(self._client("s3"), self.bucket)
+        return S3ObjectStore(self._client("s3"), self.bucket, self.hedge_seconds)
 
     def _client(self, service: str) -> Any:
         """A boto3 client with the S3 resource's endpoint, region and credentials (one place to configure both S3
@@ -97,7 +98,7 @@ class S3ImageStore(ImageStore):
                                         aws_session_token=self.s3.aws_session_token)
         config = Config(retries={"mode": "adaptive", "max_attempts": self.s3.max_attempts},
                         connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
-                        max_pool_connections=32)
+                        max_pool_connections=128)
         return session.client(service, endpoint_url=self.s3.endpoint_url, region_name=self.s3.region_name,
                               use_ssl=self.s3.use_ssl, verify=self.s3.verify, config=config)
 

@@ -151,3 +151,43 @@ def test_folder_listing_walks_only_below_the_prefix(tmp_path, monkeypatch):
     assert sorted(o.key for o in store.list("results/x")) == ["results/x/y/~source.json", "results/x/~source.json",
                                                               "results/xy/~source.json"]
     assert list(store.list("nowhere/")) == []
+
+
+@pytest.mark.parametrize("hedge_seconds", [0.2, 0.0])
+def test_a_stalled_small_request_is_asked_again_alongside(s3_endpoint, s3_client, bucket, hedge_seconds):
+    """The first ask of every request held back 1 s by a proxy in front of moto, asking again answered at once (the
+    client's own timeout is longer, so only hedging can help): with hedging, no read or small write waits for its
+    stall; without, each waits it out. A large upload is never sent twice."""
+    import time
+
+    import boto3
+    from botocore.config import Config
+
+    from tests.faults import FlakyStoreProxy
+    from vision_assets.vision.storage.object_store import HEDGED_PUT_BYTES, S3ObjectStore
+
+    for n in range(2):
+        s3_client.put_object(Bucket=bucket, Key=f"records/{n}.json", Body=b'{"n": %d}' % n)
+    proxy = FlakyStoreProxy(s3_endpoint, delay_seconds=1, delay_first_asks=True)
+    client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                          config=Config(read_timeout=10, retries={"mode": "standard", "max_attempts": 1}))
+    store = S3ObjectStore(client, bucket, hedge_seconds=hedge_seconds)
+    try:
+        times = []
+        for n in range(2):
+            started = time.perf_counter()
+            assert store.get(f"records/{n}.json")[1] == b'{"n": %d}' % n
+            store.put(f"records/{n}.copy.json", b"{}", "application/json")
+            times.append(time.perf_counter() - started)
+        big = b"x" * (HEDGED_PUT_BYTES + 1)
+        started = time.perf_counter()
+        store.put("records/big.bin", big)
+        big_seconds = time.perf_counter() - started
+    finally:
+        proxy.close()
+    if hedge_seconds:
+        assert max(times) < 0.9 and store.requests_hedged == 4, (times, store.requests_hedged)
+    else:
+        assert min(times) >= 2.0 and store.requests_hedged == 0, times
+    assert big_seconds >= 1.0  # waited out, not sent twice
+    assert s3_client.get_object(Bucket=bucket, Key="records/1.copy.json")["Body"].read() == b"{}"

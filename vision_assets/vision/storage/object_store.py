@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,23 +118,75 @@ OWN_RETRIES = 8
 OWN_RETRY_BASE_SECONDS, OWN_RETRY_CAP_SECONDS = 0.2, 2.0
 
 
+# A small request (a record, a progress note, a HEAD, a DELETE, the first byte of a GET) unanswered well past the
+# store's usual time is asked again alongside, and the first answer is taken ("hedged requests", The Tail at Scale,
+# Dean and Barroso). One request in ten held for seconds made every stage wait for its slowest request
+# (bench/flaky_store_bench.py). "Well past" is `hedge_seconds` or HEDGE_MEDIANS times the median of the recent
+# answers, whichever is longer: a store that is slow for every request (a busy MinIO) is not sent everything twice.
+# A request is hedged once at most.
+HEDGED_PUT_BYTES = 256 * 1024  # larger uploads are not sent twice: their time is the transfer's, not a stall
+HEDGE_MEDIANS = 4
+RECENT_ANSWERS = 256  # answer times the median is taken over
+
+
 class S3ObjectStore(ObjectStore):
-    def __init__(self, client: Any, bucket: str):
+    def __init__(self, client: Any, bucket: str, hedge_seconds: float = 0.0):
         self.client = client
         self.bucket = bucket
+        self.hedge_seconds = hedge_seconds
+        # Threads for the hedged requests' attempts (created as needed): the caller waits on them.
+        self._attempts = ThreadPoolExecutor(max_workers=128, thread_name_prefix="s3-hedge") if hedge_seconds else None
+        self._answer_times: deque[float] = deque(maxlen=RECENT_ANSWERS)
+        self._answers, self._answers_lock = 0, threading.Lock()
+        self._hedge_after = hedge_seconds
+        self.requests_hedged = 0
 
-    def _retried(self, where: str, action: Callable[[], T]) -> T:
-        """The action, its faults sorted by `s3_errors`, a store fault tried again after a jittered wait that
-        doubles (full jitter: concurrent requests do not come back together)."""
+    def _retried(self, where: str, action: Callable[[], T], hedge: bool = True) -> T:
+        """The action (hedged, if `hedge`), its faults sorted by `s3_errors`, a store fault tried again after a
+        jittered wait that doubles (full jitter: concurrent requests do not come back together)."""
         for attempt in range(OWN_RETRIES + 1):
             try:
                 with s3_errors(where):
-                    return action()
+                    return self._hedged(action) if hedge else action()
             except StoreUnavailable:
                 if attempt == OWN_RETRIES:
                     raise
                 time.sleep(random.uniform(0, min(OWN_RETRY_CAP_SECONDS, OWN_RETRY_BASE_SECONDS * 2**attempt)))
         raise AssertionError("unreachable")
+
+    def _hedged(self, action: Callable[[], T]) -> T:
+        """The action; if it has not answered in time (see HEDGE_MEDIANS), the same action again alongside: the
+        first answer wins, and a failure counts only once both have failed (the first one's is raised)."""
+        if self._attempts is None:
+            return action()
+        started = time.monotonic()
+        first = self._attempts.submit(action)
+        try:
+            answer = first.result(timeout=self._hedge_after)
+        except FutureTimeout:
+            answer = self._first_answer([first, self._attempts.submit(action)])
+        self._answered(time.monotonic() - started)
+        return answer
+
+    def _first_answer(self, attempts: list[Future]) -> T:
+        self.requests_hedged += 1
+        first = attempts[0]
+        while attempts:
+            done, _ = wait(attempts, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.exception() is None:
+                    return future.result()
+            attempts = [future for future in attempts if future not in done]
+        return first.result()  # both failed: the first's error
+
+    def _answered(self, seconds: float) -> None:
+        """An answer's time, for the median the hedging delay follows (taken every 32 answers: cheap)."""
+        with self._answers_lock:
+            times = self._answer_times
+            times.append(seconds)
+            self._answers += 1
+            if self._answers % 32 == 0:
+                self._hedge_after = max(self.hedge_seconds, HEDGE_MEDIANS * statistics.median(times))
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -163,7 +220,8 @@ class S3ObjectStore(ObjectStore):
 
     def get(self, key: str, max_bytes: int | None = None) -> tuple[StoredObject, bytes]:
         def read() -> tuple[StoredObject, bytes]:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            # Hedged up to the answer's headers (a stall before the first byte), not the transfer of the body.
+            response = self._hedged(lambda: self.client.get_object(Bucket=self.bucket, Key=key))
             described = self._described(key, response)
             body = response["Body"]
             try:
@@ -173,7 +231,7 @@ class S3ObjectStore(ObjectStore):
             finally:
                 body.close()
 
-        return self._retried(self.uri(key), read)
+        return self._retried(self.uri(key), read, hedge=False)
 
     @staticmethod
     def _described(key: str, response: dict) -> StoredObject:
@@ -186,7 +244,8 @@ class S3ObjectStore(ObjectStore):
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._retried(self.uri(key), lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                                                    ContentType=content_type))
+                                                                    ContentType=content_type),
+                      hedge=len(data) <= HEDGED_PUT_BYTES)
 
     def delete(self, key: str) -> None:
         self._retried(self.uri(key), lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
