@@ -10,7 +10,6 @@ sensor looks every ten minutes, at most `PER_SWEEP` such batches at a time."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import islice
 
@@ -20,8 +19,7 @@ from ..keys import SOURCE_IMAGES
 from ..partitions import batches
 from ..resources import ImageStore
 from ..vision.batches import batch_order, superseded_by
-from ..vision.records import SourceImageRecord
-from ..vision.storage.results_store import SOURCE_RECORD
+from ..vision.storage.overlap import each_image
 
 SWEEP_EVERY_SECONDS = 600
 OLDER_THAN_SECONDS = 3600
@@ -46,9 +44,7 @@ def empty_batches(instance: dg.DagsterInstance, image_store: ImageStore, now: fl
         if manifest is None:
             found[batch] = "it has no manifest"
             continue
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            records = list(pool.map(lambda image: results.read(image, SOURCE_RECORD, SourceImageRecord),
-                                    manifest.images))
+        records = each_image(results.read_source_record, list(manifest.images))
         if records and all(record is not None and superseded_by(record.batch, batch) for record in records):
             found[batch] = f"its {len(records)} image(s) were read since for newer batches"
     return found

@@ -10,7 +10,6 @@ every tick."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import dagster as dg
@@ -27,6 +26,7 @@ from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
 from ..vision.review.submissions import Submission, SubmissionError, build_review, merged
 from ..vision.storage.object_store import ObjectMissing
+from ..vision.storage.overlap import each_image
 from ..vision.storage.results_store import (
     DETECTIONS,
     LABELS,
@@ -120,8 +120,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             except SubmissionError as error:
                 return f"{obj.key}: {error}"
 
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            submissions = list(pool.map(read, taken))
+        submissions = each_image(read, taken, READ_THREADS)
         big = next(((obj, len(s)) for obj, s in zip(taken, submissions, strict=True)
                     if not isinstance(s, str) and len(s) > ENTRIES_PER_TICK), None)
         if big is not None:  # applied from the next tick on, a slice a tick; the files after it wait for it
@@ -144,8 +143,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
             except SubmissionError as error:
                 return error
 
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            outcomes_of = list(pool.map(prepare, entries))
+        outcomes_of = each_image(prepare, entries, READ_THREADS)
         prepared: list[list[ImageReview] | str] = [read_ if isinstance(read_, str) else [] for read_ in submissions]
         for (n, _), outcome in zip(entries, outcomes_of, strict=True):
             if isinstance(prepared[n], str):
@@ -159,8 +157,7 @@ def make_review_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         for reviews in (p for p in prepared if not isinstance(p, str)):
             for review in reviews:  # files in time order: a later file's review of an image wins
                 reviewed[review.partition_key] = review
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
+        _write_reviews(results, reviewed)
         for problem in problems:
             context.log.warning(f"review file not applied (fix it and upload it again): {problem}")
         outcomes = [(o, REVIEW_REFUSED if isinstance(p, str) else REVIEW_APPLIED) for o, p in zip(taken, prepared)]
@@ -196,9 +193,13 @@ def _kind(folders: dict[str, str], key: str) -> str:
 
 def _prepared_reviews(context: dg.SensorEvaluationContext, image_store: ImageStore, submissions: list[Submission],
                       kind: str) -> list[ImageReview]:
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        return list(pool.map(lambda s: _prepared_review(context, image_store, s, replace=kind == "label-studio"),
-                             submissions))
+    return each_image(lambda s: _prepared_review(context, image_store, s, replace=kind == "label-studio"),
+                      submissions, READ_THREADS)
+
+
+def _write_reviews(results: ResultsStore, reviewed: dict[str, ImageReview]) -> None:
+    each_image(lambda review: results.write(review.partition_key, REVIEW, review), list(reviewed.values()),
+               READ_THREADS)
 
 
 def _big_file_slice(context: dg.SensorEvaluationContext, image_store: ImageStore, cursor: ReviewCursor,
@@ -231,8 +232,7 @@ def _big_file_slice(context: dg.SensorEvaluationContext, image_store: ImageStore
         cursor.big_file = None
         return dg.SensorResult(cursor=cursor.dump())
     reviewed = {review.partition_key: review for review in reviews}  # a later entry of an image wins
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        list(pool.map(lambda review: results.write(review.partition_key, REVIEW, review), reviewed.values()))
+    _write_reviews(results, reviewed)
     context.log.info(f"{big.key}: entries {big.done + 1:,}-{end:,} of {big.total:,} applied "
                      f"({100 * end / big.total:.0f}%): {len(reviewed):,} image(s) in one run")
     if end >= big.total:
@@ -271,8 +271,7 @@ def _take_out(image_store: ImageStore, files: list[Taken]) -> int:
             store.delete(taken.key)
         return True
 
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        return sum(pool.map(move, files))
+    return sum(each_image(move, list(files), READ_THREADS))
 
 
 def _queue_refresh(context: dg.SensorEvaluationContext, cursor: ReviewCursor) -> list[dg.RunRequest]:

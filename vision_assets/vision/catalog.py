@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
 from .duplicates import exact_groups, near_groups
 from .records import IndexRecord, LabelsRecord, SourceImageRecord
 from .storage.object_store import ObjectMissing
+from .storage.overlap import each_image
 from .storage.results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
 
 RECORDS = {SOURCE_RECORD: "source_etag", LABELS: "labels_etag", INDEX: "index_etag"}
@@ -92,8 +92,7 @@ def build_catalog(
             if current and all(_present(row.get(column)) == current.get(column) for column in RECORDS.values()):
                 reusable[row["partition_key"]] = row
     to_read = [k for k in keys if k not in reusable and k in etags]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        fresh = [row for row in pool.map(lambda k: _row(results, k, etags[k]), to_read) if row]
+    fresh = [row for row in each_image(lambda k: _row(results, k, etags[k]), list(to_read), threads) if row]
     rows = [reusable[k] for k in keys if k in reusable] + fresh
     frame = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
     frame = frame.sort_values("partition_key", ignore_index=True)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
 from .records import StoredObject
 from .storage.object_store import ListedSlice, ObjectMissing
+from .storage.overlap import each_image
 from .storage.results_store import LISTING, ResultsStore
 
 
@@ -109,8 +109,7 @@ def confirmed_gone(candidates: dict[str, str | None], object_key_of: Callable[[s
         return False
 
     ids = sorted(candidates)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return [image for image, is_gone in zip(ids, pool.map(gone, ids)) if is_gone]
+    return [image for image, is_gone in zip(ids, each_image(gone, list(ids), threads), strict=True) if is_gone]
 
 
 def new_pass(number: int, fresh: bool) -> ListingPass:

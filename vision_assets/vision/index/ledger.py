@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..storage.overlap import each_image
 from ..storage.results_store import ResultsStore
 
 RUN_AUDIT_SAMPLE = 1000  # images a run looks up in the index besides its own
@@ -29,8 +29,7 @@ class IndexLedger:
 
 
 def index_ledger(results: ResultsStore, batches: Sequence[str], threads: int = 16) -> IndexLedger:
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        records = dict(zip(batches, pool.map(results.read_batch_indexed, batches)))
+    records = dict(zip(batches, each_image(results.read_batch_indexed, list(batches), threads), strict=True))
     return IndexLedger(list(batches), {batch: record.indexed for batch, record in records.items() if record})
 
 

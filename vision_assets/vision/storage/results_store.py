@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -20,6 +19,7 @@ from ..batches import BatchIndexed, BatchManifest
 from ..images.working import SIDE_SLACK, WorkingPicture, decode_working, scale_for_long_side
 from ..records import RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
+from .overlap import each_image
 
 Record = TypeVar("Record", bound=BaseModel)
 
@@ -91,8 +91,7 @@ class ResultsStore:
         def write(manifest: BatchManifest) -> None:
             self.store.put(self.manifest_key(manifest.batch), manifest.model_dump_json().encode(), "application/json")
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(write, manifests))
+        each_image(write, manifests, threads)
 
     def manifest_key(self, batch: str) -> str:
         return f"{self.prefix}{BATCHES}{batch}.json"
@@ -105,8 +104,7 @@ class ResultsStore:
         return BatchManifest.model_validate_json(data)
 
     def read_manifests(self, batches: list[str], threads: int = 16) -> dict[str, BatchManifest | None]:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return dict(zip(batches, pool.map(self.read_manifest, batches)))
+        return dict(zip(batches, each_image(self.read_manifest, batches, threads), strict=True))
 
     def write_batch_indexed(self, record: BatchIndexed) -> None:
         self.store.put(f"{self.prefix}{BATCHES}{record.batch}.indexed.json", record.model_dump_json().encode(),
