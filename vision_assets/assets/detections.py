@@ -16,13 +16,11 @@ from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from .stage import (
     BatchMetadata,
     batch_counts,
-    earlier_entries,
     read_ahead,
     run_images,
     stage_asset,
-    step_progress,
+    step_start,
     transient_faults_retried,
-    valid_sources,
 )
 
 
@@ -44,12 +42,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         results = image_store.results
         taken = run_images(context, results, image_selection)
         model, seconds, classes, failed, detected = detector.identity, 0.0, Counter(), {}, 0
-        progress = step_progress(context, results, "detections")
-        resumed = progress.finished()
-        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
-        done = set(valid)
-        skipped |= earlier_entries(results, taken, set(taken.images))
-        todo = [image for image in taken.images if image not in resumed]
+        progress, resumed, done, skipped, todo = step_start(context, results, taken, "detections")
         side = detector.detector.input_side if todo else 0
 
         def read_picture(image: str, source: SourceImageRecord, _) -> WorkingPicture:

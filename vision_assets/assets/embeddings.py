@@ -38,14 +38,12 @@ from .batch_checks import BatchCheck, ImageOutcome
 from .stage import (
     BatchMetadata,
     batch_counts,
-    earlier_entries,
     judged_from_record,
     read_ahead,
     run_images,
     stage_asset,
-    step_progress,
+    step_start,
     transient_faults_retried,
-    valid_sources,
 )
 
 embedding_validity = BatchCheck(
@@ -105,12 +103,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         results, clip, model = image_store.results, embedder.embedder, embedder.identity
         taken = run_images(context, results, image_selection)
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
-        progress = step_progress(context, results, "embeddings")
-        resumed = progress.finished()
-        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
-        done = set(valid)
-        skipped |= earlier_entries(results, taken, set(taken.images))
-        todo = [image for image in taken.images if image not in resumed]
+        progress, resumed, done, skipped, todo = step_start(context, results, taken, "embeddings")
         side = clip.input_side if todo else 0
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
         scenes: Vocabulary | None = None  # the scene prompts' vectors, once there is an image to tag

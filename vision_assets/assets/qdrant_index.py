@@ -26,14 +26,12 @@ from .stage import (
     BatchMetadata,
     batch_counts,
     each_image,
-    earlier_entries,
     judged_from_record,
     read_ahead,
     run_images,
     stage_asset,
-    step_progress,
+    step_start,
     transient_faults_retried,
-    valid_sources,
 )
 
 UNINDEXED_POINTS = "unindexed_points"  # embedded index: points not in an HNSW graph yet, after the run
@@ -115,11 +113,8 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
     ):
         results = image_store.results
         taken = run_images(context, results, image_selection)
-        progress = step_progress(context, results, "qdrant_index")
-        resumed = progress.finished()
-        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
-        done = set(valid)
-        skipped |= earlier_entries(results, taken, set(taken.images))
+        progress, resumed, done, skipped, todo = step_start(context, results, taken, "qdrant_index")
+        valid: dict[str, SourceImageRecord] = {}  # this attempt's valid images
         bad: dict[str, str] = {}  # image -> why its embeddings cannot be indexed
         outbox = Outbox(results) if callback.enabled and context.run.tags.get(REINDEX_TAG) != "true" else None
         # What the pipeline indexed before, in other batches, sampled: the index must still hold it.
@@ -136,7 +131,6 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 return FailedEmbeddings("; ".join(embedded.problems) if embedded else "no embeddings record")
             return stored_points(source, stored), stored.labels
 
-        todo = [image for image in taken.images if image not in resumed]
         with qdrant.open(on_wait=context.log.info) as index, BackgroundWrites() as writes:
             for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_points,
                                    alongside=lambda image: read_stored(results, image)):

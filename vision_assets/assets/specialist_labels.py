@@ -60,14 +60,12 @@ from .stage import (
     BatchMetadata,
     Skip,
     batch_counts,
-    earlier_entries,
     read_ahead,
     run_images,
     source_state,
     stage_asset,
-    step_progress,
+    step_start,
     transient_faults_retried,
-    valid_sources,
 )
 
 
@@ -189,11 +187,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
     ):
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
-        progress = step_progress(context, results, "specialist_labels")
-        resumed = progress.finished()
-        valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
-        done = set(valid)
-        skipped |= earlier_entries(results, taken, set(taken.images))
+        progress, resumed, done, skipped, todo = step_start(context, results, taken, "specialist_labels")
         experts = specialists.classifiers()
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
@@ -219,7 +213,6 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
             return LabelInputs(embedded, found, vectors, boxes, handed, coral, results.read_working(image, scale, source),
                                earlier_review)
 
-        todo = [image for image in taken.images if image not in resumed]
         with BackgroundWrites() as writes:
             for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs, alongside=stored):
                 skipped |= read.skipped

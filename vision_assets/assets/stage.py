@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import dagster as dg
 
@@ -35,6 +35,24 @@ RETRY_ON_ASSET_OR_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 def step_progress(context: dg.AssetExecutionContext, results: ResultsStore, stage: str) -> StepProgress:
     """What this run's step finished in its earlier attempts: a retry resumes after it (step_progress.py)."""
     return StepProgress(results, context.run.run_id, stage, context.retry_number)
+
+
+class StepStart(NamedTuple):
+    """Where a model stage's step begins."""
+
+    progress: StepProgress
+    resumed: set[str]  # the images earlier attempts of the step finished
+    done: set[str]  # those of them that were valid
+    skipped: dict[str, str]  # image -> why it goes no further, as far as known before reading
+    todo: list[str]  # the images this attempt reads
+
+
+def step_start(context: dg.AssetExecutionContext, results: ResultsStore, taken: RunImages, stage: str) -> StepStart:
+    progress = step_progress(context, results, stage)
+    resumed = progress.finished()
+    valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
+    skipped |= earlier_entries(results, taken)
+    return StepStart(progress, resumed, set(valid), skipped, [image for image in taken.images if image not in resumed])
 
 
 def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., Iterator]:
@@ -165,12 +183,12 @@ def read_ahead(results: ResultsStore, taken: RunImages, images: list[str], chunk
         yield out
 
 
-def earlier_entries(results: ResultsStore, taken: RunImages, images: set[str]) -> dict[str, str]:
-    """Why the entries of `images` in a run's older batches go no further, where the run takes an image in two
-    batches (`read_ahead` reads the newest)."""
+def earlier_entries(results: ResultsStore, taken: RunImages) -> dict[str, str]:
+    """Why a run's entries of an image in an older batch go no further, where the run takes an image in two batches
+    (`read_ahead` reads the newest)."""
     batch_of = taken.batch_of
     entries = [(batch, image) for batch, mine in taken.by_batch.items() for image in mine
-               if image in images and batch != batch_of[image]]
+               if batch != batch_of[image]]
     states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
     return {image: why for (_, image), (why, _) in zip(entries, states, strict=True) if why}
 
