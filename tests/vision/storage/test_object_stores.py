@@ -154,7 +154,8 @@ def test_folder_listing_walks_only_below_the_prefix(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("hedge_seconds", [0.2, 0.0])
-def test_a_stalled_small_request_is_asked_again_alongside(s3_endpoint, s3_client, bucket, hedge_seconds):
+def test_a_stalled_small_request_is_asked_again_alongside(s3_endpoint, s3_client, bucket, hedge_seconds,
+                                                          monkeypatch):
     """The first ask of every request held back 1 s by a proxy in front of moto, asking again answered at once (the
     client's own timeout is longer, so only hedging can help): with hedging, no read or small write waits for its
     stall; without, each waits it out. A large upload is never sent twice."""
@@ -164,7 +165,18 @@ def test_a_stalled_small_request_is_asked_again_alongside(s3_endpoint, s3_client
     from botocore.config import Config
 
     from tests.faults import FlakyStoreProxy
+    from vision_assets.vision.storage import object_store
     from vision_assets.vision.storage.object_store import HEDGED_PUT_BYTES, S3ObjectStore
+
+    closed = []  # the losing GET answers' bodies, closed once they arrive (not left holding a connection)
+    real_close = object_store._close_unused_body
+
+    def recording_close(attempt):
+        real_close(attempt)
+        if attempt.exception() is None and "Body" in (answer := attempt.result()):
+            closed.append(answer["Body"])
+
+    monkeypatch.setattr(object_store, "_close_unused_body", recording_close)
 
     for n in range(2):
         s3_client.put_object(Bucket=bucket, Key=f"records/{n}.json", Body=b'{"n": %d}' % n)
@@ -187,6 +199,10 @@ def test_a_stalled_small_request_is_asked_again_alongside(s3_endpoint, s3_client
         proxy.close()
     if hedge_seconds:
         assert max(times) < 0.9 and store.requests_hedged == 4, (times, store.requests_hedged)
+        deadline = time.monotonic() + 5
+        while len(closed) < 2 and time.monotonic() < deadline:  # the two stalled GETs answer 1 s after their ask
+            time.sleep(0.1)
+        assert len(closed) == 2 and all(body._raw_stream.closed for body in closed), closed
     else:
         assert min(times) >= 2.0 and store.requests_hedged == 0, times
     assert big_seconds >= 1.0  # waited out, not sent twice

@@ -170,13 +170,16 @@ class S3ObjectStore(ObjectStore):
 
     def _first_answer(self, attempts: list[Future]) -> T:
         self.requests_hedged += 1
-        first = attempts[0]
-        while attempts:
-            done, _ = wait(attempts, return_when=FIRST_COMPLETED)
+        first, pending = attempts[0], list(attempts)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is None:
+                    for other in attempts:
+                        if other is not future:
+                            other.add_done_callback(_close_unused_body)
                     return future.result()
-            attempts = [future for future in attempts if future not in done]
+            pending = [future for future in pending if future not in done]
         return first.result()  # both failed: the first's error
 
     def _answered(self, seconds: float) -> None:
@@ -253,6 +256,13 @@ class S3ObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         # Percent-encoded, so `#`, `?`, `%` and spaces in a key survive any URI parser (S3 keys are UTF-8).
         return f"s3://{self.bucket}/{uri_path(key)}"
+
+
+def _close_unused_body(attempt: Future) -> None:
+    """A hedged GET's losing answer: its body is closed, so its connection goes back to the pool instead of waiting
+    for the garbage collector."""
+    if attempt.exception() is None and isinstance(answer := attempt.result(), dict) and "Body" in answer:
+        answer["Body"].close()
 
 
 def uri_path(key: str | bytes) -> str:
