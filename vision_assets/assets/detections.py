@@ -54,7 +54,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                 skipped |= chunk.skipped
                 keys, pictures = list(chunk.inputs), chunk.inputs
                 if not keys:  # none of these goes further
-                    writes.submit([], then=lambda _, finished=list(chunk.skipped): progress.record(finished))
+                    writes.submit([], then=progress.after_writing(chunk.skipped))
                     continue
                 started = time.perf_counter()
                 found = answer_each(detector.detector.detect, [pictures[k].image for k in keys])
@@ -73,7 +73,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                 done |= set(keys)
                 detected += len(keys)
                 writes.submit([functools.partial(results.write, r.partition_key, DETECTIONS_FILE, r) for r in records],
-                              then=lambda _, finished=[*keys, *chunk.skipped]: progress.record(finished))
+                              then=progress.after_writing([*keys, *chunk.skipped]))
         if failed:
             context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "
                                 f"{dict(list(failed.items())[:5])}")

@@ -128,7 +128,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 skipped |= read.skipped
                 chunk = list(read.inputs)
                 if not chunk:  # none of these goes further
-                    writes.submit([], then=lambda _, finished=list(read.skipped): progress.record(finished))
+                    writes.submit([], then=progress.after_writing(read.skipped))
                     continue
                 if scenes is None:
                     scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values())))
@@ -175,7 +175,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                     tag_counts.update(record.scene.tags)
                 done |= set(chunk)
                 writes.submit([write for item in written for write in embeddings_writes(results, *item)],
-                              then=lambda _, finished=[*chunk, *read.skipped]: progress.record(finished))
+                              then=progress.after_writing([*chunk, *read.skipped]))
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),
                        "run_model_seconds": round(seconds, 3),

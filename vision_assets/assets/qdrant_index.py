@@ -155,7 +155,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 crop_count += sum(len(p.crop_indexes) for p in points)
                 done |= set(read.inputs)
                 writes.submit([functools.partial(results.write, r.partition_key, INDEX, r) for r in written],
-                              then=lambda _, finished=[*read.inputs, *failed, *read.skipped]: progress.record(finished))
+                              then=progress.after_writing([*read.inputs, *failed, *read.skipped]))
             # A re-upload that is now rejected must not stay findable under its old content: its points go, by the
             # ids its last indexing recorded. (A superseded entry's image belongs to its newer batch: left alone.)
             gone = [key for key, why in skipped.items() if not why.startswith("superseded")]

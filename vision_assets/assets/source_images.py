@@ -108,7 +108,7 @@ def source_images(
                     if isinstance(record, SourceImageRecord) and not record.is_valid:
                         outbox.add(rejected_message(record))
             ingested |= done
-            recording.submit([], then=lambda _, finished=list(done): progress.record(finished))
+            recording.submit([], then=progress.after_writing(done))
     seconds = time.perf_counter() - started
     records = [r for r in ingested.values() if isinstance(r, SourceImageRecord)]
     skipped = {image: why for image, why in ingested.items() if isinstance(why, str)}

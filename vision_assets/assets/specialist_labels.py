@@ -219,7 +219,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                 chunk, inputs = list(read.inputs), read.inputs
                 finished_in_chunk = [*chunk, *read.skipped]
                 if not chunk:
-                    writes.submit([], then=lambda _, finished=finished_in_chunk: progress.record(finished))
+                    writes.submit([], then=progress.after_writing(finished_in_chunk))
                     continue
                 detections = {key: inputs[key].detections for key in chunk}
                 embedded = {key: inputs[key].embedded for key in chunk}

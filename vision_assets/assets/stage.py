@@ -48,11 +48,20 @@ class StepStart(NamedTuple):
 
 
 def step_start(context: dg.AssetExecutionContext, results: ResultsStore, taken: RunImages, stage: str) -> StepStart:
+    """The step's progress, and the run's entries judged before reading: those of the images earlier attempts
+    finished (for the batches' counts) and those in an older batch than the image's newest in this run (which
+    `read_ahead` does not read)."""
     progress = step_progress(context, results, stage)
     resumed = progress.finished()
-    valid, skipped = valid_sources(results, taken, only=resumed)  # what earlier attempts finished: their states
-    skipped |= earlier_entries(results, taken)
-    return StepStart(progress, resumed, set(valid), skipped, [image for image in taken.images if image not in resumed])
+    batch_of = taken.batch_of
+    entries = [(batch, image) for batch, images in taken.by_batch.items() for image in images
+               if image in resumed or batch != batch_of[image]]
+    judged = list(zip(entries, each_image(lambda entry: source_state(results, entry[1], entry[0]), entries),
+                      strict=True))
+    done = {image for (_, image), (why, _) in judged if image in resumed and not why}
+    skipped = ({image: why for (_, image), (why, _) in judged if why and image in resumed}
+               | {image: why for (batch, image), (why, _) in judged if why and batch != batch_of[image]})
+    return StepStart(progress, resumed, done, skipped, [image for image in taken.images if image not in resumed])
 
 
 def transient_faults_retried(stage: Callable[..., Iterator]) -> Callable[..., Iterator]:
@@ -124,22 +133,6 @@ def run_images(context: dg.AssetExecutionContext, results: ResultsStore, selecti
     return RunImages(manifests=manifests, by_batch=by_batch)
 
 
-def valid_sources(results: ResultsStore, taken: RunImages, only: set[str] | None = None,
-                  ) -> tuple[dict[str, SourceImageRecord], dict[str, str]]:
-    """(image -> source record for the valid images, image -> why it is skipped), for all the run's images or `only`
-    these (a retried step: the images its earlier attempts finished)."""
-    entries = [(batch, image) for batch, images in taken.by_batch.items() for image in images
-               if only is None or image in only]
-    states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
-    valid, skipped = {}, {}
-    for (_, image), (why, record) in zip(entries, states, strict=True):
-        if why:
-            skipped[image] = why
-        else:
-            valid[image] = record
-    return valid, skipped
-
-
 @dataclass(frozen=True)
 class Skip:
     """What a stage's read of an image says when the image goes no further in this stage, and why."""
@@ -181,16 +174,6 @@ def read_ahead(results: ResultsStore, taken: RunImages, images: list[str], chunk
             else:
                 out.sources[image], out.inputs[image] = record, answer
         yield out
-
-
-def earlier_entries(results: ResultsStore, taken: RunImages) -> dict[str, str]:
-    """Why a run's entries of an image in an older batch go no further, where the run takes an image in two batches
-    (`read_ahead` reads the newest)."""
-    batch_of = taken.batch_of
-    entries = [(batch, image) for batch, mine in taken.by_batch.items() for image in mine
-               if batch != batch_of[image]]
-    states = each_image(lambda entry: source_state(results, entry[1], entry[0]), entries)
-    return {image: why for (_, image), (why, _) in zip(entries, states, strict=True) if why}
 
 
 def source_state(results: ResultsStore, image: str, batch: str) -> tuple[str | None, SourceImageRecord | None]:

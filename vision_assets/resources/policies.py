@@ -9,7 +9,6 @@ from datetime import timedelta
 import dagster as dg
 
 from ..settings import DEFAULTS
-from ..vision.chunking import chunked
 from ..vision.committee.labeling import LabelingPolicy
 from ..vision.images.review import ReviewPictures
 from ..vision.images.validation import ValidationLimits
@@ -58,9 +57,6 @@ class StagePolicy(dg.ConfigurableResource):
     chunk_size: int = DEFAULTS.chunk_size
     patience_seconds: float = DEFAULTS.store_patience_seconds
     first_retry_seconds: float = DEFAULTS.store_retry_seconds
-
-    def chunks(self, keys: list[str]) -> list[list[str]]:
-        return [list(chunk) for chunk in chunked(keys, self.chunk_size)]
 
     def wait_before_retry(self, retry_number: int) -> float:
         return min(self.first_retry_seconds * 2**retry_number, MAX_RETRY_WAIT_SECONDS)

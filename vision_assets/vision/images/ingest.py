@@ -15,7 +15,7 @@ from typing import Any
 from ..models.inputs import fit_within
 from ..records import RegisteredImage, Rejection, RejectionCode, SourceImageRecord
 from ..storage.object_store import ObjectMissing, ObjectStore, ObjectTooLarge
-from ..storage.overlap import each_image
+from ..storage.overlap import together
 from ..storage.registrations import Registrations
 from ..storage.results_store import ResultsStore
 from .review import salvage_preview
@@ -120,10 +120,8 @@ def _fetch_and_validate(
             rejected["preview_key"] = results.write_preview(key, preview_jpeg)
         return rejected
     # The two pictures at once (each a round trip); the source record, written after them, says they exist.
-    writes = [lambda: results.write_normalized(key, normalized)]
-    if model_jpeg is not None:
-        writes.append(lambda: results.write_model_input(key, model_jpeg))
-    normalized_key = each_image(lambda write: write(), writes)[0]
+    normalized_key, _ = together(lambda: results.write_normalized(key, normalized),
+                                 lambda: results.write_model_input(key, model_jpeg) if model_jpeg is not None else None)
     return fetched | {
         "status": "valid",
         "facts": facts,

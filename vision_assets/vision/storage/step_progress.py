@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .overlap import each_image
 from .results_store import RUNS, ResultsStore
@@ -42,6 +42,11 @@ class StepProgress:
             key = f"{self.prefix}{self.attempt}-{len(self._keys) + 1}.json"
             self._keys.append(key)
         self.results.store.put(key, json.dumps(list(images)).encode(), "application/json")
+
+    def after_writing(self, images: Iterable[str]) -> Callable[[list], None]:
+        """A `BackgroundWrites` chunk's `then`: these images recorded once the chunk's writes are done."""
+        finished = list(images)
+        return lambda _: self.record(finished)
 
     def clear(self) -> None:
         """The step is done: its progress is no longer needed. (Deleting a file that is not there is no error, in
