@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     s3_timeout_seconds: float = setting(2, "Connect and read timeout of an S3 or SQS request: a request that stalls "
                                         "longer is retried (the time between bytes, not the whole transfer).")
     s3_hedge_seconds: float = setting(0.5, "A small S3 request (a record, a HEAD, a DELETE, a GET up to its first "
-                                      "byte) unanswered after this long is sent again alongside, and the first answer "
-                                      "taken: one slow request no longer holds up a stage. 0 = off.")
+                                      "byte) unanswered after this long, or after 4x the store's recent median answer "
+                                      "if that is longer, is sent again alongside, and the first answer taken: one "
+                                      "slow request no longer holds up a stage. 0 = off.")
     s3_events_queue: OptionalText = setting(None, "URL of an SQS queue that receives the bucket's S3 event notifications "
                                         "(`s3:ObjectCreated:*`): the upload sensor reads it instead of listing the "
                                         "bucket every tick. For buckets past about 10,000 objects.")
