@@ -450,10 +450,13 @@ def worker_holding_the_gpu_slot(dev: DagsterDev, seconds: float = 180) -> tuple[
             [pid] = {int(m) for e in events for m in re.findall(r"Started process for run \(pid: (\d+)\)",
                                                                  e.get("message") or "")}
             os.kill(pid, signal.SIGSTOP)
-            claimed = dev.query(GPU_SLOTS)["instance"]["concurrencyLimit"]["claimedSlots"]
+            try:
+                claimed = dev.query(GPU_SLOTS)["instance"]["concurrencyLimit"]["claimedSlots"]
+            except requests.HTTPError:  # stopped inside a write to the instance's SQLite: the query met its lock
+                claimed = []
             if any(slot["runId"] == run["runId"] for slot in claimed):
                 return run["runId"], pid
-            os.kill(pid, signal.SIGCONT)  # caught between two steps: try again
+            os.kill(pid, signal.SIGCONT)  # caught between two steps (or inside a write): try again
         time.sleep(0.1)
     raise TimeoutError("no run was seen holding the gpu slot")
 
