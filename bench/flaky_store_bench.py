@@ -33,14 +33,13 @@ for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "benc
 import boto3
 import dagster as dg
 import numpy as np
-from dagster_aws.s3 import S3Resource
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from tests.conftest import SensorDriver, free_port
 from tests.faults import FlakyStoreProxy, OutageProxy
 from vision_assets.bootstrap import bootstrap
-from vision_assets.resources import S3ImageStore
+from vision_assets.resources import S3Connection, S3ImageStore
 from vision_assets.settings import Settings
 from vision_assets.tools.offline_models import build_offline_models
 from vision_assets.wiring import build_definitions, model_resources_from
@@ -71,7 +70,7 @@ def one_run(moto: str, endpoint: str, bucket: str, photos: int, home: Path, labe
         host, port = endpoint.removeprefix("http://").split(":")
         outage = OutageProxy(host, int(port))
         endpoint = outage.url
-    store = S3ImageStore(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"), bucket=bucket,
+    store = S3ImageStore(s3=S3Connection(endpoint_url=endpoint, region_name="us-east-1"), bucket=bucket,
                          prefix=f"{label}/", results_prefix=f"results-{label}/")
     (home / f"{label}-instance").mkdir()
     with dg.instance_for_test(temp_dir=str(home / f"{label}-instance")) as instance:

@@ -30,14 +30,13 @@ for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "benc
 
 import boto3
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from moto.server import ThreadedMotoServer
 
 from bench.meter import Meter
 from tests.conftest import free_port
 from vision_assets.bootstrap import bootstrap
 from vision_assets.event_storage import sqlite_storage
-from vision_assets.resources import S3ImageStore, UploadPolicy
+from vision_assets.resources import S3Connection, S3ImageStore, UploadPolicy
 from vision_assets.settings import Settings
 from vision_assets.vision.storage.object_store import S3ObjectStore
 from vision_assets.vision.storage.results_store import ResultsStore
@@ -61,7 +60,7 @@ def fill_bucket(endpoint: str, bucket: str, count: int) -> None:
 
 
 def tick(endpoint: str, bucket: str, home: Path, max_uploads: int) -> dict[str, float]:
-    s3 = S3Resource(endpoint_url=endpoint, region_name="us-east-1")
+    s3 = S3Connection(endpoint_url=endpoint, region_name="us-east-1")
     store = S3ImageStore(s3=s3, bucket=bucket, prefix="in/", results_prefix="results/")
     defs = build_definitions(store, model_resources_from(Settings.from_env()), UploadPolicy(max_uploads_per_tick=max_uploads))
     sensor = defs.resolve_sensor_def("upload_sensor")

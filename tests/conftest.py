@@ -126,12 +126,15 @@ def corpus_files() -> list[Path]:
 # --- Dagster-level helpers -------------------------------------------------------------------------------------
 
 import dagster as dg  # noqa: E402
-from dagster_aws.s3 import S3Resource  # noqa: E402
 
 from vision_assets.bootstrap import bootstrap  # noqa: E402
 from vision_assets.event_storage import sqlite_storage  # noqa: E402
 from vision_assets.partitions import batches, images  # noqa: E402
-from vision_assets.resources import LocalImageStore, S3ImageStore  # noqa: E402
+from vision_assets.resources import (  # noqa: E402
+    LocalImageStore,
+    S3Connection,
+    S3ImageStore,
+)
 from vision_assets.settings import Settings  # noqa: E402
 from vision_assets.tools.offline_models import build_offline_models  # noqa: E402
 from vision_assets.wiring import model_resources_from  # noqa: E402
@@ -217,7 +220,7 @@ def instance(tmp_path):
 @pytest.fixture
 def s3_image_store(s3_endpoint, bucket) -> S3ImageStore:
     return S3ImageStore(
-        s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
+        s3=S3Connection(endpoint_url=s3_endpoint, region_name="us-east-1"),
         bucket=bucket,
         prefix="uploads/",
         results_prefix="results/",
@@ -389,7 +392,7 @@ def shared_pipeline(offline_models, s3_endpoint, tmp_path_factory) -> Iterator[S
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
-    store = S3ImageStore(s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"), bucket=bucket,
+    store = S3ImageStore(s3=S3Connection(endpoint_url=s3_endpoint, region_name="us-east-1"), bucket=bucket,
                          prefix="uploads/", results_prefix="results/", image_extensions=[".jpg", ".png"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VISION_ASSETS_OFFLINE_MODELS", str(offline_models))

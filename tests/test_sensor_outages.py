@@ -5,11 +5,10 @@ does the work. S3 is moto's server behind a proxy that stops answering (tests/fa
 from urllib.parse import urlparse
 
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from tests.conftest import PHOTOS, SensorDriver
 from tests.faults import OutageProxy
-from vision_assets.resources import S3ImageStore
+from vision_assets.resources import S3Connection, S3ImageStore
 from vision_assets.sensors import outages
 from vision_assets.vision.index.connection import IndexUnavailable
 from vision_assets.wiring import build_definitions
@@ -20,7 +19,7 @@ def proxied_store(s3_endpoint, bucket):
     endpoint = urlparse(s3_endpoint)
     proxy = OutageProxy(endpoint.hostname, endpoint.port)
     # One attempt per request: botocore's own retries would only make each outage tick slower here.
-    store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1", max_attempts=1), bucket=bucket,
+    store = S3ImageStore(s3=S3Connection(endpoint_url=proxy.url, region_name="us-east-1", max_attempts=1), bucket=bucket,
                          prefix="uploads/", results_prefix="results/")
     yield proxy, store
     proxy.close()

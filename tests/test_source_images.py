@@ -5,7 +5,6 @@ import shutil
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 from PIL import Image
 
 from tests.conftest import CORPUS, SensorDriver, corpus_files, image_bytes, phone_photo_bytes, ui_check_statuses
@@ -13,7 +12,14 @@ from tests.vision.images.test_validation import png_header_only
 from vision_assets.assets.source_images import image_validity
 from vision_assets.keys import SOURCE_IMAGES
 from vision_assets.partitions import batches
-from vision_assets.resources import LocalImageStore, ReviewSettings, S3ImageStore, StagePolicy, UploadPolicy
+from vision_assets.resources import (
+    LocalImageStore,
+    ReviewSettings,
+    S3Connection,
+    S3ImageStore,
+    StagePolicy,
+    UploadPolicy,
+)
 from vision_assets.vision.batches import BatchManifest
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.wiring import build_definitions
@@ -220,7 +226,7 @@ def test_unreachable_store_is_retried_then_fails_loudly_and_is_left_to_run_retri
 
     monkeypatch.setattr(object_store, "OWN_RETRIES", 1)  # each attempt of the step gives up sooner; same outcome
     dead = S3ImageStore(
-        s3=S3Resource(endpoint_url="http://127.0.0.1:9", region_name="us-east-1", max_attempts=1),
+        s3=S3Connection(endpoint_url="http://127.0.0.1:9", region_name="us-east-1", max_attempts=1),
         bucket="b",
         results_prefix="results/",
     )

@@ -10,7 +10,6 @@ from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from tests.conftest import (
     PHOTOS,
@@ -23,7 +22,7 @@ from tests.conftest import (
 )
 from tests.faults import OutageProxy
 from vision_assets.cli import main
-from vision_assets.resources import QdrantResource, S3ImageStore, StagePolicy
+from vision_assets.resources import QdrantResource, S3Connection, S3ImageStore, StagePolicy
 from vision_assets.sensors import index_repair_sensor
 from vision_assets.vision.index.connection import IndexUnavailable, IndexUnreadable
 from vision_assets.vision.index.vector_index import IndexMismatch, VectorIndex
@@ -60,7 +59,7 @@ def test_the_store_out_of_reach_mid_run_is_waited_out(models, instance, s3_endpo
     once, and nobody re-ran anything."""
     endpoint = urlparse(s3_endpoint)
     proxy = OutageProxy(endpoint.hostname, endpoint.port)
-    store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
+    store = S3ImageStore(s3=S3Connection(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
                          prefix="uploads/", results_prefix="results/")
     for name in ("bus.jpg", "zidane.jpg"):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/{name}", Body=(PHOTOS / name).read_bytes())
@@ -392,7 +391,7 @@ def test_a_flaky_store_slows_a_batch_down_but_loses_and_repeats_nothing(models, 
     from tests.faults import FlakyStoreProxy
 
     proxy = FlakyStoreProxy(s3_endpoint, errors=0.2, resets=0.05, delays=0.1, delay_seconds=2, seed=7)
-    store = S3ImageStore(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
+    store = S3ImageStore(s3=S3Connection(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
                          prefix="uploads/", results_prefix="results/", timeout_seconds=0.5)
     for n in range(3):
         s3_client.put_object(Bucket=bucket, Key=f"uploads/photo-{n}.png",

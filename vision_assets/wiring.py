@@ -7,7 +7,6 @@ from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from .assets.detections import build_detections
 from .assets.embeddings import build_embeddings
@@ -39,6 +38,7 @@ from .resources import (
     LocalImageStore,
     QdrantResource,
     ReviewSettings,
+    S3Connection,
     S3ImageStore,
     StagePolicy,
     UploadPolicy,
@@ -70,7 +70,7 @@ def image_store_from(settings: Settings) -> ImageStore:
     }
     if settings.s3_bucket:
         # Credentials go in as EnvVar (never shown in the UI); unset, boto3 finds them itself (profile, role).
-        s3 = S3Resource(
+        s3 = S3Connection(
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             aws_access_key_id=_secret(settings, "aws_access_key_id"),

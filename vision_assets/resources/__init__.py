@@ -11,6 +11,7 @@ from .policies import (
     StagePolicy,
     UploadPolicy,
 )
+from .s3_connection import S3Connection
 from .vector_index import QdrantResource
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "LocalImageStore",
     "QdrantResource",
     "ReviewSettings",
+    "S3Connection",
     "S3ImageStore",
     "SpecialistsResource",
     "StagePolicy",

@@ -1,7 +1,7 @@
 """The image store resource: where uploads are listed and read, and where results are written.
 
-One interface (`ImageStore`), two implementations: `S3ImageStore` (through dagster-aws's `S3Resource`, so
-`endpoint_url` reaches MinIO, R2 or a local test server) and `LocalImageStore` (a folder, the laptop default).
+One interface (`ImageStore`), two implementations: `S3ImageStore` (through `S3Connection`, so `endpoint_url`
+reaches MinIO, R2 or a local test server) and `LocalImageStore` (a folder, the laptop default).
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import dagster as dg
-from botocore.config import Config
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from ..settings import DEFAULTS
@@ -21,6 +18,7 @@ from ..vision.storage.object_store import FolderObjectStore, ObjectStore, S3Obje
 from ..vision.storage.results_store import ResultsStore
 from ..vision.storage.s3_events import EventQueue
 from ..vision.upload_tracking import UploadFilter
+from .s3_connection import S3Connection
 
 
 class ImageStore(dg.ConfigurableResource):
@@ -76,7 +74,7 @@ class S3ImageStore(ImageStore):
     upload sensor reads the bucket's S3 event notifications from that SQS queue and lists the bucket only every
     `reconcile_seconds` (see vision/storage/s3_events.py)."""
 
-    s3: S3Resource
+    s3: S3Connection
     bucket: str
     events_queue_url: str | None = None
     reconcile_seconds: int = DEFAULTS.s3_reconcile_seconds
@@ -89,18 +87,13 @@ class S3ImageStore(ImageStore):
     def _client(self, service: str) -> Any:
         """A boto3 client with the S3 resource's endpoint, region and credentials (one place to configure both S3
         and SQS), in botocore's adaptive retry mode: 5xx and slow-down answers, resets and stalls are retried with
-        backoff, and the client slows its own rate while they last, at most `s3.max_attempts` attempts. Built here
-        because dagster-aws's clients use the standard mode and botocore's default timeouts (60 s: a stalled
-        request would hold a thread that long)."""
-        session = boto3.session.Session(profile_name=self.s3.profile_name,
-                                        aws_access_key_id=self.s3.aws_access_key_id,
-                                        aws_secret_access_key=self.s3.aws_secret_access_key,
-                                        aws_session_token=self.s3.aws_session_token)
-        config = Config(retries={"mode": "adaptive", "max_attempts": self.s3.max_attempts},
-                        connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
-                        max_pool_connections=128)
-        return session.client(service, endpoint_url=self.s3.endpoint_url, region_name=self.s3.region_name,
-                              use_ssl=self.s3.use_ssl, verify=self.s3.verify, config=config)
+        backoff, and the client slows its own rate while they last, at most `s3.max_attempts` attempts. Not botocore's
+        defaults: the standard mode and 60 s timeouts (a stalled request would hold a thread that long)."""
+        from botocore.config import Config  # here: a run on a folder store never imports botocore
+
+        return self.s3.client(service, Config(retries={"mode": "adaptive", "max_attempts": self.s3.max_attempts},
+                                              connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
+                                              max_pool_connections=128))
 
     @property
     def kind(self) -> str:
