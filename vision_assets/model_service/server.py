@@ -86,8 +86,10 @@ def build_server(options: ServiceOptions):
 
     held = held_models()
     accelerator, devices = parse_devices(options.devices)
+    from .loop import WaitingBatchedLoop
+
     api = CommitteeAPI(max_batch_size=options.max_batch_size, batch_timeout=options.max_wait_seconds,
-                       api_path=PREDICT_PATH)
+                       api_path=PREDICT_PATH, loop=WaitingBatchedLoop())
     server = ls.LitServer(api, accelerator=accelerator, devices=devices,
                           workers_per_device=options.workers_per_device, timeout=options.request_timeout_seconds,
                           restart_workers=True, middlewares=[(RefuseModelsNotHeld, {"held": held})],
