@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from collections.abc import Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .duplicates import exact_groups, near_groups
 from .records import IndexRecord, LabelsRecord, SourceImageRecord
 from .storage.object_store import ObjectMissing
 from .storage.overlap import each_image
 from .storage.results_store import INDEX, LABELS, SOURCE_RECORD, ResultsStore
+
+if TYPE_CHECKING:  # pandas is imported where a catalogue is built or read: every run imports the asset's module,
+    import pandas as pd  # and only image_catalog's runs and the search service need pandas (half a second)
 
 RECORDS = {SOURCE_RECORD: "source_etag", LABELS: "labels_etag", INDEX: "index_etag"}
 COLUMNS = [
@@ -83,6 +85,8 @@ def build_catalog(
     threads: int = 32,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """(catalogue, counts of rows reused and re-read). `partition_keys` are the images that exist now."""
+    import pandas as pd
+
     keys = list(partition_keys)
     etags = _record_etags(results)
     reusable = {}
@@ -102,7 +106,7 @@ def build_catalog(
 
 def _present(value: object) -> object:
     """A missing etag reads back from Parquet as NaN or None; both mean "no such record"."""
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+    return None if value is None or (isinstance(value, float) and value != value) else value  # NaN != NaN
 
 
 def _mark_groups(frame: pd.DataFrame, near_duplicate_distance: int) -> None:
@@ -126,4 +130,6 @@ def to_parquet(frame: pd.DataFrame) -> bytes:
 
 
 def from_parquet(data: bytes) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_parquet(io.BytesIO(data))
