@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,28 +146,95 @@ bootstrap()  # the process set up as the code location sets up its run workers
 SOURCE_IMAGES = dg.AssetKey("source_images")
 
 
+# --- One of each for the whole suite, whatever the number of xdist workers -------------------------------------
+# The README's test command runs the suite on every core (pytest-xdist, pyproject's addopts). What is costly to start
+# is started once and shared between the workers through SUITE_SHARED, a folder the controlling process makes before
+# the workers start (they inherit its environment) and cleans up after the last one ends.
+
+SUITE_SHARED = "VISION_ASSETS_TEST_SHARED"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controlling process (or the only one)
+        os.environ[SUITE_SHARED] = tempfile.mkdtemp(prefix="vision-assets-suite-")
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput") and os.environ.get(SUITE_SHARED):
+        shared = Path(os.environ.pop(SUITE_SHARED))
+        ModelService.stop_recorded(shared / "model-service.json")
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextmanager
+def once_for_the_suite(name: str) -> Iterator[Path]:
+    """`<shared>/<name>`, under a lock every worker takes: the first to get it makes the thing, the others find it."""
+    from filelock import FileLock
+
+    shared = Path(os.environ[SUITE_SHARED])
+    with FileLock(shared / f"{name}.lock"):
+        yield shared / name
+
+
 @pytest.fixture(scope="session")
-def offline_models(tmp_path_factory) -> Path:
-    """Tiny random-weight models in the real formats, built once per test session."""
-    folder = tmp_path_factory.mktemp("offline-models")
-    build_offline_models(folder, "tiny")
+def offline_models() -> Path:
+    """Tiny random-weight models in the real formats, built once for the suite."""
+    with once_for_the_suite("offline-models") as folder:
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build cut off half-way is started over
+            build_offline_models(folder, "tiny")
+            (folder / ".built").touch()
     return folder
 
 
 @dataclass
 class ModelService:
     url: str
-    process: subprocess.Popen
+    pid: int  # its process group's too
     log: Path
+
+    @staticmethod
+    def stop_recorded(record: Path) -> None:
+        if not record.exists():
+            return
+        pid = json.loads(record.read_text())["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3  # LitServe's workers can take their time: the suite does not wait for them
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped here where this process started it
+    return True
 
 
 @pytest.fixture(scope="session")
-def model_service(offline_models, tmp_path_factory) -> Iterator[ModelService]:
-    """One `vision-assets models serve` for the whole session, on the tiny twins with two CPU workers (the plumbing
+def model_service(offline_models) -> ModelService:
+    """One `vision-assets models serve` for the whole suite, on the tiny twins with two CPU workers (the plumbing
     of a two-GPU box): the models load once for every test that asks it, `vision-assets dev`'s included."""
+    with once_for_the_suite("model-service.json") as record:
+        if not record.exists():
+            service = _start_model_service(offline_models, record.with_suffix(".log"))
+            record.write_text(json.dumps({"url": service.url, "pid": service.pid, "log": str(service.log)}))
+        found = json.loads(record.read_text())
+        return ModelService(found["url"], found["pid"], Path(found["log"]))
+
+
+STARTED_HERE: dict[Path, subprocess.Popen] = {}  # held, so no Popen is collected while its process runs
+
+
+def _start_model_service(offline_models: Path, log: Path) -> ModelService:
     import requests
 
-    log = tmp_path_factory.mktemp("model-service") / "service.log"
     port = free_port()
     env = os.environ | {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models), "VISION_ASSETS_MODEL_DEVICES": "cpu",
                         "VISION_ASSETS_MODEL_WORKERS_PER_DEVICE": "2",
@@ -173,30 +242,21 @@ def model_service(offline_models, tmp_path_factory) -> Iterator[ModelService]:
                         "VISION_ASSETS_MODEL_MAX_WAIT_MS": "50"}
     env.pop("VISION_ASSETS_MODEL_SERVICE_URL", None)
     with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
+        process = STARTED_HERE[log] = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
                                    env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text()[-3000:])
-            time.sleep(0.5)
-        yield ModelService(url, process, log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    service = ModelService(f"http://127.0.0.1:{port}", process.pid, log)
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise RuntimeError(f"the model service did not start: {log.read_text()[-3000:]}")
         try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:  # LitServe's workers can take their time: the suite does not wait for them
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            if requests.get(service.url + "/health", timeout=5).status_code == 200:
+                return service
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
 
 
 @pytest.fixture
