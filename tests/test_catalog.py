@@ -96,3 +96,32 @@ def test_processed_images_carry_their_labels(pipeline, s3_image_store, instance)
         row = catalog.loc[key]
         assert row["status"] == "processed" and row["objects"] > 0 and row["indexed_points"] == 1 + row["objects"]
     assert catalog.loc["corrupt.jpg", "status"] == "rejected"
+
+
+def test_the_catalogue_is_refreshed_without_a_person_after_new_results(models, s3_image_store, instance, s3_client,
+                                                                       bucket):
+    """Declarative automation, as the `catalog_refresh` sensor evaluates it: nothing before any batch, a refresh after
+    one, none again until the next batch; and a deployment with batches but no catalogue gets one at once."""
+    from vision_assets.keys import IMAGE_CATALOG
+
+    defs = build_definitions(s3_image_store, models)
+    driver = SensorDriver(defs, instance)
+
+    def requested(cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return result.get_num_requested(IMAGE_CATALOG), result.cursor
+
+    count, cursor = requested(None)
+    assert count == 0  # no batch yet: nothing to catalogue
+    s3_client.put_object(Bucket=bucket, Key="uploads/bus.jpg", Body=(PHOTOS / "bus.jpg").read_bytes())
+    assert all(run.success for run in driver.tick_and_run())
+    count, cursor = requested(cursor)
+    assert count == 1
+    count, cursor = requested(cursor)
+    assert count == 0  # requested already: no second refresh for the same results
+    assert requested(None)[0] == 1  # evaluated for the first time over batches and no catalogue (an upgrade)
+    s3_client.put_object(Bucket=bucket, Key="uploads/zidane.jpg", Body=(PHOTOS / "zidane.jpg").read_bytes())
+    assert all(run.success for run in driver.tick_and_run())
+    assert requested(cursor)[0] == 1
+    sensor = defs.resolve_sensor_def("catalog_refresh")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # on from the start, unlike Dagster's default one

@@ -275,7 +275,8 @@ def test_thumbnails_draw_the_objects_and_mark_a_crop_hits_box(service):
     [crop] = service.get("/api/like/zidane.jpg", params={"target": "crops", "limit": 1}).json()["hits"]
     assert "?box=" in crop["thumbnail_url"] and service.get(crop["thumbnail_url"]).status_code == 200
     assert service.get("/api/thumbnails/zidane.jpg", params={"box": "left"}).status_code == 400
-    assert service.get("/api/duplicates").json() == {"groups": [], "total": 0, "next_offset": None}  # no catalogue yet
+    assert service.get("/api/duplicates").json() == {"groups": [], "total": 0, "next_offset": None,
+                                                     "catalogue_at": None}  # no catalogue yet
 
 
 @pytest.mark.parametrize("fault", ["busy", "unreadable", "no model service"])

@@ -268,6 +268,9 @@ class Settings(BaseSettings):
                                        "RAM for queries (4x smaller, rescored from disk); `none` keeps none.")
     qdrant_read_consistency: str = setting("majority", "Server only: replicas a search's answer must agree between: "
                                            "`majority`, `quorum`, `all` or a number.")
+    catalog_refresh_seconds: int = setting(60, "How often Dagster's declarative automation looks whether the "
+                                           "catalogue (`image_catalog`: the table, the duplicate groups) is behind "
+                                           "the batches' results; it is refreshed when it is, one refresh at a time.")
     near_duplicate_distance: int = setting(2, "pHash bits two images may differ by and still be near-exact copies in "
                                            "the catalogue (0 = identical pHash only).")
     callback_url: OptionalText = setting(None, "Webhook that receives a signed JSON message for every finished image "

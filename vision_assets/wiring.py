@@ -46,6 +46,7 @@ from .resources import (
 from .resources.models import committee_resources
 from .run_placement import gpu_run_tags
 from .sensors.callback_sensor import callback_sensor
+from .sensors.catalog_refresh import make_catalog_refresh_sensor
 from .sensors.dead_worker_sensor import make_dead_worker_sensor
 from .sensors.failed_image_retry import make_failed_image_retry_sensor
 from .sensors.index_graph_sensor import make_index_graph_sensor
@@ -53,7 +54,7 @@ from .sensors.index_repair_sensor import make_index_repair_sensor
 from .sensors.review_sensor import make_review_sensor
 from .sensors.stranded_steps import make_stranded_step_sensor
 from .sensors.upload_sensor import make_upload_sensor
-from .settings import Settings, variable
+from .settings import DEFAULTS, Settings, variable
 
 
 def _secret(settings: Settings, name: str) -> dg.EnvVar | None:
@@ -120,6 +121,7 @@ def build_definitions(
     ingest_policy: IngestPolicy = IngestPolicy(),
     sensor_interval_seconds: int = 15,
     catalog: CatalogSettings = CatalogSettings(),
+    catalog_refresh_seconds: int = DEFAULTS.catalog_refresh_seconds,
     callback: CallbackSettings = CallbackSettings(),
     review: ReviewSettings = ReviewSettings(),
     stage_policy: StagePolicy = StagePolicy(),
@@ -148,7 +150,8 @@ def build_definitions(
                  # Failed runs are a minute-scale matter: their waits are minutes, their queries grow with failures.
                  make_failed_image_retry_sensor(process_images, max(sensor_interval_seconds, 60)),
                  make_dead_worker_sensor(sensor_interval_seconds), make_review_sensor(sensor_interval_seconds),
-                 make_stranded_step_sensor(sensor_interval_seconds)],
+                 make_stranded_step_sensor(sensor_interval_seconds),
+                 make_catalog_refresh_sensor(catalog_refresh_seconds)],
         resources={"image_store": image_store, "upload_policy": upload_policy, "ingest_policy": ingest_policy,
                    "catalog": catalog, "callback": callback, "review": review, "stage_policy": stage_policy,
                    "failed_image_retries": failed_image_retries, "image_selection": ImageSelection()} | models,
@@ -177,6 +180,7 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
         catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
+        catalog_refresh_seconds=settings.catalog_refresh_seconds,
         callback=CallbackSettings(
             url=settings.callback_url,
             secret=_secret(settings, "callback_secret"),

@@ -26,8 +26,21 @@ def _groups_table(groups: list[list[str]], kind: str) -> list[str]:
     return [f"| {kind} | {len(g)} | " + ", ".join(f"`{k}`" for k in g) + " |" for g in groups[:MAX_GROUPS_SHOWN]]
 
 
+def refresh_after_new_results() -> dg.AutomationCondition:
+    """When the catalogue is refreshed without a person (the `catalog_refresh` sensor evaluates it): after any batch's
+    images or index changed since it was last requested or built, and, on the first evaluation, where no catalogue
+    was ever built but batches were (a deployment that predates this condition); never while a refresh runs. Not
+    `eager()`: that waits while any batch is missing or in progress, which under steady uploads is always."""
+    new_results = dg.AutomationCondition.any_deps_updated().since_last_handled()
+    never_built = (dg.AutomationCondition.initial_evaluation() & dg.AutomationCondition.missing()
+                   & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()))
+    return ((new_results | never_built) & ~dg.AutomationCondition.in_progress()).with_label(
+        "new results since the last catalogue")
+
+
 @dg.asset(
     key=CATALOG_KEY,
+    automation_condition=refresh_after_new_results(),
     deps=[SOURCE_IMAGES, QDRANT_INDEX],
     group_name="catalog",
     kinds={"pandas", "parquet"},

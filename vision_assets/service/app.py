@@ -38,7 +38,7 @@ from ..vision.index.search import (
 )
 from ..vision.index.vector_index import VectorIndex, image_point_id
 from ..vision.models.remote import ModelServiceUnavailable
-from ..vision.records import LabelsRecord, Rejection
+from ..vision.records import LabelsRecord, Rejection, StoredObject
 from ..vision.review.label_studio import task_link
 from ..vision.storage.object_store import ObjectMissing
 from ..vision.storage.results_store import CATALOG_FILE, LABELS, ResultsStore
@@ -79,6 +79,9 @@ class Duplicates(BaseModel):
     groups: list[DuplicateGroup]
     total: int
     next_offset: int | None
+    # When `image_catalog` last wrote the catalogue the groups come from; None: no catalogue yet (the catalog_refresh
+    # sensor builds one after the first batch).
+    catalogue_at: datetime | None = None
 
 
 class Results(BaseModel):
@@ -117,7 +120,7 @@ class Catalogue:
         self.results, self.limits = results, limits
         self.where = where  # the index it answers from (a URL, or the embedded folder): the CLI asks only its own
         self.dagster_url, self.label_studio_url = dagster_url.rstrip("/"), label_studio_url
-        self._catalogue: tuple[str, list[DuplicateGroup]] | None = None  # (etag, groups) of ~catalog.parquet
+        self._catalogue: tuple[StoredObject, list[DuplicateGroup]] | None = None  # ~catalog.parquet, its groups
 
     def links(self, image_id: str, batch: str | None) -> dict[str, str]:
         """Where a person goes next: the image's Label Studio task, and its batch's checks in Dagster."""
@@ -126,13 +129,14 @@ class Catalogue:
             found["batch"] = f"{self.dagster_url}/assets/source_images?view=partitions&partition={quote(batch)}"
         return found
 
-    def duplicate_groups(self) -> list[DuplicateGroup]:
-        """The catalogue's duplicate groups (`image_catalog`'s `~catalog.parquet`), read again only when its etag
-        changed (a HEAD per request otherwise)."""
+    def duplicate_groups(self) -> tuple[list[DuplicateGroup], datetime | None]:
+        """The catalogue's duplicate groups (`image_catalog`'s `~catalog.parquet`) and when it was written (None, and
+        no groups, where there is no catalogue yet); read again only when its etag changed (a HEAD per request
+        otherwise)."""
         key = f"{self.results.prefix}{CATALOG_FILE}"
         try:
             etag = self.results.store.head(key).etag
-            if self._catalogue is None or self._catalogue[0] != etag:
+            if self._catalogue is None or self._catalogue[0].etag != etag:
                 found, data = self.results.store.get(key)
                 frame = from_parquet(data)
                 groups = [DuplicateGroup(kind="exact", images=g)
@@ -140,10 +144,10 @@ class Catalogue:
                 exact = {frozenset(group.images) for group in groups}
                 groups += [DuplicateGroup(kind="near", images=g)  # a near group that is an exact one says nothing new
                            for g in duplicate_groups(frame, "near_duplicate_group") if frozenset(g) not in exact]
-                self._catalogue = (found.etag, groups)
+                self._catalogue = (found, groups)
         except ObjectMissing:
-            return []
-        return self._catalogue[1]
+            return [], None
+        return self._catalogue[1], self._catalogue[0].last_modified
 
 
 def filters(
@@ -310,10 +314,11 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
     @app.get("/api/duplicates", response_model=Duplicates)
     def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20) -> Duplicates:
-        """Groups of images that are the same picture (from the catalogue `image_catalog` last wrote)."""
-        groups = catalogue.duplicate_groups()
+        """Groups of images that are the same picture (from the catalogue `image_catalog` last wrote), and when it
+        was written (null: no catalogue yet)."""
+        groups, written = catalogue.duplicate_groups()
         page = groups[offset:offset + limit]
-        return Duplicates(groups=page, total=len(groups),
+        return Duplicates(groups=page, total=len(groups), catalogue_at=written,
                           next_offset=offset + limit if offset + limit < len(groups) else None)
 
     app.mount("/", StaticFiles(directory=PAGE, html=True), name="page")

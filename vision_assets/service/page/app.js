@@ -106,7 +106,12 @@ function loadGroups(append) {
         element("div", {class: "row"}, ...group.images.map((id) =>
           element("img", {src: `/api/thumbnails/${encodeURIComponent(id)}?side=160&boxes=false`, alt: id, title: id})))));
     }
-    if (!answer.groups.length && !append) $("#groups").append(element("p", {}, "No duplicates in the catalogue."));
+    if (!answer.groups.length && !append) {
+      $("#groups").append(element("p", {}, answer.catalogue_at
+        ? `No duplicates in the catalogue (refreshed ${new Date(answer.catalogue_at).toLocaleString()}).`
+        : "No catalogue yet: it is built by itself within a minute or so of the first batch's run (image_catalog, " +
+          "the catalog_refresh sensor), or materialize image_catalog in Dagster now."));
+    }
     groupsOffset = answer.next_offset || 0;
     $("#groups-more").hidden = answer.next_offset === null;
   });
