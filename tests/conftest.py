@@ -242,8 +242,9 @@ def _start_model_service(offline_models: Path, log: Path) -> ModelService:
                         "VISION_ASSETS_MODEL_MAX_WAIT_MS": "50"}
     env.pop("VISION_ASSETS_MODEL_SERVICE_URL", None)
     with open(log, "wb") as output:
-        process = STARTED_HERE[log] = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
-                                   env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)]
+        process = STARTED_HERE[log] = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                                       start_new_session=True)
     service = ModelService(f"http://127.0.0.1:{port}", process.pid, log)
     deadline = time.monotonic() + 180
     while True:
