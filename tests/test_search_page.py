@@ -18,7 +18,8 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "search"
 
 
 @pytest.fixture
-def page_url(models, s3_image_store, instance, s3_client, bucket):
+def search_page(models, s3_image_store, instance, s3_client, bucket):
+    """(the page's URL, a refresh of the catalogue): the batch is processed, the catalogue not built yet."""
     for name, data in {"bus.jpg": (PHOTOS / "bus.jpg").read_bytes(), "bus-copy.jpg": (PHOTOS / "bus.jpg").read_bytes(),
                        "zidane.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
                        "plain.png": image_bytes((96, 64))}.items():
@@ -26,25 +27,35 @@ def page_url(models, s3_image_store, instance, s3_client, bucket):
     defs = build_definitions(s3_image_store, models)
     driver = SensorDriver(defs, instance, whole_pipeline=True)
     assert all(run.success for run in driver.tick_and_run())
-    assert defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance).success
+
+    def refresh_catalogue():
+        assert defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance).success
+
     with search_service(models, s3_image_store.results, dagster_url="http://dagster.example") as catalogue, \
             serving(create_app(catalogue)) as port:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", refresh_catalogue
 
 
 def shown_images(page) -> list[str]:
     return page.locator("#results .card").evaluate_all("cards => cards.map(c => c.dataset.image)")
 
 
-def test_a_person_searches_filters_follows_more_like_this_and_reviews(page_url):
+def test_a_person_searches_filters_follows_more_like_this_and_reviews(search_page):
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        page_url, refresh_catalogue = search_page
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.set_default_timeout(30_000)
         page.goto(page_url)
+
+        # Before any catalogue the Duplicates tab says there is none yet, not that there are no duplicates.
+        page.get_by_role("button", name="Duplicates").click()
+        page.locator("#groups p", has_text="No catalogue yet").wait_for()
+        refresh_catalogue()
+        page.locator("nav button[data-tab=search]").click()
 
         page.get_by_label("query").fill("a bus in a street")
         page.locator("#query button[type=submit]").click()
