@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vision_assets.vision.catalog import build_catalog, from_parquet, to_parquet  # noqa: E402
-from vision_assets.vision.records import (  # noqa: E402
+from vision_assets.vision.catalog import build_catalog, from_parquet, to_parquet
+from vision_assets.vision.records import (
     CropLabels,
     Detection,
     ImageFacts,
@@ -31,9 +31,9 @@ from vision_assets.vision.records import (  # noqa: E402
     LabelsRecord,
     SourceImageRecord,
 )
-from vision_assets.vision.storage.object_store import FolderObjectStore  # noqa: E402
-from vision_assets.vision.storage.overlap import each_image  # noqa: E402
-from vision_assets.vision.storage.results_store import INDEX, LABELS, ResultsStore  # noqa: E402
+from vision_assets.vision.storage.object_store import FolderObjectStore
+from vision_assets.vision.storage.overlap import each_image
+from vision_assets.vision.storage.results_store import INDEX, LABELS, ResultsStore
 
 BATCH = 256
 
