@@ -109,8 +109,8 @@ function loadGroups(append) {
     if (!answer.groups.length && !append) {
       $("#groups").append(element("p", {}, answer.catalogue_at
         ? `No duplicates in the catalogue (refreshed ${new Date(answer.catalogue_at).toLocaleString()}).`
-        : "No catalogue yet: it is built by itself within a minute or so of the first batch's run (image_catalog, " +
-          "the catalog_refresh sensor), or materialize image_catalog in Dagster now."));
+        : "No catalogue yet: the catalog_refresh sensor builds it after the first batch's run (it looks every " +
+          "VISION_ASSETS_CATALOG_REFRESH_SECONDS, 60 by default), or materialize image_catalog in Dagster now."));
     }
     groupsOffset = answer.next_offset || 0;
     $("#groups-more").hidden = answer.next_offset === null;
