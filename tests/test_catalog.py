@@ -78,14 +78,38 @@ def test_duplicate_groups_and_the_warning(ingested, s3_image_store, instance):
 def test_refresh_reads_only_what_changed(ingested, s3_image_store, instance, s3_client, bucket):
     defs, driver = ingested
     first, _ = refresh(defs, instance)
-    assert first["rows_read"].value == 5
+    assert first["rows_read"].value == 5 and first["refreshed_by"].value == "listing every record"
     again, _ = refresh(defs, instance)
     assert (again["rows_read"].value, again["rows_reused"].value) == (0, 5)
+    assert again["refreshed_by"].value.startswith("the feed: 0 batch")  # no listing of the results
     s3_client.put_object(Bucket=bucket, Key="uploads/broken.jpg", Body=(PHOTOS / "zidane.jpg").read_bytes())  # fixed
     assert all(run.success for run in driver.tick_and_run())
     after, _ = refresh(defs, instance)
     assert (after["rows_read"].value, after["rows_reused"].value) == (1, 4)
+    assert after["refreshed_by"].value.startswith("the feed: 1 batch")  # the new batch's one image read, no more
     assert read_catalog(s3_image_store).loc["broken.jpg", "status"] == "valid"
+
+
+def test_what_changed_outside_runs_waits_for_the_periodic_listing_and_gone_images_leave(ingested, s3_image_store,
+                                                                                         instance, models):
+    from vision_assets.partitions import images
+    from vision_assets.resources import CatalogSettings
+
+    defs, _ = ingested
+    refresh(defs, instance)
+    results = s3_image_store.results
+    source = results.read_source_record("zidane.jpg")
+    results.write_source_record(source.model_copy(update={"source_uri": source.source_uri + "?edited"}))  # by hand
+    refresh(defs, instance)
+    assert read_catalog(s3_image_store).loc["zidane.jpg", "source_uri"] == source.source_uri  # no run said so
+    listing = build_definitions(s3_image_store, models, catalog=CatalogSettings(full_listing_hours=0))
+    metadata, _ = refresh(listing, instance)
+    assert metadata["refreshed_by"].value == "listing every record"
+    assert (metadata["rows_read"].value, metadata["rows_reused"].value) == (1, 4)
+    assert read_catalog(s3_image_store).loc["zidane.jpg", "source_uri"].endswith("?edited")
+    instance.delete_dynamic_partition(images.name, "zidane.jpg")  # deleted (`vision-assets delete` does this)
+    refresh(defs, instance)
+    assert "zidane.jpg" not in read_catalog(s3_image_store).index
 
 
 def test_processed_images_carry_their_labels(pipeline, s3_image_store, instance):

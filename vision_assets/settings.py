@@ -271,6 +271,10 @@ class Settings(BaseSettings):
     catalog_refresh_seconds: int = setting(60, "How often Dagster's declarative automation looks whether the "
                                            "catalogue (`image_catalog`: the table, the duplicate groups) is behind "
                                            "the batches' results; it is refreshed when it is, one refresh at a time.")
+    catalog_full_listing_hours: float = setting(24, "A catalogue refresh reads only the images of the batches "
+                                                "materialized since the last one; every this many hours one lists "
+                                                "every record instead, to see what changed outside the pipeline's "
+                                                "runs (review verdicts, files edited by hand). 0 = always list.")
     near_duplicate_distance: int = setting(2, "pHash bits two images may differ by and still be near-exact copies in "
                                            "the catalogue (0 = identical pHash only).")
     callback_url: OptionalText = setting(None, "Webhook that receives a signed JSON message for every finished image "

@@ -179,7 +179,8 @@ def definitions_from(settings: Settings, image_store: ImageStore | None = None) 
             model_input_side=settings.detector_image_size,
         ),
         sensor_interval_seconds=settings.sensor_interval_seconds,
-        catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance),
+        catalog=CatalogSettings(near_duplicate_distance=settings.near_duplicate_distance,
+                                full_listing_hours=settings.catalog_full_listing_hours),
         catalog_refresh_seconds=settings.catalog_refresh_seconds,
         callback=CallbackSettings(
             url=settings.callback_url,

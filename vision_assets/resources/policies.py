@@ -141,6 +141,8 @@ class ReviewSettings(dg.ConfigurableResource):
 class CatalogSettings(dg.ConfigurableResource):
     # pHash bits that may differ between "near-exact copies" (re-encoded, resized); 0 = identical pHash only.
     near_duplicate_distance: int = DEFAULTS.near_duplicate_distance
+    # Hours between refreshes that list every record; the others follow the batches' materializations.
+    full_listing_hours: float = DEFAULTS.catalog_full_listing_hours
 
 
 class CallbackSettings(dg.ConfigurableResource):

@@ -51,6 +51,23 @@ def _row(results: ResultsStore, partition_key: str, etags: dict[str, str]) -> di
     return _summarise(source, labels, index) | etags
 
 
+def _unlisted_row(results: ResultsStore, partition_key: str) -> dict | None:
+    """An image's row read without a listing: each record fetched if it exists, its etag from the fetch."""
+    found: dict[str, tuple[str, bytes]] = {}
+    for name, column in RECORDS.items():
+        try:
+            version, data = results.store.get(results.key(partition_key, name))
+        except ObjectMissing:
+            continue
+        found[column] = (version.etag, data)
+    if "source_etag" not in found:
+        return None
+    source = SourceImageRecord.model_validate_json(found["source_etag"][1])
+    labels = LabelsRecord.model_validate_json(found["labels_etag"][1]) if "labels_etag" in found else None
+    index = IndexRecord.model_validate_json(found["index_etag"][1]) if "index_etag" in found else None
+    return _summarise(source, labels, index) | {column: etag for column, (etag, _) in found.items()}
+
+
 def _summarise(source: SourceImageRecord, labels: LabelsRecord | None, index: IndexRecord | None) -> dict:
     facts = source.facts
     experts = [c.specialist for c in labels.crops if c.specialist] + list(labels.scene) if labels else []
@@ -83,10 +100,16 @@ def build_catalog(
     previous: pd.DataFrame | None = None,
     near_duplicate_distance: int = 2,
     threads: int = 32,
+    changed: set[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """(catalogue, counts of rows reused and re-read). `partition_keys` are the images that exist now."""
+    """(catalogue, counts of rows reused and re-read). `partition_keys` are the images that exist now. `changed`: the
+    images whose records may have changed since `previous` (those of the batches materialized since): only they are
+    read, with no listing of the results prefix. None: every record's etag is listed and compared (the fallback that
+    also sees what changed outside the pipeline's runs)."""
     import pandas as pd
 
+    if changed is not None and previous is not None and not previous.empty:
+        return _refresh_changed(results, list(partition_keys), previous, changed, near_duplicate_distance, threads)
     keys = list(partition_keys)
     etags = _record_etags(results)
     reusable = {}
@@ -102,6 +125,23 @@ def build_catalog(
     frame = frame.sort_values("partition_key", ignore_index=True)
     _mark_groups(frame, near_duplicate_distance)
     return frame, {"reused": len(reusable), "read": len(fresh), "missing": len(keys) - len(rows)}
+
+
+def _refresh_changed(results: ResultsStore, keys: list[str], previous: pd.DataFrame, changed: set[str],
+                     near_duplicate_distance: int, threads: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The previous catalogue with the changed images read again and the images that no longer exist dropped: the
+    reads follow the change, not the catalogue's size (the table work in memory still does, at a small cost)."""
+    import pandas as pd
+
+    named = previous["partition_key"]
+    kept = previous[named.isin(set(keys)) & ~named.isin(changed)]
+    to_read = [key for key in keys if key in changed]
+    fresh = [row for row in each_image(lambda k: _unlisted_row(results, k), to_read, threads) if row]
+    frame = pd.concat([kept[COLUMNS], pd.DataFrame(fresh, columns=COLUMNS)], ignore_index=True) if fresh else \
+        kept[COLUMNS].copy()
+    frame = frame.sort_values("partition_key", ignore_index=True)
+    _mark_groups(frame, near_duplicate_distance)
+    return frame, {"reused": len(kept), "read": len(fresh), "missing": len(keys) - len(frame)}
 
 
 def _present(value: object) -> object:
