@@ -14,6 +14,8 @@ from ..vision.storage.results_store import CATALOG_FILE
 CATALOG_KEY = IMAGE_CATALOG
 MAX_GROUPS_SHOWN = 50
 FEED_AFTER, LISTED_AT = "feed_after_storage_id", "listed_at"
+# The catalogue's inputs: their materializations are the change feed a refresh follows.
+FEED = (SOURCE_IMAGES, QDRANT_INDEX)
 
 duplicates_check = dg.AssetCheckSpec(
     "no_duplicates",
@@ -28,7 +30,7 @@ def batches_materialized_since(instance: dg.DagsterInstance, after: int) -> tupl
     feed a refresh follows instead of listing every record. A stage writes its records before its materialization is
     stored, so what the feed names is on the store when it is read."""
     newest, changed = after, set()
-    for key in (SOURCE_IMAGES, QDRANT_INDEX):
+    for key in FEED:
         cursor = None
         while True:
             page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_storage_id=after or None),
@@ -45,7 +47,7 @@ def batches_materialized_since(instance: dg.DagsterInstance, after: int) -> tupl
 
 def newest_materialization(instance: dg.DagsterInstance) -> int:
     """The storage id of the newest materialization of the images or the index (0: none yet)."""
-    records = [record for key in (SOURCE_IMAGES, QDRANT_INDEX)
+    records = [record for key in FEED
                for record in instance.fetch_materializations(key, limit=1, ascending=False).records]
     return max((record.storage_id for record in records), default=0)
 
@@ -78,7 +80,7 @@ def refresh_after_new_results() -> dg.AutomationCondition:
 @dg.asset(
     key=CATALOG_KEY,
     automation_condition=refresh_after_new_results(),
-    deps=[SOURCE_IMAGES, QDRANT_INDEX],
+    deps=list(FEED),
     group_name="catalog",
     kinds={"pandas", "parquet"},
     check_specs=[duplicates_check],

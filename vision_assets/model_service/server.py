@@ -83,11 +83,10 @@ def build_server(options: ServiceOptions):
 
     from . import metrics
     from .api import CommitteeAPI
+    from .loop import WaitingBatchedLoop
 
     held = held_models()
     accelerator, devices = parse_devices(options.devices)
-    from .loop import WaitingBatchedLoop
-
     api = CommitteeAPI(max_batch_size=options.max_batch_size, batch_timeout=options.max_wait_seconds,
                        api_path=PREDICT_PATH, loop=WaitingBatchedLoop())
     server = ls.LitServer(api, accelerator=accelerator, devices=devices,

@@ -89,7 +89,7 @@ class S3ImageStore(ImageStore):
         and SQS), in botocore's adaptive retry mode: 5xx and slow-down answers, resets and stalls are retried with
         backoff, and the client slows its own rate while they last, at most `s3.max_attempts` attempts. Not botocore's
         defaults: the standard mode and 60 s timeouts (a stalled request would hold a thread that long)."""
-        from botocore.config import Config  # here: a run on a folder store never imports botocore
+        from botocore.config import Config  # here, beside boto3 (s3_connection.py): only S3 stores need it
 
         return self.s3.client(service, Config(retries={"mode": "adaptive", "max_attempts": self.s3.max_attempts},
                                               connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,

@@ -27,7 +27,7 @@ class S3Connection(dg.ConfigurableResource):
 
     def client(self, service: str, config: Any) -> Any:
         """A boto3 client for `service` (s3, sqs) with this endpoint, region and credentials."""
-        import boto3  # here, not at import: a run on a folder store never pays for boto3
+        import boto3  # here, not at import: a run on a folder store never imports boto3
 
         session = boto3.session.Session(profile_name=self.profile_name, aws_access_key_id=self.aws_access_key_id,
                                         aws_secret_access_key=self.aws_secret_access_key,

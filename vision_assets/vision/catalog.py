@@ -39,25 +39,18 @@ def _record_etags(results: ResultsStore) -> dict[str, dict[str, str]]:
     return etags
 
 
-def _row(results: ResultsStore, partition_key: str, etags: dict[str, str]) -> dict | None:
-    try:
-        source = results.read_source_record(partition_key)
-        labels = results.read(partition_key, LABELS, LabelsRecord) if "labels_etag" in etags else None
-        index = results.read(partition_key, INDEX, IndexRecord) if "index_etag" in etags else None
-    except ObjectMissing:
-        return None
-    if source is None:
-        return None
-    return _summarise(source, labels, index) | etags
-
-
-def _unlisted_row(results: ResultsStore, partition_key: str) -> dict | None:
-    """An image's row read without a listing: each record fetched if it exists, its etag from the fetch."""
+def _row(results: ResultsStore, partition_key: str, listed: dict[str, str] | None = None) -> dict | None:
+    """An image's row from its records, with their etags. `listed`: the etags a listing found, and only those records
+    are read (one gone since the listing: no row); None (no listing): each record read if it exists."""
     found: dict[str, tuple[str, bytes]] = {}
     for name, column in RECORDS.items():
+        if listed is not None and column not in listed:
+            continue
         try:
             version, data = results.store.get(results.key(partition_key, name))
         except ObjectMissing:
+            if listed is not None:
+                return None
             continue
         found[column] = (version.etag, data)
     if "source_etag" not in found:
@@ -136,7 +129,7 @@ def _refresh_changed(results: ResultsStore, keys: list[str], previous: pd.DataFr
     named = previous["partition_key"]
     kept = previous[named.isin(set(keys)) & ~named.isin(changed)]
     to_read = [key for key in keys if key in changed]
-    fresh = [row for row in each_image(lambda k: _unlisted_row(results, k), to_read, threads) if row]
+    fresh = [row for row in each_image(lambda k: _row(results, k), to_read, threads) if row]
     frame = pd.concat([kept[COLUMNS], pd.DataFrame(fresh, columns=COLUMNS)], ignore_index=True) if fresh else \
         kept[COLUMNS].copy()
     frame = frame.sort_values("partition_key", ignore_index=True)
