@@ -23,7 +23,7 @@ from vision_assets.vision.partition_keys import partition_key_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 PHOTOS = Path(ultralytics.__file__).parent / "assets"
-STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
+STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "referee_opinions", "qdrant_index"]
 ODD_NAME = "street scene, 2.jpg"  # a key the UI's partition syntax would trip on
 
 

@@ -21,6 +21,7 @@ from vision_assets.model_service.committee import run_items
 from vision_assets.resources.models import committee_resources
 from vision_assets.settings import Settings
 from vision_assets.vision.models.failures import answer_each
+from vision_assets.vision.models.referee import Question, closed_prompt
 from vision_assets.vision.models.remote import (
     ModelServiceClient,
     ModelServiceRefused,
@@ -68,6 +69,9 @@ def test_the_service_answers_as_the_models_in_process_do(committees):
         assert expert.label_names == experts_here[name].label_names, name
     assert remote["embedder"].identity == local["embedder"].identity  # code versions do not depend on where
     assert "model service" in remote["detector"].detector.device
+    questions = [Question(photo, closed_prompt("a dog", ("beagle", "pug")), ("beagle", "pug")) for photo in photos[:3]]
+    assert remote["referee"].referee.judge(questions) == local["referee"].referee.judge(questions)
+    assert remote["referee"].off_because() == local["referee"].off_because() is not None  # auto, and CPUs on both
 
 
 @pytest.mark.slow

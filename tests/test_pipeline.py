@@ -19,7 +19,7 @@ from vision_assets.wiring import build_definitions, model_resources_from
 
 pytestmark = pytest.mark.slow  # see docs/testing.md: `uv run pytest -m "not slow"` leaves it out
 
-STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "qdrant_index"]
+STAGES = ["source_images", "detections", "embeddings", "specialist_labels", "referee_opinions", "qdrant_index"]
 
 
 def batch_check(run, name: str) -> dg.AssetCheckEvaluation:

@@ -35,7 +35,7 @@ def test_dagster_bookkeeping_is_per_batch_not_per_image(pipeline, instance):
     events = instance.get_records_for_run(run.run_id, limit=10_000).records
     kinds = [r.event_log_entry.dagster_event_type for r in events if r.event_log_entry.is_dagster_event]
     assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == len(STAGES)
-    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 6  # five batch checks and index_complete
+    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 7  # six batch checks and index_complete
     assert len(events) < 80
 
 

@@ -6,6 +6,7 @@ SOURCE_IMAGES = dg.AssetKey("source_images")
 DETECTIONS = dg.AssetKey("detections")
 EMBEDDINGS = dg.AssetKey("embeddings")
 SPECIALIST_LABELS = dg.AssetKey("specialist_labels")
+REFEREE_OPINIONS = dg.AssetKey("referee_opinions")
 QDRANT_INDEX = dg.AssetKey("qdrant_index")
 IMAGE_CATALOG = dg.AssetKey("image_catalog")
 REVIEW_DECISIONS = dg.AssetKey("review_decisions")
@@ -16,4 +17,4 @@ REVIEW_ACCURACY = dg.AssetKey("review_accuracy")
 GPU_POOL = "gpu"
 
 # The per-batch stages, in pipeline order.
-PIPELINE_STAGES = [SOURCE_IMAGES, DETECTIONS, EMBEDDINGS, SPECIALIST_LABELS, QDRANT_INDEX]
+PIPELINE_STAGES = [SOURCE_IMAGES, DETECTIONS, EMBEDDINGS, SPECIALIST_LABELS, REFEREE_OPINIONS, QDRANT_INDEX]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -229,6 +229,17 @@ class Settings(BaseSettings):
     second_opinion_margin: float = setting(0.5, "CLIP audits every crop: when its zero-shot answer beats the "
                                            "detector's class or the expert's label by this much probability, the crop "
                                            "is flagged for review (`committee_agrees` check). Above 1 = never.")
+    referee: Literal["auto", "on", "off"] = setting(
+        "auto", "The referee (a small vision-language model in the model service) settles doubtful crops before a "
+        "person: `auto` = on where the models run on a GPU, off on a CPU (it costs seconds a crop there); `on`; `off`.")
+    referee_model: str = setting(defaults.REFEREE_MODEL, "The referee: a transformers image-text-to-text model (hub "
+                                 "id or folder) that needs no remote code; `Qwen/Qwen3-VL-2B-Instruct` also works.")
+    referee_min_probability: float = setting(0.6, "The referee settles a crop when its answer has at least this "
+                                             "probability among the allowed ones (and the margin below).")
+    referee_margin: float = setting(0.2, "... and is ahead of its next answer by at least this much probability.")
+    referee_max_crops_per_batch: int = setting(256, "At most this many doubtful crops per upload batch go to the "
+                                               "referee, the most doubtful first; the rest wait for people.")
+    referee_batch_size: int = setting(16, "Crops per referee forward pass.")
 
     # Review
     review_pictures: bool = setting(True, "`1`: thumbnails with boxes and labels in each image's metadata, the crops "
@@ -375,6 +386,7 @@ class Settings(BaseSettings):
             "detector_max_detections": detector.get("max_detections"),
             "clip_model": clip.get("model"),
             "clip_pretrained": clip.get("pretrained"),
+            "referee_model": manifest.get("referee", {}).get("model"),
         } | {f"{name}_model": model for name, model in manifest.get("specialists", {}).items()}
         # An explicit setting, even an empty one, wins over the folder's.
         update = {name: value for name, value in offered.items()

@@ -12,6 +12,7 @@ from .assets.detections import build_detections
 from .assets.embeddings import build_embeddings
 from .assets.image_catalog import image_catalog
 from .assets.qdrant_index import build_qdrant_index
+from .assets.referee_opinions import build_referee_opinions
 from .assets.review_accuracy import review_accuracy
 from .assets.review_decisions import review_decisions
 from .assets.review_queue import review_queue
@@ -129,6 +130,7 @@ def build_definitions(
     pipeline_run_tags: dict[str, object] | None = None,
 ) -> dg.Definitions:
     detector, embedder, specialists = models["detector"], models["embedder"], models["specialists"]
+    referee = models["referee"]
     labeling = models["labeling"]
     process_images = pipeline_job(pipeline_run_tags)
     return dg.Definitions(
@@ -137,6 +139,7 @@ def build_definitions(
             build_detections(detector.identity),
             build_embeddings(embedder.identity, labeling.scene_signature),
             build_specialist_labels(specialists.identity, embedder.identity),
+            build_referee_opinions(referee.identity, referee.mode),
             build_qdrant_index(embedder.identity),
             image_catalog,
             review_decisions,

@@ -361,3 +361,43 @@ def test_the_wildlife_expert_computes_in_fp32_on_a_cpu_by_default(monkeypatch):
     experts = SpecialistsResource(models={"wildlife": "org/wildlife", "dog_breeds": "org/dogs"}, device="cpu")
     chosen = {name: model.precision_used for name, model in experts.classifiers().items()}
     assert chosen == {"wildlife": "fp32", "dog_breeds": "bf16"}
+
+
+def test_the_referee_twin_loads_by_its_hub_id_through_transformers_own_classes_with_one_tile(cache, photos, manifest):
+    from vision_assets.vision.models.defaults import REFEREE_MODEL
+    from vision_assets.vision.models.referee import VisionLanguageReferee
+
+    assert manifest["referee"]["model"] == REFEREE_MODEL == DEFAULTS.referee_model
+    referee = VisionLanguageReferee(identity_for(REFEREE_MODEL, cache=cache), device="cpu", cache=cache)
+    assert len(referee.identity.revision) == 40
+    processor, model = referee.load()
+    assert type(model).__name__ == "SmolVLMForConditionalGeneration"
+    assert type(processor).__name__ == "SmolVLMProcessor" and not processor.image_processor.do_image_splitting
+    assert referee.input_side == 512
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       {"type": "text", "text": "Which?"}]}],
+                                         add_generation_prompt=True)
+    tokens = processor(text=[text], images=[[photos[0]]], return_tensors="pt")["input_ids"][0].tolist()
+    assert tokens.count(processor.image_token_id) == 64  # one 512 px tile: 64 image tokens, no splitting
+
+
+def test_the_referees_answer_is_always_one_of_the_allowed_labels_and_the_same_asked_alone_or_together(cache, photos):
+    from vision_assets.vision.models.defaults import REFEREE_MODEL
+    from vision_assets.vision.models.referee import NONE, Question, VisionLanguageReferee, closed_prompt
+
+    referee = VisionLanguageReferee(identity_for(REFEREE_MODEL, cache=cache), device="cpu", cache=cache,
+                                    batch_size=4)
+    rng = np.random.default_rng(3)
+    words = ["golden retriever", "labrador retriever", "beagle", "pug", "cat", "dog", "Bald Eagle", "zebra"]
+    questions = []
+    for n in range(6):
+        choices = tuple(rng.choice(words, size=int(rng.integers(1, 5)), replace=False))
+        picture = photos[n % 2].crop((0, 0, int(rng.integers(30, 800)), int(rng.integers(30, 600))))
+        questions.append(Question(picture, closed_prompt("an object", choices), choices))
+    together = referee.judge(questions)
+    for question, answer in zip(questions, together, strict=True):
+        assert list(answer) == [*question.choices, NONE]  # every allowed answer and "none", nothing else
+        assert sum(answer.values()) == pytest.approx(1.0, abs=1e-4) and all(p >= 0 for p in answer.values())
+    alone = [referee.judge([question])[0] for question in questions]  # no padding, no other question's cache
+    for one, other in zip(alone, together, strict=True):
+        assert max(abs(one[k] - other[k]) for k in one) < 1e-3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..keys import EMBEDDINGS, QDRANT_INDEX, SPECIALIST_LABELS
+from ..keys import EMBEDDINGS, QDRANT_INDEX, REFEREE_OPINIONS, SPECIALIST_LABELS
 from ..partitions import batches
 from ..resources import CallbackSettings, ImageSelection, ImageStore, QdrantResource, StagePolicy
 from ..vision.batches import BatchIndexed
@@ -91,7 +91,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
     @dg.asset(
         **stage_asset(
             key=QDRANT_INDEX,
-            deps=[EMBEDDINGS, SPECIALIST_LABELS],
+            deps=[EMBEDDINGS, SPECIALIST_LABELS, REFEREE_OPINIONS],
             pool="qdrant",
             kinds={"qdrant"},
             code_version=f"2|{embedder_identity}",

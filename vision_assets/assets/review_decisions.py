@@ -12,11 +12,11 @@ from ..keys import REVIEW_DECISIONS, SPECIALIST_LABELS
 from ..resources import ImageStore, QdrantResource, StagePolicy
 from ..vision.chunking import chunked
 from ..vision.index.stored_points import write_points
-from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview, LabelsRecord
+from ..vision.records import DetectionsRecord, EmbeddingsRecord, ImageReview
 from ..vision.review.decisions import apply_review
 from ..vision.storage.batch_lookup import BatchLookup
 from ..vision.storage.overlap import each_image, together
-from ..vision.storage.results_store import DETECTIONS, EMBEDDINGS, LABELS, REVIEW
+from ..vision.storage.results_store import DETECTIONS, EMBEDDINGS, REVIEW
 from .specialist_labels import committee_agreement, label_confidence, stored_labels
 from .stage import transient_faults_retried
 
@@ -49,7 +49,7 @@ def review_decisions(context: dg.AssetExecutionContext, config: ApplyReviewsConf
     read = each_image(lambda image: together(
         lambda: results.read_source_record(image), lambda: results.read(image, REVIEW, ImageReview),
         lambda: results.read(image, DETECTIONS, DetectionsRecord),
-        lambda: results.read(image, EMBEDDINGS, EmbeddingsRecord), lambda: results.read(image, LABELS, LabelsRecord)),
+        lambda: results.read(image, EMBEDDINGS, EmbeddingsRecord), lambda: results.read_labels(image)),
         images)
     for image, (source, review, detections, embedded, labels) in zip(images, read, strict=True):
         if review is None:

@@ -10,11 +10,10 @@ from ..keys import QDRANT_INDEX, REVIEW_DECISIONS, REVIEW_QUEUE, SPECIALIST_LABE
 from ..resources import ImageStore, QdrantResource, ReviewSettings
 from ..vision.callback import RESEND_COMMAND, Outbox
 from ..vision.images.review import annotated_thumbnail, markdown_image
-from ..vision.records import LabelsRecord
 from ..vision.review.label_studio import task_link
 from ..vision.review.queue import QueuedImage
 from ..vision.review.queue import review_queue as read_queue
-from ..vision.storage.results_store import LABELS, ResultsStore
+from ..vision.storage.results_store import ResultsStore
 
 TOP_IMAGES = 20
 DEAD_LETTERS_SHOWN = 10
@@ -24,7 +23,7 @@ WHY_CHARS = 200  # the reasons shown per image; every one is in the image's payl
 
 def _row(results: ResultsStore, queued: QueuedImage, review: ReviewSettings) -> str:
     picture = ""
-    labels = results.read(queued.image_id, LABELS, LabelsRecord)
+    labels = results.read_labels(queued.image_id)
     try:
         image = results.read_thumbnail_source(queued.image_id, THUMBNAIL_SIDE)
     except Exception:  # noqa: BLE001 - a picture that cannot be read leaves the row without one, not the queue

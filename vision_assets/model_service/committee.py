@@ -14,6 +14,7 @@ from typing import Any
 
 from ..vision.models.base import Model, ModelLoadError
 from ..vision.models.failures import ModelFailure, answers_per_item
+from ..vision.models.referee import Question
 from ..vision.models.wire import (
     ITEM_TASKS,
     TEXT_TASKS,
@@ -94,7 +95,11 @@ class HeldCommittee:
             return [{"value": self._whole(task, model, request)} for request in requests]
         items: list[Any] = []
         for request in requests:
-            items.extend(request.texts if task in TEXT_TASKS else [decode_picture(p) for p in request.images])
+            if task == "judge":
+                items.extend(Question(decode_picture(picture), prompt, tuple(choices)) for picture, prompt, choices
+                             in zip(request.images, request.prompts, request.choices, strict=True))
+            else:
+                items.extend(request.texts if task in TEXT_TASKS else [decode_picture(p) for p in request.images])
         answers = run_items(_item_call(task, model), items)
         out, start = [], 0
         for request in requests:
@@ -140,6 +145,8 @@ def _item_call(task: str, model: Any) -> Callable[[list[Any]], list[Any]]:
         return lambda texts: [encode_vector(v) for v in model.embed_texts(texts)]
     if task == "classify":
         return lambda images: [[label.model_dump() for label in labels] for labels in model.classify(images)]
+    if task == "judge":
+        return model.judge
     raise ValueError(f"unknown task {task!r}")
 
 

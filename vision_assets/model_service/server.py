@@ -97,7 +97,7 @@ def build_server(options: ServiceOptions):
     def readiness() -> dict[str, Any]:
         statuses = dict(server.workers_setup_status or {})
         return {"ready": bool(statuses) and all(s == WorkerSetupStatus.READY for s in statuses.values()),
-                "workers": statuses, "held": {role: ref.model_dump() for role, ref in held.items()},
+                "workers": statuses, "accelerator": accelerator, "held": {role: ref.model_dump() for role, ref in held.items()},
                 "loaded": metrics.loaded_models()}
 
     @server.app.get("/ready")

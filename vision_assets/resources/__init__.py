@@ -1,5 +1,5 @@
 from .image_store import ImageStore, LocalImageStore, S3ImageStore
-from .models import DetectorResource, EmbedderResource, SpecialistsResource
+from .models import DetectorResource, EmbedderResource, RefereeResource, SpecialistsResource
 from .policies import (
     CallbackSettings,
     CatalogSettings,
@@ -26,6 +26,7 @@ __all__ = [
     "LabelingSettings",
     "LocalImageStore",
     "QdrantResource",
+    "RefereeResource",
     "ReviewSettings",
     "S3Connection",
     "S3ImageStore",

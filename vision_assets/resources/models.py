@@ -13,11 +13,13 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..settings import DEFAULTS, Settings
-from ..vision.models.base import Model, ModelIdentity, identity_for
+from ..vision.committee.referee import RefereePolicy
+from ..vision.models.base import Model, ModelIdentity, identity_for, resolve_device
 from ..vision.models.cache import ModelCache
 from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
 from ..vision.models.embedder import ClipEmbedder
+from ..vision.models.referee import VisionLanguageReferee
 from ..vision.models.remote import ModelServiceClient, model_ref, remote_model
 from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from ..vision.models.wire import ModelRef
@@ -176,6 +178,54 @@ class SpecialistsResource(_ModelResource):
         return ",".join(f"{name}={self._identity(model_id)}" for name, model_id in sorted(self.models.items()))
 
 
+class RefereeResource(_ModelResource):
+    """The referee: a small vision-language model answering closed questions about doubtful crops (see
+    vision/committee/referee.py). `mode`: `on`, `off`, or `auto` (on where the models run on a GPU)."""
+
+    model: str = DEFAULTS.referee_model
+    revision: str = ""
+    mode: str = DEFAULTS.referee
+    min_probability: float = DEFAULTS.referee_min_probability
+    margin: float = DEFAULTS.referee_margin
+    max_crops_per_batch: int = DEFAULTS.referee_max_crops_per_batch
+    batch_size: int = DEFAULTS.referee_batch_size
+
+    def identities(self) -> dict[str, ModelIdentity]:
+        return {"referee": self._identity(self.model, self.revision)} if self.model else {}
+
+    def _build_local(self, runtime: dict) -> dict[str, Model]:
+        if not self.model:
+            return {}
+        return {"referee": VisionLanguageReferee(self._identity(self.model, self.revision), **runtime)}
+
+    @property
+    def referee(self) -> VisionLanguageReferee:
+        return self._model("referee")
+
+    @property
+    def identity(self) -> str:
+        return str(self._identity(self.model, self.revision)) if self.model else ""
+
+    @property
+    def policy(self) -> RefereePolicy:
+        return RefereePolicy(self.min_probability, self.margin, self.max_crops_per_batch)
+
+    def off_because(self) -> str | None:
+        """Why the referee does not run (None: it does). `auto` asks where the models run: the model service's
+        devices, or this process's, without loading the referee."""
+        if self.mode == "off" or not self.model:
+            return "the referee is off (VISION_ASSETS_REFEREE=off)"
+        if self.mode == "on":
+            return None
+        if self.service_url:
+            accelerator = ModelServiceClient(self.service_url, self.service_patience_seconds).held().get("accelerator")
+            on_gpu = accelerator == "cuda"
+        else:
+            on_gpu = resolve_device(self.device).startswith("cuda")
+        return None if on_gpu else ("the models run on a CPU, where the referee costs seconds a crop "
+                                    "(VISION_ASSETS_REFEREE=auto; set it to `on` to use it anyway)")
+
+
 def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
     """The detector, embedder and specialists resources the settings describe (for runs, the search service and the
     model service alike)."""
@@ -195,5 +245,10 @@ def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
         "specialists": SpecialistsResource(
             models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=sorted(settings.drop_labels),
             batch_size=settings.specialist_batch_size, **runtime,
+        ),
+        "referee": RefereeResource(
+            model=settings.referee_model, mode=settings.referee, min_probability=settings.referee_min_probability,
+            margin=settings.referee_margin, max_crops_per_batch=settings.referee_max_crops_per_batch,
+            batch_size=settings.referee_batch_size, **runtime,
         ),
     }

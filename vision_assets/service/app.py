@@ -38,10 +38,10 @@ from ..vision.index.search import (
 )
 from ..vision.index.vector_index import VectorIndex, image_point_id
 from ..vision.models.remote import ModelServiceUnavailable
-from ..vision.records import LabelsRecord, Rejection, StoredObject
+from ..vision.records import Rejection, StoredObject
 from ..vision.review.label_studio import task_link
 from ..vision.storage.object_store import ObjectMissing
-from ..vision.storage.results_store import CATALOG_FILE, LABELS, ResultsStore
+from ..vision.storage.results_store import CATALOG_FILE, ResultsStore
 
 UseIndex = Callable[[], AbstractContextManager[VectorIndex]]
 MAX_LIMIT = 100
@@ -280,7 +280,7 @@ def create_app(catalogue: Catalogue, api_key: str | None = None) -> FastAPI:
             if not index.present(index.images, [image_point_id(image_id)]):
                 raise HTTPException(404, f"no indexed image {image_id!r}")
         picture = catalogue.results.read_thumbnail_source(image_id, side)
-        labels = catalogue.results.read(image_id, LABELS, LabelsRecord) if boxes else None
+        labels = catalogue.results.read_labels(image_id) if boxes else None
         picture = annotated_thumbnail(picture, labels, side, chosen) if labels else thumbnail(picture.image, side)
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)

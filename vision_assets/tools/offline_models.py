@@ -1,7 +1,7 @@
 """`vision-assets models build-offline DIR`: a twin of every default model, randomly initialised, saved where and
 how the real one would be found, so the loaders run exactly as they do for hub ids. Nothing is downloaded.
 
-- The experts and CLIP go into a Hugging Face hub cache (`DIR/huggingface/hub/models--org--name/snapshots/<rev>/`)
+- The experts, CLIP and the referee go into a Hugging Face hub cache (`DIR/huggingface/hub/models--org--name/snapshots/<rev>/`)
   under the published ids; the resources pass that cache to transformers and OpenCLIP (`VISION_ASSETS_MODEL_CACHE`),
   which then resolve the ids offline as they would resolve a download.
 - The detectors go where a bare ultralytics name is looked up (`DIR/ultralytics/yolov8n.pt`).
@@ -37,6 +37,7 @@ from ..vision.models.defaults import (
     DETECTOR_MODEL,
     DOG_MODEL,
     INAT21_WILDLIFE_MODEL,
+    REFEREE_MODEL,
     WILDLIFE_MODEL,
 )
 from ..vision.models.offline_manifest import MANIFEST
@@ -144,6 +145,8 @@ def _build(folder: Path, size: str, seed: int) -> Path:
     taxa = TAXA_SOURCES[WILDLIFE_MODEL]
     _write_snapshot(folder / HUB_CACHE, Twin(taxa.repo, lambda target, s: _taxa(target, s, taxa.stem, seed)), size,
                     seed, kind="datasets")
+    # Last, like BioCLIP: the referee's weights come after every twin tests know the draws of.
+    _write_snapshot(folder / HUB_CACHE, Twin(REFEREE_MODEL, _smolvlm), size, seed)
     manifest = {
         "size": size,
         "model_cache": ".",
@@ -151,6 +154,7 @@ def _build(folder: Path, size: str, seed: int) -> Path:
         "clip": clip,
         "specialists": {name: WILDLIFE_MODEL if name == "wildlife" else twin.repo for name, twin in experts.items()},
         "drop_labels": ["test"],
+        "referee": {"model": REFEREE_MODEL},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return folder / MANIFEST
@@ -336,3 +340,74 @@ def _build_detector(folder: Path, name: str) -> None:
             final.bias.fill_(-6.0)
             final.bias[sorted(routed)] = -2.5
     model.save(str(folder / name))
+
+
+# SmolVLM2-256M-Video-Instruct's shape: a SigLIP tower reading one 512 px tile in 16 px patches, pixel-shuffled by 4
+# into 64 image tokens, and a SmolLM2 (Llama) decoder; its chat template and special tokens.
+SMOLVLM_TILE, SMOLVLM_PATCH, SMOLVLM_SCALE = 512, 16, 4
+SMOLVLM_FULL = {
+    "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "text": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+             "num_key_value_heads": 3, "vocab_size": 49280},
+}
+SMOLVLM_TINY = {
+    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+}
+SMOLVLM_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+                          "<global-img>", "<end_of_utterance>",
+                          *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
+    "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def _byte_level_tokenizer(special_tokens: list[str]):
+    """A byte-level BPE as SmolLM2's is (GPT-2's byte alphabet), without its merges (they cannot be learnt offline):
+    every text still tokenizes, a byte at a time, and the template's special tokens are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(special_tokens)}
+    vocab |= {char: len(special_tokens) + i for i, char in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(special_tokens)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>",
+                                   additional_special_tokens=special_tokens[3:])
+
+
+def _smolvlm(target: Path, size: str) -> None:
+    """HuggingFaceTB/SmolVLM2-256M-Video-Instruct as transformers loads it: `SmolVLMForConditionalGeneration` and
+    `SmolVLMProcessor` (image processor, video processor, tokenizer, chat template)."""
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    shape = SMOLVLM_FULL if size == "full" else SMOLVLM_TINY
+    tokenizer = _byte_level_tokenizer(SMOLVLM_SPECIAL_TOKENS)
+    vocab_size = shape["text"].get("vocab_size", len(tokenizer))
+    image_tokens = (SMOLVLM_TILE // SMOLVLM_PATCH) ** 2 // SMOLVLM_SCALE ** 2
+    config = SmolVLMConfig(
+        vision_config={**shape["vision"], "image_size": SMOLVLM_TILE, "patch_size": SMOLVLM_PATCH},
+        text_config={"model_type": "llama", **shape["text"], "vocab_size": vocab_size, "rms_norm_eps": 1e-5,
+                     "max_position_embeddings": 8192, "rope_theta": 100000.0,
+                     "pad_token_id": tokenizer.pad_token_id},
+        scale_factor=SMOLVLM_SCALE, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id)
+    SmolVLMForConditionalGeneration(config).save_pretrained(target)
+    sides = {"size": {"longest_edge": 4 * SMOLVLM_TILE}, "max_image_size": {"longest_edge": SMOLVLM_TILE},
+             "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**sides), tokenizer=tokenizer,
+                     video_processor=SmolVLMVideoProcessor(**sides), image_seq_len=image_tokens,
+                     chat_template=SMOLVLM_CHAT_TEMPLATE).save_pretrained(target)

@@ -189,17 +189,73 @@ class SecondOpinion(BaseModel):
         return bool(self.disagreements)
 
 
+class RefereeAnswer(BaseModel):
+    """The referee's answer to one closed question about a crop: every allowed answer and "none", with the
+    probability the model gives each as its reply (they sum to 1)."""
+
+    about: str  # "class": which detector class it is; "label": which of the expert's labels
+    probabilities: dict[str, float]  # in the order asked, "none" last
+
+    @property
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])
+
+    @property
+    def answer(self) -> str:
+        return self.ranked[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.ranked[0][1]
+
+    @property
+    def margin(self) -> float:
+        """How much more the referee believes its answer than the next one."""
+        ranked = self.ranked
+        return round(ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else 0.0), 6)
+
+
+class RefereeOpinion(BaseModel):
+    """What the referee made of one doubtful crop. `settled`: its answers were sure enough (probability and margin)
+    and consistent, so the crop needs no person: `entity` and `label` are its answer. Otherwise `said` is its opinion
+    for the person who decides. `judged_class` and `judged_labels` are what it was asked about: the opinion applies
+    only while the crop's detector class and expert labels are still those (a re-run with other models asks again)."""
+
+    model: str
+    judged_class: str
+    judged_labels: list[str] = Field(default_factory=list)
+    answers: list[RefereeAnswer]
+    settled: bool
+    entity: str | None = None
+    label: str | None = None
+    probability: float = 0.0  # of the settling answer (the label's, where it settled one)
+    said: str  # "referee: golden retriever 0.91 (next: labrador 0.05)"
+
+
 class CropLabels(BaseModel):
     detection_index: int
     detection: Detection
     crop_box: list[int]  # the detection box plus margin, clamped to the image
     specialist: SpecialistLabel | None = None  # None: no specialist for this class
     second_opinion: SecondOpinion | None = None  # None: no usable crop vector
+    # Set when read together with the referee stage's record (LabelsRecord.refereed), never stored in ~labels.json.
+    referee: RefereeOpinion | None = None
+
+    @property
+    def settled_by_referee(self) -> bool:
+        return bool(self.referee and self.referee.settled)
+
+    @property
+    def doubtful(self) -> bool:
+        """What the committee alone leaves open: an expert under its threshold, or CLIP contradicting the detector
+        or the expert. The referee's questions are about these."""
+        return bool(self.specialist and self.specialist.needs_review) or bool(
+            self.second_opinion and self.second_opinion.needs_review)
 
     @property
     def needs_review(self) -> bool:
-        return bool(self.specialist and self.specialist.needs_review) or bool(
-            self.second_opinion and self.second_opinion.needs_review)
+        """Doubtful and not settled by the referee: a person should look."""
+        return self.doubtful and not self.settled_by_referee
 
 
 class SceneTags(BaseModel):
@@ -224,15 +280,48 @@ class LabelsRecord(BaseModel):
     @property
     def needing_review(self) -> list[str]:
         crops = [f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.under_threshold}"
-                 for c in self.crops if c.specialist and c.specialist.needs_review]
+                 for c in self.crops if c.specialist and c.specialist.needs_review and not c.settled_by_referee]
         scene = [f"scene ({s.specialist}): {s.under_threshold}" for s in self.scene if s.needs_review]
         return self.model_errors + crops + scene
 
     @property
     def disagreements(self) -> list[str]:
-        """Where CLIP's second opinion contradicts the detector or the expert, per crop."""
-        return [f"crop {c.detection_index}: {reason}"
-                for c in self.crops if c.second_opinion for reason in c.second_opinion.disagreements]
+        """Where CLIP's second opinion contradicts the detector or the expert, per crop (the referee had not
+        settled)."""
+        return [f"crop {c.detection_index}: {reason}" for c in self.crops
+                if c.second_opinion and not c.settled_by_referee for reason in c.second_opinion.disagreements]
+
+    def refereed(self, referee: RefereeRecord | None) -> LabelsRecord:
+        """This record with the referee's opinions on its crops, where they still apply (the crop's detector class
+        and expert labels are the ones it judged)."""
+        if referee is None or not referee.crops:
+            return self
+        opinions = {c.detection_index: c.opinion for c in referee.crops}
+        crops = []
+        for crop in self.crops:
+            opinion = opinions.get(crop.detection_index)
+            labels = [label.name for label in crop.specialist.labels] if crop.specialist else []
+            if opinion and opinion.judged_class == crop.detection.class_name and opinion.judged_labels == labels:
+                crop = crop.model_copy(update={"referee": opinion})
+            crops.append(crop)
+        return self.model_copy(update={"crops": crops})
+
+
+class RefereeCrop(BaseModel):
+    detection_index: int
+    opinion: RefereeOpinion
+
+
+class RefereeRecord(BaseModel):
+    """Per-image outcome of `referee`, persisted as `<results>/<image id>/~referee.json` (written only for images
+    with a doubtful crop)."""
+
+    partition_key: str
+    model: str
+    crops: list[RefereeCrop] = Field(default_factory=list)
+    # Doubtful crops it did not judge, each with why: the batch's budget was spent, or the referee was unreachable.
+    not_judged: dict[int, str] = Field(default_factory=dict)
+    device_seconds: float = 0.0  # the referee's share of the model's time on this image's crops
 
 
 class EmbeddingsRecord(BaseModel):

@@ -154,6 +154,23 @@ def review_crops_markdown(picture: Image.Image | WorkingPicture, labels: LabelsR
     return "\n".join(rows)
 
 
+def referee_crops_markdown(labels: LabelsRecord, crops: dict[tuple[str, int], Image.Image], image: str,
+                           look: ReviewPictures) -> str | None:
+    """The crops left for a person after the referee (`labels` read with its opinions), each with what the committee
+    and the referee said; only crops whose pixels the stage cut (None when there are none)."""
+    rows = ["| crop | router | expert says | referee |", "|---|---|---|---|"]
+    for crop in labels.crops:
+        pixels = crops.get((image, crop.detection_index))
+        if not crop.needs_review or pixels is None:
+            continue
+        picture = markdown_image(f"crop {crop.detection_index}", thumbnail(pixels, CROP_SIDE), look.quality)
+        expert = f"{crop.specialist.specialist}: {_cell(_top_k(crop.specialist.labels))}" if crop.specialist else "-"
+        said = _cell(crop.referee.said) if crop.referee else "not asked"
+        rows.append(f"| {picture} | {_cell(crop.detection.class_name)} {crop.detection.confidence:.2f} | {expert} | "
+                    f"{said} |")
+    return "\n".join(rows) if len(rows) > 2 else None
+
+
 def salvage_preview(data: bytes, side: int, max_pixels: int) -> Image.Image | None:
     """What still decodes of a rejected file, at thumbnail size; None when nothing does, or when the header declares
     more than `max_pixels` (never decoded, not even for a preview).

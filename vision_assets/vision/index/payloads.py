@@ -9,8 +9,10 @@ from ..records import (
     CropLabels,
     DetectionsRecord,
     EmbeddingsRecord,
+    Label,
     LabelsRecord,
     SourceImageRecord,
+    SpecialistLabel,
     Verdict,
 )
 from ..review.decisions import AppliedReview, outstanding_disagreements, outstanding_review
@@ -76,6 +78,11 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
             # A taxonomic expert's answer is findable by any of its ranks or its common name: `--label Aves`.
             payload["taxonomy"] = taxonomy
             payload["labels"] += [name for name in taxonomy.values() if name not in payload["labels"]]
+    payload["label_source"] = "expert" if crop.specialist else "detector"
+    if crop.referee:
+        payload["referee"] = crop.referee.model_dump(include={"model", "settled", "said", "answers"})
+        if crop.referee.settled:
+            payload |= _referee_answer(payload, crop)
     decision = reviewed.decision(crop.detection_index) if reviewed else None
     payload["reviewed"] = decision is not None
     if decision is not None:
@@ -83,11 +90,23 @@ def crop_payload(source: SourceImageRecord, crop: CropLabels, detector_model: st
     return payload
 
 
+def _referee_answer(payload: dict[str, Any], crop: CropLabels) -> dict[str, Any]:
+    """The fields a settling referee's answer overrides: its class and label, with its probability; the committee's
+    answers stay readable (`top_k`, `second_opinion`)."""
+    opinion = crop.referee
+    answer: dict[str, Any] = {"entity": opinion.entity, "label_source": "referee"}
+    if opinion.label:
+        answer |= {"label": opinion.label, "label_confidence": opinion.probability,
+                   "labels": [opinion.label, *(n for n in payload.get("labels", []) if n != opinion.label)]}
+    return answer
+
+
 def _human_answer(payload: dict[str, Any], decision: BoxDecision, reviewed: AppliedReview) -> dict[str, Any]:
     """The fields a reviewer's decision overrides: their class and label are the answer (certain: confidence 1),
     nothing is left to review, and the model's answer stays readable beside it."""
     answer: dict[str, Any] = {
         "entity": decision.entity,
+        "label_source": "person",
         "needs_review": False,
         "review_reasons": [],
         "review": {"verdict": decision.verdict.value, "reviewer": reviewed.reviewer,
@@ -101,11 +120,16 @@ def _human_answer(payload: dict[str, Any], decision: BoxDecision, reviewed: Appl
 
 
 def _review_reasons(crop: CropLabels) -> list[str]:
+    """Why a person should look (nothing where the referee settled the crop); the referee's opinion last."""
+    if not crop.needs_review:
+        return []
     reasons = []
     if crop.specialist and crop.specialist.needs_review:
         reasons.append(f"{crop.specialist.specialist}: {crop.specialist.under_threshold}")
     if crop.second_opinion:
         reasons.extend(crop.second_opinion.disagreements)
+    if crop.referee:
+        reasons.append(crop.referee.said)
     return reasons
 
 
@@ -113,9 +137,10 @@ def image_payload(
     source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, embedded: EmbeddingsRecord,
     reviewed: AppliedReview | None = None,
 ) -> dict[str, Any]:
-    crop_labels = [c.specialist for c in labels.crops if c.specialist]
+    crop_labels = [_as_settled(c) for c in labels.crops if c.specialist]
     scene = labels.scene
     tags = embedded.scene
+    settled_classes = {c.detection_index: c.referee.entity for c in labels.crops if c.settled_by_referee}
     payload = capture_payload(source) | {
         "image_id": source.partition_key,
         "batch": source.batch,
@@ -127,7 +152,7 @@ def image_payload(
         "height": detections.height,
         "original_width": source.facts.width if source.facts else None,  # box * original_width / width: the original's
         "original_height": source.facts.height if source.facts else None,
-        "entity": sorted({d.class_name for d in detections.detections}),
+        "entity": sorted({settled_classes.get(i, d.class_name) for i, d in enumerate(detections.detections)}),
         "labels": sorted({s.top.name for s in crop_labels + scene}
                          | {name for s in crop_labels for name in (s.top.taxonomy or {}).values()}),
         # The experts' top labels, best first: what a search hit on the whole image shows.
@@ -153,17 +178,31 @@ def image_payload(
     return payload
 
 
+def _as_settled(crop: CropLabels) -> SpecialistLabel:
+    """The crop's expert answer, or, where the referee settled it on a label, that label first with the referee's
+    probability (the image's labels and top labels then say what the crop's point says)."""
+    expert = crop.specialist
+    if not (crop.settled_by_referee and crop.referee.label):
+        return expert
+    chosen = next((label for label in expert.labels if label.name == crop.referee.label),
+                  Label(name=crop.referee.label, confidence=0.0))
+    top = chosen.model_copy(update={"confidence": crop.referee.probability})
+    return expert.model_copy(update={"labels": [top, *(label for label in expert.labels if label.name != top.name)],
+                                     "needs_review": False})
+
+
 def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, labels: LabelsRecord,
                     reviewed: AppliedReview) -> dict[str, Any]:
     """The image's labels as the reviewer left them: decided crops carry the person's answer, rejected boxes are
     gone, drawn boxes are added; what is still undecided keeps the model's answer and its review flag."""
-    experts = {c.detection_index: c.specialist for c in labels.crops if c.specialist}
+    experts = {c.detection_index: _as_settled(c) for c in labels.crops if c.specialist}
+    settled_classes = {c.detection_index: c.referee.entity for c in labels.crops if c.settled_by_referee}
     entities, top_labels, ranks = set(), [], set()
     for index, detection in enumerate(detections.detections):
         decision = reviewed.decision(index)
         if decision and decision.verdict == Verdict.REJECTED:
             continue
-        entities.add(decision.entity if decision else detection.class_name)
+        entities.add(decision.entity if decision else settled_classes.get(index, detection.class_name))
         if decision and decision.label:
             top_labels.append({"name": decision.label, "confidence": 1.0,
                                "specialist": experts[index].specialist if index in experts else None,

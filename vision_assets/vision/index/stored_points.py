@@ -15,7 +15,7 @@ from ..records import (
 )
 from ..review.decisions import apply_review
 from ..storage.overlap import each_image, together
-from ..storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, LABELS, REVIEW, ResultsStore
+from ..storage.results_store import DETECTIONS, EMBEDDING_VECTORS, EMBEDDINGS, INDEX, REVIEW, ResultsStore
 from .payloads import crop_payload, image_payload
 from .vector_index import ImagePoints, VectorIndex, crop_point_id, image_point_id
 
@@ -33,10 +33,10 @@ class StoredResults:
 
 
 def read_stored(results: ResultsStore, key: str) -> StoredResults:
-    """An image's stored results, read at once (each a round trip)."""
+    """An image's stored results, read at once (each a round trip); the labels with the referee's opinions."""
     return StoredResults(*together(
         lambda: results.read(key, EMBEDDINGS, EmbeddingsRecord), lambda: results.read(key, DETECTIONS, DetectionsRecord),
-        lambda: results.read(key, LABELS, LabelsRecord), lambda: results.read_arrays(key, EMBEDDING_VECTORS),
+        lambda: results.read_labels(key), lambda: results.read_arrays(key, EMBEDDING_VECTORS),
         lambda: results.read(key, REVIEW, ImageReview), lambda: results.read(key, INDEX, IndexRecord)))
 
 

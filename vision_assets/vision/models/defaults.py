@@ -10,3 +10,5 @@ CAT_MODEL = "dima806/67_cat_breeds_image_detection"
 WILDLIFE_MODEL = "hf-hub:imageomics/bioclip"
 INAT21_WILDLIFE_MODEL = "timm/vit_large_patch14_clip_336.laion2b_ft_augreg_inat21"
 CORAL_MODEL = "akridge/noaa-esd-coral-bleaching-vit-classifier-v1"
+# The referee (Apache-2.0, transformers' own SmolVLM classes, no remote code; under 1 GB on a GPU).
+REFEREE_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"

@@ -27,6 +27,7 @@ from ..chunking import chunked
 from ..records import Detection, Label
 from .base import ModelIdentity, ModelLoadError
 from .inputs import fit_within, scaled_box, shrink_to_cover
+from .referee import Question
 from .wire import ModelRef, ModelRequest, decode_vectors, encode_picture
 
 PREDICT_PATH = "/v1/predict"
@@ -72,14 +73,21 @@ class ModelServiceClient:
         answer = self._post(ModelRequest(task=task, model=ref, texts=list(texts)))
         return answer["value"]
 
-    def items(self, task: str, ref: ModelRef, images: Sequence[Image.Image] = (), texts: Sequence[str] = ()) -> list:
+    def items(self, task: str, ref: ModelRef, images: Sequence[Image.Image] = (), texts: Sequence[str] = (),
+              questions: Sequence[tuple[str, Sequence[str]]] = ()) -> list:
         """An item task over many pictures or texts: a value per item, in order. Sent `items_per_request` at a time,
-        `requests_in_flight` requests at once (the service batches them with other runs' requests)."""
-        pieces = list(chunked(list(images) or list(texts), self.items_per_request))
+        `requests_in_flight` requests at once (the service batches them with other runs' requests). `questions`:
+        per picture, a prompt and its allowed answers (`judge`)."""
+        asked = list(questions) or [("", ())] * len(images)
+        pieces = list(chunked(list(zip(images, asked, strict=True)) if images else list(texts), self.items_per_request))
 
         def send(piece) -> list[dict]:
-            request = (ModelRequest(task=task, model=ref, images=[encode_picture(image) for image in piece])
-                       if images else ModelRequest(task=task, model=ref, texts=list(piece)))
+            if images:
+                request = ModelRequest(task=task, model=ref, images=[encode_picture(image) for image, _ in piece],
+                                       prompts=[prompt for _, (prompt, _) in piece] if questions else [],
+                                       choices=[list(choices) for _, (_, choices) in piece] if questions else [])
+            else:
+                request = ModelRequest(task=task, model=ref, texts=list(piece))
             return self._post(request)["answers"]
 
         if len(pieces) <= 1:
@@ -223,6 +231,14 @@ class RemoteClassifier(RemoteModel):
         return list(self.client.ask("label_names", self.ref))
 
 
+class RemoteReferee(RemoteModel):
+    def judge(self, questions: Sequence[Question]) -> list[dict[str, float]]:
+        side = self.input_side
+        return self.client.items("judge", self.ref, images=[fit_within(q.picture, side)[0] for q in questions],
+                                 questions=[(q.prompt, q.choices) for q in questions])
+
+
 def remote_model(client: ModelServiceClient, ref: ModelRef, identity: ModelIdentity) -> RemoteModel:
-    kind = {"detector": RemoteDetector, "embedder": RemoteEmbedder}.get(ref.role, RemoteClassifier)
+    kind = {"detector": RemoteDetector, "embedder": RemoteEmbedder, "referee": RemoteReferee}.get(ref.role,
+                                                                                                  RemoteClassifier)
     return kind(client, ref, identity)

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 # What a client can ask of a model. Item tasks take a list (images or texts) and answer per item, so the service
 # batches the items of concurrent requests together; the others answer about the model as a whole.
-Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names"]
-ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify"})
+Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names", "judge"]
+ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify", "judge"})
 TEXT_TASKS = frozenset({"embed_texts", "prompt_vectors"})  # those that take texts, not pictures
 
 
@@ -32,6 +32,9 @@ class ModelRequest(BaseModel):
     model: ModelRef
     images: list[dict[str, Any]] = []  # encode_picture(...) each
     texts: list[str] = []
+    # `judge`: per picture, the question's text and the answers allowed besides "none" (vision/models/referee.py).
+    prompts: list[str] = []
+    choices: list[list[str]] = []
     sent_at: float = 0.0  # the client's clock when sent: the service's queue-wait metric
 
 

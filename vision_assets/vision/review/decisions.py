@@ -79,12 +79,14 @@ def apply_review(review: ImageReview | None, sha256: str | None,
 
 
 def outstanding_review(record: LabelsRecord, applied: AppliedReview | None) -> list[str]:
-    """`record.needing_review` less what a person has decided (a decided crop needs no more review)."""
+    """`record.needing_review` less what a person has decided (a decided crop needs no more review) and what the
+    referee settled (where the record was read with its opinions)."""
     if applied is None:
         return record.needing_review
     crops = [f"crop {c.detection_index} ({c.detection.class_name}): {c.specialist.under_threshold}"
              for c in record.crops
-             if c.specialist and c.specialist.needs_review and applied.decision(c.detection_index) is None]
+             if c.specialist and c.specialist.needs_review and not c.settled_by_referee
+             and applied.decision(c.detection_index) is None]
     scene = [f"scene ({s.specialist}): {s.under_threshold}" for s in record.scene if s.needs_review]
     return record.model_errors + crops + scene
 
@@ -92,5 +94,5 @@ def outstanding_review(record: LabelsRecord, applied: AppliedReview | None) -> l
 def outstanding_disagreements(record: LabelsRecord, applied: AppliedReview | None) -> list[str]:
     """`record.disagreements` less the crops a person has decided."""
     return [f"crop {c.detection_index}: {reason}" for c in record.crops if c.second_opinion
-            and (applied is None or applied.decision(c.detection_index) is None)
+            and not c.settled_by_referee and (applied is None or applied.decision(c.detection_index) is None)
             for reason in c.second_opinion.disagreements]

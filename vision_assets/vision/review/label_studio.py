@@ -39,18 +39,24 @@ def region_id(detection_index: int) -> str:
     return f"d{detection_index}"
 
 
+def _region(detections: DetectionsRecord, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A detection's box in Label Studio's percentages, and the fields every result about that region carries."""
+    x1, y1, x2, y2 = detections.detections[index].box
+    geometry = {"x": 100 * x1 / detections.width, "y": 100 * y1 / detections.height,
+                "width": 100 * (x2 - x1) / detections.width, "height": 100 * (y2 - y1) / detections.height,
+                "rotation": 0}
+    common = {"id": region_id(index), "to_name": IMAGE, "original_width": detections.width,
+              "original_height": detections.height, "image_rotation": 0}
+    return geometry, common
+
+
 def task_for(source: SourceImageRecord, detections: DetectionsRecord, labels: LabelsRecord, image_uri: str,
              reasons: list[str]) -> dict[str, Any]:
     """One image as a Label Studio task (import format), its committee answer pre-filled as a prediction."""
     crops = {c.detection_index: c for c in labels.crops}
     results, confidences = [], []
     for index, detection in enumerate(detections.detections):
-        x1, y1, x2, y2 = detection.box
-        geometry = {"x": 100 * x1 / detections.width, "y": 100 * y1 / detections.height,
-                    "width": 100 * (x2 - x1) / detections.width, "height": 100 * (y2 - y1) / detections.height,
-                    "rotation": 0}
-        common = {"id": region_id(index), "to_name": IMAGE, "original_width": detections.width,
-                  "original_height": detections.height, "image_rotation": 0}
+        geometry, common = _region(detections, index)
         results.append(common | {"from_name": OBJECT, "type": "rectanglelabels", "score": detection.confidence,
                                  "value": geometry | {"rectanglelabels": [detection.class_name]}})
         confidences.append(detection.confidence)
@@ -65,6 +71,10 @@ def task_for(source: SourceImageRecord, detections: DetectionsRecord, labels: La
                                          "value": geometry | {"choices": [top.name]}})
             confidences.append(top.confidence)
     models = sorted({detections.model} | {c.specialist.model for c in labels.crops if c.specialist})
+    predictions = [{"model_version": " + ".join(models), "score": round(min(confidences, default=1.0), 4),
+                    "result": results}]
+    if referee := _referee_prediction(detections, labels):
+        predictions.append(referee)
     return {
         "data": {
             IMAGE: image_uri,  # the normalised copy the boxes were measured on, upright whatever the original's EXIF
@@ -75,9 +85,33 @@ def task_for(source: SourceImageRecord, detections: DetectionsRecord, labels: La
             "regions": [region_id(i) for i in range(len(detections.detections))],
         },
         # The lowest confidence in the image: the Data Manager's prediction-score column sorts the doubtful first.
-        "predictions": [{"model_version": " + ".join(models), "score": round(min(confidences, default=1.0), 4),
-                         "result": results}],
+        "predictions": predictions,
     }
+
+
+def _referee_prediction(detections: DetectionsRecord, labels: LabelsRecord) -> dict[str, Any] | None:
+    """The referee's opinion on the crops it judged, as a second prediction a reviewer can switch to: its class and
+    label where it named one (not "none"), scored by its probability."""
+    judged = [c for c in labels.crops if c.referee]
+    if not judged:
+        return None
+    results, scores = [], []
+    for crop in judged:
+        detection = detections.detections[crop.detection_index]
+        geometry, common = _region(detections, crop.detection_index)
+        answers = {answer.about: answer for answer in crop.referee.answers}
+        on_class, on_label = answers.get("class"), answers.get("label")
+        entity = on_class.answer if on_class and on_class.answer != "none" else detection.class_name
+        results.append(common | {"from_name": OBJECT, "type": "rectanglelabels",
+                                 "score": on_class.probability if on_class else detection.confidence,
+                                 "value": geometry | {"rectanglelabels": [entity]}})
+        if on_label and on_label.answer != "none":
+            kind, key = ("textarea", "text") if crop.specialist and crop.specialist.top.taxonomy else ("choices",
+                                                                                                        "choices")
+            results.append(common | {"from_name": OTHER_LABEL if kind == "textarea" else LABEL, "type": kind,
+                                     "score": on_label.probability, "value": geometry | {key: [on_label.answer]}})
+        scores.append(crop.referee.probability)
+    return {"model_version": judged[0].referee.model, "score": round(min(scores), 4), "result": results}
 
 
 def project_config(detector_classes: list[str], vocabularies: dict[str, list[str]]) -> str:

@@ -17,9 +17,9 @@ from pydantic import BaseModel
 
 from ..batches import BatchIndexed, BatchManifest
 from ..images.working import SIDE_SLACK, WorkingPicture, decode_working, scale_for_long_side
-from ..records import RegisteredImage, SourceImageRecord
+from ..records import LabelsRecord, RefereeRecord, RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
-from .overlap import each_image
+from .overlap import each_image, together
 
 Record = TypeVar("Record", bound=BaseModel)
 
@@ -36,8 +36,9 @@ EMBEDDINGS = "~embeddings.json"
 EMBEDDING_VECTORS = "~embeddings.npz"
 INDEX = "~index.json"
 REVIEW = "~review.json"  # a person's decisions (review_sensor writes it, every later stage honours it)
+REFEREE = "~referee.json"  # the referee's opinions on the doubtful crops (read with the labels: `read_labels`)
 PER_IMAGE_FILES = frozenset({REGISTRATION, SOURCE_RECORD, NORMALIZED_IMAGE, MODEL_INPUT, REJECTED_PREVIEW, DETECTIONS,
-                             LABELS, EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW})
+                             LABELS, EMBEDDINGS, EMBEDDING_VECTORS, INDEX, REVIEW, REFEREE})
 # At the top of the results prefix, besides the images' folders:
 OUTBOX = "~outbox/"  # callback messages waiting for delivery
 OUTBOX_QUARANTINE = "~outbox-quarantine/"  # files found in the outbox that are not messages
@@ -85,6 +86,12 @@ class ResultsStore:
         except ObjectMissing:
             return None
         return model.model_validate_json(data)
+
+    def read_labels(self, partition_key: str) -> LabelsRecord | None:
+        """The image's labels as people and the index see them: with the referee's opinions on its doubtful crops."""
+        labels, referee = together(lambda: self.read(partition_key, LABELS, LabelsRecord),
+                                   lambda: self.read(partition_key, REFEREE, RefereeRecord))
+        return labels.refereed(referee) if labels else None
 
     def write_manifests(self, manifests: list[BatchManifest], threads: int = 16) -> None:
         """One file per batch, written concurrently (a tick of 10,000 uploads writes 40 files, not 10,000)."""

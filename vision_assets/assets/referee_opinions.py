@@ -1,0 +1,294 @@
+"""`referee_opinions`: the doubtful crops of each batch (an expert under its threshold, CLIP contradicting the detector
+or the expert) put to the referee, a small vision-language model in the model service, as closed questions
+(vision/committee/referee.py). Where it is sure, the crop is settled: its answer is the label (source "referee") and
+the crop leaves the review queue; otherwise its opinion goes with the crop to the person who decides. A person's
+decision always wins. Writes `~referee.json` for images with a doubtful crop, and their Label Studio tasks again
+(removed where nothing is left for a person, the referee's opinion as a second prediction where something is).
+
+The referee costs: at most VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH crops a batch, most doubtful first; `auto` runs
+it only where the models run on a GPU. An outage of the referee fails nothing: its crops stay for people."""
+
+import functools
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import dagster as dg
+from PIL import Image
+
+from ..keys import GPU_POOL, REFEREE_OPINIONS, SPECIALIST_LABELS
+from ..resources import ImageSelection, ImageStore, RefereeResource, ReviewSettings, StagePolicy
+from ..vision.committee.referee import CropKey, judge_crops, questions_for, within_budget
+from ..vision.images.review import referee_crops_markdown
+from ..vision.models.base import ModelLoadError
+from ..vision.models.remote import ModelFailedOnImage, ModelServiceUnavailable
+from ..vision.records import (
+    CropLabels,
+    DetectionsRecord,
+    ImageReview,
+    LabelsRecord,
+    RefereeCrop,
+    RefereeRecord,
+    SourceImageRecord,
+)
+from ..vision.review.decisions import apply_review
+from ..vision.storage.overlap import each_image, together
+from ..vision.storage.results_store import DETECTIONS, LABELS, REFEREE, REVIEW, ResultsStore
+from .batch_checks import BatchCheck, ImageOutcome
+from .specialist_labels import export_review_task
+from .stage import (
+    BatchMetadata,
+    Skip,
+    batch_counts,
+    read_ahead,
+    run_images,
+    source_state,
+    stage_asset,
+    step_start,
+    transient_faults_retried,
+)
+
+# What the referee could not be asked because it is down or cannot load: not healed within the run, so the rest of
+# the run's crops are left for people at once instead of each chunk waiting out the service's patience again.
+REFEREE_DOWN = (ModelServiceUnavailable, ModelLoadError)
+
+
+@dataclass(frozen=True)
+class Stored:
+    labels: LabelsRecord
+    detections: DetectionsRecord
+    review: ImageReview | None
+
+
+referee_settlement = BatchCheck(
+    asset=REFEREE_OPINIONS,
+    name="referee_settles",
+    severity=dg.AssetCheckSeverity.WARN,
+    description="Every doubtful crop (an expert under its threshold, or CLIP contradicting the detector or the "
+    "expert) was settled by the referee or decided by a person. Crops it could not settle are listed with its opinion "
+    "and their pictures; they wait for a person (over the batch's budget, or the referee unsure or unreachable).",
+    not_passed="left for people",
+)
+
+
+def doubtful_crops(labels: LabelsRecord, review: ImageReview | None, sha256: str | None,
+                   detections: DetectionsRecord) -> list[CropLabels]:
+    """The crops the referee would be asked about: doubtful, and not decided by a person."""
+    reviewed = apply_review(review, sha256, detections)
+    return [c for c in labels.crops
+            if questions_for(c) and not (reviewed and reviewed.decision(c.detection_index) is not None)]
+
+
+def settlement_outcome(image: str, labels: LabelsRecord, record: RefereeRecord | None, off: str | None,
+                       picture: str | None = None) -> ImageOutcome:
+    """Passed when no doubtful crop is left for a person (settled, decided by one, or none was doubtful)."""
+    merged = labels.refereed(record)
+    judged = len(record.crops) if record else 0
+    settled = sum(1 for c in merged.crops if c.settled_by_referee)
+    open_crops = [c for c in merged.crops if c.needs_review]
+    facts = {"crops_refereed": judged, "crops_settled": settled, "crops_left_for_people": len(open_crops)}
+    if not open_crops:
+        said = f"referee settled {settled} crop(s)" if settled else "no doubtful crop"
+        return ImageOutcome(image, True, said, facts=facts)
+    if off and not judged:  # nothing was asked by design: labels_confident and committee_agrees list these crops
+        return ImageOutcome(image, True, f"{off}; {len(open_crops)} doubtful crop(s) left for people", facts=facts)
+    why = []
+    for crop in open_crops:
+        if crop.referee:
+            why.append(f"crop {crop.detection_index}: {crop.referee.said}")
+        elif record and crop.detection_index in record.not_judged:
+            why.append(f"crop {crop.detection_index}: {record.not_judged[crop.detection_index]}")
+        else:
+            why.append(f"crop {crop.detection_index}: not asked ({off or 'no referee record'})")
+    return ImageOutcome(image, False, f"{len(open_crops)} crop(s) left for people: " + "; ".join(why),
+                        picture=picture, facts=facts)
+
+
+def stored_settlement(results: ResultsStore, off: str | None):
+    def judge(image: str, batch: str) -> ImageOutcome | str:
+        why, _ = source_state(results, image, batch)
+        if why:
+            return why
+        labels, record = together(lambda: results.read(image, LABELS, LabelsRecord),
+                                  lambda: results.read(image, REFEREE, RefereeRecord))
+        return settlement_outcome(image, labels, record, off) if labels else "not labelled yet"
+    return judge
+
+
+def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        **stage_asset(
+            key=REFEREE_OPINIONS,
+            deps=[SPECIALIST_LABELS],
+            pool=GPU_POOL,
+            kinds={"pytorch"},
+            code_version=f"1|{referee_identity}|{mode}",
+            check_specs=[referee_settlement.spec],
+            description="The doubtful crops of the batch (an expert under its threshold, CLIP contradicting the "
+            "detector or the expert) asked to the referee, a small vision-language model, as closed questions scored "
+            "by likelihood. Sure answers settle the crop (label source `referee`, out of the review queue); the rest "
+            "wait for a person with the referee's opinion. At most VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH crops, "
+            "most doubtful first; off on a CPU unless VISION_ASSETS_REFEREE=on. Writes `~referee.json`.",
+        )
+    )
+    @transient_faults_retried
+    def referee_opinions(
+        context: dg.AssetExecutionContext,
+        image_store: ImageStore,
+        referee: RefereeResource,
+        review: ReviewSettings,
+        stage_policy: StagePolicy,
+        image_selection: ImageSelection,
+    ):
+        results, look = image_store.results, review.look
+        taken = run_images(context, results, image_selection)
+        progress, resumed, done, skipped, todo = step_start(context, results, taken, "referee_opinions")
+        off = referee.off_because()
+
+        def read_inputs(image: str, source: SourceImageRecord, stored: tuple) -> Stored | Skip:
+            labels, detections, earlier_review = stored
+            if labels is None or detections is None:
+                return Skip("not labelled: materialize specialist_labels first")
+            return Stored(labels, detections, earlier_review)
+
+        def stored(image: str) -> tuple:
+            return together(lambda: results.read(image, LABELS, LabelsRecord),
+                            lambda: results.read(image, DETECTIONS, DetectionsRecord),
+                            lambda: results.read(image, REVIEW, ImageReview))
+
+        # Every image's labels first: the batch's budget goes to its most doubtful crops, wherever they are.
+        inputs: dict[str, Stored] = {}
+        sources: dict[str, SourceImageRecord] = {}
+        for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs, alongside=stored):
+            skipped |= read.skipped
+            inputs |= read.inputs
+            sources |= read.sources
+        batch_of = taken.batch_of
+        doubtful: dict[str, list[tuple[str, CropLabels]]] = defaultdict(list)
+        for image, found in inputs.items():
+            crops = doubtful_crops(found.labels, found.review, sources[image].sha256, found.detections)
+            doubtful[batch_of[image]] += [(image, crop) for crop in crops]
+        records: dict[str, RefereeRecord] = {}
+        model = referee.identity
+        asked: list[tuple[str, CropLabels]] = []
+        for batch_crops in doubtful.values():
+            if off:
+                chosen, left = [], batch_crops
+            else:
+                chosen, left = within_budget(batch_crops, referee.max_crops_per_batch)
+            asked += chosen
+            for image, crop in left:
+                why = off or (f"over the batch's budget (VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH="
+                              f"{referee.max_crops_per_batch}); more doubtful crops went first")
+                records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
+                    crop.detection_index] = why
+        seconds, down, failures = 0.0, None, 0
+        crop_pictures: dict[CropKey, Image.Image] = {}
+        chunk_images = max(1, stage_policy.chunk_size)
+        by_image: dict[str, list[CropLabels]] = defaultdict(list)
+        for image, crop in asked:
+            by_image[image].append(crop)
+        images = list(by_image)
+        side = 0
+        if images:
+            try:
+                side = referee.referee.input_side  # asking loads it (in the service, or here)
+            except REFEREE_DOWN as error:
+                down = f"referee unavailable: {error}"
+                context.log.warning(f"{down}; the doubtful crops of this run are left for people")
+        for start in range(0, len(images), chunk_images):
+            chunk = images[start:start + chunk_images]
+            chunk_asked = [(image, crop) for image in chunk for crop in by_image[image]]
+            if down is None:
+                pictures = _crop_pictures(results, chunk, by_image, sources, side)
+                crop_pictures |= pictures
+                started = time.perf_counter()
+                try:
+                    opinions = judge_crops(chunk_asked, pictures, referee.referee, model, referee.policy)
+                except REFEREE_DOWN as error:
+                    down = f"referee unavailable: {error}"
+                    context.log.warning(f"{down}; the doubtful crops of this run are left for people")
+                except ModelFailedOnImage as error:
+                    failures += len(chunk_asked)
+                    opinions = {}
+                    for image, crop in chunk_asked:
+                        records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
+                            crop.detection_index] = f"the referee failed: {error}"
+                else:
+                    elapsed = time.perf_counter() - started
+                    seconds += elapsed
+                    share = elapsed / max(1, len(chunk_asked))
+                    for (image, index), opinion in opinions.items():
+                        record = records.setdefault(image, RefereeRecord(partition_key=image, model=model))
+                        record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
+                        record.device_seconds = round(record.device_seconds + share, 4)
+            if down is not None:
+                for image, crop in chunk_asked:
+                    records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
+                        crop.detection_index] = down
+
+        outcomes: dict[str, ImageOutcome] = {}
+        for image, found in inputs.items():
+            record = records.get(image)
+            picture = None
+            outcome = settlement_outcome(image, found.labels, record, off)
+            if not outcome.passed and look is not None:
+                picture = referee_crops_markdown(found.labels.refereed(record), crop_pictures, image, look)
+                outcome = settlement_outcome(image, found.labels, record, off, picture)
+            outcomes[image] = outcome
+        written = [image for image in inputs if image in records and off is None]
+        tasks = each_image(functools.partial(_write, results, records, inputs, sources, review), written)
+        progress.record([*inputs, *skipped])
+        done |= set(inputs)
+        metadata = BatchMetadata(context)
+        settled_by_batch: dict[str, int] = defaultdict(int)
+        asked_by_batch: dict[str, int] = defaultdict(int)
+        seconds_by_batch: dict[str, float] = defaultdict(float)
+        for image, record in records.items():
+            settled_by_batch[batch_of[image]] += sum(c.opinion.settled for c in record.crops)
+            asked_by_batch[batch_of[image]] += len(record.crops)
+            seconds_by_batch[batch_of[image]] += record.device_seconds
+        for batch, counts in batch_counts(taken, done, skipped).items():
+            metadata.add(batch, counts | {
+                "referee": off or f"on ({model})",
+                "doubtful_crops": len(doubtful.get(batch, [])),
+                "crops_refereed": asked_by_batch[batch],
+                "crops_settled": settled_by_batch[batch],
+                "referee_device_seconds": round(seconds_by_batch[batch], 3),
+                "run_referee_seconds": round(seconds, 3),
+                "run_review_tasks": sum(tasks),
+                "run_referee_failures": failures,
+                "models_loaded": referee.load_counts,
+            })
+        progress.clear()
+        yield metadata.materialize()
+        yield from referee_settlement.report(context, taken, outcomes, skipped, stored_settlement(results, off))
+
+    return referee_opinions
+
+
+def _crop_pictures(results: ResultsStore, images: list[str], crops: dict[str, list[CropLabels]],
+                   sources: dict[str, SourceImageRecord], side: int) -> dict[CropKey, Image.Image]:
+    """Each asked crop's pixels, its long side at the referee's tile (`side`) where the working copy has them: every
+    image decoded once, at the smallest scale that gives its largest asked crop that side."""
+
+    def cut(image: str) -> dict[CropKey, Image.Image]:
+        boxes = [crop.crop_box for crop in crops[image]]
+        longest = max(max(box[2] - box[0], box[3] - box[1]) for box in boxes)
+        picture = results.read_working(image, min(1.0, side / max(1, longest)), sources[image])
+        return {(image, crop.detection_index): picture.crop(crop.crop_box) for crop in crops[image]}
+
+    return {key: pixels for found in each_image(cut, images) for key, pixels in found.items()}
+
+
+def _write(results: ResultsStore, records: dict[str, RefereeRecord], inputs: dict[str, Stored],
+           sources: dict[str, SourceImageRecord], review: ReviewSettings, image: str) -> bool:
+    """The image's referee record, and its review task again with the referee's opinions (removed where nothing is
+    left for a person); whether it has a task."""
+    record, found = records[image], inputs[image]
+    results.write(image, REFEREE, record)
+    if not review.tasks:
+        return False
+    reviewed = apply_review(found.review, sources[image].sha256, found.detections)
+    return export_review_task(results, sources[image], found.detections, found.labels.refereed(record), reviewed,
+                              review.sampled(image))
