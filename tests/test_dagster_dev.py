@@ -120,7 +120,8 @@ PARTITION_STATUSES = """query($asset: [String!]!) { assetNodes(assetKeys: [{path
   ... on AssetChecks { checks { name partitionStatuses { ... on AssetCheckDefaultPartitionStatuses {
     succeededPartitions failedPartitions skippedPartitions inProgressPartitions executionFailedPartitions } } } } } } }"""
 BATCH_CHECKS = {"source_images": "images_valid", "specialist_labels": "labels_confident",
-                "embeddings": "embeddings_valid", "qdrant_index": "index_consistent"}
+                "embeddings": "embeddings_valid", "referee_opinions": "referee_settles",
+                "qdrant_index": "index_consistent"}
 # The rest of the checks a stage answers: an asset's in-asset checks are selected all together or not at all.
 OTHER_CHECKS = [("qdrant_index", "index_complete"),  # about the whole index, answered by every run that indexes
                 ("specialist_labels", "committee_agrees")]

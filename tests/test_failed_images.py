@@ -130,7 +130,8 @@ def test_images_failed_in_a_model_stage_are_rerun_from_it_then_left_for_a_person
         [request] = tick.run_requests
         assert request.tags[ATTEMPT_TAG] == str(attempt)
         assert request.asset_selection == [dg.AssetKey(k) for k in
-                                           ("detections", "embeddings", "specialist_labels", "qdrant_index")]
+                                           ("detections", "embeddings", "specialist_labels", "referee_opinions",
+                                                        "qdrant_index")]
         assert not driver.run(request).success
     gave_up = evaluate(driver, "failed_image_retry", cursor)
     assert not gave_up.run_requests
@@ -156,7 +157,7 @@ def test_a_failed_batch_waits_for_its_back_off(failing_driver, monkeypatch):
     [run] = driver.tick_and_run()
     assert not run.success
     slow = build_definitions(driver.defs.resources["image_store"], {k: driver.defs.resources[k] for k in
-                             ("detector", "embedder", "specialists", "labeling", "qdrant")},
+                             ("detector", "embedder", "specialists", "referee", "labeling", "qdrant")},
                              failed_image_retries=FailedImageRetries(attempts=2, first_wait_seconds=3600))
     waiting = evaluate(SensorDriver(slow, driver.instance), "failed_image_retry")
     assert not waiting.run_requests and "1 failed batch(es) waiting for their next attempt" in waiting.skip_message
