@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import PHOTOS, SensorDriver, image_bytes, search_service, serving
 from tests.test_dagster_dev import chromium_path
+from vision_assets.resources import RefereeResource
 from vision_assets.service.app import create_app
 from vision_assets.wiring import build_definitions
 
@@ -19,7 +20,11 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "search"
 
 @pytest.fixture
 def search_page(models, s3_image_store, instance, s3_client, bucket):
-    """(the page's URL, a refresh of the catalogue): the batch is processed, the catalogue not built yet."""
+    """(the page's URL, a refresh of the catalogue): the batch is processed, the catalogue not built yet; the referee
+    on, as on a GPU box, and settling whatever it answers with a label (a random-weight twin is sure of nothing)."""
+    referee = models["referee"]
+    models = models | {"referee": RefereeResource(model=referee.model, model_cache=referee.model_cache, offline=True,
+                                                  mode="on", min_probability=0.0, margin=0.0)}
     for name, data in {"bus.jpg": (PHOTOS / "bus.jpg").read_bytes(), "bus-copy.jpg": (PHOTOS / "bus.jpg").read_bytes(),
                        "zidane.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
                        "plain.png": image_bytes((96, 64))}.items():
@@ -72,6 +77,11 @@ def test_a_person_searches_filters_follows_more_like_this_and_reviews(search_pag
         page.get_by_label("what").select_option("crops")
         page.locator("#query button[type=submit]").click()
         page.wait_for_selector("#results[data-query*='target=crops']", state="attached")
+        # The referee's word on the crops it judged: a badge, its opinion on hover.
+        referee = page.locator("#results .card .badge.referee")
+        referee.first.wait_for()
+        assert {text for text in referee.all_inner_texts()} <= {"settled by the referee", "referee did not settle"}
+        assert all(title.startswith("referee") for title in referee.evaluate_all("bs => bs.map(b => b.title)"))
         entity = page.locator("#results .card .meta").first.inner_text().split(" · ")[-1]
         page.locator("summary", has_text="Filters").click()
         page.locator("input[name=entity]").fill(entity)

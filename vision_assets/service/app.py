@@ -65,6 +65,8 @@ class Hit(BaseModel):
     needs_review: bool = False
     review_reasons: list[str] = []
     reviewed_by: str | None = None
+    label_source: str | None = None  # crops: "expert", "detector", "referee" (it settled the crop) or "person"
+    referee: str | None = None  # crops the referee judged: its opinion, settled or not
     scene_tags: list[str] = []
     taken_at: str | None = None
     location: dict[str, float] | None = None

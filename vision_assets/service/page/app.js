@@ -33,6 +33,8 @@ function card(hit) {
   const badges = element("div");
   if (hit.needs_review) badges.append(element("span", {class: "badge doubt", title: (hit.review_reasons || []).join("; ")}, "needs review"));
   if (hit.reviewed_by) badges.append(element("span", {class: "badge human"}, `reviewed by ${hit.reviewed_by}`));
+  else if (hit.label_source === "referee") badges.append(element("span", {class: "badge referee", title: hit.referee}, "settled by the referee"));
+  else if (hit.referee) badges.append(element("span", {class: "badge referee", title: hit.referee}, "referee did not settle"));
   const actions = element("div", {class: "actions"},
     element("a", {href: "#", class: "like", onclick: (event) => { event.preventDefault(); moreLike(hit.image_id); }}, "more like this"),
     hit.links.task ? element("a", {href: hit.links.task, target: "_blank"}, "task") : null,

@@ -118,6 +118,8 @@ class SearchHit:
     location: dict[str, float] | None = None
     reviewed_by: str | None = None  # the person whose answer this is
     batch: str | None = None  # the upload batch (Dagster partition) the image came in
+    label_source: str | None = None  # crops: whose label it is: "expert", "detector", "referee" or "person"
+    referee: str | None = None  # crops the referee judged: what it said ("referee: beagle 0.91 (next: ...)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +131,8 @@ class SearchHit:
             "  [needs review]" if self.needs_review else "")
         if self.reviewed_by:
             flag += f"  [reviewed by {self.reviewed_by}]"
+        elif self.label_source == "referee":
+            flag += f"  [settled by the {self.referee}]"
         entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
         scene = f"  scene: {', '.join(self.scene_tags)}" if self.scene_tags else ""
         taken = f"  taken {self.taken_at}" if self.taken_at else ""
@@ -204,6 +208,10 @@ def hit_from_point(point: Any, target: Target) -> SearchHit:
     """A point of the index (scored by a query, or scrolled: score 0) as a search hit."""
     payload = point.payload or {}
     labels = payload.get("top_k" if target == "crops" else "top_labels", [])
+    if target == "crops" and payload.get("label_source") in ("referee", "person") and payload.get("label"):
+        chosen = {"name": payload["label"], "confidence": payload.get("label_confidence", 1.0),
+                  "source": payload["label_source"]}
+        labels = [chosen, *(label for label in labels if label.get("name") != chosen["name"])]
     return SearchHit(
         image_id=payload.get("image_id", ""),
         source_uri=payload.get("source_uri", ""),
@@ -219,4 +227,6 @@ def hit_from_point(point: Any, target: Target) -> SearchHit:
         location=payload.get("location"),
         reviewed_by=(payload.get("review") or {}).get("reviewer") if payload.get("reviewed") else None,
         batch=payload.get("batch"),
+        label_source=payload.get("label_source"),
+        referee=(payload.get("referee") or {}).get("said"),
     )
