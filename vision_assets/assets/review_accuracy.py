@@ -7,10 +7,10 @@ import dagster as dg
 from qdrant_client import models
 
 from ..keys import REVIEW_ACCURACY, REVIEW_DECISIONS
-from ..resources import ImageStore, LabelingSettings, QdrantResource, ReviewSettings
+from ..resources import ImageStore, LabelingSettings, QdrantResource, RefereeResource, ReviewSettings
 from ..vision.index.vector_index import VectorIndex
 from ..vision.records import ImageReview
-from ..vision.review.accuracy import measure, plot, png_bytes, report_markdown
+from ..vision.review.accuracy import REFEREE, measure, plot, png_bytes, report_markdown
 from ..vision.storage.results_store import REVIEW
 
 
@@ -34,17 +34,18 @@ def reviewed_images(index: VectorIndex) -> list[str]:
     deps=[REVIEW_DECISIONS],
     group_name="review",
     kinds={"labelstudio"},
-    description="Every reviewer decision so far as ground truth: the router's and each expert's precision, and per "
-    "expert the lowest review threshold whose trusted labels reach VISION_ASSETS_REVIEW_TARGET_PRECISION, with "
+    description="Every reviewer decision so far as ground truth: the router's, each expert's and the referee's "
+    "(per model version) precision, and per expert the lowest review threshold whose trusted labels reach VISION_ASSETS_REVIEW_TARGET_PRECISION, with "
     "how many reviews it would have asked for. The numbers are metadata, so the UI plots them over time.",
 )
 def review_accuracy(context: dg.AssetExecutionContext, image_store: ImageStore, qdrant: QdrantResource,
-                    labeling: LabelingSettings, review: ReviewSettings) -> dg.MaterializeResult:
+                    labeling: LabelingSettings, review: ReviewSettings, referee: RefereeResource) -> dg.MaterializeResult:
     with qdrant.open(on_wait=context.log.info) as index:
         reviewed = reviewed_images(index)
     reviews = [r for r in (image_store.results.read(key, REVIEW, ImageReview) for key in reviewed) if r]
     router, experts = measure(reviews)
-    current = {name: labeling.review_thresholds.get(name, labeling.default_review_threshold) for name in experts}
+    current = {name: referee.min_probability if name.startswith(REFEREE) else
+               labeling.review_thresholds.get(name, labeling.default_review_threshold) for name in experts}
     chart = base64.b64encode(png_bytes(plot([router, *experts.values()]))).decode("ascii")
     metadata: dict = {
         "reviewed_images": len(reviews),
@@ -56,9 +57,13 @@ def review_accuracy(context: dg.AssetExecutionContext, image_store: ImageStore, 
         "plot": dg.MetadataValue.md(f"![precision and review share by threshold](data:image/png;base64,{chart})"),
     }
     for name, model in experts.items():
+        # One plotted series per expert, and per referee version (`referee_precision` for the one configured now).
+        key = REFEREE if name == f"{REFEREE} {referee.identity}" else name
+        if name.startswith(REFEREE) and key != REFEREE:
+            continue  # an earlier referee version: in the table, not plotted
         if model.precision is not None:
-            metadata[f"{name}_precision"] = dg.MetadataValue.float(round(model.precision, 4))
+            metadata[f"{key}_precision"] = dg.MetadataValue.float(round(model.precision, 4))
         if suggestion := model.suggested_threshold(review.target_precision):
-            metadata[f"{name}_suggested_threshold"] = dg.MetadataValue.float(suggestion.threshold)
+            metadata[f"{key}_suggested_threshold"] = dg.MetadataValue.float(suggestion.threshold)
     context.log.info(f"{len(reviews)} reviewed image(s), {router.judged} judged box(es)")
     return dg.MaterializeResult(metadata=metadata)

@@ -21,7 +21,7 @@ from ..keys import QDRANT_INDEX, REVIEW_DECISIONS
 from ..partitions import images
 from ..resources import ImageStore
 from ..vision.cursor import Cursor
-from ..vision.records import DetectionsRecord, ImageReview, LabelsRecord, StoredObject
+from ..vision.records import DetectionsRecord, ImageReview, StoredObject
 from ..vision.review.corrections import parse_corrections_file
 from ..vision.review.label_studio import parse_annotation_file
 from ..vision.review.submissions import Submission, SubmissionError, build_review, merged
@@ -29,7 +29,6 @@ from ..vision.storage.object_store import ObjectMissing
 from ..vision.storage.overlap import each_image
 from ..vision.storage.results_store import (
     DETECTIONS,
-    LABELS,
     REVIEW,
     REVIEW_ANNOTATIONS,
     REVIEW_APPLIED,
@@ -310,7 +309,7 @@ def _prepared_review(context: dg.SensorEvaluationContext, image_store: ImageStor
     detections = results.read(key, DETECTIONS, DetectionsRecord)
     if source is None or not source.is_valid or detections is None:
         raise SubmissionError(f"{key!r} has not been processed (or was rejected): nothing to review yet")
-    review = build_review(submission, source.sha256, detections, results.read(key, LABELS, LabelsRecord))
+    review = build_review(submission, source.sha256, detections, results.read_labels(key))
     return review if replace else merged(results.read(key, REVIEW, ImageReview), review)
 
 

@@ -371,6 +371,12 @@ class BoxDecision(BaseModel):
     detector_confidence: float | None = None
     specialist: str | None = None  # the expert that answered ("dog_breeds")
     reviewer: str | None = None  # who decided this box (None in reviews written before it was kept per box)
+    # What the referee answered about the box, where it did (its class and label: None where it said "none" or was
+    # not asked that), so its precision is measured per model version like the experts'.
+    referee_model: str | None = None
+    referee_entity: str | None = None
+    referee_label: str | None = None
+    referee_probability: float | None = None
 
 
 class ImageReview(BaseModel):

@@ -219,3 +219,35 @@ def test_accuracy_and_threshold_suggestions():
     table = report_markdown(router, experts, {"dog_breeds": 0.5}, 0.95)
     assert "| dog_breeds | 35 |" in table and "| 0.5 | 0.6 |" in table
     assert plot([router, dogs]).size == (640, 360)
+
+
+def test_the_referees_precision_is_measured_per_model_version_from_what_reviewers_kept():
+    from vision_assets.vision.committee.referee import RefereePolicy, opinion_on, questions_for
+    from vision_assets.vision.records import RefereeCrop, RefereeRecord
+
+    reviews = []
+    for n in range(20):  # the referee says "pug": right for the first 15 images, the reviewer says beagle after
+        detections = DetectionsRecord(partition_key=f"r{n}", model="m", width=100, height=100, detections=[
+            Detection(box=[0, 0, 50, 50], class_id=16, class_name="dog", confidence=0.9)])
+        labels = LabelsRecord(partition_key=f"r{n}", crops=[CropLabels(
+            detection_index=0, detection=detections.detections[0], crop_box=[0, 0, 50, 50],
+            specialist=expert("pug", 0.3))])
+        labels.crops[0].specialist.labels.append(Label(name="beagle", confidence=0.2))
+        [ask] = questions_for(labels.crops[0])
+        version = "smolvlm@1" if n < 10 else "smolvlm@2"
+        opinion = opinion_on(labels.crops[0], [ask], [{"pug": 0.55, "beagle": 0.4, "none": 0.05}], version,
+                             RefereePolicy())
+        refereed = labels.refereed(RefereeRecord(partition_key=f"r{n}", model=version,
+                                                 crops=[RefereeCrop(detection_index=0, opinion=opinion)]))
+        decision = {"box": 0, "verdict": "accepted"} if n < 15 else {"box": 0, "verdict": "corrected",
+                                                                      "label": "beagle"}
+        [submission] = parse_corrections_file(json.dumps({"image": f"r{n}", "decisions": [decision]}).encode(),
+                                              "c", NOW)
+        review = build_review(submission, "s", detections, refereed)
+        assert (review.boxes[0].referee_label, review.boxes[0].referee_probability) == ("pug", 0.55)
+        reviews.append(review)
+    router, models = measure(reviews)
+    first, second = models["referee smolvlm@1"], models["referee smolvlm@2"]
+    assert (first.judged, first.precision) == (10, 1.0) and (second.judged, second.precision) == (10, 0.5)
+    table = report_markdown(router, models, {"referee smolvlm@2": 0.6}, 0.95)
+    assert "| referee smolvlm@2 | 10 | 5 | 50.0% | 0.6 |" in table

@@ -3,7 +3,9 @@ threshold should be.
 
 Every judged box of every review is one ground-truth example: for the router, was the object there and of the class
 it said (a rejected box or a changed class is wrong); for the expert it was routed to, was its top label the one the
-reviewer kept. Added boxes are what the router missed (they count against recall, which precision does not show).
+reviewer kept; for the referee, where it named a class or a label, were they what the reviewer kept (its rows are per
+model version, its "threshold" is VISION_ASSETS_REFEREE_MIN_PROBABILITY). The referee's examples are mostly the
+crops it did not settle (settled ones leave the queue), plus the confident sample. Added boxes are what the router missed (they count against recall, which precision does not show).
 
 A threshold suggestion reads: below threshold t a label goes to a person; above it, it is trusted. For each t this
 reports how many of the reviewed labels would have gone to review and how many wrong labels would have been trusted,
@@ -79,7 +81,11 @@ class ModelAccuracy:
         return None
 
 
+REFEREE = "referee"  # the referee's rows are named `referee <model id@revision>`: one per model version
+
+
 def measure(reviews: Iterable[ImageReview]) -> tuple[ModelAccuracy, dict[str, ModelAccuracy]]:
+    """(the router, the experts by name and the referee by model version)."""
     router, experts = ModelAccuracy("router"), {}
     for review in reviews:
         for box in review.boxes:
@@ -93,6 +99,12 @@ def measure(reviews: Iterable[ImageReview]) -> tuple[ModelAccuracy, dict[str, Mo
                 # An expert is judged on objects of its class; a wrong class was the router's mistake.
                 expert = experts.setdefault(box.specialist, ModelAccuracy(box.specialist))
                 expert.examples.append(Example(box.model_confidence, box.label == box.model_label))
+            if box.referee_model and box.referee_probability is not None:
+                # Right when the object is there and what it named (a class, a label, or both) is what was kept.
+                right = kept and (box.referee_entity is None or box.referee_entity == box.entity) and (
+                    box.referee_label is None or box.referee_label == box.label)
+                name = f"{REFEREE} {box.referee_model}"
+                experts.setdefault(name, ModelAccuracy(name)).examples.append(Example(box.referee_probability, right))
     return router, dict(sorted(experts.items()))
 
 

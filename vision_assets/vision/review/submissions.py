@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..records import BoxDecision, DetectionsRecord, ImageReview, LabelsRecord, Verdict
+from ..models.referee import NONE
+from ..records import BoxDecision, CropLabels, DetectionsRecord, ImageReview, LabelsRecord, Verdict
 from .decisions import iou
 
 UNCHANGED_BOX_IOU = 0.9  # a reviewer's nudge smaller than this is the same box
@@ -68,10 +69,25 @@ def build_review(submission: Submission, sha256: str | None, detections: Detecti
             model_entity=detection.class_name, model_label=model_label,
             model_confidence=expert.top.confidence if expert else None,
             detector_confidence=detection.confidence, specialist=expert.specialist if expert else None,
-            reviewer=submission.reviewer,
+            reviewer=submission.reviewer, **_referee_said(crop),
         ))
     return ImageReview(partition_key=submission.partition_key, sha256=sha256, reviewer=submission.reviewer,
                        reviewed_at=submission.reviewed_at, origin=submission.origin, boxes=boxes)
+
+
+def _referee_said(crop: CropLabels | None) -> dict:
+    """The referee's answers about a crop, as a decision keeps them (nothing where it was not asked or said "none"
+    to everything)."""
+    if crop is None or crop.referee is None:
+        return {}
+    answers = {answer.about: answer for answer in crop.referee.answers}
+    named = {about: answer for about, answer in answers.items() if answer.answer != NONE}
+    if not named:
+        return {}
+    return {"referee_model": crop.referee.model,
+            "referee_entity": named["class"].answer if "class" in named else None,
+            "referee_label": named["label"].answer if "label" in named else None,
+            "referee_probability": min(answer.probability for answer in named.values())}
 
 
 def merged(earlier: ImageReview | None, later: ImageReview) -> ImageReview:
