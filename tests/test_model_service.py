@@ -55,7 +55,9 @@ def test_the_service_answers_as_the_models_in_process_do(committees):
     """One code path computes the committee: the same pictures give the same boxes, vectors and labels."""
     local, remote = committees
     photos = [Image.open(PHOTOS / name).convert("RGB") for name in ("bus.jpg", "zidane.jpg")] + pictures(18)
+    spent = remote["detector"].detector.device_seconds
     assert remote["detector"].detector.detect(photos) == local["detector"].detector.detect(photos)
+    assert remote["detector"].detector.device_seconds > spent  # the service's seconds on these items, for their cost
     assert remote["detector"].detector.class_names == local["detector"].detector.class_names
     clip_here, clip_there = local["embedder"].embedder, remote["embedder"].embedder
     assert np.array_equal(clip_there.embed_images(photos), clip_here.embed_images(photos))

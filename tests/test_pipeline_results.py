@@ -2,7 +2,10 @@
 batch (tests/conftest.py `shared_pipeline`): each stage once, models loaded once, results, points, check
 statuses, pictures. Tests that change the batch (re-runs, re-uploads, model changes) are in test_pipeline.py."""
 
+from collections import Counter
+
 import dagster as dg
+import pytest
 
 from tests.conftest import PIPELINE_VALID as VALID
 from tests.conftest import embedded_client, failed_in, shared_batch_fixtures, ui_check_statuses
@@ -27,6 +30,32 @@ def test_every_stage_materializes_the_batch_once_with_its_counts(pipeline):
     for stage in STAGES[1:]:  # a rejected image goes no further
         [metadata] = by_asset[stage]
         assert (metadata["images"].value, metadata["done"].value, metadata["skipped"].value) == (4, 3, 1), stage
+
+
+def test_a_batch_says_what_each_model_cost_it(pipeline, s3_image_store):
+    """Each model stage's seconds by model, per image in its record and per batch in its metadata; the index's
+    metadata sums the batch over every stage (what a backfill of N batches costs is N times that)."""
+    driver, run = pipeline
+    metadata = {e.asset_key.path[-1]: e.materialization.metadata for e in run.get_asset_materialization_events()}
+    results = s3_image_store.results
+    per_image = Counter()
+    for key in VALID:
+        detections, embedded = results.read(key, DETECTIONS, DetectionsRecord), results.read(key, EMBEDDINGS, EmbeddingsRecord)
+        labels = results.read_labels(key)
+        assert detections.device_seconds["detector"] > 0 and embedded.device_seconds["clip"] > 0
+        for record in (detections, embedded, labels):
+            per_image.update(record.device_seconds)
+    routed = {name for key in VALID for name in results.read_labels(key).device_seconds}
+    assert set(metadata["detections"]["device_seconds"].value) == {"detector"}
+    assert set(metadata["embeddings"]["device_seconds"].value) == {"clip"}
+    assert set(metadata["specialist_labels"]["device_seconds"].value) == routed
+    index = metadata["qdrant_index"]
+    assert set(index["batch_device_seconds"].value) == {"detector", "clip"} | routed
+    for model, seconds in index["batch_device_seconds"].value.items():
+        assert seconds == pytest.approx(per_image[model], abs=0.01), model  # the images' records, summed
+    total = index["batch_device_seconds_total"].value
+    assert total == pytest.approx(sum(per_image.values()), abs=0.02)
+    assert index["device_seconds_per_image"].value == pytest.approx(total / len(VALID), abs=0.01)
 
 
 def test_dagster_bookkeeping_is_per_batch_not_per_image(pipeline, instance):

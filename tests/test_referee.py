@@ -63,14 +63,14 @@ def test_the_referee_settles_what_it_is_sure_of_within_the_budget_and_the_index_
     assert doubtful > 3 and len(judged) == 3  # the budget holds: the rest wait for people, each saying why
     assert len(left) == doubtful - 3 and all("budget" in why for why in left.values())
     assert all(c.opinion.model == models["referee"].identity for _, c in judged)
-    assert all(record.device_seconds > 0 for record in records.values() if record and record.crops)
+    assert all(record.device_seconds["referee"] > 0 for record in records.values() if record and record.crops)
     settled = {(key, c.detection_index) for key, c in judged if c.opinion.settled}
     assert settled, "with no minimum probability or margin, an answer other than `none` settles"
     [materialization] = [e for e in run.get_asset_materialization_events()
                          if e.asset_key == dg.AssetKey("referee_opinions")]
     metadata = materialization.materialization.metadata
     assert metadata["crops_refereed"].value == 3 and metadata["crops_settled"].value == len(settled)
-    assert metadata["doubtful_crops"].value == doubtful and metadata["referee_device_seconds"].value > 0
+    assert metadata["doubtful_crops"].value == doubtful and metadata["device_seconds"].value["referee"] > 0
     check = evaluation(run, "referee_settles")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN  # over-budget crops wait for people
     assert "over the batch's budget" in check.metadata["failed"].value

@@ -9,6 +9,7 @@ import dagster as dg
 from ..keys import DETECTIONS, GPU_POOL, SOURCE_IMAGES
 from ..resources import DetectorResource, ImageSelection, ImageStore, StagePolicy
 from ..vision.images.working import WorkingPicture, scale_for_long_side
+from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.records import DetectionsRecord, SourceImageRecord
 from ..vision.storage.overlap import BackgroundWrites
@@ -43,6 +44,7 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         taken = run_images(context, results, image_selection)
         model, seconds, classes, failed, detected = detector.identity, 0.0, Counter(), {}, 0
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "detections")
+        clock = DeviceTime()
         side = detector.detector.input_side if todo else 0
 
         def read_picture(image: str, source: SourceImageRecord, _) -> WorkingPicture:
@@ -57,7 +59,8 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                     writes.submit([], then=progress.after_writing(chunk.skipped))
                     continue
                 started = time.perf_counter()
-                found = answer_each(detector.detector.detect, [pictures[k].image for k in keys])
+                found = clock.timed("detector", detector.detector, keys, answer_each, detector.detector.detect,
+                                    [pictures[k].image for k in keys])
                 seconds += time.perf_counter() - started
                 records = []
                 for key, boxes in zip(keys, found, strict=True):
@@ -68,7 +71,8 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                     for box in boxes:
                         box.box = picture.to_working(box.box)
                     records.append(DetectionsRecord(partition_key=key, model=model, width=picture.width,
-                                                    height=picture.height, detections=boxes, error=failed.get(key)))
+                                                    height=picture.height, detections=boxes, error=failed.get(key),
+                                                    device_seconds=clock.of(key)))
                     classes.update(b.class_name for b in boxes)
                 done |= set(keys)
                 detected += len(keys)
@@ -85,8 +89,9 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         run_figures = {"model": model, "run_objects": sum(classes.values()), "run_classes": dict(classes.most_common(20)),
                        "run_images_per_second": round(detected / seconds, 2) if seconds else 0.0,
                        "run_images_failed": len(failed), "run_images_resumed": len(resumed)}
+        spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures)
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
         progress.clear()
         yield metadata.materialize()
 

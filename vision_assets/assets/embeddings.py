@@ -27,6 +27,7 @@ from ..vision.committee.scenes import scene_tags
 from ..vision.committee.zero_shot import Vocabulary
 from ..vision.images.crops import pack_crops
 from ..vision.images.working import WorkingPicture, scale_for_short_sides
+from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.models.inputs import shrink_to_cover
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, SourceImageRecord
@@ -104,6 +105,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         taken = run_images(context, results, image_selection)
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "embeddings")
+        clock = DeviceTime()
         side = clip.input_side if todo else 0
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
         scenes: Vocabulary | None = None  # the scene prompts' vectors, once there is an image to tag
@@ -140,8 +142,10 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                 started = time.perf_counter()
                 # One batched pass over the chunk's whole images and one over all their crops; a picture CLIP raises on
                 # fails alone (its image is not indexed, and `embeddings_valid` says why).
-                image_answers = answer_each(clip.embed_images, [pictures[k].image for k in chunk])
-                crop_answers = answer_each(clip.embed_images, [pixels for *_, pixels in crops])
+                image_answers = clock.timed("clip", clip, chunk, answer_each, clip.embed_images,
+                                            [pictures[k].image for k in chunk])
+                crop_answers = clock.timed("clip", clip, [key for key, *_ in crops], answer_each, clip.embed_images,
+                                           [pixels for *_, pixels in crops])
                 dimension = clip.dimension
                 image_vectors, crop_vectors = rows_or_zeros(image_answers, dimension), rows_or_zeros(crop_answers, dimension)
                 tags = scene_tags(image_vectors, scenes, labeling.scene_tag_threshold, model)
@@ -168,6 +172,7 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                         scene=tags[row],
                         problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
                                                    + embedding_problems(vectors, dimension, "crops")),
+                        device_seconds=clock.of(key),
                     )
                     written.append((record, {"image": image_vectors[row], "crops": vectors,
                                              **pack_crops([crops[i][3] for i in mine])}))
@@ -181,8 +186,9 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                        "run_model_seconds": round(seconds, 3),
                        "run_vectors_per_second": round((len(records) + crop_count) / seconds, 2) if seconds else 0.0,
                        "models_loaded": embedder.load_counts, "run_images_resumed": len(resumed)}
+        spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures)
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
         progress.clear()
         yield metadata.materialize()
         yield from embedding_validity.report(

@@ -5,6 +5,7 @@ image has exactly its points) and `index_complete` (the index still holds what e
 
 import functools
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,6 +19,7 @@ from ..vision.index.audit import IndexAudit, audit_index
 from ..vision.index.ledger import sampled_indexed
 from ..vision.index.stored_points import StoredResults, index_points, read_stored, stored_points
 from ..vision.index.vector_index import ImagePoints
+from ..vision.models.device_time import batch_device_seconds
 from ..vision.records import IndexRecord, LabelsRecord, SourceImageRecord
 from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import INDEX
@@ -125,11 +127,15 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         reindexing = context.run.tags.get(REINDEX_TAG) == "true"
 
         def read_points(image: str, source: SourceImageRecord, stored: StoredResults,
-                        ) -> tuple[ImagePoints, LabelsRecord] | FailedEmbeddings:
+                        ) -> tuple[ImagePoints, LabelsRecord, Counter] | FailedEmbeddings:
             embedded = stored.embedded
             if embedded is None or embedded.problems:
                 return FailedEmbeddings("; ".join(embedded.problems) if embedded else "no embeddings record")
-            return stored_points(source, stored), stored.labels
+            # What every model stage spent on the image, by model (the labels carry the referee's too).
+            cost = Counter(stored.detections.device_seconds) + Counter(embedded.device_seconds) + Counter(
+                stored.labels.device_seconds)
+            return stored_points(source, stored), stored.labels, cost
+        spent: dict[str, Counter] = {}  # image -> its models' seconds
 
         with qdrant.open(on_wait=context.log.info) as index, BackgroundWrites() as writes:
             for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_points,
@@ -140,7 +146,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                 bad |= failed
                 skipped |= {key: f"embeddings failed their check: {why}" for key, why in failed.items()}
                 valid |= read.sources
-                points = [image for image, _ in read.inputs.values()]
+                points = [image for image, *_ in read.inputs.values()]
                 written = index_points(index, points, qdrant.upsert_batch_size) if points else []
                 if reindexing:  # a rebuild writes the whole catalogue: its graph is built as it goes, flat per chunk
                     index.build_graph(at_least=qdrant.hnsw_threshold, tell=context.log.info)
@@ -153,6 +159,7 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
                                                     labels.needing_review, record.problems,
                                                     disagreements=labels.disagreements))
                 crop_count += sum(len(p.crop_indexes) for p in points)
+                spent |= {key: cost for key, (_, _, cost) in read.inputs.items()}
                 done |= set(read.inputs)
                 writes.submit([functools.partial(results.write, r.partition_key, INDEX, r) for r in written],
                               then=progress.after_writing([*read.inputs, *failed, *read.skipped]))
@@ -176,8 +183,9 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
         metadata = BatchMetadata(context)
         run_figures = {"run_crop_points": crop_count, "run_seconds": round(seconds, 3), "qdrant": qdrant.where,
                        UNINDEXED_POINTS: unindexed, UNMERGED_SHARDS: unmerged, "run_images_resumed": len(resumed)}
+        costs = batch_device_seconds(spent.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures)
+            metadata.add(batch, counts | run_figures | batch_cost(costs.get(batch, {}), counts["done"]))
         progress.clear()
         yield metadata.materialize()
         yield from index_consistency.report(context, taken, {k: index_outcome(r) for k, r in records.items()},
@@ -186,6 +194,14 @@ def build_qdrant_index(embedder_identity: str) -> dg.AssetsDefinition:
             yield completeness_result(audit, qdrant.where)
 
     return qdrant_index
+
+
+def batch_cost(seconds: dict[str, float], images: int) -> dict:
+    """What the batch's images cost the models (every stage, by model, as the stages recorded it): what a backfill
+    of N such batches costs is N times `batch_device_seconds_total` on one device."""
+    total = round(sum(seconds.values()), 3)
+    return {"batch_device_seconds": seconds, "batch_device_seconds_total": total,
+            "device_seconds_per_image": round(total / images, 4) if images else 0.0}
 
 
 def _indexed(outcome: ImageOutcome | str) -> bool:

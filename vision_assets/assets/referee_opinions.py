@@ -21,6 +21,7 @@ from ..resources import ImageSelection, ImageStore, RefereeResource, ReviewSetti
 from ..vision.committee.referee import CropKey, judge_crops, questions_for, within_budget
 from ..vision.images.review import referee_crops_markdown
 from ..vision.models.base import ModelLoadError
+from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.models.remote import ModelFailedOnImage, ModelServiceUnavailable
 from ..vision.records import (
     CropLabels,
@@ -182,7 +183,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                               f"{referee.max_crops_per_batch}); more doubtful crops went first")
                 records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
                     crop.detection_index] = why
-        seconds, down, failures = 0.0, None, 0
+        seconds, down, failures, clock = 0.0, None, 0, DeviceTime()
         crop_pictures: dict[CropKey, Image.Image] = {}
         chunk_images = max(1, stage_policy.chunk_size)
         by_image: dict[str, list[CropLabels]] = defaultdict(list)
@@ -204,7 +205,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                 crop_pictures |= pictures
                 started = time.perf_counter()
                 try:
-                    opinions = judge_crops(chunk_asked, pictures, referee.referee, model, referee.policy)
+                    opinions = judge_crops(chunk_asked, pictures, referee.referee, model, referee.policy, clock)
                 except REFEREE_DOWN as error:
                     down = f"referee unavailable: {error}"
                     context.log.warning(f"{down}; the doubtful crops of this run are left for people")
@@ -215,13 +216,11 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                         records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
                             crop.detection_index] = f"the referee failed: {error}"
                 else:
-                    elapsed = time.perf_counter() - started
-                    seconds += elapsed
-                    share = elapsed / max(1, len(chunk_asked))
+                    seconds += time.perf_counter() - started
                     for (image, index), opinion in opinions.items():
                         record = records.setdefault(image, RefereeRecord(partition_key=image, model=model))
                         record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
-                        record.device_seconds = round(record.device_seconds + share, 4)
+                        record.device_seconds = clock.of(image)
             if down is not None:
                 for image, crop in chunk_asked:
                     records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
@@ -243,18 +242,17 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         metadata = BatchMetadata(context)
         settled_by_batch: dict[str, int] = defaultdict(int)
         asked_by_batch: dict[str, int] = defaultdict(int)
-        seconds_by_batch: dict[str, float] = defaultdict(float)
         for image, record in records.items():
             settled_by_batch[batch_of[image]] += sum(c.opinion.settled for c in record.crops)
             asked_by_batch[batch_of[image]] += len(record.crops)
-            seconds_by_batch[batch_of[image]] += record.device_seconds
+        spent = batch_device_seconds(clock.by_image.items(), batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | {
                 "referee": off or f"on ({model})",
                 "doubtful_crops": len(doubtful.get(batch, [])),
                 "crops_refereed": asked_by_batch[batch],
                 "crops_settled": settled_by_batch[batch],
-                "referee_device_seconds": round(seconds_by_batch[batch], 3),
+                "device_seconds": spent.get(batch, {}),
                 "run_referee_seconds": round(seconds, 3),
                 "run_review_tasks": sum(tasks),
                 "run_referee_failures": failures,

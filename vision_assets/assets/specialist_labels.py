@@ -31,6 +31,7 @@ from ..vision.committee.vocabularies import Vocabularies
 from ..vision.images.crops import unpack_crops
 from ..vision.images.review import ReviewPictures, review_crops_markdown
 from ..vision.images.working import WorkingPicture, scale_for_long_side, scale_for_short_sides
+from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.records import (
     DetectionsRecord,
     EmbeddingsRecord,
@@ -188,6 +189,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "specialist_labels")
+        clock = DeviceTime()
         experts = specialists.classifiers()
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
@@ -229,7 +231,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                 started = time.perf_counter()
                 labelled = label_batch(pictures, detections, {key: inputs[key].boxes for key in chunk}, experts,
                                        {key: inputs[key].coral_score for key in chunk
-                                        if inputs[key].coral_score is not None}, labeling.policy, handed)
+                                        if inputs[key].coral_score is not None}, labeling.policy, handed, clock)
                 seconds += time.perf_counter() - started
                 crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
                                                        labeling.second_opinion_margin)
@@ -259,8 +261,9 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                        "run_ms_per_crop": round(1000 * audit_seconds / audited, 3) if audited else 0.0,
                        "models_loaded": specialists.load_counts | embedder.load_counts,
                        "run_images_resumed": len(resumed)}
+        spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures)
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
         progress.clear()
         yield metadata.materialize()
         confidence, agreement = stored_labels(results)

@@ -100,7 +100,11 @@ class HeldCommittee:
                              in zip(request.images, request.prompts, request.choices, strict=True))
             else:
                 items.extend(request.texts if task in TEXT_TASKS else [decode_picture(p) for p in request.images])
+        started = time.perf_counter()
         answers = run_items(_item_call(task, model), items)
+        share = (time.perf_counter() - started) / max(1, len(items))  # what each item cost: the client's device time
+        for answer in answers:
+            answer.seconds = share
         out, start = [], 0
         for request in requests:
             size = _size(request)

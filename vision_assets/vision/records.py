@@ -128,6 +128,8 @@ class DetectionsRecord(BaseModel):
     height: int
     detections: list[Detection]
     error: str | None = None  # the detector raised on this image (no detections; the image goes no further)
+    # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
+    device_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 class Label(BaseModel):
@@ -276,6 +278,8 @@ class LabelsRecord(BaseModel):
     # An expert that raised on a crop or the whole image, each with its error ("crop 2 (dog): dog_breeds failed:
     # ValueError: ..."): the crop has no label, and the image needs a person.
     model_errors: list[str] = Field(default_factory=list)
+    # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
+    device_seconds: dict[str, float] = Field(default_factory=dict)
 
     @property
     def needing_review(self) -> list[str]:
@@ -304,7 +308,8 @@ class LabelsRecord(BaseModel):
             if opinion and opinion.judged_class == crop.detection.class_name and opinion.judged_labels == labels:
                 crop = crop.model_copy(update={"referee": opinion})
             crops.append(crop)
-        return self.model_copy(update={"crops": crops})
+        # Its cost travels with its opinions: the labels as read are what the referee stage spent too.
+        return self.model_copy(update={"crops": crops, "device_seconds": self.device_seconds | referee.device_seconds})
 
 
 class RefereeCrop(BaseModel):
@@ -321,7 +326,7 @@ class RefereeRecord(BaseModel):
     crops: list[RefereeCrop] = Field(default_factory=list)
     # Doubtful crops it did not judge, each with why: the batch's budget was spent, or the referee was unreachable.
     not_judged: dict[int, str] = Field(default_factory=dict)
-    device_seconds: float = 0.0  # the referee's share of the model's time on this image's crops
+    device_seconds: dict[str, float] = Field(default_factory=dict)  # {"referee": its seconds on this image's crops}
 
 
 class EmbeddingsRecord(BaseModel):
@@ -335,6 +340,8 @@ class EmbeddingsRecord(BaseModel):
     crop_boxes: list[list[int]] = Field(default_factory=list)  # parallel to crop_indexes
     scene: SceneTags | None = None
     problems: list[str] = Field(default_factory=list)
+    # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
+    device_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 class IndexRecord(BaseModel):

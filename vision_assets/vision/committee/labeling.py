@@ -12,6 +12,7 @@ from typing import Protocol
 from PIL import Image
 
 from ..images.working import WorkingPicture, as_working
+from ..models.device_time import DeviceTime
 from ..models.failures import ModelFailure, answer_each
 from ..records import CropLabels, DetectionsRecord, Label, LabelsRecord, SpecialistLabel
 from .routing import CORAL, crop_box
@@ -54,11 +55,14 @@ def label_batch(
     coral_scores: Mapping[str, float],
     policy: LabelingPolicy,
     crops: Mapping[str, Mapping[int, Image.Image]] | None = None,
+    clock: DeviceTime | None = None,
 ) -> dict[str, LabelsRecord]:
     """`images`: the pictures, or the working copies as decoded at a reduced scale (boxes stay in the working copy's
     pixels). `crop_boxes`: image -> detection index -> the crop already cut for it (a detection without one is cut here
     with the policy's margin). `crops`: image -> detection index -> the crop's pixels, already cut (at the expert's
-    side) by the embeddings stage; the others are cut from the pictures here."""
+    side) by the embeddings stage; the others are cut from the pictures here. `clock`: where each expert's seconds
+    are shared out among the images of its crops."""
+    clock = clock or DeviceTime()
     records = {key: LabelsRecord(partition_key=key, crops=[], coral_scene_score=coral_scores.get(key)) for key in images}
     pictures = {key: as_working(image) for key, image in images.items()}
     queued: dict[str, list[tuple[str, CropLabels, Image.Image]]] = defaultdict(list)  # expert -> (image, crop, pixels)
@@ -75,8 +79,9 @@ def label_batch(
 
     for specialist, work in queued.items():  # one call per expert for the whole batch
         model = specialists[specialist]
-        for (key, crop, _), labels in zip(work, answer_each(model.classify, [pixels for *_, pixels in work]),
-                                          strict=True):
+        answers = clock.timed(specialist, model, [key for key, *_ in work], answer_each, model.classify,
+                              [pixels for *_, pixels in work])
+        for (key, crop, _), labels in zip(work, answers, strict=True):
             if isinstance(labels, ModelFailure):  # this crop alone: the rest of the batch has its labels
                 records[key].model_errors.append(f"crop {crop.detection_index} ({crop.detection.class_name}): "
                                                  f"{specialist} failed: {labels.error}")
@@ -86,10 +91,12 @@ def label_batch(
     coral = specialists.get(CORAL)
     reef_keys = [key for key, score in coral_scores.items() if score >= policy.coral_scene_threshold]
     if coral is not None and reef_keys:
-        for key, labels in zip(reef_keys, answer_each(coral.classify, [pictures[k].image for k in reef_keys]),
-                               strict=True):
+        answers = clock.timed(CORAL, coral, reef_keys, answer_each, coral.classify, [pictures[k].image for k in reef_keys])
+        for key, labels in zip(reef_keys, answers, strict=True):
             if isinstance(labels, ModelFailure):
                 records[key].model_errors.append(f"scene ({CORAL}): {CORAL} failed: {labels.error}")
                 continue
             records[key].scene.append(_specialist_label(CORAL, coral, labels, policy))
+    for key, record in records.items():
+        record.device_seconds = clock.of(key)
     return records

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from ..models.device_time import DeviceTime
 from ..models.referee import NONE, Question, closed_prompt
 from ..records import CropLabels, Label, RefereeAnswer, RefereeOpinion
 
@@ -145,16 +146,17 @@ CropKey = tuple[str, int]  # (image id, detection index)
 
 
 def judge_crops(asked: Sequence[tuple[str, CropLabels]], pictures: Mapping[CropKey, Image.Image], referee: Referee,
-                model: str, policy: RefereePolicy) -> dict[CropKey, RefereeOpinion]:
+                model: str, policy: RefereePolicy, clock: DeviceTime | None = None) -> dict[CropKey, RefereeOpinion]:
     """The referee's opinion on each crop asked about (`pictures`: each crop's pixels), every question of every crop
-    in one `judge` call (the model batches them)."""
-    questions, plan = [], []
+    in one `judge` call (the model batches them); `clock` shares its seconds among the images by their questions."""
+    questions, owners, plan = [], [], []
     for image, crop in asked:
         asks = questions_for(crop)
         picture = pictures[(image, crop.detection_index)]
         questions += [Question(picture, closed_prompt(ask.subject, ask.shown), ask.shown) for ask in asks]
+        owners += [image] * len(asks)
         plan.append((image, crop, asks))
-    answers = referee.judge(questions) if questions else []
+    answers = (clock or DeviceTime()).timed("referee", referee, owners, referee.judge, questions) if questions else []
     opinions, start = {}, 0
     for image, crop, asks in plan:
         found = answers[start:start + len(asks)]

@@ -61,6 +61,8 @@ class ModelServiceClient:
         self.items_per_request = items_per_request
         self.requests_in_flight = requests_in_flight
         self._sessions = threading.local()  # requests.Session is not shared between threads
+        self._spent: dict[str, float] = {}  # role -> the seconds the service says it computed for this client
+        self._spent_lock = threading.Lock()
 
     @property
     def _session(self) -> requests.Session:
@@ -95,12 +97,19 @@ class ModelServiceClient:
         else:
             with ThreadPoolExecutor(max_workers=self.requests_in_flight) as pool:
                 answers = [a for done in pool.map(send, pieces) for a in done]
+        with self._spent_lock:
+            self._spent[ref.role] = self._spent.get(ref.role, 0.0) + sum(a.get("seconds", 0.0) for a in answers)
         failed = {i: a["error"] for i, a in enumerate(answers) if a.get("error")}
         if failed:
             first = next(iter(failed.items()))
             raise ModelFailedOnImage(f"{ref.role} ({ref.model_id}) failed on {len(failed)} of {len(answers)} item(s) "
                                      f"at the model service, first item {first[0]}: {first[1]}")
         return [a["value"] for a in answers]
+
+    def spent(self, role: str) -> float:
+        """The seconds the service computed this client's items of that model (its clock, not the queue's)."""
+        with self._spent_lock:
+            return self._spent.get(role, 0.0)
 
     def held(self) -> dict[str, Any]:
         """What the service holds and has loaded (its readiness)."""
@@ -171,6 +180,11 @@ class RemoteModel:
     @property
     def is_loaded(self) -> bool:
         return False
+
+    @property
+    def device_seconds(self) -> float:
+        """The service's seconds on this model's items so far (vision/models/device_time.py reads it)."""
+        return self.client.spent(self.ref.role)
 
     def load(self) -> None:
         self.facts  # noqa: B018 - asking proves the service holds the model and loads it there

@@ -43,6 +43,7 @@ class ItemAnswer(BaseModel):
 
     value: Any = None
     error: str | None = None
+    seconds: float = 0.0  # this item's share of the model call it was computed in (the service's clock)
 
 
 def encode_picture(image: Image.Image) -> dict[str, Any]:
