@@ -12,12 +12,14 @@ from ..vision.images.working import WorkingPicture, scale_for_long_side
 from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.records import DetectionsRecord, SourceImageRecord
+from ..vision.reuse import donor_for, remember_bytes, reusable
 from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from .stage import (
     BatchMetadata,
     batch_counts,
     read_ahead,
+    reused_in,
     run_images,
     stage_asset,
     step_start,
@@ -44,19 +46,28 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
         taken = run_images(context, results, image_selection)
         model, seconds, classes, failed, detected = detector.identity, 0.0, Counter(), {}, 0
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "detections")
-        clock = DeviceTime()
-        side = detector.detector.input_side if todo else 0
+        clock, reused = DeviceTime(), set()
+        side = functools.cache(lambda: detector.detector.input_side)  # asked once a picture needs the model
+        version = detector.version
 
-        def read_picture(image: str, source: SourceImageRecord, _) -> WorkingPicture:
+        def read_picture(image: str, source: SourceImageRecord, _) -> WorkingPicture | DetectionsRecord:
+            # The same bytes detected before with this detector: its boxes, no picture, no model.
+            if copy := reusable(results, donor_for(results, source), DETECTIONS_FILE, DetectionsRecord, version, image):
+                return copy
             # Decoded only as large as the detector's letterbox: a 4,000 px working copy at 1/4 of its size.
-            return results.read_working(image, scale_for_long_side(source.working_size, side), source)
+            return results.read_working(image, scale_for_long_side(source.working_size, side()), source)
 
         with BackgroundWrites() as writes:
             for chunk in read_ahead(results, taken, todo, stage_policy.chunk_size, read_picture):
                 skipped |= chunk.skipped
-                keys, pictures = list(chunk.inputs), chunk.inputs
-                if not keys:  # none of these goes further
-                    writes.submit([], then=progress.after_writing(chunk.skipped))
+                copies = [r for r in chunk.inputs.values() if isinstance(r, DetectionsRecord)]
+                reused |= {r.partition_key for r in copies}
+                pictures = {k: p for k, p in chunk.inputs.items() if not isinstance(p, DetectionsRecord)}
+                keys = list(pictures)
+                if not keys:  # none of these goes further, or no model is needed for them
+                    done |= {r.partition_key for r in copies}
+                    writes.submit([functools.partial(results.write, r.partition_key, DETECTIONS_FILE, r)
+                                   for r in copies], then=progress.after_writing([*chunk.inputs, *chunk.skipped]))
                     continue
                 started = time.perf_counter()
                 found = clock.timed("detector", detector.detector, keys, answer_each, detector.detector.detect,
@@ -72,12 +83,15 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                         box.box = picture.to_working(box.box)
                     records.append(DetectionsRecord(partition_key=key, model=model, width=picture.width,
                                                     height=picture.height, detections=boxes, error=failed.get(key),
-                                                    device_seconds=clock.of(key)))
+                                                    device_seconds=clock.of(key), version=version))
                     classes.update(b.class_name for b in boxes)
-                done |= set(keys)
+                done |= set(chunk.inputs)
                 detected += len(keys)
-                writes.submit([functools.partial(results.write, r.partition_key, DETECTIONS_FILE, r) for r in records],
-                              then=progress.after_writing([*keys, *chunk.skipped]))
+                remembered = [functools.partial(remember_bytes, results, chunk.sources[r.partition_key])
+                              for r in records if not r.error]
+                writes.submit([functools.partial(results.write, r.partition_key, DETECTIONS_FILE, r)
+                               for r in [*records, *copies]] + remembered,
+                              then=progress.after_writing([*chunk.inputs, *chunk.skipped]))
         if failed:
             context.log.warning(f"the detector failed on {len(failed)} image(s), the rest of the batch goes on: "
                                 f"{dict(list(failed.items())[:5])}")
@@ -91,7 +105,8 @@ def build_detections(detector_identity: str) -> dg.AssetsDefinition:
                        "run_images_failed": len(failed), "run_images_resumed": len(resumed)}
         spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {}),
+                                                        "images_reused": reused_in(taken, reused, batch)})
         progress.clear()
         yield metadata.materialize()
 

@@ -7,6 +7,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -31,6 +32,7 @@ from ..vision.models.device_time import DeviceTime, batch_device_seconds
 from ..vision.models.failures import ModelFailure, answer_each
 from ..vision.models.inputs import shrink_to_cover
 from ..vision.records import DetectionsRecord, EmbeddingsRecord, SourceImageRecord
+from ..vision.reuse import reusable, version_of
 from ..vision.storage.overlap import BackgroundWrites
 from ..vision.storage.results_store import DETECTIONS as DETECTIONS_FILE
 from ..vision.storage.results_store import EMBEDDING_VECTORS, ResultsStore
@@ -41,6 +43,7 @@ from .stage import (
     batch_counts,
     judged_from_record,
     read_ahead,
+    reused_in,
     run_images,
     stage_asset,
     step_start,
@@ -69,6 +72,14 @@ def embeddings_writes(results: ResultsStore, record: EmbeddingsRecord, arrays: d
     """An image's two files, written at once (the chunk is finished, and recorded so, once both are)."""
     return [functools.partial(results.write_arrays, record.partition_key, EMBEDDING_VECTORS, **arrays),
             functools.partial(results.write, record.partition_key, EMBEDDINGS_FILE, record)]
+
+
+@dataclass(frozen=True)
+class Reused:
+    """An image's embeddings copied from an image with the same bytes (vision/reuse.py)."""
+
+    record: EmbeddingsRecord
+    arrays: dict
 
 
 def rows_or_zeros(answers: list, dimension: int) -> np.ndarray:
@@ -105,8 +116,8 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
         taken = run_images(context, results, image_selection)
         records, crop_count, seconds, tag_counts = [], 0, 0.0, Counter()
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "embeddings")
-        clock = DeviceTime()
-        side = clip.input_side if todo else 0
+        clock, reused = DeviceTime(), set()
+        clip_side = functools.cache(lambda: clip.input_side)  # asked once a picture needs CLIP
         experts = ExpertSides(specialists.classifiers(), labeling.routes)
         scenes: Vocabulary | None = None  # the scene prompts' vectors, once there is an image to tag
 
@@ -114,13 +125,21 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
             """Each detection's crop box, and the side it is cut at: CLIP's or its expert's, whichever is larger
             (the experts get these very pixels)."""
             return ([crop_box(d.box, found.width, found.height, labeling.crop_margin) for d in found.detections],
-                    [max(side, experts.for_class(d.class_name)) for d in found.detections])
+                    [max(clip_side(), experts.for_class(d.class_name)) for d in found.detections])
+
+        version = version_of(model, labeling.signature, specialists.identity)
 
         def read_inputs(image: str, source: SourceImageRecord, found: DetectionsRecord,
-                        ) -> tuple[DetectionsRecord, WorkingPicture]:
+                        ) -> tuple[DetectionsRecord, WorkingPicture] | Reused:
+            # The same bytes embedded before, from the same boxes, by this CLIP: its vectors and crops, no model.
+            if found.reused_from and (copy := reusable(results, found.reused_from, EMBEDDINGS_FILE, EmbeddingsRecord,
+                                                       version, image)):
+                arrays = results.read_arrays(found.reused_from, EMBEDDING_VECTORS)
+                if arrays is not None:
+                    return Reused(copy, arrays)
             # Each picture decoded only as large as its crops need (the model input ingest wrote, if enough).
             boxes, crop_sides = crops_of(found)
-            scale = scale_for_short_sides([((found.width, found.height), side)] + [
+            scale = scale_for_short_sides([((found.width, found.height), clip_side())] + [
                 (box_size(box), crop_side) for box, crop_side in zip(boxes, crop_sides, strict=True)])
             return found, results.read_working(image, scale, source)
 
@@ -128,14 +147,19 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
             for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs,
                                    alongside=lambda image: results.read(image, DETECTIONS_FILE, DetectionsRecord)):
                 skipped |= read.skipped
-                chunk = list(read.inputs)
-                if not chunk:  # none of these goes further
-                    writes.submit([], then=progress.after_writing(read.skipped))
+                copies = [found for found in read.inputs.values() if isinstance(found, Reused)]
+                reused |= {copy.record.partition_key for copy in copies}
+                chunk = [key for key, found in read.inputs.items() if not isinstance(found, Reused)]
+                records += [copy.record for copy in copies]
+                done |= {copy.record.partition_key for copy in copies}
+                copied = [write for copy in copies for write in embeddings_writes(results, copy.record, copy.arrays)]
+                if not chunk:  # none of these goes further, or no model is needed for them
+                    writes.submit(copied, then=progress.after_writing([*read.inputs, *read.skipped]))
                     continue
                 if scenes is None:
                     scenes = Vocabulary(list(labeling.scenes), clip.prompt_vectors(list(labeling.scenes.values())))
-                detections = {key: found for key, (found, _) in read.inputs.items()}
-                pictures = {key: picture for key, (_, picture) in read.inputs.items()}
+                detections = {key: read.inputs[key][0] for key in chunk}
+                pictures = {key: read.inputs[key][1] for key in chunk}
                 cut = {key: crops_of(found) for key, found in detections.items()}
                 crops = [(key, index, box, shrink_to_cover(pictures[key].crop(box), cut[key][1][index]))
                          for key in chunk for index, box in enumerate(cut[key][0])]  # (image, detection, box, pixels)
@@ -172,15 +196,15 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                         scene=tags[row],
                         problems=failures[key] or (embedding_problems(image_vectors[row], dimension, "image")
                                                    + embedding_problems(vectors, dimension, "crops")),
-                        device_seconds=clock.of(key),
+                        device_seconds=clock.of(key), version=version,
                     )
                     written.append((record, {"image": image_vectors[row], "crops": vectors,
                                              **pack_crops([crops[i][3] for i in mine])}))
                     records.append(record)
                     tag_counts.update(record.scene.tags)
                 done |= set(chunk)
-                writes.submit([write for item in written for write in embeddings_writes(results, *item)],
-                              then=progress.after_writing([*chunk, *read.skipped]))
+                writes.submit([write for item in written for write in embeddings_writes(results, *item)] + copied,
+                              then=progress.after_writing([*read.inputs, *read.skipped]))
         metadata = BatchMetadata(context)
         run_figures = {"model": model, "run_crops": crop_count, "run_scene_tags": dict(tag_counts),
                        "run_model_seconds": round(seconds, 3),
@@ -188,7 +212,8 @@ def build_embeddings(embedder_identity: str, scene_signature: str) -> dg.AssetsD
                        "models_loaded": embedder.load_counts, "run_images_resumed": len(resumed)}
         spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {}),
+                                                        "images_reused": reused_in(taken, reused, batch)})
         progress.clear()
         yield metadata.materialize()
         yield from embedding_validity.report(

@@ -32,6 +32,7 @@ from ..vision.records import (
     RefereeRecord,
     SourceImageRecord,
 )
+from ..vision.reuse import reusable, version_of
 from ..vision.review.decisions import apply_review
 from ..vision.storage.overlap import each_image, together
 from ..vision.storage.results_store import DETECTIONS, LABELS, REFEREE, REVIEW, ResultsStore
@@ -42,6 +43,7 @@ from .stage import (
     Skip,
     batch_counts,
     read_ahead,
+    reused_in,
     run_images,
     source_state,
     stage_asset,
@@ -59,6 +61,7 @@ class Stored:
     labels: LabelsRecord
     detections: DetectionsRecord
     review: ImageReview | None
+    copy: RefereeRecord | None = None  # the opinions on an image with the same bytes (vision/reuse.py)
 
 
 referee_settlement = BatchCheck(
@@ -145,12 +148,19 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         taken = run_images(context, results, image_selection)
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "referee_opinions")
         off = referee.off_because()
+        model = referee.identity
+        records: dict[str, RefereeRecord] = {}
+
+        version = version_of(model, referee.min_probability, referee.margin)
 
         def read_inputs(image: str, source: SourceImageRecord, stored: tuple) -> Stored | Skip:
             labels, detections, earlier_review = stored
             if labels is None or detections is None:
                 return Skip("not labelled: materialize specialist_labels first")
-            return Stored(labels, detections, earlier_review)
+            donor = detections.reused_from
+            copy = reusable(results, donor, REFEREE, RefereeRecord, version, image) if (
+                donor and labels.reused_from == donor and off is None) else None
+            return Stored(labels, detections, earlier_review, copy)
 
         def stored(image: str) -> tuple:
             return together(lambda: results.read(image, LABELS, LabelsRecord),
@@ -166,11 +176,14 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
             sources |= read.sources
         batch_of = taken.batch_of
         doubtful: dict[str, list[tuple[str, CropLabels]]] = defaultdict(list)
+        def record_of(image: str) -> RefereeRecord:
+            return records.setdefault(image, RefereeRecord(partition_key=image, model=model, version=version))
+
+        reused = {image for image, found in inputs.items() if found.copy is not None}
+        records |= {image: inputs[image].copy for image in reused}
         for image, found in inputs.items():
             crops = doubtful_crops(found.labels, found.review, sources[image].sha256, found.detections)
-            doubtful[batch_of[image]] += [(image, crop) for crop in crops]
-        records: dict[str, RefereeRecord] = {}
-        model = referee.identity
+            doubtful[batch_of[image]] += [(image, crop) for crop in crops if image not in reused]
         asked: list[tuple[str, CropLabels]] = []
         for batch_crops in doubtful.values():
             if off:
@@ -181,8 +194,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
             for image, crop in left:
                 why = off or (f"over the batch's budget (VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH="
                               f"{referee.max_crops_per_batch}); more doubtful crops went first")
-                records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
-                    crop.detection_index] = why
+                record_of(image).not_judged[crop.detection_index] = why
         seconds, down, failures, clock = 0.0, None, 0, DeviceTime()
         crop_pictures: dict[CropKey, Image.Image] = {}
         chunk_images = max(1, stage_policy.chunk_size)
@@ -211,20 +223,17 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                     context.log.warning(f"{down}; the doubtful crops of this run are left for people")
                 except ModelFailedOnImage as error:
                     failures += len(chunk_asked)
-                    opinions = {}
                     for image, crop in chunk_asked:
-                        records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
-                            crop.detection_index] = f"the referee failed: {error}"
+                        record_of(image).not_judged[crop.detection_index] = f"the referee failed: {error}"
                 else:
                     seconds += time.perf_counter() - started
                     for (image, index), opinion in opinions.items():
-                        record = records.setdefault(image, RefereeRecord(partition_key=image, model=model))
+                        record = record_of(image)
                         record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
                         record.device_seconds = clock.of(image)
             if down is not None:
                 for image, crop in chunk_asked:
-                    records.setdefault(image, RefereeRecord(partition_key=image, model=model)).not_judged[
-                        crop.detection_index] = down
+                    record_of(image).not_judged[crop.detection_index] = down
 
         outcomes: dict[str, ImageOutcome] = {}
         for image, found in inputs.items():
@@ -256,6 +265,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                 "run_referee_seconds": round(seconds, 3),
                 "run_review_tasks": sum(tasks),
                 "run_referee_failures": failures,
+                "images_reused": reused_in(taken, reused, batch),
                 "models_loaded": referee.load_counts,
             })
         progress.clear()

@@ -39,6 +39,7 @@ from ..vision.records import (
     LabelsRecord,
     SourceImageRecord,
 )
+from ..vision.reuse import reusable, version_of
 from ..vision.review.decisions import (
     AppliedReview,
     apply_review,
@@ -62,6 +63,7 @@ from .stage import (
     Skip,
     batch_counts,
     read_ahead,
+    reused_in,
     run_images,
     source_state,
     stage_asset,
@@ -81,6 +83,16 @@ class LabelInputs:
     handed: dict[int, Image.Image] | None  # detection index -> those crops' pixels, where the record kept them
     coral_score: float | None
     picture: WorkingPicture
+    earlier_review: ImageReview | None
+
+
+@dataclass(frozen=True)
+class ReusedLabels:
+    """An image's labels copied from an image with the same bytes (vision/reuse.py), with what the stage reads of it
+    besides."""
+
+    record: LabelsRecord
+    detections: DetectionsRecord
     earlier_review: ImageReview | None
 
 
@@ -189,7 +201,7 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "specialist_labels")
-        clock = DeviceTime()
+        clock, reused = DeviceTime(), set()
         experts = specialists.classifiers()
         vocabularies = Vocabularies(lambda: embedder.embedder, lambda: detector.detector.class_names, experts)
         seconds, audit_seconds, outcomes, agreements = 0.0, 0.0, {}, {}
@@ -202,10 +214,17 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                             lambda: results.read_arrays(image, EMBEDDING_VECTORS),
                             lambda: results.read(image, REVIEW, ImageReview))
 
-        def read_inputs(image: str, source: SourceImageRecord, earlier: tuple) -> LabelInputs | Skip:
+        version = version_of(specialists.identity, specialists.top_k, sorted(specialists.drop_labels),
+                             embedder.identity, labeling.signature)
+
+        def read_inputs(image: str, source: SourceImageRecord, earlier: tuple) -> LabelInputs | ReusedLabels | Skip:
             embedded, found, vectors, earlier_review = earlier
             if embedded is None:
                 return Skip("no embeddings: materialize embeddings first")
+            # The same bytes labelled before, from the same boxes and vectors, by these experts: no picture, no model.
+            if found is not None and found.reused_from and embedded.reused_from == found.reused_from and (
+                    copy := reusable(results, found.reused_from, LABELS, LabelsRecord, version, image)):
+                return ReusedLabels(copy, found, earlier_review)
             boxes = dict(zip(embedded.crop_indexes, embedded.crop_boxes, strict=True))
             # The crops the embeddings stage cut, at the experts' sides: the pixels CLIP embedded, not decoded again.
             crops = unpack_crops(vectors)
@@ -218,36 +237,43 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
         with BackgroundWrites() as writes:
             for read in read_ahead(results, taken, todo, stage_policy.chunk_size, read_inputs, alongside=stored):
                 skipped |= read.skipped
-                chunk, inputs = list(read.inputs), read.inputs
-                finished_in_chunk = [*chunk, *read.skipped]
-                if not chunk:
+                inputs = read.inputs
+                copies = {key: found for key, found in inputs.items() if isinstance(found, ReusedLabels)}
+                chunk = [key for key in inputs if key not in copies]
+                reused |= set(copies)
+                finished_in_chunk = [*inputs, *read.skipped]
+                if not inputs:
                     writes.submit([], then=progress.after_writing(finished_in_chunk))
                     continue
-                detections = {key: inputs[key].detections for key in chunk}
+                detections = {key: inputs[key].detections for key in inputs}
                 embedded = {key: inputs[key].embedded for key in chunk}
                 vectors = {key: inputs[key].vectors for key in chunk}
                 handed = {key: inputs[key].handed for key in chunk if inputs[key].handed is not None}
                 pictures = {key: inputs[key].picture for key in chunk}
-                started = time.perf_counter()
-                labelled = label_batch(pictures, detections, {key: inputs[key].boxes for key in chunk}, experts,
-                                       {key: inputs[key].coral_score for key in chunk
-                                        if inputs[key].coral_score is not None}, labeling.policy, handed, clock)
-                seconds += time.perf_counter() - started
-                crops, crop_seconds = _second_opinions(labelled, embedded, vectors, vocabularies, embedder.identity,
-                                                       labeling.second_opinion_margin)
-                audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
+                labelled = {key: found.record for key, found in copies.items()}
+                if chunk:
+                    started = time.perf_counter()
+                    labelled |= label_batch(pictures, detections, {key: inputs[key].boxes for key in chunk}, experts,
+                                            {key: inputs[key].coral_score for key in chunk
+                                             if inputs[key].coral_score is not None}, labeling.policy, handed, clock)
+                    seconds += time.perf_counter() - started
+                    crops, crop_seconds = _second_opinions({key: labelled[key] for key in chunk}, embedded, vectors,
+                                                           vocabularies, embedder.identity,
+                                                           labeling.second_opinion_margin)
+                    audited, audit_seconds = audited + crops, audit_seconds + crop_seconds
                 finished = []
-                for key in chunk:
+                for key in inputs:
                     record, source = labelled[key], read.sources[key]
+                    record.version = record.version or version
                     # A person's earlier decisions, where they still apply (same content, same objects).
                     reviewed = apply_review(inputs[key].earlier_review, source.sha256, detections[key])
-                    outcomes[key] = labels_outcome(record, pictures[key], look, reviewed, handed.get(key))
+                    outcomes[key] = labels_outcome(record, pictures.get(key), look, reviewed, handed.get(key))
                     agreements[key] = agreement_outcome(record, reviewed)
                     finished.append((source, detections[key], record, reviewed,
                                      review.sampled(key) if review.tasks else None))
-                routed.update(c.specialist.specialist for r in labelled.values() for c in r.crops if c.specialist)
-                coral_images += sum(bool(r.scene) for r in labelled.values())
-                done |= set(chunk)
+                routed.update(c.specialist.specialist for key in chunk for c in labelled[key].crops if c.specialist)
+                coral_images += sum(bool(labelled[key].scene) for key in chunk)
+                done |= set(inputs)
 
                 def recorded(with_task: list[bool], finished: list[str] = finished_in_chunk) -> None:
                     tasks.append(sum(with_task))
@@ -263,7 +289,8 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
                        "run_images_resumed": len(resumed)}
         spent = batch_device_seconds(clock.by_image.items(), taken.batch_of)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {})})
+            metadata.add(batch, counts | run_figures | {"device_seconds": spent.get(batch, {}),
+                                                        "images_reused": reused_in(taken, reused, batch)})
         progress.clear()
         yield metadata.materialize()
         confidence, agreement = stored_labels(results)

@@ -238,6 +238,11 @@ def batch_counts(taken: RunImages, done: set[str], skipped: dict[str, str]) -> d
             for batch, images in taken.by_batch.items()}
 
 
+def reused_in(taken: RunImages, reused: set[str], batch: str) -> int:
+    """How many of the batch's images took another image's results for the same bytes (vision/reuse.py)."""
+    return sum(image in reused for image in taken.by_batch.get(batch, []))
+
+
 # A backfill runs adjacent batches together, this many per run (2,048 images at the default batch size): a backfill
 # of a million images is ~500 runs the queue works through, each loading the models once, and a failure costs one
 # run's batches, not the whole backfill.

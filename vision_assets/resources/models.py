@@ -24,6 +24,7 @@ from ..vision.models.remote import ModelServiceClient, model_ref, remote_model
 from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from ..vision.models.wire import ModelRef
 from ..vision.process import quiet_libraries
+from ..vision.reuse import version_of
 
 
 class _ModelResource(dg.ConfigurableResource):
@@ -113,6 +114,11 @@ class DetectorResource(_ModelResource):
     @property
     def detector(self) -> YoloDetector:
         return self._model("detector")
+
+    @property
+    def version(self) -> str:
+        """What shapes the boxes (vision/reuse.py): the model and the settings that filter its answers."""
+        return version_of(self.identity, self.confidence, self.max_detections, self.image_size)
 
     @property
     def identity(self) -> str:

@@ -106,6 +106,13 @@ class LabelingSettings(dg.ConfigurableResource):
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     @property
+    def signature(self) -> str:
+        """Everything here, for the versions of the results it shapes (vision/reuse.py)."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+
+    @property
     def policy(self) -> LabelingPolicy:
         return LabelingPolicy(
             routes=self.routes,

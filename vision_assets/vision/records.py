@@ -130,6 +130,10 @@ class DetectionsRecord(BaseModel):
     error: str | None = None  # the detector raised on this image (no detections; the image goes no further)
     # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
     device_seconds: dict[str, float] = Field(default_factory=dict)
+    # vision/reuse.py: what shaped this result (models, settings), and the image it was copied from, if it was (the
+    # same bytes, processed before under another id: no model ran).
+    version: str | None = None
+    reused_from: str | None = None
 
 
 class Label(BaseModel):
@@ -280,6 +284,10 @@ class LabelsRecord(BaseModel):
     model_errors: list[str] = Field(default_factory=list)
     # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
     device_seconds: dict[str, float] = Field(default_factory=dict)
+    # vision/reuse.py: what shaped this result (models, settings), and the image it was copied from, if it was (the
+    # same bytes, processed before under another id: no model ran).
+    version: str | None = None
+    reused_from: str | None = None
 
     @property
     def needing_review(self) -> list[str]:
@@ -327,6 +335,10 @@ class RefereeRecord(BaseModel):
     # Doubtful crops it did not judge, each with why: the batch's budget was spent, or the referee was unreachable.
     not_judged: dict[int, str] = Field(default_factory=dict)
     device_seconds: dict[str, float] = Field(default_factory=dict)  # {"referee": its seconds on this image's crops}
+    # vision/reuse.py: what shaped this result (models, settings), and the image it was copied from, if it was (the
+    # same bytes, processed before under another id: no model ran).
+    version: str | None = None
+    reused_from: str | None = None
 
 
 class EmbeddingsRecord(BaseModel):
@@ -342,6 +354,10 @@ class EmbeddingsRecord(BaseModel):
     problems: list[str] = Field(default_factory=list)
     # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
     device_seconds: dict[str, float] = Field(default_factory=dict)
+    # vision/reuse.py: what shaped this result (models, settings), and the image it was copied from, if it was (the
+    # same bytes, processed before under another id: no model ran).
+    version: str | None = None
+    reused_from: str | None = None
 
 
 class IndexRecord(BaseModel):
