@@ -19,11 +19,9 @@ from pydantic import BaseModel
 
 from .records import SourceImageRecord
 from .storage.object_store import ObjectMissing
-from .storage.results_store import ResultsStore
+from .storage.results_store import SAME_BYTES, ResultsStore
 
 Record = TypeVar("Record", bound=BaseModel)
-
-SAME_BYTES = "~same-bytes/"
 
 
 def version_of(*parts: object) -> str:

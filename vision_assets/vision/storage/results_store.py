@@ -55,8 +55,9 @@ REVIEW_APPLIED = "~review/applied/"  # verdict files read and applied (moved out
 REVIEW_REFUSED = "~review/refused/"  # verdict files that could not be used (the tick's log says why)
 REVIEW_FOLDER = "~review/"
 LISTING = "~listing/"  # the upload sensor's notes on a listing pass in progress (vision/listing_pass.py)
+SAME_BYTES = "~same-bytes/"  # sha256 -> the image whose results its bytes' later uploads copy (vision/reuse.py)
 TOP_LEVEL = (BATCHES, LEGACY_REGISTRATIONS, OUTBOX, OUTBOX_QUARANTINE, OUTBOX_DEAD, RUNS, TICKS, CATALOG_FILE,
-             REVIEW_FOLDER, LISTING)
+             REVIEW_FOLDER, LISTING, SAME_BYTES)
 
 
 def is_pipeline_file(relative: str) -> bool:
