@@ -19,7 +19,6 @@ its answers are not. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -47,22 +46,14 @@ from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.models.referee import Question, VisionLanguageReferee, closed_prompt
 
-PHOTOS = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0]) / "assets"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from expert_bench import PHOTOS, crops
+
 BREEDS = ["golden retriever", "labrador retriever", "flat-coated retriever", "beagle", "Chesapeake Bay retriever"]
 
 
 def photos() -> list[Image.Image]:
     return [Image.open(PHOTOS / name).convert("RGB") for name in ("bus.jpg", "zidane.jpg")]
-
-
-def crops(count: int) -> list[Image.Image]:
-    sources, pieces = photos(), []
-    for i in range(count):
-        source = sources[i % 2]
-        width, height = 220 + 41 * (i % 5), 260 + 33 * (i % 7)
-        left, top = (53 * i) % (source.width - width), (31 * i) % (source.height - height)
-        pieces.append(source.crop((left, top, left + width, top + height)))
-    return pieces
 
 
 def timed(call, repeats: int = 1) -> float:

@@ -9,8 +9,8 @@ The referee costs: at most VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH crops a bat
 it only where the models run on a GPU. An outage of the referee fails nothing: its crops stay for people."""
 
 import functools
-import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,17 +18,15 @@ from PIL import Image
 
 from ..keys import GPU_POOL, REFEREE_OPINIONS, SPECIALIST_LABELS
 from ..resources import ImageSelection, ImageStore, RefereeResource, ReviewSettings, StagePolicy
-from ..vision.committee.referee import CropKey, judge_crops, questions_for, within_budget
+from ..vision.committee.referee import CropKey, questions_for
+from ..vision.committee.refereeing import RefereeRun
 from ..vision.images.review import referee_crops_markdown
-from ..vision.models.base import ModelLoadError
-from ..vision.models.device_time import DeviceTime, batch_device_seconds
-from ..vision.models.remote import ModelFailedOnImage, ModelServiceUnavailable
+from ..vision.models.device_time import batch_device_seconds
 from ..vision.records import (
     CropLabels,
     DetectionsRecord,
     ImageReview,
     LabelsRecord,
-    RefereeCrop,
     RefereeRecord,
     SourceImageRecord,
 )
@@ -50,10 +48,6 @@ from .stage import (
     step_start,
     transient_faults_retried,
 )
-
-# What the referee could not be asked because it is down or cannot load: not healed within the run, so the rest of
-# the run's crops are left for people at once instead of each chunk waiting out the service's patience again.
-REFEREE_DOWN = (ModelServiceUnavailable, ModelLoadError)
 
 
 @dataclass(frozen=True)
@@ -149,8 +143,6 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "referee_opinions")
         off = referee.off_because()
         model = referee.identity
-        records: dict[str, RefereeRecord] = {}
-
         version = version_of(model, referee.min_probability, referee.margin)
 
         def read_inputs(image: str, source: SourceImageRecord, stored: tuple) -> Stored | Skip:
@@ -175,73 +167,25 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
             inputs |= read.inputs
             sources |= read.sources
         batch_of = taken.batch_of
+        copies = {image: found.copy for image, found in inputs.items() if found.copy is not None}
         doubtful: dict[str, list[tuple[str, CropLabels]]] = defaultdict(list)
-        def record_of(image: str) -> RefereeRecord:
-            return records.setdefault(image, RefereeRecord(partition_key=image, model=model, version=version))
-
-        reused = {image for image, found in inputs.items() if found.copy is not None}
-        records |= {image: inputs[image].copy for image in reused}
         for image, found in inputs.items():
-            crops = doubtful_crops(found.labels, found.review, sources[image].sha256, found.detections)
-            doubtful[batch_of[image]] += [(image, crop) for crop in crops if image not in reused]
-        asked: list[tuple[str, CropLabels]] = []
-        for batch_crops in doubtful.values():
-            if off:
-                chosen, left = [], batch_crops
-            else:
-                chosen, left = within_budget(batch_crops, referee.max_crops_per_batch)
-            asked += chosen
-            for image, crop in left:
-                why = off or (f"over the batch's budget (VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH="
-                              f"{referee.max_crops_per_batch}); more doubtful crops went first")
-                record_of(image).not_judged[crop.detection_index] = why
-        seconds, down, failures, clock = 0.0, None, 0, DeviceTime()
-        crop_pictures: dict[CropKey, Image.Image] = {}
-        chunk_images = max(1, stage_policy.chunk_size)
-        by_image: dict[str, list[CropLabels]] = defaultdict(list)
-        for image, crop in asked:
-            by_image[image].append(crop)
-        images = list(by_image)
-        side = 0
-        if images:
-            try:
-                side = referee.referee.input_side  # asking loads it (in the service, or here)
-            except REFEREE_DOWN as error:
-                down = f"referee unavailable: {error}"
-                context.log.warning(f"{down}; the doubtful crops of this run are left for people")
-        for start in range(0, len(images), chunk_images):
-            chunk = images[start:start + chunk_images]
-            chunk_asked = [(image, crop) for image in chunk for crop in by_image[image]]
-            if down is None:
-                pictures = _crop_pictures(results, chunk, by_image, sources, side)
-                crop_pictures |= pictures
-                started = time.perf_counter()
-                try:
-                    opinions = judge_crops(chunk_asked, pictures, referee.referee, model, referee.policy, clock)
-                except REFEREE_DOWN as error:
-                    down = f"referee unavailable: {error}"
-                    context.log.warning(f"{down}; the doubtful crops of this run are left for people")
-                except ModelFailedOnImage as error:
-                    failures += len(chunk_asked)
-                    for image, crop in chunk_asked:
-                        record_of(image).not_judged[crop.detection_index] = f"the referee failed: {error}"
-                else:
-                    seconds += time.perf_counter() - started
-                    for (image, index), opinion in opinions.items():
-                        record = record_of(image)
-                        record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
-                        record.device_seconds = clock.of(image)
-            if down is not None:
-                for image, crop in chunk_asked:
-                    record_of(image).not_judged[crop.detection_index] = down
+            if image not in copies:
+                crops = doubtful_crops(found.labels, found.review, sources[image].sha256, found.detections)
+                doubtful[batch_of[image]] += [(image, crop) for crop in crops]
+        run = RefereeRun(model, version, referee.policy, off)
+        side = functools.cache(lambda: referee.referee.input_side)  # asking loads it (in the service, or here)
+        run.ask(run.plan(doubtful), lambda: referee.referee,
+                lambda chunk: _crop_pictures(results, chunk, sources, side()), stage_policy.chunk_size,
+                context.log.warning)
+        records = run.records | copies
 
         outcomes: dict[str, ImageOutcome] = {}
         for image, found in inputs.items():
             record = records.get(image)
-            picture = None
             outcome = settlement_outcome(image, found.labels, record, off)
             if not outcome.passed and look is not None:
-                picture = referee_crops_markdown(found.labels.refereed(record), crop_pictures, image, look)
+                picture = referee_crops_markdown(found.labels.refereed(record), run.pictures, image, look)
                 outcome = settlement_outcome(image, found.labels, record, off, picture)
             outcomes[image] = outcome
         written = [image for image in inputs if image in records and off is None]
@@ -249,23 +193,16 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         progress.record([*inputs, *skipped])
         done |= set(inputs)
         metadata = BatchMetadata(context)
-        settled_by_batch: dict[str, int] = defaultdict(int)
-        asked_by_batch: dict[str, int] = defaultdict(int)
-        for image, record in records.items():
-            settled_by_batch[batch_of[image]] += sum(c.opinion.settled for c in record.crops)
-            asked_by_batch[batch_of[image]] += len(record.crops)
-        spent = batch_device_seconds(clock.by_image.items(), batch_of)
+        spent = batch_device_seconds(run.clock.by_image.items(), batch_of)
+        figures = run.by_batch(taken.by_batch, batch_of, doubtful)
         for batch, counts in batch_counts(taken, done, skipped).items():
-            metadata.add(batch, counts | {
+            metadata.add(batch, counts | figures[batch] | {
                 "referee": off or f"on ({model})",
-                "doubtful_crops": len(doubtful.get(batch, [])),
-                "crops_refereed": asked_by_batch[batch],
-                "crops_settled": settled_by_batch[batch],
                 "device_seconds": spent.get(batch, {}),
-                "run_referee_seconds": round(seconds, 3),
+                "run_referee_seconds": round(run.seconds, 3),
                 "run_review_tasks": sum(tasks),
-                "run_referee_failures": failures,
-                "images_reused": reused_in(taken, reused, batch),
+                "run_referee_failures": run.failures,
+                "images_reused": reused_in(taken, set(copies), batch),
                 "models_loaded": referee.load_counts,
             })
         progress.clear()
@@ -275,10 +212,11 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
     return referee_opinions
 
 
-def _crop_pictures(results: ResultsStore, images: list[str], crops: dict[str, list[CropLabels]],
+def _crop_pictures(results: ResultsStore, crops: Mapping[str, list[CropLabels]],
                    sources: dict[str, SourceImageRecord], side: int) -> dict[CropKey, Image.Image]:
-    """Each asked crop's pixels, its long side at the referee's tile (`side`) where the working copy has them: every
-    image decoded once, at the smallest scale that gives its largest asked crop that side."""
+    """Each asked crop's pixels (`crops`: image -> its asked crops), its long side at the referee's tile (`side`)
+    where the working copy has them: every image decoded once, at the smallest scale that gives its largest asked
+    crop that side."""
 
     def cut(image: str) -> dict[CropKey, Image.Image]:
         boxes = [crop.crop_box for crop in crops[image]]
@@ -286,7 +224,7 @@ def _crop_pictures(results: ResultsStore, images: list[str], crops: dict[str, li
         picture = results.read_working(image, min(1.0, side / max(1, longest)), sources[image])
         return {(image, crop.detection_index): picture.crop(crop.crop_box) for crop in crops[image]}
 
-    return {key: pixels for found in each_image(cut, images) for key, pixels in found.items()}
+    return {key: pixels for found in each_image(cut, list(crops)) for key, pixels in found.items()}
 
 
 def _write(results: ResultsStore, records: dict[str, RefereeRecord], inputs: dict[str, Stored],

@@ -200,3 +200,29 @@ def test_an_unsettled_opinion_goes_with_the_crop_to_the_person_and_into_label_st
     committee, referee = task["predictions"]
     assert referee["model_version"] == "ref@1" and referee["score"] == 0.5
     assert [r["value"].get("choices") for r in referee["result"] if r["type"] == "choices"] == [["golden_retriever"]]
+
+
+def test_a_run_asks_within_the_budget_and_an_outage_leaves_the_rest_for_people_at_once():
+    from vision_assets.vision.committee.refereeing import RefereeRun
+    from vision_assets.vision.models.remote import ModelServiceUnavailable
+
+    doubtful = {"b1": [(f"{n}.jpg", crop(0, labels=(("x", 0.1 * n), ("y", 0.05)))) for n in range(1, 4)]}
+    run = RefereeRun("ref@1", "v1", POLICY, off=None)
+    asked = run.plan(doubtful)  # the budget is 2: the two least sure
+    assert [image for image, _ in asked] == ["1.jpg", "2.jpg"]
+    assert "over the batch's budget" in run.records["3.jpg"].not_judged[0]
+
+    class Down:
+        calls = 0
+
+        def judge(self, questions):
+            Down.calls += 1
+            raise ModelServiceUnavailable("model service at http://x unreachable for 120s")
+
+    warnings = []
+    cut = lambda chunk: {(image, c.detection_index): Image.new("RGB", (8, 8)) for image, cs in chunk.items() for c in cs}
+    run.ask(asked, Down, cut, images_per_chunk=1, warn=warnings.append)
+    assert Down.calls == 1 and len(warnings) == 1  # the second chunk does not wait out the service again
+    assert all(run.records[image].not_judged[0].startswith("referee unavailable") for image in ("1.jpg", "2.jpg"))
+    assert run.by_batch(["b1"], {f"{n}.jpg": "b1" for n in range(1, 4)}, doubtful) == {
+        "b1": {"doubtful_crops": 3, "crops_refereed": 0, "crops_settled": 0}}

@@ -1,0 +1,107 @@
+"""One run's work for the referee: which doubtful crops it is asked about within each batch's budget, asking it a
+chunk of images at a time, and every crop's outcome kept in its image's `RefereeRecord`: an opinion, or why it was
+not asked (over the budget, the referee off, down or failing). Plain Python: the `referee_opinions` stage drives it,
+the tests can too."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ..models.base import ModelLoadError
+from ..models.device_time import DeviceTime
+from ..models.remote import ModelFailedOnImage, ModelServiceUnavailable
+from ..records import CropLabels, RefereeCrop, RefereeRecord
+from .referee import CropKey, Referee, RefereePolicy, judge_crops, within_budget
+
+# The referee down or unable to load: not healed within the run, so the rest of the run's crops are left for people
+# at once, instead of each chunk waiting out the model service's patience again.
+REFEREE_DOWN = (ModelServiceUnavailable, ModelLoadError)
+
+Doubtful = list[tuple[str, CropLabels]]  # (image, crop)
+CutCrops = Callable[[Mapping[str, list[CropLabels]]], dict[CropKey, Image.Image]]  # image -> crops -> their pixels
+
+
+@dataclass
+class RefereeRun:
+    model: str
+    version: str
+    policy: RefereePolicy
+    off: str | None  # why the referee is not asked at all (None: it is)
+    records: dict[str, RefereeRecord] = field(default_factory=dict)
+    pictures: dict[CropKey, Image.Image] = field(default_factory=dict)  # the crops it was shown
+    clock: DeviceTime = field(default_factory=DeviceTime)
+    seconds: float = 0.0
+    failures: int = 0  # crops of chunks the referee raised on
+    down: str | None = None
+
+    def record_of(self, image: str) -> RefereeRecord:
+        return self.records.setdefault(image, RefereeRecord(partition_key=image, model=self.model,
+                                                            version=self.version))
+
+    def plan(self, doubtful_by_batch: Mapping[str, Doubtful]) -> Doubtful:
+        """The crops to ask about: each batch's most doubtful, within its budget; the others are recorded as left
+        for people, with why."""
+        asked: Doubtful = []
+        for crops in doubtful_by_batch.values():
+            chosen, left = ([], crops) if self.off else within_budget(crops, self.policy.max_crops_per_batch)
+            asked += chosen
+            why = self.off or (f"over the batch's budget (VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH="
+                               f"{self.policy.max_crops_per_batch}); more doubtful crops went first")
+            for image, crop in left:
+                self.record_of(image).not_judged[crop.detection_index] = why
+        return asked
+
+    def ask(self, asked: Doubtful, referee: Callable[[], Referee], cut: CutCrops, images_per_chunk: int,
+            warn: Callable[[str], None]) -> None:
+        """Ask about these crops, `images_per_chunk` images at a time (`cut` gives a chunk's crops' pixels; `referee`
+        gives the model, loading it): each crop ends with an opinion or a reason."""
+        by_image: dict[str, list[CropLabels]] = defaultdict(list)
+        for image, crop in asked:
+            by_image[image].append(crop)
+        images = list(by_image)
+        for start in range(0, len(images), max(1, images_per_chunk)):
+            chunk = {image: by_image[image] for image in images[start:start + images_per_chunk]}
+            chunk_asked = [(image, crop) for image, crops in chunk.items() for crop in crops]
+            if self.down is None:
+                self._ask_chunk(chunk_asked, chunk, referee, cut, warn)
+            if self.down is not None:
+                for image, crop in chunk_asked:
+                    self.record_of(image).not_judged[crop.detection_index] = self.down
+
+    def _ask_chunk(self, chunk_asked: Doubtful, chunk: Mapping[str, list[CropLabels]],
+                   referee: Callable[[], Referee], cut: CutCrops, warn: Callable[[str], None]) -> None:
+        try:
+            model = referee()
+            pictures = cut(chunk)
+            self.pictures |= pictures
+            started = time.perf_counter()
+            opinions = judge_crops(chunk_asked, pictures, model, self.model, self.policy, self.clock)
+            self.seconds += time.perf_counter() - started
+        except REFEREE_DOWN as error:
+            self.down = f"referee unavailable: {error}"
+            warn(f"{self.down}; the doubtful crops of this run are left for people")
+            return
+        except ModelFailedOnImage as error:
+            self.failures += len(chunk_asked)
+            for image, crop in chunk_asked:
+                self.record_of(image).not_judged[crop.detection_index] = f"the referee failed: {error}"
+            return
+        for (image, index), opinion in opinions.items():
+            record = self.record_of(image)
+            record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
+            record.device_seconds = self.clock.of(image)
+
+    def by_batch(self, batches: Iterable[str], batch_of: Mapping[str, str], doubtful_by_batch: Mapping[str, Sequence],
+                 ) -> dict[str, dict]:
+        """Each of these batches: its doubtful crops, how many the referee judged and settled."""
+        figures = {batch: {"doubtful_crops": len(doubtful_by_batch.get(batch, ())), "crops_refereed": 0,
+                           "crops_settled": 0} for batch in batches}
+        for image, record in self.records.items():
+            figures[batch_of[image]]["crops_refereed"] += len(record.crops)
+            figures[batch_of[image]]["crops_settled"] += sum(c.opinion.settled for c in record.crops)
+        return figures
