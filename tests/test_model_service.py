@@ -73,6 +73,7 @@ def test_the_service_answers_as_the_models_in_process_do(committees):
     assert "model service" in remote["detector"].detector.device
     questions = [Question(photo, closed_prompt("a dog", ("beagle", "pug")), ("beagle", "pug")) for photo in photos[:3]]
     assert remote["referee"].referee.judge(questions) == local["referee"].referee.judge(questions)
+    assert remote["referee"].referee.caption(photos[:3]) == local["referee"].referee.caption(photos[:3])
     assert remote["referee"].off_because() == local["referee"].off_because() is not None  # auto, and CPUs on both
 
 

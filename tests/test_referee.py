@@ -10,6 +10,7 @@ from tests.conftest import PIPELINE_VALID as VALID
 from tests.conftest import embedded_client, free_port, run_pipeline, ui_check_statuses
 from vision_assets.resources import RefereeResource
 from vision_assets.settings import Settings
+from vision_assets.vision.index.vector_index import image_point_id
 from vision_assets.vision.records import LabelsRecord, RefereeRecord
 from vision_assets.vision.storage.object_store import ObjectMissing
 from vision_assets.vision.storage.results_store import LABELS, REFEREE
@@ -117,3 +118,30 @@ def test_a_referee_outage_leaves_the_crops_for_people_and_fails_nothing(
     check = evaluation(run, "referee_settles")
     assert not check.passed and "referee unavailable" in check.metadata["failed"].value
     assert evaluation(run, "index_consistent").passed
+
+
+def test_captions_go_into_the_index_and_text_search_finds_their_words(
+        refereed, monkeypatch, s3_image_store, instance, s3_client, bucket):
+    from vision_assets.vision.index.payloads import caption_words
+    from vision_assets.vision.index.search import Searcher
+
+    monkeypatch.setenv("VISION_ASSETS_REFEREE", "off")  # captions alone
+    monkeypatch.setenv("VISION_ASSETS_CAPTIONS", "on")
+    models = refereed()
+    _, run = run_pipeline(models, s3_image_store, instance, s3_client, bucket)
+    assert run.success
+    _, records = stored(s3_image_store.results)
+    assert all(records[key].caption for key in VALID)  # every valid image, doubtful or not
+    [materialization] = [e for e in run.get_asset_materialization_events()
+                         if e.asset_key == dg.AssetKey("referee_opinions")]
+    assert materialization.materialization.metadata["images_captioned"].value == len(VALID)
+    assert evaluation(run, "referee_settles").passed  # the referee is off: nothing was asked, nothing failed
+    # A word only bus.jpg's caption has: the twin's captions are random, but the same every build.
+    others = {word for key in VALID if key != "bus.jpg" for word in caption_words(records[key].caption)}
+    word = next(w for w in caption_words(records["bus.jpg"].caption) if w not in others)
+    with models["qdrant"].open() as index:
+        [point] = index.client.retrieve("images", [image_point_id("bus.jpg")], with_payload=True)
+        hits = Searcher(index, models["embedder"].embedder, models["embedder"].identity).by_text(word, limit=3)
+    assert point.payload["caption"] == records["bus.jpg"].caption and word in point.payload["caption_words"]
+    assert hits[0].image_id == "bus.jpg" and hits[0].matched_caption and hits[0].caption == records["bus.jpg"].caption
+    assert len(hits) == 3 and not any(hit.matched_caption for hit in hits[1:])  # then the rest, by meaning

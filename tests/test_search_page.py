@@ -24,7 +24,7 @@ def search_page(models, s3_image_store, instance, s3_client, bucket):
     on, as on a GPU box, and settling whatever it answers with a label (a random-weight twin is sure of nothing)."""
     referee = models["referee"]
     models = models | {"referee": RefereeResource(model=referee.model, model_cache=referee.model_cache, offline=True,
-                                                  mode="on", min_probability=0.0, margin=0.0)}
+                                                  mode="on", min_probability=0.0, margin=0.0, captions="on")}
     for name, data in {"bus.jpg": (PHOTOS / "bus.jpg").read_bytes(), "bus-copy.jpg": (PHOTOS / "bus.jpg").read_bytes(),
                        "zidane.jpg": (PHOTOS / "zidane.jpg").read_bytes(),
                        "plain.png": image_bytes((96, 64))}.items():
@@ -72,6 +72,8 @@ def test_a_person_searches_filters_follows_more_like_this_and_reviews(search_pag
         assert page.locator("#results .card a", has_text="batch").first.get_attribute("href").startswith(
             "http://dagster.example/assets/source_images?view=partitions&partition=")
         page.screenshot(path=str(SCREENSHOTS / "search.png"), full_page=True)
+        # Each image's caption under it (random words from the random-weight twin, but words).
+        assert page.locator("#results .card .meta.caption").count() == 4
 
         # A filter: objects only, of the entity the first object found is.
         page.get_by_label("what").select_option("crops")

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     referee_max_crops_per_batch: int = setting(256, "At most this many doubtful crops per upload batch go to the "
                                                "referee, the most doubtful first; the rest wait for people.")
     referee_batch_size: int = setting(16, "Crops per referee forward pass.")
+    captions: Literal["auto", "on", "off"] = setting(
+        "auto", "A short caption per image from the referee's model, in the index and on the search page; text "
+        "search also finds the words of captions. `auto` = on where the models run on a GPU, off on a CPU.")
 
     # Review
     review_pictures: bool = setting(True, "`1`: thumbnails with boxes and labels in each image's metadata, the crops "

@@ -139,7 +139,7 @@ def build_definitions(
             build_detections(detector.identity),
             build_embeddings(embedder.identity, labeling.scene_signature),
             build_specialist_labels(specialists.identity, embedder.identity),
-            build_referee_opinions(referee.identity, referee.mode),
+            build_referee_opinions(referee.identity, f"{referee.mode}|captions={referee.captions}"),
             build_qdrant_index(embedder.identity),
             image_catalog,
             review_decisions,

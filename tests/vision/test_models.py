@@ -401,3 +401,15 @@ def test_the_referees_answer_is_always_one_of_the_allowed_labels_and_the_same_as
     alone = [referee.judge([question])[0] for question in questions]  # no padding, no other question's cache
     for one, other in zip(alone, together, strict=True):
         assert max(abs(one[k] - other[k]) for k in one) < 1e-3
+
+
+def test_the_referees_captions_are_short_text_the_same_alone_or_together(cache, photos):
+    from vision_assets.vision.models.defaults import REFEREE_MODEL
+    from vision_assets.vision.models.referee import CAPTION_TOKENS, VisionLanguageReferee
+
+    referee = VisionLanguageReferee(identity_for(REFEREE_MODEL, cache=cache), device="cpu", cache=cache)
+    pictures = [*photos, photos[0].crop((0, 0, 90, 60))]
+    together = referee.caption(pictures)
+    assert len(together) == 3 and all(isinstance(text, str) and text == text.strip() for text in together)
+    assert all(len(text.encode()) <= 8 * CAPTION_TOKENS for text in together)  # bounded: at most 32 new tokens
+    assert [referee.caption([picture])[0] for picture in pictures] == together

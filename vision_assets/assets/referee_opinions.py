@@ -21,6 +21,7 @@ from ..resources import ImageSelection, ImageStore, RefereeResource, ReviewSetti
 from ..vision.committee.referee import CropKey, questions_for
 from ..vision.committee.refereeing import RefereeRun
 from ..vision.images.review import referee_crops_markdown
+from ..vision.images.working import scale_for_long_side
 from ..vision.models.device_time import batch_device_seconds
 from ..vision.records import (
     CropLabels,
@@ -141,9 +142,9 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         results, look = image_store.results, review.look
         taken = run_images(context, results, image_selection)
         progress, resumed, done, skipped, todo = step_start(context, results, taken, "referee_opinions")
-        off = referee.off_because()
+        off, captions_off = referee.off_because(), referee.captions_off_because()
         model = referee.identity
-        version = version_of(model, referee.min_probability, referee.margin)
+        version = version_of(model, referee.min_probability, referee.margin, captions_off is None)
 
         def read_inputs(image: str, source: SourceImageRecord, stored: tuple) -> Stored | Skip:
             labels, detections, earlier_review = stored
@@ -151,7 +152,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                 return Skip("not labelled: materialize specialist_labels first")
             donor = detections.reused_from
             copy = reusable(results, donor, REFEREE, RefereeRecord, version, image) if (
-                donor and labels.reused_from == donor and off is None) else None
+                donor and labels.reused_from == donor and (off is None or captions_off is None)) else None
             return Stored(labels, detections, earlier_review, copy)
 
         def stored(image: str) -> tuple:
@@ -178,6 +179,10 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         run.ask(run.plan(doubtful), lambda: referee.referee,
                 lambda chunk: _crop_pictures(results, chunk, sources, side()), stage_policy.chunk_size,
                 context.log.warning)
+        if captions_off is None:
+            run.caption([image for image in inputs if image not in copies], lambda: referee.referee,
+                        lambda chunk: _pictures(results, chunk, sources, side()), stage_policy.chunk_size,
+                        context.log.warning)
         records = run.records | copies
 
         outcomes: dict[str, ImageOutcome] = {}
@@ -188,7 +193,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                 picture = referee_crops_markdown(found.labels.refereed(record), run.pictures, image, look)
                 outcome = settlement_outcome(image, found.labels, record, off, picture)
             outcomes[image] = outcome
-        written = [image for image in inputs if image in records and off is None]
+        written = [image for image in inputs if image in records and (off is None or captions_off is None)]
         tasks = each_image(functools.partial(_write, results, records, inputs, sources, review), written)
         progress.record([*inputs, *skipped])
         done |= set(inputs)
@@ -198,6 +203,8 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         for batch, counts in batch_counts(taken, done, skipped).items():
             metadata.add(batch, counts | figures[batch] | {
                 "referee": off or f"on ({model})",
+                "captions": captions_off or f"on ({model})",
+                "images_captioned": sum(bool(records[i].caption) for i in taken.by_batch[batch] if i in records),
                 "device_seconds": spent.get(batch, {}),
                 "run_referee_seconds": round(run.seconds, 3),
                 "run_review_tasks": sum(tasks),
@@ -210,6 +217,14 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         yield from referee_settlement.report(context, taken, outcomes, skipped, stored_settlement(results, off))
 
     return referee_opinions
+
+
+def _pictures(results: ResultsStore, images: list[str], sources: dict[str, SourceImageRecord],
+              side: int) -> dict[str, Image.Image]:
+    """Each image's picture with its long side at least `side` (the model input ingest wrote, where it is enough)."""
+    pictures = each_image(lambda image: results.read_working(
+        image, scale_for_long_side(sources[image].working_size, side), sources[image]).image, images)
+    return dict(zip(images, pictures, strict=True))
 
 
 def _crop_pictures(results: ResultsStore, crops: Mapping[str, list[CropLabels]],

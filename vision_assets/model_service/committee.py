@@ -151,6 +151,8 @@ def _item_call(task: str, model: Any) -> Callable[[list[Any]], list[Any]]:
         return lambda images: [[label.model_dump() for label in labels] for labels in model.classify(images)]
     if task == "judge":
         return model.judge
+    if task == "caption":
+        return model.caption
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -195,6 +195,7 @@ class RefereeResource(_ModelResource):
     margin: float = DEFAULTS.referee_margin
     max_crops_per_batch: int = DEFAULTS.referee_max_crops_per_batch
     batch_size: int = DEFAULTS.referee_batch_size
+    captions: str = DEFAULTS.captions  # `on`, `off`, or `auto` (on where the models run on a GPU)
 
     def identities(self) -> dict[str, ModelIdentity]:
         return {"referee": self._identity(self.model, self.revision)} if self.model else {}
@@ -217,19 +218,27 @@ class RefereeResource(_ModelResource):
         return RefereePolicy(self.min_probability, self.margin, self.max_crops_per_batch)
 
     def off_because(self) -> str | None:
-        """Why the referee does not run (None: it does). `auto` asks where the models run: the model service's
-        devices, or this process's, without loading the referee."""
-        if self.mode == "off" or not self.model:
-            return "the referee is off (VISION_ASSETS_REFEREE=off)"
-        if self.mode == "on":
+        """Why the referee does not judge crops (None: it does)."""
+        return self._off_because(self.mode, "VISION_ASSETS_REFEREE", "the referee", "a crop")
+
+    def captions_off_because(self) -> str | None:
+        """Why images get no caption (None: they do)."""
+        return self._off_because(self.captions, "VISION_ASSETS_CAPTIONS", "captions", "an image")
+
+    def _off_because(self, mode: str, variable: str, what: str, per: str) -> str | None:
+        """`auto` asks where the models run: the model service's devices, or this process's, without loading the
+        referee."""
+        if mode == "off" or not self.model:
+            return f"{what} off ({variable}=off)"
+        if mode == "on":
             return None
         if self.service_url:
             accelerator = ModelServiceClient(self.service_url, self.service_patience_seconds).held().get("accelerator")
             on_gpu = accelerator == "cuda"
         else:
             on_gpu = resolve_device(self.device).startswith("cuda")
-        return None if on_gpu else ("the models run on a CPU, where the referee costs seconds a crop "
-                                    "(VISION_ASSETS_REFEREE=auto; set it to `on` to use it anyway)")
+        return None if on_gpu else (f"{what} off: the models run on a CPU, where the referee's model costs seconds "
+                                    f"{per} ({variable}=auto; set it to `on` to use it anyway)")
 
 
 def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
@@ -255,6 +264,6 @@ def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
         "referee": RefereeResource(
             model=settings.referee_model, mode=settings.referee, min_probability=settings.referee_min_probability,
             margin=settings.referee_margin, max_crops_per_batch=settings.referee_max_crops_per_batch,
-            batch_size=settings.referee_batch_size, **runtime,
+            batch_size=settings.referee_batch_size, captions=settings.captions, **runtime,
         ),
     }

@@ -67,6 +67,8 @@ class Hit(BaseModel):
     reviewed_by: str | None = None
     label_source: str | None = None  # crops: "expert", "detector", "referee" (it settled the crop) or "person"
     referee: str | None = None  # crops the referee judged: its opinion, settled or not
+    caption: str | None = None  # images: a short description by the referee's model (VISION_ASSETS_CAPTIONS)
+    matched_caption: bool = False  # found by the words of its caption, besides its meaning
     scene_tags: list[str] = []
     taken_at: str | None = None
     location: dict[str, float] | None = None

@@ -282,6 +282,7 @@ class LabelsRecord(BaseModel):
     # An expert that raised on a crop or the whole image, each with its error ("crop 2 (dog): dog_breeds failed:
     # ValueError: ..."): the crop has no label, and the image needs a person.
     model_errors: list[str] = Field(default_factory=list)
+    caption: str | None = None  # set when read with the referee's record (LabelsRecord.refereed), never stored here
     # The models' seconds on this image, by model (vision/models/device_time.py): what it cost.
     device_seconds: dict[str, float] = Field(default_factory=dict)
     # vision/reuse.py: what shaped this result (models, settings), and the image it was copied from, if it was (the
@@ -305,8 +306,8 @@ class LabelsRecord(BaseModel):
 
     def refereed(self, referee: RefereeRecord | None) -> LabelsRecord:
         """This record with the referee's opinions on its crops, where they still apply (the crop's detector class
-        and expert labels are the ones it judged)."""
-        if referee is None or not referee.crops:
+        and expert labels are the ones it judged), and its caption of the image."""
+        if referee is None:
             return self
         opinions = {c.detection_index: c.opinion for c in referee.crops}
         crops = []
@@ -317,7 +318,8 @@ class LabelsRecord(BaseModel):
                 crop = crop.model_copy(update={"referee": opinion})
             crops.append(crop)
         # Its cost travels with its opinions: the labels as read are what the referee stage spent too.
-        return self.model_copy(update={"crops": crops, "device_seconds": self.device_seconds | referee.device_seconds})
+        return self.model_copy(update={"crops": crops, "device_seconds": self.device_seconds | referee.device_seconds,
+                                       "caption": referee.caption})
 
 
 class RefereeCrop(BaseModel):
@@ -326,11 +328,12 @@ class RefereeCrop(BaseModel):
 
 
 class RefereeRecord(BaseModel):
-    """Per-image outcome of `referee`, persisted as `<results>/<image id>/~referee.json` (written only for images
-    with a doubtful crop)."""
+    """Per-image outcome of `referee_opinions`, persisted as `<results>/<image id>/~referee.json` (written for
+    images with a doubtful crop, and for every image while captions are on)."""
 
     partition_key: str
     model: str
+    caption: str | None = None  # a short description of the whole image, by the same model
     crops: list[RefereeCrop] = Field(default_factory=list)
     # Doubtful crops it did not judge, each with why: the batch's budget was spent, or the referee was unreachable.
     not_judged: dict[int, str] = Field(default_factory=dict)

@@ -45,6 +45,8 @@ function card(hit) {
     element("div", {class: "meta"}, `${hit.kind} · score ${hit.score.toFixed(3)}${entity ? " · " + entity : ""}`),
     labels ? element("div", {class: "meta labels"}, labels) : null,
     (hit.scene_tags || []).length ? element("div", {class: "meta"}, "scene: " + hit.scene_tags.join(", ")) : null,
+    hit.caption ? element("div", {class: "meta caption" + (hit.matched_caption ? " matched" : ""),
+                                  title: hit.matched_caption ? "found by the words of its caption" : "its caption"}, `“${hit.caption}”`) : null,
     badges, actions);
 }
 

@@ -141,6 +141,8 @@ def opinion_on(crop: CropLabels, asks: Sequence[Ask], probabilities: Sequence[di
 class Referee(Protocol):
     def judge(self, questions: Sequence[Question]) -> list[dict[str, float]]: ...
 
+    def caption(self, pictures: Sequence[Image.Image]) -> list[str]: ...
+
 
 CropKey = tuple[str, int]  # (image id, detection index)
 

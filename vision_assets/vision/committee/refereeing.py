@@ -24,6 +24,7 @@ REFEREE_DOWN = (ModelServiceUnavailable, ModelLoadError)
 
 Doubtful = list[tuple[str, CropLabels]]  # (image, crop)
 CutCrops = Callable[[Mapping[str, list[CropLabels]]], dict[CropKey, Image.Image]]  # image -> crops -> their pixels
+ReadPictures = Callable[[list[str]], dict[str, Image.Image]]  # images -> their pictures
 
 
 @dataclass
@@ -95,6 +96,33 @@ class RefereeRun:
             record = self.record_of(image)
             record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
             record.device_seconds = self.clock.of(image)
+
+    def caption(self, images: Sequence[str], referee: Callable[[], Referee], read: ReadPictures, images_per_chunk: int,
+                warn: Callable[[str], None]) -> None:
+        """A caption for each of these images (`read` gives a chunk's pictures), a chunk at a time; an image the
+        model fails on, or all of them while it is down, simply has none (captions are not a verdict)."""
+        for start in range(0, len(images), max(1, images_per_chunk)):
+            if self.down is not None:
+                return
+            chunk = list(images[start:start + images_per_chunk])
+            try:
+                model = referee()
+                pictures = read(chunk)
+                started = time.perf_counter()
+                captions = self.clock.timed("referee", model, chunk, model.caption, [pictures[i] for i in chunk])
+                self.seconds += time.perf_counter() - started
+            except REFEREE_DOWN as error:
+                self.down = f"referee unavailable: {error}"
+                warn(f"{self.down}; no captions for the rest of this run")
+                return
+            except ModelFailedOnImage as error:
+                self.failures += len(chunk)
+                warn(f"no captions for {len(chunk)} image(s): {error}")
+                continue
+            for image, text in zip(chunk, captions, strict=True):
+                record = self.record_of(image)
+                record.caption = text
+                record.device_seconds = self.clock.of(image)
 
     def by_batch(self, batches: Iterable[str], batch_of: Mapping[str, str], doubtful_by_batch: Mapping[str, Sequence],
                  ) -> dict[str, dict]:

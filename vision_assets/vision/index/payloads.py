@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..records import (
@@ -173,9 +174,17 @@ def image_payload(
         "specialist_models": sorted({s.model for s in crop_labels + scene}),
         "reviewed": False,
     }
+    if labels.caption:
+        payload |= {"caption": labels.caption, "caption_words": caption_words(labels.caption)}
     if reviewed:
         payload |= _reviewed_image(payload, detections, labels, reviewed)
     return payload
+
+
+def caption_words(text: str) -> list[str]:
+    """The words of a caption or a query, lower-cased, each once: text search matches images whose caption has every
+    word of the query (a keyword filter on this list, which every index backend answers from a payload index)."""
+    return list(dict.fromkeys(re.findall(r"\w+", text.lower())))
 
 
 def _as_settled(crop: CropLabels) -> SpecialistLabel:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from qdrant_client import models
 
+from .payloads import caption_words
 from .vector_index import VectorIndex, image_point_id
 
 Target = Literal["images", "crops"]
@@ -117,6 +118,8 @@ class SearchHit:
     taken_at: str | None = None
     location: dict[str, float] | None = None
     reviewed_by: str | None = None  # the person whose answer this is
+    caption: str | None = None  # images: what the referee's model saw in it
+    matched_caption: bool = False  # found by the words of its caption (besides its meaning)
     batch: str | None = None  # the upload batch (Dagster partition) the image came in
     label_source: str | None = None  # crops: whose label it is: "expert", "detector", "referee" or "person"
     referee: str | None = None  # crops the referee judged: what it said ("referee: beagle 0.91 (next: ...)")
@@ -135,6 +138,8 @@ class SearchHit:
             flag += f"  [settled by the {self.referee}]"
         entity = self.entity if isinstance(self.entity, str) else ", ".join(self.entity or []) or "-"
         scene = f"  scene: {', '.join(self.scene_tags)}" if self.scene_tags else ""
+        scene += f"  \"{self.caption}\"" + (" (caption matched)" if self.matched_caption else "") if self.caption \
+            else ""
         taken = f"  taken {self.taken_at}" if self.taken_at else ""
         place = f" at {self.location['lat']:.5f},{self.location['lon']:.5f}" if self.location else ""
         return (f"{self.score:6.3f}  {self.image_id}{where}  ({entity}: {what}){scene}{flag}\n        {self.source_uri}"
@@ -155,9 +160,26 @@ class Searcher:
         self.embedder = embedder
         self.embedding_model = embedding_model
 
-    def by_text(self, text: str, target: Target = "images", **options: Any) -> list[SearchHit]:
+    def by_text(self, text: str, target: Target = "images", filters: SearchFilters = SearchFilters(),
+                limit: int = 10, offset: int = 0) -> list[SearchHit]:
+        """CLIP's meaning, and, for images, the words of their captions: the images whose caption has every word of
+        the query come first (most similar first, at most CAPTION_MATCHES), then the rest by similarity; pages run
+        over that one order."""
         self._ready(target)
-        return self._query(self.embedder.embed_texts([text])[0], target, **options)
+        vector = self.embedder.embed_texts([text])[0]
+        words = caption_words(text)
+        if target != "images" or not words:
+            return self._query(vector, target, filters, limit, offset)
+        captioned = self._query(vector, target, filters, CAPTION_MATCHES, 0,
+                                also=[_match("caption_words", word) for word in words])
+        for hit in captioned:
+            hit.matched_caption = True
+        page = captioned[offset:offset + limit]
+        rest = limit - len(page)
+        if rest <= 0:
+            return page
+        others = models.HasIdCondition(has_id=[image_point_id(hit.image_id) for hit in captioned]) if captioned else None
+        return page + self._query(vector, target, filters, rest, max(0, offset - len(captioned)), exclude=others)
 
     def by_image(self, image: Image.Image, target: Target = "images", **options: Any) -> list[SearchHit]:
         self._ready(target)
@@ -188,8 +210,13 @@ class Searcher:
             raise NothingIndexed(f"collection {name!r} is empty: nothing has been indexed yet")
 
     def _query(self, vector: np.ndarray, target: Target, filters: SearchFilters = SearchFilters(), limit: int = 10,
-               offset: int = 0, exclude: models.Condition | None = None) -> list[SearchHit]:
+               offset: int = 0, exclude: models.Condition | None = None, also: Sequence[models.Condition] = (),
+               ) -> list[SearchHit]:
+        """`also`: conditions every hit must meet besides the filters (a caption's words)."""
         query_filter = filters.to_qdrant(target)
+        if also:
+            query_filter = query_filter or models.Filter()
+            query_filter.must = [*(query_filter.must or []), *also]
         if exclude is not None:
             query_filter = query_filter or models.Filter()
             query_filter.must_not = [exclude]
@@ -198,6 +225,9 @@ class Searcher:
             with_payload=True, consistency=self.index.read_consistency,
         ).points
         return [hit_from_point(point, target) for point in points]
+
+
+CAPTION_MATCHES = 100  # images found by their caption's words, ahead of the rest
 
 
 def _match(key: str, value: str | bool) -> models.FieldCondition:
@@ -228,5 +258,6 @@ def hit_from_point(point: Any, target: Target) -> SearchHit:
         reviewed_by=(payload.get("review") or {}).get("reviewer") if payload.get("reviewed") else None,
         batch=payload.get("batch"),
         label_source=payload.get("label_source"),
+        caption=payload.get("caption"),
         referee=(payload.get("referee") or {}).get("said"),
     )

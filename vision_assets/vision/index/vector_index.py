@@ -22,7 +22,7 @@ POINT_NAMESPACE = uuid.UUID("6f1c2a7e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
 IMAGES = "images"
 CROPS = "crops"
 KEYWORD_FIELDS = ("image_id", "batch", "entity", "label", "labels", "specialist", "sha256", "embedding_model", "scene_tags",
-                  "camera")
+                  "camera", "label_source", "caption_words")
 FLOAT_FIELDS = ("confidence", "label_confidence")
 BOOL_FIELDS = ("needs_review", "clip_disagrees", "reviewed")
 DATETIME_FIELDS = ("taken_at",)

@@ -75,6 +75,10 @@ class VisionLanguageReferee(Model):
         side = self.input_side
         return [fit_within(image, side)[0] if side else image for image in images]
 
+    def caption(self, pictures: Sequence[Image.Image]) -> list[str]:
+        """A short caption of each picture (what the search page shows and text search also matches)."""
+        return [text for chunk in chunked(list(pictures), self.batch_size) for text in caption_with(self, chunk)]
+
     def judge(self, questions: Sequence[Question]) -> list[dict[str, float]]:
         """Each question's candidates (its choices and "none") with their probabilities, summing to 1."""
         out: list[dict[str, float]] = []
@@ -123,6 +127,31 @@ class VisionLanguageReferee(Model):
             out.append(_probabilities(question.candidates, totals[start:start + count]))
             start += count
         return out
+
+
+CAPTION_PROMPT = "Describe this picture in one short sentence."
+CAPTION_TOKENS = 32
+
+
+def caption_with(referee: VisionLanguageReferee, pictures: Sequence[Image.Image]) -> list[str]:
+    """A short caption per picture: greedy decoding, at most CAPTION_TOKENS tokens, the prompts left-padded together."""
+    import torch
+
+    processor, model = referee.load()
+    pictures = referee.model_inputs(pictures)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}],
+        add_generation_prompt=True)
+    inputs = processor(text=[text] * len(pictures), images=[[p] for p in pictures], return_tensors="pt",
+                       padding=True).to(referee.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    tokenizer = processor.tokenizer
+    with torch.inference_mode():
+        made = model.generate(**inputs, max_new_tokens=CAPTION_TOKENS, do_sample=False,
+                              eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_UTTERANCE),
+                              pad_token_id=tokenizer.pad_token_id)
+    new = made[:, inputs["input_ids"].shape[1]:]
+    return [" ".join(text.split()) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def _probabilities(candidates: Sequence[str], log_likelihoods: Sequence[float]) -> dict[str, float]:

@@ -246,6 +246,10 @@ class RemoteClassifier(RemoteModel):
 
 
 class RemoteReferee(RemoteModel):
+    def caption(self, pictures: Sequence[Image.Image]) -> list[str]:
+        side = self.input_side
+        return self.client.items("caption", self.ref, images=[fit_within(p, side)[0] for p in pictures])
+
     def judge(self, questions: Sequence[Question]) -> list[dict[str, float]]:
         side = self.input_side
         return self.client.items("judge", self.ref, images=[fit_within(q.picture, side)[0] for q in questions],

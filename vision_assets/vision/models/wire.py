@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 # What a client can ask of a model. Item tasks take a list (images or texts) and answer per item, so the service
 # batches the items of concurrent requests together; the others answer about the model as a whole.
-Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names", "judge"]
-ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify", "judge"})
+Task = Literal["describe", "detect", "embed_images", "embed_texts", "prompt_vectors", "classify", "label_names", "judge",
+               "caption"]
+ITEM_TASKS = frozenset({"detect", "embed_images", "embed_texts", "classify", "judge", "caption"})
 TEXT_TASKS = frozenset({"embed_texts", "prompt_vectors"})  # those that take texts, not pictures
 
 
