@@ -58,6 +58,21 @@ def test_a_batch_says_what_each_model_cost_it(pipeline, s3_image_store):
     assert index["device_seconds_per_image"].value == pytest.approx(total / len(VALID), abs=0.01)
 
 
+def test_a_backfill_estimate_scales_what_recent_batches_cost(pipeline, instance):
+    from vision_assets.assets.qdrant_index import backfill_estimate
+
+    driver, run = pipeline
+    [index] = [e.materialization.metadata for e in run.get_asset_materialization_events()
+               if e.asset_key.path[-1] == "qdrant_index"]
+    estimate = backfill_estimate(instance, batch_count=1000, devices=4)
+    assert (estimate.sampled_batches, estimate.sampled_images, estimate.images) == (1, len(VALID), 1000 * len(VALID))
+    for model, seconds in index["batch_device_seconds"].value.items():
+        assert estimate.by_model[model] == pytest.approx(1000 * seconds)
+    assert estimate.wall_seconds == pytest.approx(estimate.device_seconds / 4)
+    assert "on 4 device(s)" in estimate.describe() and "detector" in estimate.describe()
+    assert backfill_estimate(instance).images == len(VALID)  # default: every registered batch (one here)
+
+
 def test_dagster_bookkeeping_is_per_batch_not_per_image(pipeline, instance):
     """The run's events do not grow with its images: one materialization and one check result per stage and batch."""
     _, run = pipeline

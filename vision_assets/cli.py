@@ -437,6 +437,19 @@ def reprocess(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cost(args: argparse.Namespace) -> int:
+    """What a backfill will cost the models, from the batches `dev`'s instance indexed last."""
+    import dagster as dg
+
+    from .assets.qdrant_index import backfill_estimate
+
+    settings = Settings.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(prepare_instance(settings)))
+    with dg.DagsterInstance.get() as instance:
+        print(backfill_estimate(instance, args.batches, args.sample, args.devices).describe())
+    return 0
+
+
 def reindex(args: argparse.Namespace) -> int:
     """Writes Qdrant's points again from the results store (no model), in this process, against `dev`'s instance:
     the batches with images missing from the index and those whose index stage failed (default), or every batch
@@ -649,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
                                   choices=["source_images", "detections", "embeddings", "specialist_labels",
                                            "qdrant_index"], help="the first stage to run again (default: all)")
     reprocess_parser.set_defaults(handler=reprocess)
+    cost_parser = commands.add_parser("cost", help="what a backfill will cost the models, from recent batches")
+    cost_parser.add_argument("--batches", type=int, help="how many batches (default: every registered one)")
+    cost_parser.add_argument("--sample", type=int, default=20, help="the recent batches to measure from")
+    cost_parser.add_argument("--devices", type=int, default=1, help="the model service's devices (GPUs)")
+    cost_parser.set_defaults(handler=cost)
     reindex_parser = commands.add_parser("reindex", help="write the index again from stored results (no model)")
     reindex_parser.add_argument("--all", action="store_true", help="every indexed image, not only the missing ones")
     reindex_parser.add_argument("--rebuild", action="store_true", help="embedded index unreadable: move its folder "

@@ -15,6 +15,7 @@ from ..partitions import batches
 from ..resources import CallbackSettings, ImageSelection, ImageStore, QdrantResource, StagePolicy
 from ..vision.batches import BatchIndexed
 from ..vision.callback import Outbox, finished_message
+from ..vision.cost import BatchCost, CostEstimate, estimate
 from ..vision.index.audit import IndexAudit, audit_index
 from ..vision.index.ledger import sampled_indexed
 from ..vision.index.stored_points import StoredResults, index_points, read_stored, stored_points
@@ -202,6 +203,20 @@ def batch_cost(seconds: dict[str, float], images: int) -> dict:
     total = round(sum(seconds.values()), 3)
     return {"batch_device_seconds": seconds, "batch_device_seconds_total": total,
             "device_seconds_per_image": round(total / images, 4) if images else 0.0}
+
+
+def backfill_estimate(instance: dg.DagsterInstance, batch_count: int | None = None, sample: int = 20,
+                      devices: int = 1) -> CostEstimate:
+    """What processing `batch_count` batches (default: every registered one, a backfill of everything) will cost the
+    models, at the rate of the last `sample` batches indexed, each the size of their average."""
+    samples = []
+    for record in instance.fetch_materializations(QDRANT_INDEX, limit=sample).records:
+        metadata = record.asset_materialization.metadata
+        if "batch_device_seconds" in metadata and "done" in metadata:
+            samples.append(BatchCost(int(metadata["done"].value), dict(metadata["batch_device_seconds"].value)))
+    count = batch_count if batch_count is not None else len(instance.get_dynamic_partitions(batches.name))
+    per_batch = sum(s.images for s in samples) / len(samples) if samples else 0
+    return estimate(samples, round(count * per_batch), devices)
 
 
 def _indexed(outcome: ImageOutcome | str) -> bool:
