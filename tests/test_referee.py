@@ -107,7 +107,8 @@ def test_a_referee_outage_leaves_the_crops_for_people_and_fails_nothing(
         models = refereed()
     else:
         models = refereed()
-        models["referee"] = RefereeResource(mode="on", service_url=f"http://127.0.0.1:{free_port()}",
+        # On, and captions as `auto` asks the (unreachable) service whether it has a GPU.
+        models["referee"] = RefereeResource(mode="on", captions="auto", service_url=f"http://127.0.0.1:{free_port()}",
                                             service_patience_seconds=1, model=models["referee"].model)
     _, run = run_pipeline(models, s3_image_store, instance, s3_client, bucket)
     assert run.success  # the index was written, every other check reported
@@ -118,6 +119,10 @@ def test_a_referee_outage_leaves_the_crops_for_people_and_fails_nothing(
     check = evaluation(run, "referee_settles")
     assert not check.passed and "referee unavailable" in check.metadata["failed"].value
     assert evaluation(run, "index_consistent").passed
+    if outage == "service unreachable":
+        [materialization] = [e for e in run.get_asset_materialization_events()
+                             if e.asset_key == dg.AssetKey("referee_opinions")]
+        assert materialization.materialization.metadata["captions"].value.startswith("captions off for now")
 
 
 def test_captions_go_into_the_index_and_text_search_finds_their_words(

@@ -20,7 +20,7 @@ from ..vision.models.classifier import ImageClassifier
 from ..vision.models.detector import YoloDetector
 from ..vision.models.embedder import ClipEmbedder
 from ..vision.models.referee import VisionLanguageReferee
-from ..vision.models.remote import ModelServiceClient, model_ref, remote_model
+from ..vision.models.remote import ModelServiceClient, ModelServiceUnavailable, model_ref, remote_model
 from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
 from ..vision.models.wire import ModelRef
 from ..vision.process import quiet_libraries
@@ -233,8 +233,11 @@ class RefereeResource(_ModelResource):
         if mode == "on":
             return None
         if self.service_url:
-            accelerator = ModelServiceClient(self.service_url, self.service_patience_seconds).held().get("accelerator")
-            on_gpu = accelerator == "cuda"
+            try:
+                held = ModelServiceClient(self.service_url, self.service_patience_seconds).held()
+            except ModelServiceUnavailable as error:  # an outage of the referee's service fails nothing
+                return f"{what} off for now: {error}"
+            on_gpu = held.get("accelerator") == "cuda"
         else:
             on_gpu = resolve_device(self.device).startswith("cuda")
         return None if on_gpu else (f"{what} off: the models run on a CPU, where the referee's model costs seconds "

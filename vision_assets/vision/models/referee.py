@@ -1,6 +1,7 @@
 """The referee: a small vision-language model (SmolVLM2 by default) asked a closed question about a crop, answered by
 scoring, never by generating. Each allowed answer (and "none") is scored by the log-likelihood the model gives it as
-its reply to the question, so the answer is always one of them, with a probability for each.
+its reply to the question, so the answer is always one of them, with a probability for each. (Its captions of whole
+images are generated: greedy, a sentence at most.)
 
 Per chunk of questions: one forward pass reads every picture and prompt (left-padded together), and keeps their
 keys and values; a second pass scores every candidate answer of every question at once, each continuing its own
@@ -25,6 +26,8 @@ from .inputs import fit_within
 NONE = "none"
 NONE_REPLY = "none of them"  # what the prompt offers, so the reply scored for NONE (shorter replies score higher)
 END_OF_UTTERANCE = "<end_of_utterance>"
+CAPTION_PROMPT = "Describe this picture in one short sentence."
+CAPTION_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,27 @@ class VisionLanguageReferee(Model):
 
     def caption(self, pictures: Sequence[Image.Image]) -> list[str]:
         """A short caption of each picture (what the search page shows and text search also matches)."""
-        return [text for chunk in chunked(list(pictures), self.batch_size) for text in caption_with(self, chunk)]
+        return [text for chunk in chunked(list(pictures), self.batch_size) for text in self._caption_chunk(chunk)]
+
+    def _caption_chunk(self, pictures: Sequence[Image.Image]) -> list[str]:
+        """Greedy decoding, at most CAPTION_TOKENS tokens, the prompts left-padded together."""
+        import torch
+
+        processor, model = self.load()
+        pictures = self.model_inputs(pictures)
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}],
+            add_generation_prompt=True)
+        inputs = processor(text=[text] * len(pictures), images=[[p] for p in pictures], return_tensors="pt",
+                           padding=True).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        tokenizer = processor.tokenizer
+        with torch.inference_mode():
+            made = model.generate(**inputs, max_new_tokens=CAPTION_TOKENS, do_sample=False,
+                                  eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_UTTERANCE),
+                                  pad_token_id=tokenizer.pad_token_id)
+        new = made[:, inputs["input_ids"].shape[1]:]
+        return [" ".join(text.split()) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def judge(self, questions: Sequence[Question]) -> list[dict[str, float]]:
         """Each question's candidates (its choices and "none") with their probabilities, summing to 1."""
@@ -127,31 +150,6 @@ class VisionLanguageReferee(Model):
             out.append(_probabilities(question.candidates, totals[start:start + count]))
             start += count
         return out
-
-
-CAPTION_PROMPT = "Describe this picture in one short sentence."
-CAPTION_TOKENS = 32
-
-
-def caption_with(referee: VisionLanguageReferee, pictures: Sequence[Image.Image]) -> list[str]:
-    """A short caption per picture: greedy decoding, at most CAPTION_TOKENS tokens, the prompts left-padded together."""
-    import torch
-
-    processor, model = referee.load()
-    pictures = referee.model_inputs(pictures)
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}],
-        add_generation_prompt=True)
-    inputs = processor(text=[text] * len(pictures), images=[[p] for p in pictures], return_tensors="pt",
-                       padding=True).to(referee.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    tokenizer = processor.tokenizer
-    with torch.inference_mode():
-        made = model.generate(**inputs, max_new_tokens=CAPTION_TOKENS, do_sample=False,
-                              eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_UTTERANCE),
-                              pad_token_id=tokenizer.pad_token_id)
-    new = made[:, inputs["input_ids"].shape[1]:]
-    return [" ".join(text.split()) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def _probabilities(candidates: Sequence[str], log_likelihoods: Sequence[float]) -> dict[str, float]:
