@@ -179,7 +179,9 @@ class Searcher:
         if rest <= 0:
             return page
         others = models.HasIdCondition(has_id=[image_point_id(hit.image_id) for hit in captioned]) if captioned else None
-        return page + self._query(vector, target, filters, rest, max(0, offset - len(captioned)), exclude=others)
+        shown = {hit.image_id for hit in captioned}
+        return page + [hit for hit in self._query(vector, target, filters, rest, max(0, offset - len(captioned)),
+                                                  exclude=others) if hit.image_id not in shown]
 
     def by_image(self, image: Image.Image, target: Target = "images", **options: Any) -> list[SearchHit]:
         self._ready(target)
