@@ -200,27 +200,37 @@ def dev(args: argparse.Namespace) -> int:
 
 
 class Supervised:
-    """A process `dev` keeps running beside Dagster: started again (a few seconds later) whenever it exits."""
+    """A process `dev` keeps running beside Dagster: started again whenever it exits, a few seconds later; one that
+    keeps exiting soon after it starts (a model it cannot load, a port taken) waits twice as long each time, up to a
+    minute, so its errors do not flood the log."""
 
     RESTART_PAUSE_SECONDS = 2.0
+    LONGEST_PAUSE_SECONDS = 60.0
 
     def __init__(self, name: str, command: list[str], env: dict[str, str]):
         self.name, self.command, self.env = name, command, env
         self.process: subprocess.Popen | None = None
         self.exited_at: float | None = None
+        self.started_at = 0.0
+        self.quick_exits = 0  # exits in a row, each soon after its start
+        self.pause = self.RESTART_PAUSE_SECONDS
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
-        self.exited_at = None
+        self.exited_at, self.started_at = None, time.monotonic()
 
     def keep_running(self) -> None:
         if self.process is None or self.process.poll() is None:
             return
         if self.exited_at is None:
             self.exited_at = time.monotonic()
-            print(f"vision-assets: the {self.name} exited (code {self.process.returncode}); starting it again",
-                  file=sys.stderr, flush=True)
-        elif time.monotonic() - self.exited_at >= self.RESTART_PAUSE_SECONDS:
+            # Soon after it started: crashing on start, so each such exit waits twice as long as the one before.
+            quick = self.exited_at - self.started_at < self.LONGEST_PAUSE_SECONDS
+            self.quick_exits = self.quick_exits + 1 if quick else 0
+            self.pause = min(self.RESTART_PAUSE_SECONDS * 2 ** max(0, self.quick_exits - 1), self.LONGEST_PAUSE_SECONDS)
+            print(f"vision-assets: the {self.name} exited (code {self.process.returncode}); starting it again in "
+                  f"{self.pause:g}s", file=sys.stderr, flush=True)
+        elif time.monotonic() - self.exited_at >= self.pause:
             stop_process_group(self.process, grace_seconds=1.0)  # whatever it left behind in its group
             self.start()
 

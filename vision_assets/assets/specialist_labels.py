@@ -37,6 +37,7 @@ from ..vision.records import (
     EmbeddingsRecord,
     ImageReview,
     LabelsRecord,
+    RefereeRecord,
     SourceImageRecord,
 )
 from ..vision.reuse import reusable, version_of
@@ -53,6 +54,7 @@ from ..vision.storage.results_store import (
     EMBEDDING_VECTORS,
     LABELS,
     NORMALIZED_IMAGE,
+    REFEREE,
     REVIEW,
     ResultsStore,
 )
@@ -304,9 +306,13 @@ def build_specialist_labels(specialists_identity: str, embedder_identity: str) -
 def write_labels(results: ResultsStore, source: SourceImageRecord, detections: DetectionsRecord, record: LabelsRecord,
                  reviewed: AppliedReview | None, sampled: bool | None) -> bool:
     """The image's labels written, and its review task written or removed (`sampled` None: no review tasks);
-    whether it has a task."""
+    whether it has a task. The task honours the referee's opinions that still apply to these labels (it runs after
+    this stage, and writes the task again, but this stage can be run alone)."""
     results.write(source.partition_key, LABELS, record)
-    return sampled is not None and export_review_task(results, source, detections, record, reviewed, sampled)
+    if sampled is None:
+        return False
+    refereed = record.refereed(results.read(source.partition_key, REFEREE, RefereeRecord))
+    return export_review_task(results, source, detections, refereed, reviewed, sampled)
 
 
 def decode_scale(sides: ExpertSides, detections: DetectionsRecord, boxes: dict[int, list[int]], handed: set[int],
