@@ -127,3 +127,22 @@ def test_results_made_with_another_model_are_not_reused(
     assert again.success and calls["YoloDetector.detect"] == 1
     assert s3_image_store.results.read("bus-again.jpg", DETECTIONS, DetectionsRecord).reused_from is None
     assert dg.AssetKey("detections") in {e.asset_key for e in again.get_asset_materialization_events()}
+
+
+def test_opinions_a_donor_left_to_people_are_asked_again_for_the_copy(
+        offline_models, tmp_path, monkeypatch, s3_image_store, instance, s3_client, bucket, calls):
+    monkeypatch.setenv("VISION_ASSETS_OFFLINE_MODELS", str(offline_models))
+    monkeypatch.setenv("VISION_ASSETS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VISION_ASSETS_REFEREE", "on")
+    monkeypatch.setenv("VISION_ASSETS_SECOND_OPINION_MARGIN", "0")
+    monkeypatch.setenv("VISION_ASSETS_REFEREE_MAX_CROPS_PER_BATCH", "1")  # bus.jpg's other doubtful crops wait
+    models = model_resources_from(Settings.from_env())
+    driver, first = run_pipeline(models, s3_image_store, instance, s3_client, bucket)
+    assert first.success and stored(s3_image_store.results, "bus.jpg")[3].not_judged
+    calls.clear()
+    s3_client.put_object(Bucket=bucket, Key="uploads/bus-again.jpg", Body=(PHOTOS / "bus.jpg").read_bytes())
+    [again] = driver.tick_and_run()
+    assert again.success and calls["YoloDetector.detect"] == 0 and calls["VisionLanguageReferee.judge"] > 0
+    metadata = {e.asset_key.path[-1]: e.materialization.metadata for e in again.get_asset_materialization_events()}
+    assert metadata["detections"]["images_reused"].value == 1 and metadata["referee_opinions"]["images_reused"].value == 0
+    assert stored(s3_image_store.results, "bus-again.jpg")[3].reused_from is None

@@ -153,7 +153,9 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
             donor = detections.reused_from
             copy = reusable(results, donor, REFEREE, RefereeRecord, version, image) if (
                 donor and labels.reused_from == donor and (off is None or captions_off is None)) else None
-            return Stored(labels, detections, earlier_review, copy)
+            # Only a donor whose every doubtful crop was judged: a crop it left (its batch's budget, an outage) is
+            # asked about for this image as for any other.
+            return Stored(labels, detections, earlier_review, copy if copy and not copy.not_judged else None)
 
         def stored(image: str) -> tuple:
             return together(lambda: results.read(image, LABELS, LabelsRecord),
