@@ -11,7 +11,7 @@ it only where the models run on a GPU. An outage of the referee fails nothing: i
 import functools
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 from PIL import Image
@@ -32,7 +32,7 @@ from ..vision.records import (
     SourceImageRecord,
 )
 from ..vision.reuse import reusable, version_of
-from ..vision.review.decisions import apply_review
+from ..vision.review.decisions import AppliedReview, apply_review
 from ..vision.storage.overlap import each_image, together
 from ..vision.storage.results_store import DETECTIONS, LABELS, REFEREE, REVIEW, ResultsStore
 from .batch_checks import BatchCheck, ImageOutcome
@@ -55,7 +55,7 @@ from .stage import (
 class Stored:
     labels: LabelsRecord
     detections: DetectionsRecord
-    review: ImageReview | None
+    reviewed: AppliedReview | None  # a person's decisions, where they still apply
     copy: RefereeRecord | None = None  # the opinions on an image with the same bytes (vision/reuse.py)
 
 
@@ -70,16 +70,13 @@ referee_settlement = BatchCheck(
 )
 
 
-def doubtful_crops(labels: LabelsRecord, review: ImageReview | None, sha256: str | None,
-                   detections: DetectionsRecord) -> list[CropLabels]:
+def doubtful_crops(labels: LabelsRecord, reviewed: AppliedReview | None) -> list[CropLabels]:
     """The crops the referee would be asked about: doubtful, and not decided by a person."""
-    reviewed = apply_review(review, sha256, detections)
     return [c for c in labels.crops
             if questions_for(c) and not (reviewed and reviewed.decision(c.detection_index) is not None)]
 
 
-def settlement_outcome(image: str, labels: LabelsRecord, record: RefereeRecord | None, off: str | None,
-                       picture: str | None = None) -> ImageOutcome:
+def settlement_outcome(image: str, labels: LabelsRecord, record: RefereeRecord | None, off: str | None) -> ImageOutcome:
     """Passed when no doubtful crop is left for a person (settled, decided by one, or none was doubtful)."""
     merged = labels.refereed(record)
     judged = len(record.crops) if record else 0
@@ -99,8 +96,7 @@ def settlement_outcome(image: str, labels: LabelsRecord, record: RefereeRecord |
             why.append(f"crop {crop.detection_index}: {record.not_judged[crop.detection_index]}")
         else:
             why.append(f"crop {crop.detection_index}: not asked ({off or 'no referee record'})")
-    return ImageOutcome(image, False, f"{len(open_crops)} crop(s) left for people: " + "; ".join(why),
-                        picture=picture, facts=facts)
+    return ImageOutcome(image, False, f"{len(open_crops)} crop(s) left for people: " + "; ".join(why), facts=facts)
 
 
 def stored_settlement(results: ResultsStore, off: str | None):
@@ -155,7 +151,8 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
                 donor and labels.reused_from == donor and (off is None or captions_off is None)) else None
             # Only a donor whose every doubtful crop was judged: a crop it left (its batch's budget, an outage) is
             # asked about for this image as for any other.
-            return Stored(labels, detections, earlier_review, copy if copy and not copy.not_judged else None)
+            return Stored(labels, detections, apply_review(earlier_review, source.sha256, detections),
+                          copy if copy and not copy.not_judged else None)
 
         def stored(image: str) -> tuple:
             return together(lambda: results.read(image, LABELS, LabelsRecord),
@@ -174,7 +171,7 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
         doubtful: dict[str, list[tuple[str, CropLabels]]] = defaultdict(list)
         for image, found in inputs.items():
             if image not in copies:
-                crops = doubtful_crops(found.labels, found.review, sources[image].sha256, found.detections)
+                crops = doubtful_crops(found.labels, found.reviewed)
                 doubtful[batch_of[image]] += [(image, crop) for crop in crops]
         run = RefereeRun(model, version, referee.policy, off)
         side = functools.cache(lambda: referee.referee.input_side)  # asking loads it (in the service, or here)
@@ -192,8 +189,8 @@ def build_referee_opinions(referee_identity: str, mode: str) -> dg.AssetsDefinit
             record = records.get(image)
             outcome = settlement_outcome(image, found.labels, record, off)
             if not outcome.passed and look is not None:
-                picture = referee_crops_markdown(found.labels.refereed(record), run.pictures, image, look)
-                outcome = settlement_outcome(image, found.labels, record, off, picture)
+                outcome = replace(outcome, picture=referee_crops_markdown(found.labels.refereed(record), run.pictures,
+                                                                          image, look))
             outcomes[image] = outcome
         written = [image for image in inputs if image in records and (off is None or captions_off is None)]
         tasks = each_image(functools.partial(_write, results, records, inputs, sources, review), written)
@@ -252,6 +249,5 @@ def _write(results: ResultsStore, records: dict[str, RefereeRecord], inputs: dic
     results.write(image, REFEREE, record)
     if not review.tasks:
         return False
-    reviewed = apply_review(found.review, sources[image].sha256, found.detections)
-    return export_review_task(results, sources[image], found.detections, found.labels.refereed(record), reviewed,
+    return export_review_task(results, sources[image], found.detections, found.labels.refereed(record), found.reviewed,
                               review.sampled(image))

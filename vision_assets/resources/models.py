@@ -226,22 +226,33 @@ class RefereeResource(_ModelResource):
         return self._off_because(self.captions, "VISION_ASSETS_CAPTIONS", "captions", "an image")
 
     def _off_because(self, mode: str, variable: str, what: str, per: str) -> str | None:
-        """`auto` asks where the models run: the model service's devices, or this process's, without loading the
-        referee."""
+        """`auto` asks where the models run (see `_on_gpu`)."""
         if mode == "off" or not self.model:
             return f"{what} off ({variable}=off)"
         if mode == "on":
             return None
-        if self.service_url:
-            try:
-                held = ModelServiceClient(self.service_url, self.service_patience_seconds).held()
-            except ModelServiceUnavailable as error:  # an outage of the referee's service fails nothing
-                return f"{what} off for now: {error}"
-            on_gpu = held.get("accelerator") == "cuda"
-        else:
-            on_gpu = resolve_device(self.device).startswith("cuda")
+        on_gpu = self._on_gpu()
+        if isinstance(on_gpu, str):  # an outage of the referee's service fails nothing
+            return f"{what} off for now: {on_gpu}"
         return None if on_gpu else (f"{what} off: the models run on a CPU, where the referee's model costs seconds "
                                     f"{per} ({variable}=auto; set it to `on` to use it anyway)")
+
+    _where: bool | str | None = PrivateAttr(default=None)
+
+    def _on_gpu(self) -> bool | str:
+        """Whether the models run on a GPU: the model service's devices, or this process's, without loading the
+        referee; asked once for both switches (an unreachable service waits out its patience once, not twice), and
+        why not where the service cannot be asked."""
+        if self._where is None:
+            if self.service_url:
+                try:
+                    held = ModelServiceClient(self.service_url, self.service_patience_seconds).held()
+                    self._where = held.get("accelerator") == "cuda"
+                except ModelServiceUnavailable as error:
+                    self._where = str(error)
+            else:
+                self._where = resolve_device(self.device).startswith("cuda")
+        return self._where
 
 
 def committee_resources(settings: Settings) -> dict[str, _ModelResource]:

@@ -195,12 +195,16 @@ class SecondOpinion(BaseModel):
         return bool(self.disagreements)
 
 
+# What the referee is asked about a crop (vision/committee/referee.py), and the answer that names no allowed label.
+CLASS, LABEL, NONE = "class", "label", "none"
+
+
 class RefereeAnswer(BaseModel):
     """The referee's answer to one closed question about a crop: every allowed answer and "none", with the
     probability the model gives each as its reply (they sum to 1)."""
 
-    about: str  # "class": which detector class it is; "label": which of the expert's labels
-    probabilities: dict[str, float]  # in the order asked, "none" last
+    about: str  # CLASS: which detector class it is; LABEL: which of the expert's labels
+    probabilities: dict[str, float]  # in the order asked, NONE last
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -236,6 +240,15 @@ class RefereeOpinion(BaseModel):
     label: str | None = None
     probability: float = 0.0  # of the settling answer (the label's, where it settled one)
     said: str  # "referee: golden retriever 0.91 (next: labrador 0.05)"
+
+    def answered(self, about: str) -> RefereeAnswer | None:
+        """Its answer about CLASS or LABEL, if it was asked that."""
+        return next((answer for answer in self.answers if answer.about == about), None)
+
+    def named(self, about: str) -> RefereeAnswer | None:
+        """Its answer about CLASS or LABEL where it named one of the allowed labels (not NONE)."""
+        answer = self.answered(about)
+        return answer if answer is not None and answer.answer != NONE else None
 
 
 class CropLabels(BaseModel):

@@ -20,10 +20,8 @@ from typing import Protocol
 from PIL import Image
 
 from ..models.device_time import DeviceTime
-from ..models.referee import NONE, Question, closed_prompt
-from ..records import CropLabels, Label, RefereeAnswer, RefereeOpinion
-
-CLASS, LABEL = "class", "label"
+from ..models.referee import Question, closed_prompt
+from ..records import CLASS, LABEL, NONE, CropLabels, Label, RefereeAnswer, RefereeOpinion
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def image_payload(
     crop_labels = [_as_settled(c) for c in labels.crops if c.specialist]
     scene = labels.scene
     tags = embedded.scene
-    settled_classes = {c.detection_index: c.referee.entity for c in labels.crops if c.settled_by_referee}
+    settled_classes = _settled_classes(labels)
     payload = capture_payload(source) | {
         "image_id": source.partition_key,
         "batch": source.batch,
@@ -187,6 +187,11 @@ def caption_words(text: str) -> list[str]:
     return list(dict.fromkeys(re.findall(r"\w+", text.lower())))
 
 
+def _settled_classes(labels: LabelsRecord) -> dict[int, str]:
+    """Detection index -> the class the referee settled the crop on (the detector's, or CLIP's where it agreed)."""
+    return {c.detection_index: c.referee.entity for c in labels.crops if c.settled_by_referee}
+
+
 def _as_settled(crop: CropLabels) -> SpecialistLabel:
     """The crop's expert answer, or, where the referee settled it on a label, that label first with the referee's
     probability (the image's labels and top labels then say what the crop's point says)."""
@@ -205,7 +210,7 @@ def _reviewed_image(payload: dict[str, Any], detections: DetectionsRecord, label
     """The image's labels as the reviewer left them: decided crops carry the person's answer, rejected boxes are
     gone, drawn boxes are added; what is still undecided keeps the model's answer and its review flag."""
     experts = {c.detection_index: _as_settled(c) for c in labels.crops if c.specialist}
-    settled_classes = {c.detection_index: c.referee.entity for c in labels.crops if c.settled_by_referee}
+    settled_classes = _settled_classes(labels)
     entities, top_labels, ranks = set(), [], set()
     for index, detection in enumerate(detections.detections):
         decision = reviewed.decision(index)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..chunking import chunked
+from ..records import NONE
 from .base import Model, torch_dtype
 from .hub import hugging_face_offline_unless_reachable
 from .inputs import fit_within
 
-NONE = "none"
 NONE_REPLY = "none of them"  # what the prompt offers, so the reply scored for NONE (shorter replies score higher)
 END_OF_UTTERANCE = "<end_of_utterance>"
 CAPTION_PROMPT = "Describe this picture in one short sentence."

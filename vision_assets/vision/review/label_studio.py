@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
+from ..records import CLASS as ABOUT_CLASS
+from ..records import LABEL as ABOUT_LABEL  # the referee's questions; LABEL here is the config's tag
 from ..records import DetectionsRecord, LabelsRecord, SourceImageRecord
 from ..storage.results_store import ResultsStore
 from .submissions import Submission, SubmissionError, Submitted
@@ -99,13 +101,13 @@ def _referee_prediction(detections: DetectionsRecord, labels: LabelsRecord) -> d
     for crop in judged:
         detection = detections.detections[crop.detection_index]
         geometry, common = _region(detections, crop.detection_index)
-        answers = {answer.about: answer for answer in crop.referee.answers}
-        on_class, on_label = answers.get("class"), answers.get("label")
-        entity = on_class.answer if on_class and on_class.answer != "none" else detection.class_name
+        on_class, named_class, on_label = (crop.referee.answered(ABOUT_CLASS), crop.referee.named(ABOUT_CLASS),
+                                           crop.referee.named(ABOUT_LABEL))
+        entity = named_class.answer if named_class else detection.class_name
         results.append(common | {"from_name": OBJECT, "type": "rectanglelabels",
                                  "score": on_class.probability if on_class else detection.confidence,
                                  "value": geometry | {"rectanglelabels": [entity]}})
-        if on_label and on_label.answer != "none":
+        if on_label:
             kind, key = ("textarea", "text") if crop.specialist and crop.specialist.top.taxonomy else ("choices",
                                                                                                         "choices")
             results.append(common | {"from_name": OTHER_LABEL if kind == "textarea" else LABEL, "type": kind,

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..models.referee import NONE
-from ..records import BoxDecision, CropLabels, DetectionsRecord, ImageReview, LabelsRecord, Verdict
+from ..records import CLASS, LABEL, BoxDecision, CropLabels, DetectionsRecord, ImageReview, LabelsRecord, Verdict
 from .decisions import iou
 
 UNCHANGED_BOX_IOU = 0.9  # a reviewer's nudge smaller than this is the same box
@@ -80,13 +79,12 @@ def _referee_said(crop: CropLabels | None) -> dict:
     to everything)."""
     if crop is None or crop.referee is None:
         return {}
-    answers = {answer.about: answer for answer in crop.referee.answers}
-    named = {about: answer for about, answer in answers.items() if answer.answer != NONE}
+    named = {about: answer for about in (CLASS, LABEL) if (answer := crop.referee.named(about))}
     if not named:
         return {}
     return {"referee_model": crop.referee.model,
-            "referee_entity": named["class"].answer if "class" in named else None,
-            "referee_label": named["label"].answer if "label" in named else None,
+            "referee_entity": named[CLASS].answer if CLASS in named else None,
+            "referee_label": named[LABEL].answer if LABEL in named else None,
             "referee_probability": min(answer.probability for answer in named.values())}
 
 
