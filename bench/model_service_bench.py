@@ -9,7 +9,9 @@
 Reported: end-to-end images/s of each and their ratio; non-model CPU per image (the run processes' CPU, which holds
 no model work, plus the service's CPU outside its model calls); each run's fixed cost from launch to the start of its
 first model stage, against what a run paid before (a fresh process importing the model libraries and loading the
-models). Both sides run torch on one thread, so CPU outside the models is CPU time minus the time in model calls.
+models). Both sides run torch on one thread, in the thread that calls the model, so CPU outside the models is CPU
+time minus the calling threads' CPU time in model calls (not their wall time: the stages' read-ahead and write
+threads keep decoding and writing while a model computes, and that CPU is outside the models).
 
     uv run python bench/model_service_bench.py [--photos 32] [--batch 8] [--in-flight 2] [--size tiny|full]
 """
@@ -83,7 +85,7 @@ fixed = time.process_time() - started
 inside = 0.0
 def timed(call, *args):
     global inside
-    began = time.perf_counter(); out = call(*args); inside += time.perf_counter() - began
+    began = time.thread_time(); out = call(*args); inside += time.thread_time() - began
     return out
 wall, cpu = time.perf_counter(), time.process_time()
 for path in {[str(p) for p in photos]!r}:
@@ -140,11 +142,11 @@ def timed(owner, name):
     original = getattr(owner, name)
     def call(*args, **kwargs):
         global inside
-        began = time.perf_counter()
+        began = time.thread_time()  # this thread's CPU: the stages' other threads go on decoding meanwhile
         try:
             return original(*args, **kwargs)
         finally:
-            inside += time.perf_counter() - began
+            inside += time.thread_time() - began
     setattr(owner, name, call)
 for owner, name in [(detector.YoloDetector, "detect"), (embedder.ClipEmbedder, "embed_images"),
                     (embedder.ClipEmbedder, "embed_texts"), (classifier.ImageClassifier, "classify"),
