@@ -3,6 +3,8 @@ workers (tests/conftest.py `model_service`), asked through the resources' thin c
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ from vision_assets.cli import Supervised
 from vision_assets.model_service.committee import run_items
 from vision_assets.resources.models import committee_resources
 from vision_assets.settings import Settings
+from vision_assets.vision.images.decoded_jpeg import opened_jpeg
 from vision_assets.vision.models.failures import answer_each
 from vision_assets.vision.models.referee import Question, closed_prompt
 from vision_assets.vision.models.remote import (
@@ -27,7 +30,8 @@ from vision_assets.vision.models.remote import (
     ModelServiceRefused,
     ModelServiceUnavailable,
 )
-from vision_assets.vision.models.wire import ModelRef
+from vision_assets.vision.models.wire import ModelRef, ModelRequest, decode_picture, encode_picture
+from vision_assets.vision.records import Detection
 
 from .conftest import PHOTOS, free_port
 from .faults import OutageProxy
@@ -75,6 +79,49 @@ def test_the_service_answers_as_the_models_in_process_do(committees):
     assert remote["referee"].referee.judge(questions) == local["referee"].referee.judge(questions)
     assert remote["referee"].referee.caption(photos[:3]) == local["referee"].referee.caption(photos[:3])
     assert remote["referee"].off_because() == local["referee"].off_because() is not None  # auto, and CPUs on both
+
+
+def jpeg_bytes(picture: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_a_picture_decoded_from_a_stored_jpeg_travels_as_its_bytes_and_anything_derived_as_pixels():
+    photo = Image.open(PHOTOS / "bus.jpg").convert("RGB")
+    data = jpeg_bytes(photo)
+    opened = opened_jpeg(data)
+    sent = encode_picture(opened)
+    assert base64.b64decode(sent["jpeg"]) == data and "rgb" not in sent
+    assert np.array_equal(np.asarray(decode_picture(sent)), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    for derived in (opened.crop((0, 0, 100, 80)), opened.resize((64, 48)), opened.transpose(Image.Transpose.ROTATE_180),
+                    opened.copy(), opened.convert("RGB")):
+        as_sent = encode_picture(derived)
+        assert "jpeg" not in as_sent and np.array_equal(np.asarray(decode_picture(as_sent)), np.asarray(derived))
+    grey = opened_jpeg(jpeg_bytes(photo.convert("L")))
+    assert grey.mode == "RGB" and "jpeg" not in encode_picture(grey)  # converted: no longer the file's decode
+    sent["width"] += 1
+    with pytest.raises(ValueError, match="decodes to 810x1080"):
+        decode_picture(sent)
+
+
+@pytest.mark.slow
+def test_pictures_sent_as_jpeg_bytes_are_answered_as_in_process_and_one_that_does_not_decode_fails_alone(
+        committees, model_service):
+    local, remote = committees
+    photos = [opened_jpeg(jpeg_bytes(picture)) for picture in pictures(3, (320, 240), seed=7)]
+    assert all("jpeg" in encode_picture(photo) for photo in photos)
+    assert remote["detector"].detector.detect(photos) == local["detector"].detector.detect(photos)
+    for name, expert in remote["specialists"].classifiers().items():
+        assert expert.classify(photos) == local["specialists"].classifiers()[name].classify(photos), name
+    client = ModelServiceClient(model_service.url, patience_seconds=5)
+    ref = remote["detector"].detector.ref
+    broken = encode_picture(photos[0]) | {"jpeg": base64.b64encode(b"\xff\xd8\xff\xe0 not a JPEG").decode()}
+    response = client._post(ModelRequest(task="detect", model=ref, images=[broken, encode_picture(photos[1])]))
+    bad, good = response["answers"]
+    assert "the picture sent does not decode" in bad["error"] and bad["value"] is None
+    assert good["error"] is None and [Detection(**d) for d in good["value"]] == local["detector"].detector.detect(
+        photos[1:2])[0]
 
 
 @pytest.mark.slow

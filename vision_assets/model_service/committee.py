@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..vision.models.base import Model, ModelLoadError
-from ..vision.models.failures import ModelFailure, answers_per_item
+from ..vision.models.failures import ModelFailure, answers_per_item, described
 from ..vision.models.referee import Question
 from ..vision.models.wire import (
     ITEM_TASKS,
@@ -96,15 +96,20 @@ class HeldCommittee:
         items: list[Any] = []
         for request in requests:
             if task == "judge":
-                items.extend(Question(decode_picture(picture), prompt, tuple(choices)) for picture, prompt, choices
+                items.extend(_question(picture, prompt, choices) for picture, prompt, choices
                              in zip(request.images, request.prompts, request.choices, strict=True))
             else:
-                items.extend(request.texts if task in TEXT_TASKS else [decode_picture(p) for p in request.images])
+                items.extend(request.texts if task in TEXT_TASKS else [_picture(p) for p in request.images])
+        # A picture that does not decode fails alone, as a picture the model raises on.
+        unreadable = {i: item for i, item in enumerate(items) if isinstance(item, ItemAnswer)}
+        readable = [item for i, item in enumerate(items) if i not in unreadable]
         started = time.perf_counter()
-        answers = run_items(_item_call(task, model), items)
-        share = (time.perf_counter() - started) / max(1, len(items))  # what each item cost: the client's device time
-        for answer in answers:
+        computed = run_items(_item_call(task, model), readable)
+        share = (time.perf_counter() - started) / max(1, len(readable))  # what each item cost: the client's device time
+        for answer in computed:
             answer.seconds = share
+        rest = iter(computed)
+        answers = [unreadable[i] if i in unreadable else next(rest) for i in range(len(items))]
         out, start = [], 0
         for request in requests:
             size = _size(request)
@@ -154,6 +159,18 @@ def _item_call(task: str, model: Any) -> Callable[[list[Any]], list[Any]]:
     if task == "caption":
         return model.caption
     raise ValueError(f"unknown task {task!r}")
+
+
+def _picture(picture: dict[str, Any]) -> Any:
+    try:
+        return decode_picture(picture)
+    except Exception as error:  # noqa: BLE001 - a picture that does not decode is that item's failure, reported
+        return ItemAnswer(error=f"the picture sent does not decode: {described(error)}")
+
+
+def _question(picture: dict[str, Any], prompt: str, choices: list[str]) -> Any:
+    decoded = _picture(picture)
+    return decoded if isinstance(decoded, ItemAnswer) else Question(decoded, prompt, tuple(choices))
 
 
 def run_items(call: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[ItemAnswer]:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from .decoded_jpeg import opened_jpeg
+
 HANDED_QUALITY = 92
 
 
@@ -29,5 +31,4 @@ def unpack_crops(arrays: dict[str, np.ndarray] | None) -> list[Image.Image] | No
     if not arrays or "crop_offsets" not in arrays:
         return None
     data, offsets = arrays["crop_jpegs"], arrays["crop_offsets"]
-    return [Image.open(io.BytesIO(data[start:end].tobytes())).convert("RGB")
-            for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
+    return [opened_jpeg(data[start:end].tobytes()) for start, end in zip(offsets[:-1], offsets[1:], strict=True)]

@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..batches import BatchIndexed, BatchManifest
+from ..images.decoded_jpeg import opened_jpeg
 from ..images.working import SIDE_SLACK, WorkingPicture, decode_working, scale_for_long_side
 from ..records import LabelsRecord, RefereeRecord, RegisteredImage, SourceImageRecord
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
@@ -162,8 +163,7 @@ class ResultsStore:
         size, side = (source.working_size, source.model_input_side) if source else (None, None)
         if size and side and side / max(size) >= scale * SIDE_SLACK:
             _, data = self.store.get(self.key(partition_key, MODEL_INPUT))
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            return WorkingPicture(image, *size)
+            return WorkingPicture(opened_jpeg(data), *size)  # sent to a model service as these bytes
         _, data = self.store.get(self.key(partition_key, NORMALIZED_IMAGE))
         return decode_working(data, scale)
 
