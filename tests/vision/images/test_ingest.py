@@ -1,5 +1,7 @@
 """One registered object through ingest, without Dagster: what the model stages will read."""
 
+import os
+
 from tests.conftest import image_bytes
 from vision_assets.vision.images.ingest import ingest_image
 from vision_assets.vision.images.validation import ValidationLimits
@@ -61,6 +63,42 @@ def test_an_upright_jpeg_is_its_own_working_copy_and_the_models_read_a_small_inp
     assert detector_view.to_working([64.0, 48.0, 640.0, 480.0]) == [200.0, 150.0, 2000.0, 1500.0]
     crops_view = results.read_working("photo.jpg", 0.5, record)  # more than the model input has: the working copy
     assert crops_view.image.size == (1000, 750) and crops_view.crop([0, 0, 400, 200]).size == (200, 100)
+
+
+def test_an_upload_that_is_its_own_working_copy_is_copied_within_the_store_not_written_again(object_store):
+    """A 12 MP photo's 3-4 MB are not written (or uploaded to S3) a second time: S3 copies server side, a folder
+    links; and where the upload changed since it was read, the bytes that were validated are written instead."""
+    data = image_bytes((1200, 900), fmt="JPEG", color=(30, 120, 200), quality=90)
+    results = ResultsStore(object_store, "results/")
+    written: list[str] = []
+    put, get = object_store.put, object_store.get
+    replace_after_reading = False
+
+    def counted_put(key, *args, **kwargs):
+        written.append(key)
+        put(key, *args, **kwargs)
+
+    def get_then_maybe_replace(key, *args, **kwargs):
+        answer = get(key, *args, **kwargs)
+        if replace_after_reading and key.startswith("in/"):
+            put(key, b"replaced")
+        return answer
+
+    object_store.put, object_store.get = counted_put, get_then_maybe_replace
+    for name, changed_meanwhile in (("a.jpg", False), ("b.jpg", True)):
+        put(f"in/{name}", data)
+        described = object_store.head(f"in/{name}")
+        results.write_registration(RegisteredImage(partition_key=name, object_key=f"in/{name}",
+                                                   source_uri=object_store.uri(f"in/{name}"), etag=described.etag,
+                                                   size=described.size, last_modified=described.last_modified))
+        replace_after_reading = changed_meanwhile  # replaced between the ingest's read and its copy
+        record = ingest_image(name, object_store, results, ValidationLimits(), working_side=4096, model_side=640)
+        replace_after_reading = False
+        assert record.is_valid and get(record.normalized_key)[1] == data
+        assert (record.normalized_key in written) == changed_meanwhile, name
+    if isinstance(object_store, FolderObjectStore):
+        linked = object_store.root / "results" / "a.jpg"
+        assert any(os.stat(p).st_nlink == 2 for p in linked.iterdir())  # the upload's file, linked
 
 
 def test_a_turned_jpeg_is_made_upright_once_and_its_model_input_is_upright_too(tmp_path):

@@ -27,6 +27,20 @@ def test_rewrite_changes_the_etag(object_store):
     assert object_store.head("k.png").etag != first.etag
 
 
+def test_an_unchanged_object_is_copied_within_the_store_and_a_changed_or_gone_one_is_not(object_store):
+    object_store.put("uploads/a.jpg", b"the upload")
+    version, _ = object_store.get("uploads/a.jpg")
+    assert object_store.copy_if_unchanged(version, "results/a/working.jpg")
+    assert object_store.get("results/a/working.jpg")[1] == b"the upload"
+    object_store.put("uploads/a.jpg", b"replaced since")  # the upload replaced: the copy keeps what it copied
+    assert object_store.get("results/a/working.jpg")[1] == b"the upload"
+    assert not object_store.copy_if_unchanged(version, "results/a/working-2.jpg")  # not the version read
+    object_store.delete("uploads/a.jpg")
+    assert not object_store.copy_if_unchanged(version, "results/a/working-3.jpg")  # gone
+    assert object_store.get("results/a/working.jpg")[1] == b"the upload"  # deleting the upload leaves the copy
+    assert [o.key for o in object_store.list("results/")] == ["results/a/working.jpg"]  # nothing half-made left
+
+
 def test_missing_objects(object_store):
     with pytest.raises(ObjectMissing):
         object_store.get("nope.jpg")

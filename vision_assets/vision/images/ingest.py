@@ -105,7 +105,8 @@ def _fetch_and_validate(
             preview_jpeg = encode_normalized(preview, quality=80) if preview is not None else None
         else:
             facts, notes = outcome.facts, outcome.warnings
-            if outcome.original_serves:  # the file itself is the working copy: no full decode, no encoding
+            serves = outcome.original_serves
+            if serves:  # the file itself is the working copy: no full decode, no encoding, no upload where copied
                 normalized, size, picture = data, (facts.width, facts.height), outcome.rgb  # the reduced decode
             else:
                 picture = working_copy(outcome.rgb, working_side)
@@ -120,7 +121,8 @@ def _fetch_and_validate(
             rejected["preview_key"] = results.write_preview(key, preview_jpeg)
         return rejected
     # The two pictures at once (each a round trip); the source record, written after them, says they exist.
-    normalized_key, _ = together(lambda: results.write_normalized(key, normalized),
+    normalized_key, _ = together(lambda: results.write_original_as_working(key, version, images, normalized) if serves
+                                 else results.write_normalized(key, normalized),
                                  lambda: results.write_model_input(key, model_jpeg) if model_jpeg is not None else None)
     return fetched | {
         "status": "valid",

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from ..batches import BatchIndexed, BatchManifest
 from ..images.decoded_jpeg import opened_jpeg
 from ..images.working import SIDE_SLACK, WorkingPicture, decode_working, scale_for_long_side
-from ..records import LabelsRecord, RefereeRecord, RegisteredImage, SourceImageRecord
+from ..records import LabelsRecord, RefereeRecord, RegisteredImage, SourceImageRecord, StoredObject
 from .object_store import ObjectMissing, ObjectStore, S3ObjectStore
 from .overlap import each_image, together
 
@@ -145,6 +145,15 @@ class ResultsStore:
 
     def write_normalized(self, partition_key: str, jpeg: bytes) -> str:
         return self._write_jpeg(partition_key, NORMALIZED_IMAGE, jpeg)
+
+    def write_original_as_working(self, partition_key: str, original: StoredObject, originals: ObjectStore,
+                                  data: bytes) -> str:
+        """An upload that serves as its own working copy (`data`, its bytes, version `original`): copied within the
+        store where the store can (S3 copies server side, a folder links), else written like any working copy."""
+        key = self.key(partition_key, NORMALIZED_IMAGE)
+        if originals is self.store and self.store.copy_if_unchanged(original, key, "image/jpeg"):
+            return key
+        return self.write_normalized(partition_key, data)
 
     def write_preview(self, partition_key: str, jpeg: bytes) -> str:
         return self._write_jpeg(partition_key, REJECTED_PREVIEW, jpeg)
