@@ -309,6 +309,46 @@ def code_location_start_cpu(env: dict[str, str]) -> float:
     return after.children_user - before.children_user + after.children_system - before.children_system
 
 
+def working_copy_cost(photos: list[Path]) -> dict[str, tuple[float, float]]:
+    """Per store (a folder; S3 through moto's server on loopback): the CPU of writing a photo's bytes as its working
+    copy against copying the upload within the store (what ingest does where the upload serves as its own working
+    copy), in the calling thread, per photo."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    from vision_assets.vision.storage.object_store import FolderObjectStore, S3ObjectStore
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        costs = {}
+        for name, store in (("folder", FolderObjectStore(tempfile.mkdtemp(prefix="copy-bench-"))),
+                            ("S3", S3ObjectStore(client, "bench"))):
+            uploads = []
+            for photo in photos:
+                store.put(f"in/{photo.name}", photo.read_bytes())
+                uploads.append(store.get(f"in/{photo.name}"))
+            started = time.thread_time()
+            for version, data in uploads:
+                store.put(f"results/{version.key}/written.jpg", data, "image/jpeg")
+            written = (time.thread_time() - started) / len(uploads)
+            started = time.thread_time()
+            for version, _ in uploads:
+                assert store.copy_if_unchanged(version, f"results/{version.key}/copied.jpg", "image/jpeg")
+            costs[name] = (written, (time.thread_time() - started) / len(uploads))
+        return costs
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=32)
@@ -337,6 +377,9 @@ def main() -> None:
            "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
            "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}
 
+    for store, (written, copied) in working_copy_cost(photos[:16]).items():
+        print(f"an upload that is its own working copy, {store}: written again {1000 * written:.1f} ms of CPU per "
+              f"photo, copied within the store {1000 * copied:.1f} ms ({written / max(copied, 1e-9):.0f}x)")
     one_run = in_process_run(photos[16:20], photos[:16], env, work)
     print(f"one process_images run over 16 photos of {args.megapixels:g} MP, {args.size} models in the run: non-model "
           f"CPU {1000 * (one_run['cpu'] - one_run['inside']) / 16:.0f} ms/image (model calls and loads "
