@@ -39,6 +39,10 @@ def test_an_unchanged_object_is_copied_within_the_store_and_a_changed_or_gone_on
     assert not object_store.copy_if_unchanged(version, "results/a/working-3.jpg")  # gone
     assert object_store.get("results/a/working.jpg")[1] == b"the upload"  # deleting the upload leaves the copy
     assert [o.key for o in object_store.list("results/")] == ["results/a/working.jpg"]  # nothing half-made left
+    odd = "uploads/été #1?%20 & co+.jpg"
+    object_store.put(odd, b"odd key")
+    assert object_store.copy_if_unchanged(object_store.head(odd), "results/odd/working.jpg")
+    assert object_store.get("results/odd/working.jpg")[1] == b"odd key"
 
 
 def test_missing_objects(object_store):
