@@ -318,3 +318,29 @@ def test_a_run_through_the_service_imports_no_model_library(model_service, offli
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert time.monotonic() - started < 60
+
+
+def test_the_model_service_builds_its_committee_without_dagster_or_the_stores(offline_models, tmp_path):
+    """The service is a unit of its own: what it holds and the models it builds come from the model sets
+    (vision/models/committee_models.py), the same the runs' resources are, without importing Dagster, the index or
+    the object stores; and it holds what the runs' resources name."""
+    script = (
+        "import sys\n"
+        "from vision_assets.model_service.api import CommitteeAPI\n"
+        "from vision_assets.model_service.server import held_models\n"
+        "held = held_models()\n"
+        "api = CommitteeAPI()\n"
+        "api.setup('cpu')\n"
+        "assert api.committee.held == held and set(api.committee.models) == set(held), (api.committee.held, held)\n"
+        "print(sorted(held))\n"
+        "print(sorted(m for m in ('dagster', 'qdrant_edge', 'boto3', 'botocore', 'sqlalchemy') if m in sys.modules))\n"
+    )
+    env = {"VISION_ASSETS_OFFLINE_MODELS": str(offline_models), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([sys.executable, "-c", script], env=os.environ | env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    roles, imported = result.stdout.strip().splitlines()[-2:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISION_ASSETS_OFFLINE_MODELS", str(offline_models))
+        named = {role for resource in committee_resources(Settings.from_env()).values() for role in resource.refs()}
+    assert roles == str(sorted(named)) and imported == "[]"

@@ -15,23 +15,22 @@ from ..vision.models.wire import ModelRequest
 
 class CommitteeAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
-        from ..resources.models import committee_resources
         from ..settings import Settings
+        from ..vision.models.committee_models import committee_models
         from ..vision.process import quiet_libraries
         from . import metrics
         from .committee import HeldCommittee
 
         settings = Settings.from_env()  # the workers are spawned with the server's environment
-        settings = settings.model_copy(update={"model_service_url": None})  # this process holds the models
         quiet_libraries(bool(settings.offline_models))
         if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the cores shared between the CPU's workers
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.model_workers_per_device)))
         models, held = {}, {}
-        for resource in committee_resources(settings).values():
-            models |= resource.local_models(device)
-            held |= resource.refs()
+        for model_set in committee_models(settings).values():
+            models |= model_set.local_models(device)
+            held |= model_set.refs()
         self.committee = HeldCommittee(models=models, held=held, device=device)
         self.metrics = metrics
         metrics.record_device(device)

@@ -68,11 +68,11 @@ class RefuseModelsNotHeld:
 
 def held_models() -> dict[str, ModelRef]:
     """What the service holds: the committee the environment's settings name (the same settings as the pipeline)."""
-    from ..resources.models import committee_resources
     from ..settings import Settings
+    from ..vision.models.committee_models import committee_models
 
-    return {role: ref for resource in committee_resources(Settings.from_env()).values()
-            for role, ref in resource.refs().items()}
+    return {role: ref for model_set in committee_models(Settings.from_env()).values()
+            for role, ref in model_set.refs().items()}
 
 
 def build_server(options: ServiceOptions):

@@ -4,8 +4,9 @@
 - without it, the models in the run's own process (tests, one-shot CLI use): each loads on first use (a run with no
   dogs never loads the dog expert) and is unloaded when the run ends; with the in-process executor every step of
   the run shares it.
-The model ids and revisions stay here either way, so code versions (and staleness) do not depend on where the
-models run. The model service builds its models through `local_models`, so both paths build them in one place."""
+The model ids and revisions stay in the role's model set either way (vision/models/committee_models.py), so code
+versions (and staleness) do not depend on where the models run; the model service builds its models from the same
+model sets, without Dagster, so both paths build them in one place."""
 
 from __future__ import annotations
 
@@ -14,53 +15,30 @@ from pydantic import PrivateAttr
 
 from ..settings import DEFAULTS, Settings
 from ..vision.committee.referee import RefereePolicy
-from ..vision.models.base import Model, ModelIdentity, identity_for, resolve_device
-from ..vision.models.cache import ModelCache
+from ..vision.models.base import Model, resolve_device
 from ..vision.models.classifier import ImageClassifier
+from ..vision.models.committee_models import (
+    DetectorModels,
+    EmbedderModels,
+    ModelSet,
+    RefereeModels,
+    SpecialistModels,
+    committee_models,
+)
 from ..vision.models.detector import YoloDetector
 from ..vision.models.embedder import ClipEmbedder
 from ..vision.models.referee import VisionLanguageReferee
-from ..vision.models.remote import ModelServiceClient, ModelServiceUnavailable, model_ref, remote_model
-from ..vision.models.taxonomy import TaxonClassifier, is_taxonomic
-from ..vision.models.wire import ModelRef
+from ..vision.models.remote import ModelServiceClient, ModelServiceUnavailable, remote_model
+from ..vision.models.taxonomy import TaxonClassifier
 from ..vision.process import quiet_libraries
-from ..vision.reuse import version_of
 
 
-class _ModelResource(dg.ConfigurableResource):
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 16
-    offline: bool = False
-    model_cache: str = ""  # a folder laid out as the libraries' caches (see vision/models/cache.py); "" = theirs
+class _ModelResource(dg.ConfigurableResource, ModelSet):
+    """A role's models (vision/models/committee_models.py) in a run: built when the run starts, unloaded when it
+    ends; in the run's process, or clients of the model service where `service_url` names one."""
+
     service_url: str = ""  # the model service (vision-assets models serve); "" = the models in this process
     service_patience_seconds: float = 120.0  # how long a call waits out an unreachable service before failing
-
-    @property
-    def cache(self) -> ModelCache:
-        return ModelCache.at(self.model_cache)
-
-    def _identity(self, model_id: str, revision: str = "") -> ModelIdentity:
-        return identity_for(model_id, revision, self.cache)
-
-    def _runtime(self) -> dict:
-        return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size, "cache": self.cache}
-
-    def _build_local(self, runtime: dict) -> dict[str, Model]:
-        raise NotImplementedError
-
-    def identities(self) -> dict[str, ModelIdentity]:
-        """Role -> what each model is (id and revision)."""
-        raise NotImplementedError
-
-    def refs(self) -> dict[str, ModelRef]:
-        """Role -> the identity a request to the model service names (and the service holds)."""
-        pretrained = getattr(self, "pretrained", "")
-        return {role: model_ref(role, identity, pretrained) for role, identity in self.identities().items()}
-
-    def local_models(self, device: str | None = None) -> dict[str, Model]:
-        """The models in this process (on `device`, default the setting's), none loaded yet."""
-        return self._build_local(self._runtime() | ({"device": device} if device else {}))
 
     def _build(self) -> dict[str, Model]:
         if not self.service_url:
@@ -93,125 +71,38 @@ class _ModelResource(dg.ConfigurableResource):
         return {name: model.load_count for name, model in self._models.items()}
 
 
-class DetectorResource(_ModelResource):
-    """The router: an ultralytics YOLO checkpoint (hub name like `yolov8n.pt`, or a local path)."""
-
-    model: str = DEFAULTS.detector_model
-    revision: str = ""
-    confidence: float = DEFAULTS.detector_confidence
-    max_detections: int = DEFAULTS.detector_max_detections
-    image_size: int = DEFAULTS.detector_image_size
-
-    def identities(self) -> dict[str, ModelIdentity]:
-        return {"detector": self._identity(self.model, self.revision)}
-
-    def _build_local(self, runtime: dict) -> dict[str, Model]:
-        return {"detector": YoloDetector(
-            self._identity(self.model, self.revision), **runtime,
-            confidence=self.confidence, max_detections=self.max_detections, image_size=self.image_size,
-        )}
-
+# Each resource is its role's model set (the fields and how the models are built) with a run's lifecycle; the model
+# set comes first so its defaults (a role's batch size) win over the base's.
+class DetectorResource(DetectorModels, _ModelResource):
     @property
     def detector(self) -> YoloDetector:
         return self._model("detector")
 
-    @property
-    def version(self) -> str:
-        """What shapes the boxes (vision/reuse.py): the model and the settings that filter its answers."""
-        return version_of(self.identity, self.confidence, self.max_detections, self.image_size)
 
-    @property
-    def identity(self) -> str:
-        return str(self._identity(self.model, self.revision))
-
-
-class EmbedderResource(_ModelResource):
-    """The generalist: OpenCLIP (architecture + pretrained tag, `hf-hub:org/repo`, or `local-dir:/path`)."""
-
-    model: str = DEFAULTS.clip_model
-    pretrained: str = DEFAULTS.clip_pretrained
-    batch_size: int = DEFAULTS.clip_batch_size
-
-    def identities(self) -> dict[str, ModelIdentity]:
-        return {"embedder": self._identity(self.model)}
-
-    def _build_local(self, runtime: dict) -> dict[str, Model]:
-        return {"embedder": ClipEmbedder(self._identity(self.model), **runtime, pretrained=self.pretrained)}
-
+class EmbedderResource(EmbedderModels, _ModelResource):
     @property
     def embedder(self) -> ClipEmbedder:
         return self._model("embedder")
 
-    @property
-    def identity(self) -> str:
-        identity = str(self._identity(self.model))
-        return f"{identity}/{self.pretrained}" if self.pretrained else identity
 
-
-class SpecialistsResource(_ModelResource):
-    """The experts, by name: a transformers image classifier each (hub id or local `save_pretrained` folder), or a
-    taxonomic OpenCLIP expert (`hf-hub:imageomics/bioclip`, see vision/models/taxonomy.py)."""
-
-    models: dict[str, str] = {}
-    top_k: int = DEFAULTS.specialist_top_k
-    drop_labels: list[str] = sorted(DEFAULTS.drop_labels)
-    batch_size: int = DEFAULTS.specialist_batch_size
-    # Experts whose `auto` precision on a CPU is not the classifiers' bf16. bench/precision_bench.py, 64 crops:
-    # the wildlife expert (10,000 species) agreed with fp32 on top-1 for 92% of crops, under the 95% asked of bf16
-    # (every differing crop was an exact tie in fp32, as random weights make them), so it computes in fp32 there.
-    cpu_precision: dict[str, str] = {"wildlife": "fp32"}
-
-    def identities(self) -> dict[str, ModelIdentity]:
-        return {name: self._identity(model_id) for name, model_id in self.models.items()}
-
-    def _build_local(self, runtime: dict) -> dict[str, Model]:
-        measured = {name: {"cpu": precision} for name, precision in self.cpu_precision.items()}
-        built: dict[str, Model] = {}
-        for name, model_id in self.models.items():
-            if is_taxonomic(model_id):  # BioCLIP: OpenCLIP against the Tree of Life's taxon embeddings
-                built[name] = TaxonClassifier(self._identity(model_id), **runtime, top_k=self.top_k,
-                                              auto_precision=measured.get(name))
-            else:
-                built[name] = ImageClassifier(self._identity(model_id), **runtime, top_k=self.top_k,
-                                              drop_labels=self.drop_labels, auto_precision=measured.get(name))
-        return built
-
+class SpecialistsResource(SpecialistModels, _ModelResource):
     def classifiers(self) -> dict[str, ImageClassifier | TaxonClassifier]:
         return dict(self._ensure_built())
 
-    @property
-    def identity(self) -> str:
-        return ",".join(f"{name}={self._identity(model_id)}" for name, model_id in sorted(self.models.items()))
 
+class RefereeResource(RefereeModels, _ModelResource):
+    """The referee in a run, and whether it judges: `mode` `on`, `off`, or `auto` (on where the models run on a
+    GPU); `captions` likewise."""
 
-class RefereeResource(_ModelResource):
-    """The referee: a small vision-language model answering closed questions about doubtful crops (see
-    vision/committee/referee.py). `mode`: `on`, `off`, or `auto` (on where the models run on a GPU)."""
-
-    model: str = DEFAULTS.referee_model
-    revision: str = ""
     mode: str = DEFAULTS.referee
     min_probability: float = DEFAULTS.referee_min_probability
     margin: float = DEFAULTS.referee_margin
     max_crops_per_batch: int = DEFAULTS.referee_max_crops_per_batch
-    batch_size: int = DEFAULTS.referee_batch_size
     captions: str = DEFAULTS.captions  # `on`, `off`, or `auto` (on where the models run on a GPU)
-
-    def identities(self) -> dict[str, ModelIdentity]:
-        return {"referee": self._identity(self.model, self.revision)} if self.model else {}
-
-    def _build_local(self, runtime: dict) -> dict[str, Model]:
-        if not self.model:
-            return {}
-        return {"referee": VisionLanguageReferee(self._identity(self.model, self.revision), **runtime)}
 
     @property
     def referee(self) -> VisionLanguageReferee:
         return self._model("referee")
-
-    @property
-    def identity(self) -> str:
-        return str(self._identity(self.model, self.revision)) if self.model else ""
 
     @property
     def policy(self) -> RefereePolicy:
@@ -256,28 +147,18 @@ class RefereeResource(_ModelResource):
 
 
 def committee_resources(settings: Settings) -> dict[str, _ModelResource]:
-    """The detector, embedder and specialists resources the settings describe (for runs, the search service and the
-    model service alike)."""
-    runtime = {"device": settings.device, "precision": settings.precision, "offline": bool(settings.offline_models),
-               "model_cache": settings.model_cache, "service_url": settings.model_service_url or "",
-               "service_patience_seconds": settings.model_service_patience_seconds}
+    """The detector, embedder, specialists and referee resources the settings describe (for runs, the search service
+    and the CLI): each role's model set (committee_models) with where its models run."""
+    models = committee_models(settings)
+    where = {"service_url": settings.model_service_url or "",
+             "service_patience_seconds": settings.model_service_patience_seconds}
     return {
-        "detector": DetectorResource(
-            model=settings.detector_model, confidence=settings.detector_confidence,
-            max_detections=settings.detector_max_detections, image_size=settings.detector_image_size,
-            batch_size=settings.detector_batch_size, **runtime,
-        ),
-        "embedder": EmbedderResource(
-            model=settings.clip_model, pretrained=settings.clip_pretrained, batch_size=settings.clip_batch_size,
-            **runtime,
-        ),
-        "specialists": SpecialistsResource(
-            models=settings.specialist_models, top_k=settings.specialist_top_k, drop_labels=sorted(settings.drop_labels),
-            batch_size=settings.specialist_batch_size, **runtime,
-        ),
+        "detector": DetectorResource(**models["detector"].model_dump(), **where),
+        "embedder": EmbedderResource(**models["embedder"].model_dump(), **where),
+        "specialists": SpecialistsResource(**models["specialists"].model_dump(), **where),
         "referee": RefereeResource(
-            model=settings.referee_model, mode=settings.referee, min_probability=settings.referee_min_probability,
-            margin=settings.referee_margin, max_crops_per_batch=settings.referee_max_crops_per_batch,
-            batch_size=settings.referee_batch_size, captions=settings.captions, **runtime,
+            **models["referee"].model_dump(), **where, mode=settings.referee,
+            min_probability=settings.referee_min_probability, margin=settings.referee_margin,
+            max_crops_per_batch=settings.referee_max_crops_per_batch, captions=settings.captions,
         ),
     }
