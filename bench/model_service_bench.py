@@ -19,7 +19,6 @@ threads keep decoding and writing while a model computes, and that CPU is outsid
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,36 +31,9 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread everywhere: model CPU time equals model wall time
 
-import requests
 
 from bench.memory_bench import make_photos
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def group_cpu_seconds(group: int) -> float:
-    """User + system CPU of every live process in a process group (the service and its LitServe workers)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def model_seconds(url: str) -> float:
-    text = requests.get(url + "/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("vision_assets_model_seconds_total{"))
+from bench.model_service import free_port, group_cpu_seconds, model_seconds, model_service
 
 
 def baseline(photos: list[Path], env: dict[str, str]) -> dict:
@@ -218,23 +190,8 @@ def first_model_stage_delays(home: Path, launched: dict[str, float]) -> list[tup
 
 
 def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service_env = os.environ | env | {"VISION_ASSETS_MODEL_DEVICES": os.environ.get("BENCH_DEVICES", "auto")}
-    service_log = open(work / "service.log", "wb")
-    service = subprocess.Popen([sys.executable, "-m", "vision_assets.cli", "models", "serve", "--port", str(port)],
-                               env=service_env, stdout=service_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or service.poll() is not None:
-                raise SystemExit((work / "service.log").read_text()[-3000:])
-            time.sleep(0.5)
+    devices = {"VISION_ASSETS_MODEL_DEVICES": os.environ.get("BENCH_DEVICES", "auto")}
+    with model_service(env | devices, work) as (service, url):
         # Warm: every model loaded once, as a service that has been up a while holds them (loads are not per run).
         from vision_assets.vision.models.remote import ModelServiceClient
         from vision_assets.vision.models.wire import ModelRef
@@ -275,9 +232,6 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         delays = first_model_stage_delays(Path(run_env["DAGSTER_HOME"]), launched)
         return {"wall": wall, "runs": len(tags), "run_cpu": run_cpu, "service_cpu": service_cpu,
                 "service_model": service_model, "delays": delays, "one_run": one_run}
-    finally:
-        os.killpg(service.pid, signal.SIGTERM)
-        service.wait(timeout=30)
 
 
 def fresh_run_cost(env: dict[str, str]) -> float:
