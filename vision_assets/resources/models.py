@@ -74,18 +74,24 @@ class _ModelResource(dg.ConfigurableResource, ModelSet):
 # Each resource is its role's model set (the fields and how the models are built) with a run's lifecycle; the model
 # set comes first so its defaults (a role's batch size) win over the base's.
 class DetectorResource(DetectorModels, _ModelResource):
+    """The router: an ultralytics YOLO checkpoint (hub name like `yolov8n.pt`, or a local path)."""
+
     @property
     def detector(self) -> YoloDetector:
         return self._model("detector")
 
 
 class EmbedderResource(EmbedderModels, _ModelResource):
+    """The generalist: OpenCLIP (architecture + pretrained tag, `hf-hub:org/repo`, or `local-dir:/path`)."""
+
     @property
     def embedder(self) -> ClipEmbedder:
         return self._model("embedder")
 
 
 class SpecialistsResource(SpecialistModels, _ModelResource):
+    """The experts, by name: transformers image classifiers, or a taxonomic OpenCLIP expert (BioCLIP)."""
+
     def classifiers(self) -> dict[str, ImageClassifier | TaxonClassifier]:
         return dict(self._ensure_built())
 
