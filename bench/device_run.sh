@@ -7,7 +7,7 @@
 #
 # Prints, and writes under $OUT: nvidia-smi; the full twins' models alone on the GPU against the pipeline's feed
 # through the model service (images/s, the ratio, a run's CPU per photo, the service's CPU outside its models, GPU
-# utilisation, the precision `auto` chose: bench/gpu_feed_bench.py); bf16 against fp32 per model on the GPU
+# utilisation, the precision `auto` chose: bench/gpu_feed_bench.py); bf16 and fp16 against fp32 per model on the GPU
 # (bench/precision_bench.py). The Dagster side of a run is measured on the CPU machine (bench/model_service_bench.py).
 # Prepared on a machine without a GPU: the feed bench ran there on the CPU; this script has not yet run on a device.
 set -uo pipefail
@@ -42,6 +42,6 @@ echo "full twins built in $((SECONDS - started)) s"
 timeout 330 python3 bench/gpu_feed_bench.py --size full --models "$models" --photos 512 --feeders 12 \
   --out "$OUT/gpu-feed.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/gpu-feed.log" | tail -20
 
-# bf16 against fp32, model by model, on the GPU (the detector's `auto` there is fp16: ultralytics' half).
+# bf16 and fp16 against fp32, model by model, on the GPU (the detector's `auto` there is fp16: ultralytics' half).
 timeout 150 python3 bench/precision_bench.py --models "$models" --device cuda --crops 64 2>&1 \
   | grep -v "Loading weights" | tee "$OUT/precision.log" | tail -30

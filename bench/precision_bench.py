@@ -1,5 +1,5 @@
-"""fp32 against bf16 for every model of the committee on this machine: speed, agreement, and how close each comes
-to what the hardware can do.
+"""fp32 against bf16 (and fp16 on a GPU) for every model of the committee on this machine: speed, agreement, and how
+close each comes to what the hardware can do.
 
     uv run python bench/precision_bench.py [--models DIR] [--crops 24] [--device cpu]
 
@@ -110,16 +110,17 @@ def raw_head_error(detector: YoloDetector, device: str) -> str:
             f"(scores span {scores.min().item():.3f}-{scores.max().item():.3f})")
 
 
-def measure(name: str, build, forward_flops, call, items, agreement) -> list[dict]:
+def measure(name: str, build, forward_flops, call, items, agreement, precisions=PRECISIONS) -> list[dict]:
     rows, outputs = [], {}
-    for precision in PRECISIONS:
+    for precision in precisions:
         model = build(precision)
         flops = forward_flops(model)
         ms, outputs[precision] = timed(lambda batch, m=model: call(m, batch), items)
         rows.append({"model": name, "precision": precision, "ms": ms, "gflop": flops})
         model.unload()
         print(f"  {name} {precision}: {ms:.1f} ms/item", flush=True)
-    rows[-1]["agreement"] = agreement(outputs["fp32"], outputs["bf16"])
+    for row in rows[1:]:
+        row["agreement"] = agreement(outputs["fp32"], outputs[row["precision"]])
     return rows
 
 
@@ -143,6 +144,8 @@ def main() -> None:
     photos = [Image.open(PHOTOS / n).convert("RGB") for n in ("bus.jpg", "zidane.jpg")]
     images = [photo.rotate(angle, expand=True) for angle in (0, 90, 180, 270) for photo in photos]
     peaks = {p: matmul_peak(p) for p in PRECISIONS} if device == "cpu" else {}
+    # On a GPU fp16 too: what `auto` gives the detector there (ultralytics' half).
+    precisions = (*PRECISIONS, "fp16") if device.startswith("cuda") else PRECISIONS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; matmul peak "
           + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
 
@@ -179,7 +182,7 @@ def main() -> None:
             pixels = processor(images=pieces[:1], return_tensors="pt")["pixel_values"].to(device, network.dtype)
             return gflop(lambda: network(pixel_values=pixels))
 
-        rows += measure(role, build, flops, lambda m, batch: m.classify(batch), pieces, top1)
+        rows += measure(role, build, flops, lambda m, batch: m.classify(batch), pieces, top1, precisions)
 
     if not wanted or "clip" in wanted:
         def build_clip(precision):
@@ -193,7 +196,7 @@ def main() -> None:
             pixels = preprocess(pieces[0]).unsqueeze(0).to(device, dtype)
             return gflop(lambda: network.encode_image(pixels))
 
-        rows += measure("clip", build_clip, clip_flops, lambda m, batch: m.embed_images(batch), pieces, cosine)
+        rows += measure("clip", build_clip, clip_flops, lambda m, batch: m.embed_images(batch), pieces, cosine, precisions)
 
     for detector in ("yolov8n.pt", "yolov8m.pt"):
         if wanted and detector not in wanted:
@@ -207,14 +210,14 @@ def main() -> None:
             network = model.load().model
             return gflop(lambda: network(torch.zeros(1, 3, 640, 640, device=device)))
 
-        rows += measure(detector, build_detector, detector_flops, lambda m, batch: m.detect(batch), images, detections)
+        rows += measure(detector, build_detector, detector_flops, lambda m, batch: m.detect(batch), images, detections, precisions)
         # The noise floor: fp32 against itself. Random weights score hundreds of boxes alike, so which survive the
         # confidence cut and NMS changes with rounding alone.
         again = build_detector("fp32")
         rows[-1]["agreement"] += f"; fp32 vs fp32 again: {detections(again.detect(images), again.detect(images))}"
         rows[-1]["agreement"] += f"; raw head: {raw_head_error(again, device)}"
 
-    print("\n| model | precision | ms/item | speed-up | GFLOP/item | GFLOP/s | of peak | bf16 vs fp32 |")
+    print("\n| model | precision | ms/item | speed-up | GFLOP/item | GFLOP/s | of peak | against fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     fp32_ms = {}
     for row in rows:
