@@ -14,6 +14,7 @@ time minus the calling threads' CPU time in model calls (not their wall time: th
 threads keep decoding and writing while a model computes, and that CPU is outside the models).
 
     uv run python bench/model_service_bench.py [--photos 32] [--batch 8] [--in-flight 2] [--size tiny|full]
+        [--run-photos 16,256]
 """
 
 import argparse
@@ -189,7 +190,10 @@ def first_model_stage_delays(home: Path, launched: dict[str, float]) -> list[tup
     return delays
 
 
-def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int) -> dict:
+def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int,
+             single_runs: dict[int, tuple[list[Path], list[Path]]]) -> dict:
+    """The sensor batches of `photos` launched as Dagster launches them; before them, each single run of
+    `single_runs` (its size: warm-up photos, measured photos) through the service."""
     devices = {"VISION_ASSETS_MODEL_DEVICES": os.environ.get("BENCH_DEVICES", "auto")}
     with model_service(env | devices, work) as (service, url):
         # Warm: every model loaded once, as a service that has been up a while holds them (loads are not per run).
@@ -200,11 +204,14 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         for ref in client.held()["held"].values():
             client.ask("describe", ModelRef(**ref))
         run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
-        # One run through the service, its process started beforehand: the per-image CPU outside the models, in the
-        # run and in the service.
-        service_cpu, service_model = group_cpu_seconds(service.pid), model_seconds(url)
-        one_run = in_process_run(photos[16:20], photos[:16], run_env, work, "through-service")
-        one_run["service"] = (group_cpu_seconds(service.pid) - service_cpu) - (model_seconds(url) - service_model)
+        # Single runs through the service, each in a process that ran one before: the per-image CPU outside the
+        # models, in the run and in the service.
+        single = {}
+        for size, (warm, measured) in single_runs.items():
+            service_cpu, service_model = group_cpu_seconds(service.pid), model_seconds(url)
+            single[size] = in_process_run(warm, measured, run_env, work, f"through-service-{size}")
+            single[size]["service"] = ((group_cpu_seconds(service.pid) - service_cpu)
+                                       - (model_seconds(url) - service_model))
         bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
         bucket.mkdir(parents=True, exist_ok=True)
         for photo in photos:
@@ -231,7 +238,7 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         service_model = model_seconds(url) - service_model
         delays = first_model_stage_delays(Path(run_env["DAGSTER_HOME"]), launched)
         return {"wall": wall, "runs": len(tags), "run_cpu": run_cpu, "service_cpu": service_cpu,
-                "service_model": service_model, "delays": delays, "one_run": one_run}
+                "service_model": service_model, "delays": delays, "single": single}
 
 
 def fresh_run_cost(env: dict[str, str]) -> float:
@@ -311,6 +318,8 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--models", type=Path, help="an offline-models folder (default: built here)")
     parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--run-photos", default="16",
+                        help="sizes of the single process_images runs measured, comma-separated (256: the default batch)")
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the process_images run with models in the run (also runs on older commits)")
     args = parser.parse_args()
@@ -322,8 +331,11 @@ def main() -> None:
         models = work / "models"
         build_offline_models(models, args.size)
     (work / "photos").mkdir()
-    make_photos(work / "photos", args.photos, args.megapixels)
-    photos = sorted((work / "photos").glob("*.jpg"))
+    run_sizes = [int(size) for size in args.run_photos.split(",")]
+    make_photos(work / "photos", max(args.photos, max(run_sizes) + 4), args.megapixels)
+    every_photo = sorted((work / "photos").glob("*.jpg"))
+    photos = every_photo[:args.photos]
+    single_runs = {size: (every_photo[size:size + 4], every_photo[:size]) for size in run_sizes}
     home = work / "dagster-home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -334,14 +346,15 @@ def main() -> None:
     for store, (written, copied) in working_copy_cost(photos[:16]).items():
         print(f"an upload that is its own working copy, {store}: written again {1000 * written:.1f} ms of CPU per "
               f"photo, copied within the store {1000 * copied:.1f} ms ({written / max(copied, 1e-9):.0f}x)")
-    one_run = in_process_run(photos[16:20], photos[:16], env, work)
-    print(f"one process_images run over 16 photos of {args.megapixels:g} MP, {args.size} models in the run: non-model "
-          f"CPU {1000 * (one_run['cpu'] - one_run['inside']) / 16:.0f} ms/image (model calls and loads "
-          f"{1000 * one_run['inside'] / 16:.0f} ms/image)")
+    for size, (warm, measured) in single_runs.items():
+        one_run = in_process_run(warm, measured, env, work, f"in-process-{size}")
+        print(f"one process_images run over {size} photos of {args.megapixels:g} MP, {args.size} models in the run: "
+              f"non-model CPU {1000 * (one_run['cpu'] - one_run['inside']) / size:.0f} ms/image (model calls and loads "
+              f"{1000 * one_run['inside'] / size:.0f} ms/image)", flush=True)
     if args.in_process_only:
         return
     alone = baseline(photos, env)
-    fed = pipeline(work, photos, env, args.in_flight)
+    fed = pipeline(work, photos, env, args.in_flight, single_runs)
     before = fresh_run_cost(env)
     start_cpu = code_location_start_cpu(env)
     n = len(photos)
@@ -359,10 +372,10 @@ def main() -> None:
           f"{1000 * fed['runs'] * start_cpu / n:.0f} ms/image; the rest, per image: "
           f"{1000 * (per_image_runs + (fed['service_cpu'] - fed['service_model']) / n):.0f} ms")
     print(f"  ratio pipeline / models alone: {fed_rate / alone_rate:.2f}")
-    through = fed["one_run"]
-    print(f"  one process_images run over 16 photos through the service: non-model CPU "
-          f"{1000 * (through['cpu'] + through['service']) / 16:.0f} ms/image (run {1000 * through['cpu'] / 16:.0f}, "
-          f"service outside its models {1000 * through['service'] / 16:.0f})")
+    for size, through in fed["single"].items():
+        print(f"  one process_images run over {size} photos through the service: non-model CPU "
+              f"{1000 * (through['cpu'] + through['service']) / size:.0f} ms/image (run "
+              f"{1000 * through['cpu'] / size:.0f}, service outside its models {1000 * through['service'] / size:.0f})")
 
     delays = sorted(fed["delays"])
     if delays:
