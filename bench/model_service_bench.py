@@ -93,11 +93,12 @@ SENSOR_TICK = """def tick():
 
 
 def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], work: Path,
-                   name: str = "in-process") -> dict:
+                   name: str = "in-process", service: tuple[int, str] | None = None) -> dict:
     """A `process_images` run over `photos` in a process that has already run one over `warm` (so the imports and
     every first-time cost of a run process are paid): its CPU outside the models (process CPU time minus the time
     inside the models' calls and loads, none where the env names a model service), as issue #38 measured the
-    pipeline before (583 ms per 12 MP photo)."""
+    pipeline before (583 ms per 12 MP photo). With `service` (its process group, its URL): also the service's CPU
+    outside its model calls during the measured run."""
     data, home = work / name, work / f"{name}-home"
     (data / "bucket").mkdir(parents=True)
     home.mkdir()
@@ -131,13 +132,21 @@ def one_run(paths):
         os.link(path, os.path.join({str(data / "bucket")!r}, os.path.basename(path)))
     instance, result = tick()
     [request] = [r for r in result.run_requests if r.partition_key]
+    cpu = time.process_time()  # the run's, not the sensor tick's that registered its photos
     run = defs.resolve_job_def("process_images").execute_in_process(
         instance=instance, partition_key=request.partition_key, tags=request.tags)
     assert run.success
+    return time.process_time() - cpu
+def service_outside():
+    if not {service!r}:
+        return 0.0
+    from bench.model_service import group_cpu_seconds, model_seconds
+    group, url = {service!r}
+    return group_cpu_seconds(group) - model_seconds(url)
 one_run({[str(p) for p in warm]!r})
-inside, cpu = 0.0, time.process_time()
-one_run({[str(p) for p in photos]!r})
-print(json.dumps({{"cpu": time.process_time() - cpu, "inside": inside}}))
+inside, service_before = 0.0, service_outside()
+cpu = one_run({[str(p) for p in photos]!r})
+print(json.dumps({{"cpu": cpu, "inside": inside, "service": service_outside() - service_before}}))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
     if result.returncode:
@@ -206,12 +215,8 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
         # Single runs through the service, each in a process that ran one before: the per-image CPU outside the
         # models, in the run and in the service.
-        single = {}
-        for size, (warm, measured) in single_runs.items():
-            service_cpu, service_model = group_cpu_seconds(service.pid), model_seconds(url)
-            single[size] = in_process_run(warm, measured, run_env, work, f"through-service-{size}")
-            single[size]["service"] = ((group_cpu_seconds(service.pid) - service_cpu)
-                                       - (model_seconds(url) - service_model))
+        single = {size: in_process_run(warm, measured, run_env, work, f"through-service-{size}", (service.pid, url))
+                  for size, (warm, measured) in single_runs.items()}
         bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
         bucket.mkdir(parents=True, exist_ok=True)
         for photo in photos:
