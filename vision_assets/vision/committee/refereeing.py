@@ -9,18 +9,21 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from PIL import Image
 
 from ..models.base import ModelLoadError
 from ..models.device_time import DeviceTime
 from ..models.remote import ModelFailedOnImage, ModelServiceUnavailable
-from ..records import CropLabels, RefereeCrop, RefereeRecord
+from ..records import CropLabels, RefereeCrop, RefereeOpinion, RefereeRecord
 from .referee import CropKey, Referee, RefereePolicy, judge_crops, within_budget
 
 # The referee down or unable to load: not healed within the run, so the rest of the run's crops are left for people
 # at once, instead of each chunk waiting out the model service's patience again.
 REFEREE_DOWN = (ModelServiceUnavailable, ModelLoadError)
+
+T = TypeVar("T")
 
 Doubtful = list[tuple[str, CropLabels]]  # (image, crop)
 CutCrops = Callable[[Mapping[str, list[CropLabels]]], dict[CropKey, Image.Image]]  # image -> crops -> their pixels
@@ -76,26 +79,44 @@ class RefereeRun:
 
     def _ask_chunk(self, chunk_asked: Doubtful, chunk: Mapping[str, list[CropLabels]],
                    referee: Callable[[], Referee], cut: CutCrops, warn: Callable[[str], None]) -> None:
-        try:
+        def judged() -> dict[CropKey, RefereeOpinion]:
             model = referee()
             pictures = cut(chunk)
             self.pictures |= pictures
-            started = time.perf_counter()
-            opinions = judge_crops(chunk_asked, pictures, model, self.model, self.policy, self.clock)
-            self.seconds += time.perf_counter() - started
-        except REFEREE_DOWN as error:
-            self.down = f"referee unavailable: {error}"
-            warn(f"{self.down}; the doubtful crops of this run are left for people")
-            return
-        except ModelFailedOnImage as error:
-            self.failures += len(chunk_asked)
+            return self._timed(lambda: judge_crops(chunk_asked, pictures, model, self.model, self.policy, self.clock))
+
+        def failed(error: ModelFailedOnImage) -> None:
             for image, crop in chunk_asked:
                 self.record_of(image).not_judged[crop.detection_index] = f"the referee failed: {error}"
-            return
-        for (image, index), opinion in opinions.items():
+
+        opinions = self._guarded(judged, len(chunk_asked), "the doubtful crops of this run are left for people", warn,
+                                 failed)
+        for (image, index), opinion in (opinions or {}).items():
             record = self.record_of(image)
             record.crops.append(RefereeCrop(detection_index=index, opinion=opinion))
             record.device_seconds = self.clock.of(image)
+
+    def _timed(self, call: Callable[[], T]) -> T:
+        """`call`'s answer, its seconds added to the run's time in the referee."""
+        started = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _guarded(self, work: Callable[[], T], items: int, left: str, warn: Callable[[str], None],
+                 failed: Callable[[ModelFailedOnImage], None]) -> T | None:
+        """`work`'s answer, or None: the referee down is remembered for the rest of the run and said once (`left`:
+        what that leaves undone); the model failing on these `items` counts them and tells `failed`."""
+        try:
+            return work()
+        except REFEREE_DOWN as error:
+            self.down = f"referee unavailable: {error}"
+            warn(f"{self.down}; {left}")
+        except ModelFailedOnImage as error:
+            self.failures += items
+            failed(error)
+        return None
 
     def caption(self, images: Sequence[str], referee: Callable[[], Referee], read: ReadPictures, images_per_chunk: int,
                 warn: Callable[[str], None]) -> None:
@@ -105,19 +126,16 @@ class RefereeRun:
             if self.down is not None:
                 return
             chunk = list(images[start:start + images_per_chunk])
-            try:
+
+            def captioned(chunk: list[str] = chunk) -> list[str]:
                 model = referee()
                 pictures = read(chunk)
-                started = time.perf_counter()
-                captions = self.clock.timed("referee", model, chunk, model.caption, [pictures[i] for i in chunk])
-                self.seconds += time.perf_counter() - started
-            except REFEREE_DOWN as error:
-                self.down = f"referee unavailable: {error}"
-                warn(f"{self.down}; no captions for the rest of this run")
-                return
-            except ModelFailedOnImage as error:
-                self.failures += len(chunk)
-                warn(f"no captions for {len(chunk)} image(s): {error}")
+                return self._timed(lambda: self.clock.timed("referee", model, chunk, model.caption,
+                                                            [pictures[i] for i in chunk]))
+
+            captions = self._guarded(captioned, len(chunk), "no captions for the rest of this run", warn,
+                                     lambda error, n=len(chunk): warn(f"no captions for {n} image(s): {error}"))
+            if captions is None:  # down (the next chunk stops) or failed on these images (the next goes on)
                 continue
             for image, text in zip(chunk, captions, strict=True):
                 record = self.record_of(image)
