@@ -42,15 +42,12 @@ def committee(service_url: str | None, device: str | None = None) -> tuple:
     from vision_assets.settings import Settings
     from vision_assets.vision.committee.routing import DEFAULT_ROUTES
     from vision_assets.vision.models.committee_models import committee_models
-    from vision_assets.vision.models.remote import ModelServiceClient, remote_model
+    from vision_assets.vision.models.remote import ModelServiceClient
 
     sets = committee_models(Settings.from_env())
-    if service_url:
-        client = ModelServiceClient(service_url)
-        models = {role: remote_model(client, ref, model_set.identities()[role])
-                  for model_set in sets.values() for role, ref in model_set.refs().items()}
-    else:
-        models = {role: model for model_set in sets.values() for role, model in model_set.local_models(device).items()}
+    client = ModelServiceClient(service_url) if service_url else None
+    models = {role: model for model_set in sets.values() for role, model in
+              (model_set.remote_models(client) if client else model_set.local_models(device)).items()}
     experts = {name: models[name] for name in sets["specialists"].models}
     return models["detector"], models["embedder"], experts, DEFAULT_ROUTES
 

@@ -28,7 +28,7 @@ from ..vision.models.committee_models import (
 from ..vision.models.detector import YoloDetector
 from ..vision.models.embedder import ClipEmbedder
 from ..vision.models.referee import VisionLanguageReferee
-from ..vision.models.remote import ModelServiceClient, ModelServiceUnavailable, remote_model
+from ..vision.models.remote import ModelServiceClient, ModelServiceUnavailable
 from ..vision.models.taxonomy import TaxonClassifier
 from ..vision.process import quiet_libraries
 
@@ -43,9 +43,7 @@ class _ModelResource(dg.ConfigurableResource, ModelSet):
     def _build(self) -> dict[str, Model]:
         if not self.service_url:
             return self.local_models()
-        client = ModelServiceClient(self.service_url, patience_seconds=self.service_patience_seconds)
-        identities = self.identities()
-        return {role: remote_model(client, ref, identities[role]) for role, ref in self.refs().items()}
+        return self.remote_models(ModelServiceClient(self.service_url, patience_seconds=self.service_patience_seconds))
 
     _models: dict[str, Model] = PrivateAttr(default_factory=dict)
 

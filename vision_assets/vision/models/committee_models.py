@@ -15,7 +15,7 @@ from .classifier import ImageClassifier
 from .detector import YoloDetector
 from .embedder import ClipEmbedder
 from .referee import VisionLanguageReferee
-from .remote import model_ref
+from .remote import ModelServiceClient, model_ref, remote_model
 from .taxonomy import TaxonClassifier, is_taxonomic
 from .wire import ModelRef
 
@@ -54,6 +54,11 @@ class ModelSet(BaseModel):
     def local_models(self, device: str | None = None) -> dict[str, Model]:
         """The models in this process (on `device`, default the setting's), none loaded yet."""
         return self._build_local(self._runtime() | ({"device": device} if device else {}))
+
+    def remote_models(self, client: ModelServiceClient) -> dict[str, Model]:
+        """The same models as clients of the model service `client` reaches (which must hold them)."""
+        identities = self.identities()
+        return {role: remote_model(client, ref, identities[role]) for role, ref in self.refs().items()}
 
 
 class DetectorModels(ModelSet):
