@@ -135,12 +135,17 @@ def assert_same(ours: dict, theirs: dict) -> None:
     assert max(ours["batches"]) >= len(KEYS)
 
 
-def test_sqlite_batches_store_what_dagster_stores(tmp_path, dagster_own):
+def test_sqlite_batches_store_what_dagster_stores(tmp_path, dagster_own, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
+    engines: list[str] = []  # the database files ours built an engine for (Dagster builds one per connection)
+    build = sqlalchemy.create_engine
+    monkeypatch.setattr(sqlalchemy, "create_engine", lambda url, **kw: (engines.append(str(url)), build(url, **kw))[1])
     with dg.instance_for_test(temp_dir=str(home), overrides=sqlite_storage(str(home))) as instance:
         assert type(instance.event_log_storage).__name__ == "BatchingSqliteEventLogStorage"
         assert_same(run_everything(instance), dagster_own)
+    # hundreds of connections to the index and the three runs' files, one engine each
+    assert len(engines) == len(set(engines)) == 4, engines
 
 
 def test_postgres_batches_store_what_dagster_stores(tmp_path, postgres, dagster_own):
