@@ -55,17 +55,19 @@ def test_importing_the_package_changes_nothing_about_the_process_and_the_code_lo
     the one place the process is set up (bootstrap)."""
     code = """
 import os, PIL.Image
-before, opener = dict(os.environ), PIL.Image.open
+before, opener, blocks = dict(os.environ), PIL.Image.open, PIL.Image.core.get_blocks_max()
 import vision_assets.wiring, vision_assets.cli, vision_assets.resources, vision_assets.settings
 changed = set(os.environ.items()) ^ set(before.items())
-assert not changed and PIL.Image.open is opener, changed
+assert not changed and PIL.Image.open is opener and PIL.Image.core.get_blocks_max() == blocks, changed
 import vision_assets.definitions
 assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "1000" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
-print("ok")
+print(blocks, PIL.Image.core.get_blocks_max())
 """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VISION_ASSETS_DATA_DIR": str(tmp_path / "data")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    for pillow_env, blocks in [({}, "0 16"), ({"PILLOW_BLOCKS_MAX": "3"}, "3 3")]:  # Pillow's own setting wins
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env | pillow_env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and result.stdout.strip() == blocks, result.stderr[-3000:]
 
 
 @pytest.mark.slow

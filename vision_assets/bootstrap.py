@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from .event_storage import EVENT_BATCH_SIZE
-from .vision.process import quiet_libraries
+from .vision.process import keep_pillow_blocks, quiet_libraries
 
 
 def bootstrap() -> None:
@@ -16,3 +16,4 @@ def bootstrap() -> None:
     # it in the code location covers every process that loads it: run workers, tests, benches.
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
     quiet_libraries(offline=False)
+    keep_pillow_blocks()

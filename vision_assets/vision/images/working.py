@@ -62,7 +62,8 @@ def decode_working(data: bytes, scale: float = 1.0) -> WorkingPicture:
     size = image.size
     if scale * SIDE_SLACK < 1 and image.format == "JPEG":
         image.draft("RGB", draft_size(size, scale * SIDE_SLACK))
-    return WorkingPicture(image.convert("RGB"), *size)
+    image.load()
+    return WorkingPicture(image if image.mode == "RGB" else image.convert("RGB"), *size)  # convert would copy
 
 
 def draft_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
