@@ -35,6 +35,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread everywhere: model CPU ti
 
 from bench.memory_bench import make_photos
 from bench.model_service import free_port, group_cpu_seconds, model_seconds, model_service
+from vision_assets.cli import instance_yaml, prepare_runs
 
 
 def baseline(photos: list[Path], env: dict[str, str]) -> dict:
@@ -102,6 +103,7 @@ def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], wo
     data, home = work / name, work / f"{name}-home"
     (data / "bucket").mkdir(parents=True)
     home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=2, run_retries=0))
     child_env = env | {"VISION_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(home),
                        "VISION_ASSETS_BATCH_SIZE": str(max(len(warm), len(photos)))}
     script = f"""
@@ -343,7 +345,9 @@ def main() -> None:
     single_runs = {size: (every_photo[size:size + 4], every_photo[:size]) for size in run_sizes}
     home = work / "dagster-home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # the instance `vision-assets dev` makes (its event log is this project's: vision_assets/event_storage)
+    (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=args.in_flight, run_retries=0))
+    prepare_runs(home, gpu_slots=args.in_flight)  # and its `gpu` pool: a slot per run in flight
     env = {"VISION_ASSETS_OFFLINE_MODELS": str(models), "VISION_ASSETS_DATA_DIR": str(work / "data"),
            "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
            "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}
