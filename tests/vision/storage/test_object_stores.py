@@ -145,10 +145,20 @@ def test_uris(object_store):
 
 
 def test_folder_store_refuses_keys_outside_its_root(tmp_path):
-    store = FolderObjectStore(tmp_path / "root")
-    with pytest.raises(ValueError):
-        store.put("../escape.jpg", b"x")
-    assert not (tmp_path / "escape.jpg").exists()
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    store = FolderObjectStore(root)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"s")
+    store.put("inside/photo.jpg", b"p")
+    (root / "out").symlink_to(outside)  # a folder that leads out
+    (root / "inside" / "link.jpg").symlink_to(outside / "secret.jpg")  # a file that does
+    (root / "alias").symlink_to(root / "inside")  # a folder that stays in
+    for _ in range(2):  # the second time from the folders the store resolved the first time
+        for key in ["../escape.jpg", "inside/../../escape.jpg", "out/secret.jpg", "inside/link.jpg", "..", "out/"]:
+            with pytest.raises(ValueError, match="outside the store folder"):
+                store.put(key, b"x")
+        assert store.get("alias/photo.jpg")[1] == store.get("inside/photo.jpg")[1] == b"p"
+    assert not (tmp_path / "escape.jpg").exists() and (outside / "secret.jpg").read_bytes() == b"s"
 
 
 def test_folder_store_writes_atomically(tmp_path):
