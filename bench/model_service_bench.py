@@ -317,6 +317,18 @@ def working_copy_cost(photos: list[Path]) -> dict[str, tuple[float, float]]:
         server.stop()
 
 
+def print_fixed_and_per_photo(how: str, cpu_by_size: dict[int, float]) -> None:
+    """A run's non-model CPU as a fixed part and a part per photo, from its smallest and largest single runs (CPU =
+    fixed + photos x per photo): what a batch size changes, and what only fewer passes over each photo can."""
+    if len(cpu_by_size) < 2:
+        return
+    small, large = min(cpu_by_size), max(cpu_by_size)
+    per_photo = (cpu_by_size[large] - cpu_by_size[small]) / (large - small)
+    fixed = cpu_by_size[small] - small * per_photo
+    print(f"  a run's non-model CPU, {how}: {fixed:.2f} s fixed + {1000 * per_photo:.0f} ms per photo "
+          f"(from its runs of {small} and {large})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=32)
@@ -355,11 +367,14 @@ def main() -> None:
     for store, (written, copied) in working_copy_cost(photos[:16]).items():
         print(f"an upload that is its own working copy, {store}: written again {1000 * written:.1f} ms of CPU per "
               f"photo, copied within the store {1000 * copied:.1f} ms ({written / max(copied, 1e-9):.0f}x)")
+    in_process = {}
     for size, (warm, measured) in single_runs.items():
         one_run = in_process_run(warm, measured, env, work, f"in-process-{size}")
+        in_process[size] = one_run["cpu"] - one_run["inside"]
         print(f"one process_images run over {size} photos of {args.megapixels:g} MP, {args.size} models in the run: "
-              f"non-model CPU {1000 * (one_run['cpu'] - one_run['inside']) / size:.0f} ms/image (model calls and loads "
+              f"non-model CPU {1000 * in_process[size] / size:.0f} ms/image (model calls and loads "
               f"{1000 * one_run['inside'] / size:.0f} ms/image)", flush=True)
+    print_fixed_and_per_photo("models in the run", in_process)
     if args.in_process_only:
         return
     alone = baseline(photos, env)
@@ -385,6 +400,8 @@ def main() -> None:
         print(f"  one process_images run over {size} photos through the service: non-model CPU "
               f"{1000 * (through['cpu'] + through['service']) / size:.0f} ms/image (run "
               f"{1000 * through['cpu'] / size:.0f}, service outside its models {1000 * through['service'] / size:.0f})")
+    print_fixed_and_per_photo("through the service", {size: through["cpu"] + through["service"]
+                                                      for size, through in fed["single"].items()})
 
     delays = sorted(fed["delays"])
     if delays:
