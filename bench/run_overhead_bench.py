@@ -51,6 +51,14 @@ def per_call(call, inputs: list, repeat: int = 2) -> tuple[float, float, float]:
             (after.ru_minflt - before.ru_minflt) / n)
 
 
+ROUNDS = 5
+
+
+def median_round(rounds: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The round with the median CPU time (its kernel time and faults with it)."""
+    return sorted(rounds)[len(rounds) // 2]
+
+
 def turned(data: bytes) -> bytes:
     """The same photo with EXIF orientation 6 (a phone held upright): it cannot serve as its own working copy."""
     image = Image.open(io.BytesIO(data))
@@ -68,17 +76,19 @@ def ingest(data: bytes) -> None:
 
 
 def block_cache(photos: list[bytes]) -> None:
-    print(f"1. Pillow's block cache, {len(photos)} photos of 12 MP (CPU ms / kernel ms / page faults per photo):")
+    print(f"1. Pillow's block cache, {len(photos)} photos of 12 MP (CPU ms / kernel ms / page faults per photo, the "
+          f"median of {ROUNDS} alternating rounds):")
     rotated = [turned(data) for data in photos]
     cases = [("decoded in full", lambda d: decode_working(d, 1.0), photos),
              ("decoded at 1/2", lambda d: decode_working(d, 0.5), photos),
              ("ingested, EXIF-turned", ingest, rotated)]
     for label, call, inputs in cases:
-        figures = {}
-        for kept in (0, PILLOW_BLOCKS_KEPT):
-            Image.core.set_blocks_max(kept)
-            figures[kept] = per_call(call, inputs)
-        (cpu0, sys0, flt0), (cpu1, sys1, flt1) = figures[0], figures[PILLOW_BLOCKS_KEPT]
+        rounds: dict[int, list[tuple[float, float, float]]] = {0: [], PILLOW_BLOCKS_KEPT: []}
+        for _ in range(ROUNDS):  # the two settings alternate, so that the machine's drift falls on both alike
+            for kept in rounds:
+                Image.core.set_blocks_max(kept)
+                rounds[kept].append(per_call(call, inputs, repeat=1))
+        (cpu0, sys0, flt0), (cpu1, sys1, flt1) = (median_round(rounds[0]), median_round(rounds[PILLOW_BLOCKS_KEPT]))
         print(f"   {label:24s} none kept {cpu0:6.1f} / {sys0:5.1f} / {flt0:6.0f}   {PILLOW_BLOCKS_KEPT} kept "
               f"{cpu1:6.1f} / {sys1:5.1f} / {flt1:6.0f}   {cpu0 / cpu1:.2f}x")
     Image.core.set_blocks_max(0)

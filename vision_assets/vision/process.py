@@ -44,8 +44,8 @@ def quiet_libraries(offline: bool) -> None:
 # Freed 16 MB blocks of image memory Pillow keeps for the next picture (at most 256 MB a process, and only what a
 # peak once held). Pillow's default keeps none: its blocks go back to the C allocator, which returns large ones to the
 # kernel, so the next large picture's pages are faulted in and zeroed afresh. A full decode of a 12 MP JPEG (48 MB in
-# Pillow) costs 81 ms of CPU keeping none (23 ms in the kernel, 11,700 page faults) and 59 keeping 16; an EXIF-turned
-# photo's ingest 197 and 180 (bench/run_overhead_bench.py). Pillow's own PILLOW_BLOCKS_MAX wins.
+# Pillow) costs 76 ms of CPU keeping none (19 ms in the kernel, 11,700 page faults) and 62 keeping 16; an EXIF-turned
+# photo's ingest 190 and 165 (bench/run_overhead_bench.py). Pillow's own PILLOW_BLOCKS_MAX wins.
 PILLOW_BLOCKS_KEPT = 16
 
 
