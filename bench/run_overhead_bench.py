@@ -1,5 +1,5 @@
-"""Three costs outside the models that this project sets for every run, each against what it replaced, measured in one
-process on the same inputs (CPU time, one thread):
+"""Three costs outside the models that this project sets for every run, each against what it replaced, and one idea
+measured but not built, all in one process on the same inputs (CPU time, one thread):
 
   1. Pillow's block cache (`vision/process.py`, `PILLOW_BLOCKS_MAX`): a 12 MP JPEG decoded in full, at 1/2, and an
      EXIF-turned photo ingested (a full decode, the turn, the working copy's encode), keeping no freed blocks (Pillow's
@@ -115,13 +115,13 @@ def folder_keys(work: Path) -> None:
 
 
 def event_log_connections(work: Path, connections: int = 500) -> None:
+    import sqlalchemy as db
     from dagster._core.storage.event_log import SqliteEventLogStorage  # the baseline: Dagster's own
 
     from vision_assets.event_storage.sqlite import BatchingSqliteEventLogStorage
 
     theirs = SqliteEventLogStorage(str(work / "events"))
     ours = BatchingSqliteEventLogStorage(str(work / "events"))
-    import sqlalchemy as db
 
     def read(storage) -> None:
         with storage.index_connection() as connection:
