@@ -93,8 +93,11 @@ SENSOR_TICK = """def tick():
 """
 
 
+DEFAULT_INSTANCE = "telemetry:\n  enabled: false\n"  # Dagster's default storage and no pools
+
+
 def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], work: Path,
-                   name: str = "in-process", service: tuple[int, str] | None = None) -> dict:
+                   name: str = "in-process", service: tuple[int, str] | None = None, dev_instance: bool = True) -> dict:
     """A `process_images` run over `photos` in a process that has already run one over `warm` (so the imports and
     every first-time cost of a run process are paid): its CPU outside the models (process CPU time minus the time
     inside the models' calls and loads, none where the env names a model service), as issue #38 measured the
@@ -103,7 +106,8 @@ def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], wo
     data, home = work / name, work / f"{name}-home"
     (data / "bucket").mkdir(parents=True)
     home.mkdir()
-    (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=2, run_retries=0))
+    instance = instance_yaml(home, max_runs=2, run_retries=0) if dev_instance else DEFAULT_INSTANCE
+    (home / "dagster.yaml").write_text(instance)
     child_env = env | {"VISION_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(home),
                        "VISION_ASSETS_BATCH_SIZE": str(max(len(warm), len(photos)))}
     script = f"""
@@ -202,7 +206,7 @@ def first_model_stage_delays(home: Path, launched: dict[str, float]) -> list[tup
 
 
 def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int,
-             single_runs: dict[int, tuple[list[Path], list[Path]]]) -> dict:
+             single_runs: dict[int, tuple[list[Path], list[Path]]], dev_instance: bool = True) -> dict:
     """The sensor batches of `photos` launched as Dagster launches them; before them, each single run of
     `single_runs` (its size: warm-up photos, measured photos) through the service."""
     devices = {"VISION_ASSETS_MODEL_DEVICES": os.environ.get("BENCH_DEVICES", "auto")}
@@ -217,8 +221,8 @@ def pipeline(work: Path, photos: list[Path], env: dict[str, str], in_flight: int
         run_env = env | {"VISION_ASSETS_MODEL_SERVICE_URL": url}
         # Single runs through the service, each in a process that ran one before: the per-image CPU outside the
         # models, in the run and in the service.
-        single = {size: in_process_run(warm, measured, run_env, work, f"through-service-{size}", (service.pid, url))
-                  for size, (warm, measured) in single_runs.items()}
+        single = {size: in_process_run(warm, measured, run_env, work, f"through-service-{size}", (service.pid, url),
+                                       dev_instance) for size, (warm, measured) in single_runs.items()}
         bucket = Path(run_env["VISION_ASSETS_DATA_DIR"]) / "bucket"
         bucket.mkdir(parents=True, exist_ok=True)
         for photo in photos:
@@ -339,6 +343,9 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--run-photos", default="16",
                         help="sizes of the single process_images runs measured, comma-separated (256: the default batch)")
+    parser.add_argument("--instance", choices=["dev", "default"], default="dev",
+                        help="the instance `vision-assets dev` writes (this project's event log, its pools), or "
+                        "Dagster's default one (what the figures before column F ran on)")
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the process_images run with models in the run (also runs on older commits)")
     args = parser.parse_args()
@@ -357,9 +364,11 @@ def main() -> None:
     single_runs = {size: (every_photo[size:size + 4], every_photo[:size]) for size in run_sizes}
     home = work / "dagster-home"
     home.mkdir()
-    # the instance `vision-assets dev` makes (its event log is this project's: vision_assets/event_storage)
-    (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=args.in_flight, run_retries=0))
-    prepare_runs(home, gpu_slots=args.in_flight)  # and its `gpu` pool: a slot per run in flight
+    if args.instance == "dev":  # the instance `vision-assets dev` makes (its event log is vision_assets/event_storage)
+        (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=args.in_flight, run_retries=0))
+        prepare_runs(home, gpu_slots=args.in_flight)  # and its `gpu` pool: a slot per run in flight
+    else:
+        (home / "dagster.yaml").write_text(DEFAULT_INSTANCE)
     env = {"VISION_ASSETS_OFFLINE_MODELS": str(models), "VISION_ASSETS_DATA_DIR": str(work / "data"),
            "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
            "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}
@@ -369,7 +378,7 @@ def main() -> None:
               f"photo, copied within the store {1000 * copied:.1f} ms ({written / max(copied, 1e-9):.0f}x)")
     in_process = {}
     for size, (warm, measured) in single_runs.items():
-        one_run = in_process_run(warm, measured, env, work, f"in-process-{size}")
+        one_run = in_process_run(warm, measured, env, work, f"in-process-{size}", dev_instance=args.instance == "dev")
         in_process[size] = one_run["cpu"] - one_run["inside"]
         print(f"one process_images run over {size} photos of {args.megapixels:g} MP, {args.size} models in the run: "
               f"non-model CPU {1000 * in_process[size] / size:.0f} ms/image (model calls and loads "
@@ -378,7 +387,7 @@ def main() -> None:
     if args.in_process_only:
         return
     alone = baseline(photos, env)
-    fed = pipeline(work, photos, env, args.in_flight, single_runs)
+    fed = pipeline(work, photos, env, args.in_flight, single_runs, args.instance == "dev")
     before = fresh_run_cost(env)
     start_cpu = code_location_start_cpu(env)
     n = len(photos)

@@ -98,7 +98,8 @@ def folder_keys(work: Path) -> None:
     store = FolderObjectStore(work / "bucket")
     names = ["source.json", "detections.json", "embeddings.json", "embeddings.npz", "labels.json", "review.json",
              "model-input.jpg", "normalized.jpg"]
-    keys = [f"vision-assets-results/batch-{i // 256:04d}/photo_{i:05d}.jpg/~{name}" for i in range(512) for name in names]
+    keys = [f"vision-assets-results/batch-{i // 256:04d}/photo_{i:05d}.jpg/~{name}"
+            for i in range(512) for name in names]
     for key in keys[:64]:
         store.put(key, b"{}")
 
@@ -110,8 +111,8 @@ def folder_keys(work: Path) -> None:
 
     before = per_call(whole, keys, repeat=1)[0]
     after = per_call(store._path, keys, repeat=1)[0]  # noqa: SLF001 - the method measured
-    print(f"2. the folder store's keys ({len(keys):,} keys of a run's records): resolved whole {1000 * before:.1f} us a "
-          f"key, folder resolved once {1000 * after:.1f} us ({before / after:.1f}x); a run asks ~40 per photo")
+    print(f"2. the folder store's keys ({len(keys):,} keys of a run's records): resolved whole {1000 * before:.1f} "
+          f"us a key, folder resolved once {1000 * after:.1f} us ({before / after:.1f}x); a run asks ~40 per photo")
 
 
 def event_log_connections(work: Path, connections: int = 500) -> None:
@@ -165,7 +166,8 @@ def pixel_cache(photos: list[bytes], work: Path) -> None:
     decoded = per_call(lambda data: decode_working(data, 0.5), photos)[0]
     cost = at_half - at_quarter + write_ms + read_ms
     print(f"4. a pixel cache between ingest and embeddings: ingest decoding at 1/2 +{at_half - at_quarter:.1f} ms, "
-          f"writing its {half.width}x{half.height} pixels {write_ms:.1f} ms, reading and deleting them {read_ms:.1f} ms: "
+          f"writing its {half.width}x{half.height} pixels {write_ms:.1f} ms, reading and deleting them "
+          f"{read_ms:.1f} ms: "
           f"{cost:.1f} ms of this process's CPU against {decoded:.1f} ms for the embeddings stage's decode at 1/2 "
           f"({decoded - cost:+.1f} ms per photo), and {256 * len(half.tobytes()) / 1e9:.1f} GB written to local disk "
           f"per batch of 256 (its writeback is the kernel's CPU, outside this figure)")
