@@ -96,6 +96,12 @@ SENSOR_TICK = """def tick():
 DEFAULT_INSTANCE = "telemetry:\n  enabled: false\n"  # Dagster's default storage and no pools
 
 
+def write_instance(home: Path, dev: bool, runs: int) -> None:
+    """`home`'s dagster.yaml: the instance `vision-assets dev` makes (its event log is vision_assets/event_storage, its
+    pools limited) for up to `runs` runs in flight, or Dagster's default one."""
+    (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=runs, run_retries=0) if dev else DEFAULT_INSTANCE)
+
+
 def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], work: Path,
                    name: str = "in-process", service: tuple[int, str] | None = None, dev_instance: bool = True) -> dict:
     """A `process_images` run over `photos` in a process that has already run one over `warm` (so the imports and
@@ -106,8 +112,7 @@ def in_process_run(warm: list[Path], photos: list[Path], env: dict[str, str], wo
     data, home = work / name, work / f"{name}-home"
     (data / "bucket").mkdir(parents=True)
     home.mkdir()
-    instance = instance_yaml(home, max_runs=2, run_retries=0) if dev_instance else DEFAULT_INSTANCE
-    (home / "dagster.yaml").write_text(instance)
+    write_instance(home, dev_instance, runs=2)
     child_env = env | {"VISION_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(home),
                        "VISION_ASSETS_BATCH_SIZE": str(max(len(warm), len(photos)))}
     script = f"""
@@ -364,11 +369,9 @@ def main() -> None:
     single_runs = {size: (every_photo[size:size + 4], every_photo[:size]) for size in run_sizes}
     home = work / "dagster-home"
     home.mkdir()
-    if args.instance == "dev":  # the instance `vision-assets dev` makes (its event log is vision_assets/event_storage)
-        (home / "dagster.yaml").write_text(instance_yaml(home, max_runs=args.in_flight, run_retries=0))
-        prepare_runs(home, gpu_slots=args.in_flight)  # and its `gpu` pool: a slot per run in flight
-    else:
-        (home / "dagster.yaml").write_text(DEFAULT_INSTANCE)
+    write_instance(home, args.instance == "dev", runs=args.in_flight)
+    if args.instance == "dev":
+        prepare_runs(home, gpu_slots=args.in_flight)  # and the `gpu` pool as dev opens it: a slot per run in flight
     env = {"VISION_ASSETS_OFFLINE_MODELS": str(models), "VISION_ASSETS_DATA_DIR": str(work / "data"),
            "VISION_ASSETS_BATCH_SIZE": str(args.batch), "VISION_ASSETS_SETTLE_SECONDS": "0", "DAGSTER_HOME": str(home),
            "YOLO_CONFIG_DIR": str(work / "ultralytics"), "OMP_NUM_THREADS": "1"}

@@ -31,8 +31,9 @@ class ShardEngines:
 
     Dagster's `_connect` builds a SQLAlchemy engine for every connection it opens and disposes it after: 0.4 ms of
     CPU a connection against 0.1 with the engine kept (bench/run_overhead_bench.py), and a `process_images` run opens
-    ~500 (every event stored, every read of the log): 0.15-0.2 s of every run. The engines keep Dagster's `NullPool`: each connection is still a new SQLite connection, closed after use, as
-    Dagster's are (nothing is shared between threads or survives a fork); only the engine's construction is saved."""
+    ~500 (every event stored, every read of the log): 0.15-0.2 s of every run. The engines keep Dagster's `NullPool`:
+    each connection is still a new SQLite connection, closed after use, as Dagster's are (nothing is shared between
+    threads or survives a fork); only the engine's construction is saved."""
 
     def __init__(self, conn_string_for_shard):
         self._conn_string_for_shard = conn_string_for_shard
