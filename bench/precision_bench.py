@@ -39,6 +39,7 @@ from vision_assets.vision.models.classifier import ImageClassifier
 from vision_assets.vision.models.detector import YoloDetector
 from vision_assets.vision.models.embedder import ClipEmbedder
 from vision_assets.vision.models.offline_manifest import read_manifest
+from vision_assets.vision.models.taxonomy import TaxonClassifier, is_taxonomic
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -173,11 +174,18 @@ def main() -> None:
         if wanted and role not in wanted:
             continue
 
-        def build(precision, model_id=model_id):
-            return ImageClassifier(identity_for(model_id, cache=cache), device=device, precision=precision,
-                                   batch_size=8, cache=cache)
+        taxonomic = is_taxonomic(model_id)  # BioCLIP, the wildlife expert: OpenCLIP against its taxa's vectors
 
-        def flops(model):
+        def build(precision, model_id=model_id, taxonomic=taxonomic):
+            kind = TaxonClassifier if taxonomic else ImageClassifier
+            return kind(identity_for(model_id, cache=cache), device=device, precision=precision, batch_size=8,
+                        cache=cache)
+
+        def flops(model, taxonomic=taxonomic):
+            if taxonomic:
+                network, preprocess, taxa, _ = model.load()
+                pixels = preprocess(pieces[0]).unsqueeze(0).to(device, taxa.dtype)
+                return gflop(lambda: network.encode_image(pixels) @ taxa)
             processor, network, _, _ = model.load()
             pixels = processor(images=pieces[:1], return_tensors="pt")["pixel_values"].to(device, network.dtype)
             return gflop(lambda: network(pixel_values=pixels))
