@@ -73,6 +73,7 @@ def test_the_service_answers_as_the_models_in_process_do(committees):
     for name, expert in experts_there.items():
         assert expert.classify(photos[:4]) == experts_here[name].classify(photos[:4]), name
         assert expert.label_names == experts_here[name].label_names, name
+        assert expert.label_count == experts_here[name].label_count == len(expert.label_names), name  # from describe
     assert remote["embedder"].identity == local["embedder"].identity  # code versions do not depend on where
     assert "model service" in remote["detector"].detector.device
     questions = [Question(photo, closed_prompt("a dog", ("beagle", "pug")), ("beagle", "pug")) for photo in photos[:3]]

@@ -72,6 +72,7 @@ def test_each_expert_twin_loads_by_its_hub_id_as_the_published_model(
     processor, model, keep, labels = classifier.load()
     assert type(model).__name__ == architecture
     assert len(labels) == classes and some_labels <= set(labels.values())
+    assert classifier.label_count == len(classifier.label_names) == len(keep)  # junk classes left out of both
     assert processor(images=photos[:1], return_tensors="pt")["pixel_values"].shape[-2:] == (side, side)
     found = classifier.classify(photos * 2)
     assert len(found) == 4
@@ -92,6 +93,7 @@ def test_bioclip_twin_loads_as_bioclip_does_with_its_tree_of_life_from_the_datas
     assert type(model.visual).__name__ == "VisionTransformer" and model.visual.patch_size == (16, 16)
     assert taxa.shape == (model.visual.output_dim, TAXA["tiny"]) == (model.visual.output_dim, len(names))
     assert expert.label_names[:2] == ["Haliaeetus leucocephalus", "Turdus migratorius"]
+    assert expert.label_count == len(expert.label_names) == TAXA["tiny"]
     found = expert.classify(photos * 2)
     assert len(found) == 4
     for top in found:

@@ -140,8 +140,8 @@ def describe(model: Any) -> dict[str, Any]:
         facts["class_names"] = model.class_names
     if hasattr(model, "dimension"):
         facts["dimension"] = model.dimension
-    if hasattr(model, "label_names"):
-        facts["label_count"] = len(model.label_names)
+    if hasattr(model, "label_count"):
+        facts["label_count"] = model.label_count
     return facts
 
 

@@ -53,7 +53,9 @@ class Vocabularies:
         vocabularies = {}
         for name in sorted(routed):
             if name not in self._sizes:
-                self._sizes[name] = len(self._experts[name].label_names)
+                # The count alone: BioCLIP's ~450,000 names cost 2 s of CPU to build and 2 s to fetch from the
+                # model service, per run, only to learn they are too many to embed.
+                self._sizes[name] = self._experts[name].label_count
             if self._sizes[name] <= OPEN_VOCABULARY:
                 vocabularies[name] = self._vocabulary(name, self._experts[name].label_names)
             else:

@@ -48,6 +48,10 @@ class ImageClassifier(Model):
         return [str(labels[index]) for index in keep]
 
     @property
+    def label_count(self) -> int:
+        return len(self.load()[2])
+
+    @property
     def input_side(self) -> int:
         size = getattr(self.load()[0], "size", None) or 0  # an int, a dict, or transformers' SizeDict
         if isinstance(size, int):

@@ -244,6 +244,10 @@ class RemoteClassifier(RemoteModel):
     def label_names(self) -> list[str]:
         return list(self.client.ask("label_names", self.ref))
 
+    @property
+    def label_count(self) -> int:
+        return int(self.facts["label_count"])
+
 
 class RemoteReferee(RemoteModel):
     def caption(self, pictures: Sequence[Image.Image]) -> list[str]:
