@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #38's GPU checks as one prepared run on a lent device machine (../.library/device/README.md), about 8 minutes:
+# Issue #38's GPU checks as one prepared run on a lent device machine (../.library/device/README.md), about 9 minutes:
 #
 #   here, once:   bash bench/device_run.sh --fetch     the wheels the device lacks (bench/device_wheels.txt) into
 #                                                      .whl/, Pillow's test JPEGs (../shared/corpora) into
