@@ -4,10 +4,10 @@ per expert the lowest review threshold whose trusted labels reach VISION_ASSETS_
 import base64
 
 import dagster as dg
-from qdrant_client import models
 
 from ..keys import REVIEW_ACCURACY, REVIEW_DECISIONS
 from ..resources import ImageStore, LabelingSettings, QdrantResource, RefereeResource, ReviewSettings
+from ..vision.index import qdrant_models as models
 from ..vision.index.vector_index import VectorIndex
 from ..vision.records import ImageReview
 from ..vision.review.accuracy import REFEREE, measure, plot, png_bytes, report_markdown

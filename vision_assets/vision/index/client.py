@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from qdrant_client import models
+from . import qdrant_models as models
 
 
 @runtime_checkable

@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
+from . import qdrant_models as models
 from .edge import EDGE_FOLDER, EdgeBusy, EdgeClient
 from .edge_shards import compact_copy, copy_outside_lock
+
+if TYPE_CHECKING:  # qdrant-client itself where a server or its local mode is used (see qdrant_models.py)
+    from qdrant_client import QdrantClient
 
 ACCESS_LOCK = "vision-assets.access.lock"  # ours, in the embedded folder; Edge's own locks are inside each shard
 WANTED = "vision-assets.wanted"  # touched by a writer waiting for the folder: a long-lived reader lets go
@@ -329,6 +329,8 @@ def _copy_collection(old: QdrantClient, new: EdgeClient, name: str) -> int:
 def open_local_mode(path: str, wait_seconds: float) -> QdrantClient:
     """qdrant-client's local mode on a folder it wrote (for migration). A client opened by someone who does not
     take our lock (a user's own `QdrantClient(path=...)`) is waited out."""
+    from qdrant_client import QdrantClient
+
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -347,6 +349,9 @@ def open_local_mode(path: str, wait_seconds: float) -> QdrantClient:
 @contextmanager
 def server_faults(url: str) -> Iterator[None]:
     """A server's connection failures and 5xx/429 answers -> IndexUnavailable; its 4xx stay what they are."""
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
     try:
         yield
     except (ResponseHandlingException, httpx.TransportError, ConnectionError) as error:

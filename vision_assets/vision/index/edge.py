@@ -29,25 +29,26 @@ from pathlib import Path
 from typing import Any
 
 import qdrant_edge as edge
-from qdrant_client import models
 
+from . import qdrant_models as models
 from .edge_shards import DISTANCES, Compaction, EdgeBusy, MergedCopy, ShardSet
 
 __all__ = ["EDGE_FOLDER", "DISTANCES", "Compaction", "EdgeBusy", "EdgeClient"]
 
 EDGE_FOLDER = "edge"
 BOOLEAN_SUFFIX = "__keyword"
+# qdrant-client's payload schema types by their values (a str enum, as its distances: see DISTANCES) to Edge's.
 SCHEMA_TYPES = {
-    models.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
-    models.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
-    models.PayloadSchemaType.INTEGER: edge.PayloadSchemaType.Integer,
-    models.PayloadSchemaType.BOOL: edge.PayloadSchemaType.Keyword,  # on the keyword twin, see above
-    models.PayloadSchemaType.DATETIME: edge.PayloadSchemaType.Datetime,
-    models.PayloadSchemaType.GEO: edge.PayloadSchemaType.Geo,
+    "keyword": edge.PayloadSchemaType.Keyword,
+    "float": edge.PayloadSchemaType.Float,
+    "integer": edge.PayloadSchemaType.Integer,
+    "bool": edge.PayloadSchemaType.Keyword,  # on the keyword twin, see above
+    "datetime": edge.PayloadSchemaType.Datetime,
+    "geo": edge.PayloadSchemaType.Geo,
 }
 # Candidates are found on the int8 vectors and rescored on the float ones (edge_shards.py): scores stay exact.
 RESCORED = edge.SearchParams(quantization=edge.QuantizationSearchParams(rescore=True))
-LOWER_IS_CLOSER = {models.Distance.EUCLID, models.Distance.MANHATTAN}
+LOWER_IS_CLOSER = {"Euclid", "Manhattan"}
 
 
 # What `QdrantClient.get_collection`, `.count` and `.query_points` return, as far as this project reads them.

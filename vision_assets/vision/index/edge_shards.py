@@ -38,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import qdrant_edge as edge
-from qdrant_client import models
+
+from . import qdrant_models as models
 
 SEAL_POINTS = 250_000  # a live shard this large is sealed: its compaction then rebuilds this many points, off-lock
 LIVE_SEGMENTS = 32  # past this, Edge merges a live shard's smallest segments (only many tiny builds get there)
 COLD = edge.Memory.Cold
-DISTANCES = {models.Distance.COSINE: edge.Distance.Cosine, models.Distance.DOT: edge.Distance.Dot,
-             models.Distance.EUCLID: edge.Distance.Euclid, models.Distance.MANHATTAN: edge.Distance.Manhattan}
+# qdrant-client's distances by their values (its `Distance` is a str enum: a member finds its entry here) to Edge's.
+DISTANCES = {"Cosine": edge.Distance.Cosine, "Dot": edge.Distance.Dot, "Euclid": edge.Distance.Euclid,
+             "Manhattan": edge.Distance.Manhattan}
 LEGACY = ""  # the one shard of a collection written before shards were split: <root>/<collection>/
 
 

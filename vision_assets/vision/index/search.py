@@ -11,8 +11,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
-from qdrant_client import models
 
+from . import qdrant_models as models
 from .payloads import caption_words
 from .vector_index import VectorIndex, image_point_id
 

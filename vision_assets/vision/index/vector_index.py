@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from qdrant_client import models
 
 from ..chunking import POINT_LOOKUP, chunked
+from . import qdrant_models as models
 from .client import IndexClient
 from .edge import EdgeClient
 from .server_layout import ServerLayout
@@ -27,9 +27,9 @@ FLOAT_FIELDS = ("confidence", "label_confidence")
 BOOL_FIELDS = ("needs_review", "clip_disagrees", "reviewed")
 DATETIME_FIELDS = ("taken_at",)
 GEO_FIELDS = ("location",)
-PAYLOAD_INDEXES = ((models.PayloadSchemaType.KEYWORD, KEYWORD_FIELDS), (models.PayloadSchemaType.FLOAT, FLOAT_FIELDS),
-                   (models.PayloadSchemaType.BOOL, BOOL_FIELDS), (models.PayloadSchemaType.DATETIME, DATETIME_FIELDS),
-                   (models.PayloadSchemaType.GEO, GEO_FIELDS))
+# By qdrant-client's `PayloadSchemaType` values (made members where used: this module imports no qdrant-client).
+PAYLOAD_INDEXES = (("keyword", KEYWORD_FIELDS), ("float", FLOAT_FIELDS), ("bool", BOOL_FIELDS),
+                   ("datetime", DATETIME_FIELDS), ("geo", GEO_FIELDS))
 
 
 def image_point_id(partition_key: str) -> str:
@@ -106,7 +106,7 @@ class VectorIndex:
         for schema, fields in PAYLOAD_INDEXES:
             for field_name in fields:
                 if field_name not in existing:
-                    self.client.create_payload_index(name, field_name, schema)
+                    self.client.create_payload_index(name, field_name, models.PayloadSchemaType(schema))
 
     def _verify(self, name: str, dimension: int, embedding_model: str) -> None:
         info = self.client.get_collection(name)

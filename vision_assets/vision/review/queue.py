@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qdrant_client import models
-
+from ..index import qdrant_models as models
 from ..index.vector_index import VectorIndex
 
 SAMPLE_POINTS = 500  # flagged crops read to choose the most doubtful images among
