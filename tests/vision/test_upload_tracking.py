@@ -3,8 +3,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vision_assets.vision import upload_tracking
+from vision_assets.vision.listing_pass import resume_after
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.records import StoredObject
+from vision_assets.vision.storage.object_store import ListedSlice
 from vision_assets.vision.upload_tracking import (
     Skip,
     UploadCursor,
@@ -230,3 +232,51 @@ def test_batches_cover_the_selection_exactly(size):
     assert all(len(b) <= size for b in batches)
     for batch in batches:  # a range run covers everything between its ends: only the selected keys
         assert order[order.index(batch[0]) : order.index(batch[-1]) + 1] == batch
+
+
+def listing_pass(objects, max_uploads, settled_before=lambda tick: None, ticks=6):
+    """A fresh listing pass as the upload sensor runs it: each tick lists from where the last one resumes
+    (`resume_after`), plans the slice, and registers what it took. Every upload taken, in order."""
+    registered, cursor, after, taken = set(), UploadCursor(), "", []
+    for tick in range(ticks):
+        listed = ListedSlice(objects=[o for o in objects if o.key > after], truncated=False)
+        plan = plan_tick(listed.objects, registered, cursor, materialized=set, upload_filter=FILTER,
+                         partition_key_of=partition_key_for, lookback=timedelta(minutes=15), max_uploads=max_uploads,
+                         settled_before=settled_before(tick), fresh=True, slice_of_listing=True)
+        taken += keys(plan)
+        registered |= set(plan.new_partition_keys)
+        cursor = plan.cursor
+        after, complete = resume_after(listed, after, plan.waiting)
+        if complete:
+            return taken
+    raise AssertionError(f"the pass did not end in {ticks} ticks")
+
+
+def test_a_capped_listing_slice_takes_the_first_keys_so_the_next_slice_takes_nothing_twice():
+    """More uploads than a tick takes, their LastModified out of key order (concurrent clients): the next slice
+    starts just before the first key that waited, so a tick takes a prefix of its slice's keys. Taken oldest first,
+    the next slice listed uploads already taken again, and a fresh pass (none of them materialized yet) requested
+    them twice (seen as a flaky tests/test_upload_sensor.py::test_more_than_1000_new_objects)."""
+    objects = [obj(f"in/{i:05d}.jpg", (i * 7) % 5) for i in range(1500)]
+    taken = listing_pass(objects, max_uploads=1000)
+    assert sorted(taken) == [o.key for o in objects] and len(taken) == len(set(taken))
+
+
+def test_uploads_after_one_still_being_written_wait_with_it_in_a_listing_slice():
+    """A file still being written waits, and the next slice starts just before it: the uploads after it in the
+    slice wait too, or that slice would list them again. Where it is the slice's first key, the slice moves on
+    and takes the rest (the file waits for the next pass, as before)."""
+    objects = [obj(f"in/{i:05d}.jpg", i % 3) for i in range(30)]
+    writing = objects[10].key
+    late = [obj(o.key, 60) if o.key == writing else o for o in objects]  # modified after the first tick's horizon
+    first = plan_tick(late, set(), UploadCursor(), materialized=set, upload_filter=FILTER,
+                      partition_key_of=partition_key_for, lookback=timedelta(minutes=15), max_uploads=1000,
+                      settled_before=T0 + timedelta(seconds=10), fresh=True, slice_of_listing=True)
+    assert keys(first) == [o.key for o in objects[:10]] and min(first.waiting) == writing
+    taken = listing_pass(late, max_uploads=1000,
+                         settled_before=lambda tick: T0 + timedelta(seconds=10 if tick == 0 else 100))
+    assert sorted(taken) == [o.key for o in objects] and len(taken) == len(set(taken))
+    alone = plan_tick(late[10:], set(), UploadCursor(), materialized=set, upload_filter=FILTER,
+                      partition_key_of=partition_key_for, lookback=timedelta(minutes=15), max_uploads=1000,
+                      settled_before=T0 + timedelta(seconds=10), fresh=True, slice_of_listing=True)
+    assert keys(alone) == [o.key for o in objects[11:]]  # the slice's first key is being written: it moves on

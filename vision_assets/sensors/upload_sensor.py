@@ -153,7 +153,7 @@ def _tick(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
     candidates = [partition_key_for(image_store.upload_filter.relative(obj.key)) for obj in newest.values()
                   if image_store.upload_filter.accepts(obj.key)]
     plan = _plan(context, image_store, upload_policy, newest.values(), registry.among(candidates), cursor,
-                 fresh=listing.fresh if listing else None)
+                 fresh=listing.fresh if listing else None, slice_of_listing=listing is not None)
     after = plan.cursor.model_copy(update={"acknowledge": [m.receipt for m in messages]})
     partition_requests, delete_requests, note = [], [], ""
     if listing is not None and listed is not None:
@@ -249,7 +249,8 @@ def _object_key_of(image_store: ImageStore, image: str) -> str | None:
 
 
 def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_policy: UploadPolicy,
-          objects: Iterable[StoredObject], registered: set[str], cursor: UploadCursor, fresh: bool | None) -> TickPlan:
+          objects: Iterable[StoredObject], registered: set[str], cursor: UploadCursor, fresh: bool | None,
+          slice_of_listing: bool) -> TickPlan:
     return plan_tick(
         objects,
         registered,
@@ -261,6 +262,7 @@ def _plan(context: dg.SensorEvaluationContext, image_store: ImageStore, upload_p
         max_uploads=upload_policy.max_uploads_per_tick,
         settled_before=image_store.settled_before(),
         fresh=fresh,
+        slice_of_listing=slice_of_listing,
     )
 
 

@@ -188,14 +188,21 @@ def plan_tick(
     max_uploads: int,
     settled_before: datetime | None = None,
     fresh: bool | None = None,
+    slice_of_listing: bool = False,
 ) -> TickPlan:
-    """Choose this tick's uploads, oldest first, at most `max_uploads`; the rest wait for the next tick.
+    """Choose this tick's uploads, oldest first (a listing slice's: in key order), at most `max_uploads`; the rest
+    wait for the next tick.
 
     `materialized`: the partitions already materialized; only asked for when the cursor is fresh.
     `settled_before`: objects modified after it are left for a later tick (a local folder has no atomic upload,
     so a file still being copied must not be read).
     `fresh`: treat the cursor as fresh (default: when it has no watermark yet); a listing pass that began with a
     fresh cursor stays fresh to its end, since each of its slices sees a different part of the bucket.
+    `slice_of_listing`: the objects are a slice of a listing pass, whose next slice starts just before the first key
+    that waits (`listing_pass.resume_after`). The uploads are then taken in key order, and none after a file still
+    being written: what this tick takes is a prefix of the slice, and the next slice lists none of it again. (Taken
+    oldest first, a capped slice left keys among the ones it took, the next slice listed those again, and a fresh
+    pass, none of them materialized yet, requested them a second time.)
     """
     fresh_cursor = cursor.watermark is None if fresh is None else fresh
     done = materialized() if fresh_cursor else set()
@@ -204,6 +211,8 @@ def plan_tick(
     already_processed: list[StoredObject] = []
     plan = TickPlan(uploads=[], cursor=cursor)
     claimed: set[str] = set()
+    unsettled: list[str] = []
+    objects = list(objects)
 
     for obj in objects:
         if upload_filter.is_ours(obj.key):
@@ -217,6 +226,7 @@ def plan_tick(
         if settled_before is not None and obj.last_modified > settled_before:
             plan.skip(Skip.UNSETTLED, obj.key)
             plan.waiting.append(obj.key)
+            unsettled.append(obj.key)
             continue
         if partition_key in claimed:  # only on a hash collision; reported, never fatal to the tick
             plan.conflicts.append(obj.key)
@@ -232,7 +242,15 @@ def plan_tick(
         elif window_start is None or (obj.last_modified >= window_start and not cursor.seen(obj)):
             candidates.append(Upload(partition_key, obj, is_new=False))
 
-    candidates.sort(key=lambda u: (u.obj.last_modified, u.obj.key))
+    if slice_of_listing:
+        candidates.sort(key=lambda u: u.obj.key)
+        first_unsettled = min(unsettled, default=None)
+        # Unless the slice begins with it (the slice then moves on, and the file waits for the next pass).
+        if first_unsettled is not None and any(obj.key < first_unsettled for obj in objects):
+            plan.waiting += [u.obj.key for u in candidates if u.obj.key > first_unsettled]
+            candidates = [u for u in candidates if u.obj.key < first_unsettled]
+    else:
+        candidates.sort(key=lambda u: (u.obj.last_modified, u.obj.key))
     plan.uploads = candidates[:max_uploads]
     plan.waiting += [u.obj.key for u in candidates[max_uploads:]]
     plan.cursor = _advance(cursor, [u.obj for u in plan.uploads] + already_processed, lookback)
