@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from tests.conftest import SensorDriver, image_bytes
-from vision_assets.resources import UploadPolicy
+from vision_assets.resources import LocalImageStore, UploadPolicy
 from vision_assets.vision.partition_keys import partition_key_for
 from vision_assets.vision.storage.registrations import Registrations
 from vision_assets.vision.upload_tracking import UploadCursor
@@ -206,6 +206,27 @@ def test_local_folder_store(models, local_image_store, instance, tmp_path):
     time.sleep(0.01)
     (folder / "x.jpg").write_bytes(image_bytes(fmt="JPEG", color=(9, 9, 9)))
     assert len(driver.tick().run_requests) == 1
+
+
+def test_a_file_still_being_written_in_the_first_pass_leaves_every_file_in_one_batch(models, instance, tmp_path):
+    """A local folder while photos are still being copied in as the first listing pass runs: the files after the one
+    being written wait with it, and every file lands in exactly one batch. (Before, the tick took them, the next
+    tick listed them again from just before the waiting file, and the fresh pass requested them a second time.)"""
+    store = LocalImageStore(root=str(tmp_path / "bucket"), results_prefix="results/", settle_seconds=60)
+    driver = SensorDriver(build_definitions(store, models), instance)
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    names = [f"{i:02d}.jpg" for i in range(30)]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (time.time() - 3600, time.time() - 3600))
+    os.utime(folder / names[10])  # still being written: modified now
+    first = batch_images(store, driver.tick())
+    assert sorted(image for batch in first for image in batch) == names[:10]
+    os.utime(folder / names[10], (time.time() - 3600, time.time() - 3600))  # written
+    later = [batch for _ in range(3) for batch in batch_images(store, driver.tick())]
+    taken = [image for batch in first + later for image in batch]
+    assert sorted(taken) == names and len(taken) == len(set(taken))
 
 
 def test_a_file_name_that_is_not_utf8_never_wedges_the_sensor(models, local_image_store, instance, tmp_path):
