@@ -36,17 +36,17 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench.memory_bench import make_photos
+from vision_assets.vision.images.validation import EXIF_ORIENTATION_TAG
 from vision_assets.vision.process import keep_pillow_blocks
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "pillow-test-images"
-ORIENTATION = 0x0112
 DIFFERENCE_SHOWN = 8  # a file is listed whose pixels differ from Pillow's by more than this at the 99.9th percentile
 
 
 def orientation(data: bytes) -> int:
     """The EXIF orientation (1-8), read from the header alone; 1 where there is none or it cannot be read."""
     try:
-        value = Image.open(io.BytesIO(data)).getexif().get(ORIENTATION, 1)
+        value = Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION_TAG, 1)
         return value if value in range(1, 9) else 1
     except Exception:  # noqa: BLE001 - EXIF that does not parse leaves the picture as decoded, as Pillow does
         return 1
