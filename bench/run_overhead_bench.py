@@ -32,7 +32,13 @@ warnings.filterwarnings("ignore")
 from PIL import Image
 
 from bench.memory_bench import make_photos
-from vision_assets.vision.images.validation import ValidationLimits, encode_normalized, validate_image, working_copy
+from vision_assets.vision.images.validation import (
+    EXIF_ORIENTATION_TAG,
+    ValidationLimits,
+    encode_normalized,
+    validate_image,
+    working_copy,
+)
 from vision_assets.vision.images.working import decode_working
 from vision_assets.vision.process import PILLOW_BLOCKS_KEPT
 from vision_assets.vision.storage.object_store import FolderObjectStore
@@ -63,7 +69,7 @@ def turned(data: bytes) -> bytes:
     """The same photo with EXIF orientation 6 (a phone held upright): it cannot serve as its own working copy."""
     image = Image.open(io.BytesIO(data))
     exif = image.getexif()
-    exif[0x0112] = 6
+    exif[EXIF_ORIENTATION_TAG] = 6
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
     return buffer.getvalue()
